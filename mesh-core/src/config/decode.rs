@@ -1,0 +1,860 @@
+//! Decoding the typed model from a [`Node`] tree, collecting every problem.
+//!
+//! Each `Decode` impl reads one model type. Fields are all decoded before any
+//! is combined, so a problem in one field never hides a problem in the next;
+//! unknown fields are reported with the closest known name.
+
+use super::duration::parse_duration;
+use super::error::{Problem, ProblemKind, suggestion};
+use super::model::*;
+use super::node::{Key, Node, Value};
+use crate::identity::SpiffeId;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Problems found so far, and the line of every field path seen (for the
+/// semantic checks that run after decoding).
+#[derive(Debug, Default)]
+pub(crate) struct Cx {
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) lines: HashMap<String, u32>,
+}
+
+impl Cx {
+    pub(crate) fn problem(
+        &mut self,
+        kind: ProblemKind,
+        path: &str,
+        line: Option<u32>,
+        msg: impl Into<String>,
+    ) {
+        self.problems.push(Problem::new(kind, path, line, msg));
+    }
+
+    fn decode<T: Decode>(&mut self, n: &Node, path: &str) -> Option<T> {
+        if let Some(line) = n.line() {
+            self.lines.insert(path.to_owned(), line);
+        }
+        T::decode(n, path, self)
+    }
+
+    fn invalid(&mut self, n: &Node, path: &str, expected: &str) {
+        let msg = format!("expected {expected}, found {}", n.kind());
+        self.problem(ProblemKind::InvalidValue, path, n.line(), msg);
+    }
+}
+
+pub(crate) trait Decode: Sized {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self>;
+}
+
+pub(crate) fn child(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+/// The fields of a mapping that is being decoded into a struct.
+struct Fields<'a, 'p> {
+    entries: &'a [(Key, Node)],
+    path: &'p str,
+    line: Option<u32>,
+}
+
+impl<'a, 'p> Fields<'a, 'p> {
+    /// Checks that `n` is a mapping whose keys are all in `known`; reports
+    /// the rest (with a suggestion) and duplicates.
+    fn of(n: &'a Node, path: &'p str, cx: &mut Cx, known: &[&str]) -> Option<Self> {
+        let Value::Map(entries) = &n.value else {
+            cx.invalid(n, path, "a mapping");
+            return None;
+        };
+        for (i, (k, _)) in entries.iter().enumerate() {
+            let at = child(path, &k.name);
+            let line = (k.line > 0).then_some(k.line);
+            if !known.contains(&k.name.as_str()) {
+                let msg = format!(
+                    "unknown field `{}`{}",
+                    k.name,
+                    suggestion(&k.name, known.iter().copied())
+                );
+                cx.problem(ProblemKind::UnknownField, &at, line, msg);
+            } else if entries[..i].iter().any(|(p, _)| p.name == k.name) {
+                cx.problem(ProblemKind::InvalidValue, &at, line, "given more than once");
+            }
+        }
+        Some(Self {
+            entries,
+            path,
+            line: n.line(),
+        })
+    }
+
+    /// The value of `key`; a null value counts as absent.
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entries
+            .iter()
+            .find(|(k, v)| k.name == key && v.value != Value::Null)
+            .map(|(_, v)| v)
+    }
+
+    /// A required field.
+    fn req<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
+        match self.get(key) {
+            Some(n) => cx.decode(n, &child(self.path, key)),
+            None => {
+                let msg = format!("missing required field `{key}`");
+                cx.problem(ProblemKind::MissingField, self.path, self.line, msg);
+                None
+            }
+        }
+    }
+
+    /// An optional field: `Some(None)` when absent, `None` when invalid.
+    fn opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<Option<T>> {
+        match self.get(key) {
+            Some(n) => cx.decode(n, &child(self.path, key)).map(Some),
+            None => Some(None),
+        }
+    }
+
+    /// An optional field with a default.
+    fn or<T: Decode>(&self, key: &str, default: T, cx: &mut Cx) -> Option<T> {
+        self.opt(key, cx).map(|v| v.unwrap_or(default))
+    }
+}
+
+impl Decode for String {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match &n.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                cx.invalid(n, path, "a string");
+                None
+            }
+        }
+    }
+}
+
+impl Decode for bool {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match n.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                cx.invalid(n, path, "true or false");
+                None
+            }
+        }
+    }
+}
+
+macro_rules! decode_int {
+    ($($t:ty),*) => {$(
+        impl Decode for $t {
+            fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+                match n.value {
+                    Value::Int(i) => match <$t>::try_from(i) {
+                        Ok(v) => Some(v),
+                        Err(_) => {
+                            let msg = format!(
+                                "{i} is out of range ({}..={})", <$t>::MIN, <$t>::MAX
+                            );
+                            cx.problem(ProblemKind::OutOfRange, path, n.line(), msg);
+                            None
+                        }
+                    },
+                    _ => {
+                        cx.invalid(n, path, "a whole number");
+                        None
+                    }
+                }
+            }
+        }
+    )*};
+}
+decode_int!(u16, u32, u64);
+
+impl Decode for f64 {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match n.value {
+            Value::Int(i) => Some(i as f64),
+            Value::Float(f) if f.is_finite() => Some(f),
+            _ => {
+                cx.invalid(n, path, "a number");
+                None
+            }
+        }
+    }
+}
+
+impl Decode for Duration {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match &n.value {
+            Value::Str(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    cx.problem(ProblemKind::InvalidDuration, path, n.line(), e.to_string());
+                    None
+                }
+            },
+            Value::Int(0) => Some(Duration::ZERO),
+            Value::Int(i) => {
+                let msg = format!("`{i}` has no unit; write it with one, e.g. `{i}ms` or `{i}s`");
+                cx.problem(ProblemKind::InvalidDuration, path, n.line(), msg);
+                None
+            }
+            _ => {
+                cx.invalid(n, path, "a duration such as `250ms` or `2s`");
+                None
+            }
+        }
+    }
+}
+
+impl Decode for SpiffeId {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let s: String = String::decode(n, path, cx)?;
+        match SpiffeId::new(&s) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                let msg = format!("`{s}` is not a SPIFFE ID: {e}");
+                cx.problem(ProblemKind::InvalidSpiffeId, path, n.line(), msg);
+                None
+            }
+        }
+    }
+}
+
+impl<T: Decode> Decode for Vec<T> {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let Value::Seq(items) = &n.value else {
+            cx.invalid(n, path, "a list");
+            return None;
+        };
+        let decoded: Vec<Option<T>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| cx.decode(item, &index(path, i)))
+            .collect();
+        decoded.into_iter().collect()
+    }
+}
+
+impl<T: Decode> Decode for BTreeMap<String, T> {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let Value::Map(entries) = &n.value else {
+            cx.invalid(n, path, "a mapping");
+            return None;
+        };
+        let mut out = Some(BTreeMap::new());
+        for (k, v) in entries {
+            let value = cx.decode::<T>(v, &child(path, &k.name));
+            match (&mut out, value) {
+                (Some(map), Some(value)) => {
+                    map.insert(k.name.clone(), value);
+                }
+                _ => out = None,
+            }
+        }
+        out
+    }
+}
+
+/// A list, or a single item standing for a list of one.
+struct OneOrMany<T>(Vec<T>);
+
+impl<T: Decode> Decode for OneOrMany<T> {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match n.value {
+            Value::Seq(_) => Vec::decode(n, path, cx).map(OneOrMany),
+            _ => T::decode(n, path, cx).map(|v| OneOrMany(vec![v])),
+        }
+    }
+}
+
+/// Reads a string naming one of `names`.
+fn keyword<T: Copy>(n: &Node, path: &str, cx: &mut Cx, names: &[(&str, T)]) -> Option<T> {
+    let s = String::decode(n, path, cx)?;
+    if let Some((_, v)) = names.iter().find(|(name, _)| *name == s) {
+        return Some(*v);
+    }
+    let all: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+    let msg = format!(
+        "`{s}` is not one of {}{}",
+        all.join(", "),
+        suggestion(&s, all.iter().copied())
+    );
+    cx.problem(ProblemKind::InvalidValue, path, n.line(), msg);
+    None
+}
+
+/// Reads a mapping with exactly one key out of `kinds`, returning the key and
+/// its value node.
+fn one_of<'a>(n: &'a Node, path: &str, cx: &mut Cx, kinds: &[&str]) -> Option<(&'a str, &'a Node)> {
+    let f = Fields::of(n, path, cx, kinds)?;
+    let given: Vec<&(Key, Node)> = f.entries.iter().filter(|(k, _)| kinds.contains(&k.name.as_str())).collect();
+    match given.as_slice() {
+        [(k, v)] => Some((k.name.as_str(), v)),
+        [] => {
+            let msg = format!("give one of {}", kinds.join(", "));
+            cx.problem(ProblemKind::MissingField, path, n.line(), msg);
+            None
+        }
+        _ => {
+            let msg = format!("give only one of {}", kinds.join(", "));
+            cx.problem(ProblemKind::InvalidValue, path, n.line(), msg);
+            None
+        }
+    }
+}
+
+impl Decode for Config {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &["version", "trust_domain", "defaults", "services", "backends", "inbound"],
+        )?;
+        let version = f.or("version", 1u32, cx);
+        let trust_domain = f.opt("trust_domain", cx);
+        let defaults = f.or("defaults", Defaults::default(), cx);
+        let services = f.or("services", Vec::new(), cx);
+        let backends = f.or("backends", Vec::new(), cx);
+        let inbound = f.or("inbound", Vec::new(), cx);
+        Some(Config {
+            version: version?,
+            trust_domain: trust_domain?,
+            defaults: defaults?,
+            services: services?,
+            backends: backends?,
+            inbound: inbound?,
+        })
+    }
+}
+
+impl Decode for Defaults {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &["timeout", "connect_timeout", "retry_budget", "unknown_hosts"],
+        )?;
+        let d = Defaults::default();
+        let timeout = f.or("timeout", d.timeout, cx);
+        let connect_timeout = f.or("connect_timeout", d.connect_timeout, cx);
+        let retry_budget = f.or("retry_budget", d.retry_budget, cx);
+        let unknown_hosts = f.or("unknown_hosts", d.unknown_hosts, cx);
+        Some(Defaults {
+            timeout: timeout?,
+            connect_timeout: connect_timeout?,
+            retry_budget: retry_budget?,
+            unknown_hosts: unknown_hosts?,
+        })
+    }
+}
+
+impl Decode for RetryBudget {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["ratio", "min_per_second", "ttl"])?;
+        let d = RetryBudget::default();
+        let ratio = f.or("ratio", d.ratio, cx);
+        let min_per_second = f.or("min_per_second", d.min_per_second, cx);
+        let ttl = f.or("ttl", d.ttl, cx);
+        Some(RetryBudget {
+            ratio: ratio?,
+            min_per_second: min_per_second?,
+            ttl: ttl?,
+        })
+    }
+}
+
+impl Decode for UnknownHosts {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(
+            n,
+            path,
+            cx,
+            &[("passthrough", Self::Passthrough), ("refuse", Self::Refuse)],
+        )
+    }
+}
+
+impl Decode for Service {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["name", "hosts", "routes"])?;
+        let name = f.req("name", cx);
+        let hosts = f.or("hosts", Vec::new(), cx);
+        let routes = f.or("routes", Vec::new(), cx);
+        Some(Service {
+            name: name?,
+            hosts: hosts?,
+            routes: routes?,
+        })
+    }
+}
+
+impl Decode for Route {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &["name", "match", "to", "timeout", "retry", "fault", "mirror"],
+        )?;
+        let name = f.opt("name", cx);
+        let matches = f.opt::<OneOrMany<RouteMatch>>("match", cx);
+        let to = f.req("to", cx);
+        let timeout = f.opt("timeout", cx);
+        let retry = f.opt("retry", cx);
+        let fault = f.opt("fault", cx);
+        let mirror = f.opt("mirror", cx);
+        Some(Route {
+            name: name?,
+            matches: matches?.map(|m| m.0).unwrap_or_default(),
+            to: to?,
+            timeout: timeout?,
+            retry: retry?,
+            fault: fault?,
+            mirror: mirror?,
+        })
+    }
+}
+
+impl Decode for RouteMatch {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["path", "methods", "headers", "query"])?;
+        let p = f.opt("path", cx);
+        let methods = f.opt::<OneOrMany<String>>("methods", cx);
+        let headers = f.or("headers", BTreeMap::new(), cx);
+        let query = f.or("query", BTreeMap::new(), cx);
+        Some(RouteMatch {
+            path: p?,
+            methods: methods?.map(|m| m.0).unwrap_or_default(),
+            headers: headers?,
+            query: query?,
+        })
+    }
+}
+
+impl Decode for PathMatch {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let (kind, v) = one_of(n, path, cx, &["exact", "prefix", "regex"])?;
+        let s = cx.decode::<String>(v, &child(path, kind))?;
+        Some(match kind {
+            "exact" => Self::Exact(s),
+            "prefix" => Self::Prefix(s),
+            _ => Self::Regex(s),
+        })
+    }
+}
+
+impl Decode for StringMatch {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        if let Value::Str(s) = &n.value {
+            // `x-user: tester` is shorthand for `x-user: { exact: tester }`.
+            return Some(Self::Exact(s.clone()));
+        }
+        let (kind, v) = one_of(n, path, cx, &["exact", "prefix", "regex", "present"])?;
+        let at = child(path, kind);
+        Some(match kind {
+            "present" => Self::Present(cx.decode(v, &at)?),
+            "exact" => Self::Exact(cx.decode(v, &at)?),
+            "prefix" => Self::Prefix(cx.decode(v, &at)?),
+            _ => Self::Regex(cx.decode(v, &at)?),
+        })
+    }
+}
+
+impl Decode for WeightedBackend {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        if let Value::Str(s) = &n.value {
+            return Some(Self {
+                backend: s.clone(),
+                weight: 1,
+            });
+        }
+        let f = Fields::of(n, path, cx, &["backend", "weight"])?;
+        let backend = f.req("backend", cx);
+        let weight = f.or("weight", 1u32, cx);
+        Some(Self {
+            backend: backend?,
+            weight: weight?,
+        })
+    }
+}
+
+impl Decode for RetryPolicy {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &[
+                "attempts",
+                "per_try_timeout",
+                "on",
+                "retriable_status_codes",
+                "backoff",
+                "retry_non_idempotent",
+                "max_body_bytes",
+            ],
+        )?;
+        let d = RetryPolicy::default();
+        let attempts = f.or("attempts", d.attempts, cx);
+        let per_try_timeout = f.opt("per_try_timeout", cx);
+        let on = f.opt::<RetryOnList>("on", cx);
+        let codes = f.or("retriable_status_codes", Vec::new(), cx);
+        let backoff = f.or("backoff", d.backoff, cx);
+        let non_idem = f.or("retry_non_idempotent", false, cx);
+        let max_body = f.or("max_body_bytes", d.max_body_bytes, cx);
+        Some(RetryPolicy {
+            attempts: attempts?,
+            per_try_timeout: per_try_timeout?,
+            on: on?.map_or(d.on, |l| l.0),
+            retriable_status_codes: codes?,
+            backoff: backoff?,
+            retry_non_idempotent: non_idem?,
+            max_body_bytes: max_body?,
+        })
+    }
+}
+
+/// `on: [5xx, reset]` or Envoy's `on: "5xx,reset"`.
+struct RetryOnList(Vec<RetryOn>);
+
+impl Decode for RetryOnList {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match &n.value {
+            Value::Str(s) if s.contains(',') => {
+                let parts: Vec<Node> = s
+                    .split(',')
+                    .map(|p| Node {
+                        value: Value::Str(p.trim().to_owned()),
+                        line: n.line,
+                    })
+                    .collect();
+                let seq = Node {
+                    value: Value::Seq(parts),
+                    line: n.line,
+                };
+                Vec::decode(&seq, path, cx).map(RetryOnList)
+            }
+            _ => OneOrMany::decode(n, path, cx).map(|l| RetryOnList(l.0)),
+        }
+    }
+}
+
+impl Decode for RetryOn {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(n, path, cx, &RetryOn::ALL)
+    }
+}
+
+impl Decode for Backoff {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["base", "max"])?;
+        let d = Backoff::default();
+        let base = f.or("base", d.base, cx);
+        let max = f.opt::<Duration>("max", cx);
+        let base = base?;
+        Some(Backoff {
+            base,
+            // Envoy's rule: the cap defaults to ten times the base.
+            max: max?.unwrap_or(base.saturating_mul(10)),
+        })
+    }
+}
+
+impl Decode for Fault {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["delay", "abort"])?;
+        let delay = f.opt("delay", cx);
+        let abort = f.opt("abort", cx);
+        Some(Fault {
+            delay: delay?,
+            abort: abort?,
+        })
+    }
+}
+
+impl Decode for FaultDelay {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["fixed", "percent"])?;
+        let fixed = f.req("fixed", cx);
+        let percent = f.or("percent", 100.0, cx);
+        Some(FaultDelay {
+            fixed: fixed?,
+            percent: percent?,
+        })
+    }
+}
+
+impl Decode for FaultAbort {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["status", "percent"])?;
+        let status = f.req("status", cx);
+        let percent = f.or("percent", 100.0, cx);
+        Some(FaultAbort {
+            status: status?,
+            percent: percent?,
+        })
+    }
+}
+
+impl Decode for Mirror {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["backend", "percent"])?;
+        let backend = f.req("backend", cx);
+        let percent = f.or("percent", 100.0, cx);
+        Some(Mirror {
+            backend: backend?,
+            percent: percent?,
+        })
+    }
+}
+
+impl Decode for Backend {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &[
+                "name",
+                "endpoints",
+                "protocol",
+                "load_balancer",
+                "circuit_breaker",
+                "outlier_detection",
+                "tls",
+            ],
+        )?;
+        let name = f.req("name", cx);
+        let endpoints = f.or("endpoints", Vec::new(), cx);
+        let protocol = f.or("protocol", Protocol::default(), cx);
+        let lb = f.or("load_balancer", LoadBalancer::default(), cx);
+        let cb = f.opt("circuit_breaker", cx);
+        let od = f.opt("outlier_detection", cx);
+        let tls = f.opt("tls", cx);
+        Some(Backend {
+            name: name?,
+            endpoints: endpoints?,
+            protocol: protocol?,
+            load_balancer: lb?,
+            circuit_breaker: cb?,
+            outlier_detection: od?,
+            tls: tls?,
+        })
+    }
+}
+
+impl Decode for Endpoint {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        if let Value::Str(s) = &n.value {
+            return Some(Endpoint::new(s.clone()));
+        }
+        let f = Fields::of(n, path, cx, &["address", "weight"])?;
+        let address = f.req("address", cx);
+        let weight = f.or("weight", 1u32, cx);
+        Some(Endpoint {
+            address: address?,
+            weight: weight?,
+        })
+    }
+}
+
+impl Decode for Protocol {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(n, path, cx, &[("http1", Self::Http1), ("http2", Self::Http2)])
+    }
+}
+
+impl Decode for LoadBalancer {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        #[derive(Clone, Copy)]
+        enum K {
+            P2c,
+            Rr,
+            Random,
+            Ring,
+            Maglev,
+        }
+        let names = [
+            ("p2c_ewma", K::P2c),
+            ("round_robin", K::Rr),
+            ("random", K::Random),
+            ("ring_hash", K::Ring),
+            ("maglev", K::Maglev),
+        ];
+        let (kind, args) = match &n.value {
+            Value::Map(_) => {
+                let (k, v) = one_of(n, path, cx, &["ring_hash", "maglev"])?;
+                let kind = if k == "ring_hash" { K::Ring } else { K::Maglev };
+                (kind, Some((k, v)))
+            }
+            _ => (keyword(n, path, cx, &names)?, None),
+        };
+        let header = |cx: &mut Cx| -> Option<String> {
+            let Some((k, v)) = args else {
+                let msg = "a consistent-hash balancer needs a key: write `{ ring_hash: { header: NAME } }` (or maglev)";
+                cx.problem(ProblemKind::MissingField, path, n.line(), msg);
+                return None;
+            };
+            let at = child(path, k);
+            let f = Fields::of(v, &at, cx, &["header"])?;
+            f.req("header", cx)
+        };
+        Some(match kind {
+            K::P2c => Self::P2cEwma,
+            K::Rr => Self::RoundRobin,
+            K::Random => Self::Random,
+            K::Ring => Self::RingHash { header: header(cx)? },
+            K::Maglev => Self::Maglev { header: header(cx)? },
+        })
+    }
+}
+
+impl Decode for CircuitBreaker {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["max_requests", "max_pending", "max_retries"])?;
+        let d = CircuitBreaker::default();
+        let max_requests = f.or("max_requests", d.max_requests, cx);
+        let max_pending = f.or("max_pending", d.max_pending, cx);
+        let max_retries = f.or("max_retries", d.max_retries, cx);
+        Some(CircuitBreaker {
+            max_requests: max_requests?,
+            max_pending: max_pending?,
+            max_retries: max_retries?,
+        })
+    }
+}
+
+impl Decode for OutlierDetection {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &[
+                "consecutive_5xx",
+                "consecutive_gateway_errors",
+                "consecutive_connect_failures",
+                "base_ejection",
+                "max_ejection",
+                "max_ejection_percent",
+            ],
+        )?;
+        let d = OutlierDetection::default();
+        let c5 = f.or("consecutive_5xx", d.consecutive_5xx, cx);
+        let cg = f.or("consecutive_gateway_errors", d.consecutive_gateway_errors, cx);
+        let cc = f.or("consecutive_connect_failures", d.consecutive_connect_failures, cx);
+        let base = f.or("base_ejection", d.base_ejection, cx);
+        let max = f.or("max_ejection", d.max_ejection, cx);
+        let pct = f.or("max_ejection_percent", d.max_ejection_percent, cx);
+        Some(OutlierDetection {
+            consecutive_5xx: c5?,
+            consecutive_gateway_errors: cg?,
+            consecutive_connect_failures: cc?,
+            base_ejection: base?,
+            max_ejection: max?,
+            max_ejection_percent: pct?,
+        })
+    }
+}
+
+impl Decode for BackendTls {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["mode", "identity"])?;
+        let mode = f.or("mode", BackendTlsMode::Mutual, cx);
+        let identity = f.opt("identity", cx);
+        Some(BackendTls {
+            mode: mode?,
+            identity: identity?,
+        })
+    }
+}
+
+impl Decode for BackendTlsMode {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(
+            n,
+            path,
+            cx,
+            &[("disabled", Self::Disabled), ("mutual", Self::Mutual)],
+        )
+    }
+}
+
+impl Decode for InboundPolicy {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["service", "mtls", "rules"])?;
+        let service = f.req("service", cx);
+        let mtls = f.or("mtls", MtlsMode::default(), cx);
+        let rules = f.or("rules", Vec::new(), cx);
+        Some(InboundPolicy {
+            service: service?,
+            mtls: mtls?,
+            rules: rules?,
+        })
+    }
+}
+
+impl Decode for MtlsMode {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(
+            n,
+            path,
+            cx,
+            &[
+                ("strict", Self::Strict),
+                ("permissive", Self::Permissive),
+                ("disabled", Self::Disabled),
+            ],
+        )
+    }
+}
+
+impl Decode for AuthzRule {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["action", "from", "to"])?;
+        let action = f.or("action", AuthzAction::Allow, cx);
+        let from = f.opt::<OneOrMany<String>>("from", cx);
+        let to = f.or("to", AuthzTarget::default(), cx);
+        Some(AuthzRule {
+            action: action?,
+            from: from?.map(|l| l.0).unwrap_or_default(),
+            to: to?,
+        })
+    }
+}
+
+impl Decode for AuthzAction {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(n, path, cx, &[("allow", Self::Allow), ("deny", Self::Deny)])
+    }
+}
+
+impl Decode for AuthzTarget {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["paths", "methods"])?;
+        let paths = f.opt::<OneOrMany<String>>("paths", cx);
+        let methods = f.opt::<OneOrMany<String>>("methods", cx);
+        Some(AuthzTarget {
+            paths: paths?.map(|l| l.0).unwrap_or_default(),
+            methods: methods?.map(|l| l.0).unwrap_or_default(),
+        })
+    }
+}
+
+/// Decodes a whole config tree.
+pub(crate) fn decode_config(root: &Node, cx: &mut Cx) -> Option<Config> {
+    cx.decode(root, "")
+}

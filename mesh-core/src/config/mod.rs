@@ -1,0 +1,162 @@
+//! The config model, how it is read, and how it is validated.
+//!
+//! A config is read from YAML or JSON into a [`Config`], then checked as a
+//! whole: a config with any problem is rejected with a [`ConfigError`] that
+//! lists *every* problem, each with its field path, line (where the format
+//! gives one) and reason.
+//!
+//! ```
+//! use mesh_core::config::{Config, ProblemKind};
+//!
+//! let cfg = Config::from_yaml(r#"
+//! services:
+//!   - name: reviews
+//!     routes:
+//!       - to: [{ backend: reviews-v1, weight: 90 }, { backend: reviews-v2, weight: 10 }]
+//! backends:
+//!   - { name: reviews-v1, endpoints: ["127.0.0.1:9001"] }
+//!   - { name: reviews-v2, endpoints: ["127.0.0.1:9002"] }
+//! "#).unwrap();
+//! assert_eq!(cfg.services[0].routes[0].to.len(), 2);
+//!
+//! let err = Config::from_yaml("services:\n  - name: x\n    rootes: []\n").unwrap_err();
+//! assert!(err.has(ProblemKind::UnknownField));
+//! assert!(err.to_string().contains("did you mean `routes`"));
+//! ```
+
+mod decode;
+pub mod duration;
+mod error;
+mod model;
+mod node;
+pub(crate) mod validate;
+
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use error::{ConfigError, Problem, ProblemKind};
+pub use model::*;
+
+use node::Node;
+use std::path::Path;
+
+/// The format of a config document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// YAML (1.2; JSON documents are YAML too, but get JSON's error messages
+    /// when read as [`Format::Json`]).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// The format a file's extension names: `.json` is JSON, anything else
+    /// YAML.
+    pub fn of_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a YAML config.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, Format::Yaml)
+    }
+
+    /// Reads and validates a JSON config.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, Format::Json)
+    }
+
+    /// Reads and validates a config in `format`.
+    pub fn parse(text: &str, format: Format) -> Result<Config, ConfigError> {
+        let root = parse_tree(text, format).map_err(|p| ConfigError::new(vec![p]))?;
+        let mut cx = decode::Cx::default();
+        let cfg = decode::decode_config(&root, &mut cx);
+        match cfg {
+            Some(cfg) if cx.problems.is_empty() => {
+                let problems = validate::validate(&cfg, &cx.lines);
+                if problems.is_empty() {
+                    Ok(cfg)
+                } else {
+                    Err(ConfigError::new(problems))
+                }
+            }
+            Some(cfg) => {
+                // Decoding problems stand first; semantic checks still run
+                // on what could be read, so one pass shows everything.
+                let mut problems = cx.problems;
+                problems.extend(validate::validate(&cfg, &cx.lines));
+                Err(ConfigError::new(problems))
+            }
+            None => Err(ConfigError::new(cx.problems)),
+        }
+    }
+
+    /// Reads and validates a config file; `.json` files are JSON, others YAML.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(vec![Problem::new(
+                ProblemKind::Syntax,
+                "",
+                None,
+                format!("cannot read the file: {e}"),
+            )])
+            .in_file(path)
+        })?;
+        Self::parse(&text, Format::of_path(path)).map_err(|e| e.in_file(path))
+    }
+
+    /// Checks a config built in code (or changed since it was read).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::validate(self, &Default::default());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::new(problems))
+        }
+    }
+
+    /// The config as YAML, in the form [`Config::from_yaml`] reads.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot write YAML: {e}\n"))
+    }
+
+    /// The config as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
+    let syntax = |line: Option<u32>, msg: String| Problem::new(ProblemKind::Syntax, "", line, msg);
+    match format {
+        Format::Yaml => {
+            if text.trim().is_empty() {
+                return Ok(Node {
+                    value: node::Value::Map(Vec::new()),
+                    line: 1,
+                });
+            }
+            // YAML 1.2 booleans only: `on: [5xx]` is a key named "on", not `true`.
+            let mut options = serde_saphyr::Options::default();
+            options.strict_booleans = true;
+            serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
+                let line = e.location().and_then(|l| u32::try_from(l.line()).ok()).filter(|l| *l > 0);
+                syntax(line, format!("not valid YAML: {}", first_line(&e.to_string())))
+            })
+        }
+        Format::Json => serde_json::from_str::<Node>(text).map_err(|e| {
+            let line = u32::try_from(e.line()).ok().filter(|l| *l > 0);
+            syntax(line, format!("not valid JSON: {e}"))
+        }),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}

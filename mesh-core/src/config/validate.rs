@@ -1,0 +1,393 @@
+//! Semantic checks over a decoded config: references, weights, ranges,
+//! regexes, names, addresses and hosts. Every problem is collected.
+
+use super::decode::child;
+use super::error::{Problem, ProblemKind, suggestion};
+use super::model::*;
+use crate::identity::{SpiffeId, validate_trust_domain};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+struct V<'a> {
+    lines: &'a HashMap<String, u32>,
+    problems: Vec<Problem>,
+}
+
+impl V<'_> {
+    fn add(&mut self, kind: ProblemKind, path: &str, msg: impl Into<String>) {
+        let line = self.lines.get(path).copied();
+        self.problems.push(Problem::new(kind, path, line, msg));
+    }
+
+    fn positive(&mut self, path: &str, d: Duration) {
+        if d.is_zero() {
+            self.add(ProblemKind::OutOfRange, path, "must be greater than zero");
+        }
+    }
+
+    fn percent(&mut self, path: &str, p: f64) {
+        if !(0.0..=100.0).contains(&p) {
+            self.add(
+                ProblemKind::OutOfRange,
+                path,
+                format!("{p} is not a percentage between 0 and 100"),
+            );
+        }
+    }
+
+    fn regex(&mut self, path: &str, re: &str) {
+        if let Err(e) = crate::snapshot::compile_regex(re) {
+            let msg = format!("invalid regular expression: {}", first_line(&e.to_string()));
+            self.add(ProblemKind::InvalidRegex, path, msg);
+        }
+    }
+
+    fn method(&mut self, path: &str, m: &str) {
+        let ok = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+        if !ok {
+            let msg = format!("`{m}` is not an HTTP method; write it in upper case, e.g. GET");
+            self.add(ProblemKind::InvalidValue, path, msg);
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
+}
+
+/// Checks `cfg`; `lines` maps field paths to source lines where known.
+pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Problem> {
+    let mut v = V {
+        lines,
+        problems: Vec::new(),
+    };
+    if cfg.version != 1 {
+        let msg = format!("version {} is not supported; this build reads version 1", cfg.version);
+        v.add(ProblemKind::UnsupportedVersion, "version", msg);
+    }
+    if let Some(td) = &cfg.trust_domain {
+        if let Err(e) = validate_trust_domain(td) {
+            v.add(ProblemKind::InvalidSpiffeId, "trust_domain", format!("`{td}`: {e}"));
+        }
+    }
+    defaults(&mut v, &cfg.defaults);
+
+    let backend_names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
+    let service_names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+
+    let mut seen_services = HashSet::new();
+    let mut host_owner: HashMap<String, &str> = HashMap::new();
+    for (i, s) in cfg.services.iter().enumerate() {
+        let at = format!("services[{i}]");
+        name(&mut v, &child(&at, "name"), &s.name, &mut seen_services, "service");
+        let hosts: Vec<&str> = if s.hosts.is_empty() {
+            vec![s.name.as_str()]
+        } else {
+            s.hosts.iter().map(String::as_str).collect()
+        };
+        for (j, h) in hosts.iter().enumerate() {
+            let hp = if s.hosts.is_empty() {
+                child(&at, "name")
+            } else {
+                format!("{at}.hosts[{j}]")
+            };
+            if !is_hostname(h) {
+                let msg = format!("`{h}` is not a host name (letters, digits, `-` and `.`; no port)");
+                v.add(ProblemKind::InvalidAddress, &hp, msg);
+                continue;
+            }
+            let key = h.to_ascii_lowercase();
+            match host_owner.get(&key) {
+                Some(owner) if *owner == s.name => {
+                    v.add(ProblemKind::DuplicateName, &hp, format!("host `{h}` is listed twice"));
+                }
+                Some(owner) => {
+                    let msg = format!("host `{h}` is already claimed by service `{owner}`");
+                    v.add(ProblemKind::ConflictingHost, &hp, msg);
+                }
+                None => {
+                    host_owner.insert(key, &s.name);
+                }
+            }
+        }
+        let mut route_names = HashSet::new();
+        for (j, r) in s.routes.iter().enumerate() {
+            route(&mut v, &format!("{at}.routes[{j}]"), r, &backend_names, &mut route_names);
+        }
+    }
+
+    let mut seen_backends = HashSet::new();
+    for (i, b) in cfg.backends.iter().enumerate() {
+        backend(&mut v, &format!("backends[{i}]"), b, &mut seen_backends);
+    }
+
+    let mut seen_inbound = HashSet::new();
+    for (i, p) in cfg.inbound.iter().enumerate() {
+        let at = format!("inbound[{i}]");
+        let sp = child(&at, "service");
+        if !service_names.contains(&p.service.as_str()) {
+            let msg = format!(
+                "no service named `{}`{}",
+                p.service,
+                suggestion(&p.service, service_names.iter().copied())
+            );
+            v.add(ProblemKind::UndefinedReference, &sp, msg);
+        } else if !seen_inbound.insert(p.service.as_str()) {
+            let msg = format!("service `{}` has more than one inbound policy", p.service);
+            v.add(ProblemKind::DuplicateName, &sp, msg);
+        }
+        for (j, rule) in p.rules.iter().enumerate() {
+            let rp = format!("{at}.rules[{j}]");
+            for (k, from) in rule.from.iter().enumerate() {
+                principal(&mut v, &format!("{rp}.from[{k}]"), from);
+            }
+            for (k, path) in rule.to.paths.iter().enumerate() {
+                if !(path.starts_with('/') || path == "*") {
+                    let msg = format!("`{path}` must start with `/` (or be `*`)");
+                    v.add(ProblemKind::InvalidValue, &format!("{rp}.to.paths[{k}]"), msg);
+                }
+            }
+            for (k, m) in rule.to.methods.iter().enumerate() {
+                v.method(&format!("{rp}.to.methods[{k}]"), m);
+            }
+        }
+    }
+    v.problems
+}
+
+fn defaults(v: &mut V<'_>, d: &Defaults) {
+    v.positive("defaults.timeout", d.timeout);
+    v.positive("defaults.connect_timeout", d.connect_timeout);
+    let b = &d.retry_budget;
+    if !(0.0..=1000.0).contains(&b.ratio) {
+        let msg = format!("{} is outside 0..=1000", b.ratio);
+        v.add(ProblemKind::OutOfRange, "defaults.retry_budget.ratio", msg);
+    }
+    v.positive("defaults.retry_budget.ttl", b.ttl);
+}
+
+fn name<'a>(v: &mut V<'_>, path: &str, name: &'a str, seen: &mut HashSet<&'a str>, what: &str) {
+    if name.is_empty() {
+        v.add(ProblemKind::InvalidValue, path, format!("a {what} name may not be empty"));
+    } else if !seen.insert(name) {
+        v.add(ProblemKind::DuplicateName, path, format!("{what} `{name}` is defined twice"));
+    }
+}
+
+fn route<'a>(
+    v: &mut V<'_>,
+    at: &str,
+    r: &'a Route,
+    backends: &[&str],
+    seen: &mut HashSet<&'a str>,
+) {
+    if let Some(n) = &r.name {
+        name(v, &child(at, "name"), n, seen, "route");
+    }
+    for (k, m) in r.matches.iter().enumerate() {
+        let mp = if r.matches.len() == 1 {
+            child(at, "match")
+        } else {
+            format!("{at}.match[{k}]")
+        };
+        match &m.path {
+            Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) if !p.starts_with('/') => {
+                let msg = format!("`{p}` must start with `/`");
+                let kind = if matches!(m.path, Some(PathMatch::Exact(_))) { "exact" } else { "prefix" };
+                v.add(ProblemKind::InvalidValue, &format!("{mp}.path.{kind}"), msg);
+            }
+            Some(PathMatch::Regex(re)) => v.regex(&format!("{mp}.path.regex"), re),
+            _ => {}
+        }
+        for (j, meth) in m.methods.iter().enumerate() {
+            let p = if m.methods.len() == 1 {
+                format!("{mp}.methods")
+            } else {
+                format!("{mp}.methods[{j}]")
+            };
+            v.method(&p, meth);
+        }
+        for (h, sm) in &m.headers {
+            let hp = format!("{mp}.headers.{h}");
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                v.add(ProblemKind::InvalidValue, &hp, format!("`{h}` is not a valid header name"));
+            }
+            if let StringMatch::Regex(re) = sm {
+                v.regex(&child(&hp, "regex"), re);
+            }
+        }
+        for (q, sm) in &m.query {
+            if let StringMatch::Regex(re) = sm {
+                v.regex(&format!("{mp}.query.{q}.regex"), re);
+            }
+        }
+    }
+
+    if r.to.is_empty() {
+        v.add(ProblemKind::MissingField, &child(at, "to"), "a route needs at least one backend");
+    }
+    let mut total: u64 = 0;
+    for (j, wb) in r.to.iter().enumerate() {
+        let bp = format!("{at}.to[{j}].backend");
+        reference(v, &bp, &wb.backend, backends);
+        total += u64::from(wb.weight);
+    }
+    if !r.to.is_empty() && total == 0 {
+        v.add(ProblemKind::ZeroWeight, &child(at, "to"), "the weights add up to zero");
+    }
+    if let Some(t) = r.timeout {
+        v.positive(&child(at, "timeout"), t);
+    }
+    if let Some(rp) = &r.retry {
+        let p = child(at, "retry");
+        if rp.attempts == 0 || rp.attempts > 10 {
+            let msg = format!("{} is outside 1..=10 (attempts include the first)", rp.attempts);
+            v.add(ProblemKind::OutOfRange, &child(&p, "attempts"), msg);
+        }
+        if let Some(t) = rp.per_try_timeout {
+            v.positive(&child(&p, "per_try_timeout"), t);
+        }
+        for (k, code) in rp.retriable_status_codes.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                let msg = format!("{code} is not an HTTP status");
+                v.add(ProblemKind::OutOfRange, &format!("{p}.retriable_status_codes[{k}]"), msg);
+            }
+        }
+        if rp.on.contains(&RetryOn::RetriableStatusCodes) && rp.retriable_status_codes.is_empty() {
+            let msg = "`retriable-status-codes` is listed but `retriable_status_codes` is empty";
+            v.add(ProblemKind::MissingField, &child(&p, "on"), msg);
+        }
+        v.positive(&format!("{p}.backoff.base"), rp.backoff.base);
+        if rp.backoff.max < rp.backoff.base {
+            v.add(ProblemKind::OutOfRange, &format!("{p}.backoff.max"), "is shorter than `base`");
+        }
+    }
+    if let Some(f) = &r.fault {
+        let p = child(at, "fault");
+        if let Some(d) = &f.delay {
+            v.positive(&format!("{p}.delay.fixed"), d.fixed);
+            v.percent(&format!("{p}.delay.percent"), d.percent);
+        }
+        if let Some(a) = &f.abort {
+            if !(200..=599).contains(&a.status) {
+                let msg = format!("{} is not an HTTP status in 200..=599", a.status);
+                v.add(ProblemKind::OutOfRange, &format!("{p}.abort.status"), msg);
+            }
+            v.percent(&format!("{p}.abort.percent"), a.percent);
+        }
+    }
+    if let Some(m) = &r.mirror {
+        let p = child(at, "mirror");
+        reference(v, &child(&p, "backend"), &m.backend, backends);
+        v.percent(&child(&p, "percent"), m.percent);
+    }
+}
+
+fn reference(v: &mut V<'_>, path: &str, name: &str, backends: &[&str]) {
+    if !backends.contains(&name) {
+        let msg = format!(
+            "no backend named `{name}`{}",
+            suggestion(name, backends.iter().copied())
+        );
+        v.add(ProblemKind::UndefinedReference, path, msg);
+    }
+}
+
+fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a str>) {
+    name(v, &child(at, "name"), &b.name, seen, "backend");
+    let mut addrs = HashSet::new();
+    for (j, ep) in b.endpoints.iter().enumerate() {
+        let ep_at = format!("{at}.endpoints[{j}]");
+        if let Err(why) = check_address(&ep.address) {
+            v.add(ProblemKind::InvalidAddress, &ep_at, format!("`{}`: {why}", ep.address));
+        } else if !addrs.insert(ep.address.as_str()) {
+            v.add(ProblemKind::DuplicateName, &ep_at, format!("`{}` is listed twice", ep.address));
+        }
+        if ep.weight == 0 {
+            v.add(ProblemKind::ZeroWeight, &ep_at, "an endpoint weight must be at least 1");
+        }
+    }
+    if let LoadBalancer::RingHash { header } | LoadBalancer::Maglev { header } = &b.load_balancer {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            let msg = format!("`{header}` is not a valid header name");
+            v.add(ProblemKind::InvalidValue, &child(at, "load_balancer"), msg);
+        }
+    }
+    if let Some(cb) = &b.circuit_breaker {
+        let p = child(at, "circuit_breaker");
+        for (f, val) in [("max_requests", cb.max_requests), ("max_pending", cb.max_pending)] {
+            if val == 0 {
+                v.add(ProblemKind::OutOfRange, &child(&p, f), "must be at least 1");
+            }
+        }
+    }
+    if let Some(od) = &b.outlier_detection {
+        let p = child(at, "outlier_detection");
+        if od.max_ejection_percent > 100 {
+            let msg = format!("{} is not a percentage", od.max_ejection_percent);
+            v.add(ProblemKind::OutOfRange, &child(&p, "max_ejection_percent"), msg);
+        }
+        v.positive(&child(&p, "base_ejection"), od.base_ejection);
+        if od.max_ejection < od.base_ejection {
+            v.add(ProblemKind::OutOfRange, &child(&p, "max_ejection"), "is shorter than `base_ejection`");
+        }
+    }
+    if let Some(tls) = &b.tls {
+        if tls.mode == BackendTlsMode::Mutual && tls.identity.is_none() {
+            let msg = "mutual TLS needs the `identity` (SPIFFE ID) the endpoints must present";
+            v.add(ProblemKind::MissingField, &child(at, "tls"), msg);
+        }
+    }
+}
+
+/// `*`, a SPIFFE ID, or a SPIFFE ID prefix ending in `*`.
+fn principal(v: &mut V<'_>, path: &str, p: &str) {
+    if p == "*" {
+        return;
+    }
+    let result = match p.strip_suffix('*') {
+        // A prefix may end mid-segment (`spiffe://td/ns/prod-*`); check what
+        // is there by completing it to a full ID.
+        Some(prefix) => SpiffeId::new(&format!("{}x", prefix.trim_end_matches('/'))).map(|_| ()),
+        None => SpiffeId::new(p).map(|_| ()),
+    };
+    if let Err(e) = result {
+        let msg = format!("`{p}` is not a SPIFFE ID, a prefix ending in `*`, or `*`: {e}");
+        v.add(ProblemKind::InvalidSpiffeId, path, msg);
+    }
+}
+
+/// A DNS host name or an IP literal, without a port.
+pub(crate) fn is_hostname(h: &str) -> bool {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// `ip:port`, `[ipv6]:port` or `dns-name:port`.
+pub(crate) fn check_address(a: &str) -> Result<(), &'static str> {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = a.rsplit_once(':').ok_or("needs a port (`host:port`)")?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("the port must be a number in 1..=65535"),
+        Ok(_) => {}
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err("not a valid IPv6 address (write `[addr]:port`)");
+    }
+    if !is_hostname(host) {
+        return Err("the host is neither an IP address nor a DNS name");
+    }
+    Ok(())
+}

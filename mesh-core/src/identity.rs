@@ -1,0 +1,186 @@
+//! Workload identity: SPIFFE IDs.
+//!
+//! A SPIFFE ID is `spiffe://<trust-domain>/<path>`, validated as the SPIFFE
+//! ID specification prescribes: a lowercase trust domain of letters, digits,
+//! `.`, `-` and `_`; a path of non-empty segments of letters, digits, `.`,
+//! `-` and `_` that are neither `.` nor `..`; no port, user info, query or
+//! fragment; at most 2048 bytes.
+//!
+//! ```
+//! use mesh_core::identity::SpiffeId;
+//! let id: SpiffeId = "spiffe://demo.local/ns/default/sa/reviews".parse().unwrap();
+//! assert_eq!(id.trust_domain(), "demo.local");
+//! assert_eq!(id.path(), "/ns/default/sa/reviews");
+//! assert!("spiffe://Demo.local/x".parse::<SpiffeId>().is_err());
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// A validated SPIFFE ID. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    uri: Arc<str>,
+    /// Byte offset where the path starts (== len when there is none).
+    path_at: usize,
+}
+
+/// Why a string is not a SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpiffeIdError {
+    /// Does not start with `spiffe://`.
+    #[error("must start with `spiffe://`")]
+    Scheme,
+    /// No trust domain after the scheme.
+    #[error("the trust domain is empty")]
+    EmptyTrustDomain,
+    /// A character not allowed in a trust domain.
+    #[error("the trust domain may hold only lowercase letters, digits, `.`, `-` and `_` (found `{0}`)")]
+    TrustDomainChar(char),
+    /// A character not allowed in a path segment.
+    #[error("path segments may hold only letters, digits, `.`, `-` and `_` (found `{0}`)")]
+    PathChar(char),
+    /// `//` or a trailing `/`.
+    #[error("the path has an empty segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    /// A `.` or `..` segment.
+    #[error("the path may not contain `.` or `..` segments")]
+    DotSegment,
+    /// Longer than 2048 bytes.
+    #[error("longer than 2048 bytes")]
+    TooLong,
+}
+
+impl SpiffeId {
+    /// Parses and validates a SPIFFE ID.
+    pub fn new(s: &str) -> Result<Self, SpiffeIdError> {
+        if s.len() > 2048 {
+            return Err(SpiffeIdError::TooLong);
+        }
+        let rest = s.strip_prefix("spiffe://").ok_or(SpiffeIdError::Scheme)?;
+        let td_end = rest.find('/').unwrap_or(rest.len());
+        let (td, path) = rest.split_at(td_end);
+        validate_trust_domain(td)?;
+        if !path.is_empty() {
+            for seg in path[1..].split('/') {
+                if seg.is_empty() {
+                    return Err(SpiffeIdError::EmptySegment);
+                }
+                if seg == "." || seg == ".." {
+                    return Err(SpiffeIdError::DotSegment);
+                }
+                if let Some(c) = seg
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+                {
+                    return Err(SpiffeIdError::PathChar(c));
+                }
+            }
+        }
+        Ok(Self {
+            uri: Arc::from(s),
+            path_at: "spiffe://".len() + td_end,
+        })
+    }
+
+    /// The ID of `path` (which must start with `/`) in `trust_domain`.
+    pub fn from_parts(trust_domain: &str, path: &str) -> Result<Self, SpiffeIdError> {
+        Self::new(&format!("spiffe://{trust_domain}{path}"))
+    }
+
+    /// The trust domain, e.g. `demo.local`.
+    pub fn trust_domain(&self) -> &str {
+        &self.uri["spiffe://".len()..self.path_at]
+    }
+
+    /// The path, e.g. `/ns/default/sa/reviews` (empty for a trust domain ID).
+    pub fn path(&self) -> &str {
+        &self.uri[self.path_at..]
+    }
+
+    /// The whole URI.
+    pub fn as_str(&self) -> &str {
+        &self.uri
+    }
+}
+
+/// Validates a trust domain name on its own (`demo.local`).
+pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
+    if td.is_empty() {
+        return Err(SpiffeIdError::EmptyTrustDomain);
+    }
+    match td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        Some(c) => Err(SpiffeIdError::TrustDomainChar(c)),
+        None => Ok(()),
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri)
+    }
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({})", self.uri)
+    }
+}
+
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_ids() {
+        for s in [
+            "spiffe://demo.local",
+            "spiffe://demo.local/ns/default/sa/reviews",
+            "spiffe://example-1.org_x/a.b/c-d/E_F",
+        ] {
+            let id = SpiffeId::new(s).unwrap();
+            assert_eq!(id.as_str(), s);
+        }
+        let id = SpiffeId::new("spiffe://td/a/b").unwrap();
+        assert_eq!((id.trust_domain(), id.path()), ("td", "/a/b"));
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        let cases = [
+            ("http://demo.local/x", SpiffeIdError::Scheme),
+            ("spiffe:///x", SpiffeIdError::EmptyTrustDomain),
+            ("spiffe://Demo/x", SpiffeIdError::TrustDomainChar('D')),
+            ("spiffe://demo:8080/x", SpiffeIdError::TrustDomainChar(':')),
+            ("spiffe://user@demo/x", SpiffeIdError::TrustDomainChar('@')),
+            ("spiffe://demo/a//b", SpiffeIdError::EmptySegment),
+            ("spiffe://demo/a/", SpiffeIdError::EmptySegment),
+            ("spiffe://demo/a/../b", SpiffeIdError::DotSegment),
+            ("spiffe://demo/a?x=1", SpiffeIdError::PathChar('?')),
+            ("spiffe://demo/a#f", SpiffeIdError::PathChar('#')),
+        ];
+        for (s, want) in cases {
+            assert_eq!(SpiffeId::new(s), Err(want), "{s}");
+        }
+        let long = format!("spiffe://demo/{}", "a".repeat(2048));
+        assert_eq!(SpiffeId::new(&long), Err(SpiffeIdError::TooLong));
+    }
+}

@@ -1,0 +1,62 @@
+//! # mesh-core
+//!
+//! The control path of the mesh, and the pure decisions the data path asks
+//! of it:
+//!
+//! - [`config`]: the config model (services, routes, backends, inbound
+//!   policy, defaults), read from YAML or JSON and validated as a whole;
+//! - [`snapshot`]: the compiled, immutable form every request reads;
+//! - [`route`]: the route decision (which route, which backend), pure and
+//!   allocation-free;
+//! - [`identity`]: SPIFFE IDs;
+//! - [`state`]: runtime state keyed by backend and endpoint, which outlives
+//!   snapshots;
+//! - [`Mesh`]: the handle that holds the live snapshot (`arc-swap`),
+//!   publishes new ones and lets others subscribe;
+//! - `source` (feature `fs`, on by default): the watched config file and
+//!   `MESH_CONFIG`.
+//!
+//! The model and decision modules do no I/O and take time and randomness as
+//! arguments; `cargo build -p mesh-core --no-default-features` builds them
+//! without the file source.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use mesh_core::{Mesh, config::Config, route::{decide, Decision, RequestParts}};
+//!
+//! let config = Config::from_yaml(r#"
+//! version: 1
+//! services:
+//!   - name: reviews
+//!     routes:
+//!       - to:
+//!           - { backend: reviews-v1, weight: 90 }
+//!           - { backend: reviews-v2, weight: 10 }
+//! backends:
+//!   - { name: reviews-v1, endpoints: ["127.0.0.1:9001"] }
+//!   - { name: reviews-v2, endpoints: ["127.0.0.1:9003"] }
+//! "#)?;
+//! let mesh = Mesh::from_config(config)?;
+//!
+//! let headers = http::HeaderMap::new();
+//! let req = RequestParts::new("reviews", "GET", "/ratings/1", None, &headers);
+//! let snap = mesh.snapshot();
+//! let Decision::Route(d) = decide(&snap, &req, rand_sample())? else { unreachable!() };
+//! println!("{} -> {}", d.route.name(), d.backend.name());
+//! # fn rand_sample() -> u64 { 42 }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod identity;
+mod mesh;
+pub mod route;
+pub mod snapshot;
+#[cfg(feature = "fs")]
+pub mod source;
+pub mod state;
+
+pub use mesh::{Mesh, Subscription, UpdateStatus};

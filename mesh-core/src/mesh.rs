@@ -1,0 +1,212 @@
+//! The `Mesh` handle: the live snapshot, its updates, and their sources.
+
+use crate::config::{Config, ConfigError};
+use crate::snapshot::{Snapshot, Source};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// A handle on the mesh: the current [`Snapshot`] and the machinery that
+/// replaces it. Cheap to clone; all clones share one state.
+///
+/// ```
+/// use mesh_core::{Mesh, config::Config};
+///
+/// let mesh = Mesh::from_config(Config::from_yaml(r#"
+/// services: [{ name: web, routes: [{ to: [web-v1] }] }]
+/// backends: [{ name: web-v1, endpoints: ["127.0.0.1:8080"] }]
+/// "#).unwrap()).unwrap();
+/// let snap = mesh.snapshot();
+/// assert_eq!(snap.version(), 1);
+/// assert!(snap.service_for_host("web").is_some());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    current: ArcSwap<Snapshot>,
+    /// Serializes publishers so versions appear in order.
+    publish: Mutex<u64>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    last_error: Mutex<Option<Arc<ConfigError>>>,
+    last_update: Mutex<SystemTime>,
+    service: Option<String>,
+}
+
+/// Counters of config updates, for metrics and the admin server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpdateStatus {
+    /// Updates accepted and published (the first load included).
+    pub accepted: u64,
+    /// Updates rejected (the last good snapshot kept serving).
+    pub rejected: u64,
+    /// The most recent rejection, if any.
+    pub last_error: Option<Arc<ConfigError>>,
+    /// When the current snapshot was published.
+    pub last_update: SystemTime,
+}
+
+impl Mesh {
+    fn with_snapshot(snapshot: Snapshot) -> Self {
+        let snapshot = Arc::new(snapshot);
+        let version = snapshot.version();
+        let (tx, _) = watch::channel(snapshot.clone());
+        Mesh {
+            inner: Arc::new(Inner {
+                current: ArcSwap::new(snapshot),
+                publish: Mutex::new(version),
+                tx,
+                accepted: AtomicU64::new(u64::from(version > 0)),
+                rejected: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+                last_update: Mutex::new(SystemTime::now()),
+                service: std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()),
+            }),
+        }
+    }
+
+    /// A mesh with no config: every request passes through to the host it
+    /// names. Its snapshot is version 0.
+    pub fn empty() -> Self {
+        Self::with_snapshot(Snapshot::empty(0))
+    }
+
+    /// A mesh serving `config`, validated first.
+    pub fn from_config(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let snap = Snapshot::compile(config, 1, Source::Code).map_err(|e| match e {
+            crate::snapshot::CompileError::Invalid(e) => e,
+        })?;
+        Ok(Self::with_snapshot(snap))
+    }
+
+    /// The current snapshot: one lock-free load. Hold it for one request,
+    /// not across config changes.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// A subscription to new snapshots.
+    pub fn subscribe(&self) -> Subscription {
+        let mut rx = self.inner.tx.subscribe();
+        rx.mark_unchanged();
+        Subscription { rx }
+    }
+
+    /// Validates, compiles and publishes `config`; returns the new version.
+    /// On error the current snapshot keeps serving, and the rejection is
+    /// counted and logged.
+    pub fn update(&self, config: Config, source: Source) -> Result<u64, ConfigError> {
+        if let Err(e) = config.validate() {
+            let e = match &source {
+                Source::File(p) => e.in_file(p),
+                _ => e,
+            };
+            self.reject(e.clone());
+            return Err(e);
+        }
+        let mut last = self.inner.publish.lock().unwrap_or_else(PoisonError::into_inner);
+        let version = *last + 1;
+        let snap = match Snapshot::compile(config, version, source) {
+            Ok(s) => Arc::new(s),
+            Err(crate::snapshot::CompileError::Invalid(e)) => {
+                drop(last);
+                self.reject(e.clone());
+                return Err(e);
+            }
+        };
+        *last = version;
+        self.inner.current.store(snap.clone());
+        self.inner.tx.send_replace(snap.clone());
+        drop(last);
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        *self
+            .inner
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = snap.created();
+        tracing::info!(version, source = %snap.source(), services = snap.services().len(), "mesh config published");
+        Ok(version)
+    }
+
+    /// Records a rejected update (by a source that could not even decode
+    /// it): counted, logged, and kept as the last error.
+    pub fn reject(&self, error: ConfigError) {
+        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            current_version = self.snapshot().version(),
+            "mesh config rejected, last good config keeps serving: {error}"
+        );
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(error));
+    }
+
+    /// Counters of accepted and rejected updates.
+    pub fn status(&self) -> UpdateStatus {
+        UpdateStatus {
+            accepted: self.inner.accepted.load(Ordering::Relaxed),
+            rejected: self.inner.rejected.load(Ordering::Relaxed),
+            last_error: self
+                .inner
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            last_update: *self
+                .inner
+                .last_update
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// This workload's service name (`MESH_SERVICE`), if set.
+    pub fn service(&self) -> Option<&str> {
+        self.inner.service.as_deref()
+    }
+
+    /// Whether `other` is a handle on the same mesh.
+    pub fn same_as(&self, other: &Mesh) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Mesh> {
+        weak.upgrade().map(|inner| Mesh { inner })
+    }
+}
+
+/// New snapshots as they are published.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl Subscription {
+    /// Waits for a snapshot newer than the last one seen and returns it;
+    /// `None` once the mesh is gone. A slow subscriber sees the newest
+    /// snapshot, not every intermediate one; versions only ever increase.
+    pub async fn next(&mut self) -> Option<Arc<Snapshot>> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// The latest snapshot, without waiting.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.rx.borrow().clone()
+    }
+}

@@ -1,0 +1,444 @@
+//! The compiled, immutable form of a config that every request reads.
+//!
+//! Compilation does all the work a request would otherwise repeat: hosts are
+//! indexed in a hash map (O(1) lookup whatever the number of services),
+//! regexes and header names are compiled, every route gets a cumulative
+//! weight table, and backend references become indexes.
+
+use crate::config::{
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, StringMatch,
+    UnknownHosts,
+};
+use regex::Regex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Where a snapshot's config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// No config: every request passes through to the host it names.
+    Empty,
+    /// Built in code with `Mesh::from_config`.
+    Code,
+    /// A watched file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Empty => f.write_str("empty"),
+            Source::Code => f.write_str("code"),
+            Source::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+/// An immutable, compiled config with a version.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) version: u64,
+    pub(crate) source: Source,
+    pub(crate) created: SystemTime,
+    pub(crate) config: Arc<Config>,
+    /// Lowercase host -> index into `services`.
+    pub(crate) hosts: HashMap<Box<str>, u32>,
+    pub(crate) services: Vec<ServiceEntry>,
+    pub(crate) backends: Vec<BackendEntry>,
+    pub(crate) backend_index: HashMap<Arc<str>, u32>,
+}
+
+/// A compiled service.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) routes: Vec<RouteEntry>,
+}
+
+impl ServiceEntry {
+    /// The service name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+    /// Its routes, in match order.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub(crate) name: Arc<str>,
+    /// Alternatives (any may match); empty matches all.
+    pub(crate) matches: Vec<CompiledMatch>,
+    pub(crate) split: WeightTable,
+    pub(crate) timeout: Duration,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) fault: Option<Fault>,
+    pub(crate) mirror: Option<(u32, f64)>,
+}
+
+impl RouteEntry {
+    /// The route name (`route-N` when the config gave none).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+    /// The overall deadline of a request on this route.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    /// The retry policy, if any.
+    pub fn retry(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+    /// Fault injection, if any.
+    pub fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+    /// The weighted backends, as (backend index, weight).
+    pub fn split(&self) -> &WeightTable {
+        &self.split
+    }
+    /// The mirror backend's index and the percentage of requests mirrored.
+    pub fn mirror(&self) -> Option<(u32, f64)> {
+        self.mirror
+    }
+}
+
+/// A compiled backend.
+#[derive(Debug)]
+pub struct BackendEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Backend,
+    pub(crate) endpoints: Vec<EndpointEntry>,
+}
+
+impl BackendEntry {
+    /// The backend name: also its key for runtime state.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+    /// Its configuration.
+    pub fn config(&self) -> &Backend {
+        &self.config
+    }
+    /// Its endpoints.
+    pub fn endpoints(&self) -> &[EndpointEntry] {
+        &self.endpoints
+    }
+    /// Its load-balancer policy.
+    pub fn load_balancer(&self) -> &LoadBalancer {
+        &self.config.load_balancer
+    }
+}
+
+/// A compiled endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointEntry {
+    /// `host:port`.
+    pub address: Arc<str>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// A cumulative weight table for weighted choice.
+#[derive(Debug, Clone)]
+pub struct WeightTable {
+    /// (item, cumulative weight up to and including it); weights of zero are
+    /// kept out.
+    entries: Vec<(u32, u64)>,
+    total: u64,
+}
+
+impl WeightTable {
+    /// Builds a table from (item, weight) pairs.
+    pub fn new(items: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut total = 0u64;
+        let mut entries = Vec::new();
+        for (item, w) in items {
+            if w > 0 {
+                total += u64::from(w);
+                entries.push((item, total));
+            }
+        }
+        Self { entries, total }
+    }
+
+    /// The sum of the weights.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The items and their weights.
+    pub fn items(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let mut prev = 0;
+        self.entries.iter().map(move |&(item, cum)| {
+            let w = cum - prev;
+            prev = cum;
+            (item, w)
+        })
+    }
+
+    /// Picks an item for a uniformly random `sample`: each item with
+    /// probability weight / total. `None` only when the table is empty.
+    pub fn pick(&self, sample: u64) -> Option<u32> {
+        if let [(only, _)] = self.entries.as_slice() {
+            return Some(*only);
+        }
+        // Multiply-shift maps the sample onto 0..total without a division.
+        let x = ((u128::from(sample) * u128::from(self.total)) >> 64) as u64;
+        let i = self.entries.partition_point(|&(_, cum)| cum <= x);
+        self.entries.get(i).map(|&(item, _)| item)
+    }
+}
+
+/// A compiled match: every present condition must hold.
+#[derive(Debug)]
+pub(crate) struct CompiledMatch {
+    pub(crate) path: Option<CompiledPath>,
+    pub(crate) methods: Vec<Box<str>>,
+    pub(crate) headers: Vec<(http::HeaderName, CompiledString)>,
+    pub(crate) query: Vec<(Box<str>, CompiledString)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum CompiledPath {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub(crate) enum CompiledString {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex(Regex),
+    Present(bool),
+}
+
+/// Compiles a regex that must match the whole input (Envoy's `safe_regex`).
+pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+}
+
+/// Why a config could not be compiled. Validation rejects all of these
+/// first, so seeing one means a config skipped validation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The config did not validate.
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigError),
+}
+
+impl Snapshot {
+    /// Validates and compiles `config`.
+    pub fn compile(config: Config, version: u64, source: Source) -> Result<Self, CompileError> {
+        config.validate()?;
+        Ok(Self::compile_valid(Arc::new(config), version, source))
+    }
+
+    /// The empty snapshot: no services, every request passes through.
+    pub fn empty(version: u64) -> Self {
+        Self::compile_valid(Arc::new(Config::default()), version, Source::Empty)
+    }
+
+    /// Compiles a config that has passed validation. Anything validation
+    /// would have refused is skipped rather than panicking.
+    fn compile_valid(config: Arc<Config>, version: u64, source: Source) -> Self {
+        let mut backend_index = HashMap::with_capacity(config.backends.len());
+        let backends: Vec<BackendEntry> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name: Arc<str> = Arc::from(b.name.as_str());
+                backend_index.insert(name.clone(), i as u32);
+                BackendEntry {
+                    name,
+                    config: b.clone(),
+                    endpoints: b
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointEntry {
+                            address: Arc::from(e.address.as_str()),
+                            weight: e.weight,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+
+        let mut hosts = HashMap::new();
+        let mut services = Vec::with_capacity(config.services.len());
+        for (si, s) in config.services.iter().enumerate() {
+            if s.hosts.is_empty() {
+                hosts.insert(s.name.to_ascii_lowercase().into_boxed_str(), si as u32);
+            }
+            for h in &s.hosts {
+                hosts.insert(h.to_ascii_lowercase().into_boxed_str(), si as u32);
+            }
+            let routes = s
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(ri, r)| RouteEntry {
+                    name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                    matches: r.matches.iter().filter_map(compile_match).collect(),
+                    split: WeightTable::new(
+                        r.to.iter()
+                            .filter_map(|wb| Some((*backend_index.get(wb.backend.as_str())?, wb.weight))),
+                    ),
+                    timeout: r.timeout.unwrap_or(config.defaults.timeout),
+                    retry: r.retry.clone(),
+                    fault: r.fault.clone(),
+                    mirror: r.mirror.as_ref().and_then(|m| {
+                        Some((*backend_index.get(m.backend.as_str())?, m.percent))
+                    }),
+                })
+                .collect();
+            services.push(ServiceEntry {
+                name: Arc::from(s.name.as_str()),
+                routes,
+            });
+        }
+        Self {
+            version,
+            source,
+            created: SystemTime::now(),
+            config,
+            hosts,
+            services,
+            backends,
+            backend_index,
+        }
+    }
+
+    /// The version: strictly increasing across the snapshots one `Mesh`
+    /// publishes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Where the config came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// When this snapshot was compiled.
+    pub fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    /// The config it was compiled from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the snapshot has no services (everything passes through).
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// What to do with unknown hosts.
+    pub fn unknown_hosts(&self) -> UnknownHosts {
+        self.config.defaults.unknown_hosts
+    }
+
+    /// The services.
+    pub fn services(&self) -> &[ServiceEntry] {
+        &self.services
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &[BackendEntry] {
+        &self.backends
+    }
+
+    /// A backend by index (as held by route split tables).
+    pub fn backend(&self, index: u32) -> Option<&BackendEntry> {
+        self.backends.get(index as usize)
+    }
+
+    /// A backend by name.
+    pub fn backend_named(&self, name: &str) -> Option<&BackendEntry> {
+        self.backend_index.get(name).and_then(|&i| self.backend(i))
+    }
+
+    /// The inbound policy of `service`, if the config has one.
+    pub fn inbound(&self, service: &str) -> Option<&InboundPolicy> {
+        self.config.inbound.iter().find(|p| p.service == service)
+    }
+
+    /// The service that claims `host` (no port; any ASCII case), without
+    /// allocating.
+    pub fn service_for_host(&self, host: &str) -> Option<&ServiceEntry> {
+        let idx = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let mut buf = [0u8; 253];
+            let dst = buf.get_mut(..host.len())?;
+            dst.copy_from_slice(host.as_bytes());
+            dst.make_ascii_lowercase();
+            let lower = std::str::from_utf8(dst).ok()?;
+            self.hosts.get(lower)
+        } else {
+            self.hosts.get(host)
+        };
+        idx.and_then(|&i| self.services.get(i as usize))
+    }
+}
+
+fn compile_match(m: &crate::config::RouteMatch) -> Option<CompiledMatch> {
+    Some(CompiledMatch {
+        path: match &m.path {
+            None => None,
+            Some(PathMatch::Exact(p)) => Some(CompiledPath::Exact(p.as_str().into())),
+            Some(PathMatch::Prefix(p)) => Some(CompiledPath::Prefix(p.as_str().into())),
+            Some(PathMatch::Regex(r)) => Some(CompiledPath::Regex(compile_regex(r).ok()?)),
+        },
+        methods: m.methods.iter().map(|s| s.as_str().into()).collect(),
+        headers: m
+            .headers
+            .iter()
+            .map(|(k, v)| Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, compile_string(v)?)))
+            .collect::<Option<_>>()?,
+        query: m
+            .query
+            .iter()
+            .map(|(k, v)| Some((k.as_str().into(), compile_string(v)?)))
+            .collect::<Option<_>>()?,
+    })
+}
+
+fn compile_string(m: &StringMatch) -> Option<CompiledString> {
+    Some(match m {
+        StringMatch::Exact(s) => CompiledString::Exact(s.as_str().into()),
+        StringMatch::Prefix(s) => CompiledString::Prefix(s.as_str().into()),
+        StringMatch::Regex(r) => CompiledString::Regex(compile_regex(r).ok()?),
+        StringMatch::Present(p) => CompiledString::Present(*p),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_table_picks_in_proportion_at_the_edges() {
+        let t = WeightTable::new([(7, 90), (8, 0), (9, 10)]);
+        assert_eq!(t.total(), 100);
+        assert_eq!(t.pick(0), Some(7));
+        assert_eq!(t.pick(u64::MAX), Some(9));
+        // The boundary: 90% of the sample space goes to the first item.
+        let edge = (u64::MAX / 100) * 90;
+        assert_eq!(t.pick(edge - (1 << 20)), Some(7));
+        assert_eq!(t.pick(edge + (1 << 20)), Some(9));
+        assert_eq!(t.items().collect::<Vec<_>>(), vec![(7, 90), (9, 10)]);
+        assert_eq!(WeightTable::new([(1, 0)]).pick(5), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! A watched config file.
+//!
+//! The file is read again every [`POLL_INTERVAL`] by a small thread (no
+//! runtime needed, and it sees editors that replace the file by rename as
+//! well as those that write in place). A changed file that validates is
+//! published; one that does not is logged with every problem and counted,
+//! and the last good snapshot keeps serving. A file that vanishes keeps the
+//! last good snapshot too. The thread ends when the last `Mesh` handle is
+//! dropped.
+
+use crate::config::{Config, ConfigError, Format};
+use crate::mesh::Mesh;
+use crate::snapshot::Source;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often the file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+impl Mesh {
+    /// A mesh serving the config in `path`, watched for changes. Fails if
+    /// the file cannot be read or is invalid.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Mesh, ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let text = read(&path)?;
+        let config = parse(&text, &path)?;
+        let mesh = Mesh::empty();
+        mesh.update(config, Source::File(path.clone()))?;
+        spawn_watcher(&mesh, path, text)?;
+        Ok(mesh)
+    }
+
+    /// A mesh configured by the environment: `MESH_CONFIG` names a watched
+    /// YAML/JSON file. With nothing set the mesh is empty (every request
+    /// passes through), which is said in one log line.
+    pub fn from_env() -> Result<Mesh, ConfigError> {
+        match std::env::var_os("MESH_CONFIG").filter(|v| !v.is_empty()) {
+            Some(path) => Mesh::from_file(PathBuf::from(path)),
+            None => {
+                tracing::info!(
+                    "no MESH_CONFIG set: the mesh is empty and every request passes through to the host it names"
+                );
+                Ok(Mesh::empty())
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(vec![crate::config::Problem::new(
+            crate::config::ProblemKind::Syntax,
+            "",
+            None,
+            format!("cannot read the file: {e}"),
+        )])
+        .in_file(path)
+    })
+}
+
+fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    Config::parse(text, Format::of_path(path)).map_err(|e| e.in_file(path))
+}
+
+fn spawn_watcher(mesh: &Mesh, path: PathBuf, mut last: String) -> Result<(), ConfigError> {
+    let weak = mesh.downgrade();
+    let name = format!("mesh-config-watch:{}", path.display());
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut missing_logged = false;
+            loop {
+                std::thread::sleep(POLL_INTERVAL);
+                let Some(mesh) = Mesh::upgrade(&weak) else {
+                    return;
+                };
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if !missing_logged {
+                            tracing::warn!(file = %path.display(), "cannot read the mesh config, last good config keeps serving: {e}");
+                            missing_logged = true;
+                        }
+                        continue;
+                    }
+                };
+                missing_logged = false;
+                if text == last {
+                    continue;
+                }
+                match parse(&text, &path) {
+                    Ok(cfg) => {
+                        let _ = mesh.update(cfg, Source::File(path.clone()));
+                    }
+                    Err(e) => mesh.reject(e),
+                }
+                last = text;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            ConfigError::new(vec![crate::config::Problem::new(
+                crate::config::ProblemKind::Syntax,
+                "",
+                None,
+                format!("cannot start the file watcher: {e}"),
+            )])
+        })
+}
