@@ -37,7 +37,9 @@ pub enum SpiffeIdError {
     #[error("the trust domain is empty")]
     EmptyTrustDomain,
     /// A character not allowed in a trust domain.
-    #[error("the trust domain may hold only lowercase letters, digits, `.`, `-` and `_` (found `{0}`)")]
+    #[error(
+        "the trust domain may hold only lowercase letters, digits, `.`, `-` and `_` (found `{0}`)"
+    )]
     TrustDomainChar(char),
     /// A character not allowed in a path segment.
     #[error("path segments may hold only letters, digits, `.`, `-` and `_` (found `{0}`)")]
@@ -146,6 +148,7 @@ impl serde::Serialize for SpiffeId {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -113,7 +113,11 @@ impl Mesh {
             self.reject(e.clone());
             return Err(e);
         }
-        let mut last = self.inner.publish.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .inner
+            .publish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let version = *last + 1;
         let snap = match Snapshot::compile(config, version, source) {
             Ok(s) => Arc::new(s),
@@ -124,15 +128,16 @@ impl Mesh {
             }
         };
         *last = version;
-        self.inner.current.store(snap.clone());
-        self.inner.tx.send_replace(snap.clone());
-        drop(last);
+        // Counters first, so whoever sees the new snapshot sees them too.
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
         *self
             .inner
             .last_update
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = snap.created();
+        self.inner.current.store(snap.clone());
+        self.inner.tx.send_replace(snap.clone());
+        drop(last);
         tracing::info!(version, source = %snap.source(), services = snap.services().len(), "mesh config published");
         Ok(version)
     }

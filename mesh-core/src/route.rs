@@ -101,7 +101,6 @@ pub fn host_of(authority: &str) -> &str {
 
 /// The outcome of a route decision.
 #[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
 pub enum Decision<'s> {
     /// A route matched and a backend was chosen.
     Route(RouteDecision<'s>),
@@ -157,8 +156,8 @@ pub fn decide<'s>(
             _ => Ok(Decision::Passthrough),
         };
     };
-    let route = match_route(service, req)
-        .ok_or_else(|| NoRoute::NoMatchingRoute(service.name.clone()))?;
+    let route =
+        match_route(service, req).ok_or_else(|| NoRoute::NoMatchingRoute(service.name.clone()))?;
     let no_backend = || NoRoute::NoBackend {
         service: service.name.clone(),
         route: route.name.clone(),
@@ -174,7 +173,10 @@ pub fn decide<'s>(
 }
 
 /// The first route of `service` that matches `req`.
-pub fn match_route<'s>(service: &'s ServiceEntry, req: &RequestParts<'_>) -> Option<&'s RouteEntry> {
+pub fn match_route<'s>(
+    service: &'s ServiceEntry,
+    req: &RequestParts<'_>,
+) -> Option<&'s RouteEntry> {
     service
         .routes
         .iter()
@@ -234,6 +236,3 @@ fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = &'q s
         (k == name).then_some(v)
     })
 }
-
-#[cfg(test)]
-mod tests;

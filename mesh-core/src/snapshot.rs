@@ -222,9 +222,11 @@ pub(crate) enum CompiledString {
 
 /// Compiles a regex that must match the whole input (Envoy's `safe_regex`).
 pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
+    // The pattern alone first, so a syntax error speaks of what was written
+    // rather than of the anchored form.
+    let build = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
+    build(pattern)?;
+    build(&format!("^(?:{pattern})$"))
 }
 
 /// Why a config could not be compiled. Validation rejects all of these
@@ -284,25 +286,24 @@ impl Snapshot {
             for h in &s.hosts {
                 hosts.insert(h.to_ascii_lowercase().into_boxed_str(), si as u32);
             }
-            let routes = s
-                .routes
-                .iter()
-                .enumerate()
-                .map(|(ri, r)| RouteEntry {
-                    name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
-                    matches: r.matches.iter().filter_map(compile_match).collect(),
-                    split: WeightTable::new(
-                        r.to.iter()
-                            .filter_map(|wb| Some((*backend_index.get(wb.backend.as_str())?, wb.weight))),
-                    ),
-                    timeout: r.timeout.unwrap_or(config.defaults.timeout),
-                    retry: r.retry.clone(),
-                    fault: r.fault.clone(),
-                    mirror: r.mirror.as_ref().and_then(|m| {
-                        Some((*backend_index.get(m.backend.as_str())?, m.percent))
-                    }),
-                })
-                .collect();
+            let routes =
+                s.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(ri, r)| RouteEntry {
+                        name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                        matches: r.matches.iter().filter_map(compile_match).collect(),
+                        split: WeightTable::new(r.to.iter().filter_map(|wb| {
+                            Some((*backend_index.get(wb.backend.as_str())?, wb.weight))
+                        })),
+                        timeout: r.timeout.unwrap_or(config.defaults.timeout),
+                        retry: r.retry.clone(),
+                        fault: r.fault.clone(),
+                        mirror: r.mirror.as_ref().and_then(|m| {
+                            Some((*backend_index.get(m.backend.as_str())?, m.percent))
+                        }),
+                    })
+                    .collect();
             services.push(ServiceEntry {
                 name: Arc::from(s.name.as_str()),
                 routes,
@@ -405,7 +406,12 @@ fn compile_match(m: &crate::config::RouteMatch) -> Option<CompiledMatch> {
         headers: m
             .headers
             .iter()
-            .map(|(k, v)| Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, compile_string(v)?)))
+            .map(|(k, v)| {
+                Some((
+                    http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    compile_string(v)?,
+                ))
+            })
             .collect::<Option<_>>()?,
         query: m
             .query
@@ -425,6 +431,7 @@ fn compile_string(m: &StringMatch) -> Option<CompiledString> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -92,7 +92,10 @@ impl<K: Eq + Hash + Clone, V> StateMap<K, V> {
 
     /// How many keys have state.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no key has state.

@@ -46,6 +46,12 @@ impl Cx {
 
 pub(crate) trait Decode: Sized {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self>;
+
+    /// What stands in a list for an element that could not be decoded, so
+    /// that the indexes (and paths) of the others stay true.
+    fn fallback() -> Option<Self> {
+        None
+    }
 }
 
 pub(crate) fn child(path: &str, key: &str) -> String {
@@ -104,33 +110,51 @@ impl<'a, 'p> Fields<'a, 'p> {
             .map(|(_, v)| v)
     }
 
-    /// A required field.
-    fn req<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
+    /// Decodes `key`'s value, remembering the key's line for the path.
+    fn decode<T: Decode>(&self, key: &str, n: &Node, cx: &mut Cx) -> Option<T> {
+        let at = child(self.path, key);
+        let out = cx.decode(n, &at);
+        if let Some((k, _)) = self
+            .entries
+            .iter()
+            .find(|(k, _)| k.name == key && k.line > 0)
+        {
+            cx.lines.insert(at, k.line);
+        }
+        out
+    }
+
+    /// A required field; when absent or invalid the problem is recorded and
+    /// a default stands in, so decoding goes on.
+    fn req<T: Decode + Default>(&self, key: &str, cx: &mut Cx) -> T {
+        let at = child(self.path, key);
         match self.get(key) {
-            Some(n) => cx.decode(n, &child(self.path, key)),
+            Some(n) => self.decode(key, n, cx).unwrap_or_default(),
             None => {
                 let msg = format!("missing required field `{key}`");
-                cx.problem(ProblemKind::MissingField, self.path, self.line, msg);
-                None
+                cx.problem(ProblemKind::MissingField, &at, self.line, msg);
+                T::default()
             }
         }
     }
 
-    /// An optional field: `Some(None)` when absent, `None` when invalid.
-    fn opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<Option<T>> {
-        match self.get(key) {
-            Some(n) => cx.decode(n, &child(self.path, key)).map(Some),
-            None => Some(None),
-        }
+    /// An optional field; `None` when absent or invalid (the problem is
+    /// recorded).
+    fn opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
+        self.get(key).and_then(|n| self.decode(key, n, cx))
     }
 
     /// An optional field with a default.
-    fn or<T: Decode>(&self, key: &str, default: T, cx: &mut Cx) -> Option<T> {
-        self.opt(key, cx).map(|v| v.unwrap_or(default))
+    fn or<T: Decode>(&self, key: &str, default: T, cx: &mut Cx) -> T {
+        self.opt(key, cx).unwrap_or(default)
     }
 }
 
 impl Decode for String {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         match &n.value {
             Value::Str(s) => Some(s.clone()),
@@ -242,7 +266,10 @@ impl<T: Decode> Decode for Vec<T> {
             .enumerate()
             .map(|(i, item)| cx.decode(item, &index(path, i)))
             .collect();
-        decoded.into_iter().collect()
+        decoded
+            .into_iter()
+            .map(|item| item.or_else(T::fallback))
+            .collect()
     }
 }
 
@@ -298,7 +325,11 @@ fn keyword<T: Copy>(n: &Node, path: &str, cx: &mut Cx, names: &[(&str, T)]) -> O
 /// its value node.
 fn one_of<'a>(n: &'a Node, path: &str, cx: &mut Cx, kinds: &[&str]) -> Option<(&'a str, &'a Node)> {
     let f = Fields::of(n, path, cx, kinds)?;
-    let given: Vec<&(Key, Node)> = f.entries.iter().filter(|(k, _)| kinds.contains(&k.name.as_str())).collect();
+    let given: Vec<&(Key, Node)> = f
+        .entries
+        .iter()
+        .filter(|(k, _)| kinds.contains(&k.name.as_str()))
+        .collect();
     match given.as_slice() {
         [(k, v)] => Some((k.name.as_str(), v)),
         [] => {
@@ -320,7 +351,14 @@ impl Decode for Config {
             n,
             path,
             cx,
-            &["version", "trust_domain", "defaults", "services", "backends", "inbound"],
+            &[
+                "version",
+                "trust_domain",
+                "defaults",
+                "services",
+                "backends",
+                "inbound",
+            ],
         )?;
         let version = f.or("version", 1u32, cx);
         let trust_domain = f.opt("trust_domain", cx);
@@ -329,12 +367,12 @@ impl Decode for Config {
         let backends = f.or("backends", Vec::new(), cx);
         let inbound = f.or("inbound", Vec::new(), cx);
         Some(Config {
-            version: version?,
-            trust_domain: trust_domain?,
-            defaults: defaults?,
-            services: services?,
-            backends: backends?,
-            inbound: inbound?,
+            version,
+            trust_domain,
+            defaults,
+            services,
+            backends,
+            inbound,
         })
     }
 }
@@ -345,7 +383,12 @@ impl Decode for Defaults {
             n,
             path,
             cx,
-            &["timeout", "connect_timeout", "retry_budget", "unknown_hosts"],
+            &[
+                "timeout",
+                "connect_timeout",
+                "retry_budget",
+                "unknown_hosts",
+            ],
         )?;
         let d = Defaults::default();
         let timeout = f.or("timeout", d.timeout, cx);
@@ -353,10 +396,10 @@ impl Decode for Defaults {
         let retry_budget = f.or("retry_budget", d.retry_budget, cx);
         let unknown_hosts = f.or("unknown_hosts", d.unknown_hosts, cx);
         Some(Defaults {
-            timeout: timeout?,
-            connect_timeout: connect_timeout?,
-            retry_budget: retry_budget?,
-            unknown_hosts: unknown_hosts?,
+            timeout,
+            connect_timeout,
+            retry_budget,
+            unknown_hosts,
         })
     }
 }
@@ -369,9 +412,9 @@ impl Decode for RetryBudget {
         let min_per_second = f.or("min_per_second", d.min_per_second, cx);
         let ttl = f.or("ttl", d.ttl, cx);
         Some(RetryBudget {
-            ratio: ratio?,
-            min_per_second: min_per_second?,
-            ttl: ttl?,
+            ratio,
+            min_per_second,
+            ttl,
         })
     }
 }
@@ -388,20 +431,28 @@ impl Decode for UnknownHosts {
 }
 
 impl Decode for Service {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(n, path, cx, &["name", "hosts", "routes"])?;
         let name = f.req("name", cx);
         let hosts = f.or("hosts", Vec::new(), cx);
         let routes = f.or("routes", Vec::new(), cx);
         Some(Service {
-            name: name?,
-            hosts: hosts?,
-            routes: routes?,
+            name,
+            hosts,
+            routes,
         })
     }
 }
 
 impl Decode for Route {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(
             n,
@@ -417,18 +468,22 @@ impl Decode for Route {
         let fault = f.opt("fault", cx);
         let mirror = f.opt("mirror", cx);
         Some(Route {
-            name: name?,
-            matches: matches?.map(|m| m.0).unwrap_or_default(),
-            to: to?,
-            timeout: timeout?,
-            retry: retry?,
-            fault: fault?,
-            mirror: mirror?,
+            name,
+            matches: matches.map(|m| m.0).unwrap_or_default(),
+            to,
+            timeout,
+            retry,
+            fault,
+            mirror,
         })
     }
 }
 
 impl Decode for RouteMatch {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(n, path, cx, &["path", "methods", "headers", "query"])?;
         let p = f.opt("path", cx);
@@ -436,10 +491,10 @@ impl Decode for RouteMatch {
         let headers = f.or("headers", BTreeMap::new(), cx);
         let query = f.or("query", BTreeMap::new(), cx);
         Some(RouteMatch {
-            path: p?,
-            methods: methods?.map(|m| m.0).unwrap_or_default(),
-            headers: headers?,
-            query: query?,
+            path: p,
+            methods: methods.map(|m| m.0).unwrap_or_default(),
+            headers,
+            query,
         })
     }
 }
@@ -474,6 +529,10 @@ impl Decode for StringMatch {
 }
 
 impl Decode for WeightedBackend {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         if let Value::Str(s) = &n.value {
             return Some(Self {
@@ -484,10 +543,7 @@ impl Decode for WeightedBackend {
         let f = Fields::of(n, path, cx, &["backend", "weight"])?;
         let backend = f.req("backend", cx);
         let weight = f.or("weight", 1u32, cx);
-        Some(Self {
-            backend: backend?,
-            weight: weight?,
-        })
+        Some(Self { backend, weight })
     }
 }
 
@@ -516,13 +572,13 @@ impl Decode for RetryPolicy {
         let non_idem = f.or("retry_non_idempotent", false, cx);
         let max_body = f.or("max_body_bytes", d.max_body_bytes, cx);
         Some(RetryPolicy {
-            attempts: attempts?,
-            per_try_timeout: per_try_timeout?,
-            on: on?.map_or(d.on, |l| l.0),
-            retriable_status_codes: codes?,
-            backoff: backoff?,
-            retry_non_idempotent: non_idem?,
-            max_body_bytes: max_body?,
+            attempts,
+            per_try_timeout,
+            on: on.map_or(d.on, |l| l.0),
+            retriable_status_codes: codes,
+            backoff,
+            retry_non_idempotent: non_idem,
+            max_body_bytes: max_body,
         })
     }
 }
@@ -564,11 +620,10 @@ impl Decode for Backoff {
         let d = Backoff::default();
         let base = f.or("base", d.base, cx);
         let max = f.opt::<Duration>("max", cx);
-        let base = base?;
         Some(Backoff {
             base,
             // Envoy's rule: the cap defaults to ten times the base.
-            max: max?.unwrap_or(base.saturating_mul(10)),
+            max: max.unwrap_or(base.saturating_mul(10)),
         })
     }
 }
@@ -578,10 +633,7 @@ impl Decode for Fault {
         let f = Fields::of(n, path, cx, &["delay", "abort"])?;
         let delay = f.opt("delay", cx);
         let abort = f.opt("abort", cx);
-        Some(Fault {
-            delay: delay?,
-            abort: abort?,
-        })
+        Some(Fault { delay, abort })
     }
 }
 
@@ -590,10 +642,7 @@ impl Decode for FaultDelay {
         let f = Fields::of(n, path, cx, &["fixed", "percent"])?;
         let fixed = f.req("fixed", cx);
         let percent = f.or("percent", 100.0, cx);
-        Some(FaultDelay {
-            fixed: fixed?,
-            percent: percent?,
-        })
+        Some(FaultDelay { fixed, percent })
     }
 }
 
@@ -602,10 +651,7 @@ impl Decode for FaultAbort {
         let f = Fields::of(n, path, cx, &["status", "percent"])?;
         let status = f.req("status", cx);
         let percent = f.or("percent", 100.0, cx);
-        Some(FaultAbort {
-            status: status?,
-            percent: percent?,
-        })
+        Some(FaultAbort { status, percent })
     }
 }
 
@@ -614,14 +660,15 @@ impl Decode for Mirror {
         let f = Fields::of(n, path, cx, &["backend", "percent"])?;
         let backend = f.req("backend", cx);
         let percent = f.or("percent", 100.0, cx);
-        Some(Mirror {
-            backend: backend?,
-            percent: percent?,
-        })
+        Some(Mirror { backend, percent })
     }
 }
 
 impl Decode for Backend {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(
             n,
@@ -645,18 +692,22 @@ impl Decode for Backend {
         let od = f.opt("outlier_detection", cx);
         let tls = f.opt("tls", cx);
         Some(Backend {
-            name: name?,
-            endpoints: endpoints?,
-            protocol: protocol?,
-            load_balancer: lb?,
-            circuit_breaker: cb?,
-            outlier_detection: od?,
-            tls: tls?,
+            name,
+            endpoints,
+            protocol,
+            load_balancer: lb,
+            circuit_breaker: cb,
+            outlier_detection: od,
+            tls,
         })
     }
 }
 
 impl Decode for Endpoint {
+    fn fallback() -> Option<Self> {
+        Some(Endpoint::new(""))
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         if let Value::Str(s) = &n.value {
             return Some(Endpoint::new(s.clone()));
@@ -664,16 +715,18 @@ impl Decode for Endpoint {
         let f = Fields::of(n, path, cx, &["address", "weight"])?;
         let address = f.req("address", cx);
         let weight = f.or("weight", 1u32, cx);
-        Some(Endpoint {
-            address: address?,
-            weight: weight?,
-        })
+        Some(Endpoint { address, weight })
     }
 }
 
 impl Decode for Protocol {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(n, path, cx, &[("http1", Self::Http1), ("http2", Self::Http2)])
+        keyword(
+            n,
+            path,
+            cx,
+            &[("http1", Self::Http1), ("http2", Self::Http2)],
+        )
     }
 }
 
@@ -710,14 +763,18 @@ impl Decode for LoadBalancer {
             };
             let at = child(path, k);
             let f = Fields::of(v, &at, cx, &["header"])?;
-            f.req("header", cx)
+            Some(f.req("header", cx))
         };
         Some(match kind {
             K::P2c => Self::P2cEwma,
             K::Rr => Self::RoundRobin,
             K::Random => Self::Random,
-            K::Ring => Self::RingHash { header: header(cx)? },
-            K::Maglev => Self::Maglev { header: header(cx)? },
+            K::Ring => Self::RingHash {
+                header: header(cx)?,
+            },
+            K::Maglev => Self::Maglev {
+                header: header(cx)?,
+            },
         })
     }
 }
@@ -730,9 +787,9 @@ impl Decode for CircuitBreaker {
         let max_pending = f.or("max_pending", d.max_pending, cx);
         let max_retries = f.or("max_retries", d.max_retries, cx);
         Some(CircuitBreaker {
-            max_requests: max_requests?,
-            max_pending: max_pending?,
-            max_retries: max_retries?,
+            max_requests,
+            max_pending,
+            max_retries,
         })
     }
 }
@@ -754,18 +811,26 @@ impl Decode for OutlierDetection {
         )?;
         let d = OutlierDetection::default();
         let c5 = f.or("consecutive_5xx", d.consecutive_5xx, cx);
-        let cg = f.or("consecutive_gateway_errors", d.consecutive_gateway_errors, cx);
-        let cc = f.or("consecutive_connect_failures", d.consecutive_connect_failures, cx);
+        let cg = f.or(
+            "consecutive_gateway_errors",
+            d.consecutive_gateway_errors,
+            cx,
+        );
+        let cc = f.or(
+            "consecutive_connect_failures",
+            d.consecutive_connect_failures,
+            cx,
+        );
         let base = f.or("base_ejection", d.base_ejection, cx);
         let max = f.or("max_ejection", d.max_ejection, cx);
         let pct = f.or("max_ejection_percent", d.max_ejection_percent, cx);
         Some(OutlierDetection {
-            consecutive_5xx: c5?,
-            consecutive_gateway_errors: cg?,
-            consecutive_connect_failures: cc?,
-            base_ejection: base?,
-            max_ejection: max?,
-            max_ejection_percent: pct?,
+            consecutive_5xx: c5,
+            consecutive_gateway_errors: cg,
+            consecutive_connect_failures: cc,
+            base_ejection: base,
+            max_ejection: max,
+            max_ejection_percent: pct,
         })
     }
 }
@@ -775,10 +840,7 @@ impl Decode for BackendTls {
         let f = Fields::of(n, path, cx, &["mode", "identity"])?;
         let mode = f.or("mode", BackendTlsMode::Mutual, cx);
         let identity = f.opt("identity", cx);
-        Some(BackendTls {
-            mode: mode?,
-            identity: identity?,
-        })
+        Some(BackendTls { mode, identity })
     }
 }
 
@@ -794,15 +856,19 @@ impl Decode for BackendTlsMode {
 }
 
 impl Decode for InboundPolicy {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(n, path, cx, &["service", "mtls", "rules"])?;
         let service = f.req("service", cx);
         let mtls = f.or("mtls", MtlsMode::default(), cx);
         let rules = f.or("rules", Vec::new(), cx);
         Some(InboundPolicy {
-            service: service?,
-            mtls: mtls?,
-            rules: rules?,
+            service,
+            mtls,
+            rules,
         })
     }
 }
@@ -823,15 +889,19 @@ impl Decode for MtlsMode {
 }
 
 impl Decode for AuthzRule {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let f = Fields::of(n, path, cx, &["action", "from", "to"])?;
         let action = f.or("action", AuthzAction::Allow, cx);
         let from = f.opt::<OneOrMany<String>>("from", cx);
         let to = f.or("to", AuthzTarget::default(), cx);
         Some(AuthzRule {
-            action: action?,
-            from: from?.map(|l| l.0).unwrap_or_default(),
-            to: to?,
+            action,
+            from: from.map(|l| l.0).unwrap_or_default(),
+            to,
         })
     }
 }
@@ -848,8 +918,8 @@ impl Decode for AuthzTarget {
         let paths = f.opt::<OneOrMany<String>>("paths", cx);
         let methods = f.opt::<OneOrMany<String>>("methods", cx);
         Some(AuthzTarget {
-            paths: paths?.map(|l| l.0).unwrap_or_default(),
-            methods: methods?.map(|l| l.0).unwrap_or_default(),
+            paths: paths.map(|l| l.0).unwrap_or_default(),
+            methods: methods.map(|l| l.0).unwrap_or_default(),
         })
     }
 }

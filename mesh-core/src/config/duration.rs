@@ -104,9 +104,7 @@ fn scale(num: &str, unit: u128, input: &str) -> Result<u128, DurationError> {
     for d in frac.bytes() {
         div = div.checked_mul(10).ok_or_else(overflow)?;
         let digit = u128::from(d - b'0');
-        nanos = nanos
-            .checked_add(digit * unit / div)
-            .ok_or_else(overflow)?;
+        nanos = nanos.checked_add(digit * unit / div).ok_or_else(overflow)?;
     }
     Ok(nanos)
 }
@@ -162,6 +160,7 @@ pub(crate) mod serde_human {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -215,7 +214,9 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for ms in [0u64, 1, 250, 1000, 1500, 60_000, 90_000, 3_600_000, 5_400_250] {
+        for ms in [
+            0u64, 1, 250, 1000, 1500, 60_000, 90_000, 3_600_000, 5_400_250,
+        ] {
             let d = Duration::from_millis(ms);
             assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{ms}ms");
         }

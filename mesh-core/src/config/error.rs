@@ -116,11 +116,7 @@ impl fmt::Display for ConfigError {
             .file
             .as_ref()
             .map_or_else(|| "mesh config".to_owned(), |p| p.display().to_string());
-        write!(
-            f,
-            "{origin}: {n} problem{}",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{origin}: {n} problem{}", if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
             f.write_str("\n  ")?;
             if let Some(file) = &self.file {
@@ -183,6 +179,7 @@ pub(crate) fn suggestion<'a>(word: &str, candidates: impl IntoIterator<Item = &'
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

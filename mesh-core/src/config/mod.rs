@@ -76,23 +76,26 @@ impl Config {
         let root = parse_tree(text, format).map_err(|p| ConfigError::new(vec![p]))?;
         let mut cx = decode::Cx::default();
         let cfg = decode::decode_config(&root, &mut cx);
-        match cfg {
-            Some(cfg) if cx.problems.is_empty() => {
-                let problems = validate::validate(&cfg, &cx.lines);
-                if problems.is_empty() {
-                    Ok(cfg)
-                } else {
-                    Err(ConfigError::new(problems))
-                }
+        let Some(cfg) = cfg else {
+            return Err(ConfigError::new(cx.problems));
+        };
+        // Semantic checks run on what could be read, so one pass shows
+        // everything; a check on a value that did not decode would only
+        // echo that problem, so those are left out.
+        let mut problems = cx.problems;
+        let decoded = problems.len();
+        for p in validate::validate(&cfg, &cx.lines) {
+            if !problems[..decoded]
+                .iter()
+                .any(|d| related(&d.path, &p.path))
+            {
+                problems.push(p);
             }
-            Some(cfg) => {
-                // Decoding problems stand first; semantic checks still run
-                // on what could be read, so one pass shows everything.
-                let mut problems = cx.problems;
-                problems.extend(validate::validate(&cfg, &cx.lines));
-                Err(ConfigError::new(problems))
-            }
-            None => Err(ConfigError::new(cx.problems)),
+        }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::new(problems))
         }
     }
 
@@ -146,15 +149,37 @@ fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
             let mut options = serde_saphyr::Options::default();
             options.strict_booleans = true;
             serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
-                let line = e.location().and_then(|l| u32::try_from(l.line()).ok()).filter(|l| *l > 0);
-                syntax(line, format!("not valid YAML: {}", first_line(&e.to_string())))
+                let line = e
+                    .location()
+                    .and_then(|l| u32::try_from(l.line()).ok())
+                    .filter(|l| *l > 0);
+                syntax(
+                    line,
+                    format!("not valid YAML: {}", first_line(&e.to_string())),
+                )
             })
         }
-        Format::Json => serde_json::from_str::<Node>(text).map_err(|e| {
-            let line = u32::try_from(e.line()).ok().filter(|l| *l > 0);
-            syntax(line, format!("not valid JSON: {e}"))
-        }),
+        Format::Json => {
+            // serde_json judges the syntax, so errors speak of JSON. JSON is
+            // YAML 1.2, so the YAML reader then gives the tree with lines;
+            // should it ever disagree, the tree comes from serde_json alone.
+            let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                let line = u32::try_from(e.line()).ok().filter(|l| *l > 0);
+                syntax(line, format!("not valid JSON: {e}"))
+            })?;
+            Ok(parse_tree(text, Format::Yaml).unwrap_or_else(|_| node::from_json(value)))
+        }
     }
+}
+
+/// Whether one field path lies within the other (or they are equal).
+fn related(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+    };
+    within(a, b) || within(b, a)
 }
 
 fn first_line(s: &str) -> &str {

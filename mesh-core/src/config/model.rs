@@ -239,7 +239,11 @@ impl Default for RetryPolicy {
         Self {
             attempts: 2,
             per_try_timeout: None,
-            on: vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError],
+            on: vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::GatewayError,
+            ],
             retriable_status_codes: Vec::new(),
             backoff: Backoff::default(),
             retry_non_idempotent: false,

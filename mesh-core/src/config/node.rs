@@ -166,3 +166,25 @@ impl<'de> Deserialize<'de> for Value {
         d.deserialize_any(V)
     }
 }
+
+/// A tree from a JSON value, without lines.
+pub(crate) fn from_json(v: serde_json::Value) -> Node {
+    use serde_json::Value as J;
+    let value = match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i128::from(i)),
+            (_, Some(u)) => Value::Int(i128::from(u)),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Str(s),
+        J::Array(items) => Value::Seq(items.into_iter().map(from_json).collect()),
+        J::Object(map) => Value::Map(
+            map.into_iter()
+                .map(|(k, v)| (Key { name: k, line: 0 }, from_json(v)))
+                .collect(),
+        ),
+    };
+    Node { value, line: 0 }
+}

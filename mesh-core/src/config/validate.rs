@@ -37,7 +37,7 @@ impl V<'_> {
 
     fn regex(&mut self, path: &str, re: &str) {
         if let Err(e) = crate::snapshot::compile_regex(re) {
-            let msg = format!("invalid regular expression: {}", first_line(&e.to_string()));
+            let msg = format!("invalid regular expression: {}", last_line(&e.to_string()));
             self.add(ProblemKind::InvalidRegex, path, msg);
         }
     }
@@ -51,8 +51,14 @@ impl V<'_> {
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
+/// The regex crate's message ends with the reason on its last line.
+fn last_line(s: &str) -> &str {
+    let line = s
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim();
+    line.strip_prefix("error: ").unwrap_or(line)
 }
 
 /// Checks `cfg`; `lines` maps field paths to source lines where known.
@@ -62,13 +68,20 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
         problems: Vec::new(),
     };
     if cfg.version != 1 {
-        let msg = format!("version {} is not supported; this build reads version 1", cfg.version);
+        let msg = format!(
+            "version {} is not supported; this build reads version 1",
+            cfg.version
+        );
         v.add(ProblemKind::UnsupportedVersion, "version", msg);
     }
-    if let Some(td) = &cfg.trust_domain {
-        if let Err(e) = validate_trust_domain(td) {
-            v.add(ProblemKind::InvalidSpiffeId, "trust_domain", format!("`{td}`: {e}"));
-        }
+    if let Some(td) = &cfg.trust_domain
+        && let Err(e) = validate_trust_domain(td)
+    {
+        v.add(
+            ProblemKind::InvalidSpiffeId,
+            "trust_domain",
+            format!("`{td}`: {e}"),
+        );
     }
     defaults(&mut v, &cfg.defaults);
 
@@ -79,27 +92,41 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
     let mut host_owner: HashMap<String, &str> = HashMap::new();
     for (i, s) in cfg.services.iter().enumerate() {
         let at = format!("services[{i}]");
-        name(&mut v, &child(&at, "name"), &s.name, &mut seen_services, "service");
+        let before = v.problems.len();
+        name(
+            &mut v,
+            &child(&at, "name"),
+            &s.name,
+            &mut seen_services,
+            "service",
+        );
+        // A duplicate service already says so; its hosts would only repeat it.
+        let duplicate = v.problems.len() > before;
         let hosts: Vec<&str> = if s.hosts.is_empty() {
             vec![s.name.as_str()]
         } else {
             s.hosts.iter().map(String::as_str).collect()
         };
-        for (j, h) in hosts.iter().enumerate() {
+        for (j, h) in hosts.iter().enumerate().filter(|_| !duplicate) {
             let hp = if s.hosts.is_empty() {
                 child(&at, "name")
             } else {
                 format!("{at}.hosts[{j}]")
             };
             if !is_hostname(h) {
-                let msg = format!("`{h}` is not a host name (letters, digits, `-` and `.`; no port)");
+                let msg =
+                    format!("`{h}` is not a host name (letters, digits, `-` and `.`; no port)");
                 v.add(ProblemKind::InvalidAddress, &hp, msg);
                 continue;
             }
             let key = h.to_ascii_lowercase();
             match host_owner.get(&key) {
                 Some(owner) if *owner == s.name => {
-                    v.add(ProblemKind::DuplicateName, &hp, format!("host `{h}` is listed twice"));
+                    v.add(
+                        ProblemKind::DuplicateName,
+                        &hp,
+                        format!("host `{h}` is listed twice"),
+                    );
                 }
                 Some(owner) => {
                     let msg = format!("host `{h}` is already claimed by service `{owner}`");
@@ -112,7 +139,13 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
         }
         let mut route_names = HashSet::new();
         for (j, r) in s.routes.iter().enumerate() {
-            route(&mut v, &format!("{at}.routes[{j}]"), r, &backend_names, &mut route_names);
+            route(
+                &mut v,
+                &format!("{at}.routes[{j}]"),
+                r,
+                &backend_names,
+                &mut route_names,
+            );
         }
     }
 
@@ -144,7 +177,11 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
             for (k, path) in rule.to.paths.iter().enumerate() {
                 if !(path.starts_with('/') || path == "*") {
                     let msg = format!("`{path}` must start with `/` (or be `*`)");
-                    v.add(ProblemKind::InvalidValue, &format!("{rp}.to.paths[{k}]"), msg);
+                    v.add(
+                        ProblemKind::InvalidValue,
+                        &format!("{rp}.to.paths[{k}]"),
+                        msg,
+                    );
                 }
             }
             for (k, m) in rule.to.methods.iter().enumerate() {
@@ -168,9 +205,17 @@ fn defaults(v: &mut V<'_>, d: &Defaults) {
 
 fn name<'a>(v: &mut V<'_>, path: &str, name: &'a str, seen: &mut HashSet<&'a str>, what: &str) {
     if name.is_empty() {
-        v.add(ProblemKind::InvalidValue, path, format!("a {what} name may not be empty"));
+        v.add(
+            ProblemKind::InvalidValue,
+            path,
+            format!("a {what} name may not be empty"),
+        );
     } else if !seen.insert(name) {
-        v.add(ProblemKind::DuplicateName, path, format!("{what} `{name}` is defined twice"));
+        v.add(
+            ProblemKind::DuplicateName,
+            path,
+            format!("{what} `{name}` is defined twice"),
+        );
     }
 }
 
@@ -193,7 +238,11 @@ fn route<'a>(
         match &m.path {
             Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) if !p.starts_with('/') => {
                 let msg = format!("`{p}` must start with `/`");
-                let kind = if matches!(m.path, Some(PathMatch::Exact(_))) { "exact" } else { "prefix" };
+                let kind = if matches!(m.path, Some(PathMatch::Exact(_))) {
+                    "exact"
+                } else {
+                    "prefix"
+                };
                 v.add(ProblemKind::InvalidValue, &format!("{mp}.path.{kind}"), msg);
             }
             Some(PathMatch::Regex(re)) => v.regex(&format!("{mp}.path.regex"), re),
@@ -210,7 +259,11 @@ fn route<'a>(
         for (h, sm) in &m.headers {
             let hp = format!("{mp}.headers.{h}");
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                v.add(ProblemKind::InvalidValue, &hp, format!("`{h}` is not a valid header name"));
+                v.add(
+                    ProblemKind::InvalidValue,
+                    &hp,
+                    format!("`{h}` is not a valid header name"),
+                );
             }
             if let StringMatch::Regex(re) = sm {
                 v.regex(&child(&hp, "regex"), re);
@@ -224,7 +277,11 @@ fn route<'a>(
     }
 
     if r.to.is_empty() {
-        v.add(ProblemKind::MissingField, &child(at, "to"), "a route needs at least one backend");
+        v.add(
+            ProblemKind::MissingField,
+            &child(at, "to"),
+            "a route needs at least one backend",
+        );
     }
     let mut total: u64 = 0;
     for (j, wb) in r.to.iter().enumerate() {
@@ -233,7 +290,11 @@ fn route<'a>(
         total += u64::from(wb.weight);
     }
     if !r.to.is_empty() && total == 0 {
-        v.add(ProblemKind::ZeroWeight, &child(at, "to"), "the weights add up to zero");
+        v.add(
+            ProblemKind::ZeroWeight,
+            &child(at, "to"),
+            "the weights add up to zero",
+        );
     }
     if let Some(t) = r.timeout {
         v.positive(&child(at, "timeout"), t);
@@ -241,7 +302,10 @@ fn route<'a>(
     if let Some(rp) = &r.retry {
         let p = child(at, "retry");
         if rp.attempts == 0 || rp.attempts > 10 {
-            let msg = format!("{} is outside 1..=10 (attempts include the first)", rp.attempts);
+            let msg = format!(
+                "{} is outside 1..=10 (attempts include the first)",
+                rp.attempts
+            );
             v.add(ProblemKind::OutOfRange, &child(&p, "attempts"), msg);
         }
         if let Some(t) = rp.per_try_timeout {
@@ -250,7 +314,11 @@ fn route<'a>(
         for (k, code) in rp.retriable_status_codes.iter().enumerate() {
             if !(100..=599).contains(code) {
                 let msg = format!("{code} is not an HTTP status");
-                v.add(ProblemKind::OutOfRange, &format!("{p}.retriable_status_codes[{k}]"), msg);
+                v.add(
+                    ProblemKind::OutOfRange,
+                    &format!("{p}.retriable_status_codes[{k}]"),
+                    msg,
+                );
             }
         }
         if rp.on.contains(&RetryOn::RetriableStatusCodes) && rp.retriable_status_codes.is_empty() {
@@ -259,7 +327,11 @@ fn route<'a>(
         }
         v.positive(&format!("{p}.backoff.base"), rp.backoff.base);
         if rp.backoff.max < rp.backoff.base {
-            v.add(ProblemKind::OutOfRange, &format!("{p}.backoff.max"), "is shorter than `base`");
+            v.add(
+                ProblemKind::OutOfRange,
+                &format!("{p}.backoff.max"),
+                "is shorter than `base`",
+            );
         }
     }
     if let Some(f) = &r.fault {
@@ -299,23 +371,38 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a s
     for (j, ep) in b.endpoints.iter().enumerate() {
         let ep_at = format!("{at}.endpoints[{j}]");
         if let Err(why) = check_address(&ep.address) {
-            v.add(ProblemKind::InvalidAddress, &ep_at, format!("`{}`: {why}", ep.address));
+            v.add(
+                ProblemKind::InvalidAddress,
+                &ep_at,
+                format!("`{}`: {why}", ep.address),
+            );
         } else if !addrs.insert(ep.address.as_str()) {
-            v.add(ProblemKind::DuplicateName, &ep_at, format!("`{}` is listed twice", ep.address));
+            v.add(
+                ProblemKind::DuplicateName,
+                &ep_at,
+                format!("`{}` is listed twice", ep.address),
+            );
         }
         if ep.weight == 0 {
-            v.add(ProblemKind::ZeroWeight, &ep_at, "an endpoint weight must be at least 1");
+            v.add(
+                ProblemKind::ZeroWeight,
+                &ep_at,
+                "an endpoint weight must be at least 1",
+            );
         }
     }
-    if let LoadBalancer::RingHash { header } | LoadBalancer::Maglev { header } = &b.load_balancer {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            let msg = format!("`{header}` is not a valid header name");
-            v.add(ProblemKind::InvalidValue, &child(at, "load_balancer"), msg);
-        }
+    if let LoadBalancer::RingHash { header } | LoadBalancer::Maglev { header } = &b.load_balancer
+        && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+    {
+        let msg = format!("`{header}` is not a valid header name");
+        v.add(ProblemKind::InvalidValue, &child(at, "load_balancer"), msg);
     }
     if let Some(cb) = &b.circuit_breaker {
         let p = child(at, "circuit_breaker");
-        for (f, val) in [("max_requests", cb.max_requests), ("max_pending", cb.max_pending)] {
+        for (f, val) in [
+            ("max_requests", cb.max_requests),
+            ("max_pending", cb.max_pending),
+        ] {
             if val == 0 {
                 v.add(ProblemKind::OutOfRange, &child(&p, f), "must be at least 1");
             }
@@ -325,18 +412,27 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a s
         let p = child(at, "outlier_detection");
         if od.max_ejection_percent > 100 {
             let msg = format!("{} is not a percentage", od.max_ejection_percent);
-            v.add(ProblemKind::OutOfRange, &child(&p, "max_ejection_percent"), msg);
+            v.add(
+                ProblemKind::OutOfRange,
+                &child(&p, "max_ejection_percent"),
+                msg,
+            );
         }
         v.positive(&child(&p, "base_ejection"), od.base_ejection);
         if od.max_ejection < od.base_ejection {
-            v.add(ProblemKind::OutOfRange, &child(&p, "max_ejection"), "is shorter than `base_ejection`");
+            v.add(
+                ProblemKind::OutOfRange,
+                &child(&p, "max_ejection"),
+                "is shorter than `base_ejection`",
+            );
         }
     }
-    if let Some(tls) = &b.tls {
-        if tls.mode == BackendTlsMode::Mutual && tls.identity.is_none() {
-            let msg = "mutual TLS needs the `identity` (SPIFFE ID) the endpoints must present";
-            v.add(ProblemKind::MissingField, &child(at, "tls"), msg);
-        }
+    if let Some(tls) = &b.tls
+        && tls.mode == BackendTlsMode::Mutual
+        && tls.identity.is_none()
+    {
+        let msg = "mutual TLS needs the `identity` (SPIFFE ID) the endpoints must present";
+        v.add(ProblemKind::MissingField, &child(at, "tls"), msg);
     }
 }
 
@@ -369,7 +465,9 @@ pub(crate) fn is_hostname(h: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 

@@ -1,0 +1,200 @@
+//! Every validation problem kind, each from a bad file whose header says
+//! which problems (kind, path, line, words) it must produce.
+
+use mesh_core::config::{Config, ConfigError, ProblemKind};
+use std::path::{Path, PathBuf};
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs")
+}
+
+#[derive(Debug)]
+struct Expect {
+    kind: String,
+    path: String,
+    line: Option<u32>,
+    words: Option<String>,
+}
+
+/// `# expect: Kind path [line N] ["words"]`
+fn expectations(text: &str) -> Vec<Expect> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# expect: "))
+        .map(|rest| {
+            let (head, words) = match rest.split_once('"') {
+                Some((h, w)) => (h, Some(w.trim_end_matches('"').to_owned())),
+                None => (rest, None),
+            };
+            let mut parts = head.split_whitespace();
+            let kind = parts.next().unwrap().to_owned();
+            let path = parts.next().unwrap().to_owned();
+            let path = if path == "-" { String::new() } else { path };
+            let line = match (parts.next(), parts.next()) {
+                (Some("line"), Some(n)) => Some(n.parse().unwrap()),
+                _ => None,
+            };
+            Expect {
+                kind,
+                path,
+                line,
+                words,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_bad_file_reports_exactly_its_problems() {
+    let mut kinds_seen = std::collections::HashSet::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(configs().join("bad")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = expectations(&text);
+        assert!(
+            !expected.is_empty(),
+            "{} has no expectations",
+            path.display()
+        );
+        let err: ConfigError = Config::from_path(&path).expect_err(&path.display().to_string());
+        assert_eq!(err.file.as_deref(), Some(path.as_path()));
+        let shown = err.to_string();
+        for e in &expected {
+            let found = err.problems.iter().find(|p| {
+                format!("{:?}", p.kind) == e.kind
+                    && p.path == e.path
+                    && (e.line.is_none() || p.line == e.line)
+                    && e.words
+                        .as_ref()
+                        .is_none_or(|w| p.message.contains(w.as_str()))
+            });
+            assert!(
+                found.is_some(),
+                "{}: expected {e:?}\ngot:\n{shown}",
+                path.display()
+            );
+            kinds_seen.insert(e.kind.clone());
+        }
+        assert_eq!(
+            err.problems.len(),
+            expected.len(),
+            "{}: unexpected extra problems:\n{shown}",
+            path.display()
+        );
+        files += 1;
+    }
+    assert!(files >= 14);
+    for kind in [
+        ProblemKind::Syntax,
+        ProblemKind::UnknownField,
+        ProblemKind::MissingField,
+        ProblemKind::InvalidValue,
+        ProblemKind::InvalidDuration,
+        ProblemKind::InvalidRegex,
+        ProblemKind::UndefinedReference,
+        ProblemKind::ZeroWeight,
+        ProblemKind::DuplicateName,
+        ProblemKind::ConflictingHost,
+        ProblemKind::InvalidSpiffeId,
+        ProblemKind::InvalidAddress,
+        ProblemKind::OutOfRange,
+        ProblemKind::UnsupportedVersion,
+    ] {
+        assert!(
+            kinds_seen.contains(&format!("{kind:?}")),
+            "no bad file covers {kind:?}"
+        );
+    }
+}
+
+#[test]
+fn the_design_example_loads_unchanged() {
+    // The config of ../shared/DESIGN.md, copied byte for byte.
+    let cfg = Config::from_path(configs().join("design.yaml")).unwrap();
+    assert_eq!(cfg.trust_domain.as_deref(), Some("demo.local"));
+    assert_eq!(cfg.defaults.timeout, std::time::Duration::from_secs(15));
+    let reviews = &cfg.services[0];
+    assert_eq!(reviews.hosts, ["reviews", "reviews.default.svc"]);
+    let default = &reviews.routes[1];
+    let retry = default.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(retry.on.len(), 3);
+    assert_eq!(default.to[0].weight, 90);
+    assert_eq!(
+        cfg.backends[1]
+            .tls
+            .as_ref()
+            .unwrap()
+            .identity
+            .as_ref()
+            .unwrap()
+            .path(),
+        "/ns/default/sa/reviews"
+    );
+    assert_eq!(cfg.inbound[0].rules[0].to.methods, ["GET"]);
+}
+
+#[test]
+fn json_reports_every_problem_of_every_stage() {
+    let err = Config::from_path(configs().join("many_problems.json")).unwrap_err();
+    let kinds: Vec<ProblemKind> = err.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::UnknownField), "{err}");
+    assert!(kinds.contains(&ProblemKind::InvalidDuration), "{err}");
+    assert!(
+        err.to_string()
+            .contains("backends[0].protocl: unknown field `protocl` (did you mean `protocol`?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_and_yaml_read_the_same_model() {
+    let yaml = Config::from_path(configs().join("design.yaml")).unwrap();
+    let json = Config::from_json(&yaml.to_json()).unwrap();
+    assert_eq!(yaml, json);
+}
+
+#[test]
+fn shorthands_read_as_their_long_forms() {
+    let short = Config::from_yaml(
+        r#"
+services:
+  - name: s
+    routes:
+      - match: { headers: { x-user: tester }, methods: GET }
+        to: [b]
+        retry: { on: "5xx,reset" }
+backends:
+  - { name: b, endpoints: ["127.0.0.1:1"], load_balancer: { ring_hash: { header: x-user } } }
+"#,
+    )
+    .unwrap();
+    let long = Config::from_yaml(
+        r#"
+services:
+  - name: s
+    routes:
+      - match: [{ headers: { x-user: { exact: tester } }, methods: [GET] }]
+        to: [{ backend: b, weight: 1 }]
+        retry: { on: [5xx, reset] }
+backends:
+  - name: b
+    endpoints: [{ address: "127.0.0.1:1", weight: 1 }]
+    load_balancer: { ring_hash: { header: x-user } }
+"#,
+    )
+    .unwrap();
+    assert_eq!(short, long);
+}
+
+#[test]
+fn a_hash_balancer_without_a_key_is_refused() {
+    let err = Config::from_yaml("backends: [{ name: b, endpoints: [], load_balancer: maglev }]")
+        .unwrap_err();
+    assert!(err.has(ProblemKind::MissingField), "{err}");
+    assert!(err.to_string().contains("needs a key"), "{err}");
+}

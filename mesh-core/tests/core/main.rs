@@ -1,0 +1,8 @@
+//! mesh-core's integration tests: one binary, one module per concern.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod config_files;
+mod round_trip;
+mod routing;
+mod watch;

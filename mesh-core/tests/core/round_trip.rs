@@ -1,0 +1,292 @@
+//! model -> YAML -> model (and JSON) is the identity, for generated configs.
+
+use mesh_core::config::*;
+use mesh_core::identity::SpiffeId;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn dur() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        (1u64..100_000).prop_map(Duration::from_millis),
+        (1u64..7200).prop_map(Duration::from_secs),
+        (1u64..1_000_000).prop_map(Duration::from_micros),
+    ]
+}
+
+fn percent() -> impl Strategy<Value = f64> {
+    (0u32..=1000).prop_map(|p| f64::from(p) / 10.0)
+}
+
+fn string_match() -> impl Strategy<Value = StringMatch> {
+    prop_oneof![
+        "[a-z0-9-]{1,8}".prop_map(StringMatch::Exact),
+        "[a-z0-9-]{1,8}".prop_map(StringMatch::Prefix),
+        "[a-z]{1,4}[0-9]?".prop_map(|s| StringMatch::Regex(format!("{s}.*"))),
+        any::<bool>().prop_map(StringMatch::Present),
+    ]
+}
+
+fn route_match() -> impl Strategy<Value = RouteMatch> {
+    (
+        prop::option::of(prop_oneof![
+            "/[a-z]{0,6}".prop_map(PathMatch::Exact),
+            "/[a-z]{0,6}".prop_map(PathMatch::Prefix),
+            "/[a-z]{1,6}".prop_map(|s| PathMatch::Regex(format!("{s}/[0-9]+"))),
+        ]),
+        prop::sample::subsequence(vec!["GET", "POST", "PUT", "DELETE"], 0..3),
+        prop::collection::btree_map("x-[a-z]{1,6}", string_match(), 0..3),
+        prop::collection::btree_map("[a-z]{1,6}", string_match(), 0..2),
+    )
+        .prop_map(|(path, methods, headers, query)| RouteMatch {
+            path,
+            methods: methods.into_iter().map(str::to_owned).collect(),
+            headers,
+            query,
+        })
+}
+
+fn retry() -> impl Strategy<Value = RetryPolicy> {
+    (
+        1u32..=10,
+        prop::option::of(dur()),
+        prop::sample::subsequence(
+            vec![
+                RetryOn::FiveXx,
+                RetryOn::GatewayError,
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::Unavailable,
+            ],
+            1..4,
+        ),
+        (1u64..100, 1u64..20),
+        any::<bool>(),
+        1u32..1_000_000,
+    )
+        .prop_map(
+            |(attempts, per_try_timeout, on, (base, mult), non_idem, max_body)| RetryPolicy {
+                attempts,
+                per_try_timeout,
+                on,
+                retriable_status_codes: vec![],
+                backoff: Backoff {
+                    base: Duration::from_millis(base),
+                    max: Duration::from_millis(base * mult),
+                },
+                retry_non_idempotent: non_idem,
+                max_body_bytes: max_body,
+            },
+        )
+}
+
+fn route(n_backends: usize) -> impl Strategy<Value = Route> {
+    (
+        prop::option::of("[a-z]{1,6}"),
+        prop::collection::vec(route_match(), 0..3),
+        prop::collection::vec((0..n_backends, 1u32..100), 1..4),
+        prop::option::of(dur()),
+        prop::option::of(retry()),
+        prop::option::of((
+            prop::option::of((dur(), percent())),
+            prop::option::of((200u16..600, percent())),
+        )),
+        prop::option::of((0..n_backends, percent())),
+    )
+        .prop_map(|(name, matches, to, timeout, retry, fault, mirror)| Route {
+            name,
+            matches,
+            to: to
+                .into_iter()
+                .map(|(b, weight)| WeightedBackend {
+                    backend: format!("b{b}"),
+                    weight,
+                })
+                .collect(),
+            timeout,
+            retry,
+            fault: fault.map(|(delay, abort)| Fault {
+                delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),
+                abort: abort.map(|(status, percent)| FaultAbort { status, percent }),
+            }),
+            mirror: mirror.map(|(b, percent)| Mirror {
+                backend: format!("b{b}"),
+                percent,
+            }),
+        })
+}
+
+fn backend(i: usize) -> impl Strategy<Value = Backend> {
+    (
+        prop::collection::btree_set(1u16..60000, 0..4),
+        1u32..5,
+        prop_oneof![Just(Protocol::Http1), Just(Protocol::Http2)],
+        prop_oneof![
+            Just(LoadBalancer::P2cEwma),
+            Just(LoadBalancer::RoundRobin),
+            Just(LoadBalancer::Random),
+            "x-[a-z]{1,5}".prop_map(|header| LoadBalancer::RingHash { header }),
+            "x-[a-z]{1,5}".prop_map(|header| LoadBalancer::Maglev { header }),
+        ],
+        prop::option::of((1u32..5000, 1u32..5000, 0u32..10)),
+        prop::option::of((0u32..10, 0u32..10, 0u32..10, 1u64..60, 1u64..10, 0u32..=100)),
+        prop::option::of("[a-z]{1,8}"),
+    )
+        .prop_map(
+            move |(ports, weight, protocol, load_balancer, cb, od, tls)| Backend {
+                name: format!("b{i}"),
+                endpoints: ports
+                    .into_iter()
+                    .map(|p| Endpoint {
+                        address: format!("127.0.0.1:{p}"),
+                        weight,
+                    })
+                    .collect(),
+                protocol,
+                load_balancer,
+                circuit_breaker: cb.map(|(r, p, x)| CircuitBreaker {
+                    max_requests: r,
+                    max_pending: p,
+                    max_retries: x,
+                }),
+                outlier_detection: od.map(|(a, b, c, base, mult, pct)| OutlierDetection {
+                    consecutive_5xx: a,
+                    consecutive_gateway_errors: b,
+                    consecutive_connect_failures: c,
+                    base_ejection: Duration::from_secs(base),
+                    max_ejection: Duration::from_secs(base * mult),
+                    max_ejection_percent: pct,
+                }),
+                tls: tls.map(|sa| BackendTls {
+                    mode: BackendTlsMode::Mutual,
+                    identity: Some(SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap()),
+                }),
+            },
+        )
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    (1usize..4, 1usize..4).prop_flat_map(|(n_services, n_backends)| {
+        let backends: Vec<_> = (0..n_backends).map(backend).collect();
+        let services: Vec<_> = (0..n_services)
+            .map(|i| {
+                (
+                    prop::collection::vec("[a-z]{1,6}", 0..3),
+                    prop::collection::vec(route(n_backends), 0..4),
+                )
+                    .prop_map(move |(hosts, mut routes)| {
+                        // Route names must be unique within a service.
+                        for (j, r) in routes.iter_mut().enumerate() {
+                            if let Some(n) = &mut r.name {
+                                n.push_str(&j.to_string());
+                            }
+                        }
+                        let mut hosts: Vec<String> =
+                            hosts.into_iter().map(|h| format!("{h}.s{i}")).collect();
+                        hosts.dedup();
+                        Service {
+                            name: format!("s{i}"),
+                            hosts,
+                            routes,
+                        }
+                    })
+            })
+            .collect();
+        (
+            services,
+            backends,
+            prop::option::of(Just("demo.local".to_owned())),
+            (1u64..100, 0u32..=100, 0u32..50, any::<bool>()),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just(MtlsMode::Strict),
+                        Just(MtlsMode::Permissive),
+                        Just(MtlsMode::Disabled)
+                    ],
+                    prop::collection::vec(
+                        (
+                            prop_oneof![Just(AuthzAction::Allow), Just(AuthzAction::Deny)],
+                            prop::sample::subsequence(
+                                vec!["*", "spiffe://demo.local/sa/a", "spiffe://demo.local/ns/*"],
+                                0..3,
+                            ),
+                            prop::sample::subsequence(vec!["/x", "/y/*", "*"], 0..2),
+                            prop::sample::subsequence(vec!["GET", "POST"], 0..2),
+                        ),
+                        0..3,
+                    ),
+                ),
+                0..=1,
+            ),
+        )
+            .prop_map(
+                move |(
+                    services,
+                    backends,
+                    trust_domain,
+                    (timeout, ratio, min, refuse),
+                    inbound,
+                )| Config {
+                    version: 1,
+                    trust_domain,
+                    defaults: Defaults {
+                        timeout: Duration::from_secs(timeout),
+                        connect_timeout: Duration::from_millis(500),
+                        retry_budget: RetryBudget {
+                            ratio: f64::from(ratio) / 100.0,
+                            min_per_second: min,
+                            ttl: Duration::from_secs(10),
+                        },
+                        unknown_hosts: if refuse {
+                            UnknownHosts::Refuse
+                        } else {
+                            UnknownHosts::Passthrough
+                        },
+                    },
+                    inbound: inbound
+                        .into_iter()
+                        .map(|(mtls, rules)| InboundPolicy {
+                            service: "s0".to_owned(),
+                            mtls,
+                            rules: rules
+                                .into_iter()
+                                .map(|(action, from, paths, methods)| AuthzRule {
+                                    action,
+                                    from: from.into_iter().map(str::to_owned).collect(),
+                                    to: AuthzTarget {
+                                        paths: paths.into_iter().map(str::to_owned).collect(),
+                                        methods: methods.into_iter().map(str::to_owned).collect(),
+                                    },
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    services,
+                    backends,
+                },
+            )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn yaml_round_trip_is_the_identity(cfg in config()) {
+        cfg.validate().map_err(|e| TestCaseError::fail(format!("generated config invalid: {e}")))?;
+        let yaml = cfg.to_yaml();
+        let back = Config::from_yaml(&yaml).map_err(|e| TestCaseError::fail(format!("{e}\n---\n{yaml}")))?;
+        prop_assert_eq!(&back, &cfg, "yaml was:\n{}", yaml);
+        let json = Config::from_json(&cfg.to_json()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(json, cfg);
+    }
+}
+
+#[test]
+fn defaults_are_filled_in_and_written_out() {
+    let cfg = Config::from_yaml("services: []").unwrap();
+    assert_eq!(cfg, Config::default());
+    assert_eq!(Config::from_yaml(&cfg.to_yaml()).unwrap(), cfg);
+    let _: BTreeMap<String, StringMatch> = BTreeMap::new();
+}
