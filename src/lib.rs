@@ -1,9 +1,9 @@
 //! The mesh, in one dependency: re-exports the workspace crates.
 //!
-//! - [`core`]: config model, snapshot, route decision, config sources;
-//! - [`tower`]: the data-path layers;
-//! - [`hyper`]: the HTTP transport and server;
-//! - [`tonic`]: gRPC.
+//! - `core` ([`mesh_core`]): config model, snapshot, route decision, config sources;
+//! - `tower` ([`mesh_tower`]): the data-path layers;
+//! - `hyper` ([`mesh_hyper`]): the HTTP transport and server;
+//! - `tonic` ([`mesh_tonic`]): gRPC.
 
 #![forbid(unsafe_code)]
 

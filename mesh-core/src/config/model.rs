@@ -296,6 +296,16 @@ impl RetryOn {
     ];
 }
 
+impl std::fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = RetryOn::ALL
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
 /// Exponential backoff with full jitter between retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Backoff {

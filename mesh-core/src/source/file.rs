@@ -17,6 +17,10 @@ use std::time::Duration;
 /// How often the file is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long changed content must stay unchanged before it is read as a
+/// new config.
+const SETTLE: Duration = Duration::from_millis(50);
+
 impl Mesh {
     /// A mesh serving the config in `path`, watched for changes. Fails if
     /// the file cannot be read or is invalid.
@@ -87,6 +91,13 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, mut last: String) -> Result<(), Con
                 missing_logged = false;
                 if text == last {
                     continue;
+                }
+                // A writer may be half way through the file: act only on
+                // content that stays the same for a short while.
+                std::thread::sleep(SETTLE);
+                match std::fs::read_to_string(&path) {
+                    Ok(again) if again == text => {}
+                    _ => continue,
                 }
                 match parse(&text, &path) {
                     Ok(cfg) => {
