@@ -9,6 +9,8 @@
 //! - [`route`]: the route decision (which route, which backend), pure and
 //!   allocation-free;
 //! - [`identity`]: SPIFFE IDs;
+//! - [`policy`]: the state machines of retry budgets, breakers, outlier
+//!   detection, latency EWMA and endpoint choice, pure;
 //! - [`state`]: runtime state keyed by backend and endpoint, which outlives
 //!   snapshots;
 //! - [`Mesh`]: the handle that holds the live snapshot (`arc-swap`),
@@ -53,6 +55,7 @@
 pub mod config;
 pub mod identity;
 mod mesh;
+pub mod policy;
 pub mod route;
 pub mod snapshot;
 #[cfg(feature = "fs")]
