@@ -1,11 +1,15 @@
-//! The mesh, in one dependency: re-exports the workspace crates.
+//! The mesh, in one dependency: re-exports the workspace crates, plus the
+//! echo backend the demo, the tests and the benchmarks use.
 //!
 //! - `core` ([`mesh_core`]): config model, snapshot, route decision, config sources;
 //! - `tower` ([`mesh_tower`]): the data-path layers;
 //! - `hyper` ([`mesh_hyper`]): the HTTP transport and server;
-//! - `tonic` ([`mesh_tonic`]): gRPC.
+//! - `tonic` ([`mesh_tonic`]): gRPC;
+//! - [`echo`]: an echo backend on a real socket.
 
 #![forbid(unsafe_code)]
+
+pub mod echo;
 
 pub use mesh_core as core;
 pub use mesh_hyper as hyper;

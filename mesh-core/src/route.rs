@@ -118,6 +118,10 @@ pub struct RouteDecision<'s> {
     pub route: &'s RouteEntry,
     /// The backend the weighted split chose.
     pub backend: &'s BackendEntry,
+    /// The service's index in the snapshot.
+    pub service_index: u32,
+    /// The route's index within the service.
+    pub route_index: u32,
     /// The backend's index in the snapshot.
     pub backend_index: u32,
 }
@@ -150,14 +154,18 @@ pub fn decide<'s>(
     sample: u64,
 ) -> Result<Decision<'s>, NoRoute> {
     let host = req.host();
-    let Some(service) = snap.service_for_host(host) else {
+    let Some((service_index, service)) = snap.service_index_for_host(host) else {
         return match snap.unknown_hosts() {
             UnknownHosts::Refuse => Err(NoRoute::UnknownHost(host.into())),
             _ => Ok(Decision::Passthrough),
         };
     };
-    let route =
-        match_route(service, req).ok_or_else(|| NoRoute::NoMatchingRoute(service.name.clone()))?;
+    let (route_index, route) = service
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| route_matches(r, req))
+        .ok_or_else(|| NoRoute::NoMatchingRoute(service.name.clone()))?;
     let no_backend = || NoRoute::NoBackend {
         service: service.name.clone(),
         route: route.name.clone(),
@@ -168,6 +176,8 @@ pub fn decide<'s>(
         service,
         route,
         backend,
+        service_index,
+        route_index: route_index as u32,
         backend_index,
     }))
 }
@@ -177,10 +187,11 @@ pub fn match_route<'s>(
     service: &'s ServiceEntry,
     req: &RequestParts<'_>,
 ) -> Option<&'s RouteEntry> {
-    service
-        .routes
-        .iter()
-        .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req)))
+    service.routes.iter().find(|r| route_matches(r, req))
+}
+
+fn route_matches(r: &RouteEntry, req: &RequestParts<'_>) -> bool {
+    r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req))
 }
 
 fn matches(m: &CompiledMatch, req: &RequestParts<'_>) -> bool {

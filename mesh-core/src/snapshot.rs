@@ -380,6 +380,16 @@ impl Snapshot {
     /// The service that claims `host` (no port; any ASCII case), without
     /// allocating.
     pub fn service_for_host(&self, host: &str) -> Option<&ServiceEntry> {
+        self.service_index_for_host(host).map(|(_, s)| s)
+    }
+
+    /// A service by index.
+    pub fn service(&self, index: u32) -> Option<&ServiceEntry> {
+        self.services.get(index as usize)
+    }
+
+    /// The service that claims `host` and its index.
+    pub fn service_index_for_host(&self, host: &str) -> Option<(u32, &ServiceEntry)> {
         let idx = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             let mut buf = [0u8; 253];
             let dst = buf.get_mut(..host.len())?;
@@ -390,7 +400,7 @@ impl Snapshot {
         } else {
             self.hosts.get(host)
         };
-        idx.and_then(|&i| self.services.get(i as usize))
+        idx.and_then(|&i| Some((i, self.services.get(i as usize)?)))
     }
 }
 

@@ -1,9 +1,32 @@
 //! # mesh-hyper
 //!
-//! The HTTP transport under the mesh layers: pooled hyper connections per
-//! endpoint (HTTP/1.1 and HTTP/2), mutual TLS, the server side (`serve`),
-//! and the admin server.
+//! The HTTP side of the mesh over hyper 1:
 //!
-//! Status: not built yet (see the project's ARCHITECTURE.md).
+//! - [`Transport`]: pooled connections per endpoint, HTTP/1.1 and HTTP/2
+//!   (h2c), connect timeout, typed connect/reset errors;
+//! - [`Client`]: the whole outbound data path ([`mesh_tower::MeshLayer`]
+//!   over the transport), in one line from a [`Mesh`](mesh_core::Mesh);
+//! - [`serve`]: a server running a service behind the inbound layers
+//!   (deadline propagation);
+//! - [`error`]: the one mapping of mesh errors to HTTP responses.
+//!
+//! ```no_run
+//! use mesh_hyper::Client;
+//! # async fn run() -> Result<(), mesh_tower::BoxError> {
+//! let mesh = mesh_core::Mesh::from_env()?;              // MESH_CONFIG=mesh.yaml
+//! let client = Client::new(&mesh);
+//! let resp = client.get("http://reviews/ratings/1").await?;
+//! println!("{} from {:?}", resp.status(), resp.headers().get("x-backend"));
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
+
+mod client;
+pub mod error;
+mod server;
+mod transport;
+
+pub use client::{Body, Client};
+pub use server::{serve, serve_with_shutdown};
+pub use transport::Transport;

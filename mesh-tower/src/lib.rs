@@ -1,11 +1,138 @@
 //! # mesh-tower
 //!
-//! The data path of the mesh as tower layers, generic over
-//! `http::Request<B>`: route, fault, timeout, retry, and backend (circuit
-//! breaker, load balancer, outlier detection), composed by `MeshLayer` in
-//! that order. Each decision it makes comes from `mesh-core`; this crate
-//! supplies the clock, the randomness and the I/O around it.
+//! The mesh's data path as tower layers, generic over `http::Request<B>`.
+//! [`MeshLayer`] composes them in this order:
 //!
-//! Status: not built yet (see the project's ARCHITECTURE.md).
+//! ```text
+//! app -> Route    one snapshot; route match; weighted backend; deadline; body
+//!     -> Fault    injected delay / abort
+//!     -> Timeout  the request's deadline
+//!     -> Mirror   a share copied to a shadow backend, fire and forget
+//!     -> Retry    budgeted, per-try timeout, backoff with jitter
+//!     -> Backend  breaker admission, load-balanced endpoint, outlier detection
+//!     -> your HTTP client (mesh-hyper's, or any Service<Request<MeshBody>>)
+//! ```
+//!
+//! Each layer also works alone. Decisions come from `mesh-core` (pure
+//! functions and state machines); this crate supplies the clock, the
+//! randomness and the plumbing. Layers tell each other what they decided
+//! through request extensions ([`ext`]).
+//!
+//! Every refusal is a typed error ([`error`]): [`NoRoute`](error::NoRoute),
+//! [`CircuitOpen`](error::CircuitOpen),
+//! [`NoHealthyEndpoint`](error::NoHealthyEndpoint),
+//! [`Elapsed`](error::Elapsed),
+//! [`RetryBudgetExhausted`](error::RetryBudgetExhausted); find one in a
+//! chain with [`ErrorKind::of`](error::ErrorKind::of).
+//!
+//! ## Example
+//!
+//! ```
+//! use mesh_core::{Mesh, config::Config};
+//! use mesh_tower::{MeshLayer, body::MeshBody};
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mesh_tower::BoxError> {
+//! let mesh = Mesh::from_config(Config::from_yaml(r#"
+//! services: [{ name: reviews, routes: [{ to: [reviews-v1] }] }]
+//! backends: [{ name: reviews-v1, endpoints: ["127.0.0.1:9001"] }]
+//! "#)?)?;
+//!
+//! // Any client that sends Request<MeshBody>; here one that echoes the URI.
+//! let client = tower::service_fn(|req: http::Request<MeshBody>| async move {
+//!     Ok::<_, mesh_tower::BoxError>(http::Response::new(req.uri().to_string()))
+//! });
+//! let svc = MeshLayer::new(mesh).layer(client);
+//! let resp = svc.oneshot(http::Request::get("http://reviews/ratings/1").body(String::new())?).await?;
+//! assert_eq!(resp.into_body().into_upstream(), Some("http://127.0.0.1:9001/ratings/1".to_owned()));
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod body;
+pub mod error;
+pub mod ext;
+pub mod fault;
+pub mod mirror;
+pub mod retry;
+pub mod route;
+pub mod runtime;
+pub mod timeout;
+
+use body::MeshBody;
+use http::{Request, Response};
+use mesh_core::Mesh;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+
+/// The error type of every mesh service.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future type of the layers.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The composed outbound data path, over an inner client whose responses
+/// have bodies of type `RB`. Accepts `Request<B>` for any body `B` of
+/// `Bytes`.
+pub type MeshService<RB> =
+    route::Route<BoxCloneSyncService<Request<MeshBody>, Response<RB>, BoxError>>;
+
+/// The whole outbound data path in one layer, in the documented order.
+#[derive(Debug, Clone)]
+pub struct MeshLayer {
+    mesh: Mesh,
+    runtime: Arc<runtime::Runtime>,
+}
+
+impl MeshLayer {
+    /// The data path driven by `mesh`'s live config.
+    pub fn new(mesh: Mesh) -> Self {
+        Self {
+            mesh,
+            runtime: Arc::new(runtime::Runtime::new()),
+        }
+    }
+
+    /// The runtime state (breakers, endpoints, counters) behind this layer.
+    pub fn runtime(&self) -> &Arc<runtime::Runtime> {
+        &self.runtime
+    }
+
+    /// The mesh it follows.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+}
+
+impl<S, RB> Layer<S> for MeshLayer
+where
+    S: tower_service::Service<Request<MeshBody>, Response = Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Service = MeshService<RB>;
+
+    fn layer(&self, inner: S) -> MeshService<RB> {
+        let rt = &self.runtime;
+        let stack = fault::FaultLayer.layer(
+            timeout::TimeoutLayer::default().layer(
+                mirror::MirrorLayer::new(rt.clone()).layer(
+                    retry::RetryLayer::new(rt.clone())
+                        .layer(backend::BackendLayer::new(rt.clone()).layer(inner)),
+                ),
+            ),
+        );
+        route::RouteLayer::new(self.mesh.clone()).layer(BoxCloneSyncService::new(stack))
+    }
+}

@@ -471,11 +471,13 @@ pub struct CircuitBreaker {
 
 impl Default for CircuitBreaker {
     fn default() -> Self {
-        // Envoy's defaults.
+        // Envoy's defaults for requests and pending. Envoy's `max_retries`
+        // default of 3 starves retries under any concurrency (Istio raises
+        // it to the maximum); the retry budget is what bounds retries here.
         Self {
             max_requests: 1024,
             max_pending: 1024,
-            max_retries: 3,
+            max_retries: 1024,
         }
     }
 }

@@ -1,0 +1,182 @@
+//! A load generator that sends through the mesh and reports what happened,
+//! as one JSON object on stdout.
+//!
+//! ```text
+//! MESH_CONFIG=mesh.yaml cargo run --release --example load -- \
+//!     --service reviews --path /ratings/1 --requests 10000 --concurrency 32 [--rate R] [-H k:v]
+//! ```
+//!
+//! Output keys: `requests`, `ok` (2xx), `errors` (count per kind: mesh
+//! refusals by name such as `circuit_open`, HTTP statuses as `http_503`),
+//! `by_backend` (count per `x-backend`), `retries`, `latency_ms` (`p50`,
+//! `p90`, `p99`, `max`) and `rps`.
+
+#![allow(clippy::print_stdout)]
+
+use mesh_hyper::Client;
+use mesh_tower::error::ErrorKind;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Args {
+    service: String,
+    path: String,
+    requests: u64,
+    concurrency: u64,
+    rate: Option<f64>,
+    headers: Vec<(String, String)>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: load --service NAME [--path /p] [--requests N] [--concurrency C] [--rate R] [-H k:v]..."
+    );
+    std::process::exit(2)
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        service: String::new(),
+        path: "/".into(),
+        requests: 1000,
+        concurrency: 16,
+        rate: None,
+        headers: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--service" => a.service = value(),
+            "--path" => a.path = value(),
+            "--requests" => a.requests = value().parse().unwrap_or_else(|_| usage()),
+            "--concurrency" => a.concurrency = value().parse().unwrap_or_else(|_| usage()),
+            "--rate" => a.rate = Some(value().parse().unwrap_or_else(|_| usage())),
+            "-H" => {
+                let h = value();
+                let Some((k, v)) = h.split_once(':') else {
+                    usage()
+                };
+                a.headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            _ => usage(),
+        }
+    }
+    if a.service.is_empty() || a.concurrency == 0 {
+        usage();
+    }
+    a
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    by_backend: BTreeMap<String, u64>,
+    latencies_us: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Arc::new(args());
+    let mesh = mesh_core::Mesh::from_env().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    let client = Client::new(&mesh);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, args, next) = (client.clone(), args.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.requests {
+                    break;
+                }
+                if let Some(rate) = args.rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut req = http::Request::get(format!("http://{}{}", args.service, args.path));
+                for (k, v) in &args.headers {
+                    req = req.header(k, v);
+                }
+                let Ok(req) = req.body(http_body_util::Empty::<bytes::Bytes>::new()) else {
+                    usage()
+                };
+                let sent = Instant::now();
+                let result = client.request(req).await;
+                t.latencies_us.push(sent.elapsed().as_micros() as u64);
+                match result {
+                    Ok(resp) => {
+                        if let Some(b) = resp
+                            .headers()
+                            .get("x-backend")
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            *t.by_backend.entry(b.to_owned()).or_default() += 1;
+                        }
+                        if resp.status().is_success() {
+                            t.ok += 1;
+                        } else {
+                            *t.errors
+                                .entry(format!("http_{}", resp.status().as_u16()))
+                                .or_default() += 1;
+                        }
+                        // Read the body so the connection is reused.
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    }
+                    Err(e) => {
+                        *t.errors
+                            .entry(ErrorKind::of(&*e).as_str().to_owned())
+                            .or_default() += 1;
+                    }
+                }
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for w in workers {
+        let Ok(t) = w.await else { continue };
+        all.ok += t.ok;
+        for (k, v) in t.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in t.by_backend {
+            *all.by_backend.entry(k).or_default() += v;
+        }
+        all.latencies_us.extend(t.latencies_us);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((all.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        all.latencies_us[i] as f64 / 1000.0
+    };
+    let out = serde_json::json!({
+        "requests": all.latencies_us.len(),
+        "ok": all.ok,
+        "errors": all.errors,
+        "by_backend": all.by_backend,
+        "retries": client.runtime().stats().retries.load(Ordering::Relaxed),
+        "retries_refused": {
+            "budget": client.runtime().stats().budget_exhausted.load(Ordering::Relaxed),
+            "max_retries": client.runtime().stats().retry_overflow.load(Ordering::Relaxed),
+        },
+        "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
+        "rps": (all.latencies_us.len() as f64 / elapsed).round(),
+    });
+    println!("{out}");
+}

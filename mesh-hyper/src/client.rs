@@ -1,0 +1,105 @@
+//! [`Client`]: the whole outbound data path over the hyper transport, in
+//! one line from a [`Mesh`].
+
+use crate::error::error_response;
+use crate::transport::Transport;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+use mesh_core::Mesh;
+use mesh_tower::body::ResponseBody;
+use mesh_tower::runtime::Runtime;
+use mesh_tower::{BoxError, BoxFuture, MeshLayer, MeshService};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// The body of a response through the mesh: the upstream's, or one the
+/// mesh made (an injected abort, or a refusal when
+/// [`Client::refusals_as_responses`] is on).
+pub type Body = ResponseBody<Incoming>;
+
+/// An HTTP client with the mesh's routing, timeouts, retries, breakers and
+/// load balancing.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mesh_tower::BoxError> {
+/// let mesh = mesh_core::Mesh::from_env()?;
+/// let client = mesh_hyper::Client::new(&mesh);
+/// let resp = client.get("http://reviews/ratings/1").await?;
+/// println!("{}", resp.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    svc: MeshService<Incoming>,
+    layer: MeshLayer,
+    refusals_as_responses: bool,
+}
+
+impl Client {
+    /// A client following `mesh`'s live config.
+    pub fn new(mesh: &Mesh) -> Self {
+        let connect_timeout = mesh.snapshot().config().defaults.connect_timeout;
+        let layer = MeshLayer::new(mesh.clone());
+        Self {
+            svc: layer.layer(Transport::new(connect_timeout)),
+            layer,
+            refusals_as_responses: false,
+        }
+    }
+
+    /// Answer mesh refusals and failures with a response (404/503/504 and
+    /// an `x-mesh-error` header) instead of an error.
+    #[must_use]
+    pub fn refusals_as_responses(mut self) -> Self {
+        self.refusals_as_responses = true;
+        self
+    }
+
+    /// The runtime state behind the client (counters, breakers, endpoints).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        self.layer.runtime()
+    }
+
+    /// Sends a request.
+    pub async fn request<B>(&self, req: Request<B>) -> Result<Response<Body>, BoxError>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.clone().oneshot(req).await
+    }
+
+    /// Sends `GET uri`.
+    pub async fn get(&self, uri: &str) -> Result<Response<Body>, BoxError> {
+        let req = Request::get(uri).body(http_body_util::Empty::<Bytes>::new())?;
+        self.request(req).await
+    }
+}
+
+impl<B> Service<Request<B>> for Client
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<Request<B>>::poll_ready(&mut self.svc, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let fut = self.svc.call(req);
+        let as_response = self.refusals_as_responses;
+        Box::pin(async move {
+            match fut.await {
+                Err(e) if as_response => Ok(error_response(&*e)),
+                other => other,
+            }
+        })
+    }
+}

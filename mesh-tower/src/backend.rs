@@ -1,0 +1,222 @@
+//! The backend layer: admission by the backend's circuit breaker, choice of
+//! an endpoint by its load balancer, and outlier detection on the result.
+//!
+//! The request leaves with its URI pointing at the chosen endpoint
+//! (`http://10.0.0.7:8080/path`) and its `Host` header naming the service it
+//! was addressed to, so any HTTP client below can send it; the remaining
+//! deadline goes along in `x-mesh-timeout-ms`. Requests that pass through
+//! (unknown hosts) keep their URI.
+//!
+//! Refusals fail fast: [`CircuitOpen`] when a threshold is full or every
+//! endpoint is ejected, [`NoHealthyEndpoint`] when the backend has none.
+//! Transport errors that mean "could not connect" or "reset" come back as
+//! [`ConnectFailed`] / [`ConnectionReset`] naming the endpoint.
+
+use crate::body::MeshBody;
+use crate::error::{
+    CircuitOpen, CircuitReason, ConnectFailed, ConnectionReset, ErrorKind, NoHealthyEndpoint,
+    outcome_of_error,
+};
+use crate::ext::{Attempt, DEADLINE_HEADER, RequestDeadline, Routed, Served};
+use crate::runtime::{PickError, ResolvedBackend, Runtime, now};
+use crate::{BoxError, BoxFuture};
+use http::{Request, Response, Uri};
+use mesh_core::policy::Outcome;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// The backend layer.
+#[derive(Debug, Clone)]
+pub struct BackendLayer {
+    runtime: Arc<Runtime>,
+}
+
+impl BackendLayer {
+    /// Keeps breaker, balancer and outlier state in `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for BackendLayer {
+    type Service = Backend<S>;
+    fn layer(&self, inner: S) -> Backend<S> {
+        Backend {
+            inner,
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+/// The backend service.
+#[derive(Debug, Clone)]
+pub struct Backend<S> {
+    inner: S,
+    runtime: Arc<Runtime>,
+}
+
+/// Records an attempt's outcome once: when it completes, or as a timeout
+/// if its future is dropped first (a per-try or overall deadline fired).
+struct Recorder {
+    backend: Arc<ResolvedBackend>,
+    runtime: Arc<Runtime>,
+    index: usize,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl Recorder {
+    fn record(&mut self, outcome: Outcome) {
+        self.done = true;
+        let t = now();
+        let rtt = t.saturating_duration_since(self.started);
+        self.backend
+            .record(self.index, outcome, rtt, t, self.runtime.stats());
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(Outcome::Timeout);
+        }
+    }
+}
+
+fn set_deadline_header<B>(req: &mut Request<B>) {
+    if let Some(RequestDeadline(d)) = req.extensions().get::<RequestDeadline>() {
+        let ms = d
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        req.headers_mut()
+            .insert(DEADLINE_HEADER, http::HeaderValue::from(ms as u64));
+    }
+}
+
+/// Points `req` at `endpoint`, keeping the addressed authority as `Host`.
+fn retarget<B>(req: &mut Request<B>, endpoint: &str) -> Result<(), BoxError> {
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(a) = req.uri().authority()
+    {
+        let v = http::HeaderValue::from_str(a.as_str())?;
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint)
+        .path_and_query(pq)
+        .build()?;
+    *req.uri_mut() = uri;
+    Ok(())
+}
+
+impl<S, RB> Service<Request<MeshBody>> for Backend<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        set_deadline_header(&mut req);
+        let target = req
+            .extensions()
+            .get::<Routed>()
+            .and_then(|r| Some((r.snapshot().clone(), r.backend_entry()?.0)));
+        let Some((snap, index)) = target else {
+            // Passthrough, or no route layer above: send as addressed.
+            let fut = inner.call(req);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        };
+        let fail = |e: BoxError| -> Self::Future { Box::pin(std::future::ready(Err(e))) };
+        let Some(backend) = self.runtime.backend(&snap, index) else {
+            let name = snap
+                .backend(index)
+                .map_or_else(|| Arc::from("?"), |b| b.name().clone());
+            return fail(NoHealthyEndpoint { backend: name }.into());
+        };
+        let admission = match backend.state.breaker.try_request() {
+            Ok(slot) => slot,
+            Err(limit) => {
+                return fail(
+                    CircuitOpen::new(backend.name.clone(), CircuitReason::Limit(limit)).into(),
+                );
+            }
+        };
+        let attempt = req.extensions().get::<Attempt>().cloned();
+        let avoid = attempt.as_ref().and_then(|a| a.avoid.as_deref());
+        let t = now();
+        let picked = backend.pick(req.headers(), avoid, (rand::random(), rand::random()), t);
+        let index = match picked {
+            Ok(i) => i,
+            Err(PickError::CircuitOpen(e)) => return fail(e.into()),
+            Err(PickError::NoHealthyEndpoint(e)) => return fail(e.into()),
+        };
+        let endpoint = backend.endpoints[index].address.clone();
+        if let Some(a) = &attempt {
+            let _ = a.endpoint.set(endpoint.clone());
+        }
+        if let Err(e) = retarget(&mut req, &endpoint) {
+            return fail(e);
+        }
+        let in_flight = backend.start(index);
+        let mut recorder = Recorder {
+            backend: backend.clone(),
+            runtime: self.runtime.clone(),
+            index,
+            started: t,
+            done: false,
+        };
+        let fut = inner.call(req);
+        Box::pin(async move {
+            let result = fut.await.map_err(Into::into);
+            let outcome = match &result {
+                Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                Err(e) => outcome_of_error(&**e),
+            };
+            recorder.record(outcome);
+            drop((in_flight, admission));
+            match result {
+                Ok(mut resp) => {
+                    resp.extensions_mut().insert(Served {
+                        backend: backend.name.clone(),
+                        endpoint,
+                    });
+                    Ok(resp)
+                }
+                Err(e) => Err(name_endpoint(e, outcome, endpoint)),
+            }
+        })
+    }
+}
+
+/// Types an untyped connect failure or reset, naming the endpoint.
+fn name_endpoint(e: BoxError, outcome: Outcome, endpoint: Arc<str>) -> BoxError {
+    match (ErrorKind::of(&*e), outcome) {
+        (ErrorKind::Other, Outcome::ConnectFailure) => ConnectFailed {
+            endpoint: Some(endpoint),
+            source: e,
+        }
+        .into(),
+        (ErrorKind::Other, Outcome::Reset) => ConnectionReset {
+            endpoint: Some(endpoint),
+            source: e,
+        }
+        .into(),
+        _ => e,
+    }
+}

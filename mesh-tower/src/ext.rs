@@ -1,0 +1,153 @@
+//! What the layers tell each other about a request, carried in its
+//! extensions: the route decision, the deadline, the attempt; and on the
+//! response, the endpoint that served it and how many attempts it took.
+
+use mesh_core::snapshot::{BackendEntry, RouteEntry, ServiceEntry, Snapshot};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::time::Instant as TokioInstant;
+
+/// The route decision for a request, made once by the route layer against
+/// the snapshot current at that moment; every later layer reads the same
+/// snapshot through it, so a config swap mid-request changes nothing for it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    snapshot: Arc<Snapshot>,
+    target: Target,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Route {
+        service: u32,
+        route: u32,
+        backend: u32,
+    },
+    Passthrough,
+}
+
+impl Routed {
+    /// A decision for `backend` on `route` of `service` (indexes into `snapshot`).
+    pub fn route(snapshot: Arc<Snapshot>, service: u32, route: u32, backend: u32) -> Self {
+        Self {
+            snapshot,
+            target: Target::Route {
+                service,
+                route,
+                backend,
+            },
+        }
+    }
+
+    /// A request for a host no service claims, sent as addressed.
+    pub fn passthrough(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            target: Target::Passthrough,
+        }
+    }
+
+    /// The same route, sent to another backend (a mirror).
+    pub fn with_backend(&self, backend: u32) -> Self {
+        let mut next = self.clone();
+        if let Target::Route { backend: b, .. } = &mut next.target {
+            *b = backend;
+        }
+        next
+    }
+
+    /// The snapshot the decision was made against.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Whether the request passes through to its own host.
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self.target, Target::Passthrough)
+    }
+
+    /// The matched service.
+    pub fn service_entry(&self) -> Option<&ServiceEntry> {
+        match self.target {
+            Target::Route { service, .. } => self.snapshot.service(service),
+            Target::Passthrough => None,
+        }
+    }
+
+    /// The matched route.
+    pub fn route_entry(&self) -> Option<&RouteEntry> {
+        match self.target {
+            Target::Route { service, route, .. } => {
+                self.snapshot.service(service)?.routes().get(route as usize)
+            }
+            Target::Passthrough => None,
+        }
+    }
+
+    /// The chosen backend and its index.
+    pub fn backend_entry(&self) -> Option<(u32, &BackendEntry)> {
+        match self.target {
+            Target::Route { backend, .. } => Some((backend, self.snapshot.backend(backend)?)),
+            Target::Passthrough => None,
+        }
+    }
+}
+
+/// When the request must be answered by. Set by the route layer from the
+/// route's timeout (or kept, if the caller brought an earlier one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestDeadline(pub TokioInstant);
+
+impl RequestDeadline {
+    /// The deadline as a std `Instant`.
+    pub fn std(&self) -> Instant {
+        self.0.into_std()
+    }
+}
+
+/// Which attempt this is, set by the retry layer; the backend layer fills in
+/// the endpoint it picked, which a retry then avoids.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// An endpoint to avoid if there is another (the one that just failed).
+    pub avoid: Option<Arc<str>>,
+    /// The endpoint the backend layer picked.
+    pub endpoint: Arc<OnceLock<Arc<str>>>,
+}
+
+impl Attempt {
+    /// Attempt `number`, avoiding `avoid`.
+    pub fn new(number: u32, avoid: Option<Arc<str>>) -> Self {
+        Self {
+            number,
+            avoid,
+            endpoint: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+/// Marks a mirrored copy of a request: never retried or mirrored again.
+#[derive(Debug, Clone, Copy)]
+pub struct Mirrored;
+
+/// On a response: the backend and endpoint that served it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The backend.
+    pub backend: Arc<str>,
+    /// The endpoint address.
+    pub endpoint: Arc<str>,
+}
+
+/// On a response: how many attempts it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// The header that carries the remaining deadline, in milliseconds, to a
+/// meshed server (relative, so clocks need not agree).
+pub const DEADLINE_HEADER: &str = "x-mesh-timeout-ms";
+
+/// The response header that names a mesh refusal.
+pub const ERROR_HEADER: &str = "x-mesh-error";

@@ -1,0 +1,93 @@
+//! The fault layer: injects the route's faults, as Istio and Envoy define
+//! them. A delay holds a share of requests for a fixed time (never past the
+//! request's deadline: a delay that outlasts the route timeout ends as a
+//! timeout, as the caller would see it); an abort answers a share of
+//! requests with an error status without sending them (the route layer
+//! turns [`FaultAbort`] into that response).
+
+use crate::error::{Deadline, Elapsed, FaultAbort};
+use crate::ext::{RequestDeadline, Routed};
+use crate::{BoxError, BoxFuture};
+use http::Request;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// The fault layer.
+#[derive(Debug, Clone, Default)]
+pub struct FaultLayer;
+
+impl<S> tower_layer::Layer<S> for FaultLayer {
+    type Service = Fault<S>;
+    fn layer(&self, inner: S) -> Fault<S> {
+        Fault { inner }
+    }
+}
+
+/// The fault service.
+#[derive(Debug, Clone)]
+pub struct Fault<S> {
+    inner: S,
+}
+
+/// Whether a request falls in `percent` percent, for a uniform `sample` in [0, 1).
+fn hit(percent: f64, sample: f64) -> bool {
+    sample * 100.0 < percent
+}
+
+impl<S, B> Service<Request<B>> for Fault<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let routed = req.extensions().get::<Routed>();
+        let fault = routed.and_then(|r| r.route_entry()?.fault().cloned());
+        let Some(fault) = fault else {
+            let fut = inner.call(req);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        };
+        let route_timeout = routed
+            .and_then(|r| r.route_entry())
+            .map_or(Duration::ZERO, |r| r.timeout());
+        let delay = fault
+            .delay
+            .filter(|d| hit(d.percent, rand::random()))
+            .map(|d| d.fixed);
+        let abort = fault.abort.filter(|a| hit(a.percent, rand::random()));
+        let deadline = req.extensions().get::<RequestDeadline>().map(|d| d.0);
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                let until = Instant::now() + delay;
+                match deadline {
+                    Some(d) if d <= until => {
+                        tokio::time::sleep_until(d).await;
+                        return Err(Elapsed {
+                            deadline: Deadline::Overall,
+                            timeout: route_timeout,
+                        }
+                        .into());
+                    }
+                    _ => tokio::time::sleep_until(until).await,
+                }
+            }
+            if let Some(a) = abort {
+                return Err(FaultAbort { status: a.status }.into());
+            }
+            inner.call(req).await.map_err(Into::into)
+        })
+    }
+}

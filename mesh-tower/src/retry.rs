@@ -1,0 +1,262 @@
+//! The retry layer: sends a request again when the route's policy says the
+//! attempt failed in a retriable way, within three bounds:
+//!
+//! - the mesh-wide **retry budget** (default 20% of requests plus 10 per
+//!   second, over 10 s), so retries can never multiply the load on a failing
+//!   backend however many attempts a route allows;
+//! - the backend's **`max_retries`** breaker threshold;
+//! - the request's **deadline**: no attempt starts after it.
+//!
+//! Each attempt may have a `per_try_timeout`; attempts are spaced by
+//! exponential backoff with full jitter, and a retry prefers an endpoint
+//! other than the one that just failed. Only requests whose body is held in
+//! memory (small, of known length) and whose method is idempotent (or the
+//! route says `retry_non_idempotent`) are retried.
+//!
+//! When the budget refuses a retry the last attempt's result stands: its
+//! response, or its error wrapped in [`RetryBudgetExhausted`].
+
+use crate::body::MeshBody;
+use crate::error::{Deadline, Elapsed, RetryBudgetExhausted, outcome_of_error};
+use crate::ext::{Attempt, Attempts, Mirrored, RequestDeadline, Routed};
+use crate::runtime::{Runtime, now};
+use crate::{BoxError, BoxFuture};
+use http::{Method, Request, Response};
+use mesh_core::config::{RetryOn, RetryPolicy};
+use mesh_core::policy::Outcome;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+/// The retry layer.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    runtime: Arc<Runtime>,
+}
+
+impl RetryLayer {
+    /// Retries with the budget and breakers in `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+/// The retry service.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    runtime: Arc<Runtime>,
+}
+
+/// Whether `outcome` is retriable under `policy`.
+pub fn is_retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
+    policy.on.iter().any(|on| match on {
+        RetryOn::FiveXx => outcome.is_5xx(),
+        RetryOn::GatewayError => outcome.is_gateway_error(),
+        RetryOn::ConnectFailure => outcome == Outcome::ConnectFailure,
+        RetryOn::Reset => matches!(outcome, Outcome::Reset | Outcome::Timeout),
+        RetryOn::RetriableStatusCodes => {
+            matches!(outcome, Outcome::Status(s) if policy.retriable_status_codes.contains(&s))
+        }
+        // gRPC conditions are judged on grpc-status by mesh-tonic.
+        _ => false,
+    })
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Full-jitter exponential backoff before retry `n` (1 for the first retry).
+fn backoff(policy: &RetryPolicy, n: u32, sample: f64) -> Duration {
+    let exp = policy
+        .backoff
+        .base
+        .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
+    exp.min(policy.backoff.max).mul_f64(sample)
+}
+
+impl<S, RB> Service<Request<MeshBody>> for Retry<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<MeshBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let routed = req.extensions().get::<Routed>().cloned();
+        let policy = routed
+            .as_ref()
+            .and_then(|r| r.route_entry()?.retry().cloned())
+            .filter(|p| p.attempts > 1)
+            .filter(|p| p.retry_non_idempotent || idempotent(req.method()))
+            .filter(|_| req.body().is_replayable() && req.extensions().get::<Mirrored>().is_none());
+        let runtime = self.runtime.clone();
+        runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = &routed {
+            runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
+        }
+        let (Some(policy), Some(routed)) = (policy, routed) else {
+            // One attempt, with the route's per-try timeout if it has one.
+            let per_try = req
+                .extensions()
+                .get::<Routed>()
+                .and_then(|r| r.route_entry()?.retry()?.per_try_timeout);
+            let fut = inner.call(with_attempt(req, 1, None, per_try).0);
+            return Box::pin(async move {
+                let r = per_try_bound(fut, per_try).await;
+                r.map(|mut resp| {
+                    resp.extensions_mut().insert(Attempts(1));
+                    resp
+                })
+            });
+        };
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let deadline = parts.extensions.get::<RequestDeadline>().map(|d| d.0);
+            let backend = routed
+                .backend_entry()
+                .and_then(|(i, _)| runtime.backend(routed.snapshot(), i));
+            let mut avoid = None;
+            let mut n = 1;
+            let mut svc = inner;
+            // Held from a retry's admission until the next attempt is answered.
+            let mut _retry_slot = None;
+            loop {
+                let body = body.replay().unwrap_or_default();
+                let (attempt, endpoint) = with_attempt(
+                    Request::from_parts(parts.clone(), body),
+                    n,
+                    avoid.clone(),
+                    policy.per_try_timeout,
+                );
+                let result = per_try_bound(svc.call(attempt), policy.per_try_timeout).await;
+                let outcome = match &result {
+                    Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                    Err(e) => outcome_of_error(&**e),
+                };
+                let last = n >= policy.attempts
+                    || !is_retriable(&policy, outcome)
+                    || deadline.is_some_and(|d| Instant::now() >= d);
+                if last {
+                    return finish(result, n);
+                }
+                if !runtime.with_budget(routed.snapshot(), |b| b.try_withdraw(now())) {
+                    runtime
+                        .stats()
+                        .budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(attempts = n, "retry budget exhausted; not retrying");
+                    return match result {
+                        Ok(resp) => finish(Ok(resp), n),
+                        Err(source) => Err(RetryBudgetExhausted {
+                            attempts: n,
+                            source,
+                        }
+                        .into()),
+                    };
+                }
+                let slot = match backend.as_ref().map(|b| b.state.breaker.try_retry()) {
+                    Some(Err(_)) => {
+                        runtime
+                            .stats()
+                            .retry_overflow
+                            .fetch_add(1, Ordering::Relaxed);
+                        return finish(result, n);
+                    }
+                    Some(Ok(slot)) => Some(slot),
+                    None => None,
+                };
+                drop(result);
+                avoid = endpoint.get().cloned();
+                let wake = Instant::now() + backoff(&policy, n, rand::random());
+                if deadline.is_some_and(|d| wake >= d) {
+                    return Err(Elapsed {
+                        deadline: Deadline::Overall,
+                        timeout: routed.route_entry().map_or(Duration::ZERO, |r| r.timeout()),
+                    }
+                    .into());
+                }
+                tokio::time::sleep_until(wake).await;
+                svc.ready().await.map_err(Into::into)?;
+                runtime.stats().retries.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                _retry_slot = slot;
+            }
+        })
+    }
+}
+
+fn finish<RB>(result: Result<Response<RB>, BoxError>, n: u32) -> Result<Response<RB>, BoxError> {
+    result.map(|mut resp| {
+        resp.extensions_mut().insert(Attempts(n));
+        resp
+    })
+}
+
+/// Marks attempt `n`; a per-try timeout shortens the deadline the backend
+/// layer propagates.
+fn with_attempt(
+    mut req: Request<MeshBody>,
+    n: u32,
+    avoid: Option<Arc<str>>,
+    per_try: Option<Duration>,
+) -> (Request<MeshBody>, Arc<std::sync::OnceLock<Arc<str>>>) {
+    let attempt = Attempt::new(n, avoid);
+    let endpoint = attempt.endpoint.clone();
+    req.extensions_mut().insert(attempt);
+    if let Some(t) = per_try {
+        let try_deadline = Instant::now() + t;
+        let d = match req.extensions().get::<RequestDeadline>() {
+            Some(d) => d.0.min(try_deadline),
+            None => try_deadline,
+        };
+        req.extensions_mut().insert(RequestDeadline(d));
+    }
+    (req, endpoint)
+}
+
+async fn per_try_bound<F, T, E>(fut: F, per_try: Option<Duration>) -> Result<T, BoxError>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    match per_try {
+        None => fut.await.map_err(Into::into),
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(Elapsed {
+                deadline: Deadline::PerTry,
+                timeout: t,
+            }
+            .into()),
+        },
+    }
+}

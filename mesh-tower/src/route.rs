@@ -1,0 +1,133 @@
+//! The route layer: the mesh's entry. It takes one snapshot of the config,
+//! decides the route and the backend (weighted), sets the request's
+//! deadline, and turns the body into a [`MeshBody`] — buffered when the
+//! route may need to send it again (retries, mirroring) and it is small and
+//! of known length. Everything below reads its decision from the request's
+//! [`Routed`] extension.
+//!
+//! A host no service claims passes through as addressed (still timed out),
+//! unless `defaults.unknown_hosts: refuse`, which fails with
+//! [`NoRoute`](crate::error::NoRoute). An injected abort from the fault
+//! layer comes back here as a response with its status and
+//! `x-mesh-fault: abort`.
+
+use crate::body::{MeshBody, ResponseBody};
+use crate::error::FaultAbort;
+use crate::ext::{RequestDeadline, Routed};
+use crate::{BoxError, BoxFuture};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use mesh_core::Mesh;
+use mesh_core::route::{Decision, RequestParts, decide};
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// Mirrors send a copy of the body, so they buffer up to this much even on
+/// routes without retries.
+const MIRROR_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// The route layer.
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    mesh: Mesh,
+}
+
+impl RouteLayer {
+    /// Routes by `mesh`'s live config.
+    pub fn new(mesh: Mesh) -> Self {
+        Self { mesh }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            mesh: self.mesh.clone(),
+            inner,
+        }
+    }
+}
+
+/// The route service.
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    mesh: Mesh,
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Route<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Response = Response<ResponseBody<RB>>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let snap = self.mesh.snapshot();
+        let decision = decide(&snap, &RequestParts::of(&req), rand::random());
+        let (routed, timeout, buffer_limit) = match decision {
+            Err(no_route) => return Box::pin(std::future::ready(Err(no_route.into()))),
+            Ok(Decision::Passthrough) => {
+                let t = snap.config().defaults.timeout;
+                (Routed::passthrough(snap.clone()), t, None)
+            }
+            Ok(Decision::Route(d)) => {
+                let retry_limit = d.route.retry().map(|r| u64::from(r.max_body_bytes));
+                let mirror_limit = d.route.mirror().map(|_| MIRROR_BUFFER_LIMIT);
+                let limit = retry_limit.max(mirror_limit);
+                let routed = Routed::route(
+                    snap.clone(),
+                    d.service_index,
+                    d.route_index,
+                    d.backend_index,
+                );
+                (routed, d.route.timeout(), limit)
+            }
+        };
+        let mut deadline = Instant::now() + timeout;
+        if let Some(RequestDeadline(earlier)) = req.extensions().get::<RequestDeadline>() {
+            deadline = deadline.min(*earlier);
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let body = MeshBody::from_body(body, buffer_limit).await?;
+            parts.extensions.insert(routed);
+            parts.extensions.insert(RequestDeadline(deadline));
+            match inner
+                .call(Request::from_parts(parts, body))
+                .await
+                .map_err(Into::into)
+            {
+                Ok(resp) => Ok(resp.map(ResponseBody::upstream)),
+                Err(e) => match e.downcast_ref::<FaultAbort>() {
+                    Some(abort) => Ok(aborted(abort.status)),
+                    None => Err(e),
+                },
+            }
+        })
+    }
+}
+
+fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
+    let mut resp = Response::new(ResponseBody::local(Bytes::from_static(b"fault injected\n")));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers_mut()
+        .insert("x-mesh-fault", http::HeaderValue::from_static("abort"));
+    resp
+}

@@ -1,0 +1,492 @@
+//! Runtime state shared by the layers of one [`MeshLayer`](crate::MeshLayer):
+//! per-backend breakers and balancer turns, per-endpoint load, latency and
+//! outlier state, the retry budget, and counters.
+//!
+//! State is keyed by backend name and endpoint address (see
+//! [`mesh_core::state`]), so it survives config swaps for whatever did not
+//! change. Per snapshot version, each backend is *resolved* once (lazily, on
+//! its first request): its endpoint states, weights and balancer tables are
+//! gathered into a [`ResolvedBackend`] that later requests reach with one
+//! `arc-swap` load and an index.
+
+use crate::error::{CircuitOpen, CircuitReason, NoHealthyEndpoint};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use mesh_core::config::{self, LoadBalancer, OutlierDetection};
+use mesh_core::policy::Outcome;
+use mesh_core::policy::balance::{Maglev, Ring, RoundRobin, hash_key, pick_two, pick_weighted};
+use mesh_core::policy::breaker::Breaker;
+use mesh_core::policy::budget::RetryBudget;
+use mesh_core::policy::ewma::PeakEwma;
+use mesh_core::policy::outlier::{Health, OutlierState};
+use mesh_core::snapshot::Snapshot;
+use mesh_core::state::{BackendKey, EndpointKey, StateMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Latency assumed for an endpoint before it has answered (Linkerd's default).
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast the latency estimate forgets (Linkerd's default).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The mesh's clock: tokio's, so paused-time tests drive it too.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// State shared by the layers of one client stack.
+#[derive(Debug)]
+pub struct Runtime {
+    backends: StateMap<BackendKey, BackendState>,
+    endpoints: StateMap<EndpointKey, EndpointState>,
+    resolved: ArcSwapOption<Resolved>,
+    resolve_lock: Mutex<()>,
+    budget: ArcSwap<Budget>,
+    epoch: Instant,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct Budget {
+    params: config::RetryBudget,
+    state: RetryBudget,
+}
+
+/// Counters of what the stack did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Original requests seen by the retry layer.
+    pub requests: AtomicU64,
+    /// Retries sent.
+    pub retries: AtomicU64,
+    /// Retries wanted but refused by the budget.
+    pub budget_exhausted: AtomicU64,
+    /// Retries wanted but refused by a backend's `max_retries`.
+    pub retry_overflow: AtomicU64,
+    /// Mirrored requests sent.
+    pub mirrored: AtomicU64,
+    /// Endpoint ejections by outlier detection.
+    pub ejections: AtomicU64,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    /// Empty state.
+    pub fn new() -> Self {
+        let epoch = now();
+        let params = config::RetryBudget::default();
+        Self {
+            backends: StateMap::new(),
+            endpoints: StateMap::new(),
+            resolved: ArcSwapOption::empty(),
+            resolve_lock: Mutex::new(()),
+            budget: ArcSwap::from_pointee(Budget {
+                state: RetryBudget::new(params.ratio, params.min_per_second, params.ttl, epoch),
+                params,
+            }),
+            epoch,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Runs `f` with the retry budget the snapshot configures (a changed
+    /// budget starts afresh).
+    pub(crate) fn with_budget<T>(&self, snap: &Snapshot, f: impl FnOnce(&RetryBudget) -> T) -> T {
+        let want = &snap.config().defaults.retry_budget;
+        let current = self.budget.load();
+        if current.params == *want {
+            return f(&current.state);
+        }
+        let fresh = Arc::new(Budget {
+            state: RetryBudget::new(want.ratio, want.min_per_second, want.ttl, now()),
+            params: want.clone(),
+        });
+        self.budget.store(fresh.clone());
+        f(&fresh.state)
+    }
+
+    /// The resolved state of backend `index` of `snap`.
+    pub fn backend(&self, snap: &Snapshot, index: u32) -> Option<Arc<ResolvedBackend>> {
+        let resolved = self.resolved_for(snap);
+        let slot = resolved.backends.get(index as usize)?;
+        if let Some(b) = slot.get() {
+            return Some(b.clone());
+        }
+        let entry = snap.backend(index)?;
+        Some(
+            slot.get_or_init(|| Arc::new(self.resolve_backend(entry)))
+                .clone(),
+        )
+    }
+
+    fn resolved_for(&self, snap: &Snapshot) -> Arc<Resolved> {
+        if let Some(r) = self.resolved.load_full()
+            && r.version == snap.version()
+        {
+            return r;
+        }
+        let _guard = self
+            .resolve_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.resolved.load_full();
+        if let Some(r) = &current
+            && r.version == snap.version()
+        {
+            return r.clone();
+        }
+        let fresh = Arc::new(Resolved {
+            version: snap.version(),
+            backends: (0..snap.backends().len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        });
+        // A request still on an older snapshot gets a private resolution;
+        // only a newer one replaces the shared one and prunes state.
+        if current.as_ref().is_none_or(|r| r.version < snap.version()) {
+            self.resolved.store(Some(fresh.clone()));
+            self.backends.retain(|k| snap.has_backend(k));
+            self.endpoints.retain(|k| snap.has_endpoint(k));
+        }
+        fresh
+    }
+
+    fn resolve_backend(&self, entry: &mesh_core::snapshot::BackendEntry) -> ResolvedBackend {
+        let cfg = entry.config();
+        let cb = cfg.circuit_breaker.clone().unwrap_or_default();
+        let state = self
+            .backends
+            .get_or_insert_with(entry.name(), || BackendState {
+                breaker: Breaker::new(cb.max_requests, cb.max_pending, cb.max_retries),
+                ejected: AtomicU32::new(0),
+                turn: AtomicUsize::new(0),
+            });
+        state
+            .breaker
+            .set_limits(cb.max_requests, cb.max_pending, cb.max_retries);
+        let endpoints: Box<[Arc<EndpointState>]> = entry
+            .endpoints()
+            .iter()
+            .map(|e| {
+                let key = EndpointKey::new(entry.name().clone(), e.address.clone());
+                self.endpoints
+                    .get_or_insert_with(&key, || EndpointState::new(e.address.clone(), self.epoch))
+            })
+            .collect();
+        // Ejections of endpoints that left the backend no longer count.
+        let ejected_now = endpoints
+            .iter()
+            .filter(|e| e.ejected_until.load(Ordering::Acquire) != 0)
+            .count();
+        state.ejected.store(ejected_now as u32, Ordering::Release);
+        let weights: Box<[u32]> = entry.endpoints().iter().map(|e| e.weight.max(1)).collect();
+        let pairs: Vec<(&str, u32)> = entry
+            .endpoints()
+            .iter()
+            .zip(weights.iter())
+            .map(|(e, w)| (&*e.address, *w))
+            .collect();
+        let picker = match cfg.load_balancer {
+            LoadBalancer::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
+            LoadBalancer::Random => Picker::Random,
+            LoadBalancer::RingHash { ref header } => Picker::Hash {
+                header: http::HeaderName::from_bytes(header.as_bytes()).ok(),
+                table: HashTable::Ring(Ring::new(&pairs)),
+            },
+            LoadBalancer::Maglev { ref header } => Picker::Hash {
+                header: http::HeaderName::from_bytes(header.as_bytes()).ok(),
+                table: HashTable::Maglev(Maglev::new(&pairs)),
+            },
+            _ => Picker::P2c,
+        };
+        ResolvedBackend {
+            name: entry.name().clone(),
+            state,
+            endpoints,
+            weights,
+            picker,
+            outlier: cfg.outlier_detection.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Per-version view of the backends, each resolved on first use.
+#[derive(Debug)]
+struct Resolved {
+    version: u64,
+    backends: Box<[OnceLock<Arc<ResolvedBackend>>]>,
+}
+
+/// State of one backend that outlives snapshots.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Its circuit breaker.
+    pub breaker: Breaker,
+    ejected: AtomicU32,
+    turn: AtomicUsize,
+}
+
+/// State of one endpoint that outlives snapshots.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Its address.
+    pub address: Arc<str>,
+    inflight: AtomicU32,
+    /// The EWMA estimate as f64 bits, readable without the lock.
+    ewma_nanos: AtomicU64,
+    ewma: Mutex<PeakEwma>,
+    outlier: Mutex<OutlierState>,
+    /// Nanoseconds since the runtime's epoch until which it is ejected (0: not).
+    ejected_until: AtomicU64,
+}
+
+impl EndpointState {
+    fn new(address: Arc<str>, epoch: Instant) -> Self {
+        let ewma = PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, epoch);
+        Self {
+            address,
+            inflight: AtomicU32::new(0),
+            ewma_nanos: AtomicU64::new(ewma.nanos().to_bits()),
+            ewma: Mutex::new(ewma),
+            outlier: Mutex::new(OutlierState::default()),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests in flight to it.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Its latency estimate.
+    pub fn latency(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.ewma_nanos.load(Ordering::Relaxed)) as u64)
+    }
+}
+
+#[derive(Debug)]
+enum Picker {
+    P2c,
+    RoundRobin(RoundRobin),
+    Random,
+    Hash {
+        header: Option<http::HeaderName>,
+        table: HashTable,
+    },
+}
+
+#[derive(Debug)]
+enum HashTable {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+/// A backend as one snapshot sees it, with the state behind it.
+#[derive(Debug)]
+pub struct ResolvedBackend {
+    /// The backend name.
+    pub name: Arc<str>,
+    /// Its lasting state.
+    pub state: Arc<BackendState>,
+    /// Its endpoints, in config order.
+    pub endpoints: Box<[Arc<EndpointState>]>,
+    weights: Box<[u32]>,
+    picker: Picker,
+    outlier: Option<OutlierDetection>,
+    epoch: Instant,
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug)]
+pub enum PickError {
+    /// Every endpoint is ejected.
+    CircuitOpen(CircuitOpen),
+    /// There are no endpoints.
+    NoHealthyEndpoint(NoHealthyEndpoint),
+}
+
+impl ResolvedBackend {
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether endpoint `i` may be picked at `now`; ends ejections whose
+    /// time is up.
+    fn available(&self, i: usize, now: Instant) -> bool {
+        let Some(ep) = self.endpoints.get(i) else {
+            return false;
+        };
+        let until = ep.ejected_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if self.nanos_since_epoch(now) < until {
+            return false;
+        }
+        let mut o = ep.outlier.lock().unwrap_or_else(PoisonError::into_inner);
+        if o.health(now) == Health::Returned {
+            ep.ejected_until.store(0, Ordering::Release);
+            let _ = self
+                .state
+                .ejected
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            tracing::info!(backend = %self.name, endpoint = %ep.address, "endpoint returns from ejection");
+        }
+        true
+    }
+
+    /// Picks an endpoint for a request with `headers`, avoiding `avoid`
+    /// when another is available.
+    pub fn pick(
+        &self,
+        headers: &http::HeaderMap,
+        avoid: Option<&str>,
+        samples: (u64, u64),
+        now: Instant,
+    ) -> Result<usize, PickError> {
+        if self.endpoints.is_empty() {
+            return Err(PickError::NoHealthyEndpoint(NoHealthyEndpoint {
+                backend: self.name.clone(),
+            }));
+        }
+        let avoiding = |i: usize| avoid.is_none_or(|a| *self.endpoints[i].address != *a);
+        let picked = self
+            .pick_among(headers, samples, |i| avoiding(i) && self.available(i, now))
+            .or_else(|| self.pick_among(headers, samples, |i| self.available(i, now)));
+        picked.ok_or_else(|| {
+            PickError::CircuitOpen(CircuitOpen::new(
+                self.name.clone(),
+                CircuitReason::AllEjected,
+            ))
+        })
+    }
+
+    fn pick_among(
+        &self,
+        headers: &http::HeaderMap,
+        samples: (u64, u64),
+        available: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        match &self.picker {
+            Picker::P2c => {
+                let (a, b) = pick_two(&self.weights, samples, &available)?;
+                Some(if self.cost(b) < self.cost(a) { b } else { a })
+            }
+            Picker::RoundRobin(rr) => {
+                let turn = self.state.turn.fetch_add(1, Ordering::Relaxed);
+                rr.pick(turn, available)
+            }
+            Picker::Random => pick_weighted(&self.weights, samples.0, available),
+            Picker::Hash { header, table } => {
+                let key = header.as_ref().and_then(|h| headers.get(h));
+                match key {
+                    // No key: any endpoint will do (Envoy picks at random).
+                    None => pick_weighted(&self.weights, samples.0, available),
+                    Some(v) => {
+                        let h = hash_key(v.as_bytes());
+                        match table {
+                            HashTable::Ring(r) => r.pick(h, available),
+                            HashTable::Maglev(m) => m.pick(h, available),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Peak-EWMA cost: latency times (requests in flight + 1) over weight.
+    fn cost(&self, i: usize) -> f64 {
+        let ep = &self.endpoints[i];
+        let lat = f64::from_bits(ep.ewma_nanos.load(Ordering::Relaxed));
+        lat * f64::from(ep.inflight() + 1) / f64::from(self.weights[i])
+    }
+
+    /// Marks a request in flight to endpoint `i` until the guard drops.
+    pub fn start(&self, i: usize) -> InFlight {
+        let ep = self.endpoints[i].clone();
+        ep.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight { ep }
+    }
+
+    /// Records what a request to endpoint `i` came to: latency for the
+    /// balancer, the outcome for outlier detection.
+    pub fn record(&self, i: usize, outcome: Outcome, rtt: Duration, now: Instant, stats: &Stats) {
+        let Some(ep) = self.endpoints.get(i) else {
+            return;
+        };
+        {
+            let mut e = ep.ewma.lock().unwrap_or_else(PoisonError::into_inner);
+            // A failure counts as slow, so p2c steers away from an endpoint
+            // that fails fast (Finagle's failure penalty).
+            let observed = if outcome.is_5xx() {
+                rtt.max(e.estimate(now).saturating_mul(3))
+            } else {
+                rtt
+            };
+            e.observe(observed, now);
+            ep.ewma_nanos.store(e.nanos().to_bits(), Ordering::Relaxed);
+        }
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        let mut o = ep.outlier.lock().unwrap_or_else(PoisonError::into_inner);
+        if !o.on_outcome(outcome, cfg) {
+            return;
+        }
+        let n = self.endpoints.len() as u32;
+        let allowed = (n * cfg.max_ejection_percent / 100).max(1);
+        let admitted = self
+            .state
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e < allowed).then_some(e + 1)
+            })
+            .is_ok();
+        if admitted {
+            let until = o.eject(cfg, now);
+            ep.ejected_until
+                .store(self.nanos_since_epoch(until), Ordering::Release);
+            stats.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                backend = %self.name,
+                endpoint = %ep.address,
+                ejections = o.ejections(),
+                for_ms = until.saturating_duration_since(now).as_millis() as u64,
+                "endpoint ejected by outlier detection"
+            );
+        }
+    }
+
+    /// Whether endpoint `i` is ejected now.
+    pub fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        self.endpoints.get(i).is_some_and(|ep| {
+            let until = ep.ejected_until.load(Ordering::Acquire);
+            until != 0 && self.nanos_since_epoch(now) < until
+        })
+    }
+}
+
+/// A request in flight to an endpoint.
+#[derive(Debug)]
+pub struct InFlight {
+    ep: Arc<EndpointState>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ep.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

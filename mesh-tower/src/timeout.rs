@@ -1,0 +1,96 @@
+//! The timeout layer: the request must be answered by its deadline (the
+//! route's timeout from when the route layer saw it, or an earlier deadline
+//! the caller brought), or it fails with [`Elapsed`]. The remaining time
+//! travels to the upstream in the `x-mesh-timeout-ms` header (set by the
+//! backend layer on each attempt), so a meshed server stops working on a
+//! request its caller has given up on.
+
+use crate::error::{Deadline, Elapsed};
+use crate::ext::{RequestDeadline, Routed};
+use crate::{BoxError, BoxFuture};
+use http::Request;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// The timeout layer; `default` applies to requests no route layer saw.
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    default: Duration,
+}
+
+impl TimeoutLayer {
+    /// Requests without a deadline get `default`.
+    pub fn new(default: Duration) -> Self {
+        Self { default }
+    }
+}
+
+impl Default for TimeoutLayer {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(15))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            default: self.default,
+        }
+    }
+}
+
+/// The timeout service.
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    default: Duration,
+}
+
+impl<S, B> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = req
+            .extensions()
+            .get::<Routed>()
+            .and_then(|r| r.route_entry())
+            .map_or(self.default, |r| r.timeout());
+        let deadline = match req.extensions().get::<RequestDeadline>() {
+            Some(d) => d.0,
+            None => {
+                let d = Instant::now() + self.default;
+                req.extensions_mut().insert(RequestDeadline(d));
+                d
+            }
+        };
+        let fut = inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Elapsed {
+                    deadline: Deadline::Overall,
+                    timeout,
+                }
+                .into()),
+            }
+        })
+    }
+}
