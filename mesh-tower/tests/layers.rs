@@ -2,13 +2,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use bytes::Bytes;
 use http::{Request, Response};
 use mesh_core::Mesh;
 use mesh_core::config::Config;
 use mesh_tower::body::MeshBody;
-use mesh_tower::ext::{Attempt, Attempts};
+use mesh_tower::error::ErrorKind;
+use mesh_tower::ext::{Attempt, Attempts, DEADLINE_HEADER, Served};
 use mesh_tower::{BoxError, MeshLayer};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
 
@@ -113,4 +116,425 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
         "the budget should allow its ratio: retries {retries}"
     );
     assert!(stats.budget_exhausted.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_methods_and_streaming_bodies_are_sent_once() {
+    let (svc, handle, _) = stack(RETRY);
+    serve(handle, |_| Ok(status(503)));
+    let post = Request::post("http://api/x")
+        .body(String::from("payload"))
+        .unwrap();
+    let resp = svc.clone().oneshot(post).await.unwrap();
+    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(1)));
+
+    // A body of unknown length cannot be replayed.
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+    tokio::spawn(async move {
+        let _ = tx.send_data(Bytes::from_static(b"chunk")).await;
+    });
+    let put = Request::put("http://api/x").body(body).unwrap();
+    let resp = svc.oneshot(put).await.unwrap();
+    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_methods_are_retried_when_the_route_says_so() {
+    let (svc, handle, _) =
+        stack(&RETRY.replace("on: [5xx]", "on: [5xx], retry_non_idempotent: true"));
+    serve(handle, |req| {
+        let n = req.extensions().get::<Attempt>().unwrap().number;
+        Ok(status(if n < 2 { 503 } else { 200 }))
+    });
+    let post = Request::post("http://api/x")
+        .body(String::from("payload"))
+        .unwrap();
+    let resp = svc.oneshot(post).await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.extensions().get::<Attempts>()),
+        (200, Some(&Attempts(2)))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_listed_conditions_are_retried() {
+    let yaml = r#"
+services:
+  - name: api
+    routes:
+      - retry: { attempts: 3, on: [connect-failure, retriable-status-codes], retriable_status_codes: [409] }
+        to: [b]
+backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
+"#;
+    let (svc, handle, _) = stack(yaml);
+    serve(handle, |req| {
+        let n = req.extensions().get::<Attempt>().unwrap().number;
+        match (req.uri().path(), n) {
+            ("/conflict", 1) => Ok(status(409)),
+            ("/refused", 1) => {
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
+            }
+            ("/broken", _) => Ok(status(500)),
+            _ => Ok(status(200)),
+        }
+    });
+    for (path, want_status, want_attempts) in [
+        ("/conflict", 200, 2),
+        ("/refused", 200, 2),
+        ("/broken", 500, 1),
+    ] {
+        let resp = svc
+            .clone()
+            .oneshot(get(&format!("http://api{path}")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want_status, "{path}");
+        assert_eq!(
+            resp.extensions().get::<Attempts>(),
+            Some(&Attempts(want_attempts)),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_ends_a_slow_attempt_and_retries() {
+    let yaml = r#"
+services:
+  - name: api
+    routes:
+      - timeout: 10s
+        retry: { attempts: 2, per_try_timeout: 100ms, on: [reset] }
+        to: [b]
+backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
+"#;
+    let (svc, mut handle, _) = stack(yaml);
+    tokio::spawn(async move {
+        // The first attempt is never answered; the second is.
+        let (_first, _hold) = handle.next_request().await.unwrap();
+        let (second, send) = handle.next_request().await.unwrap();
+        let ms: u64 = second.headers()[DEADLINE_HEADER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ms <= 100, "per-try deadline propagated: {ms}");
+        send.send_response(status(200));
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    let resp = svc.oneshot(get("http://api/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_fires_at_the_deadline_and_is_propagated() {
+    let yaml = r#"
+services: [{ name: api, routes: [{ timeout: 250ms, to: [b] }] }]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#;
+    let (svc, mut handle, _) = stack(yaml);
+    tokio::spawn(async move {
+        let (req, _never) = handle.next_request().await.unwrap();
+        assert_eq!(req.headers()[DEADLINE_HEADER], "250");
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    let err = svc.oneshot(get("http://api/")).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backend_layer_retargets_to_an_endpoint_and_keeps_the_host() {
+    let (svc, handle, _) = stack(RETRY);
+    serve(handle, |req| {
+        assert_eq!(req.headers()[http::header::HOST], "api");
+        assert!(req.uri().to_string().starts_with("http://127.0.0.1:"));
+        assert!(req.uri().to_string().ends_with("/ratings/1?x=1"));
+        Ok(status(200))
+    });
+    let resp = svc.oneshot(get("http://api/ratings/1?x=1")).await.unwrap();
+    let served = resp.extensions().get::<Served>().unwrap();
+    assert_eq!(&*served.backend, "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_hosts_pass_through_as_addressed_or_are_refused() {
+    let (svc, handle, _) = stack(RETRY);
+    serve(handle, |req| {
+        assert_eq!(req.uri().to_string(), "http://example.com/x");
+        Ok(status(200))
+    });
+    assert_eq!(
+        svc.oneshot(get("http://example.com/x"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let (svc, _handle, _) = stack(&format!("defaults: {{ unknown_hosts: refuse }}\n{RETRY}"));
+    let err = svc.oneshot(get("http://example.com/x")).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::NoRoute);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_requests_fails_fast_with_circuit_open() {
+    let yaml = r#"
+services: [{ name: api, routes: [{ to: [b] }] }]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"], circuit_breaker: { max_requests: 2 } }]
+"#;
+    let (svc, mut handle, _) = stack(yaml);
+    let held = tokio::spawn(async move {
+        let a = handle.next_request().await.unwrap();
+        let b = handle.next_request().await.unwrap();
+        (a, b, handle)
+    });
+    let s1 = tokio::spawn(svc.clone().oneshot(get("http://api/")));
+    let s2 = tokio::spawn(svc.clone().oneshot(get("http://api/")));
+    let ((_, r1), (_, r2), _handle) = held.await.unwrap();
+    let err = svc.clone().oneshot(get("http://api/")).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::CircuitOpen);
+    assert!(err.to_string().contains("max_requests"), "{err}");
+    r1.send_response(status(200));
+    r2.send_response(status(200));
+    assert!(s1.await.unwrap().is_ok() && s2.await.unwrap().is_ok());
+}
+
+const OUTLIER: &str = r#"
+services: [{ name: api, routes: [{ to: [b] }] }]
+backends:
+  - name: b
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    load_balancer: round_robin
+    outlier_detection: { consecutive_5xx: 3, base_ejection: 10s, max_ejection_percent: 100 }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_gets_no_traffic_until_its_time_is_up() {
+    let (svc, handle, layer) = stack(OUTLIER);
+    let bad = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let is_bad = bad.clone();
+    serve(handle, move |req| {
+        let failing = req.uri().authority().unwrap().as_str() == "127.0.0.1:1"
+            && is_bad.load(Ordering::Relaxed);
+        Ok(status(if failing { 503 } else { 200 }))
+    });
+    let mut by_endpoint = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..60 {
+        let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
+        let ep = resp
+            .extensions()
+            .get::<Served>()
+            .unwrap()
+            .endpoint
+            .to_string();
+        *by_endpoint.entry(ep).or_default() += 1;
+    }
+    assert_eq!(
+        by_endpoint.get("127.0.0.1:1"),
+        Some(&3),
+        "ejected after 3 consecutive 5xx: {by_endpoint:?}"
+    );
+    assert_eq!(layer.runtime().stats().ejections.load(Ordering::Relaxed), 1);
+
+    bad.store(false, Ordering::Relaxed);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut back = 0;
+    for _ in 0..30 {
+        let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
+        back += u32::from(&*resp.extensions().get::<Served>().unwrap().endpoint == "127.0.0.1:1");
+    }
+    assert!(
+        back >= 9,
+        "the endpoint returned after its ejection: {back}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_endpoint_ejected_opens_the_circuit() {
+    let (svc, handle, _) = stack(OUTLIER);
+    serve(handle, |_| Ok(status(503)));
+    let mut first_open = None;
+    for i in 0..20 {
+        match svc.clone().oneshot(get("http://api/")).await {
+            Ok(r) => assert_eq!(r.status(), 503),
+            Err(e) => {
+                assert_eq!(ErrorKind::of(&*e), ErrorKind::CircuitOpen);
+                assert!(e.to_string().contains("every endpoint is ejected"), "{e}");
+                first_open.get_or_insert(i);
+            }
+        }
+    }
+    assert_eq!(
+        first_open,
+        Some(9),
+        "3 endpoints x 3 consecutive 5xx, then fast failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_without_endpoints_has_no_healthy_endpoint() {
+    let (svc, _handle, _) = stack(
+        "services: [{ name: api, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: [] }]",
+    );
+    let err = svc.oneshot(get("http://api/")).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::NoHealthyEndpoint);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consistent_hash_keeps_a_key_on_one_endpoint() {
+    for lb in [
+        "{ ring_hash: { header: x-user } }",
+        "{ maglev: { header: x-user } }",
+    ] {
+        let yaml = format!(
+            "services: [{{ name: api, routes: [{{ to: [b] }}] }}]\nbackends: [{{ name: b, endpoints: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3', '127.0.0.1:4'], load_balancer: {lb} }}]"
+        );
+        let (svc, handle, _) = stack(&yaml);
+        serve(handle, |_| Ok(status(200)));
+        let mut homes = std::collections::HashSet::new();
+        for user in 0..20 {
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..10 {
+                let req = Request::get("http://api/")
+                    .header("x-user", format!("u{user}"))
+                    .body(String::new())
+                    .unwrap();
+                let resp = svc.clone().oneshot(req).await.unwrap();
+                seen.insert(
+                    resp.extensions()
+                        .get::<Served>()
+                        .unwrap()
+                        .endpoint
+                        .to_string(),
+                );
+            }
+            assert_eq!(seen.len(), 1, "{lb}: user {user} moved between {seen:?}");
+            homes.extend(seen);
+        }
+        assert!(
+            homes.len() >= 3,
+            "{lb}: keys spread over endpoints: {homes:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_injection_aborts_and_delays_their_share() {
+    let yaml = r#"
+services:
+  - name: api
+    routes:
+      - match: { path: { prefix: /abort } }
+        fault: { abort: { status: 418, percent: 30 } }
+        to: [b]
+      - match: { path: { prefix: /delay } }
+        fault: { delay: { fixed: 1s, percent: 100 } }
+        to: [b]
+      - match: { path: { prefix: /late } }
+        timeout: 500ms
+        fault: { delay: { fixed: 1s, percent: 100 } }
+        to: [b]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#;
+    let (svc, handle, _) = stack(yaml);
+    serve(handle, |_| Ok(status(200)));
+    let mut aborted = 0;
+    for _ in 0..2000 {
+        let resp = svc.clone().oneshot(get("http://api/abort")).await.unwrap();
+        if resp.status() == 418 {
+            assert_eq!(resp.headers()["x-mesh-fault"], "abort");
+            aborted += 1;
+        }
+    }
+    assert!(
+        (500..700).contains(&aborted),
+        "30% of 2000 aborted: {aborted}"
+    );
+
+    let t = tokio::time::Instant::now();
+    assert_eq!(
+        svc.clone()
+            .oneshot(get("http://api/delay"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(t.elapsed(), Duration::from_secs(1));
+
+    let t = tokio::time::Instant::now();
+    let err = svc.oneshot(get("http://api/late")).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::Timeout);
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_millis(500),
+        "the delay meets the route timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn mirrors_copy_their_share_and_never_affect_the_caller() {
+    let yaml = r#"
+services:
+  - name: api
+    routes: [{ mirror: { backend: shadow, percent: 50 }, to: [b] }]
+backends:
+  - { name: b, endpoints: ["127.0.0.1:1"] }
+  - { name: shadow, endpoints: ["127.0.0.1:9"] }
+"#;
+    let (svc, handle, layer) = stack(yaml);
+    let shadowed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = shadowed.clone();
+    serve(handle, move |req| {
+        if req.uri().authority().unwrap().as_str() == "127.0.0.1:9" {
+            assert_eq!(req.headers()[http::header::HOST], "api-shadow");
+            count.fetch_add(1, Ordering::Relaxed);
+            return Ok(status(500));
+        }
+        Ok(status(200))
+    });
+    for _ in 0..1000 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(get("http://api/"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let n = shadowed.load(Ordering::Relaxed);
+    assert!((400..600).contains(&n), "half mirrored: {n}");
+    assert_eq!(
+        u64::from(n),
+        layer.runtime().stats().mirrored.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_swap_changes_the_split_for_the_next_request() {
+    let m = mesh(
+        "services: [{ name: api, routes: [{ to: [a] }] }]\nbackends: [{ name: a, endpoints: ['127.0.0.1:1'] }, { name: c, endpoints: ['127.0.0.1:2'] }]",
+    );
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let svc = MeshLayer::new(m.clone()).layer(svc);
+    serve(handle, |_| Ok(status(200)));
+    let backend = |r: &Response<_>| r.extensions().get::<Served>().unwrap().backend.to_string();
+    assert_eq!(
+        backend(&svc.clone().oneshot(get("http://api/")).await.unwrap()),
+        "a"
+    );
+    let mut cfg = m.snapshot().config().clone();
+    cfg.services[0].routes[0].to[0].backend = "c".into();
+    m.update(cfg, mesh_core::snapshot::Source::Code).unwrap();
+    assert_eq!(
+        backend(&svc.oneshot(get("http://api/")).await.unwrap()),
+        "c"
+    );
 }
