@@ -81,12 +81,15 @@ impl RetryBudget {
     /// retry must not be made.
     pub fn try_withdraw(&self, now: Instant) -> bool {
         let (bucket, sec) = self.bucket(now);
+        // Take first, then check: concurrent callers can never overdraw
+        // (at worst, one of two racing for the last retry gets none).
+        bucket.withdrawals.fetch_add(1, Ordering::AcqRel);
         let (deposits, withdrawals) = self.window_counts(sec);
         let allowed = self.min_per_second * self.window + deposits * self.ratio_milli / 1000;
-        if withdrawals >= allowed {
+        if withdrawals > allowed {
+            bucket.withdrawals.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        bucket.withdrawals.fetch_add(1, Ordering::AcqRel);
         true
     }
 

@@ -1,0 +1,9 @@
+//! End-to-end tests over real sockets: echo servers on 127.0.0.1 behind
+//! `mesh_hyper::serve`, a `mesh_hyper::Client` in front. One binary, one
+//! module per concern.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+mod data_path;
