@@ -1,6 +1,6 @@
 //! Unit tests of each layer over tower-test mocks, with paused time.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
 use bytes::Bytes;
 use http::{Request, Response};
