@@ -18,6 +18,7 @@ use mesh_tower::error::{ConnectFailed, ConnectionReset};
 use mesh_tower::ext::Routed;
 use mesh_tower::{BoxError, BoxFuture};
 use std::error::Error as _;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -25,6 +26,13 @@ use tower_service::Service;
 /// The HTTP transport.
 #[derive(Clone, Debug)]
 pub struct Transport {
+    // Behind one Arc: the layers above clone their inner service per
+    // request, and two hyper clients are a lot of fields to copy.
+    clients: Arc<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
     h1: Client<HttpConnector, MeshBody>,
     h2: Client<HttpConnector, MeshBody>,
 }
@@ -41,7 +49,9 @@ impl Transport {
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
-        Self { h1, h2 }
+        Self {
+            clients: Arc::new(Clients { h1, h2 }),
+        }
     }
 }
 
@@ -66,8 +76,8 @@ impl Service<Request<MeshBody>> for Transport {
             .get::<Routed>()
             .and_then(|r| Some(r.backend_entry()?.1.config().protocol));
         let fut = match protocol {
-            Some(Protocol::Http2) => self.h2.request(req),
-            _ => self.h1.request(req),
+            Some(Protocol::Http2) => self.clients.h2.request(req),
+            _ => self.clients.h1.request(req),
         };
         Box::pin(async move { fut.await.map_err(classify) })
     }

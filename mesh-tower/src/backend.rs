@@ -17,9 +17,10 @@ use crate::error::{
     CircuitOpen, CircuitReason, ConnectFailed, ConnectionReset, ErrorKind, NoHealthyEndpoint,
     outcome_of_error,
 };
-use crate::ext::{Attempt, DEADLINE_HEADER, RequestDeadline, Routed, Served};
+use crate::ext::{DEADLINE_HEADER, Routed, Served, deadline_of};
 use crate::runtime::{PickError, ResolvedBackend, Runtime, now};
 use crate::{BoxError, BoxFuture};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use mesh_core::policy::Outcome;
 use std::sync::Arc;
@@ -86,7 +87,7 @@ impl Drop for Recorder {
 }
 
 fn set_deadline_header<B>(req: &mut Request<B>) {
-    if let Some(RequestDeadline(d)) = req.extensions().get::<RequestDeadline>() {
+    if let Some(d) = deadline_of(req) {
         let ms = d
             .saturating_duration_since(Instant::now())
             .as_millis()
@@ -97,20 +98,20 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
 }
 
 /// Points `req` at `endpoint`, keeping the addressed authority as `Host`.
-fn retarget<B>(req: &mut Request<B>, endpoint: &str) -> Result<(), BoxError> {
+fn retarget<B>(req: &mut Request<B>, endpoint: &Authority) -> Result<(), BoxError> {
     if !req.headers().contains_key(http::header::HOST)
         && let Some(a) = req.uri().authority()
     {
         let v = http::HeaderValue::from_str(a.as_str())?;
         req.headers_mut().insert(http::header::HOST, v);
     }
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint)
-        .path_and_query(pq)
-        .build()?;
-    *req.uri_mut() = uri;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(endpoint.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts)?;
     Ok(())
 }
 
@@ -130,8 +131,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         set_deadline_header(&mut req);
         let target = req
             .extensions()
@@ -139,7 +138,7 @@ where
             .and_then(|r| Some((r.snapshot().clone(), r.backend_entry()?.0)));
         let Some((snap, index)) = target else {
             // Passthrough, or no route layer above: send as addressed.
-            let fut = inner.call(req);
+            let fut = self.inner.call(req);
             return Box::pin(async move { fut.await.map_err(Into::into) });
         };
         let fail = |e: BoxError| -> Self::Future { Box::pin(std::future::ready(Err(e))) };
@@ -157,20 +156,28 @@ where
                 );
             }
         };
-        let attempt = req.extensions().get::<Attempt>().cloned();
-        let avoid = attempt.as_ref().and_then(|a| a.avoid.as_deref());
+        let (avoid, attempts) = req
+            .extensions()
+            .get::<Routed>()
+            .map_or((None, 1), |r| (r.avoid().cloned(), r.attempt()));
         let t = now();
-        let picked = backend.pick(req.headers(), avoid, (rand::random(), rand::random()), t);
+        let picked = backend.pick(
+            req.headers(),
+            avoid.as_deref(),
+            (rand::random(), rand::random()),
+            t,
+        );
         let index = match picked {
             Ok(i) => i,
             Err(PickError::CircuitOpen(e)) => return fail(e.into()),
             Err(PickError::NoHealthyEndpoint(e)) => return fail(e.into()),
         };
         let endpoint = backend.endpoints[index].address.clone();
-        if let Some(a) = &attempt {
-            let _ = a.endpoint.set(endpoint.clone());
-        }
-        if let Err(e) = retarget(&mut req, &endpoint) {
+        let retargeted = match &backend.endpoints[index].authority {
+            Some(a) => retarget(&mut req, a),
+            None => Err(format!("endpoint `{endpoint}` is not a valid authority").into()),
+        };
+        if let Err(e) = retargeted {
             return fail(e);
         }
         let in_flight = backend.start(index);
@@ -181,7 +188,7 @@ where
             started: t,
             done: false,
         };
-        let fut = inner.call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await.map_err(Into::into);
             let outcome = match &result {
@@ -195,6 +202,7 @@ where
                     resp.extensions_mut().insert(Served {
                         backend: backend.name.clone(),
                         endpoint,
+                        attempts,
                     });
                     Ok(resp)
                 }

@@ -246,3 +246,18 @@ pub fn outcome_of_error(err: &(dyn StdError + 'static)) -> Outcome {
     }
     Outcome::Error
 }
+
+/// The endpoint a connect failure or reset happened on, if the error names one.
+pub fn failed_endpoint(err: &(dyn StdError + 'static)) -> Option<Arc<str>> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<ConnectFailed>() {
+            return c.endpoint.clone();
+        }
+        if let Some(r) = e.downcast_ref::<ConnectionReset>() {
+            return r.endpoint.clone();
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -3,7 +3,7 @@
 //! response, the endpoint that served it and how many attempts it took.
 
 use mesh_core::snapshot::{BackendEntry, RouteEntry, ServiceEntry, Snapshot};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::Instant as TokioInstant;
 
@@ -14,6 +14,9 @@ use tokio::time::Instant as TokioInstant;
 pub struct Routed {
     snapshot: Arc<Snapshot>,
     target: Target,
+    deadline: Option<TokioInstant>,
+    attempt: u32,
+    avoid: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +39,9 @@ impl Routed {
                 route,
                 backend,
             },
+            deadline: None,
+            attempt: 1,
+            avoid: None,
         }
     }
 
@@ -44,6 +50,9 @@ impl Routed {
         Self {
             snapshot,
             target: Target::Passthrough,
+            deadline: None,
+            attempt: 1,
+            avoid: None,
         }
     }
 
@@ -54,6 +63,33 @@ impl Routed {
             *b = backend;
         }
         next
+    }
+
+    /// When the request must be answered by, if known.
+    pub fn deadline(&self) -> Option<TokioInstant> {
+        self.deadline
+    }
+
+    /// Sets the deadline (the route layer; the retry layer per attempt).
+    pub fn set_deadline(&mut self, deadline: TokioInstant) {
+        self.deadline = Some(deadline);
+    }
+
+    /// Which attempt this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// An endpoint this attempt should avoid if another is available (the
+    /// one the previous attempt failed on).
+    pub fn avoid(&self) -> Option<&Arc<str>> {
+        self.avoid.as_ref()
+    }
+
+    /// Marks a retry: attempt `n`, avoiding `avoid`.
+    pub fn set_attempt(&mut self, n: u32, avoid: Option<Arc<str>>) {
+        self.attempt = n;
+        self.avoid = avoid;
     }
 
     /// The snapshot the decision was made against.
@@ -105,49 +141,44 @@ impl RequestDeadline {
     }
 }
 
-/// Which attempt this is, set by the retry layer; the backend layer fills in
-/// the endpoint it picked, which a retry then avoids.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// 1 for the first attempt.
-    pub number: u32,
-    /// An endpoint to avoid if there is another (the one that just failed).
-    pub avoid: Option<Arc<str>>,
-    /// The endpoint the backend layer picked.
-    pub endpoint: Arc<OnceLock<Arc<str>>>,
-}
-
-impl Attempt {
-    /// Attempt `number`, avoiding `avoid`.
-    pub fn new(number: u32, avoid: Option<Arc<str>>) -> Self {
-        Self {
-            number,
-            avoid,
-            endpoint: Arc::new(OnceLock::new()),
-        }
-    }
-}
-
 /// Marks a mirrored copy of a request: never retried or mirrored again.
 #[derive(Debug, Clone, Copy)]
 pub struct Mirrored;
 
-/// On a response: the backend and endpoint that served it.
+/// On a response: the backend and endpoint that served it, and how many
+/// attempts it took.
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The backend.
     pub backend: Arc<str>,
     /// The endpoint address.
     pub endpoint: Arc<str>,
+    /// Attempts made (1 when it was not retried).
+    pub attempts: u32,
 }
-
-/// On a response: how many attempts it took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts(pub u32);
 
 /// The header that carries the remaining deadline, in milliseconds, to a
 /// meshed server (relative, so clocks need not agree).
-pub const DEADLINE_HEADER: &str = "x-mesh-timeout-ms";
+pub const DEADLINE_HEADER: http::HeaderName = http::HeaderName::from_static("x-mesh-timeout-ms");
 
 /// The response header that names a mesh refusal.
-pub const ERROR_HEADER: &str = "x-mesh-error";
+pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
+
+/// The deadline of a request: its route decision's, or a bare
+/// [`RequestDeadline`] when no route layer saw it.
+pub fn deadline_of<B>(req: &http::Request<B>) -> Option<TokioInstant> {
+    match req.extensions().get::<Routed>() {
+        Some(r) if r.deadline.is_some() => r.deadline,
+        _ => req.extensions().get::<RequestDeadline>().map(|d| d.0),
+    }
+}
+
+/// Sets the deadline of a request where [`deadline_of`] reads it.
+pub fn set_deadline<B>(req: &mut http::Request<B>, deadline: TokioInstant) {
+    match req.extensions_mut().get_mut::<Routed>() {
+        Some(r) => r.set_deadline(deadline),
+        None => {
+            req.extensions_mut().insert(RequestDeadline(deadline));
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! turns [`FaultAbort`] into that response).
 
 use crate::error::{Deadline, Elapsed, FaultAbort};
-use crate::ext::{RequestDeadline, Routed};
+use crate::ext::{Routed, deadline_of};
 use crate::{BoxError, BoxFuture};
 use http::Request;
 use std::task::{Context, Poll};
@@ -52,14 +52,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let routed = req.extensions().get::<Routed>();
         let fault = routed.and_then(|r| r.route_entry()?.fault().cloned());
         let Some(fault) = fault else {
-            let fut = inner.call(req);
+            let fut = self.inner.call(req);
             return Box::pin(async move { fut.await.map_err(Into::into) });
         };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let route_timeout = routed
             .and_then(|r| r.route_entry())
             .map_or(Duration::ZERO, |r| r.timeout());
@@ -68,7 +68,7 @@ where
             .filter(|d| hit(d.percent, rand::random()))
             .map(|d| d.fixed);
         let abort = fault.abort.filter(|a| hit(a.percent, rand::random()));
-        let deadline = req.extensions().get::<RequestDeadline>().map(|d| d.0);
+        let deadline = deadline_of(&req);
         Box::pin(async move {
             if let Some(delay) = delay {
                 let until = Instant::now() + delay;

@@ -67,9 +67,6 @@ impl<S> Mirror<S> {
         }
         copy.extensions_mut().insert(routed.with_backend(backend));
         copy.extensions_mut().insert(Mirrored);
-        if let Some(d) = req.extensions().get::<crate::ext::RequestDeadline>() {
-            copy.extensions_mut().insert(*d);
-        }
         Some(copy)
     }
 }
@@ -108,9 +105,7 @@ where
                 };
             });
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let fut = inner.call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move { fut.await.map_err(Into::into) })
     }
 }

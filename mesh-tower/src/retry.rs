@@ -17,8 +17,8 @@
 //! response, or its error wrapped in [`RetryBudgetExhausted`].
 
 use crate::body::MeshBody;
-use crate::error::{Deadline, Elapsed, RetryBudgetExhausted, outcome_of_error};
-use crate::ext::{Attempt, Attempts, Mirrored, RequestDeadline, Routed};
+use crate::error::{Deadline, Elapsed, RetryBudgetExhausted, failed_endpoint, outcome_of_error};
+use crate::ext::{Mirrored, Routed, Served, deadline_of, set_deadline};
 use crate::runtime::{Runtime, now};
 use crate::{BoxError, BoxFuture};
 use http::{Method, Request, Response};
@@ -108,65 +108,65 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<MeshBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let routed = req.extensions().get::<Routed>().cloned();
-        let policy = routed
-            .as_ref()
-            .and_then(|r| r.route_entry()?.retry().cloned())
+    fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
+        let runtime = self.runtime.clone();
+        runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
+        let routed = req.extensions().get::<Routed>();
+        if let Some(r) = routed {
+            runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
+        }
+        let configured = routed.and_then(|r| r.route_entry()?.retry().cloned());
+        let per_try = configured.as_ref().and_then(|p| p.per_try_timeout);
+        let policy = configured
             .filter(|p| p.attempts > 1)
             .filter(|p| p.retry_non_idempotent || idempotent(req.method()))
             .filter(|_| req.body().is_replayable() && req.extensions().get::<Mirrored>().is_none());
-        let runtime = self.runtime.clone();
-        runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(r) = &routed {
-            runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
-        }
-        let (Some(policy), Some(routed)) = (policy, routed) else {
-            // One attempt, with the route's per-try timeout if it has one.
-            let per_try = req
-                .extensions()
-                .get::<Routed>()
-                .and_then(|r| r.route_entry()?.retry()?.per_try_timeout);
-            let fut = inner.call(with_attempt(req, 1, None, per_try).0);
-            return Box::pin(async move {
-                let r = per_try_bound(fut, per_try).await;
-                r.map(|mut resp| {
-                    resp.extensions_mut().insert(Attempts(1));
-                    resp
-                })
-            });
+        let (Some(policy), Some(routed)) = (policy, routed.cloned()) else {
+            // One attempt, bounded by the route's per-try timeout if it has one.
+            if let Some(t) = per_try {
+                shorten_deadline(&mut req, t);
+            }
+            let fut = self.inner.call(req);
+            return Box::pin(per_try_bound(fut, per_try));
         };
+        let clone = self.inner.clone();
+        let mut svc = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let deadline = parts.extensions.get::<RequestDeadline>().map(|d| d.0);
+            let deadline = routed.deadline();
             let backend = routed
                 .backend_entry()
                 .and_then(|(i, _)| runtime.backend(routed.snapshot(), i));
-            let mut avoid = None;
+            let mut avoid: Option<Arc<str>> = None;
             let mut n = 1;
-            let mut svc = inner;
-            // Held from a retry's admission until the next attempt is answered.
+            // Held from a retry's admission until that retry is answered.
             let mut _retry_slot = None;
             loop {
-                let body = body.replay().unwrap_or_default();
-                let (attempt, endpoint) = with_attempt(
-                    Request::from_parts(parts.clone(), body),
-                    n,
-                    avoid.clone(),
-                    policy.per_try_timeout,
-                );
+                let mut attempt =
+                    Request::from_parts(parts.clone(), body.replay().unwrap_or_default());
+                if n > 1
+                    && let Some(r) = attempt.extensions_mut().get_mut::<Routed>()
+                {
+                    r.set_attempt(n, avoid.take());
+                }
+                if let Some(t) = policy.per_try_timeout {
+                    shorten_deadline(&mut attempt, t);
+                }
                 let result = per_try_bound(svc.call(attempt), policy.per_try_timeout).await;
-                let outcome = match &result {
-                    Ok(resp) => Outcome::Status(resp.status().as_u16()),
-                    Err(e) => outcome_of_error(&**e),
+                let (outcome, endpoint) = match &result {
+                    Ok(resp) => (
+                        Outcome::Status(resp.status().as_u16()),
+                        resp.extensions()
+                            .get::<Served>()
+                            .map(|s| s.endpoint.clone()),
+                    ),
+                    Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e)),
                 };
                 let last = n >= policy.attempts
                     || !is_retriable(&policy, outcome)
                     || deadline.is_some_and(|d| Instant::now() >= d);
                 if last {
-                    return finish(result, n);
+                    return result;
                 }
                 if !runtime.with_budget(routed.snapshot(), |b| b.try_withdraw(now())) {
                     runtime
@@ -174,14 +174,13 @@ where
                         .budget_exhausted
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(attempts = n, "retry budget exhausted; not retrying");
-                    return match result {
-                        Ok(resp) => finish(Ok(resp), n),
-                        Err(source) => Err(RetryBudgetExhausted {
+                    return result.map_err(|source| {
+                        RetryBudgetExhausted {
                             attempts: n,
                             source,
                         }
-                        .into()),
-                    };
+                        .into()
+                    });
                 }
                 let slot = match backend.as_ref().map(|b| b.state.breaker.try_retry()) {
                     Some(Err(_)) => {
@@ -189,13 +188,13 @@ where
                             .stats()
                             .retry_overflow
                             .fetch_add(1, Ordering::Relaxed);
-                        return finish(result, n);
+                        return result;
                     }
                     Some(Ok(slot)) => Some(slot),
                     None => None,
                 };
                 drop(result);
-                avoid = endpoint.get().cloned();
+                avoid = endpoint;
                 let wake = Instant::now() + backoff(&policy, n, rand::random());
                 if deadline.is_some_and(|d| wake >= d) {
                     return Err(Elapsed {
@@ -214,33 +213,11 @@ where
     }
 }
 
-fn finish<RB>(result: Result<Response<RB>, BoxError>, n: u32) -> Result<Response<RB>, BoxError> {
-    result.map(|mut resp| {
-        resp.extensions_mut().insert(Attempts(n));
-        resp
-    })
-}
-
-/// Marks attempt `n`; a per-try timeout shortens the deadline the backend
-/// layer propagates.
-fn with_attempt(
-    mut req: Request<MeshBody>,
-    n: u32,
-    avoid: Option<Arc<str>>,
-    per_try: Option<Duration>,
-) -> (Request<MeshBody>, Arc<std::sync::OnceLock<Arc<str>>>) {
-    let attempt = Attempt::new(n, avoid);
-    let endpoint = attempt.endpoint.clone();
-    req.extensions_mut().insert(attempt);
-    if let Some(t) = per_try {
-        let try_deadline = Instant::now() + t;
-        let d = match req.extensions().get::<RequestDeadline>() {
-            Some(d) => d.0.min(try_deadline),
-            None => try_deadline,
-        };
-        req.extensions_mut().insert(RequestDeadline(d));
-    }
-    (req, endpoint)
+/// Bounds the request's deadline by `per_try` from now.
+fn shorten_deadline(req: &mut Request<MeshBody>, per_try: Duration) {
+    let try_deadline = Instant::now() + per_try;
+    let d = deadline_of(req).map_or(try_deadline, |d| d.min(try_deadline));
+    set_deadline(req, d);
 }
 
 async fn per_try_bound<F, T, E>(fut: F, per_try: Option<Duration>) -> Result<T, BoxError>

@@ -78,7 +78,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let snap = self.mesh.snapshot();
         let decision = decide(&snap, &RequestParts::of(&req), rand::random());
-        let (routed, timeout, buffer_limit) = match decision {
+        let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => return Box::pin(std::future::ready(Err(no_route.into()))),
             Ok(Decision::Passthrough) => {
                 let t = snap.config().defaults.timeout;
@@ -101,25 +101,35 @@ where
         if let Some(RequestDeadline(earlier)) = req.extensions().get::<RequestDeadline>() {
             deadline = deadline.min(*earlier);
         }
+        routed.set_deadline(deadline);
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(routed);
+        if body.is_end_stream() {
+            // No body to read first: call the readied service right away.
+            let fut = self
+                .inner
+                .call(Request::from_parts(parts, MeshBody::empty()));
+            return Box::pin(async move { respond(fut.await.map_err(Into::into)) });
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
             let body = MeshBody::from_body(body, buffer_limit).await?;
-            parts.extensions.insert(routed);
-            parts.extensions.insert(RequestDeadline(deadline));
-            match inner
-                .call(Request::from_parts(parts, body))
-                .await
-                .map_err(Into::into)
-            {
-                Ok(resp) => Ok(resp.map(ResponseBody::upstream)),
-                Err(e) => match e.downcast_ref::<FaultAbort>() {
-                    Some(abort) => Ok(aborted(abort.status)),
-                    None => Err(e),
-                },
-            }
+            let result = inner.call(Request::from_parts(parts, body)).await;
+            respond(result.map_err(Into::into))
         })
+    }
+}
+
+fn respond<RB>(
+    result: Result<Response<RB>, BoxError>,
+) -> Result<Response<ResponseBody<RB>>, BoxError> {
+    match result {
+        Ok(resp) => Ok(resp.map(ResponseBody::upstream)),
+        Err(e) => match e.downcast_ref::<FaultAbort>() {
+            Some(abort) => Ok(aborted(abort.status)),
+            None => Err(e),
+        },
     }
 }
 

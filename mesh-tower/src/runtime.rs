@@ -242,6 +242,8 @@ pub struct BackendState {
 pub struct EndpointState {
     /// Its address.
     pub address: Arc<str>,
+    /// Its address as a URI authority, parsed once.
+    pub authority: Option<http::uri::Authority>,
     inflight: AtomicU32,
     /// The EWMA estimate as f64 bits, readable without the lock.
     ewma_nanos: AtomicU64,
@@ -255,6 +257,7 @@ impl EndpointState {
     fn new(address: Arc<str>, epoch: Instant) -> Self {
         let ewma = PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, epoch);
         Self {
+            authority: address.parse().ok(),
             address,
             inflight: AtomicU32::new(0),
             ewma_nanos: AtomicU64::new(ewma.nanos().to_bits()),

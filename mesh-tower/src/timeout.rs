@@ -6,7 +6,7 @@
 //! request its caller has given up on.
 
 use crate::error::{Deadline, Elapsed};
-use crate::ext::{RequestDeadline, Routed};
+use crate::ext::{Routed, deadline_of, set_deadline};
 use crate::{BoxError, BoxFuture};
 use http::Request;
 use std::task::{Context, Poll};
@@ -66,22 +66,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let timeout = req
             .extensions()
             .get::<Routed>()
             .and_then(|r| r.route_entry())
             .map_or(self.default, |r| r.timeout());
-        let deadline = match req.extensions().get::<RequestDeadline>() {
-            Some(d) => d.0,
+        let deadline = match deadline_of(&req) {
+            Some(d) => d,
             None => {
                 let d = Instant::now() + self.default;
-                req.extensions_mut().insert(RequestDeadline(d));
+                set_deadline(&mut req, d);
                 d
             }
         };
-        let fut = inner.call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, fut).await {
                 Ok(r) => r.map_err(Into::into),

@@ -1,6 +1,11 @@
 //! Unit tests of each layer over tower-test mocks, with paused time.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -8,7 +13,7 @@ use mesh_core::Mesh;
 use mesh_core::config::Config;
 use mesh_tower::body::MeshBody;
 use mesh_tower::error::ErrorKind;
-use mesh_tower::ext::{Attempt, Attempts, DEADLINE_HEADER, Served};
+use mesh_tower::ext::{DEADLINE_HEADER, Routed, Served};
 use mesh_tower::{BoxError, MeshLayer};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -70,15 +75,18 @@ async fn retries_a_5xx_on_another_endpoint_until_success() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     serve(handle, move |req| {
-        let a = req.extensions().get::<Attempt>().unwrap();
+        let a = req.extensions().get::<Routed>().unwrap();
         log.lock()
             .unwrap()
-            .push((a.number, req.uri().authority().unwrap().to_string()));
-        Ok(status(if a.number < 3 { 503 } else { 200 }))
+            .push((a.attempt(), req.uri().authority().unwrap().to_string()));
+        Ok(status(if a.attempt() < 3 { 503 } else { 200 }))
     });
     let resp = svc.oneshot(get("http://api/x")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    assert_eq!(
+        resp.extensions().get::<Served>().map(|s| s.attempts),
+        Some(3)
+    );
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
     for w in seen.windows(2) {
@@ -126,7 +134,10 @@ async fn non_idempotent_methods_and_streaming_bodies_are_sent_once() {
         .body(String::from("payload"))
         .unwrap();
     let resp = svc.clone().oneshot(post).await.unwrap();
-    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert_eq!(
+        resp.extensions().get::<Served>().map(|s| s.attempts),
+        Some(1)
+    );
 
     // A body of unknown length cannot be replayed.
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
@@ -135,7 +146,10 @@ async fn non_idempotent_methods_and_streaming_bodies_are_sent_once() {
     });
     let put = Request::put("http://api/x").body(body).unwrap();
     let resp = svc.oneshot(put).await.unwrap();
-    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert_eq!(
+        resp.extensions().get::<Served>().map(|s| s.attempts),
+        Some(1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,7 +157,7 @@ async fn non_idempotent_methods_are_retried_when_the_route_says_so() {
     let (svc, handle, _) =
         stack(&RETRY.replace("on: [5xx]", "on: [5xx], retry_non_idempotent: true"));
     serve(handle, |req| {
-        let n = req.extensions().get::<Attempt>().unwrap().number;
+        let n = req.extensions().get::<Routed>().unwrap().attempt();
         Ok(status(if n < 2 { 503 } else { 200 }))
     });
     let post = Request::post("http://api/x")
@@ -151,8 +165,11 @@ async fn non_idempotent_methods_are_retried_when_the_route_says_so() {
         .unwrap();
     let resp = svc.oneshot(post).await.unwrap();
     assert_eq!(
-        (resp.status().as_u16(), resp.extensions().get::<Attempts>()),
-        (200, Some(&Attempts(2)))
+        (
+            resp.status().as_u16(),
+            resp.extensions().get::<Served>().map(|s| s.attempts)
+        ),
+        (200, Some(2))
     );
 }
 
@@ -168,7 +185,7 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
 "#;
     let (svc, handle, _) = stack(yaml);
     serve(handle, |req| {
-        let n = req.extensions().get::<Attempt>().unwrap().number;
+        let n = req.extensions().get::<Routed>().unwrap().attempt();
         match (req.uri().path(), n) {
             ("/conflict", 1) => Ok(status(409)),
             ("/refused", 1) => {
@@ -190,8 +207,8 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
             .unwrap();
         assert_eq!(resp.status(), want_status, "{path}");
         assert_eq!(
-            resp.extensions().get::<Attempts>(),
-            Some(&Attempts(want_attempts)),
+            resp.extensions().get::<Served>().map(|s| s.attempts),
+            Some(want_attempts),
             "{path}"
         );
     }
@@ -225,7 +242,10 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
     let started = tokio::time::Instant::now();
     let resp = svc.oneshot(get("http://api/")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert_eq!(
+        resp.extensions().get::<Served>().map(|s| s.attempts),
+        Some(2)
+    );
     assert!(started.elapsed() >= Duration::from_millis(100));
 }
 

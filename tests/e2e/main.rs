@@ -2,7 +2,12 @@
 //! `mesh_hyper::serve`, a `mesh_hyper::Client` in front. One binary, one
 //! module per concern.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod support;
 

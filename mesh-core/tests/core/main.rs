@@ -1,6 +1,11 @@
 //! mesh-core's integration tests: one binary, one module per concern.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod config_files;
 mod round_trip;

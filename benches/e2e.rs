@@ -1,0 +1,274 @@
+//! End-to-end cost of the mesh, measured on loopback against one echo server:
+//!
+//! - **bare**: a plain hyper-util client;
+//! - **mesh**: the same transport under the full `MeshLayer`, on a route
+//!   split over two backends with retries and a circuit breaker configured;
+//! - **envoy**: the bare client through a pair of real Envoy sidecars
+//!   (client side and server side, as a sidecar mesh deploys them), started
+//!   by `../shared/peers/setup-envoy.sh` when it is there.
+//!
+//! `cargo bench --bench e2e` prints a table: requests per second and
+//! latency percentiles at a fixed concurrency, and each row's ratio to
+//! bare. Rounds alternate between the clients so drift affects all alike;
+//! the median round of each is reported. Environment: `E2E_REQUESTS`
+//! (per round, default 20000), `E2E_CONCURRENCY` (default 32),
+//! `E2E_ROUNDS` (default 3).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as Bare;
+use hyper_util::rt::TokioExecutor;
+use mesh_core::Mesh;
+use mesh_core::config::Config;
+use std::future::Future;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+/// Runs `n` requests, `c` at a time, each made by `send`.
+async fn drive<F, Fut>(n: u64, c: u64, send: F) -> Round
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (next, errors, send) = (next.clone(), errors.clone(), send.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity((n / c + 1) as usize);
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let t = Instant::now();
+                if !send().await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(n as usize);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let at = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
+    Round {
+        rps: all.len() as f64 / secs,
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn median(mut rounds: Vec<Round>) -> Round {
+    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let mid = rounds[rounds.len() / 2];
+    let mut p50: Vec<u64> = rounds.iter().map(|r| r.p50_us).collect();
+    let mut p99: Vec<u64> = rounds.iter().map(|r| r.p99_us).collect();
+    p50.sort_unstable();
+    p99.sort_unstable();
+    Round {
+        p50_us: p50[p50.len() / 2],
+        p99_us: p99[p99.len() / 2],
+        errors: rounds.iter().map(|r| r.errors).sum(),
+        ..mid
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the Envoy sidecar pair; returns the client sidecar's port.
+fn envoy_pair(echo_port: u16) -> Result<u16, String> {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
+    let script = peers.join("setup-envoy.sh");
+    if !script.exists() {
+        return Err(format!("{} not found", script.display()));
+    }
+    let (client_side, server_side) = (free_port(), free_port());
+    for (listen, upstream) in [(server_side, echo_port), (client_side, server_side)] {
+        let out = Command::new("bash")
+            .arg(&script)
+            .args([
+                "sidecar",
+                &listen.to_string(),
+                &upstream.to_string(),
+                &free_port().to_string(),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    Ok(client_side)
+}
+
+fn stop_envoy() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
+    let _ = Command::new("bash")
+        .arg(peers.join("stop-peers.sh"))
+        .output();
+}
+
+fn main() {
+    let n = env("E2E_REQUESTS", 20_000);
+    let c = env("E2E_CONCURRENCY", 32);
+    let rounds = env("E2E_ROUNDS", 3);
+
+    // The echo server gets its own thread and runtime, like a separate process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h = mesh::echo::Echo::new("echo")
+                .start(&Mesh::empty(), "127.0.0.1:0")
+                .await
+                .unwrap();
+            tx.send(h.addr()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let echo = rx.recv().unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let envoy = envoy_pair(echo.port());
+    let envoy_started = envoy.is_ok();
+    rt.block_on(async move {
+        let bare: Bare<_, Empty<Bytes>> = Bare::builder(TokioExecutor::new()).build_http();
+        let mesh = Mesh::from_config(
+            Config::from_yaml(&format!(
+                r#"
+services:
+  - name: echo
+    routes:
+      - timeout: 5s
+        retry: {{ attempts: 2, on: [5xx, connect-failure] }}
+        to: [{{ backend: a, weight: 90 }}, {{ backend: b, weight: 10 }}]
+backends:
+  - {{ name: a, endpoints: ["{echo}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }} }}
+  - {{ name: b, endpoints: ["{echo}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }} }}
+"#
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let meshed = mesh_hyper::Client::new(&mesh);
+
+        let bare_send = {
+            let bare = bare.clone();
+            let uri: http::Uri = format!("http://{echo}/bench").parse().unwrap();
+            move || {
+                let (bare, uri) = (bare.clone(), uri.clone());
+                async move {
+                    match bare.get(uri).await {
+                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            }
+        };
+        let mesh_send = {
+            let meshed = meshed.clone();
+            let uri: http::Uri = "http://echo/bench".parse().unwrap();
+            move || {
+                let (meshed, uri) = (meshed.clone(), uri.clone());
+                async move {
+                    let req = http::Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+                    match meshed.request(req).await {
+                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            }
+        };
+        let envoy_send = envoy.as_ref().ok().map(|port| {
+            let bare = bare.clone();
+            let uri: http::Uri = format!("http://127.0.0.1:{port}/bench").parse().unwrap();
+            move || {
+                let (bare, uri) = (bare.clone(), uri.clone());
+                async move {
+                    match bare.get(uri).await {
+                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            }
+        });
+
+        // Warm up connections and estimates.
+        drive(2000, c, bare_send.clone()).await;
+        drive(2000, c, mesh_send.clone()).await;
+        if let Some(s) = &envoy_send {
+            drive(2000, c, s.clone()).await;
+        }
+        let (mut b, mut m, mut e) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            b.push(drive(n, c, bare_send.clone()).await);
+            m.push(drive(n, c, mesh_send.clone()).await);
+            if let Some(s) = &envoy_send {
+                e.push(drive(n, c, s.clone()).await);
+            }
+        }
+        let b = median(b);
+        println!(
+            "\nend-to-end on loopback: {n} requests x {rounds} rounds (median), concurrency {c}, one echo server\n"
+        );
+        println!("| client | rps | p50 ms | p99 ms | errors | rps / bare | p99 / bare |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let row = |name: &str, r: Round| {
+            println!(
+                "| {name} | {:.0} | {:.3} | {:.3} | {} | {:.3} | {:.3} |",
+                r.rps,
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.errors,
+                r.rps / b.rps,
+                r.p99_us as f64 / b.p99_us.max(1) as f64
+            );
+        };
+        row("bare hyper client", b);
+        row("mesh (MeshLayer, 2-backend split, retries, breaker)", median(m));
+        match envoy {
+            Ok(_) => row("bare client through two Envoy sidecars", median(e)),
+            Err(why) => println!("| Envoy sidecar pair | skipped: {} |", why.lines().next().unwrap_or("")),
+        }
+    });
+    if envoy_started {
+        stop_envoy();
+    }
+}
