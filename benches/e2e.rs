@@ -12,7 +12,11 @@
 //! bare. Rounds alternate between the clients so drift affects all alike;
 //! the median round of each is reported. Environment: `E2E_REQUESTS`
 //! (per round, default 20000), `E2E_CONCURRENCY` (default 32),
-//! `E2E_ROUNDS` (default 3).
+//! `E2E_ROUNDS` (default 3), `E2E_RATE` (the fixed-rate rows, default 2000 rps).
+//!
+//! Two tables: one as fast as the client can go (the client's CPU is the
+//! limit, so this shows the mesh's CPU cost per request), one open loop at
+//! a fixed rate (the usual service case: this shows the latency it adds).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,8 +48,9 @@ struct Round {
     errors: u64,
 }
 
-/// Runs `n` requests, `c` at a time, each made by `send`.
-async fn drive<F, Fut>(n: u64, c: u64, send: F) -> Round
+/// Runs `n` requests, `c` at a time, each made by `send`; with `rate`,
+/// request i is not sent before i / rate seconds (an open-loop schedule).
+async fn drive<F, Fut>(n: u64, c: u64, rate: Option<f64>, send: F) -> Round
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
@@ -58,7 +63,15 @@ where
         let (next, errors, send) = (next.clone(), errors.clone(), send.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity((n / c + 1) as usize);
-            while next.fetch_add(1, Ordering::Relaxed) < n {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let due = start + std::time::Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let t = Instant::now();
                 if !send().await {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +156,7 @@ fn main() {
     let n = env("E2E_REQUESTS", 20_000);
     let c = env("E2E_CONCURRENCY", 32);
     let rounds = env("E2E_ROUNDS", 3);
+    let rate = env("E2E_RATE", 2000) as f64;
 
     // The echo server gets its own thread and runtime, like a separate process.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -231,44 +245,58 @@ backends:
         });
 
         // Warm up connections and estimates.
-        drive(2000, c, bare_send.clone()).await;
-        drive(2000, c, mesh_send.clone()).await;
+        drive(2000, c, None, bare_send.clone()).await;
+        drive(2000, c, None, mesh_send.clone()).await;
         if let Some(s) = &envoy_send {
-            drive(2000, c, s.clone()).await;
+            drive(2000, c, None, s.clone()).await;
         }
-        let (mut b, mut m, mut e) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            b.push(drive(n, c, bare_send.clone()).await);
-            m.push(drive(n, c, mesh_send.clone()).await);
-            if let Some(s) = &envoy_send {
-                e.push(drive(n, c, s.clone()).await);
+        for (title, rate, n) in [
+            ("as fast as the client can go", None, n),
+            ("open loop at a fixed rate", Some(rate), (rate * 4.0) as u64),
+        ] {
+            let (mut b, mut m, mut e) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                b.push(drive(n, c, rate, bare_send.clone()).await);
+                m.push(drive(n, c, rate, mesh_send.clone()).await);
+                if let Some(s) = &envoy_send {
+                    e.push(drive(n, c, rate, s.clone()).await);
+                }
             }
-        }
-        let b = median(b);
-        println!(
-            "\nend-to-end on loopback: {n} requests x {rounds} rounds (median), concurrency {c}, one echo server\n"
-        );
-        println!("| client | rps | p50 ms | p99 ms | errors | rps / bare | p99 / bare |");
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        let row = |name: &str, r: Round| {
+            let rate_note = rate.map_or(String::new(), |r| format!(", {r} rps offered"));
             println!(
-                "| {name} | {:.0} | {:.3} | {:.3} | {} | {:.3} | {:.3} |",
-                r.rps,
-                r.p50_us as f64 / 1000.0,
-                r.p99_us as f64 / 1000.0,
-                r.errors,
-                r.rps / b.rps,
-                r.p99_us as f64 / b.p99_us.max(1) as f64
+                "\n{title}: {n} requests x {rounds} rounds (median), concurrency {c}{rate_note}, one echo server\n"
             );
-        };
-        row("bare hyper client", b);
-        row("mesh (MeshLayer, 2-backend split, retries, breaker)", median(m));
-        match envoy {
-            Ok(_) => row("bare client through two Envoy sidecars", median(e)),
-            Err(why) => println!("| Envoy sidecar pair | skipped: {} |", why.lines().next().unwrap_or("")),
+            table(median(b), median(m), envoy_send.as_ref().map(|_| median(e)), envoy.as_ref().err());
         }
     });
     if envoy_started {
         stop_envoy();
+    }
+}
+
+fn table(b: Round, m: Round, e: Option<Round>, envoy_error: Option<&String>) {
+    println!("| client | rps | p50 ms | p99 ms | errors | rps / bare | p50 / bare | p99 / bare |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |name: &str, r: Round| {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} |",
+            r.rps,
+            r.p50_us as f64 / 1000.0,
+            r.p99_us as f64 / 1000.0,
+            r.errors,
+            r.rps / b.rps,
+            r.p50_us as f64 / b.p50_us.max(1) as f64,
+            r.p99_us as f64 / b.p99_us.max(1) as f64
+        );
+    };
+    row("bare hyper client", b);
+    row("mesh (MeshLayer, 2-backend split, retries, breaker)", m);
+    match (e, envoy_error) {
+        (Some(e), _) => row("bare client through two Envoy sidecars", e),
+        (None, why) => println!(
+            "| Envoy sidecar pair | skipped: {} |",
+            why.and_then(|w| w.lines().next())
+                .unwrap_or("not available")
+        ),
     }
 }

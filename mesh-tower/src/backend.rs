@@ -12,17 +12,18 @@
 //! Transport errors that mean "could not connect" or "reset" come back as
 //! [`ConnectFailed`] / [`ConnectionReset`] naming the endpoint.
 
+use crate::BoxError;
 use crate::body::MeshBody;
 use crate::error::{
     CircuitOpen, CircuitReason, ConnectFailed, ConnectionReset, ErrorKind, NoHealthyEndpoint,
     outcome_of_error,
 };
 use crate::ext::{DEADLINE_HEADER, Routed, Served, deadline_of};
-use crate::runtime::{PickError, ResolvedBackend, Runtime, now};
-use crate::{BoxError, BoxFuture};
+use crate::runtime::{InFlight, PickError, ResolvedBackend, Runtime, now};
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use mesh_core::policy::Outcome;
+use mesh_core::policy::breaker::Slot;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -124,7 +125,7 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -138,10 +139,9 @@ where
             .and_then(|r| Some((r.snapshot().clone(), r.backend_entry()?.0)));
         let Some((snap, index)) = target else {
             // Passthrough, or no route layer above: send as addressed.
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return ResponseFuture::direct(self.inner.call(req));
         };
-        let fail = |e: BoxError| -> Self::Future { Box::pin(std::future::ready(Err(e))) };
+        let fail = ResponseFuture::failed;
         let Some(backend) = self.runtime.backend(&snap, index) else {
             let name = snap
                 .backend(index)
@@ -180,35 +180,116 @@ where
         if let Err(e) = retargeted {
             return fail(e);
         }
-        let in_flight = backend.start(index);
-        let mut recorder = Recorder {
-            backend: backend.clone(),
-            runtime: self.runtime.clone(),
-            index,
-            started: t,
-            done: false,
+        let sent = Sent {
+            in_flight: backend.start(index),
+            admission,
+            recorder: Recorder {
+                backend,
+                runtime: self.runtime.clone(),
+                index,
+                started: t,
+                done: false,
+            },
+            endpoint,
+            attempts,
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await.map_err(Into::into);
-            let outcome = match &result {
-                Ok(resp) => Outcome::Status(resp.status().as_u16()),
-                Err(e) => outcome_of_error(&**e),
-            };
-            recorder.record(outcome);
-            drop((in_flight, admission));
-            match result {
-                Ok(mut resp) => {
-                    resp.extensions_mut().insert(Served {
-                        backend: backend.name.clone(),
-                        endpoint,
-                        attempts,
-                    });
-                    Ok(resp)
-                }
-                Err(e) => Err(name_endpoint(e, outcome, endpoint)),
+        ResponseFuture {
+            state: State::Sent {
+                inner: self.inner.call(req),
+                sent: Some(sent),
+            },
+        }
+    }
+}
+
+/// What a sent request holds until its response: its breaker slot, its
+/// in-flight mark, and what to record.
+struct Sent {
+    in_flight: InFlight,
+    admission: Slot,
+    recorder: Recorder,
+    endpoint: Arc<str>,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The backend layer's future.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F> {
+        Direct { #[pin] inner: F },
+        Failed { error: Option<BoxError> },
+        Sent { #[pin] inner: F, sent: Option<Sent> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn direct(inner: F) -> Self {
+        Self {
+            state: State::Direct { inner },
+        }
+    }
+
+    fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, RB, E> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Direct { inner } => inner.poll(cx).map_err(Into::into),
+            StateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "backend future polled after completion".into()))),
+            StateProj::Sent { inner, sent } => {
+                let result = std::task::ready!(inner.poll(cx)).map_err(Into::into);
+                let Some(mut sent) = sent.take() else {
+                    return Poll::Ready(Err("backend future polled after completion".into()));
+                };
+                let outcome = match &result {
+                    Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                    Err(e) => outcome_of_error(&**e),
+                };
+                sent.recorder.record(outcome);
+                drop((sent.in_flight, sent.admission));
+                Poll::Ready(match result {
+                    Ok(mut resp) => {
+                        resp.extensions_mut().insert(Served {
+                            backend: sent.recorder.backend.name.clone(),
+                            endpoint: sent.endpoint,
+                            attempts: sent.attempts,
+                        });
+                        Ok(resp)
+                    }
+                    Err(e) => Err(name_endpoint(e, outcome, sent.endpoint)),
+                })
             }
-        })
+        }
     }
 }
 

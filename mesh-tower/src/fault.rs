@@ -7,6 +7,7 @@
 
 use crate::error::{Deadline, Elapsed, FaultAbort};
 use crate::ext::{Routed, deadline_of};
+use crate::future::{Either, MapErr};
 use crate::{BoxError, BoxFuture};
 use http::Request;
 use std::task::{Context, Poll};
@@ -45,7 +46,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = Either<MapErr<S::Future>, BoxFuture<Result<S::Response, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -55,8 +56,7 @@ where
         let routed = req.extensions().get::<Routed>();
         let fault = routed.and_then(|r| r.route_entry()?.fault().cloned());
         let Some(fault) = fault else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return Either::left(MapErr::new(self.inner.call(req)));
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -69,7 +69,7 @@ where
             .map(|d| d.fixed);
         let abort = fault.abort.filter(|a| hit(a.percent, rand::random()));
         let deadline = deadline_of(&req);
-        Box::pin(async move {
+        Either::right(Box::pin(async move {
             if let Some(delay) = delay {
                 let until = Instant::now() + delay;
                 match deadline {
@@ -88,6 +88,6 @@ where
                 return Err(FaultAbort { status: a.status }.into());
             }
             inner.call(req).await.map_err(Into::into)
-        })
+        }))
     }
 }

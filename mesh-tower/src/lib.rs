@@ -56,6 +56,7 @@ pub mod body;
 pub mod error;
 pub mod ext;
 pub mod fault;
+pub mod future;
 pub mod mirror;
 pub mod retry;
 pub mod route;

@@ -3,10 +3,11 @@
 //! Envoy does); its answer, error or lateness never reaches the caller.
 //! Only requests whose body is held in memory can be copied.
 
+use crate::BoxError;
 use crate::body::MeshBody;
 use crate::ext::{Mirrored, Routed};
+use crate::future::MapErr;
 use crate::runtime::Runtime;
-use crate::{BoxError, BoxFuture};
 use http::Request;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -80,7 +81,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = MapErr<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -105,7 +106,6 @@ where
                 };
             });
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        MapErr::new(self.inner.call(req))
     }
 }

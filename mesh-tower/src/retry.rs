@@ -19,6 +19,7 @@
 use crate::body::MeshBody;
 use crate::error::{Deadline, Elapsed, RetryBudgetExhausted, failed_endpoint, outcome_of_error};
 use crate::ext::{Mirrored, Routed, Served, deadline_of, set_deadline};
+use crate::future::{Either, MapErr, TimeoutFuture};
 use crate::runtime::{Runtime, now};
 use crate::{BoxError, BoxFuture};
 use http::{Method, Request, Response};
@@ -102,7 +103,10 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<RB>, BoxError>>;
+    type Future = Either<
+        Either<MapErr<S::Future>, TimeoutFuture<S::Future>>,
+        BoxFuture<Result<Response<RB>, BoxError>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -123,15 +127,22 @@ where
             .filter(|_| req.body().is_replayable() && req.extensions().get::<Mirrored>().is_none());
         let (Some(policy), Some(routed)) = (policy, routed.cloned()) else {
             // One attempt, bounded by the route's per-try timeout if it has one.
-            if let Some(t) = per_try {
-                shorten_deadline(&mut req, t);
-            }
+            let Some(t) = per_try else {
+                return Either::left(Either::left(MapErr::new(self.inner.call(req))));
+            };
+            shorten_deadline(&mut req, t);
+            let at = Instant::now() + t;
             let fut = self.inner.call(req);
-            return Box::pin(per_try_bound(fut, per_try));
+            return Either::left(Either::right(TimeoutFuture::new(
+                fut,
+                at,
+                Deadline::PerTry,
+                t,
+            )));
         };
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::right(Box::pin(async move {
             let (parts, body) = req.into_parts();
             let deadline = routed.deadline();
             let backend = routed
@@ -209,7 +220,7 @@ where
                 n += 1;
                 _retry_slot = slot;
             }
-        })
+        }))
     }
 }
 

@@ -14,6 +14,7 @@
 use crate::body::{MeshBody, ResponseBody};
 use crate::error::FaultAbort;
 use crate::ext::{RequestDeadline, Routed};
+use crate::future::Either;
 use crate::{BoxError, BoxFuture};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -69,7 +70,7 @@ where
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+    type Future = Either<Respond<S::Future>, BoxFuture<Result<Self::Response, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -79,7 +80,9 @@ where
         let snap = self.mesh.snapshot();
         let decision = decide(&snap, &RequestParts::of(&req), rand::random());
         let (mut routed, timeout, buffer_limit) = match decision {
-            Err(no_route) => return Box::pin(std::future::ready(Err(no_route.into()))),
+            Err(no_route) => {
+                return Either::right(Box::pin(std::future::ready(Err(no_route.into()))));
+            }
             Ok(Decision::Passthrough) => {
                 let t = snap.config().defaults.timeout;
                 (Routed::passthrough(snap.clone()), t, None)
@@ -106,18 +109,41 @@ where
         parts.extensions.insert(routed);
         if body.is_end_stream() {
             // No body to read first: call the readied service right away.
-            let fut = self
+            let inner = self
                 .inner
                 .call(Request::from_parts(parts, MeshBody::empty()));
-            return Box::pin(async move { respond(fut.await.map_err(Into::into)) });
+            return Either::left(Respond { inner });
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::right(Box::pin(async move {
             let body = MeshBody::from_body(body, buffer_limit).await?;
             let result = inner.call(Request::from_parts(parts, body)).await;
             respond(result.map_err(Into::into))
-        })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner future, its response body wrapped and an injected abort
+    /// turned into a response.
+    #[derive(Debug)]
+    pub struct Respond<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, RB, E> std::future::Future for Respond<F>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<RB>>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = std::task::ready!(self.project().inner.poll(cx));
+        Poll::Ready(respond(r.map_err(Into::into)))
     }
 }
 

@@ -5,9 +5,10 @@
 //! backend layer on each attempt), so a meshed server stops working on a
 //! request its caller has given up on.
 
-use crate::error::{Deadline, Elapsed};
+use crate::BoxError;
+use crate::error::Deadline;
 use crate::ext::{Routed, deadline_of, set_deadline};
-use crate::{BoxError, BoxFuture};
+use crate::future::TimeoutFuture;
 use http::Request;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,7 +60,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -79,16 +80,6 @@ where
                 d
             }
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, fut).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Elapsed {
-                    deadline: Deadline::Overall,
-                    timeout,
-                }
-                .into()),
-            }
-        })
+        TimeoutFuture::new(self.inner.call(req), deadline, Deadline::Overall, timeout)
     }
 }
