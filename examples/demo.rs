@@ -1,144 +1,427 @@
 //! The mesh in one command: `cargo run --example demo`.
 //!
-//! Loads a mesh config, shows where requests go under it, then edits the
-//! watched file while deciding and shows the split shift live, with the
-//! version numbers the mesh published and an invalid edit refused while the
-//! last good config keeps serving. Ends by itself.
+//! Starts, in this process and on loopback, a small application of echo
+//! services (two versions of `reviews`, an unreliable `ratings`), writes a
+//! mesh config for them to a watched file, and drives real traffic through
+//! a `MeshLayer` client while it walks through scenes:
+//!
+//! 1. `canary`: the reviews split moves 90/10 -> 50/50 -> 0/100 by editing
+//!    the file while traffic flows, with no failed request;
+//! 2. `resilience`: one ratings endpoint fails every request; retries
+//!    (within the budget) and outlier ejection keep callers whole, and the
+//!    endpoint returns once it recovers;
+//! 3. `faults`: an injected delay meets the route timeout, an injected
+//!    abort answers a share of requests;
+//! 4. `config`: a bad edit is refused with every problem named, and the
+//!    last good config keeps serving.
+//!
+//! `--scene NAME` runs one scene; `--keep-running` leaves everything up with
+//! the addresses printed, for poking with curl. Ends by itself otherwise.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+use mesh::echo::{Echo, EchoHandle};
 use mesh_core::Mesh;
-use mesh_core::route::{Decision, RequestParts, decide};
-use rand::Rng;
+use mesh_hyper::Client;
+use mesh_tower::error::ErrorKind;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn config(v1: u32, v2: u32) -> String {
-    format!(
-        r#"version: 1
+struct App {
+    reviews_v1: [EchoHandle; 2],
+    reviews_v2: EchoHandle,
+    ratings: [EchoHandle; 2],
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone, Copy)]
+struct Knobs {
+    v1: u32,
+    v2: u32,
+    fault_delay_pct: u32,
+    fault_abort_pct: u32,
+}
+
+impl App {
+    fn config(&self, k: Knobs) -> String {
+        let [a, b] = &self.reviews_v1;
+        let [r1, r2] = &self.ratings;
+        format!(
+            r#"version: 1
 trust_domain: demo.local
 services:
   - name: reviews
     hosts: [reviews, reviews.default.svc]
     routes:
-      - name: testers-to-v2
-        match: {{ headers: {{ x-user: {{ exact: tester }} }}, path: {{ prefix: /ratings }} }}
-        to: [{{ backend: reviews-v2 }}]
       - name: default
         timeout: 2s
         retry: {{ attempts: 3, per_try_timeout: 500ms, on: [5xx, connect-failure, reset] }}
         to:
           - {{ backend: reviews-v1, weight: {v1} }}
           - {{ backend: reviews-v2, weight: {v2} }}
+  - name: ratings
+    routes:
+      - name: slow-path
+        match: {{ path: {{ prefix: /slow }} }}
+        timeout: 200ms
+        fault: {{ delay: {{ fixed: 300ms, percent: {delay} }} }}
+        to: [ratings]
+      - name: default
+        timeout: 1s
+        retry: {{ attempts: 3, on: [5xx, connect-failure], backoff: {{ base: 5ms, max: 50ms }} }}
+        fault: {{ abort: {{ status: 503, percent: {abort} }} }}
+        to: [ratings]
 backends:
-  - {{ name: reviews-v1, endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"] }}
-  - {{ name: reviews-v2, endpoints: ["127.0.0.1:9003"] }}
-"#
-    )
-}
-
-/// Decides `n` requests and counts them per backend.
-fn split(mesh: &Mesh, n: u32, rng: &mut impl rand::Rng) -> BTreeMap<String, u32> {
-    let headers = http::HeaderMap::new();
-    let req = RequestParts::new("reviews", "GET", "/ratings/1", None, &headers);
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let snap = mesh.snapshot();
-        if let Ok(Decision::Route(d)) = decide(&snap, &req, rng.random()) {
-            *counts.entry(d.backend.name().to_string()).or_insert(0) += 1;
-        }
+  - {{ name: reviews-v1, endpoints: ["{a}", "{b}"] }}
+  - {{ name: reviews-v2, endpoints: ["{v2addr}"] }}
+  - name: ratings
+    endpoints: ["{r1}", "{r2}"]
+    load_balancer: round_robin
+    outlier_detection: {{ consecutive_5xx: 3, base_ejection: 2s, max_ejection_percent: 50 }}
+"#,
+            v1 = k.v1,
+            v2 = k.v2,
+            delay = k.fault_delay_pct,
+            abort = k.fault_abort_pct,
+            a = a.addr(),
+            b = b.addr(),
+            v2addr = self.reviews_v2.addr(),
+            r1 = r1.addr(),
+            r2 = r2.addr(),
+        )
     }
-    counts
+
+    /// Replaces the config file in one step, as config tooling should.
+    fn write(&self, text: &str) {
+        write_atomically(&self.file, text);
+    }
 }
 
-/// Replaces the file in one step, as config tooling should.
-fn write(path: &std::path::Path, text: &str) {
+fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("mesh.yaml");
-    std::fs::write(&path, config(90, 10)).unwrap();
-    let mesh = Mesh::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-    let mut rng = rand::rng();
+const BASE: Knobs = Knobs {
+    v1: 90,
+    v2: 10,
+    fault_delay_pct: 0,
+    fault_abort_pct: 0,
+};
 
-    println!(
-        "== 1. where requests go (config version {})",
-        mesh.snapshot().version()
-    );
-    println!("{:<44} {:<16} backend", "request", "route");
-    let mut tester = http::HeaderMap::new();
-    tester.insert("x-user", http::HeaderValue::from_static("tester"));
-    let plain = http::HeaderMap::new();
-    for (label, host, path, headers) in [
-        (
-            "GET http://reviews/ratings/1",
-            "reviews",
-            "/ratings/1",
-            &plain,
-        ),
-        (
-            "GET http://reviews/ratings/1  x-user:tester",
-            "reviews",
-            "/ratings/1",
-            &tester,
-        ),
-        (
-            "GET http://reviews.default.svc/health",
-            "reviews.default.svc",
-            "/health",
-            &plain,
-        ),
-        ("GET http://example.com/", "example.com", "/", &plain),
-    ] {
-        let snap = mesh.snapshot();
-        let req = RequestParts::new(host, "GET", path, None, headers);
-        let (route, backend) = match decide(&snap, &req, rng.random()) {
-            Ok(Decision::Route(d)) => (d.route.name().to_string(), d.backend.name().to_string()),
-            Ok(Decision::Passthrough) => ("-".into(), "passthrough (unknown host)".into()),
-            Err(e) => ("-".into(), format!("refused: {e}")),
-        };
-        println!("{label:<44} {route:<16} {backend}");
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u32,
+    by_backend: BTreeMap<String, u32>,
+    errors: BTreeMap<String, u32>,
+}
+
+impl Tally {
+    fn failed(&self) -> u32 {
+        self.errors.values().sum()
     }
+    fn get(&self, b: &str) -> u32 {
+        self.by_backend.get(b).copied().unwrap_or(0)
+    }
+    fn errors(&self) -> String {
+        if self.errors.is_empty() {
+            return "-".into();
+        }
+        self.errors
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
 
-    println!("\n== 2. canary: shifting the split by editing the watched file");
+async fn send(client: &Client, url: &str, n: u32, concurrency: u32) -> Tally {
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, url) = (client.clone(), url.to_owned());
+        let share = n / concurrency + u32::from(w < n % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            for _ in 0..share {
+                match client.get(&url).await {
+                    Ok(resp) => {
+                        if let Some(b) = resp
+                            .headers()
+                            .get("x-backend")
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            *t.by_backend.entry(b.to_owned()).or_default() += 1;
+                        }
+                        if resp.status().is_success() {
+                            t.ok += 1;
+                        } else {
+                            *t.errors
+                                .entry(format!("http_{}", resp.status().as_u16()))
+                                .or_default() += 1;
+                        }
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    }
+                    Err(e) => {
+                        *t.errors
+                            .entry(ErrorKind::of(&*e).as_str().to_owned())
+                            .or_default() += 1
+                    }
+                }
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = t.await.unwrap();
+        all.ok += t.ok;
+        for (k, v) in t.by_backend {
+            *all.by_backend.entry(k).or_default() += v;
+        }
+        for (k, v) in t.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn title(n: u32, name: &str, what: &str) {
+    println!("\n== {n}. {name}: {what}");
+}
+
+async fn canary(app: &App, mesh: &Mesh, client: &Client) {
+    title(
+        1,
+        "canary",
+        "shifting reviews from v1 to v2 by editing the watched file",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut all = Tally::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = send(&client, "http://reviews/ratings/1", 200, 8).await;
+                all.ok += t.ok;
+                for (k, v) in t.errors {
+                    *all.errors.entry(k).or_default() += v;
+                }
+            }
+            all
+        })
+    };
     println!(
-        "{:<10} {:<9} {:>12} {:>12}",
-        "weights", "version", "reviews-v1", "reviews-v2"
+        "{:<8} {:>8} {:>12} {:>12} {:>8}",
+        "weights", "version", "reviews-v1", "reviews-v2", "failed"
     );
     for (v1, v2) in [(90, 10), (50, 50), (0, 100)] {
-        let want = mesh.snapshot().version() + u64::from((v1, v2) != (90, 10));
-        write(&path, &config(v1, v2));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while mesh.snapshot().version() < want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let counts = split(&mesh, 10_000, &mut rng);
-        let get = |b: &str| counts.get(b).copied().unwrap_or(0);
+        let want = mesh.snapshot().version() + u64::from((v1, v2) != (BASE.v1, BASE.v2));
+        app.write(&app.config(Knobs { v1, v2, ..BASE }));
+        wait_for("the new config", || mesh.snapshot().version() >= want).await;
+        let t = send(client, "http://reviews/ratings/1", 2000, 16).await;
         println!(
-            "{:<10} {:<9} {:>12} {:>12}",
+            "{:<8} {:>8} {:>12} {:>12} {:>8}",
             format!("{v1}/{v2}"),
             mesh.snapshot().version(),
-            get("reviews-v1"),
-            get("reviews-v2")
+            t.get("reviews-v1a") + t.get("reviews-v1b"),
+            t.get("reviews-v2"),
+            t.failed()
         );
     }
-
-    println!("\n== 3. a bad edit is refused; the last good config keeps serving");
-    write(
-        &path,
-        &config(50, 50).replace("reviews-v2, weight", "reviews-v3, weight"),
+    stop.store(true, Ordering::Relaxed);
+    let during = background.await.unwrap();
+    println!(
+        "background traffic across the three shifts: {} ok, {} failed",
+        during.ok,
+        during.failed()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mesh.status().rejected == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    app.write(&app.config(BASE));
+}
+
+async fn resilience(app: &App, client: &Client) {
+    title(2, "resilience", "one ratings endpoint fails every request");
+    let before = client.runtime().stats();
+    let (retries0, ejections0) = (
+        before.retries.load(Ordering::Relaxed),
+        before.ejections.load(Ordering::Relaxed),
+    );
+    app.ratings[1].set_fail_rate(1.0);
+    println!(
+        "{:<28} {:>6} {:>8} {:>8} {:>8} {:>10}",
+        "phase", "ok", "failed", "r1 hits", "r2 hits", "retries"
+    );
+    let phase = |name: &str, t: &Tally, retries: u64| {
+        println!(
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>10}",
+            name,
+            t.ok,
+            t.failed(),
+            t.get("ratings-1"),
+            t.get("ratings-2"),
+            retries
+        );
+    };
+    let stats = client.runtime().stats();
+    let t = send(client, "http://ratings/stars", 1000, 8).await;
+    phase(
+        "ratings-2 failing",
+        &t,
+        stats.retries.load(Ordering::Relaxed) - retries0,
+    );
+    println!(
+        "outlier detection ejected ratings-2 {} time(s); callers saw {} failures",
+        stats.ejections.load(Ordering::Relaxed) - ejections0,
+        t.failed()
+    );
+    app.ratings[1].set_fail_rate(0.0);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = stats.retries.load(Ordering::Relaxed);
+    let t = send(client, "http://ratings/stars", 1000, 8).await;
+    phase(
+        "recovered, ejection over",
+        &t,
+        stats.retries.load(Ordering::Relaxed) - r,
+    );
+}
+
+async fn faults(app: &App, mesh: &Mesh, client: &Client) {
+    title(
+        3,
+        "faults",
+        "an injected delay meets the route timeout; an injected abort",
+    );
+    let want = mesh.snapshot().version() + 1;
+    app.write(&app.config(Knobs {
+        fault_delay_pct: 50,
+        fault_abort_pct: 10,
+        ..BASE
+    }));
+    wait_for("the fault config", || mesh.snapshot().version() >= want).await;
+    let started = Instant::now();
+    let slow = send(client, "http://ratings/slow", 40, 8).await;
+    println!(
+        "/slow  (300ms delay on 50%, 200ms timeout): {} ok, errors {}  ({} ms for 40 requests)",
+        slow.ok,
+        slow.errors(),
+        started.elapsed().as_millis()
+    );
+    let abort = send(client, "http://ratings/stars", 1000, 8).await;
+    println!(
+        "/stars (503 abort on 10%):                  {} ok, errors {}",
+        abort.ok,
+        abort.errors()
+    );
+    app.write(&app.config(BASE));
+}
+
+async fn config(app: &App, mesh: &Mesh, client: &Client) {
+    title(
+        4,
+        "config",
+        "a bad edit is refused; the last good config keeps serving",
+    );
+    let rejected = mesh.status().rejected;
+    let bad = app
+        .config(BASE)
+        .replace("backend: reviews-v2, weight", "backend: reviews-v3, weight")
+        .replace("load_balancer: round_robin", "load_balancer: round_robbin");
+    app.write(&bad);
+    wait_for("the rejection", || mesh.status().rejected > rejected).await;
     if let Some(e) = mesh.status().last_error {
         println!("{e}");
     }
-    println!("still serving version {}", mesh.snapshot().version());
-    println!("\nnext: cargo run --example meshctl -- check <your mesh.yaml>");
+    let t = send(client, "http://reviews/ratings/1", 200, 4).await;
+    println!(
+        "still serving version {}: {} of 200 requests ok",
+        mesh.snapshot().version(),
+        t.ok
+    );
+    app.write(&app.config(BASE));
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scene = args
+        .iter()
+        .position(|a| a == "--scene")
+        .and_then(|i| args.get(i + 1).cloned());
+    let keep_running = args.iter().any(|a| a == "--keep-running");
+    let scenes = ["canary", "resilience", "faults", "config"];
+    if let Some(s) = &scene {
+        if !scenes.contains(&s.as_str()) {
+            eprintln!("unknown scene `{s}`; scenes: {}", scenes.join(", "));
+            std::process::exit(2);
+        }
+    }
+    let wants = |name: &str| scene.as_deref().is_none_or(|s| s == name);
+
+    let quiet = Mesh::empty();
+    let start = |name: &'static str| {
+        let quiet = quiet.clone();
+        async move { Echo::new(name).start(&quiet, "127.0.0.1:0").await.unwrap() }
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let app = App {
+        reviews_v1: [start("reviews-v1a").await, start("reviews-v1b").await],
+        reviews_v2: start("reviews-v2").await,
+        ratings: [start("ratings-1").await, start("ratings-2").await],
+        file: dir.path().join("mesh.yaml"),
+        _dir: dir,
+    };
+    app.write(&app.config(BASE));
+    let mesh = Mesh::from_file(&app.file).unwrap_or_else(|e| panic!("{e}"));
+    let client = Client::new(&mesh);
+    println!(
+        "mesh: {} services, version {}, config {}",
+        mesh.snapshot().services().len(),
+        mesh.snapshot().version(),
+        app.file.display()
+    );
+
+    let started = Instant::now();
+    if wants("canary") {
+        canary(&app, &mesh, &client).await;
+    }
+    if wants("resilience") {
+        resilience(&app, &client).await;
+    }
+    if wants("faults") {
+        faults(&app, &mesh, &client).await;
+    }
+    if wants("config") {
+        config(&app, &mesh, &client).await;
+    }
+    println!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
+    if keep_running {
+        println!("\nstill running; the config is {}", app.file.display());
+        for (name, h) in [
+            ("reviews-v1a", &app.reviews_v1[0]),
+            ("reviews-v1b", &app.reviews_v1[1]),
+            ("reviews-v2", &app.reviews_v2),
+            ("ratings-1", &app.ratings[0]),
+            ("ratings-2", &app.ratings[1]),
+        ] {
+            println!("  {name:<12} http://{}/", h.addr());
+        }
+        println!("Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        println!(
+            "next: cargo run --example meshctl -- check <your mesh.yaml>; the README's quick start."
+        );
+    }
 }

@@ -15,3 +15,8 @@ pub use mesh_core as core;
 pub use mesh_hyper as hyper;
 pub use mesh_tonic as tonic;
 pub use mesh_tower as tower;
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

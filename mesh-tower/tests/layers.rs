@@ -558,3 +558,34 @@ async fn a_config_swap_changes_the_split_for_the_next_request() {
         "c"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
+    let m = mesh(OUTLIER);
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let svc = MeshLayer::new(m.clone()).layer(svc);
+    serve(handle, |req| {
+        let failing = req.uri().authority().unwrap().as_str() == "127.0.0.1:1";
+        Ok(status(if failing { 503 } else { 200 }))
+    });
+    for _ in 0..9 {
+        let _ = svc.clone().oneshot(get("http://api/")).await.unwrap();
+    }
+    // A push that changes something else: a new route timeout and a fourth endpoint.
+    let mut cfg = m.snapshot().config().clone();
+    cfg.services[0].routes[0].timeout = Some(Duration::from_secs(3));
+    cfg.backends[0]
+        .endpoints
+        .push(mesh_core::config::Endpoint::new("127.0.0.1:4"));
+    m.update(cfg, mesh_core::snapshot::Source::Code).unwrap();
+    for _ in 0..40 {
+        let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
+        let ep = resp
+            .extensions()
+            .get::<Served>()
+            .unwrap()
+            .endpoint
+            .to_string();
+        assert_ne!(ep, "127.0.0.1:1", "the ejection was lost in the swap");
+    }
+}

@@ -95,6 +95,8 @@ impl Config {
         if problems.is_empty() {
             Ok(cfg)
         } else {
+            // In the order of the document, where lines are known.
+            problems.sort_by_key(|p| p.line.unwrap_or(u32::MAX));
             Err(ConfigError::new(problems))
         }
     }
