@@ -361,11 +361,11 @@ async fn main() {
         .and_then(|i| args.get(i + 1).cloned());
     let keep_running = args.iter().any(|a| a == "--keep-running");
     let scenes = ["canary", "resilience", "faults", "config"];
-    if let Some(s) = &scene {
-        if !scenes.contains(&s.as_str()) {
-            eprintln!("unknown scene `{s}`; scenes: {}", scenes.join(", "));
-            std::process::exit(2);
-        }
+    if let Some(s) = &scene
+        && !scenes.contains(&s.as_str())
+    {
+        eprintln!("unknown scene `{s}`; scenes: {}", scenes.join(", "));
+        std::process::exit(2);
     }
     let wants = |name: &str| scene.as_deref().is_none_or(|s| s == name);
 
