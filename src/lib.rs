@@ -5,10 +5,12 @@
 //! - `tower` ([`mesh_tower`]): the data-path layers;
 //! - `hyper` ([`mesh_hyper`]): the HTTP transport and server;
 //! - `tonic` ([`mesh_tonic`]): gRPC;
-//! - [`echo`]: an echo backend on a real socket.
+//! - [`echo`]: an echo backend on a real socket;
+//! - [`certs`]: a development CA for SPIFFE identities.
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod echo;
 
 pub use mesh_core as core;

@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     last_error: Mutex<Option<Arc<ConfigError>>>,
     last_update: Mutex<SystemTime>,
     service: Option<String>,
+    #[cfg(feature = "tls")]
+    identity: arc_swap::ArcSwapOption<crate::identity::tls::Identity>,
 }
 
 /// Counters of config updates, for metrics and the admin server.
@@ -69,6 +71,8 @@ impl Mesh {
                 last_error: Mutex::new(None),
                 last_update: Mutex::new(SystemTime::now()),
                 service: std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()),
+                #[cfg(feature = "tls")]
+                identity: arc_swap::ArcSwapOption::empty(),
             }),
         }
     }
@@ -181,15 +185,31 @@ impl Mesh {
         self.inner.service.as_deref()
     }
 
+    /// This workload's identity, if one is loaded.
+    #[cfg(feature = "tls")]
+    pub fn identity(&self) -> Option<crate::identity::tls::Identity> {
+        self.inner.identity.load_full().map(|i| (*i).clone())
+    }
+
+    /// Sets this workload's identity (used for mTLS by clients and servers
+    /// made from this mesh from now on).
+    #[cfg(feature = "tls")]
+    pub fn set_identity(&self, identity: crate::identity::tls::Identity) {
+        tracing::info!(spiffe_id = %identity.spiffe_id(), "workload identity set");
+        self.inner.identity.store(Some(Arc::new(identity)));
+    }
+
     /// Whether `other` is a handle on the same mesh.
     pub fn same_as(&self, other: &Mesh) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    #[cfg(feature = "fs")]
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
 
+    #[cfg(feature = "fs")]
     pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Mesh> {
         weak.upgrade().map(|inner| Mesh { inner })
     }

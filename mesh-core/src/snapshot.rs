@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub(crate) services: Vec<ServiceEntry>,
     pub(crate) backends: Vec<BackendEntry>,
     pub(crate) backend_index: HashMap<Arc<str>, u32>,
+    /// Endpoint address -> the SPIFFE ID it must present (mutual-TLS backends).
+    pub(crate) tls_identities: HashMap<Arc<str>, crate::identity::SpiffeId>,
 }
 
 /// A compiled service.
@@ -133,6 +135,14 @@ impl BackendEntry {
     /// Its load-balancer policy.
     pub fn load_balancer(&self) -> &LoadBalancer {
         &self.config.load_balancer
+    }
+
+    /// The SPIFFE ID its endpoints must present, when it uses mutual TLS.
+    pub fn mutual_tls(&self) -> Option<&crate::identity::SpiffeId> {
+        let tls = self.config.tls.as_ref()?;
+        (tls.mode == crate::config::BackendTlsMode::Mutual)
+            .then_some(tls.identity.as_ref())
+            .flatten()
     }
 }
 
@@ -277,6 +287,16 @@ impl Snapshot {
             })
             .collect();
 
+        let mut tls_identities = HashMap::new();
+        for b in &backends {
+            if let Some(id) = b.mutual_tls() {
+                for e in &b.endpoints {
+                    tls_identities
+                        .entry(e.address.clone())
+                        .or_insert_with(|| id.clone());
+                }
+            }
+        }
         let mut hosts = HashMap::new();
         let mut services = Vec::with_capacity(config.services.len());
         for (si, s) in config.services.iter().enumerate() {
@@ -318,7 +338,14 @@ impl Snapshot {
             services,
             backends,
             backend_index,
+            tls_identities,
         }
+    }
+
+    /// The SPIFFE ID endpoint `address` must present, if a mutual-TLS
+    /// backend names it.
+    pub fn endpoint_identity(&self, address: &str) -> Option<&crate::identity::SpiffeId> {
+        self.tls_identities.get(address)
     }
 
     /// The version: strictly increasing across the snapshots one `Mesh`

@@ -358,6 +358,7 @@ impl Decode for Config {
                 "services",
                 "backends",
                 "inbound",
+                "identity",
             ],
         )?;
         let version = f.or("version", 1u32, cx);
@@ -366,13 +367,26 @@ impl Decode for Config {
         let services = f.or("services", Vec::new(), cx);
         let backends = f.or("backends", Vec::new(), cx);
         let inbound = f.or("inbound", Vec::new(), cx);
+        let identity = f.opt("identity", cx);
         Some(Config {
+            identity,
             version,
             trust_domain,
             defaults,
             services,
             backends,
             inbound,
+        })
+    }
+}
+
+impl Decode for IdentityFiles {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(n, path, cx, &["cert", "key", "ca"])?;
+        Some(IdentityFiles {
+            cert: f.req("cert", cx),
+            key: f.req("key", cx),
+            ca: f.req("ca", cx),
         })
     }
 }

@@ -35,6 +35,8 @@ pub enum ProblemKind {
     OutOfRange,
     /// A config file version this build does not understand.
     UnsupportedVersion,
+    /// The workload identity (certificate, key, trust bundle) cannot be loaded.
+    Identity,
 }
 
 /// One problem found in a config: where it is and what is wrong.

@@ -26,6 +26,21 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Inbound (server-side) policies, per service.
     pub inbound: Vec<InboundPolicy>,
+    /// This workload's identity files (`MESH_TLS_CERT`, `MESH_TLS_KEY` and
+    /// `MESH_TLS_CA` take precedence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityFiles>,
+}
+
+/// The PEM files of this workload's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct IdentityFiles {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The leaf's private key.
+    pub key: String,
+    /// The trust bundle.
+    pub ca: String,
 }
 
 impl Default for Config {
@@ -33,6 +48,7 @@ impl Default for Config {
         Self {
             version: 1,
             trust_domain: None,
+            identity: None,
             defaults: Defaults::default(),
             services: Vec::new(),
             backends: Vec::new(),

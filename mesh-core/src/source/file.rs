@@ -29,6 +29,8 @@ impl Mesh {
         let text = read(&path)?;
         let config = parse(&text, &path)?;
         let mesh = Mesh::empty();
+        #[cfg(feature = "tls")]
+        load_identity(&mesh, config.identity.as_ref(), path.parent())?;
         mesh.update(config, Source::File(path.clone()))?;
         spawn_watcher(&mesh, path, text)?;
         Ok(mesh)
@@ -44,7 +46,10 @@ impl Mesh {
                 tracing::info!(
                     "no MESH_CONFIG set: the mesh is empty and every request passes through to the host it names"
                 );
-                Ok(Mesh::empty())
+                let mesh = Mesh::empty();
+                #[cfg(feature = "tls")]
+                load_identity(&mesh, None, None)?;
+                Ok(mesh)
             }
         }
     }
@@ -117,4 +122,41 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, mut last: String) -> Result<(), Con
                 format!("cannot start the file watcher: {e}"),
             )])
         })
+}
+
+/// Loads and watches this workload's identity: from `MESH_TLS_CERT`,
+/// `MESH_TLS_KEY` and `MESH_TLS_CA` when set, else from the config's
+/// `identity` (paths relative to the config file's directory).
+#[cfg(feature = "tls")]
+fn load_identity(
+    mesh: &Mesh,
+    from_config: Option<&crate::config::IdentityFiles>,
+    base: Option<&Path>,
+) -> Result<(), ConfigError> {
+    use crate::identity::tls::{Identity, IdentityFiles};
+    let resolve = |p: &str| match base {
+        Some(b) if Path::new(p).is_relative() => b.join(p),
+        _ => PathBuf::from(p),
+    };
+    let files = IdentityFiles::from_env().or_else(|| {
+        from_config.map(|f| IdentityFiles {
+            cert: resolve(&f.cert),
+            key: resolve(&f.key),
+            ca: resolve(&f.ca),
+        })
+    });
+    let Some(files) = files else {
+        return Ok(());
+    };
+    let identity = Identity::load(&files).map_err(|e| {
+        ConfigError::new(vec![crate::config::Problem::new(
+            crate::config::ProblemKind::Identity,
+            "identity",
+            None,
+            format!("cannot load this workload's identity: {e}"),
+        )])
+    })?;
+    identity.watch(files);
+    mesh.set_identity(identity);
+    Ok(())
 }

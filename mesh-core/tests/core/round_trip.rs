@@ -229,6 +229,11 @@ fn config() -> impl Strategy<Value = Config> {
                     inbound,
                 )| Config {
                     version: 1,
+                    identity: refuse.then(|| IdentityFiles {
+                        cert: "certs/web.pem".into(),
+                        key: "certs/web-key.pem".into(),
+                        ca: "certs/ca.pem".into(),
+                    }),
                     trust_domain,
                     defaults: Defaults {
                         timeout: Duration::from_secs(timeout),

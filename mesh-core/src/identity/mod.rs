@@ -187,3 +187,7 @@ mod tests {
         assert_eq!(SpiffeId::new(&long), Err(SpiffeIdError::TooLong));
     }
 }
+
+pub mod authz;
+#[cfg(feature = "tls")]
+pub mod tls;
