@@ -4,12 +4,17 @@
 //! ```text
 //! cargo run --example meshctl -- check mesh.yaml
 //! cargo run --example meshctl -- route mesh.yaml GET http://reviews/ratings/1 -H x-user:tester
+//! cargo run --example meshctl -- certs --trust-domain demo.local --out ./certs reviews productpage
 //! ```
 //!
 //! `check` exits 0 with a one-line summary when the file is valid, and 1 with
 //! every problem (file, line, field path, reason) when it is not. `route`
 //! prints the route that matches and the backends its split would pick, with
 //! their shares; it exits 1 when the mesh has no route for the request.
+//! `certs` makes a development CA and, per named workload, `NAME.pem` (its
+//! chain, SPIFFE ID `spiffe://TRUST-DOMAIN/NAME` unless `--id NAME=ID` says
+//! otherwise) and `NAME-key.pem`, next to the trust bundle `ca.pem`; each
+//! run makes a new CA, so issue every workload in one run.
 
 #![allow(clippy::print_stdout)]
 
@@ -20,13 +25,15 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   meshctl check FILE
-  meshctl route FILE METHOD URL [-H name:value]...";
+  meshctl route FILE METHOD URL [-H name:value]...
+  meshctl certs --trust-domain TD --out DIR [--id NAME=spiffe://...]... NAME...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("check") => check(&args[1..]),
         Some("route") => route(&args[1..]),
+        Some("certs") => certs(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -136,4 +143,52 @@ fn route(args: &[String]) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn certs(args: &[String]) -> Result<ExitCode, String> {
+    let (mut td, mut out, mut ids, mut names) = (None, None, Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--trust-domain" => td = it.next().cloned(),
+            "--out" => out = it.next().cloned(),
+            "--id" => {
+                let spec = it.next().ok_or(USAGE)?;
+                let (name, id) = spec
+                    .split_once('=')
+                    .ok_or_else(|| format!("--id `{spec}` is not NAME=spiffe://..."))?;
+                let id: mesh_core::identity::SpiffeId =
+                    id.parse().map_err(|e| format!("--id `{spec}`: {e}"))?;
+                ids.push((name.to_owned(), id));
+            }
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown flag `{flag}`\n{USAGE}"));
+            }
+            name => names.push(name.to_owned()),
+        }
+    }
+    let (Some(td), Some(out)) = (td, out) else {
+        return Err(USAGE.to_owned());
+    };
+    if names.is_empty() {
+        return Err(format!("name at least one workload\n{USAGE}"));
+    }
+    let out = std::path::PathBuf::from(out);
+    let ca = mesh::certs::DevCa::new(&td).map_err(|e| format!("trust domain `{td}`: {e}"))?;
+    ca.write_ca(&out).map_err(|e| e.to_string())?;
+    println!("{}", out.join("ca.pem").display());
+    for name in &names {
+        let issued = match ids.iter().find(|(n, _)| n == name) {
+            Some((_, id)) => ca.issue(id, &mesh::certs::IssueOptions::default()),
+            None => ca.issue_for(name),
+        }
+        .map_err(|e| format!("{name}: {e}"))?;
+        issued.write(&out, name).map_err(|e| e.to_string())?;
+        println!(
+            "{}  {}",
+            out.join(format!("{name}.pem")).display(),
+            issued.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! An echo backend for demos, tests and benchmarks: it answers every
 //! request with its name in `x-backend` and a JSON body
-//! `{"backend", "method", "path", "headers"}`, can fail a share of requests
+//! `{"backend", "caller", "method", "path", "headers"}` (`caller`: the
+//! verified SPIFFE ID of an mTLS caller), can fail a share of requests
 //! with 503 and delay every answer, and counts what it served. It runs
 //! behind [`mesh_hyper::serve`] on a real socket.
 //!
@@ -31,6 +32,7 @@ pub struct Echo {
     name: String,
     fail_rate: f64,
     delay: Duration,
+    service: Option<String>,
 }
 
 #[derive(Debug)]
@@ -49,7 +51,16 @@ impl Echo {
             name: name.into(),
             fail_rate: 0.0,
             delay: Duration::ZERO,
+            service: None,
         }
+    }
+
+    /// Serves as mesh service `service`: its inbound policy (mTLS mode,
+    /// authorization) applies. Default: `MESH_SERVICE`.
+    #[must_use]
+    pub fn service(mut self, service: &str) -> Self {
+        self.service = Some(service.to_owned());
+        self
     }
 
     /// Answers this share of requests (0.0 to 1.0) with 503.
@@ -86,17 +97,22 @@ impl Echo {
             tower::service_fn(move |req: Request<Incoming>| answer(shared.clone(), req))
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mesh = mesh.clone();
+        let mut server = mesh_hyper::Server::new(mesh);
+        if let Some(s) = &self.service {
+            server = server.service(s);
+        }
+        let stats = server.stats().clone();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = mesh_hyper::serve_with_shutdown(&mesh, listener, svc, shutdown).await {
+            if let Err(e) = server.serve_with_shutdown(listener, svc, shutdown).await {
                 tracing::warn!("echo server stopped: {e}");
             }
         });
         Ok(EchoHandle {
             addr,
+            stats,
             shared,
             stop: Some(stop),
             task,
@@ -119,8 +135,14 @@ async fn answer(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
         .collect();
+    let caller = req
+        .extensions()
+        .get::<mesh_tower::ext::PeerIdentity>()
+        .and_then(|p| p.0.as_ref())
+        .map(|id| id.to_string());
     let body = serde_json::json!({
         "backend": shared.name,
+        "caller": caller,
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "headers": headers,
@@ -146,6 +168,7 @@ async fn answer(
 #[derive(Debug)]
 pub struct EchoHandle {
     addr: SocketAddr,
+    stats: Arc<mesh_hyper::ServerStats>,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -155,6 +178,11 @@ impl EchoHandle {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's counters (authorization denials, refused handshakes).
+    pub fn server_stats(&self) -> &mesh_hyper::ServerStats {
+        &self.stats
     }
 
     /// Requests answered so far (failed ones included).

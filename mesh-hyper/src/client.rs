@@ -41,10 +41,9 @@ pub struct Client {
 impl Client {
     /// A client following `mesh`'s live config.
     pub fn new(mesh: &Mesh) -> Self {
-        let connect_timeout = mesh.snapshot().config().defaults.connect_timeout;
         let layer = MeshLayer::new(mesh.clone());
         Self {
-            svc: layer.layer(Transport::new(connect_timeout)),
+            svc: layer.layer(Transport::new(mesh)),
             layer,
             refusals_as_responses: false,
         }

@@ -25,8 +25,9 @@
 mod client;
 pub mod error;
 mod server;
+pub mod tls;
 mod transport;
 
 pub use client::{Body, Client};
-pub use server::{serve, serve_with_shutdown};
+pub use server::{Server, ServerStats, serve, serve_with_shutdown};
 pub use transport::Transport;

@@ -1,30 +1,72 @@
-//! The server side: [`serve`] runs a service behind the inbound layers on
-//! every connection a listener accepts, HTTP/1.1 and HTTP/2 (h2c) on one
-//! port.
+//! The server side: [`Server`] runs a service behind the inbound layers on
+//! every connection a listener accepts, HTTP/1.1 and HTTP/2 on one port.
 //!
-//! Inbound, a caller's deadline (`x-mesh-timeout-ms`) is honoured: the
-//! handler gets that long, after which the caller gets 504 with
-//! `x-mesh-error: timeout` and the handler is dropped. The deadline is also
-//! put in the request's extensions ([`RequestDeadline`]), so a meshed call
-//! the handler makes downstream inherits what is left of it.
+//! Per connection, the inbound policy of this workload's service
+//! (`MESH_SERVICE`) in the current config sets the mTLS mode:
+//!
+//! - `strict`: TLS with a verified client certificate, or the connection is
+//!   closed;
+//! - `permissive`: TLS (with a verified client certificate) and plaintext on
+//!   the same port, told apart by the first byte, as Istio does;
+//! - `disabled`: plaintext.
+//!
+//! Without a policy, a workload with an identity is permissive and one
+//! without is plaintext.
+//!
+//! Per request, the caller's verified SPIFFE ID goes into the request's
+//! extensions ([`PeerIdentity`]); the policy's rules authorize it (a denied
+//! request gets 403, `x-mesh-error: unauthorized` and the reason in
+//! `x-mesh-authz-reason`, and never reaches the service); and a caller's
+//! deadline (`x-mesh-timeout-ms`) bounds the handler (504 past it), and is
+//! put in the extensions ([`RequestDeadline`]) for calls the handler makes.
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mesh_core::Mesh;
+use mesh_core::config::MtlsMode;
+use mesh_core::identity::SpiffeId;
+use mesh_core::identity::authz::{Verdict, authorize};
 use mesh_tower::body::ResponseBody;
-use mesh_tower::error::{Deadline, Elapsed};
-use mesh_tower::ext::{DEADLINE_HEADER, RequestDeadline};
+use mesh_tower::error::{Deadline, Elapsed, Unauthorized};
+use mesh_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
 use mesh_tower::{BoxError, BoxFuture};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of what the server refused and served.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Requests that reached the inbound layers.
+    pub requests: AtomicU64,
+    /// Requests authorization denied.
+    pub denied: AtomicU64,
+    /// Connections whose TLS handshake failed (no, untrusted or expired
+    /// certificate, ...).
+    pub handshake_failures: AtomicU64,
+    /// Plaintext connections refused by strict mTLS.
+    pub plaintext_refused: AtomicU64,
+}
+
+/// A meshed server.
+#[derive(Clone, Debug)]
+pub struct Server {
+    mesh: Mesh,
+    service: Option<Arc<str>>,
+    stats: Arc<ServerStats>,
+}
 
 /// Serves `service` on `listener` until an accept error.
 pub async fn serve<S, RB>(mesh: &Mesh, listener: TcpListener, service: S) -> std::io::Result<()>
@@ -35,7 +77,7 @@ where
     RB: HttpBody<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    serve_with_shutdown(mesh, listener, service, std::future::pending()).await
+    Server::new(mesh).serve(listener, service).await
 }
 
 /// Serves `service` on `listener` until `shutdown` completes; then stops
@@ -54,40 +96,110 @@ where
     RB::Error: Into<BoxError>,
     F: Future<Output = ()>,
 {
-    let inbound = Inbound { inner: service };
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tracing::debug!(service = mesh.service().unwrap_or("-"), addr = ?listener.local_addr().ok(), "serving");
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                // Running out of descriptors or a connection reset during the
-                // handshake must not end the server.
-                Err(e) if is_transient(&e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(inbound.clone()),
-        );
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
+    Server::new(mesh)
+        .serve_with_shutdown(listener, service, shutdown)
+        .await
+}
+
+impl Server {
+    /// A server following `mesh`'s inbound policy for `MESH_SERVICE`.
+    pub fn new(mesh: &Mesh) -> Self {
+        Self {
+            mesh: mesh.clone(),
+            service: mesh.service().map(Arc::from),
+            stats: Arc::new(ServerStats::default()),
+        }
     }
-    graceful.shutdown().await;
-    Ok(())
+
+    /// Serves as `service` (whose inbound policy applies) instead of
+    /// `MESH_SERVICE`.
+    #[must_use]
+    pub fn service(mut self, service: &str) -> Self {
+        self.service = Some(Arc::from(service));
+        self
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+
+    /// Serves until an accept error.
+    pub async fn serve<S, RB>(&self, listener: TcpListener, service: S) -> std::io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        RB: HttpBody<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(listener, service, std::future::pending())
+            .await
+    }
+
+    /// Serves until `shutdown` completes, then drains open connections.
+    pub async fn serve_with_shutdown<S, RB, F>(
+        &self,
+        listener: TcpListener,
+        service: S,
+        shutdown: F,
+    ) -> std::io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        RB: HttpBody<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tracing::debug!(
+            service = self.service.as_deref().unwrap_or("-"),
+            addr = ?listener.local_addr().ok(),
+            "serving"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    // Running out of descriptors or a connection reset during
+                    // the handshake must not end the server.
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                server: self.clone(),
+                service: service.clone(),
+            };
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                if let Err(e) = connection.run(stream, watcher).await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        graceful.shutdown().await;
+        Ok(())
+    }
+
+    /// The mTLS mode for new connections, from the current config.
+    fn mode(&self) -> MtlsMode {
+        let snap = self.mesh.snapshot();
+        let policy = self.service.as_deref().and_then(|s| snap.inbound(s));
+        match policy {
+            Some(p) => p.mtls,
+            None if self.mesh.identity().is_some() => MtlsMode::Permissive,
+            None => MtlsMode::Disabled,
+        }
+    }
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
@@ -98,10 +210,95 @@ fn is_transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24)
 }
 
+struct Connection<S> {
+    server: Server,
+    service: S,
+}
+
+impl<S, RB> Connection<S>
+where
+    S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: HttpBody<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    async fn run(
+        self,
+        stream: TcpStream,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) -> Result<(), BoxError> {
+        let stats = self.server.stats.clone();
+        let mode = self.server.mode();
+        let tls = match mode {
+            MtlsMode::Disabled => false,
+            MtlsMode::Strict => {
+                if !starts_with_tls(&stream).await? {
+                    stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err("plaintext connection refused: strict mTLS".into());
+                }
+                true
+            }
+            _ => starts_with_tls(&stream).await?,
+        };
+        if !tls {
+            return self.serve_io(TokioIo::new(stream), None, watcher).await;
+        }
+        let Some(identity) = self.server.mesh.identity() else {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            return Err("TLS connection, but this workload has no identity to present".into());
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("TLS handshake failed: {e}").into());
+            }
+            Err(_) => {
+                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                return Err("TLS handshake timed out".into());
+            }
+        };
+        let peer = mesh_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
+        self.serve_io(TokioIo::new(tls), peer, watcher).await
+    }
+
+    async fn serve_io<I>(
+        self,
+        io: I,
+        peer: Option<SpiffeId>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) -> Result<(), BoxError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let inbound = Inbound {
+            inner: self.service,
+            server: self.server,
+            peer: PeerIdentity(peer),
+        };
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(inbound));
+        watcher.watch(conn.into_owned()).await
+    }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16).
+async fn starts_with_tls(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no first byte"))??;
+    Ok(n == 1 && first[0] == 0x16)
+}
+
 /// The inbound layers in front of the application's service.
 #[derive(Clone, Debug)]
 struct Inbound<S> {
     inner: S,
+    server: Server,
+    peer: PeerIdentity,
 }
 
 impl<S, RB> Service<Request<Incoming>> for Inbound<S>
@@ -120,6 +317,27 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let stats = &self.server.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let snap = self.server.mesh.snapshot();
+        if let Some(policy) = self.server.service.as_deref().and_then(|s| snap.inbound(s)) {
+            let caller = self.peer.0.as_ref();
+            if let Verdict::Deny(reason) =
+                authorize(policy, caller, req.method().as_str(), req.uri().path())
+            {
+                stats.denied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
+                let mut resp = crate::error::error_response(&Unauthorized {
+                    reason: reason.clone(),
+                });
+                if let Ok(v) = HeaderValue::from_str(&reason) {
+                    resp.headers_mut().insert(AUTHZ_REASON_HEADER, v);
+                }
+                debug_assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
+        }
+        req.extensions_mut().insert(self.peer.clone());
         let budget = req
             .headers()
             .get(DEADLINE_HEADER)

@@ -7,11 +7,13 @@
 //! [`ConnectFailed`], a connection closed or reset before the response is
 //! [`ConnectionReset`].
 
+use crate::tls::MeshConnector;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_core::Mesh;
 use mesh_core::config::Protocol;
 use mesh_tower::body::MeshBody;
 use mesh_tower::error::{ConnectFailed, ConnectionReset};
@@ -33,31 +35,27 @@ pub struct Transport {
 
 #[derive(Debug)]
 struct Clients {
-    h1: Client<HttpConnector, MeshBody>,
-    h2: Client<HttpConnector, MeshBody>,
+    h1: Client<MeshConnector, MeshBody>,
+    h2: Client<MeshConnector, MeshBody>,
 }
 
 impl Transport {
-    /// A transport whose connections time out after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// A transport for `mesh`: its connect timeout, and its identity for
+    /// mutual TLS.
+    pub fn new(mesh: &Mesh) -> Self {
+        let connect_timeout = mesh.snapshot().config().defaults.connect_timeout;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
+            .build(MeshConnector::new(mesh.clone(), connector.clone(), false));
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(connector);
+            .build(MeshConnector::new(mesh.clone(), connector, true));
         Self {
             clients: Arc::new(Clients { h1, h2 }),
         }
-    }
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(1))
     }
 }
 

@@ -99,7 +99,9 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
 }
 
 /// Points `req` at `endpoint`, keeping the addressed authority as `Host`.
-fn retarget<B>(req: &mut Request<B>, endpoint: &Authority) -> Result<(), BoxError> {
+/// Mutual-TLS backends get `https`: the transport then connects with TLS
+/// and checks the endpoint's identity.
+fn retarget<B>(req: &mut Request<B>, endpoint: &Authority, tls: bool) -> Result<(), BoxError> {
     if !req.headers().contains_key(http::header::HOST)
         && let Some(a) = req.uri().authority()
     {
@@ -107,7 +109,11 @@ fn retarget<B>(req: &mut Request<B>, endpoint: &Authority) -> Result<(), BoxErro
         req.headers_mut().insert(http::header::HOST, v);
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
     parts.authority = Some(endpoint.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -174,7 +180,7 @@ where
         };
         let endpoint = backend.endpoints[index].address.clone();
         let retargeted = match &backend.endpoints[index].authority {
-            Some(a) => retarget(&mut req, a),
+            Some(a) => retarget(&mut req, a, backend.mutual_tls),
             None => Err(format!("endpoint `{endpoint}` is not a valid authority").into()),
         };
         if let Err(e) = retargeted {

@@ -182,3 +182,12 @@ pub fn set_deadline<B>(req: &mut http::Request<B>, deadline: TokioInstant) {
         }
     }
 }
+
+/// On an inbound request: the caller's verified SPIFFE ID (from its
+/// client certificate), or `None` when it came over plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(pub Option<mesh_core::identity::SpiffeId>);
+
+/// The response header that says why authorization denied a request.
+pub const AUTHZ_REASON_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-mesh-authz-reason");

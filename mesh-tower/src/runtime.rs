@@ -217,6 +217,7 @@ impl Runtime {
             picker,
             outlier: cfg.outlier_detection.clone(),
             epoch: self.epoch,
+            mutual_tls: entry.mutual_tls().is_some(),
         }
     }
 }
@@ -308,6 +309,8 @@ pub struct ResolvedBackend {
     picker: Picker,
     outlier: Option<OutlierDetection>,
     epoch: Instant,
+    /// Whether its endpoints are reached over mutual TLS.
+    pub mutual_tls: bool,
 }
 
 /// Why no endpoint could be picked.

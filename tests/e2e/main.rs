@@ -12,3 +12,4 @@
 mod support;
 
 mod data_path;
+mod security;

@@ -252,7 +252,7 @@ impl Identity {
             .with_safe_default_protocol_versions()
             .map(|b| b.with_client_cert_verifier(verifier))
             .map(|b| b.with_cert_resolver(Arc::new(Resolver(self.inner.clone()))))
-            .unwrap_or_else(|e| unreachable_config(e));
+            .unwrap_or_else(unreachable_config);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
@@ -281,7 +281,7 @@ impl Identity {
                     .with_custom_certificate_verifier(verifier)
                     .with_client_cert_resolver(Arc::new(Resolver(self.inner.clone())))
             })
-            .unwrap_or_else(|e| unreachable_config(e));
+            .unwrap_or_else(unreachable_config);
         config.alpn_protocols = if h2 {
             vec![b"h2".to_vec()]
         } else {
