@@ -21,7 +21,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client as Bare;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::Mesh;
@@ -50,11 +50,7 @@ struct Round {
 
 /// Runs `n` requests, `c` at a time, each made by `send`; with `rate`,
 /// request i is not sent before i / rate seconds (an open-loop schedule).
-async fn drive<F, Fut>(n: u64, c: u64, rate: Option<f64>, send: F) -> Round
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send,
-{
+async fn drive(n: u64, c: u64, rate: Option<f64>, send: Sender) -> Round {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -152,13 +148,50 @@ fn stop_envoy() {
         .output();
 }
 
+type Sender = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + std::marker::Send>>
+        + std::marker::Send
+        + Sync,
+>;
+
+fn sender<F, Fut>(f: F) -> Sender
+where
+    F: Fn() -> Fut + std::marker::Send + Sync + 'static,
+    Fut: Future<Output = bool> + std::marker::Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+async fn ok<B: http_body_util::BodyExt>(
+    r: Result<http::Response<B>, impl std::fmt::Debug>,
+) -> bool {
+    match r {
+        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 fn main() {
     let n = env("E2E_REQUESTS", 20_000);
     let c = env("E2E_CONCURRENCY", 32);
     let rounds = env("E2E_ROUNDS", 3);
     let rate = env("E2E_RATE", 2000) as f64;
 
-    // The echo server gets its own thread and runtime, like a separate process.
+    // Identities for the mTLS rows, from a development CA.
+    let ca = mesh::certs::DevCa::new("bench.local").unwrap();
+    let pem = |i: &mesh::certs::Issued| {
+        mesh_core::identity::tls::Identity::from_pem(
+            i.cert_pem.as_bytes(),
+            i.key_pem.as_bytes(),
+            ca.ca_pem().as_bytes(),
+        )
+        .unwrap()
+    };
+    let server_id = pem(&ca.issue_for("echo").unwrap());
+    let client_id = pem(&ca.issue_for("client").unwrap());
+
+    // The echo servers (plaintext, and strict mTLS) get their own thread and
+    // runtime, like a separate process.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -166,15 +199,21 @@ fn main() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let h = mesh::echo::Echo::new("echo")
-                .start(&Mesh::empty(), "127.0.0.1:0")
-                .await
-                .unwrap();
-            tx.send(h.addr()).unwrap();
+            let plain = mesh::echo::Echo::new("echo").start(&Mesh::empty(), "127.0.0.1:0").await.unwrap();
+            let secured = Mesh::from_config(
+                Config::from_yaml(
+                    "services: [{ name: echo, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]\ninbound: [{ service: echo, mtls: strict }]",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            secured.set_identity(server_id);
+            let tls = mesh::echo::Echo::new("echo").service("echo").start(&secured, "127.0.0.1:0").await.unwrap();
+            tx.send((plain.addr(), tls.addr())).unwrap();
             std::future::pending::<()>().await;
         });
     });
-    let echo = rx.recv().unwrap();
+    let (echo, echo_tls) = rx.recv().unwrap();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,9 +223,10 @@ fn main() {
     let envoy_started = envoy.is_ok();
     rt.block_on(async move {
         let bare: Bare<_, Empty<Bytes>> = Bare::builder(TokioExecutor::new()).build_http();
-        let mesh = Mesh::from_config(
-            Config::from_yaml(&format!(
-                r#"
+        let config = |addr: std::net::SocketAddr, tls: &str| {
+            Mesh::from_config(
+                Config::from_yaml(&format!(
+                    r#"
 services:
   - name: echo
     routes:
@@ -194,90 +234,117 @@ services:
         retry: {{ attempts: 2, on: [5xx, connect-failure] }}
         to: [{{ backend: a, weight: 90 }}, {{ backend: b, weight: 10 }}]
 backends:
-  - {{ name: a, endpoints: ["{echo}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }} }}
-  - {{ name: b, endpoints: ["{echo}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }} }}
+  - {{ name: a, endpoints: ["{addr}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }}{tls} }}
+  - {{ name: b, endpoints: ["{addr}"], circuit_breaker: {{ max_requests: 10000, max_pending: 10000 }}{tls} }}
 "#
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        let meshed = mesh_hyper::Client::new(&mesh);
-
-        let bare_send = {
-            let bare = bare.clone();
-            let uri: http::Uri = format!("http://{echo}/bench").parse().unwrap();
-            move || {
-                let (bare, uri) = (bare.clone(), uri.clone());
-                async move {
-                    match bare.get(uri).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-            }
+                ))
+                .unwrap(),
+            )
+            .unwrap()
         };
-        let mesh_send = {
-            let meshed = meshed.clone();
+        let mesh = config(echo, "");
+        let mesh_tls = config(echo_tls, ", tls: { mode: mutual, identity: 'spiffe://bench.local/echo' }");
+        mesh_tls.set_identity(client_id.clone());
+
+        let bare_to = |uri: http::Uri| {
+            let bare = bare.clone();
+            sender(move || {
+                let (bare, uri) = (bare.clone(), uri.clone());
+                async move { ok(bare.get(uri).await).await }
+            })
+        };
+        let mesh_to = |m: &Mesh| {
+            let client = mesh_hyper::Client::new(m);
             let uri: http::Uri = "http://echo/bench".parse().unwrap();
-            move || {
-                let (meshed, uri) = (meshed.clone(), uri.clone());
+            sender(move || {
+                let (client, uri) = (client.clone(), uri.clone());
                 async move {
                     let req = http::Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
-                    match meshed.request(req).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    }
+                    ok(client.request(req).await).await
                 }
-            }
+            })
         };
-        let envoy_send = envoy.as_ref().ok().map(|port| {
-            let bare = bare.clone();
-            let uri: http::Uri = format!("http://127.0.0.1:{port}/bench").parse().unwrap();
-            move || {
-                let (bare, uri) = (bare.clone(), uri.clone());
-                async move {
-                    match bare.get(uri).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-            }
-        });
+        let mut clients: Vec<(&str, Sender)> = vec![
+            ("bare hyper client", bare_to(format!("http://{echo}/bench").parse().unwrap())),
+            ("mesh (MeshLayer, 2-backend split, retries, breaker)", mesh_to(&mesh)),
+            ("mesh, mutual TLS with SPIFFE verification", mesh_to(&mesh_tls)),
+        ];
+        if let Ok(port) = &envoy {
+            clients.push((
+                "bare client through two Envoy sidecars",
+                bare_to(format!("http://127.0.0.1:{port}/bench").parse().unwrap()),
+            ));
+        }
 
         // Warm up connections and estimates.
-        drive(2000, c, None, bare_send.clone()).await;
-        drive(2000, c, None, mesh_send.clone()).await;
-        if let Some(s) = &envoy_send {
+        for (_, s) in &clients {
             drive(2000, c, None, s.clone()).await;
         }
         for (title, rate, n) in [
             ("as fast as the client can go", None, n),
             ("open loop at a fixed rate", Some(rate), (rate * 4.0) as u64),
         ] {
-            let (mut b, mut m, mut e) = (Vec::new(), Vec::new(), Vec::new());
+            let mut results: Vec<Vec<Round>> = vec![Vec::new(); clients.len()];
             for _ in 0..rounds {
-                b.push(drive(n, c, rate, bare_send.clone()).await);
-                m.push(drive(n, c, rate, mesh_send.clone()).await);
-                if let Some(s) = &envoy_send {
-                    e.push(drive(n, c, rate, s.clone()).await);
+                for (i, (_, s)) in clients.iter().enumerate() {
+                    results[i].push(drive(n, c, rate, s.clone()).await);
                 }
             }
             let rate_note = rate.map_or(String::new(), |r| format!(", {r} rps offered"));
-            println!(
-                "\n{title}: {n} requests x {rounds} rounds (median), concurrency {c}{rate_note}, one echo server\n"
-            );
-            table(median(b), median(m), envoy_send.as_ref().map(|_| median(e)), envoy.as_ref().err());
+            println!("\n{title}: {n} requests x {rounds} rounds (median), concurrency {c}{rate_note}, one echo server\n");
+            let rows: Vec<(&str, Round)> = clients.iter().map(|(name, _)| *name).zip(results.into_iter().map(median)).collect();
+            table(&rows);
+            if let Err(why) = &envoy {
+                println!("| Envoy sidecar pair | skipped: {} |", why.lines().next().unwrap_or(""));
+            }
         }
+
+        handshakes(echo, echo_tls, &client_id).await;
     });
     if envoy_started {
         stop_envoy();
     }
 }
 
-fn table(b: Round, m: Round, e: Option<Round>, envoy_error: Option<&String>) {
+/// The cost of a new connection: TCP connect vs TCP connect plus a full
+/// mTLS handshake (both sides verifying SPIFFE identities), sequentially.
+async fn handshakes(
+    plain: std::net::SocketAddr,
+    tls: std::net::SocketAddr,
+    me: &mesh_core::identity::tls::Identity,
+) {
+    let n = 300;
+    let t = Instant::now();
+    for _ in 0..n {
+        let s = tokio::net::TcpStream::connect(plain).await.unwrap();
+        drop(s);
+    }
+    let tcp_us = t.elapsed().as_micros() as f64 / f64::from(n);
+    let config = me.client_config(&"spiffe://bench.local/echo".parse().unwrap(), false);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let t = Instant::now();
+    for _ in 0..n {
+        let s = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, s).await.unwrap();
+        drop(tls);
+    }
+    let tls_us = t.elapsed().as_micros() as f64 / f64::from(n);
+    println!("\nnew connections, {n} in a row (client and server on this machine):\n");
+    println!("| connection | µs each | connections/s |");
+    println!("|---|---:|---:|");
+    println!("| TCP connect | {tcp_us:.0} | {:.0} |", 1e6 / tcp_us);
+    println!(
+        "| TCP connect + mTLS handshake (TLS 1.3, P-256, SPIFFE checks both ways) | {tls_us:.0} | {:.0} |",
+        1e6 / tls_us
+    );
+}
+
+fn table(rows: &[(&str, Round)]) {
+    let b = rows[0].1;
     println!("| client | rps | p50 ms | p99 ms | errors | rps / bare | p50 / bare | p99 / bare |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let row = |name: &str, r: Round| {
+    for (name, r) in rows {
         println!(
             "| {name} | {:.0} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} |",
             r.rps,
@@ -288,15 +355,5 @@ fn table(b: Round, m: Round, e: Option<Round>, envoy_error: Option<&String>) {
             r.p50_us as f64 / b.p50_us.max(1) as f64,
             r.p99_us as f64 / b.p99_us.max(1) as f64
         );
-    };
-    row("bare hyper client", b);
-    row("mesh (MeshLayer, 2-backend split, retries, breaker)", m);
-    match (e, envoy_error) {
-        (Some(e), _) => row("bare client through two Envoy sidecars", e),
-        (None, why) => println!(
-            "| Envoy sidecar pair | skipped: {} |",
-            why.and_then(|w| w.lines().next())
-                .unwrap_or("not available")
-        ),
     }
 }

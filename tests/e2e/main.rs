@@ -12,4 +12,5 @@
 mod support;
 
 mod data_path;
+mod interop;
 mod security;
