@@ -12,7 +12,10 @@
 //!    endpoint returns once it recovers;
 //! 3. `faults`: an injected delay meets the route timeout, an injected
 //!    abort answers a share of requests;
-//! 4. `config`: a bad edit is refused with every problem named, and the
+//! 4. `security`: a `details` service in strict mTLS with authorization;
+//!    an allowed caller gets through, a disallowed one gets 403, a caller
+//!    without a certificate is refused;
+//! 5. `config`: a bad edit is refused with every problem named, and the
 //!    last good config keeps serving.
 //!
 //! `--scene NAME` runs one scene; `--keep-running` leaves everything up with
@@ -327,9 +330,104 @@ async fn faults(app: &App, mesh: &Mesh, client: &Client) {
     app.write(&app.config(BASE));
 }
 
-async fn config(app: &App, mesh: &Mesh, client: &Client) {
+async fn security() {
     title(
         4,
+        "security",
+        "strict mTLS and authorization on the details service",
+    );
+    let ca = mesh::certs::DevCa::new("demo.local").unwrap();
+    let identity = |name: &str| {
+        let issued = ca.issue_for(name).unwrap();
+        mesh_core::identity::tls::Identity::from_pem(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+            ca.ca_pem().as_bytes(),
+        )
+        .unwrap()
+    };
+    let server_mesh = Mesh::from_config(
+        mesh_core::config::Config::from_yaml(
+            r#"
+services: [{ name: details, routes: [{ to: [details] }] }]
+backends: [{ name: details, endpoints: ["127.0.0.1:1"] }]
+inbound:
+  - service: details
+    mtls: strict
+    rules:
+      - { action: allow, from: ["spiffe://demo.local/productpage"], to: { paths: ["/details/*"], methods: [GET] } }
+"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    server_mesh.set_identity(identity("details"));
+    let details = Echo::new("details")
+        .service("details")
+        .start(&server_mesh, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let caller = |me: Option<&str>, tls: bool| {
+        let tls = if tls {
+            ", tls: { mode: mutual, identity: 'spiffe://demo.local/details' }"
+        } else {
+            ""
+        };
+        let m = Mesh::from_config(
+            mesh_core::config::Config::from_yaml(&format!(
+                "services: [{{ name: details, routes: [{{ to: [details] }}] }}]\nbackends: [{{ name: details, endpoints: ['{}']{tls} }}]",
+                details.addr()
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        if let Some(me) = me {
+            m.set_identity(identity(me));
+        }
+        Client::new(&m).refusals_as_responses()
+    };
+    println!("{:<40} {:>8}  answer", "caller", "status");
+    for (who, client) in [
+        (
+            "spiffe://demo.local/productpage (mTLS)",
+            caller(Some("productpage"), true),
+        ),
+        (
+            "spiffe://demo.local/reviews (mTLS)",
+            caller(Some("reviews"), true),
+        ),
+        ("no certificate (plaintext)", caller(None, false)),
+    ] {
+        let resp = client.get("http://details/details/1").await.unwrap();
+        let status = resp.status().as_u16();
+        let answer = match (
+            resp.headers().get("x-mesh-authz-reason"),
+            resp.headers().get("x-mesh-error"),
+        ) {
+            (Some(reason), _) => format!("denied: {}", reason.to_str().unwrap_or("?")),
+            (None, Some(e)) => format!("refused: {}", e.to_str().unwrap_or("?")),
+            (None, None) => {
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                format!("served; the application saw caller {}", json["caller"])
+            }
+        };
+        println!("{who:<40} {status:>8}  {answer}");
+    }
+    let stats = details.server_stats();
+    println!(
+        "details server: {} denied by authorization, {} plaintext connections refused",
+        stats.denied.load(Ordering::Relaxed),
+        stats.plaintext_refused.load(Ordering::Relaxed)
+    );
+}
+
+async fn config(app: &App, mesh: &Mesh, client: &Client) {
+    title(
+        5,
         "config",
         "a bad edit is refused; the last good config keeps serving",
     );
@@ -360,7 +458,7 @@ async fn main() {
         .position(|a| a == "--scene")
         .and_then(|i| args.get(i + 1).cloned());
     let keep_running = args.iter().any(|a| a == "--keep-running");
-    let scenes = ["canary", "resilience", "faults", "config"];
+    let scenes = ["canary", "resilience", "faults", "security", "config"];
     if let Some(s) = &scene
         && !scenes.contains(&s.as_str())
     {
@@ -401,6 +499,9 @@ async fn main() {
     }
     if wants("faults") {
         faults(&app, &mesh, &client).await;
+    }
+    if wants("security") {
+        security().await;
     }
     if wants("config") {
         config(&app, &mesh, &client).await;
