@@ -8,7 +8,9 @@
 //!   over the transport), in one line from a [`Mesh`](mesh_core::Mesh);
 //! - [`serve`]: a server running a service behind the inbound layers
 //!   (deadline propagation);
-//! - [`error`]: the one mapping of mesh errors to HTTP responses.
+//! - [`error`]: the one mapping of mesh errors to HTTP responses;
+//! - [`admin`]: the admin server (`/metrics`, `/ready`, `/live`,
+//!   `/config_dump`, `/clusters`); [`telemetry`]: the Prometheus exporter.
 //!
 //! ```no_run
 //! use mesh_hyper::Client;
@@ -22,9 +24,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod client;
 pub mod error;
 mod server;
+pub mod telemetry;
 pub mod tls;
 mod transport;
 

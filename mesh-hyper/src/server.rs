@@ -32,8 +32,10 @@ use mesh_core::config::MtlsMode;
 use mesh_core::identity::SpiffeId;
 use mesh_core::identity::authz::{Verdict, authorize};
 use mesh_tower::body::ResponseBody;
-use mesh_tower::error::{Deadline, Elapsed, Unauthorized};
+use mesh_tower::error::{Deadline, Elapsed, ErrorKind, Unauthorized};
 use mesh_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
+use mesh_tower::telemetry::metrics::RouteMetrics;
+use mesh_tower::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
 use mesh_tower::{BoxError, BoxFuture};
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +68,34 @@ pub struct Server {
     mesh: Mesh,
     service: Option<Arc<str>>,
     stats: Arc<ServerStats>,
+    metrics: Arc<InboundMetrics>,
+}
+
+/// Metric handles of one server, resolved once.
+#[derive(Debug)]
+struct InboundMetrics {
+    requests: RouteMetrics,
+    denied: metrics::Counter,
+    handshake_failures: metrics::Counter,
+    plaintext_refused: metrics::Counter,
+}
+
+impl InboundMetrics {
+    fn new(service: Option<&str>) -> Self {
+        use mesh_tower::telemetry::metrics as m;
+        let s = service.unwrap_or("").to_owned();
+        Self {
+            requests: RouteMetrics::new(
+                "inbound",
+                Arc::from(s.as_str()),
+                Arc::from(""),
+                Arc::from(""),
+            ),
+            denied: metrics::counter!(m::AUTHZ_DENIED, "service" => s.clone()),
+            handshake_failures: metrics::counter!(m::HANDSHAKE_FAILURES, "service" => s.clone()),
+            plaintext_refused: metrics::counter!(m::PLAINTEXT_REFUSED, "service" => s),
+        }
+    }
 }
 
 /// Serves `service` on `listener` until an accept error.
@@ -108,6 +138,7 @@ impl Server {
             mesh: mesh.clone(),
             service: mesh.service().map(Arc::from),
             stats: Arc::new(ServerStats::default()),
+            metrics: Arc::new(InboundMetrics::new(mesh.service())),
         }
     }
 
@@ -116,6 +147,7 @@ impl Server {
     #[must_use]
     pub fn service(mut self, service: &str) -> Self {
         self.service = Some(Arc::from(service));
+        self.metrics = Arc::new(InboundMetrics::new(Some(service)));
         self
     }
 
@@ -235,6 +267,7 @@ where
             MtlsMode::Strict => {
                 if !starts_with_tls(&stream).await? {
                     stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
+                    self.server.metrics.plaintext_refused.increment(1);
                     return Err("plaintext connection refused: strict mTLS".into());
                 }
                 true
@@ -246,6 +279,7 @@ where
         }
         let Some(identity) = self.server.mesh.identity() else {
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            self.server.metrics.handshake_failures.increment(1);
             return Err("TLS connection, but this workload has no identity to present".into());
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
@@ -253,10 +287,14 @@ where
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.server.metrics.handshake_failures.increment(1);
+                self.server.metrics.handshake_failures.increment(1);
                 return Err(format!("TLS handshake failed: {e}").into());
             }
             Err(_) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.server.metrics.handshake_failures.increment(1);
+                self.server.metrics.handshake_failures.increment(1);
                 return Err("TLS handshake timed out".into());
             }
         };
@@ -326,6 +364,11 @@ where
                 authorize(policy, caller, req.method().as_str(), req.uri().path())
             {
                 stats.denied.fetch_add(1, Ordering::Relaxed);
+                self.server.metrics.denied.increment(1);
+                self.server
+                    .metrics
+                    .requests
+                    .record(Err(ErrorKind::Unauthorized), 0.0);
                 tracing::info!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
                 let mut resp = crate::error::error_response(&Unauthorized {
                     reason: reason.clone(),
@@ -338,6 +381,21 @@ where
             }
         }
         req.extensions_mut().insert(self.peer.clone());
+        let parent = TraceContext::extract(req.headers());
+        let ctx = parent
+            .as_ref()
+            .map_or_else(TraceContext::new_root, TraceContext::child);
+        req.extensions_mut().insert(ctx.clone());
+        let log = AccessInfo {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            caller: self.peer.0.clone(),
+            service: self.server.service.clone(),
+            parent_span_id: parent.map(|p| p.span_id),
+            start_wall: std::time::SystemTime::now(),
+            started: std::time::Instant::now(),
+        };
+        let metrics = self.server.metrics.clone();
         let budget = req
             .headers()
             .get(DEADLINE_HEADER)
@@ -355,6 +413,7 @@ where
                     .map_err(Into::into)?;
                 svc.call(req).await.map_err(Into::into)
             };
+            let work = trace::scope(ctx.clone(), work);
             let result: Result<Response<RB>, BoxError> = match budget {
                 Some(b) => match tokio::time::timeout(b, work).await {
                     Ok(r) => r,
@@ -366,6 +425,13 @@ where
                 },
                 None => work.await,
             };
+            let outcome = match &result {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) => Err(ErrorKind::of(&**e)),
+            };
+            let elapsed = log.started.elapsed();
+            metrics.requests.record(outcome, elapsed.as_secs_f64());
+            log.finish(&ctx, outcome, elapsed);
             Ok(match result {
                 Ok(resp) => resp.map(ResponseBody::upstream),
                 Err(e) => {
@@ -374,5 +440,66 @@ where
                 }
             })
         })
+    }
+}
+
+/// What the access log and the server span need of a request.
+struct AccessInfo {
+    method: http::Method,
+    path: String,
+    caller: Option<SpiffeId>,
+    service: Option<Arc<str>>,
+    parent_span_id: Option<u64>,
+    start_wall: std::time::SystemTime,
+    started: std::time::Instant,
+}
+
+impl AccessInfo {
+    fn finish(&self, ctx: &TraceContext, outcome: Result<u16, ErrorKind>, elapsed: Duration) {
+        let status = outcome.ok();
+        let error = outcome.err().map(ErrorKind::as_str);
+        tracing::info!(
+            target: "mesh::access",
+            direction = "inbound",
+            method = %self.method,
+            path = %self.path,
+            status = status.unwrap_or(0),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            service = self.service.as_deref().unwrap_or(""),
+            caller = self.caller.as_ref().map_or("", |c| c.as_str()),
+            error = error.unwrap_or(""),
+            trace_id = %ctx.trace_id_hex(),
+        );
+        if !ctx.sampled() || !trace::has_sink() {
+            return;
+        }
+        let mut attributes = vec![
+            ("http.request.method", self.method.to_string()),
+            ("url.path", self.path.clone()),
+        ];
+        if let Some(s) = status {
+            attributes.push(("http.response.status_code", s.to_string()));
+        }
+        if let Some(e) = error {
+            attributes.push(("error.type", e.to_owned()));
+        }
+        if let Some(c) = &self.caller {
+            attributes.push(("mesh.caller", c.to_string()));
+        }
+        trace::record(FinishedSpan {
+            name: format!(
+                "{} {}",
+                self.method,
+                self.service.as_deref().unwrap_or("server")
+            ),
+            kind: SpanKind::Server,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_span_id: self.parent_span_id,
+            start: self.start_wall,
+            end: self.start_wall + elapsed,
+            attributes,
+            error: error.is_some() || status.is_some_and(|s| s >= 500),
+        });
     }
 }

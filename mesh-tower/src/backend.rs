@@ -157,6 +157,7 @@ where
         let admission = match backend.state.breaker.try_request() {
             Ok(slot) => slot,
             Err(limit) => {
+                rejected(&backend.name, limit.field());
                 return fail(
                     CircuitOpen::new(backend.name.clone(), CircuitReason::Limit(limit)).into(),
                 );
@@ -175,7 +176,10 @@ where
         );
         let index = match picked {
             Ok(i) => i,
-            Err(PickError::CircuitOpen(e)) => return fail(e.into()),
+            Err(PickError::CircuitOpen(e)) => {
+                rejected(&backend.name, "all_ejected");
+                return fail(e.into());
+            }
             Err(PickError::NoHealthyEndpoint(e)) => return fail(e.into()),
         };
         let endpoint = backend.endpoints[index].address.clone();
@@ -314,4 +318,14 @@ fn name_endpoint(e: BoxError, outcome: Outcome, endpoint: Arc<str>) -> BoxError 
         .into(),
         _ => e,
     }
+}
+
+/// Counts a breaker refusal (rare: the registry lookup is fine here).
+fn rejected(backend: &Arc<str>, reason: &'static str) {
+    metrics::counter!(
+        crate::telemetry::metrics::BREAKER_REJECTIONS,
+        "backend" => backend.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
 }

@@ -92,6 +92,18 @@ impl Routed {
         self.avoid = avoid;
     }
 
+    /// (service, route, backend) indexes into the snapshot, unless passthrough.
+    pub fn indexes(&self) -> Option<(u32, u32, u32)> {
+        match self.target {
+            Target::Route {
+                service,
+                route,
+                backend,
+            } => Some((service, route, backend)),
+            Target::Passthrough => None,
+        }
+    }
+
     /// The snapshot the decision was made against.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot

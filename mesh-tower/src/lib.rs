@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! app -> Route    one snapshot; route match; weighted backend; deadline; body
+//!     -> Telemetry metrics, trace context (W3C traceparent), access log
 //!     -> Fault    injected delay / abort
 //!     -> Timeout  the request's deadline
 //!     -> Mirror   a share copied to a shadow backend, fire and forget
@@ -61,6 +62,7 @@ pub mod mirror;
 pub mod retry;
 pub mod route;
 pub mod runtime;
+pub mod telemetry;
 pub mod timeout;
 
 use body::MeshBody;
@@ -134,6 +136,7 @@ where
                 ),
             ),
         );
+        let stack = telemetry::TelemetryLayer::new(rt.clone()).layer(stack);
         route::RouteLayer::new(self.mesh.clone()).layer(BoxCloneSyncService::new(stack))
     }
 }

@@ -185,6 +185,7 @@ where
                         .budget_exhausted
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(attempts = n, "retry budget exhausted; not retrying");
+                    runtime.route_metrics(&routed).budget_exhausted();
                     return result.map_err(|source| {
                         RetryBudgetExhausted {
                             attempts: n,
@@ -217,6 +218,7 @@ where
                 tokio::time::sleep_until(wake).await;
                 svc.ready().await.map_err(Into::into)?;
                 runtime.stats().retries.fetch_add(1, Ordering::Relaxed);
+                runtime.route_metrics(&routed).retry();
                 n += 1;
                 _retry_slot = slot;
             }

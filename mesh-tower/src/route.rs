@@ -81,6 +81,7 @@ where
         let decision = decide(&snap, &RequestParts::of(&req), rand::random());
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {
+                no_route_counter().increment(1);
                 return Either::right(Box::pin(std::future::ready(Err(no_route.into()))));
             }
             Ok(Decision::Passthrough) => {
@@ -166,4 +167,20 @@ fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
     resp.headers_mut()
         .insert("x-mesh-fault", http::HeaderValue::from_static("abort"));
     resp
+}
+
+/// `mesh_requests_total` for requests refused before any route matched.
+fn no_route_counter() -> &'static metrics::Counter {
+    static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        metrics::counter!(
+            crate::telemetry::metrics::REQUESTS,
+            "direction" => "outbound",
+            "service" => "",
+            "route" => "",
+            "backend" => "",
+            "status_class" => "error",
+            "error_kind" => "no_route"
+        )
+    })
 }

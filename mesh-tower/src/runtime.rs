@@ -10,6 +10,8 @@
 //! `arc-swap` load and an index.
 
 use crate::error::{CircuitOpen, CircuitReason, NoHealthyEndpoint};
+use crate::ext::Routed;
+use crate::telemetry::metrics::RouteMetrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::config::{self, LoadBalancer, OutlierDetection};
 use mesh_core::policy::Outcome;
@@ -44,6 +46,7 @@ pub struct Runtime {
     budget: ArcSwap<Budget>,
     epoch: Instant,
     stats: Stats,
+    passthrough: OnceLock<Arc<RouteMetrics>>,
 }
 
 #[derive(Debug)]
@@ -91,6 +94,7 @@ impl Runtime {
             }),
             epoch,
             stats: Stats::default(),
+            passthrough: OnceLock::new(),
         }
     }
 
@@ -145,11 +149,19 @@ impl Runtime {
         {
             return r.clone();
         }
+        let mut offsets = Vec::with_capacity(snap.services().len());
+        let mut total = 0u32;
+        for s in snap.services() {
+            offsets.push(total);
+            total += s.routes().len() as u32;
+        }
         let fresh = Arc::new(Resolved {
             version: snap.version(),
             backends: (0..snap.backends().len())
                 .map(|_| OnceLock::new())
                 .collect(),
+            route_offsets: offsets.into(),
+            routes: (0..total).map(|_| OnceLock::new()).collect(),
         });
         // A request still on an older snapshot gets a private resolution;
         // only a newer one replaces the shared one and prunes state.
@@ -159,6 +171,64 @@ impl Runtime {
             self.endpoints.retain(|k| snap.has_endpoint(k));
         }
         fresh
+    }
+
+    /// The metric handles of a routed request (resolved once per route and
+    /// snapshot).
+    pub fn route_metrics(&self, routed: &Routed) -> Arc<RouteMetrics> {
+        let Some((service, route, backend)) = routed.indexes() else {
+            return self
+                .passthrough
+                .get_or_init(|| {
+                    Arc::new(RouteMetrics::new(
+                        "outbound",
+                        Arc::from(""),
+                        Arc::from(""),
+                        Arc::from("passthrough"),
+                    ))
+                })
+                .clone();
+        };
+        let snap = routed.snapshot();
+        let resolved = self.resolved_for(snap);
+        let slot = resolved
+            .route_offsets
+            .get(service as usize)
+            .and_then(|o| resolved.routes.get((o + route) as usize));
+        let svc = snap.service(service);
+        let r = svc.and_then(|s| s.routes().get(route as usize));
+        let (Some(slot), Some(svc), Some(r)) = (slot, svc, r) else {
+            return Arc::new(RouteMetrics::new(
+                "outbound",
+                Arc::from("?"),
+                Arc::from("?"),
+                Arc::from("?"),
+            ));
+        };
+        let handles = slot.get_or_init(|| RouteHandles {
+            backends: r
+                .split()
+                .items()
+                .filter_map(|(b, _)| {
+                    let name = snap.backend(b)?.name().clone();
+                    let m =
+                        RouteMetrics::new("outbound", svc.name().clone(), r.name().clone(), name);
+                    Some((b, Arc::new(m)))
+                })
+                .collect(),
+        });
+        match handles.backends.iter().find(|(b, _)| *b == backend) {
+            Some((_, m)) => m.clone(),
+            // A mirror's backend is not in the split; its requests are not
+            // the caller's and are counted apart.
+            None => Arc::new(RouteMetrics::new(
+                "mirror",
+                svc.name().clone(),
+                r.name().clone(),
+                snap.backend(backend)
+                    .map_or_else(|| Arc::from("?"), |b| b.name().clone()),
+            )),
+        }
     }
 
     fn resolve_backend(&self, entry: &mesh_core::snapshot::BackendEntry) -> ResolvedBackend {
@@ -209,7 +279,7 @@ impl Runtime {
             },
             _ => Picker::P2c,
         };
-        ResolvedBackend {
+        let resolved = ResolvedBackend {
             name: entry.name().clone(),
             state,
             endpoints,
@@ -218,15 +288,26 @@ impl Runtime {
             outlier: cfg.outlier_detection.clone(),
             epoch: self.epoch,
             mutual_tls: entry.mutual_tls().is_some(),
-        }
+        };
+        resolved.publish_endpoint_gauges();
+        resolved
     }
 }
 
-/// Per-version view of the backends, each resolved on first use.
+/// Per-version view of the backends and routes, each resolved on first use.
 #[derive(Debug)]
 struct Resolved {
     version: u64,
     backends: Box<[OnceLock<Arc<ResolvedBackend>>]>,
+    /// Index of each service's first route in `routes`.
+    route_offsets: Box<[u32]>,
+    routes: Box<[OnceLock<RouteHandles>]>,
+}
+
+/// Metric handles of one route, per backend of its split.
+#[derive(Debug)]
+struct RouteHandles {
+    backends: Box<[(u32, Arc<RouteMetrics>)]>,
 }
 
 /// State of one backend that outlives snapshots.
@@ -350,6 +431,7 @@ impl ResolvedBackend {
                 .ejected
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             tracing::info!(backend = %self.name, endpoint = %ep.address, "endpoint returns from ejection");
+            self.publish_endpoint_gauges();
         }
         true
     }
@@ -466,6 +548,9 @@ impl ResolvedBackend {
             ep.ejected_until
                 .store(self.nanos_since_epoch(until), Ordering::Release);
             stats.ejections.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::telemetry::metrics::EJECTIONS, "backend" => self.name.to_string())
+                .increment(1);
+            self.publish_endpoint_gauges();
             tracing::warn!(
                 backend = %self.name,
                 endpoint = %ep.address,
@@ -474,6 +559,17 @@ impl ResolvedBackend {
                 "endpoint ejected by outlier detection"
             );
         }
+    }
+
+    /// Sets `mesh_endpoints{backend, state}`.
+    pub fn publish_endpoint_gauges(&self) {
+        let total = self.endpoints.len() as f64;
+        let ejected = f64::from(self.state.ejected.load(Ordering::Acquire));
+        let name = self.name.to_string();
+        metrics::gauge!(crate::telemetry::metrics::ENDPOINTS, "backend" => name.clone(), "state" => "ejected")
+            .set(ejected);
+        metrics::gauge!(crate::telemetry::metrics::ENDPOINTS, "backend" => name, "state" => "healthy")
+            .set(total - ejected);
     }
 
     /// Whether endpoint `i` is ejected now.

@@ -14,3 +14,4 @@ mod support;
 mod data_path;
 mod interop;
 mod security;
+mod telemetry;

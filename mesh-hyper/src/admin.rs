@@ -1,0 +1,212 @@
+//! The admin server: what the running process believes, on a separate port
+//! (`MESH_ADMIN_ADDR`).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | Prometheus text exposition (when the exporter is installed) |
+//! | `/ready` | 200 once a config is serving, else 503 |
+//! | `/live` | 200 |
+//! | `/config_dump` | the serving config as JSON, with version, source and update counters |
+//! | `/clusters` | each backend's endpoints: health, ejection, latency estimate, requests in flight |
+//!
+//! Key material is never shown: the config names identity files, and the
+//! dump adds only this workload's SPIFFE ID.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use mesh_core::Mesh;
+use mesh_tower::runtime::Runtime;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use tokio::net::TcpListener;
+
+/// The admin server.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    mesh: Mesh,
+    runtimes: Vec<Arc<Runtime>>,
+    #[cfg(feature = "prometheus")]
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl Admin {
+    /// An admin server for `mesh`.
+    pub fn new(mesh: &Mesh) -> Self {
+        Self {
+            mesh: mesh.clone(),
+            runtimes: Vec::new(),
+            #[cfg(feature = "prometheus")]
+            prometheus: crate::telemetry::prometheus_handle(),
+        }
+    }
+
+    /// Shows this client's backends and endpoints under `/clusters`.
+    #[must_use]
+    pub fn with_client(mut self, client: &crate::Client) -> Self {
+        self.runtimes.push(client.runtime().clone());
+        self
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let admin = Arc::new(self);
+        let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.answer(&req)) }
+        });
+        crate::Server::new(&Mesh::empty())
+            .serve(listener, svc)
+            .await
+    }
+
+    /// Starts the admin server on `MESH_ADMIN_ADDR` if it is set; returns
+    /// the address it listens on.
+    pub async fn from_env(self) -> std::io::Result<Option<std::net::SocketAddr>> {
+        let Some(addr) = std::env::var("MESH_ADMIN_ADDR")
+            .ok()
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(&addr).await?;
+        let local = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(listener).await {
+                tracing::error!("admin server stopped: {e}");
+            }
+        });
+        tracing::info!(%local, "admin server listening");
+        Ok(Some(local))
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/metrics" => self.metrics(),
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => {
+                let snap = self.mesh.snapshot();
+                if snap.version() > 0 || *snap.source() == mesh_core::snapshot::Source::Empty {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
+                }
+            }
+            "/config_dump" => json(&self.config_dump()),
+            "/clusters" => json(&self.clusters()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "try /metrics /ready /live /config_dump /clusters\n",
+            ),
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        publish_config_metrics(&self.mesh);
+        #[cfg(feature = "prometheus")]
+        if let Some(p) = &self.prometheus {
+            let mut resp = Response::new(Full::new(Bytes::from(p.render())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return resp;
+        }
+        text(
+            StatusCode::NOT_FOUND,
+            "no Prometheus exporter installed: call mesh_hyper::telemetry::install_prometheus()\n",
+        )
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let snap = self.mesh.snapshot();
+        let status = self.mesh.status();
+        let config = serde_json::to_value(snap.config()).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "version": snap.version(),
+            "source": snap.source().to_string(),
+            "published_unix_seconds": snap.created().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "updates": {
+                "accepted": status.accepted,
+                "rejected": status.rejected,
+                "last_error": status.last_error.map(|e| e.to_string()),
+            },
+            "identity": self.mesh.identity().map(|i| i.spiffe_id().to_string()),
+            "service": self.mesh.service(),
+            "config": config,
+        })
+    }
+
+    fn clusters(&self) -> serde_json::Value {
+        let snap = self.mesh.snapshot();
+        let now = std::time::Instant::now();
+        let mut backends = Vec::new();
+        for (i, b) in snap.backends().iter().enumerate() {
+            let mut endpoints = Vec::new();
+            let mut active = 0;
+            for rt in &self.runtimes {
+                let Some(rb) = rt.backend(&snap, i as u32) else {
+                    continue;
+                };
+                active += rb.state.breaker.active_requests();
+                for (j, ep) in rb.endpoints.iter().enumerate() {
+                    endpoints.push(serde_json::json!({
+                        "address": &*ep.address,
+                        "weight": b.endpoints().get(j).map_or(1, |e| e.weight),
+                        "health": if rb.is_ejected(j, now) { "ejected" } else { "healthy" },
+                        "latency_ewma_ms": ep.latency().as_secs_f64() * 1000.0,
+                        "in_flight": ep.inflight(),
+                    }));
+                }
+            }
+            if self.runtimes.is_empty() {
+                endpoints = b
+                    .endpoints()
+                    .iter()
+                    .map(|e| serde_json::json!({ "address": &*e.address, "weight": e.weight }))
+                    .collect();
+            }
+            backends.push(serde_json::json!({
+                "name": &**b.name(),
+                "load_balancer": serde_json::to_value(b.load_balancer()).unwrap_or_default(),
+                "requests_in_flight": active,
+                "mutual_tls_identity": b.mutual_tls().map(|i| i.to_string()),
+                "endpoints": endpoints,
+            }));
+        }
+        serde_json::json!({ "version": snap.version(), "backends": backends })
+    }
+}
+
+/// Sets the config gauges and counters from the mesh's status (at scrape).
+pub fn publish_config_metrics(mesh: &Mesh) {
+    use mesh_tower::telemetry::metrics as m;
+    let status = mesh.status();
+    metrics::gauge!(m::CONFIG_VERSION).set(mesh.snapshot().version() as f64);
+    metrics::counter!(m::CONFIG_UPDATES, "result" => "accepted").absolute(status.accepted);
+    metrics::counter!(m::CONFIG_UPDATES, "result" => "rejected").absolute(status.rejected);
+    let ts = status
+        .last_update
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(m::CONFIG_LAST_UPDATE).set(ts);
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

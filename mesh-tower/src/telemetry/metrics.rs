@@ -1,0 +1,225 @@
+//! The mesh's metrics, through the `metrics` facade (any recorder works;
+//! mesh-hyper ships the Prometheus one). Names follow Prometheus
+//! conventions (units in names, `_total` for counters); labels are bounded:
+//! config names and fixed vocabularies, never raw paths or caller input.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `mesh_requests_total` | counter | direction, service, route, backend, status_class, error_kind |
+//! | `mesh_request_duration_seconds` | histogram | direction, service, route, backend, status_class, error_kind |
+//! | `mesh_retries_total` | counter | service, route, backend |
+//! | `mesh_retry_budget_exhausted_total` | counter | service, route, backend |
+//! | `mesh_circuit_breaker_rejections_total` | counter | backend, reason |
+//! | `mesh_outlier_ejections_total` | counter | backend |
+//! | `mesh_endpoints` | gauge | backend, state (`healthy`, `ejected`) |
+//! | `mesh_authz_denied_total` | counter | service |
+//! | `mesh_tls_handshake_failures_total` | counter | service |
+//! | `mesh_tls_plaintext_refused_total` | counter | service |
+//! | `mesh_config_version` | gauge | |
+//! | `mesh_config_updates_total` | counter | result (`accepted`, `rejected`) |
+//! | `mesh_config_last_update_timestamp_seconds` | gauge | |
+//!
+//! `status_class` is `1xx`..`5xx`, or `error` when no response came;
+//! `error_kind` is `none` for responses, else the
+//! [`ErrorKind`](crate::error::ErrorKind) name. Handles are resolved once
+//! per (route, backend) and snapshot, not per request.
+
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use std::sync::{Arc, OnceLock};
+
+/// `mesh_requests_total`.
+pub const REQUESTS: &str = "mesh_requests_total";
+/// `mesh_request_duration_seconds`.
+pub const DURATION: &str = "mesh_request_duration_seconds";
+/// `mesh_retries_total`.
+pub const RETRIES: &str = "mesh_retries_total";
+/// `mesh_retry_budget_exhausted_total`.
+pub const BUDGET_EXHAUSTED: &str = "mesh_retry_budget_exhausted_total";
+/// `mesh_circuit_breaker_rejections_total`.
+pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
+/// `mesh_outlier_ejections_total`.
+pub const EJECTIONS: &str = "mesh_outlier_ejections_total";
+/// `mesh_endpoints`.
+pub const ENDPOINTS: &str = "mesh_endpoints";
+/// `mesh_authz_denied_total`.
+pub const AUTHZ_DENIED: &str = "mesh_authz_denied_total";
+/// `mesh_tls_handshake_failures_total`.
+pub const HANDSHAKE_FAILURES: &str = "mesh_tls_handshake_failures_total";
+/// `mesh_tls_plaintext_refused_total`.
+pub const PLAINTEXT_REFUSED: &str = "mesh_tls_plaintext_refused_total";
+/// `mesh_config_version`.
+pub const CONFIG_VERSION: &str = "mesh_config_version";
+/// `mesh_config_updates_total`.
+pub const CONFIG_UPDATES: &str = "mesh_config_updates_total";
+/// `mesh_config_last_update_timestamp_seconds`.
+pub const CONFIG_LAST_UPDATE: &str = "mesh_config_last_update_timestamp_seconds";
+
+/// Buckets for `mesh_request_duration_seconds`, 0.5 ms to 10 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests through the mesh, by outcome."
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Request duration through the mesh, to response headers."
+    );
+    describe_counter!(RETRIES, Unit::Count, "Retries sent.");
+    describe_counter!(
+        BUDGET_EXHAUSTED,
+        Unit::Count,
+        "Retries wanted but refused by the retry budget."
+    );
+    describe_counter!(
+        BREAKER_REJECTIONS,
+        Unit::Count,
+        "Requests refused by a backend's circuit breaker."
+    );
+    describe_counter!(
+        EJECTIONS,
+        Unit::Count,
+        "Endpoints ejected by outlier detection."
+    );
+    describe_gauge!(ENDPOINTS, Unit::Count, "Endpoints per backend, by state.");
+    describe_counter!(
+        AUTHZ_DENIED,
+        Unit::Count,
+        "Inbound requests denied by authorization."
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        Unit::Count,
+        "Inbound TLS handshakes that failed."
+    );
+    describe_counter!(
+        PLAINTEXT_REFUSED,
+        Unit::Count,
+        "Inbound plaintext connections refused by strict mTLS."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        Unit::Count,
+        "Version of the config snapshot serving."
+    );
+    describe_counter!(
+        CONFIG_UPDATES,
+        Unit::Count,
+        "Config updates, accepted or rejected."
+    );
+    describe_gauge!(
+        CONFIG_LAST_UPDATE,
+        Unit::Seconds,
+        "When the serving config was published (Unix time)."
+    );
+}
+
+/// Outcome classes, each with its own lazily registered series.
+const CLASSES: [(&str, &str); 14] = [
+    ("1xx", "none"),
+    ("2xx", "none"),
+    ("3xx", "none"),
+    ("4xx", "none"),
+    ("5xx", "none"),
+    ("error", "timeout"),
+    ("error", "circuit_open"),
+    ("error", "no_healthy_endpoint"),
+    ("error", "connect_failed"),
+    ("error", "reset"),
+    ("error", "retry_budget_exhausted"),
+    ("error", "unauthorized"),
+    ("error", "no_route"),
+    ("error", "other"),
+];
+
+/// Index into [`CLASSES`] for an outcome.
+pub(crate) fn class_of(outcome: Result<u16, crate::error::ErrorKind>) -> usize {
+    use crate::error::ErrorKind as K;
+    match outcome {
+        Ok(s) => usize::from((s / 100).clamp(1, 5)) - 1,
+        Err(K::Timeout) => 5,
+        Err(K::CircuitOpen) => 6,
+        Err(K::NoHealthyEndpoint) => 7,
+        Err(K::ConnectFailed) => 8,
+        Err(K::Reset) => 9,
+        Err(K::RetryBudgetExhausted) => 10,
+        Err(K::Unauthorized) => 11,
+        Err(K::NoRoute) => 12,
+        Err(_) => 13,
+    }
+}
+
+/// The handles of one (direction, service, route, backend).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    labels: [(&'static str, Arc<str>); 4],
+    slots: [OnceLock<(Counter, Histogram)>; 14],
+    retries: OnceLock<Counter>,
+    exhausted: OnceLock<Counter>,
+}
+
+impl RouteMetrics {
+    /// Handles for these labels (nothing is registered until used).
+    pub fn new(
+        direction: &'static str,
+        service: Arc<str>,
+        route: Arc<str>,
+        backend: Arc<str>,
+    ) -> Self {
+        Self {
+            labels: [
+                ("direction", Arc::from(direction)),
+                ("service", service),
+                ("route", route),
+                ("backend", backend),
+            ],
+            slots: Default::default(),
+            retries: OnceLock::new(),
+            exhausted: OnceLock::new(),
+        }
+    }
+
+    fn owned(&self) -> Vec<(&'static str, String)> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect()
+    }
+
+    /// Records one request's outcome and duration.
+    pub fn record(&self, outcome: Result<u16, crate::error::ErrorKind>, seconds: f64) {
+        let i = class_of(outcome);
+        let (counter, histogram) = self.slots[i].get_or_init(|| {
+            let (class, kind) = CLASSES[i];
+            let mut labels = self.owned();
+            labels.push(("status_class", class.to_owned()));
+            labels.push(("error_kind", kind.to_owned()));
+            (
+                metrics::counter!(REQUESTS, &labels),
+                metrics::histogram!(DURATION, &labels),
+            )
+        });
+        counter.increment(1);
+        histogram.record(seconds);
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self) {
+        self.retries
+            .get_or_init(|| metrics::counter!(RETRIES, &self.owned()[1..]))
+            .increment(1);
+    }
+
+    /// Counts a retry the budget refused.
+    pub fn budget_exhausted(&self) {
+        self.exhausted
+            .get_or_init(|| metrics::counter!(BUDGET_EXHAUSTED, &self.owned()[1..]))
+            .increment(1);
+    }
+}

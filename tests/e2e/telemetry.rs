@@ -1,0 +1,331 @@
+//! Metrics scraped from the admin server after real traffic, promtool's
+//! verdict on them, trace context across two meshed hops, and the admin
+//! endpoints.
+
+use crate::support::{echo, mesh, run};
+use mesh::echo::Echo;
+use mesh_core::Mesh;
+use mesh_hyper::Client;
+use mesh_hyper::admin::Admin;
+use mesh_tower::telemetry::trace::{self, FinishedSpan, SpanKind, SpanSink};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Serves `admin` on a loopback port; returns its address.
+async fn admin(admin: Admin) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(admin.serve(listener));
+    addr
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = client
+        .get(format!("http://{addr}{path}").parse().unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Parses Prometheus text into (name{labels sorted}) -> value.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort_unstable();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_owned(),
+        };
+        out.insert(key, value.parse().unwrap());
+    }
+    out
+}
+
+fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    l.sort_unstable();
+    format!("{name}{{{}}}", l.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_retries_breaker_trips_and_ejections() {
+    mesh_hyper::telemetry::install_prometheus().unwrap();
+    let good = echo("tm-good").await;
+    let bad = Echo::new("tm-bad")
+        .fail_rate(1.0)
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let m = mesh(&format!(
+        r#"
+services:
+  - name: tm-svc
+    routes:
+      - name: tm-route
+        retry: {{ attempts: 3, on: [5xx], backoff: {{ base: 1ms, max: 2ms }} }}
+        to: [tm-pool]
+  - name: tm-broken
+    routes: [{{ name: tm-broken-route, to: [tm-broken-pool] }}]
+backends:
+  - name: tm-pool
+    endpoints: ["{good}", "{bad}"]
+    load_balancer: round_robin
+    outlier_detection: {{ consecutive_5xx: 2, base_ejection: 30s, max_ejection_percent: 50 }}
+  - name: tm-broken-pool
+    endpoints: ["{bad}"]
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection: 30s, max_ejection_percent: 100 }}
+"#,
+        good = good.addr(),
+        bad = bad.addr()
+    ));
+    let client = Client::new(&m);
+    let t = run(&client, "http://tm-svc/", 200, 4).await;
+    assert_eq!(t.ok, 200, "{t:?}");
+    let broken = run(&client, "http://tm-broken/", 10, 1).await;
+    assert_eq!(broken.errors.get("circuit_open"), Some(&9), "{broken:?}");
+
+    let addr = admin(Admin::new(&m).with_client(&client)).await;
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = parse(&text);
+    let ok = series(
+        "mesh_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("service", "tm-svc"),
+            ("route", "tm-route"),
+            ("backend", "tm-pool"),
+            ("status_class", "2xx"),
+            ("error_kind", "none"),
+        ],
+    );
+    assert_eq!(metrics.get(&ok), Some(&200.0), "{ok} in\n{text}");
+    let count = ok.replace("mesh_requests_total", "mesh_request_duration_seconds_count");
+    assert_eq!(metrics.get(&count), Some(&200.0), "histogram count");
+    let retries = series(
+        "mesh_retries_total",
+        &[
+            ("service", "tm-svc"),
+            ("route", "tm-route"),
+            ("backend", "tm-pool"),
+        ],
+    );
+    assert!(
+        metrics.get(&retries).copied().unwrap_or(0.0) >= 2.0,
+        "{retries}: {text}"
+    );
+    let open = series(
+        "mesh_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("service", "tm-broken"),
+            ("route", "tm-broken-route"),
+            ("backend", "tm-broken-pool"),
+            ("status_class", "error"),
+            ("error_kind", "circuit_open"),
+        ],
+    );
+    assert_eq!(metrics.get(&open), Some(&9.0), "{text}");
+    let rejections = series(
+        "mesh_circuit_breaker_rejections_total",
+        &[("backend", "tm-broken-pool"), ("reason", "all_ejected")],
+    );
+    assert_eq!(metrics.get(&rejections), Some(&9.0));
+    for backend in ["tm-pool", "tm-broken-pool"] {
+        assert_eq!(
+            metrics.get(&series(
+                "mesh_outlier_ejections_total",
+                &[("backend", backend)]
+            )),
+            Some(&1.0),
+            "{backend}"
+        );
+        assert_eq!(
+            metrics.get(&series(
+                "mesh_endpoints",
+                &[("backend", backend), ("state", "ejected")]
+            )),
+            Some(&1.0)
+        );
+    }
+    assert!(
+        metrics
+            .get("mesh_config_version")
+            .is_some_and(|v| *v >= 1.0)
+    );
+
+    // promtool, the Prometheus project's own checker, finds nothing to lint.
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = promtool.expect("promtool is needed (.ci/run installs it)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // /clusters shows the ejection; /config_dump shows the config and no keys.
+    let (_, clusters) = get(addr, "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let pool = clusters["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "tm-pool")
+        .unwrap();
+    let healths: Vec<&str> = pool["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["health"].as_str().unwrap())
+        .collect();
+    assert_eq!(healths, ["healthy", "ejected"]);
+    let (_, dump) = get(addr, "/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["version"], 1);
+    assert_eq!(dump["config"]["services"][0]["name"], "tm-svc");
+    assert_eq!(get(addr, "/ready").await.0, 200);
+    assert_eq!(get(addr, "/live").await.0, 200);
+}
+
+#[derive(Debug, Default, Clone)]
+struct Collector(Arc<Mutex<Vec<FinishedSpan>>>);
+
+impl SpanSink for Collector {
+    fn record(&self, span: FinishedSpan) {
+        self.0.lock().unwrap().push(span);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
+    let collector = Collector::default();
+    trace::set_span_sink(Box::new(collector.clone()));
+
+    // B: an echo. A: a meshed server whose handler calls B through the mesh.
+    let b = Echo::new("tr-b")
+        .service("tr-b")
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let a_mesh = mesh(&format!(
+        "services: [{{ name: tr-b, routes: [{{ to: [tr-b] }}] }}]\nbackends: [{{ name: tr-b, endpoints: ['{}'] }}]",
+        b.addr()
+    ));
+    let a_client = Client::new(&a_mesh);
+    let a_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a_addr = a_listener.local_addr().unwrap();
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let c = a_client.clone();
+        async move {
+            let resp = c.get("http://tr-b/inner").await?;
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await?
+                .to_bytes();
+            Ok::<_, mesh_tower::BoxError>(http::Response::new(http_body_util::Full::new(body)))
+        }
+    });
+    let server = mesh_hyper::Server::new(&Mesh::empty()).service("tr-a");
+    tokio::spawn(async move { server.serve(a_listener, handler).await });
+
+    // The outer client calls A with a traceparent of its own.
+    let outer = mesh(&format!(
+        "services: [{{ name: tr-a, routes: [{{ to: [tr-a] }}] }}]\nbackends: [{{ name: tr-a, endpoints: ['{a_addr}'] }}]"
+    ));
+    let req = http::Request::get("http://tr-a/outer")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = Client::new(&outer).request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let at_b = echoed["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        at_b.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{at_b}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let spans: Vec<FinishedSpan> = collector
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == 0x0af7651916cd43dd8448eb211c80319c)
+        .cloned()
+        .collect();
+    let find = |kind: SpanKind, name_part: &str| {
+        spans
+            .iter()
+            .find(|s| s.kind == kind && s.name.contains(name_part))
+            .unwrap_or_else(|| panic!("no {kind:?} span {name_part} in {spans:#?}"))
+            .clone()
+    };
+    let outer_client = find(SpanKind::Client, "tr-a");
+    let a_server = find(SpanKind::Server, "tr-a");
+    let a_client_span = find(SpanKind::Client, "tr-b");
+    let b_server = find(SpanKind::Server, "tr-b");
+    assert_eq!(outer_client.parent_span_id, Some(0xb7ad6b7169203331));
+    assert_eq!(a_server.parent_span_id, Some(outer_client.span_id));
+    assert_eq!(a_client_span.parent_span_id, Some(a_server.span_id));
+    assert_eq!(b_server.parent_span_id, Some(a_client_span.span_id));
+    assert_eq!(
+        at_b,
+        format!(
+            "00-0af7651916cd43dd8448eb211c80319c-{:016x}-01",
+            a_client_span.span_id
+        )
+    );
+    assert!(
+        a_client_span
+            .attributes
+            .iter()
+            .any(|(k, v)| *k == "http.response.status_code" && v == "200")
+    );
+    assert!(
+        b_server
+            .attributes
+            .iter()
+            .any(|(k, v)| *k == "url.path" && v == "/inner")
+    );
+    trace::clear_span_sink();
+}
