@@ -299,6 +299,27 @@ backends:
             }
         }
 
+        // Telemetry on: the Prometheus recorder, every span built and handed
+        // to a sink, and the access log formatted as JSON (to nowhere).
+        mesh_hyper::telemetry::install_prometheus().unwrap();
+        mesh_tower::telemetry::trace::set_span_sink(Box::new(Discard));
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+        let telemetry_on = mesh_to(&config(echo, ""));
+        let rows = [clients[0].clone(), ("mesh with telemetry on (metrics, spans, JSON access log)", telemetry_on)];
+        let mut results: Vec<Vec<Round>> = vec![Vec::new(); rows.len()];
+        for _ in 0..rounds {
+            for (i, (_, s)) in rows.iter().enumerate() {
+                results[i].push(drive(n, c, None, s.clone()).await);
+            }
+        }
+        println!("\ntelemetry on, as fast as the client can go: {n} requests x {rounds} rounds (median), concurrency {c}\n");
+        let rows: Vec<(&str, Round)> = rows.iter().map(|(name, _)| *name).zip(results.into_iter().map(median)).collect();
+        table(&rows);
+
         handshakes(echo, echo_tls, &client_id).await;
     });
     if envoy_started {
@@ -355,5 +376,15 @@ fn table(rows: &[(&str, Round)]) {
             r.p50_us as f64 / b.p50_us.max(1) as f64,
             r.p99_us as f64 / b.p99_us.max(1) as f64
         );
+    }
+}
+
+/// A span sink that drops what it gets: the cost of building spans.
+#[derive(Debug)]
+struct Discard;
+
+impl mesh_tower::telemetry::trace::SpanSink for Discard {
+    fn record(&self, span: mesh_tower::telemetry::trace::FinishedSpan) {
+        std::hint::black_box(span);
     }
 }

@@ -21,9 +21,10 @@ fn usage() -> ! {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    let obs = mesh::observe::init().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
     let mut args = std::env::args().skip(1);
     let (mut listen, mut name, mut fail, mut delay) = (None, None, 0.0, 0u64);
     while let Some(a) = args.next() {
@@ -57,7 +58,11 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Ok(Some(admin)) = obs.admin(&mesh, &[]).await {
+        println!("admin on http://{admin}/");
+    }
     println!("echo {name} listening on {}", handle.addr());
     let _ = tokio::signal::ctrl_c().await;
     handle.stop().await;
+    obs.flush().await;
 }

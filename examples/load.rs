@@ -80,15 +80,17 @@ struct Tally {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    let obs = mesh::observe::init().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
     let args = Arc::new(args());
     let mesh = mesh_core::Mesh::from_env().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });
     let client = Client::new(&mesh);
+    let _ = obs.admin(&mesh, &[&client]).await;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -179,4 +181,5 @@ async fn main() {
         "rps": (all.latencies_us.len() as f64 / elapsed).round(),
     });
     println!("{out}");
+    obs.flush().await;
 }

@@ -6,12 +6,14 @@
 //! - `hyper` ([`mesh_hyper`]): the HTTP transport and server;
 //! - `tonic` ([`mesh_tonic`]): gRPC;
 //! - [`echo`]: an echo backend on a real socket;
-//! - [`certs`]: a development CA for SPIFFE identities.
+//! - [`certs`]: a development CA for SPIFFE identities;
+//! - [`observe`]: logs, metrics, trace export and the admin server from the environment.
 
 #![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod echo;
+pub mod observe;
 
 pub use mesh_core as core;
 pub use mesh_hyper as hyper;

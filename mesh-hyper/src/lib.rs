@@ -27,6 +27,8 @@
 pub mod admin;
 mod client;
 pub mod error;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod server;
 pub mod telemetry;
 pub mod tls;

@@ -387,6 +387,8 @@ where
             .map_or_else(TraceContext::new_root, TraceContext::child);
         req.extensions_mut().insert(ctx.clone());
         let log = AccessInfo {
+            wanted: tracing::enabled!(target: "mesh::access", tracing::Level::INFO)
+                || (ctx.sampled() && trace::has_sink()),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             caller: self.peer.0.clone(),
@@ -445,6 +447,7 @@ where
 
 /// What the access log and the server span need of a request.
 struct AccessInfo {
+    wanted: bool,
     method: http::Method,
     path: String,
     caller: Option<SpiffeId>,
@@ -456,6 +459,9 @@ struct AccessInfo {
 
 impl AccessInfo {
     fn finish(&self, ctx: &TraceContext, outcome: Result<u16, ErrorKind>, elapsed: Duration) {
+        if !self.wanted {
+            return;
+        }
         let status = outcome.ok();
         let error = outcome.err().map(ErrorKind::as_str);
         tracing::info!(

@@ -227,8 +227,12 @@ impl SpanSink for Collector {
     }
 }
 
+/// The span sink is process-wide: tests that install one take turns.
+static SINK_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
+    let _turn = SINK_TURN.lock().await;
     let collector = Collector::default();
     trace::set_span_sink(Box::new(collector.clone()));
 
@@ -328,4 +332,164 @@ async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
             .any(|(k, v)| *k == "url.path" && v == "/inner")
     );
     trace::clear_span_sink();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_real_otlp_collector_with_ids_parents_and_attributes() {
+    let _turn = SINK_TURN.lock().await;
+    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc, http_port) = (free(), free());
+    let out = std::process::Command::new("bash")
+        .arg(peers.join("setup-observability.sh"))
+        .args(["otlp", &grpc.to_string(), &http_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "OTLP receiver: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    struct Stop(std::path::PathBuf, u16);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .arg(self.0.join("stop-peers.sh"))
+                .arg(format!("otlp-{}", self.1))
+                .output();
+        }
+    }
+    let _stop = Stop(peers.clone(), grpc);
+
+    let exporter = mesh_hyper::otlp::install(
+        &format!("http://127.0.0.1:{http_port}/v1/traces"),
+        "otlp-test",
+    )
+    .unwrap();
+    let b = Echo::new("ot-b")
+        .service("ot-b")
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let m = mesh(&format!(
+        "services: [{{ name: ot-b, routes: [{{ name: ot-route, to: [ot-b] }}] }}]\nbackends: [{{ name: ot-b, endpoints: ['{}'] }}]",
+        b.addr()
+    ));
+    let req = http::Request::get("http://ot-b/items/1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = Client::new(&m).request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The server span finishes after the response is handed over.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    exporter.flush().await;
+    trace::clear_span_sink();
+    assert!(exporter.exported() >= 2, "exported {}", exporter.exported());
+
+    let (_, spans) = get(format!("127.0.0.1:{http_port}").parse().unwrap(), "/spans").await;
+    let spans: Vec<serde_json::Value> = serde_json::from_str(&spans).unwrap();
+    let ours: Vec<&serde_json::Value> = spans
+        .iter()
+        .filter(|s| s["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .collect();
+    let client = ours
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_CLIENT")
+        .expect("a client span");
+    let server = ours
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_SERVER")
+        .expect("a server span");
+    assert_eq!(client["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(server["parent_span_id"], client["span_id"]);
+    assert_eq!(client["service"], "otlp-test");
+    assert_eq!(client["attributes"]["http.route"], "ot-route");
+    assert_eq!(client["attributes"]["http.response.status_code"], "200");
+    assert_eq!(server["attributes"]["url.path"], "/items/1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetrys_python_sdk_reads_our_traceparent() {
+    let _turn = SINK_TURN.lock().await;
+    let setup =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/setup-otel-sdk.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&setup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/otel_sdk_peer.py");
+    let child = std::process::Command::new(python)
+        .arg(script)
+        .arg(port.to_string())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SDK peer did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let collector = Collector::default();
+    trace::set_span_sink(Box::new(collector.clone()));
+    let m = mesh(&format!(
+        "services: [{{ name: sdk-peer, routes: [{{ to: [sdk-peer] }}] }}]\nbackends: [{{ name: sdk-peer, endpoints: ['127.0.0.1:{port}'] }}]"
+    ));
+    let resp = Client::new(&m).get("http://sdk-peer/").await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    trace::clear_span_sink();
+    let read: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ours = collector
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.kind == SpanKind::Client && s.name.contains("sdk-peer"))
+        .cloned()
+        .expect("our client span");
+    assert_eq!(read["trace_id"], format!("{:032x}", ours.trace_id));
+    assert_eq!(read["parent_span_id"], format!("{:016x}", ours.span_id));
+    assert_eq!(read["sampled"], true);
+    assert_eq!(
+        read["span_trace_id"], read["trace_id"],
+        "the SDK continued our trace"
+    );
 }

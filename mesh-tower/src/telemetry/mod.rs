@@ -83,6 +83,17 @@ where
         ctx.inject(req.headers_mut());
         let routed = req.extensions().get::<Routed>();
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
+        // Names and strings only when someone will read them.
+        let wanted = tracing::enabled!(target: "mesh::access", tracing::Level::INFO)
+            || (ctx.sampled() && trace::has_sink());
+        if !wanted {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                started,
+                metrics,
+                info: None,
+            };
+        }
         let (service, route) = routed
             .and_then(|r| {
                 Some((

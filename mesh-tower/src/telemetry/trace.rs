@@ -145,7 +145,18 @@ impl TraceContext {
 
     /// Writes this context into `headers` as W3C trace context.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = http::HeaderValue::from_str(&self.traceparent()) {
+        // Formatted on the stack: this runs on every request.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for i in 0..32 {
+            buf[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            buf[36 + i] = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        buf[53] = HEX[usize::from(self.flags >> 4)];
+        buf[54] = HEX[usize::from(self.flags & 0xf)];
+        if let Ok(v) = http::HeaderValue::from_bytes(&buf) {
             headers.insert(TRACEPARENT, v);
         }
         match &self.tracestate {

@@ -1,0 +1,67 @@
+//! One call that turns on what the environment asks for: logs (JSON with
+//! `MESH_LOG_FORMAT=json`, filtered by `RUST_LOG`, default `info`), the
+//! Prometheus exporter, OTLP span export (`OTEL_EXPORTER_OTLP_ENDPOINT`),
+//! and, once you have clients, the admin server (`MESH_ADMIN_ADDR`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh_tower::BoxError> {
+//! let obs = mesh::observe::init()?;
+//! let mesh = mesh_core::Mesh::from_env()?;
+//! let client = mesh_hyper::Client::new(&mesh);
+//! obs.admin(&mesh, &[&client]).await?;   // serves /metrics, /clusters, ... if MESH_ADMIN_ADDR is set
+//! # Ok(()) }
+//! ```
+
+use mesh_core::Mesh;
+use mesh_hyper::Client;
+use mesh_tower::BoxError;
+
+/// What [`init`] turned on.
+#[derive(Debug)]
+pub struct Observability {
+    /// The OTLP exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub otlp: Option<mesh_hyper::otlp::Exporter>,
+}
+
+/// Logs, metrics and trace export from the environment. Call once, early,
+/// inside a tokio runtime.
+pub fn init() -> Result<Observability, BoxError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("MESH_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    mesh_hyper::telemetry::install_prometheus()?;
+    Ok(Observability {
+        otlp: mesh_hyper::otlp::install_from_env()?,
+    })
+}
+
+impl Observability {
+    /// Starts the admin server on `MESH_ADMIN_ADDR`, if set, showing these
+    /// clients' backends under `/clusters`.
+    pub async fn admin(
+        &self,
+        mesh: &Mesh,
+        clients: &[&Client],
+    ) -> std::io::Result<Option<std::net::SocketAddr>> {
+        let mut admin = mesh_hyper::admin::Admin::new(mesh);
+        for c in clients {
+            admin = admin.with_client(c);
+        }
+        admin.from_env().await
+    }
+
+    /// Sends the spans still queued.
+    pub async fn flush(&self) {
+        if let Some(e) = &self.otlp {
+            e.flush().await;
+        }
+    }
+}
