@@ -415,7 +415,18 @@ where
                     .map_err(Into::into)?;
                 svc.call(req).await.map_err(Into::into)
             };
-            let work = trace::scope(ctx.clone(), work);
+            let span = if log.wanted {
+                tracing::info_span!(
+                    "mesh.server",
+                    otel.kind = "server",
+                    http.request.method = %log.method,
+                    url.path = %log.path,
+                    trace_id = %ctx.trace_id_hex(),
+                )
+            } else {
+                tracing::Span::none()
+            };
+            let work = tracing::Instrument::instrument(trace::scope(ctx.clone(), work), span);
             let result: Result<Response<RB>, BoxError> = match budget {
                 Some(b) => match tokio::time::timeout(b, work).await {
                     Ok(r) => r,

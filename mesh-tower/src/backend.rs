@@ -20,6 +20,7 @@ use crate::error::{
 };
 use crate::ext::{DEADLINE_HEADER, Routed, Served, deadline_of};
 use crate::runtime::{InFlight, PickError, ResolvedBackend, Runtime, now};
+use crate::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use mesh_core::policy::Outcome;
@@ -190,7 +191,28 @@ where
         if let Err(e) = retargeted {
             return fail(e);
         }
+        let attempt_span = req
+            .extensions()
+            .get::<TraceContext>()
+            .filter(|p| p.sampled() && trace::has_sink())
+            .cloned()
+            .map(|parent| {
+                let ctx = parent.child();
+                ctx.inject(req.headers_mut());
+                let mirror = req.extensions().get::<crate::ext::Mirrored>().is_some();
+                AttemptSpan {
+                    name: if mirror {
+                        format!("mirror {}", backend.name)
+                    } else {
+                        format!("attempt {attempts} {}", backend.name)
+                    },
+                    parent: parent.span_id,
+                    ctx,
+                    start: std::time::SystemTime::now(),
+                }
+            });
         let sent = Sent {
+            attempt_span,
             in_flight: backend.start(index),
             admission,
             recorder: Recorder {
@@ -215,6 +237,7 @@ where
 /// What a sent request holds until its response: its breaker slot, its
 /// in-flight mark, and what to record.
 struct Sent {
+    attempt_span: Option<AttemptSpan>,
     in_flight: InFlight,
     admission: Slot,
     recorder: Recorder,
@@ -286,6 +309,9 @@ where
                     Err(e) => outcome_of_error(&**e),
                 };
                 sent.recorder.record(outcome);
+                if let Some(s) = sent.attempt_span.take() {
+                    s.finish(outcome, &sent.endpoint);
+                }
                 drop((sent.in_flight, sent.admission));
                 Poll::Ready(match result {
                     Ok(mut resp) => {
@@ -328,4 +354,39 @@ fn rejected(backend: &Arc<str>, reason: &'static str) {
         "reason" => reason
     )
     .increment(1);
+}
+
+/// A span per attempt (and per mirror copy), child of the request's span.
+#[derive(Debug)]
+struct AttemptSpan {
+    name: String,
+    parent: u64,
+    ctx: TraceContext,
+    start: std::time::SystemTime,
+}
+
+impl AttemptSpan {
+    fn finish(self, outcome: Outcome, endpoint: &str) {
+        let (status, error) = match outcome {
+            Outcome::Status(s) => (Some(s), s >= 500),
+            _ => (None, true),
+        };
+        let mut attributes = vec![("mesh.endpoint", endpoint.to_owned())];
+        if let Some(s) = status {
+            attributes.push(("http.response.status_code", s.to_string()));
+        } else {
+            attributes.push(("error.type", format!("{outcome:?}").to_lowercase()));
+        }
+        trace::record(FinishedSpan {
+            name: self.name,
+            kind: SpanKind::Client,
+            trace_id: self.ctx.trace_id,
+            span_id: self.ctx.span_id,
+            parent_span_id: Some(self.parent),
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error,
+        });
+    }
 }

@@ -68,6 +68,12 @@ impl<S> Mirror<S> {
         }
         copy.extensions_mut().insert(routed.with_backend(backend));
         copy.extensions_mut().insert(Mirrored);
+        if let Some(tc) = req
+            .extensions()
+            .get::<crate::telemetry::trace::TraceContext>()
+        {
+            copy.extensions_mut().insert(tc.clone());
+        }
         Some(copy)
     }
 }

@@ -304,19 +304,25 @@ async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
             .unwrap_or_else(|| panic!("no {kind:?} span {name_part} in {spans:#?}"))
             .clone()
     };
-    let outer_client = find(SpanKind::Client, "tr-a");
+    // Each request span has one attempt span under it, which is what the
+    // next hop's server span hangs from.
+    let outer_client = find(SpanKind::Client, "GET tr-a");
+    let outer_attempt = find(SpanKind::Client, "attempt 1 tr-a");
     let a_server = find(SpanKind::Server, "tr-a");
-    let a_client_span = find(SpanKind::Client, "tr-b");
+    let a_client_span = find(SpanKind::Client, "GET tr-b");
+    let a_attempt = find(SpanKind::Client, "attempt 1 tr-b");
     let b_server = find(SpanKind::Server, "tr-b");
     assert_eq!(outer_client.parent_span_id, Some(0xb7ad6b7169203331));
-    assert_eq!(a_server.parent_span_id, Some(outer_client.span_id));
+    assert_eq!(outer_attempt.parent_span_id, Some(outer_client.span_id));
+    assert_eq!(a_server.parent_span_id, Some(outer_attempt.span_id));
     assert_eq!(a_client_span.parent_span_id, Some(a_server.span_id));
-    assert_eq!(b_server.parent_span_id, Some(a_client_span.span_id));
+    assert_eq!(a_attempt.parent_span_id, Some(a_client_span.span_id));
+    assert_eq!(b_server.parent_span_id, Some(a_attempt.span_id));
     assert_eq!(
         at_b,
         format!(
             "00-0af7651916cd43dd8448eb211c80319c-{:016x}-01",
-            a_client_span.span_id
+            a_attempt.span_id
         )
     );
     assert!(
@@ -404,14 +410,26 @@ async fn spans_reach_a_real_otlp_collector_with_ids_parents_and_attributes() {
         .collect();
     let client = ours
         .iter()
-        .find(|s| s["kind"] == "SPAN_KIND_CLIENT")
+        .find(|s| {
+            s["kind"] == "SPAN_KIND_CLIENT"
+                && s["name"].as_str().is_some_and(|n| n.starts_with("GET"))
+        })
         .expect("a client span");
     let server = ours
         .iter()
         .find(|s| s["kind"] == "SPAN_KIND_SERVER")
         .expect("a server span");
     assert_eq!(client["parent_span_id"], "00f067aa0ba902b7");
-    assert_eq!(server["parent_span_id"], client["span_id"]);
+    let attempt = ours
+        .iter()
+        .find(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("attempt 1"))
+        })
+        .expect("an attempt span");
+    assert_eq!(attempt["parent_span_id"], client["span_id"]);
+    assert_eq!(server["parent_span_id"], attempt["span_id"]);
     assert_eq!(client["service"], "otlp-test");
     assert_eq!(client["attributes"]["http.route"], "ot-route");
     assert_eq!(client["attributes"]["http.response.status_code"], "200");
@@ -482,9 +500,9 @@ async fn opentelemetrys_python_sdk_reads_our_traceparent() {
         .lock()
         .unwrap()
         .iter()
-        .find(|s| s.kind == SpanKind::Client && s.name.contains("sdk-peer"))
+        .find(|s| s.kind == SpanKind::Client && s.name.starts_with("attempt 1 sdk-peer"))
         .cloned()
-        .expect("our client span");
+        .expect("our attempt span, the one on the wire");
     assert_eq!(read["trace_id"], format!("{:032x}", ours.trace_id));
     assert_eq!(read["parent_span_id"], format!("{:016x}", ours.span_id));
     assert_eq!(read["sampled"], true);
@@ -492,4 +510,54 @@ async fn opentelemetrys_python_sdk_reads_our_traceparent() {
         read["span_trace_id"], read["trace_id"],
         "the SDK continued our trace"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_mirror_copies_are_child_spans_of_the_request() {
+    let _turn = SINK_TURN.lock().await;
+    let collector = Collector::default();
+    trace::set_span_sink(Box::new(collector.clone()));
+    let flaky = Echo::new("rs-flaky")
+        .fail_rate(1.0)
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let shadow = echo("rs-shadow").await;
+    let m = mesh(&format!(
+        r#"
+services:
+  - name: rs-svc
+    routes:
+      - retry: {{ attempts: 3, on: [5xx], backoff: {{ base: 1ms, max: 1ms }} }}
+        mirror: {{ backend: rs-shadow, percent: 100 }}
+        to: [rs-flaky]
+backends:
+  - {{ name: rs-flaky, endpoints: ["{}"] }}
+  - {{ name: rs-shadow, endpoints: ["{}"] }}
+"#,
+        flaky.addr(),
+        shadow.addr()
+    ));
+    let resp = Client::new(&m).get("http://rs-svc/").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    trace::clear_span_sink();
+    let spans = collector.0.lock().unwrap().clone();
+    let request = spans
+        .iter()
+        .find(|s| s.name == "GET rs-svc")
+        .expect("the request span");
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == Some(request.span_id))
+        .map(|s| s.name.as_str())
+        .collect();
+    for want in [
+        "attempt 1 rs-flaky",
+        "attempt 2 rs-flaky",
+        "attempt 3 rs-flaky",
+        "mirror rs-shadow",
+    ] {
+        assert!(children.contains(&want), "{want} missing from {children:?}");
+    }
 }

@@ -92,6 +92,7 @@ where
                 started,
                 metrics,
                 info: None,
+                span: tracing::Span::none(),
             };
         }
         let (service, route) = routed
@@ -118,11 +119,22 @@ where
             parent_span_id: parent.map(|p| p.span_id),
             start_wall: SystemTime::now(),
         });
+        // Lower layers make each attempt (and mirror copy) a child of this span.
+        req.extensions_mut().insert(info.ctx.clone());
+        let span = tracing::info_span!(
+            "mesh.client",
+            otel.kind = "client",
+            http.request.method = %info.method,
+            server.address = %info.authority,
+            http.route = info.route.as_deref().unwrap_or(""),
+            trace_id = %info.ctx.trace_id_hex(),
+        );
         ResponseFuture {
             inner: self.inner.call(req),
             started,
             metrics,
             info: Some(info),
+            span,
         }
     }
 }
@@ -148,6 +160,7 @@ pin_project_lite::pin_project! {
         started: Instant,
         metrics: Option<Arc<metrics::RouteMetrics>>,
         info: Option<Box<RequestInfo>>,
+        span: tracing::Span,
     }
 }
 
@@ -160,6 +173,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
         let elapsed = this.started.elapsed();
         let outcome = match &result {
