@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod echo;
+pub mod greeter;
 pub mod observe;
 
 pub use mesh_core as core;

@@ -9,6 +9,11 @@
 //! | `timeout` | 504 |
 //! | `circuit_open`, `no_healthy_endpoint`, `connect_failed`, `reset`, `retry_budget_exhausted` | 503 |
 //! | anything else | 502 |
+//!
+//! gRPC requests get a trailers-only response instead
+//! ([`grpc_error_response`]): `UNAVAILABLE` for refusals and transport
+//! failures, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, `UNIMPLEMENTED` for
+//! no route.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -39,4 +44,61 @@ pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Re
     resp.headers_mut()
         .insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
     resp
+}
+
+/// The gRPC status code for an error kind (the code a gRPC caller expects
+/// of a mesh refusal, as Envoy maps them).
+pub fn grpc_code_for(kind: ErrorKind) -> u32 {
+    match kind {
+        ErrorKind::Timeout => 4,      // DEADLINE_EXCEEDED
+        ErrorKind::Unauthorized => 7, // PERMISSION_DENIED
+        ErrorKind::NoRoute => 12,     // UNIMPLEMENTED
+        ErrorKind::CircuitOpen
+        | ErrorKind::NoHealthyEndpoint
+        | ErrorKind::ConnectFailed
+        | ErrorKind::Reset
+        | ErrorKind::RetryBudgetExhausted => 14, // UNAVAILABLE
+        _ => 2,                       // UNKNOWN
+    }
+}
+
+/// A gRPC trailers-only response that stands for `err`: HTTP 200,
+/// `grpc-status` and `grpc-message` in the headers, and `x-mesh-error`.
+pub fn grpc_error_response<B>(
+    err: &(dyn std::error::Error + 'static),
+) -> Response<ResponseBody<B>> {
+    let kind = ErrorKind::of(err);
+    let mut resp = Response::new(ResponseBody::local(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(grpc_code_for(kind)));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(&err.to_string())) {
+        h.insert("grpc-message", v);
+    }
+    h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+    resp
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

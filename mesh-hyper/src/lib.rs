@@ -35,5 +35,5 @@ pub mod tls;
 mod transport;
 
 pub use client::{Body, Client};
-pub use server::{Server, ServerStats, serve, serve_with_shutdown};
+pub use server::{Server, ServerStats, grpc_timeout, serve, serve_with_shutdown};
 pub use transport::Transport;

@@ -21,7 +21,7 @@
 //! put in the extensions ([`RequestDeadline`]) for calls the handler makes.
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -370,13 +370,18 @@ where
                     .requests
                     .record(Err(ErrorKind::Unauthorized), 0.0);
                 tracing::info!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
-                let mut resp = crate::error::error_response(&Unauthorized {
+                let refusal = Unauthorized {
                     reason: reason.clone(),
-                });
+                };
+                let mut resp = if crate::error::is_grpc(req.headers()) {
+                    crate::error::grpc_error_response(&refusal)
+                } else {
+                    crate::error::error_response(&refusal)
+                };
                 if let Ok(v) = HeaderValue::from_str(&reason) {
                     resp.headers_mut().insert(AUTHZ_REASON_HEADER, v);
                 }
-                debug_assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
                 return Box::pin(std::future::ready(Ok(resp)));
             }
         }
@@ -398,11 +403,15 @@ where
             started: std::time::Instant::now(),
         };
         let metrics = self.server.metrics.clone();
+        let grpc = crate::error::is_grpc(req.headers());
         let budget = req
             .headers()
             .get(DEADLINE_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map(Duration::from_millis);
+            .map(Duration::from_millis)
+            .into_iter()
+            .chain(grpc_timeout(req.headers()))
+            .min();
         if let Some(b) = budget {
             req.extensions_mut()
                 .insert(RequestDeadline(tokio::time::Instant::now() + b));
@@ -447,6 +456,7 @@ where
             log.finish(&ctx, outcome, elapsed);
             Ok(match result {
                 Ok(resp) => resp.map(ResponseBody::upstream),
+                Err(e) if grpc => crate::error::grpc_error_response(&*e),
                 Err(e) => {
                     tracing::debug!("inbound request failed: {e}");
                     crate::error::error_response(&*e)
@@ -519,4 +529,23 @@ impl AccessInfo {
             error: error.is_some() || status.is_some_and(|s| s >= 500),
         });
     }
+}
+
+/// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }

@@ -73,9 +73,13 @@ impl Service<Request<MeshBody>> for Transport {
             .extensions()
             .get::<Routed>()
             .and_then(|r| Some(r.backend_entry()?.1.config().protocol));
-        let fut = match protocol {
-            Some(Protocol::Http2) => self.clients.h2.request(req),
-            _ => self.clients.h1.request(req),
+        // gRPC (and any request made as HTTP/2) goes over HTTP/2 whatever
+        // the backend says.
+        let h2 = protocol == Some(Protocol::Http2) || req.version() == http::Version::HTTP_2;
+        let fut = if h2 {
+            self.clients.h2.request(req)
+        } else {
+            self.clients.h1.request(req)
         };
         Box::pin(async move { fut.await.map_err(classify) })
     }

@@ -90,12 +90,15 @@ impl Drop for Recorder {
 
 fn set_deadline_header<B>(req: &mut Request<B>) {
     if let Some(d) = deadline_of(req) {
-        let ms = d
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1);
+        let left = d.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().max(1);
         req.headers_mut()
             .insert(DEADLINE_HEADER, http::HeaderValue::from(ms as u64));
+        // A gRPC server learns its budget from grpc-timeout.
+        if crate::grpc::is_grpc(req.headers()) {
+            req.headers_mut()
+                .insert("grpc-timeout", crate::grpc::timeout_value(left));
+        }
     }
 }
 
@@ -305,7 +308,7 @@ where
                     return Poll::Ready(Err("backend future polled after completion".into()));
                 };
                 let outcome = match &result {
-                    Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                    Ok(resp) => crate::grpc::outcome_of_response(resp),
                     Err(e) => outcome_of_error(&**e),
                 };
                 sent.recorder.record(outcome);

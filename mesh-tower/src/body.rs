@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// A request body below the mesh's route layer.
@@ -24,6 +25,65 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream(UnsyncBoxBody<Bytes, BoxError>),
+    /// Streams through while keeping a copy (up to a limit) for replays.
+    Recorded {
+        body: UnsyncBoxBody<Bytes, BoxError>,
+        tape: Arc<Mutex<Tape>>,
+    },
+}
+
+/// What a recorded body has sent so far.
+#[derive(Debug)]
+struct Tape {
+    chunks: Vec<Bytes>,
+    len: u64,
+    limit: u64,
+    complete: bool,
+    overflow: bool,
+}
+
+/// Makes copies of a body for retries: of a body held in memory from the
+/// start, or of a streamed body recorded as it went (replayable once it was
+/// sent whole and within the limit).
+#[derive(Debug, Clone)]
+pub struct Replayer(Source);
+
+#[derive(Debug, Clone)]
+enum Source {
+    Bytes(Bytes),
+    Tape(Arc<Mutex<Tape>>),
+}
+
+impl Replayer {
+    /// Whether [`replay`](Self::replay) would give a copy now.
+    pub fn can_replay(&self) -> bool {
+        match &self.0 {
+            Source::Bytes(_) => true,
+            Source::Tape(t) => {
+                let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.complete && !t.overflow
+            }
+        }
+    }
+
+    /// A copy of the body, if one can be made now.
+    pub fn replay(&self) -> Option<MeshBody> {
+        match &self.0 {
+            Source::Bytes(b) => Some(MeshBody::from_bytes(b.clone())),
+            Source::Tape(t) => {
+                let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !t.complete || t.overflow {
+                    return None;
+                }
+                let bytes = match t.chunks.as_slice() {
+                    [] => Bytes::new(),
+                    [one] => one.clone(),
+                    many => Bytes::from(many.concat()),
+                };
+                Some(MeshBody::from_bytes(bytes))
+            }
+        }
+    }
 }
 
 impl MeshBody {
@@ -70,7 +130,40 @@ impl MeshBody {
                 let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
                 Ok(Self::from_bytes(bytes))
             }
-            _ => Ok(Self::streaming(body)),
+            (Some(_), Some(_)) | (None, _) => Ok(Self::streaming(body)),
+            // Length unknown (chunked, gRPC): stream it through without
+            // waiting, and keep a copy while it stays under the limit.
+            (Some(limit), None) => Ok(Self::recorded(body, limit)),
+        }
+    }
+
+    /// A streaming body recorded (up to `limit` bytes) for replays.
+    pub fn recorded<B>(body: B, limit: u64) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            kind: Kind::Recorded {
+                body: body.map_err(Into::into).boxed_unsync(),
+                tape: Arc::new(Mutex::new(Tape {
+                    chunks: Vec::new(),
+                    len: 0,
+                    limit,
+                    complete: false,
+                    overflow: false,
+                })),
+            },
+        }
+    }
+
+    /// What makes copies of this body for retries, if it can have any.
+    pub fn replayer(&self) -> Option<Replayer> {
+        match &self.kind {
+            Kind::Empty => Some(Replayer(Source::Bytes(Bytes::new()))),
+            Kind::Full(Some(b)) => Some(Replayer(Source::Bytes(b.clone()))),
+            Kind::Recorded { tape, .. } => Some(Replayer(Source::Tape(tape.clone()))),
+            Kind::Full(None) | Kind::Stream(_) => None,
         }
     }
 
@@ -79,7 +172,7 @@ impl MeshBody {
         match &self.kind {
             Kind::Empty => Some(Self::empty()),
             Kind::Full(Some(b)) => Some(Self::from_bytes(b.clone())),
-            Kind::Full(None) | Kind::Stream(_) => None,
+            Kind::Full(None) | Kind::Stream(_) | Kind::Recorded { .. } => None,
         }
     }
 
@@ -101,6 +194,33 @@ impl Body for MeshBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Stream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Recorded { body, tape } => {
+                let frame = std::task::ready!(Pin::new(&mut *body).poll_frame(cx));
+                let mut t = tape
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match &frame {
+                    None => t.complete = true,
+                    Some(Ok(f)) => match f.data_ref() {
+                        Some(d) if !t.overflow && t.len + d.len() as u64 <= t.limit => {
+                            t.len += d.len() as u64;
+                            t.chunks.push(d.clone());
+                            // The sender may stop polling once the body says
+                            // it is done.
+                            if body.is_end_stream() {
+                                t.complete = true;
+                            }
+                        }
+                        // Too big, or trailers: this body is sent once.
+                        _ => {
+                            t.overflow = true;
+                            t.chunks.clear();
+                        }
+                    },
+                    Some(Err(_)) => t.overflow = true,
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -108,7 +228,7 @@ impl Body for MeshBody {
         match &self.kind {
             Kind::Empty | Kind::Full(None) => true,
             Kind::Full(Some(_)) => false,
-            Kind::Stream(b) => b.is_end_stream(),
+            Kind::Stream(b) | Kind::Recorded { body: b, .. } => b.is_end_stream(),
         }
     }
 
@@ -116,7 +236,7 @@ impl Body for MeshBody {
         match &self.kind {
             Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Stream(b) => b.size_hint(),
+            Kind::Stream(b) | Kind::Recorded { body: b, .. } => b.size_hint(),
         }
     }
 }
@@ -221,6 +341,43 @@ mod tests {
         let again = b.replay().unwrap();
         assert_eq!(b.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(again.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_are_recorded_while_they_stream() {
+        let chunks = || {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+            tokio::spawn(async move {
+                for c in [&b"ab"[..], b"cd", b"ef"] {
+                    let _ = tx.send_data(Bytes::from_static(c)).await;
+                }
+            });
+            body
+        };
+        let b = MeshBody::from_body(chunks(), Some(64)).await.unwrap();
+        let replayer = b.replayer().unwrap();
+        assert!(!replayer.can_replay(), "nothing sent yet");
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "abcdef");
+        assert!(replayer.can_replay());
+        assert_eq!(
+            replayer
+                .replay()
+                .unwrap()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes(),
+            "abcdef"
+        );
+
+        let b = MeshBody::from_body(chunks(), Some(3)).await.unwrap();
+        let replayer = b.replayer().unwrap();
+        assert_eq!(
+            b.collect().await.unwrap().to_bytes(),
+            "abcdef",
+            "over the limit it still streams"
+        );
+        assert!(replayer.replay().is_none(), "but cannot be replayed");
     }
 
     #[tokio::test]

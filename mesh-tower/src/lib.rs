@@ -58,6 +58,7 @@ pub mod error;
 pub mod ext;
 pub mod fault;
 pub mod future;
+pub mod grpc;
 pub mod mirror;
 pub mod retry;
 pub mod route;

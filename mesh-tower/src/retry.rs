@@ -64,7 +64,11 @@ pub struct Retry<S> {
 }
 
 /// Whether `outcome` is retriable under `policy`.
-pub fn is_retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
+/// Whether an attempt that ended in `outcome` (with gRPC status `grpc`,
+/// for a trailers-only gRPC response) is retriable under `policy`. HTTP
+/// conditions look at the HTTP status (a gRPC error is a 200); the gRPC
+/// conditions look at `grpc-status`, as gRPC and Envoy define them.
+pub fn is_retriable(policy: &RetryPolicy, outcome: Outcome, grpc: Option<u32>) -> bool {
     policy.on.iter().any(|on| match on {
         RetryOn::FiveXx => outcome.is_5xx(),
         RetryOn::GatewayError => outcome.is_gateway_error(),
@@ -73,7 +77,11 @@ pub fn is_retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
         RetryOn::RetriableStatusCodes => {
             matches!(outcome, Outcome::Status(s) if policy.retriable_status_codes.contains(&s))
         }
-        // gRPC conditions are judged on grpc-status by mesh-tonic.
+        RetryOn::Cancelled => grpc == Some(1),
+        RetryOn::DeadlineExceeded => grpc == Some(4),
+        RetryOn::ResourceExhausted => grpc == Some(8),
+        RetryOn::Internal => grpc == Some(13),
+        RetryOn::Unavailable => grpc == Some(14),
         _ => false,
     })
 }
@@ -123,8 +131,15 @@ where
         let per_try = configured.as_ref().and_then(|p| p.per_try_timeout);
         let policy = configured
             .filter(|p| p.attempts > 1)
-            .filter(|p| p.retry_non_idempotent || idempotent(req.method()))
-            .filter(|_| req.body().is_replayable() && req.extensions().get::<Mirrored>().is_none());
+            // gRPC calls are POSTs that gRPC's own retry design allows to retry.
+            .filter(|p| {
+                p.retry_non_idempotent
+                    || idempotent(req.method())
+                    || crate::grpc::is_grpc(req.headers())
+            })
+            .filter(|_| {
+                req.body().replayer().is_some() && req.extensions().get::<Mirrored>().is_none()
+            });
         let (Some(policy), Some(routed)) = (policy, routed.cloned()) else {
             // One attempt, bounded by the route's per-try timeout if it has one.
             let Some(t) = per_try else {
@@ -144,6 +159,11 @@ where
         let mut svc = std::mem::replace(&mut self.inner, clone);
         Either::right(Box::pin(async move {
             let (parts, body) = req.into_parts();
+            // The first attempt sends the body itself; retries send copies.
+            let Some(replayer) = body.replayer() else {
+                return Err("internal: retry policy without a replayable body".into());
+            };
+            let mut first = Some(body);
             let deadline = routed.deadline();
             let backend = routed
                 .backend_entry()
@@ -153,8 +173,14 @@ where
             // Held from a retry's admission until that retry is answered.
             let mut _retry_slot = None;
             loop {
-                let mut attempt =
-                    Request::from_parts(parts.clone(), body.replay().unwrap_or_default());
+                let body = match first.take() {
+                    Some(b) => b,
+                    None => match replayer.replay() {
+                        Some(b) => b,
+                        None => return Err("internal: retry without a body copy".into()),
+                    },
+                };
+                let mut attempt = Request::from_parts(parts.clone(), body);
                 if n > 1
                     && let Some(r) = attempt.extensions_mut().get_mut::<Routed>()
                 {
@@ -164,17 +190,19 @@ where
                     shorten_deadline(&mut attempt, t);
                 }
                 let result = per_try_bound(svc.call(attempt), policy.per_try_timeout).await;
-                let (outcome, endpoint) = match &result {
+                let (outcome, endpoint, grpc) = match &result {
                     Ok(resp) => (
                         Outcome::Status(resp.status().as_u16()),
                         resp.extensions()
                             .get::<Served>()
                             .map(|s| s.endpoint.clone()),
+                        crate::grpc::status(resp.headers()),
                     ),
-                    Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e)),
+                    Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
                 };
                 let last = n >= policy.attempts
-                    || !is_retriable(&policy, outcome)
+                    || !is_retriable(&policy, outcome, grpc)
+                    || !replayer.can_replay()
                     || deadline.is_some_and(|d| Instant::now() >= d);
                 if last {
                     return result;

@@ -12,6 +12,7 @@
 mod support;
 
 mod data_path;
+mod grpc;
 mod interop;
 mod security;
 mod telemetry;

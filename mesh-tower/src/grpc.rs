@@ -1,0 +1,55 @@
+//! What the data path needs to know of gRPC: the status of a trailers-only
+//! response (how gRPC servers answer most failures), its HTTP equivalent for
+//! outlier detection, and the `grpc-timeout` header.
+
+use std::time::Duration;
+
+/// The `grpc-status` in a response's headers (a trailers-only response).
+pub fn status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The HTTP status a gRPC status stands for (Envoy's mapping), so outlier
+/// detection treats `UNAVAILABLE` like a 503.
+pub fn http_equivalent(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
+/// `grpc-timeout` for `d` (milliseconds, at least 1).
+pub fn timeout_value(d: Duration) -> http::HeaderValue {
+    let ms = d.as_millis().clamp(1, 99_999_999);
+    http::HeaderValue::from_str(&format!("{ms}m")).unwrap_or(http::HeaderValue::from_static("1m"))
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
+/// How a response counts for outlier detection: its HTTP status, or the
+/// HTTP equivalent of a non-OK trailers-only gRPC status.
+pub fn outcome_of_response<B>(resp: &http::Response<B>) -> mesh_core::policy::Outcome {
+    let http = resp.status().as_u16();
+    match status(resp.headers()) {
+        Some(code) if http == 200 && code != 0 => {
+            mesh_core::policy::Outcome::Status(http_equivalent(code))
+        }
+        _ => mesh_core::policy::Outcome::Status(http),
+    }
+}
