@@ -46,6 +46,16 @@ struct Round {
     p50_us: u64,
     p99_us: u64,
     errors: u64,
+    /// CPU time of the client thread per request, in microseconds.
+    cpu_us: f64,
+}
+
+/// CPU time this thread has run, in nanoseconds (Linux schedstat).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `n` requests, `c` at a time, each made by `send`; with `rate`,
@@ -54,6 +64,7 @@ async fn drive(n: u64, c: u64, rate: Option<f64>, send: Sender) -> Round {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu0 = thread_cpu_ns();
     let mut tasks = Vec::new();
     for _ in 0..c {
         let (next, errors, send) = (next.clone(), errors.clone(), send.clone());
@@ -82,6 +93,7 @@ async fn drive(n: u64, c: u64, rate: Option<f64>, send: Sender) -> Round {
         all.extend(t.await.unwrap());
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_us = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1000.0 / n.max(1) as f64;
     all.sort_unstable();
     let at = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
     Round {
@@ -89,6 +101,7 @@ async fn drive(n: u64, c: u64, rate: Option<f64>, send: Sender) -> Round {
         p50_us: at(0.5),
         p99_us: at(0.99),
         errors: errors.load(Ordering::Relaxed),
+        cpu_us,
     }
 }
 
@@ -97,12 +110,15 @@ fn median(mut rounds: Vec<Round>) -> Round {
     let mid = rounds[rounds.len() / 2];
     let mut p50: Vec<u64> = rounds.iter().map(|r| r.p50_us).collect();
     let mut p99: Vec<u64> = rounds.iter().map(|r| r.p99_us).collect();
+    let mut cpu: Vec<f64> = rounds.iter().map(|r| r.cpu_us).collect();
     p50.sort_unstable();
     p99.sort_unstable();
+    cpu.sort_by(f64::total_cmp);
     Round {
         p50_us: p50[p50.len() / 2],
         p99_us: p99[p99.len() / 2],
         errors: rounds.iter().map(|r| r.errors).sum(),
+        cpu_us: cpu[cpu.len() / 2],
         ..mid
     }
 }
@@ -208,12 +224,19 @@ fn main() {
             )
             .unwrap();
             secured.set_identity(server_id);
-            let tls = mesh::echo::Echo::new("echo").service("echo").start(&secured, "127.0.0.1:0").await.unwrap();
-            tx.send((plain.addr(), tls.addr())).unwrap();
+                        let tls = mesh::echo::Echo::new("echo").service("echo").start(&secured, "127.0.0.1:0").await.unwrap();
+            let mut greeters = Vec::new();
+            for name in ["g1", "g2"] {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                greeters.push(listener.local_addr().unwrap());
+                let routes = tonic::service::Routes::new(mesh::greeter::Greeter::new(name).into_server());
+                tokio::spawn(mesh_tonic::serve(mesh_hyper::Server::new(&Mesh::empty()), listener, routes));
+            }
+            tx.send((plain.addr(), tls.addr(), greeters)).unwrap();
             std::future::pending::<()>().await;
         });
     });
-    let (echo, echo_tls) = rx.recv().unwrap();
+    let (echo, echo_tls, greeters) = rx.recv().unwrap();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -299,6 +322,8 @@ backends:
             }
         }
 
+                grpc_rows(&greeters, n, c, rounds).await;
+
         // Telemetry on: the Prometheus recorder, every span built and handed
         // to a sink, and the access log formatted as JSON (to nowhere).
         mesh_hyper::telemetry::install_prometheus().unwrap();
@@ -363,18 +388,22 @@ async fn handshakes(
 
 fn table(rows: &[(&str, Round)]) {
     let b = rows[0].1;
-    println!("| client | rps | p50 ms | p99 ms | errors | rps / bare | p50 / bare | p99 / bare |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| client | rps | p50 ms | p99 ms | client CPU µs/req | errors | rps / first | p50 / first | p99 / first | CPU / first |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in rows {
         println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.rps,
             r.p50_us as f64 / 1000.0,
             r.p99_us as f64 / 1000.0,
+            r.cpu_us,
             r.errors,
             r.rps / b.rps,
             r.p50_us as f64 / b.p50_us.max(1) as f64,
-            r.p99_us as f64 / b.p99_us.max(1) as f64
+            r.p99_us as f64 / b.p99_us.max(1) as f64,
+            r.cpu_us / b.cpu_us.max(0.001)
         );
     }
 }
@@ -387,4 +416,70 @@ impl mesh_tower::telemetry::trace::SpanSink for Discard {
     fn record(&self, span: mesh_tower::telemetry::trace::FinishedSpan) {
         std::hint::black_box(span);
     }
+}
+
+/// gRPC: tonic's own balanced channel against the mesh channel, over the
+/// same two Greeter servers.
+async fn grpc_rows(greeters: &[std::net::SocketAddr], n: u64, c: u64, rounds: u64) {
+    use mesh::greeter::{GreeterClient, HelloRequest};
+    let endpoints = greeters
+        .iter()
+        .map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).unwrap());
+    let tonic_channel = tonic::transport::Channel::balance_list(endpoints);
+    let eps: Vec<String> = greeters.iter().map(|a| format!("'{a}'")).collect();
+    let mesh = Mesh::from_config(
+        Config::from_yaml(&format!(
+            "services: [{{ name: greeter, routes: [{{ timeout: 5s, retry: {{ attempts: 2, on: [unavailable] }}, to: [g] }}] }}]\nbackends: [{{ name: g, endpoints: [{}], circuit_breaker: {{ max_requests: 10000 }} }}]",
+            eps.join(", ")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mesh_channel = mesh_tonic::channel(&mesh, "greeter");
+    let req = || HelloRequest {
+        name: "bench".into(),
+        count: 0,
+    };
+    let tonic_send = {
+        let client = GreeterClient::new(tonic_channel);
+        sender(move || {
+            let mut client = client.clone();
+            async move { client.say_hello(req()).await.is_ok() }
+        })
+    };
+    let mesh_send = {
+        let client = GreeterClient::new(mesh_channel);
+        sender(move || {
+            let mut client = client.clone();
+            async move { client.say_hello(req()).await.is_ok() }
+        })
+    };
+    let clients: [(&str, Sender); 2] = [
+        (
+            "tonic Channel::balance_list (p2c over the two servers)",
+            tonic_send,
+        ),
+        (
+            "mesh_tonic::channel (route with retries, p2c-EWMA, breaker)",
+            mesh_send,
+        ),
+    ];
+    for (_, s) in &clients {
+        drive(2000, c, None, s.clone()).await;
+    }
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); clients.len()];
+    for _ in 0..rounds {
+        for (i, (_, s)) in clients.iter().enumerate() {
+            results[i].push(drive(n, c, None, s.clone()).await);
+        }
+    }
+    println!(
+        "\ngRPC unary calls, as fast as the client can go: {n} calls x {rounds} rounds (median), concurrency {c}, two tonic Greeter servers\n"
+    );
+    let rows: Vec<(&str, Round)> = clients
+        .iter()
+        .map(|(name, _)| *name)
+        .zip(results.into_iter().map(median))
+        .collect();
+    table(&rows);
 }

@@ -6,6 +6,10 @@
 //!     --service reviews --path /ratings/1 --requests 10000 --concurrency 32 [--rate R] [-H k:v]
 //! ```
 //!
+//! With `--grpc` it calls the Greeter (`SayHello`) through the mesh
+//! channel instead: `by_backend` counts the `x-backend` metadata and errors
+//! are counted by gRPC status name (`unavailable`, `deadline_exceeded`).
+//!
 //! Output keys: `requests`, `ok` (2xx), `errors` (count per kind: mesh
 //! refusals by name such as `circuit_open`, HTTP statuses as `http_503`),
 //! `by_backend` (count per `x-backend`), `retries`, `latency_ms` (`p50`,
@@ -26,12 +30,13 @@ struct Args {
     requests: u64,
     concurrency: u64,
     rate: Option<f64>,
+    grpc: bool,
     headers: Vec<(String, String)>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load --service NAME [--path /p] [--requests N] [--concurrency C] [--rate R] [-H k:v]..."
+        "usage: load --service NAME [--path /p] [--requests N] [--concurrency C] [--rate R] [-H k:v]... [--grpc]"
     );
     std::process::exit(2)
 }
@@ -44,6 +49,7 @@ fn args() -> Args {
         concurrency: 16,
         rate: None,
         headers: Vec::new(),
+        grpc: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +60,7 @@ fn args() -> Args {
             "--requests" => a.requests = value().parse().unwrap_or_else(|_| usage()),
             "--concurrency" => a.concurrency = value().parse().unwrap_or_else(|_| usage()),
             "--rate" => a.rate = Some(value().parse().unwrap_or_else(|_| usage())),
+            "--grpc" => a.grpc = true,
             "-H" => {
                 let h = value();
                 let Some((k, v)) = h.split_once(':') else {
@@ -106,6 +113,34 @@ async fn main() {
                 if let Some(rate) = args.rate {
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
+                }
+                if args.grpc {
+                    let mut greeter = mesh::greeter::GreeterClient::new(
+                        mesh_tonic::MeshChannel::with_client(client.clone(), &args.service),
+                    );
+                    let sent = Instant::now();
+                    let result = greeter
+                        .say_hello(mesh::greeter::HelloRequest {
+                            name: "load".into(),
+                            count: 0,
+                        })
+                        .await;
+                    t.latencies_us.push(sent.elapsed().as_micros() as u64);
+                    match result {
+                        Ok(r) => {
+                            t.ok += 1;
+                            if let Some(b) =
+                                r.metadata().get("x-backend").and_then(|v| v.to_str().ok())
+                            {
+                                *t.by_backend.entry(b.to_owned()).or_default() += 1;
+                            }
+                        }
+                        Err(s) => {
+                            let name = format!("{:?}", s.code());
+                            *t.errors.entry(snake(&name)).or_default() += 1;
+                        }
+                    }
+                    continue;
                 }
                 let mut req = http::Request::get(format!("http://{}{}", args.service, args.path));
                 for (k, v) in &args.headers {
@@ -182,4 +217,16 @@ async fn main() {
     });
     println!("{out}");
     obs.flush().await;
+}
+
+/// `DeadlineExceeded` -> `deadline_exceeded`.
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
