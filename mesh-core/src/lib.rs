@@ -61,5 +61,7 @@ pub mod snapshot;
 #[cfg(feature = "fs")]
 pub mod source;
 pub mod state;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use mesh::{Mesh, Subscription, UpdateStatus};

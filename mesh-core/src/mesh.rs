@@ -83,6 +83,12 @@ impl Mesh {
         Self::with_snapshot(Snapshot::empty(0))
     }
 
+    /// A mesh waiting for its first config from `source` (not ready yet;
+    /// requests pass through meanwhile).
+    pub fn waiting(source: Source) -> Self {
+        Self::with_snapshot(Snapshot::waiting(source))
+    }
+
     /// A mesh serving `config`, validated first.
     pub fn from_config(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
@@ -202,6 +208,16 @@ impl Mesh {
     /// Whether `other` is a handle on the same mesh.
     pub fn same_as(&self, other: &Mesh) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    #[cfg(feature = "xds")]
+    pub(crate) fn downgrade_xds(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    #[cfg(feature = "xds")]
+    pub(crate) fn upgrade_xds(weak: &std::sync::Weak<Inner>) -> Option<Mesh> {
+        weak.upgrade().map(|inner| Mesh { inner })
     }
 
     #[cfg(feature = "fs")]

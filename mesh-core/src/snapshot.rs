@@ -25,6 +25,8 @@ pub enum Source {
     Code,
     /// A watched file.
     File(PathBuf),
+    /// A control plane over xDS (the server, and what it last sent).
+    Xds(String),
 }
 
 impl std::fmt::Display for Source {
@@ -33,6 +35,7 @@ impl std::fmt::Display for Source {
             Source::Empty => f.write_str("empty"),
             Source::Code => f.write_str("code"),
             Source::File(p) => write!(f, "file:{}", p.display()),
+            Source::Xds(s) => write!(f, "xds:{s}"),
         }
     }
 }
@@ -259,6 +262,11 @@ impl Snapshot {
     /// The empty snapshot: no services, every request passes through.
     pub fn empty(version: u64) -> Self {
         Self::compile_valid(Arc::new(Config::default()), version, Source::Empty)
+    }
+
+    /// An empty snapshot waiting for its first config from `source`.
+    pub fn waiting(source: Source) -> Self {
+        Self::compile_valid(Arc::new(Config::default()), 0, source)
     }
 
     /// Compiles a config that has passed validation. Anything validation

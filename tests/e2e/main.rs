@@ -16,3 +16,4 @@ mod grpc;
 mod interop;
 mod security;
 mod telemetry;
+mod xds;

@@ -37,9 +37,35 @@ impl Mesh {
     }
 
     /// A mesh configured by the environment: `MESH_CONFIG` names a watched
-    /// YAML/JSON file. With nothing set the mesh is empty (every request
-    /// passes through), which is said in one log line.
+    /// YAML/JSON file; else `MESH_CONTROL_PLANE` or an xDS bootstrap file
+    /// (`MESH_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP`) names a control plane
+    /// (feature `xds`; needs a tokio runtime). With nothing set the mesh is
+    /// empty (every request passes through), which is said in one log line.
     pub fn from_env() -> Result<Mesh, ConfigError> {
+        #[cfg(feature = "xds")]
+        if std::env::var_os("MESH_CONFIG").is_none_or(|v| v.is_empty()) {
+            let settings = crate::xds::XdsSettings::from_env().map_err(|e| {
+                ConfigError::new(vec![crate::config::Problem::new(
+                    crate::config::ProblemKind::Syntax,
+                    "",
+                    None,
+                    format!("xDS bootstrap: {e}"),
+                )])
+            })?;
+            if let Some(settings) = settings {
+                let (mesh, _status) = Mesh::from_control_plane(settings).map_err(|e| {
+                    ConfigError::new(vec![crate::config::Problem::new(
+                        crate::config::ProblemKind::Syntax,
+                        "",
+                        None,
+                        e,
+                    )])
+                })?;
+                #[cfg(feature = "tls")]
+                load_identity(&mesh, None, None)?;
+                return Ok(mesh);
+            }
+        }
         match std::env::var_os("MESH_CONFIG").filter(|v| !v.is_empty()) {
             Some(path) => Mesh::from_file(PathBuf::from(path)),
             None => {

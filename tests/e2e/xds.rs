@@ -1,0 +1,209 @@
+//! The xDS client against an ADS server nobody here wrote
+//! (`../shared/peers/setup-xds-server.sh`, on grpcio + xds-protos): routing
+//! by what it serves, ACKs and NACKs as the protocol says, and serving the
+//! last good snapshot while the control plane is away.
+
+use crate::support::{echo, run};
+use mesh_core::Mesh;
+use mesh_core::xds::XdsSettings;
+use mesh_hyper::Client;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn peers() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Resources for listener `xds-svc`: route `xds-route` splitting over EDS
+/// clusters `xa` and `xb`.
+fn resources(a: u16, b: u16, wa: u32, wb: u32, action: serde_json::Value) -> serde_json::Value {
+    let hcm = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "rds": { "route_config_name": "xds-route", "config_source": { "ads": {}, "resource_api_version": "V3" } },
+        "http_filters": [{ "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }]
+    });
+    let cluster = |name: &str| {
+        serde_json::json!({
+            "name": name, "type": "EDS", "lb_policy": "ROUND_ROBIN",
+            "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } }
+        })
+    };
+    let cla = |name: &str, port: u16| {
+        serde_json::json!({
+            "cluster_name": name,
+            "endpoints": [{ "locality": { "zone": "z" }, "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": "127.0.0.1", "port_value": port } } }, "load_balancing_weight": 1 }],
+                "load_balancing_weight": 1 }]
+        })
+    };
+    let mut route_action = serde_json::json!({
+        "weighted_clusters": { "clusters": [ { "name": "xa", "weight": wa }, { "name": "xb", "weight": wb } ] },
+        "timeout": "2s",
+        "retry_policy": { "retry_on": "5xx,connect-failure", "num_retries": 2 }
+    });
+    let route = if action.is_null() {
+        serde_json::json!({ "match": { "prefix": "/" }, "route": route_action.take() })
+    } else {
+        serde_json::json!({ "match": { "prefix": "/" }, "redirect": action })
+    };
+    serde_json::json!({
+        "listeners": [{ "name": "xds-svc", "api_listener": { "api_listener": hcm } }],
+        "routes": [{ "name": "xds-route", "virtual_hosts": [{ "name": "vh", "domains": ["xds-svc"], "routes": [route] }] }],
+        "clusters": [cluster("xa"), cluster("xb")],
+        "endpoints": [cla("xa", a), cla("xb", b)]
+    })
+}
+
+async fn post_config(admin: u16, config: &serde_json::Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://127.0.0.1:{admin}/config"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            config.to_string(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert!(
+        resp.status().is_success(),
+        "POST /config: {}",
+        resp.status()
+    );
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
+    let (a, b) = (echo("xa").await, echo("xb").await);
+    let (pa, pb) = (a.addr().port(), b.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.json");
+    std::fs::write(
+        &file,
+        resources(pa, pb, 80, 20, serde_json::Value::Null).to_string(),
+    )
+    .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let out = Command::new("bash")
+        .arg(peers().join("setup-xds-server.sh"))
+        .args([
+            &port.to_string(),
+            &admin.to_string(),
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xDS server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    struct Stop(u16);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(peers().join("stop-peers.sh"))
+                .arg(format!("xds-server-{}", self.0))
+                .output();
+        }
+    }
+    let stop = Stop(port);
+
+    let settings = XdsSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        "mesh-test-node",
+        vec!["xds-svc".into()],
+    );
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let client = Client::new(&mesh);
+    let t = run(&client, "http://xds-svc/", 2000, 8).await;
+    assert_eq!(t.ok, 2000, "{t:?}");
+    assert!((t.share("xa") - 0.8).abs() < 0.04, "{t:?}");
+    let snap = mesh.snapshot();
+    let route = &snap.config().services[0].routes[0];
+    assert_eq!(route.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(route.retry.as_ref().unwrap().attempts, 3);
+    assert!(
+        xds.status().acks.load(Ordering::Relaxed) >= 4,
+        "LDS, RDS, CDS, EDS acked"
+    );
+    assert_eq!(xds.status().nacks.load(Ordering::Relaxed), 0);
+
+    // A route we cannot honour (a redirect) is NACKed; traffic is unaffected.
+    let version = mesh.snapshot().version();
+    post_config(
+        admin,
+        &resources(
+            pa,
+            pb,
+            80,
+            20,
+            serde_json::json!({ "path_redirect": "/elsewhere" }),
+        ),
+    )
+    .await;
+    wait_for("the NACK", || {
+        xds.status().nacks.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let reason = xds.status().last_nack.lock().unwrap().clone().unwrap();
+    assert!(reason.contains("redirect"), "{reason}");
+    assert_eq!(mesh.snapshot().version(), version);
+    let t = run(&client, "http://xds-svc/", 200, 4).await;
+    assert_eq!(t.ok, 200, "{t:?}");
+    // The server saw the NACK with our reason.
+    let (_, events) = {
+        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let r = c
+            .get(format!("http://127.0.0.1:{admin}/events").parse().unwrap())
+            .await
+            .unwrap();
+        let b = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        ((), String::from_utf8_lossy(&b).into_owned())
+    };
+    assert!(events.to_lowercase().contains("nack"), "{events}");
+
+    // A good update shifts traffic live, with no failed request.
+    post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
+    wait_for("the shift", || {
+        mesh.snapshot()
+            .config()
+            .services
+            .first()
+            .is_some_and(|s| s.routes[0].to[0].weight == 0)
+    })
+    .await;
+    let t = run(&client, "http://xds-svc/", 300, 4).await;
+    assert_eq!(t.by_backend.get("xb"), Some(&300), "{t:?}");
+
+    // The control plane goes away: the last snapshot keeps serving.
+    drop(stop);
+    wait_for("the disconnect", || {
+        !xds.status().connected.load(Ordering::Relaxed)
+    })
+    .await;
+    let t = run(&client, "http://xds-svc/", 300, 4).await;
+    assert_eq!(t.ok, 300, "{t:?}");
+}
