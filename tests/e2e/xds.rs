@@ -207,3 +207,118 @@ async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
     let t = run(&client, "http://xds-svc/", 300, 4).await;
     assert_eq!(t.ok, 300, "{t:?}");
 }
+
+/// The development control plane serving a watched file, in this process;
+/// sending on the returned channel stops it (streams end, the port closes).
+async fn control_plane(file: &Path, port: u16) -> tokio::sync::oneshot::Sender<()> {
+    let mesh = Mesh::from_file(file).unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let _ = mesh_core::xds::server::serve_with_shutdown(mesh, addr, shutdown).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "control plane did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop
+}
+
+fn split_file(a: std::net::SocketAddr, b: std::net::SocketAddr, wa: u32, wb: u32) -> String {
+    format!(
+        r#"
+services:
+  - name: cp-svc
+    routes:
+      - name: main
+        timeout: 3s
+        retry: {{ attempts: 3, on: [5xx, connect-failure] }}
+        to: [{{ backend: cp-a, weight: {wa} }}, {{ backend: cp-b, weight: {wb} }}]
+backends:
+  - {{ name: cp-a, endpoints: ["{a}"], load_balancer: round_robin, outlier_detection: {{ consecutive_5xx: 7 }} }}
+  - {{ name: cp-b, endpoints: ["{b}"], circuit_breaker: {{ max_requests: 500 }} }}
+"#
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits() {
+    let (a, b) = (echo("cp-a").await, echo("cp-b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    write(&file, &split_file(a.addr(), b.addr(), 70, 30));
+    let port = free_port();
+    let cp = control_plane(&file, port).await;
+
+    let settings = XdsSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        "cp-test",
+        vec!["cp-svc".into()],
+    );
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    // The same config as the file, through xDS and back.
+    let from_file = mesh_core::config::Config::from_path(&file).unwrap();
+    let got = mesh.snapshot().config().clone();
+    assert_eq!(got.services[0].routes, from_file.services[0].routes);
+    assert_eq!(got.backends, from_file.backends);
+    let client = Client::new(&mesh);
+    let t = run(&client, "http://cp-svc/", 2000, 8).await;
+    assert!((t.share("cp-a") - 0.7).abs() < 0.04, "{t:?}");
+
+    // An edit is pushed; traffic shifts with no failed request.
+    let during = tokio::spawn({
+        let client = client.clone();
+        async move { run(&client, "http://cp-svc/", 3000, 8).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    write(&file, &split_file(a.addr(), b.addr(), 0, 100));
+    let during = during.await.unwrap();
+    assert_eq!(during.failed(), 0, "{during:?}");
+    wait_for("the push", || {
+        mesh.snapshot().config().services[0].routes[0].to[0].weight == 0
+    })
+    .await;
+    let t = run(&client, "http://cp-svc/", 300, 4).await;
+    assert_eq!(t.by_backend.get("cp-b"), Some(&300), "{t:?}");
+
+    // An invalid edit is refused by the watcher and never served.
+    let version = mesh.snapshot().version();
+    write(
+        &file,
+        "services: [{ name: cp-svc, routes: [{ to: [nope] }] }]\n",
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(mesh.snapshot().version(), version);
+
+    // The control plane dies: traffic goes on; it comes back: updates resume.
+    let _ = cp.send(());
+    wait_for("the disconnect", || {
+        !xds.status().connected.load(Ordering::Relaxed)
+    })
+    .await;
+    let t = run(&client, "http://cp-svc/", 300, 4).await;
+    assert_eq!(t.ok, 300, "{t:?}");
+    write(&file, &split_file(a.addr(), b.addr(), 100, 0));
+    let _cp = control_plane(&file, port).await;
+    wait_for("the resumed stream", || {
+        mesh.snapshot().config().services[0].routes[0].to[1].weight == 0
+    })
+    .await;
+    let t = run(&client, "http://cp-svc/", 300, 4).await;
+    assert_eq!(t.by_backend.get("cp-a"), Some(&300), "{t:?}");
+    assert!(xds.status().connects.load(Ordering::Relaxed) >= 2);
+}

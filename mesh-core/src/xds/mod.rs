@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod server;
 pub mod translate;
 
 use crate::mesh::Mesh;

@@ -125,6 +125,9 @@ pub fn wanted(r: &Resources) -> Wanted {
         for vh in &rc.virtual_hosts {
             for route in &vh.routes {
                 if let Some(route::Action::Route(a)) = &route.action {
+                    for m in &a.request_mirror_policies {
+                        w.clusters.insert(m.cluster.clone());
+                    }
                     match &a.cluster_specifier {
                         Some(route_action::ClusterSpecifier::Cluster(c)) => {
                             w.clusters.insert(c.clone());
@@ -552,4 +555,444 @@ fn backend_of(
         outlier_detection,
         tls: None,
     })
+}
+
+/// The other direction: the xDS resources that describe `cfg`, for the
+/// development control plane. Per service host a listener (API listener
+/// with RDS), per service a route configuration, per backend an EDS cluster
+/// and its assignment. Not carried (yet): fault injection, backend TLS,
+/// hash-balancer headers, inbound policy.
+pub fn from_config(cfg: &Config) -> Resources {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        CircuitBreakers, OutlierDetection as XOutlier, cluster,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source,
+        socket_address,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        Endpoint as XEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::ApiListener;
+    use envoy_types::pb::envoy::config::route::v3::{
+        RetryPolicy as XRetry, Route as XRoute, RouteAction, VirtualHost, WeightedCluster,
+        retry_policy::RetryBackOff, route_action::RequestMirrorPolicy,
+        weighted_cluster::ClusterWeight,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpFilter, Rds, http_filter,
+    };
+    use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value};
+
+    fn any<M: Message + prost::Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+    let pdur = |d: Duration| PDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    };
+    let u32v = |v: u32| Some(UInt32Value { value: v });
+    let ads = || ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    };
+    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
+    let mut r = Resources::default();
+    for s in &cfg.services {
+        let hosts: Vec<String> = if s.hosts.is_empty() {
+            vec![s.name.clone()]
+        } else {
+            s.hosts.clone()
+        };
+        let hcm = HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                route_config_name: s.name.clone(),
+                config_source: Some(ads()),
+            })),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for h in &hosts {
+            r.listeners.insert(
+                h.clone(),
+                Listener {
+                    name: h.clone(),
+                    api_listener: Some(ApiListener {
+                        api_listener: Some(any(&hcm)),
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut routes = Vec::new();
+        for route in &s.routes {
+            let to_cluster = |wb: &WeightedBackend| ClusterWeight {
+                name: wb.backend.clone(),
+                weight: u32v(wb.weight),
+                ..Default::default()
+            };
+            let cluster_specifier = match route.to.as_slice() {
+                [one] if one.weight == 1 => {
+                    route_action::ClusterSpecifier::Cluster(one.backend.clone())
+                }
+                many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                    clusters: many.iter().map(to_cluster).collect(),
+                    ..Default::default()
+                }),
+            };
+            let retry_policy = route.retry.as_ref().map(|p| XRetry {
+                retry_on: p
+                    .on
+                    .iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                num_retries: u32v(p.attempts.saturating_sub(1)),
+                per_try_timeout: p.per_try_timeout.map(pdur),
+                retry_back_off: Some(RetryBackOff {
+                    base_interval: Some(pdur(p.backoff.base)),
+                    max_interval: Some(pdur(p.backoff.max)),
+                }),
+                retriable_status_codes: p
+                    .retriable_status_codes
+                    .iter()
+                    .map(|c| u32::from(*c))
+                    .collect(),
+                ..Default::default()
+            });
+            let request_mirror_policies = route
+                .mirror
+                .iter()
+                .map(|m| RequestMirrorPolicy {
+                    cluster: m.backend.clone(),
+                    runtime_fraction: Some(
+                        envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                            default_value: Some(
+                                envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+                                    numerator: (m.percent * 100.0).round() as u32,
+                                    denominator: 1, // TEN_THOUSAND
+                                },
+                            ),
+                            ..Default::default()
+                        },
+                    ),
+                    ..Default::default()
+                })
+                .collect();
+            let action = RouteAction {
+                cluster_specifier: Some(cluster_specifier),
+                timeout: route.timeout.map(pdur),
+                retry_policy,
+                request_mirror_policies,
+                ..Default::default()
+            };
+            let alternatives: Vec<Option<&RouteMatch>> = if route.matches.is_empty() {
+                vec![None]
+            } else {
+                route.matches.iter().map(Some).collect()
+            };
+            for m in alternatives {
+                routes.push(XRoute {
+                    name: route.name.clone().unwrap_or_default(),
+                    r#match: Some(match_of(m)),
+                    action: Some(route::Action::Route(action.clone())),
+                    ..Default::default()
+                });
+            }
+        }
+        r.routes.insert(
+            s.name.clone(),
+            RouteConfiguration {
+                name: s.name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: s.name.clone(),
+                    domains: hosts,
+                    routes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+    }
+    for b in &cfg.backends {
+        let lb_policy = match b.load_balancer {
+            LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
+            LoadBalancer::Random => LbPolicy::Random,
+            LoadBalancer::RingHash { .. } => LbPolicy::RingHash,
+            LoadBalancer::Maglev { .. } => LbPolicy::Maglev,
+            _ => LbPolicy::LeastRequest,
+        };
+        let mut protocol_options = std::collections::HashMap::new();
+        if b.protocol == crate::config::Protocol::Http2 {
+            use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+                HttpProtocolOptions, http_protocol_options,
+            };
+            let opts = HttpProtocolOptions {
+                upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                Default::default(),
+                            ),
+                        ),
+                    },
+                )),
+                ..Default::default()
+            };
+            protocol_options.insert(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+                any(&opts),
+            );
+        }
+        r.clusters.insert(
+            b.name.clone(),
+            Cluster {
+                name: b.name.clone(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(cluster::EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: String::new(),
+                }),
+                lb_policy: lb_policy as i32,
+                circuit_breakers: b.circuit_breaker.as_ref().map(|cb| CircuitBreakers {
+                    thresholds: vec![Thresholds {
+                        max_requests: u32v(cb.max_requests),
+                        max_pending_requests: u32v(cb.max_pending),
+                        max_retries: u32v(cb.max_retries),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                outlier_detection: b.outlier_detection.as_ref().map(|o| XOutlier {
+                    consecutive_5xx: u32v(o.consecutive_5xx),
+                    consecutive_gateway_failure: u32v(o.consecutive_gateway_errors),
+                    consecutive_local_origin_failure: u32v(o.consecutive_connect_failures),
+                    base_ejection_time: Some(pdur(o.base_ejection)),
+                    max_ejection_time: Some(pdur(o.max_ejection)),
+                    max_ejection_percent: u32v(o.max_ejection_percent),
+                    ..Default::default()
+                }),
+                typed_extension_protocol_options: protocol_options,
+                ..Default::default()
+            },
+        );
+        let lb_endpoints = b
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let (host, port) = e.address.rsplit_once(':')?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Some(LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(XEndpoint {
+                        address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: host.to_owned(),
+                                port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                    port.parse().ok()?,
+                                )),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    load_balancing_weight: u32v(e.weight),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        r.endpoints.insert(
+            b.name.clone(),
+            ClusterLoadAssignment {
+                cluster_name: b.name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                        zone: "mesh".into(),
+                        ..Default::default()
+                    }),
+                    lb_endpoints,
+                    load_balancing_weight: u32v(1),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+    }
+    r
+}
+
+fn match_of(m: Option<&RouteMatch>) -> envoy_types::pb::envoy::config::route::v3::RouteMatch {
+    use envoy_types::pb::envoy::config::route::v3::{
+        HeaderMatcher, QueryParameterMatcher, header_matcher, query_parameter_matcher,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        RegexMatcher, StringMatcher, string_matcher,
+    };
+    let sm = |s: &StringMatch| -> Option<StringMatcher> {
+        let p = match s {
+            StringMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
+            StringMatch::Prefix(v) => string_matcher::MatchPattern::Prefix(v.clone()),
+            StringMatch::Regex(v) => string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                regex: v.clone(),
+                ..Default::default()
+            }),
+            StringMatch::Present(_) => return None,
+        };
+        Some(StringMatcher {
+            match_pattern: Some(p),
+            ignore_case: false,
+        })
+    };
+    let mut out = envoy_types::pb::envoy::config::route::v3::RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+        ..Default::default()
+    };
+    let Some(m) = m else { return out };
+    out.path_specifier = Some(match &m.path {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some(PathMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(PathMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(PathMatch::Regex(r)) => route_match::PathSpecifier::SafeRegex(RegexMatcher {
+            regex: r.clone(),
+            ..Default::default()
+        }),
+    });
+    for method in &m.methods {
+        out.headers.push(HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(method.clone())),
+                    ignore_case: false,
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    for (name, s) in &m.headers {
+        let spec = match s {
+            StringMatch::Present(p) => header_matcher::HeaderMatchSpecifier::PresentMatch(*p),
+            other => match sm(other) {
+                Some(x) => header_matcher::HeaderMatchSpecifier::StringMatch(x),
+                None => continue,
+            },
+        };
+        out.headers.push(HeaderMatcher {
+            name: name.clone(),
+            header_match_specifier: Some(spec),
+            ..Default::default()
+        });
+    }
+    for (name, s) in &m.query {
+        let spec = match s {
+            StringMatch::Present(p) => {
+                query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(*p)
+            }
+            other => match sm(other) {
+                Some(x) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(x),
+                None => continue,
+            },
+        };
+        out.query_parameters.push(QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(spec),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// model -> xDS -> model is the identity over what xDS carries.
+    #[test]
+    fn the_two_directions_agree() {
+        let cfg = Config::from_yaml(
+            r#"
+services:
+  - name: reviews
+    routes:
+      - name: testers
+        match: { path: { prefix: /ratings }, methods: [GET], headers: { x-user: tester, x-debug: { present: true }, x-ver: { regex: "v[0-9]" } }, query: { canary: { prefix: "1" } } }
+        to: [reviews-v2]
+      - name: exact
+        match: { path: { exact: /health } }
+        timeout: 250ms
+        to: [{ backend: reviews-v1, weight: 3 }]
+      - name: default
+        timeout: 2s
+        retry: { attempts: 3, per_try_timeout: 500ms, on: [5xx, connect-failure, unavailable], backoff: { base: 10ms, max: 80ms } }
+        mirror: { backend: shadow, percent: 12.5 }
+        to: [{ backend: reviews-v1, weight: 90 }, { backend: reviews-v2, weight: 10 }]
+  - name: ratings
+    routes:
+      - { name: all, match: { path: { regex: "/r/[0-9]+" } }, to: [ratings] }
+backends:
+  - name: ratings
+    endpoints: [{ address: "127.0.0.1:9100", weight: 3 }, "10.0.0.2:80"]
+    protocol: http2
+    load_balancer: random
+  - name: reviews-v1
+    endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
+    circuit_breaker: { max_requests: 100, max_pending: 10, max_retries: 5 }
+    outlier_detection: { consecutive_5xx: 4, consecutive_gateway_errors: 2, consecutive_connect_failures: 1, base_ejection: 5s, max_ejection: 1m, max_ejection_percent: 30 }
+  - { name: reviews-v2, endpoints: ["127.0.0.1:9003"], load_balancer: round_robin }
+  - { name: shadow, endpoints: ["127.0.0.1:9009"] }
+"#,
+        )
+        .unwrap();
+        let resources = from_config(&cfg);
+        let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+        let mut warnings = Vec::new();
+        let back = to_config(&resources, &services, &mut warnings)
+            .unwrap()
+            .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        back.validate().unwrap();
+        let mut want = cfg.clone();
+        for s in &mut want.services {
+            s.hosts = vec![s.name.clone()];
+        }
+        want.backends.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.services, want.services);
+        assert_eq!(back.backends, want.backends);
+        // And what the client subscribes to follows what the listeners name.
+        let w = wanted(&resources);
+        assert_eq!(w.routes.len(), 2);
+        assert_eq!(w.clusters.len(), 4);
+        assert_eq!(w.endpoints.len(), 4);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_an_error_naming_it() {
+        let cfg = Config::from_yaml(
+            "services: [{ name: s, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let mut r = from_config(&cfg);
+        let rc = r.routes.get_mut("s").unwrap();
+        rc.virtual_hosts[0].routes[0].action = Some(route::Action::Redirect(Default::default()));
+        let err = to_config(&r, &["s".into()], &mut Vec::new()).unwrap_err();
+        assert!(err.contains("redirect"), "{err}");
+        // A missing piece is not an error: the client waits for it.
+        let mut r = from_config(&cfg);
+        r.endpoints.clear();
+        assert!(
+            to_config(&r, &["s".into()], &mut Vec::new())
+                .unwrap()
+                .is_none()
+        );
+    }
 }
