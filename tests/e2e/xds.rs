@@ -322,3 +322,89 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     assert_eq!(t.by_backend.get("cp-a"), Some(&300), "{t:?}");
     assert!(xds.status().connects.load(Ordering::Relaxed) >= 2);
 }
+
+/// gRPC's own xDS client (grpcio, `xds:///` target) reads the development
+/// control plane's resources and routes by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcs_own_xds_client_routes_by_the_development_control_plane() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut stops = Vec::new();
+    for (port, name) in [(p1, "grpc-x1"), (p2, "grpc-x2")] {
+        let out = Command::new("bash")
+            .arg(peers().join("setup-grpc-peer.sh"))
+            .args([&port.to_string(), name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stops.push(Stop(format!("grpc-peer-{port}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    write(
+        &file,
+        &format!(
+            r#"
+services:
+  - name: echo-svc
+    routes: [{{ name: all, to: [{{ backend: x1, weight: 50 }}, {{ backend: x2, weight: 50 }}] }}]
+backends:
+  - {{ name: x1, endpoints: ["127.0.0.1:{p1}"], protocol: http2, load_balancer: round_robin }}
+  - {{ name: x2, endpoints: ["127.0.0.1:{p2}"], protocol: http2, load_balancer: round_robin }}
+"#
+        ),
+    );
+    let port = free_port();
+    let _cp = control_plane(&file, port).await;
+    let bootstrap = dir.path().join("bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({
+            "xds_servers": [{ "server_uri": format!("127.0.0.1:{port}"), "channel_creds": [{ "type": "insecure" }],
+                              "server_features": ["xds_v3"] }],
+            "node": { "id": "grpcio-client", "cluster": "test", "locality": { "zone": "mesh" } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new("/opt/mesh-peers/venv/bin/python")
+        .arg(peers().join("grpc/grpc_peer.py"))
+        .args([
+            "client",
+            "--target",
+            "xds:///echo-svc",
+            "-n",
+            "200",
+            "--timeout",
+            "5",
+        ])
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (a, b) = (
+        counts["counts"]["grpc-x1"].as_u64().unwrap_or(0),
+        counts["counts"]["grpc-x2"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(a + b, 200, "{counts}");
+    assert!(a > 60 && b > 60, "a 50/50 split: {counts}");
+}
+
+struct Stop(String);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(peers().join("stop-peers.sh"))
+            .arg(&self.0)
+            .output();
+    }
+}
