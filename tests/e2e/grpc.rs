@@ -76,7 +76,10 @@ backends:
     for _ in 0..500 {
         ok += u32::from(client.say_hello(hello("x")).await.is_ok());
     }
-    assert!(ok >= 495, "{ok} of 500 with UNAVAILABLE retried");
+    // Four attempts leave 0.3^4 = 0.8% failing (about 4 of 500); without
+    // retries 150 would fail. 20 bounds the tail of the former far away
+    // from the latter.
+    assert!(ok >= 480, "{ok} of 500 with UNAVAILABLE retried");
     assert!(
         flaky.served() > 550,
         "failures were retried: {}",

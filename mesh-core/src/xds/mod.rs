@@ -322,6 +322,10 @@ fn handle(
     let outcome = applied.and_then(|()| {
         translate::to_config(&state.resources, &state.services, &mut warnings).and_then(|cfg| {
             match cfg {
+                // An ACK for resources that change nothing (a re-sent
+                // snapshot, a reordered list) keeps the running snapshot
+                // and its connections as they are.
+                Some(cfg) if cfg == *mesh.snapshot().config() => Ok(()),
                 Some(cfg) => mesh
                     .update(
                         cfg,
