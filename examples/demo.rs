@@ -6,7 +6,9 @@
 //! a `MeshLayer` client while it walks through scenes:
 //!
 //! 1. `canary`: the reviews split moves 90/10 -> 50/50 -> 0/100 by editing
-//!    the file while traffic flows, with no failed request;
+//!    the file while traffic flows, with no failed request; this scene's
+//!    client is fed over xDS by the development control plane serving that
+//!    file, as a client under Istio is by istiod;
 //! 2. `resilience`: one ratings endpoint fails every request; retries
 //!    (within the budget) and outlier ejection keep callers whole, and the
 //!    endpoint returns once it recovers;
@@ -27,6 +29,8 @@
 
 use mesh::echo::{Echo, EchoHandle};
 use mesh_core::Mesh;
+use mesh_core::xds::XdsSettings;
+use mesh_core::xds::server::DevControlPlane;
 use mesh_hyper::Client;
 use mesh_tower::error::ErrorKind;
 use std::collections::BTreeMap;
@@ -207,12 +211,53 @@ fn title(n: u32, name: &str, what: &str) {
     println!("\n== {n}. {name}: {what}");
 }
 
-async fn canary(app: &App, mesh: &Mesh, client: &Client) {
+/// The development control plane, serving `mesh`'s config (the watched
+/// file) over ADS on a loopback port for the rest of the process.
+fn start_control_plane(mesh: &Mesh) -> std::net::SocketAddr {
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).expect("a port");
+    let addr = incoming.local_addr().expect("a bound port");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DevControlPlane::new(mesh.clone()).into_service())
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// The `reviews` routes `mesh` serves, if it has that service yet.
+fn reviews_routes(mesh: &Mesh) -> Option<Vec<mesh_core::config::Route>> {
+    let snapshot = mesh.snapshot();
+    let service = snapshot
+        .config()
+        .services
+        .iter()
+        .find(|s| s.name == "reviews")?;
+    Some(service.routes.clone())
+}
+
+async fn canary(app: &App, file_mesh: &Mesh, control_plane: std::net::SocketAddr) {
     title(
         1,
         "canary",
-        "shifting reviews from v1 to v2 by editing the watched file",
+        "shifting reviews from v1 to v2 by editing the file the control plane serves",
     );
+    // This scene's client is configured the way one under Istio is: over
+    // xDS, from the development control plane, which serves the file.
+    let (mesh, xds) = Mesh::from_control_plane(XdsSettings::new(
+        &format!("http://{control_plane}"),
+        "demo-client",
+        vec!["reviews".into()],
+    ))
+    .expect("a tokio runtime");
+    let synced =
+        || reviews_routes(&mesh).is_some() && reviews_routes(&mesh) == reviews_routes(file_mesh);
+    wait_for("the first xDS snapshot", synced).await;
+    println!(
+        "client fed over xDS by the development control plane at {control_plane}; {} ACKs",
+        xds.status().acks.load(Ordering::Relaxed)
+    );
+    let client = &Client::new(&mesh);
     let stop = Arc::new(AtomicBool::new(false));
     let background = {
         let (client, stop) = (client.clone(), stop.clone());
@@ -233,9 +278,13 @@ async fn canary(app: &App, mesh: &Mesh, client: &Client) {
         "weights", "version", "reviews-v1", "reviews-v2", "failed"
     );
     for (v1, v2) in [(90, 10), (50, 50), (0, 100)] {
-        let want = mesh.snapshot().version() + u64::from((v1, v2) != (BASE.v1, BASE.v2));
+        let want = file_mesh.snapshot().version() + u64::from((v1, v2) != (BASE.v1, BASE.v2));
         app.write(&app.config(Knobs { v1, v2, ..BASE }));
-        wait_for("the new config", || mesh.snapshot().version() >= want).await;
+        wait_for("the control plane to read the file", || {
+            file_mesh.snapshot().version() >= want
+        })
+        .await;
+        wait_for("the push to reach the client", synced).await;
         let t = send(client, "http://reviews/ratings/1", 2000, 16).await;
         println!(
             "{:<8} {:>8} {:>12} {:>12} {:>8}",
@@ -495,6 +544,7 @@ async fn main() {
     app.write(&app.config(BASE));
     let mesh = Mesh::from_file(&app.file).unwrap_or_else(|e| panic!("{e}"));
     let client = Client::new(&mesh);
+    let control_plane = start_control_plane(&mesh);
     println!(
         "mesh: {} services, version {}, config {}",
         mesh.snapshot().services().len(),
@@ -504,7 +554,7 @@ async fn main() {
 
     let started = Instant::now();
     if wants("canary") {
-        canary(&app, &mesh, &client).await;
+        canary(&app, &mesh, control_plane).await;
     }
     if wants("resilience") {
         resilience(&app, &client).await;
@@ -524,6 +574,7 @@ async fn main() {
     println!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
     if keep_running {
         println!("\nstill running; the config is {}", app.file.display());
+        println!("  the development control plane (xDS) is http://{control_plane}");
         for (name, h) in [
             ("reviews-v1a", &app.reviews_v1[0]),
             ("reviews-v1b", &app.reviews_v1[1]),

@@ -323,6 +323,45 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     assert!(xds.status().connects.load(Ordering::Relaxed) >= 2);
 }
 
+/// `DevControlPlane::new` behind the user's own tonic server (no stop
+/// signal) keeps streams open and pushes edits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
+    let (a, b) = (echo("own-a").await, echo("own-b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    write(
+        &file,
+        &split_file(a.addr(), b.addr(), 100, 0).replace("cp-svc", "own-svc"),
+    );
+    let served = Mesh::from_file(&file).unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
+            .serve_with_incoming(incoming),
+    );
+    let settings = XdsSettings::new(&format!("http://{addr}"), "own", vec!["own-svc".into()]);
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let version = mesh.snapshot().version();
+    write(
+        &file,
+        &split_file(a.addr(), b.addr(), 0, 100).replace("cp-svc", "own-svc"),
+    );
+    wait_for("the edit", || mesh.snapshot().version() > version).await;
+    let t = run(&Client::new(&mesh), "http://own-svc/", 100, 4).await;
+    assert_eq!(t.by_backend.get("own-b"), Some(&100), "{t:?}");
+    assert_eq!(
+        xds.status().connects.load(Ordering::Relaxed),
+        1,
+        "one stream, never dropped"
+    );
+    assert!(xds.status().connected.load(Ordering::Relaxed));
+    server.abort();
+}
+
 /// gRPC's own xDS client (grpcio, `xds:///` target) reads the development
 /// control plane's resources and routes by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,25 +89,56 @@ impl XdsSettings {
             return Ok(None);
         };
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-        let uri = json["xds_servers"][0]["server_uri"]
+        let mut s = Self::from_bootstrap(&text, services).map_err(|e| format!("{path}: {e}"))?;
+        if s.node_id.is_empty() {
+            s.node_id = default_id();
+        }
+        if let Some(id) = var("MESH_NODE_ID") {
+            s.node_id = id;
+        }
+        Ok(Some(s))
+    }
+
+    /// From the text of a gRPC xDS bootstrap file (the format istio-agent
+    /// and Traffic Director's generator write): `xds_servers[0].server_uri`
+    /// with its `channel_creds`, `node.id` (empty if absent) and
+    /// `node.cluster`. Refuses what this client cannot honour instead of
+    /// connecting somewhere else: a Unix-socket server and credentials
+    /// other than `insecure`.
+    pub fn from_bootstrap(text: &str, services: Vec<String>) -> Result<Self, String> {
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let server = &json["xds_servers"][0];
+        let uri = server["server_uri"]
             .as_str()
-            .ok_or_else(|| format!("{path}: no xds_servers[0].server_uri"))?;
+            .ok_or("no xds_servers[0].server_uri")?;
+        if uri.starts_with("unix:") {
+            return Err(format!(
+                "xds_servers[0].server_uri `{uri}`: Unix-socket control planes (istio-agent's \
+                 proxy) are not supported; point MESH_CONTROL_PLANE at the control plane's \
+                 plaintext xDS port (istiod: 15010)"
+            ));
+        }
+        if let Some(creds) = server["channel_creds"].as_array()
+            && !creds.is_empty()
+            && !creds.iter().any(|c| c["type"] == "insecure")
+        {
+            let kinds: Vec<&str> = creds.iter().filter_map(|c| c["type"].as_str()).collect();
+            return Err(format!(
+                "xds_servers[0].channel_creds {kinds:?}: only `insecure` is supported"
+            ));
+        }
         let server = if uri.contains("://") {
             uri.to_owned()
         } else {
             format!("http://{uri}")
         };
-        let id = var("MESH_NODE_ID")
-            .or_else(|| json["node"]["id"].as_str().map(str::to_owned))
-            .unwrap_or_else(default_id);
-        let mut s = Self::new(&server, &id, services);
+        let id = json["node"]["id"].as_str().unwrap_or_default();
+        let mut s = Self::new(&server, id, services);
         s.node_cluster = json["node"]["cluster"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        Ok(Some(s))
+        Ok(s)
     }
 }
 
@@ -454,5 +485,54 @@ mod futures_core_stream {
         fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
             (self.get_mut().0)(cx)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XdsSettings;
+
+    #[test]
+    fn a_grpc_bootstrap_gives_server_node_and_cluster() {
+        let s = XdsSettings::from_bootstrap(
+            r#"{"xds_servers": [{"server_uri": "istiod.istio-system.svc:15010",
+                 "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+               "node": {"id": "sidecar~10.0.0.7~reviews-1.default~default.svc.cluster.local",
+                        "cluster": "default"}}"#,
+            vec!["reviews".into()],
+        )
+        .unwrap();
+        assert_eq!(s.server, "http://istiod.istio-system.svc:15010");
+        assert_eq!(
+            s.node_id,
+            "sidecar~10.0.0.7~reviews-1.default~default.svc.cluster.local"
+        );
+        assert_eq!(s.node_cluster, "default");
+        assert_eq!(s.services, ["reviews"]);
+    }
+
+    #[test]
+    fn what_the_client_cannot_honour_is_refused_by_name() {
+        let unix = XdsSettings::from_bootstrap(
+            r#"{"xds_servers": [{"server_uri": "unix:///etc/istio/proxy/XDS"}]}"#,
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            unix.contains("unix:///etc/istio/proxy/XDS") && unix.contains("Unix-socket"),
+            "{unix}"
+        );
+        let tls = XdsSettings::from_bootstrap(
+            r#"{"xds_servers": [{"server_uri": "cp:443", "channel_creds": [{"type": "google_default"}]}]}"#,
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            tls.contains("google_default") && tls.contains("insecure"),
+            "{tls}"
+        );
+        let none = XdsSettings::from_bootstrap(r#"{"node": {"id": "x"}}"#, Vec::new()).unwrap_err();
+        assert!(none.contains("server_uri"), "{none}");
+        assert!(XdsSettings::from_bootstrap("{", Vec::new()).is_err());
     }
 }

@@ -139,7 +139,9 @@ impl AggregatedDiscoveryService for DevControlPlane {
                     return;
                 }
                 tokio::select! {
-                    _ = stop.changed() => return,
+                    // `new()` has no stop signal: its sender is gone and
+                    // `changed()` errs at once, which disables this branch.
+                    Ok(()) = stop.changed() => continue,
                     msg = incoming.message() => {
                         let req = match msg {
                             Ok(Some(r)) => r,
