@@ -96,6 +96,14 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(1)
     });
+    // A control plane's first config takes a moment; don't send before it.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), mesh.ready())
+        .await
+        .is_err()
+    {
+        eprintln!("no config from {:?} within 10 s", mesh.snapshot().source());
+        std::process::exit(1)
+    }
     let client = Client::new(&mesh);
     let _ = obs.admin(&mesh, &[&client]).await;
     let next = Arc::new(AtomicU64::new(0));

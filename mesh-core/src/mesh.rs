@@ -104,6 +104,44 @@ impl Mesh {
         self.inner.current.load_full()
     }
 
+    /// Whether a config is serving: one has been published, or the mesh
+    /// was made empty on purpose. A mesh waiting for its first config from
+    /// a control plane is not ready, and its requests pass through to the
+    /// hosts they name meanwhile.
+    pub fn is_ready(&self) -> bool {
+        let snap = self.snapshot();
+        snap.version() > 0 || *snap.source() == Source::Empty
+    }
+
+    /// Waits until [`is_ready`](Self::is_ready); bound it with a timeout of
+    /// your own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mesh_core::{Mesh, config::Config, snapshot::Source};
+    /// use std::time::Duration;
+    ///
+    /// let mesh = Mesh::waiting(Source::Code);
+    /// assert!(!mesh.is_ready());
+    /// let late = mesh.clone();
+    /// tokio::spawn(async move { late.update(Config::default(), Source::Code) });
+    /// tokio::time::timeout(Duration::from_secs(5), mesh.ready())
+    ///     .await
+    ///     .expect("a config within 5 s");
+    /// assert!(mesh.is_ready());
+    /// # }
+    /// ```
+    pub async fn ready(&self) {
+        // Subscribed before looking, so a publish in between is not missed.
+        let mut rx = self.inner.tx.subscribe();
+        while !self.is_ready() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A subscription to new snapshots.
     pub fn subscribe(&self) -> Subscription {
         let mut rx = self.inner.tx.subscribe();

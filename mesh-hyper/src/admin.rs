@@ -87,8 +87,7 @@ impl Admin {
             "/metrics" => self.metrics(),
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
-                let snap = self.mesh.snapshot();
-                if snap.version() > 0 || *snap.source() == mesh_core::snapshot::Source::Empty {
+                if self.mesh.is_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")

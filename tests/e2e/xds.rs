@@ -344,8 +344,12 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
     );
     let settings = XdsSettings::new(&format!("http://{addr}"), "own", vec!["own-svc".into()]);
     let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
-    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    assert!(!mesh.is_ready());
+    tokio::time::timeout(Duration::from_secs(5), mesh.ready())
+        .await
+        .expect("the first snapshot");
     let version = mesh.snapshot().version();
+    assert!(version >= 1);
     write(
         &file,
         &split_file(a.addr(), b.addr(), 0, 100).replace("cp-svc", "own-svc"),

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The examples run together, the way their doc comments and the README say:
+#   1. two `echo` servers and `load` through a mesh file (50/50 split);
+#   2. `control_plane` serving that file and `load` configured over xDS;
+#   3. two `greeter_server`s, `greeter_client` and `load --grpc`.
+# Loopback only; every wait is bounded and every process stops on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -q --examples
+bin=target/debug/examples
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+listening() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on 127.0.0.1:$1"; cat "$work/log"; exit 1
+}
+start() { "$@" >>"$work/log" 2>&1 & pids+=($!); }
+# check NAME JSON EXPR: EXPR (Python, over the parsed JSON `j`) must hold.
+check() {
+  if python3 -c "import json, sys; j = json.loads(sys.argv[1]); sys.exit(0 if ($3) else 1)" "$2"; then
+    echo "ok: $1"
+  else
+    echo "FAILED: $1: $3"; echo "$2"; echo "--- server logs"; cat "$work/log"; exit 1
+  fi
+}
+split='j["requests"] == 400 and j["ok"] == 400 and j["by_backend"].get("v1", 0) > 120 and j["by_backend"].get("v2", 0) > 120'
+
+p1=$(free_port); p2=$(free_port)
+start "$bin/echo" --listen "127.0.0.1:$p1" --name v1
+start "$bin/echo" --listen "127.0.0.1:$p2" --name v2
+listening "$p1"; listening "$p2"
+cat >"$work/mesh.yaml" <<EOF
+services:
+  - name: reviews
+    routes: [{ to: [{ backend: v1, weight: 50 }, { backend: v2, weight: 50 }] }]
+backends:
+  - { name: v1, endpoints: ["127.0.0.1:$p1"] }
+  - { name: v2, endpoints: ["127.0.0.1:$p2"] }
+EOF
+out=$(MESH_CONFIG="$work/mesh.yaml" "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 8 2>>"$work/log")
+check "echo + load through a mesh file" "$out" "$split"
+
+cp=$(free_port)
+start "$bin/control_plane" --config "$work/mesh.yaml" --listen "127.0.0.1:$cp"
+listening "$cp"
+out=$(MESH_CONTROL_PLANE="http://127.0.0.1:$cp" MESH_XDS_SERVICES=reviews \
+  "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 8 2>>"$work/log")
+check "load configured over xDS by control_plane" "$out" "$split"
+
+g1=$(free_port); g2=$(free_port)
+start "$bin/greeter_server" --listen "127.0.0.1:$g1" --name v1
+start "$bin/greeter_server" --listen "127.0.0.1:$g2" --name v2
+listening "$g1"; listening "$g2"
+cat >"$work/greeter.yaml" <<EOF
+services:
+  - name: greeter
+    routes: [{ to: [{ backend: v1, weight: 50 }, { backend: v2, weight: 50 }] }]
+backends:
+  - { name: v1, endpoints: ["127.0.0.1:$g1"] }
+  - { name: v2, endpoints: ["127.0.0.1:$g2"] }
+EOF
+answers=$(MESH_CONFIG="$work/greeter.yaml" "$bin/greeter_client" --service greeter -n 5 --name ci 2>>"$work/log")
+echo "$answers"
+if [ "$(grep -c '(from v[12])$' <<<"$answers")" != 5 ]; then
+  echo "FAILED: greeter_client: expected 5 answers from v1 or v2"; cat "$work/log"; exit 1
+fi
+out=$(MESH_CONFIG="$work/greeter.yaml" "$bin/load" --grpc --service greeter --requests 400 --concurrency 8 2>>"$work/log")
+check "greeter_server + load --grpc" "$out" "$split"
