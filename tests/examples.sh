@@ -79,3 +79,38 @@ if [ "$(grep -c '(from v[12])$' <<<"$answers")" != 5 ]; then
 fi
 out=$(MESH_CONFIG="$work/greeter.yaml" "$bin/load" --grpc --service greeter --requests 400 --concurrency 8 2>>"$work/log")
 check "greeter_server + load --grpc" "$out" "$split"
+
+# The README's mutual-TLS walk: `meshctl certs`, a strict `echo` as
+# reviews that only lets productpage GET /ratings/*, and `load` as
+# productpage: allowed path served over mTLS, any other path 403.
+"$bin/meshctl" certs --trust-domain demo.local --out "$work/certs" reviews productpage >>"$work/log"
+pt=$(free_port)
+cat >"$work/tls.yaml" <<EOF
+trust_domain: demo.local
+services:
+  - name: reviews
+    routes: [{ to: [reviews-v2] }]
+backends:
+  - name: reviews-v2
+    endpoints: ["127.0.0.1:$pt"]
+    tls: { mode: mutual, identity: "spiffe://demo.local/reviews" }
+inbound:
+  - service: reviews
+    mtls: strict
+    rules:
+      - action: allow
+        from: ["spiffe://demo.local/productpage"]
+        to: { paths: ["/ratings/*"], methods: [GET] }
+EOF
+MESH_TLS_CERT="$work/certs/reviews.pem" MESH_TLS_KEY="$work/certs/reviews-key.pem" MESH_TLS_CA="$work/certs/ca.pem" \
+  MESH_SERVICE=reviews MESH_CONFIG="$work/tls.yaml" start "$bin/echo" --listen "127.0.0.1:$pt" --name v2
+listening "$pt"
+as_productpage() {
+  MESH_TLS_CERT="$work/certs/productpage.pem" MESH_TLS_KEY="$work/certs/productpage-key.pem" \
+    MESH_TLS_CA="$work/certs/ca.pem" MESH_SERVICE=productpage MESH_CONFIG="$work/tls.yaml" \
+    "$bin/load" --service reviews --requests 50 --concurrency 4 "$@" 2>>"$work/log"
+}
+check "productpage -> reviews over mTLS, allowed" "$(as_productpage --path /ratings/1)" \
+  'j["ok"] == 50 and j["by_backend"].get("v2") == 50'
+check "productpage -> reviews, a path no rule allows" "$(as_productpage --path /admin)" \
+  'j["ok"] == 0 and j["errors"].get("http_403") == 50'
