@@ -132,9 +132,15 @@ impl AggregatedDiscoveryService for DevControlPlane {
             let mut subscribed: BTreeMap<String, Vec<String>> = BTreeMap::new();
             let mut updates = mesh.subscribe();
             let mut node = String::new();
+            // Translated once per snapshot, not once per ACK.
+            let mut snap = mesh.snapshot();
+            let mut resources = translate::from_config(snap.config());
             loop {
-                let snap = mesh.snapshot();
-                let resources = translate::from_config(snap.config());
+                let now = mesh.snapshot();
+                if now.version() != snap.version() {
+                    resources = translate::from_config(now.config());
+                    snap = now;
+                }
                 if *stop.borrow() {
                     return;
                 }
@@ -165,8 +171,11 @@ impl AggregatedDiscoveryService for DevControlPlane {
                         }
                     }
                     next = updates.next() => {
-                        let Some(snap) = next else { return };
-                        let resources = translate::from_config(snap.config());
+                        let Some(next) = next else { return };
+                        if next.version() != snap.version() {
+                            resources = translate::from_config(next.config());
+                            snap = next;
+                        }
                         for (t, names) in &subscribed {
                             let nonce = nonces.fetch_add(1, Ordering::Relaxed) + 1;
                             if tx.send(Ok(respond(&resources, t, names, snap.version(), nonce))).await.is_err() {
