@@ -414,3 +414,50 @@ async fn client_handshake(
         .await
         .unwrap()
 }
+
+/// Upstream TLS named by a control plane: the development control plane
+/// serves a backend with `tls: mutual`; the xDS-fed client verifies the
+/// strict server's SPIFFE ID and presents its own (plaintext would be
+/// refused by the server, the wrong ID by the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_to_a_backend_a_control_plane_names() {
+    use mesh_core::xds::{XdsSettings, server::DevControlPlane};
+    let ca = DevCa::new(TD).unwrap();
+    let (echo, _server_mesh) = server(&ca, "strict").await;
+    let config = |id: &str| {
+        format!(
+            "services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]\nbackends: [{{ name: reviews, endpoints: ['{}'], tls: {{ mode: mutual, identity: \"{id}\" }} }}]",
+            echo.addr()
+        )
+    };
+    for (expected, ok) in [(REVIEWS, 20), ("spiffe://demo.local/someone-else", 0)] {
+        let served = Mesh::from_config(Config::from_yaml(&config(expected)).unwrap()).unwrap();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let cp = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DevControlPlane::new(served).into_service())
+                .serve_with_incoming(incoming),
+        );
+        let settings = XdsSettings::new(&format!("http://{addr}"), "pp", vec!["reviews".into()]);
+        let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
+        mesh.set_identity(identity(&ca, &ca.issue_for("productpage").unwrap()));
+        tokio::time::timeout(Duration::from_secs(5), mesh.ready())
+            .await
+            .expect("the first snapshot");
+        let snapshot = mesh.snapshot();
+        let backend = &snapshot.config().backends[0];
+        assert_eq!(
+            backend
+                .tls
+                .as_ref()
+                .and_then(|t| t.identity.as_ref())
+                .map(|i| i.as_str()),
+            Some(expected)
+        );
+        let t = run(&Client::new(&mesh), "http://reviews/ratings/1", 20, 2).await;
+        assert_eq!(t.ok, ok, "expecting {expected}: {t:?}");
+        cp.abort();
+    }
+}

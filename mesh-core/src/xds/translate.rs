@@ -497,12 +497,7 @@ fn backend_of(
                 .map_or(d.max_ejection_percent, |v| v.value),
         }
     });
-    if c.transport_socket.is_some() {
-        warnings.push(format!(
-            "cluster `{}`: transport_socket (upstream TLS) is not mapped yet; plaintext is used",
-            c.name
-        ));
-    }
+    let tls = upstream_tls(c, warnings)?;
     let mut endpoints = Vec::new();
     for locality in &cla.endpoints {
         for lb in &locality.lb_endpoints {
@@ -553,8 +548,130 @@ fn backend_of(
         load_balancer,
         circuit_breaker,
         outlier_detection,
-        tls: None,
+        tls,
     })
+}
+
+/// The type URL of the TLS transport socket's config.
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// A cluster's transport socket as backend TLS. Upstream TLS becomes mutual
+/// TLS with this workload's own identity, verifying the one SPIFFE ID the
+/// context's SAN matchers name exactly. Without such an ID the cluster is
+/// refused: connecting in plaintext, or over TLS without checking who
+/// answers, would weaken what the control plane asked for.
+fn upstream_tls(
+    c: &Cluster,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::config::BackendTls>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        UpstreamTlsContext, common_tls_context::ValidationContextType,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let Some(socket) = &c.transport_socket else {
+        return Ok(None);
+    };
+    let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+        return Ok(None);
+    };
+    if any.type_url.ends_with("RawBuffer") {
+        return Ok(None);
+    }
+    if any.type_url != UPSTREAM_TLS {
+        return Err(format!(
+            "cluster `{}`: transport socket {} is not supported",
+            c.name, any.type_url
+        ));
+    }
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| format!("cluster `{}`: UpstreamTlsContext: {e}", c.name))?;
+    let validation = match ctx
+        .common_tls_context
+        .as_ref()
+        .and_then(|common| common.validation_context_type.as_ref())
+    {
+        Some(ValidationContextType::ValidationContext(v)) => Some(v),
+        Some(ValidationContextType::CombinedValidationContext(v)) => {
+            v.default_validation_context.as_ref()
+        }
+        _ => None,
+    };
+    #[allow(deprecated)]
+    let exact = validation.into_iter().flat_map(|v| {
+        v.match_typed_subject_alt_names
+            .iter()
+            .filter(|m| m.san_type == 3) // URI
+            .filter_map(|m| m.matcher.as_ref())
+            .chain(&v.match_subject_alt_names)
+            .filter_map(|m| match &m.match_pattern {
+                Some(MatchPattern::Exact(x)) if x.starts_with("spiffe://") => Some(x.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    });
+    let ids: BTreeSet<String> = exact.collect();
+    let Some(first) = ids.iter().next() else {
+        return Err(format!(
+            "cluster `{}`: upstream TLS without an exact spiffe:// URI SAN to verify is not supported",
+            c.name
+        ));
+    };
+    if ids.len() > 1 {
+        warnings.push(format!(
+            "cluster `{}`: {} SPIFFE IDs allowed; only `{first}` is verified, endpoints presenting the others are refused",
+            c.name,
+            ids.len()
+        ));
+    }
+    let identity = first
+        .parse()
+        .map_err(|e| format!("cluster `{}`: SAN `{first}`: {e}", c.name))?;
+    Ok(Some(crate::config::BackendTls {
+        mode: crate::config::BackendTlsMode::Mutual,
+        identity: Some(identity),
+    }))
+}
+
+/// The transport socket asking for mutual TLS that verifies `identity`.
+fn tls_socket(identity: &str) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket::ConfigType};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+        common_tls_context::ValidationContextType,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        StringMatcher, string_matcher::MatchPattern,
+    };
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: 3, // URI
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(identity.to_owned())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(ConfigType::TypedConfig(
+            envoy_types::pb::google::protobuf::Any {
+                type_url: UPSTREAM_TLS.to_owned(),
+                value: ctx.encode_to_vec(),
+            },
+        )),
+    }
 }
 
 /// The other direction: the xDS resources that describe `cfg`, for the
@@ -784,6 +901,11 @@ pub fn from_config(cfg: &Config) -> Resources {
                     ..Default::default()
                 }),
                 typed_extension_protocol_options: protocol_options,
+                transport_socket: b.tls.as_ref().and_then(|t| {
+                    let id = t.identity.as_ref()?;
+                    (t.mode == crate::config::BackendTlsMode::Mutual)
+                        .then(|| tls_socket(id.as_str()))
+                }),
                 ..Default::default()
             },
         );
@@ -918,6 +1040,90 @@ mod tests {
 
     /// model -> xDS -> model is the identity over what xDS carries.
     #[test]
+    fn upstream_tls_is_mutual_tls_to_the_named_spiffe_id_or_refused() {
+        use envoy_types::pb::envoy::config::core::v3::{
+            TransportSocket, transport_socket::ConfigType,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+            common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+        };
+        use envoy_types::pb::envoy::r#type::matcher::v3::{
+            StringMatcher, string_matcher::MatchPattern,
+        };
+        let cluster = |ctx: Option<UpstreamTlsContext>| Cluster {
+            name: "c".into(),
+            transport_socket: ctx.map(|ctx| TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(ConfigType::TypedConfig(
+                    envoy_types::pb::google::protobuf::Any {
+                        type_url: UPSTREAM_TLS.into(),
+                        value: ctx.encode_to_vec(),
+                    },
+                )),
+            }),
+            ..Default::default()
+        };
+        let sans = |names: &[&str]| {
+            #[allow(deprecated)]
+            let v = CertificateValidationContext {
+                match_subject_alt_names: names
+                    .iter()
+                    .map(|n| StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact((*n).into())),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    validation_context_type: Some(
+                        ValidationContextType::CombinedValidationContext(
+                            CombinedCertificateValidationContext {
+                                default_validation_context: Some(v),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
+        let mut warnings = Vec::new();
+        assert_eq!(upstream_tls(&cluster(None), &mut warnings).unwrap(), None);
+        // Istio's older field, inside a combined validation context.
+        let tls = upstream_tls(
+            &cluster(Some(sans(&["spiffe://td/ns/a/sa/reviews"]))),
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.mode, crate::config::BackendTlsMode::Mutual);
+        assert_eq!(
+            tls.identity.unwrap().as_str(),
+            "spiffe://td/ns/a/sa/reviews"
+        );
+        assert!(warnings.is_empty());
+        // Two IDs: the first verified, and said.
+        upstream_tls(
+            &cluster(Some(sans(&["spiffe://td/a", "spiffe://td/b"]))),
+            &mut warnings,
+        )
+        .unwrap();
+        assert!(warnings[0].contains("only `spiffe://td/a`"), "{warnings:?}");
+        // TLS with nothing to verify, or only DNS names: refused, never plaintext.
+        for ctx in [
+            UpstreamTlsContext::default(),
+            sans(&["reviews.default.svc"]),
+        ] {
+            let e = upstream_tls(&cluster(Some(ctx)), &mut warnings).unwrap_err();
+            assert!(e.contains("cluster `c`") && e.contains("spiffe://"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_two_directions_agree() {
         let cfg = Config::from_yaml(
             r#"
@@ -949,7 +1155,7 @@ backends:
     circuit_breaker: { max_requests: 100, max_pending: 10, max_retries: 5 }
     outlier_detection: { consecutive_5xx: 4, consecutive_gateway_errors: 2, consecutive_connect_failures: 1, base_ejection: 5s, max_ejection: 1m, max_ejection_percent: 30 }
   - { name: reviews-v2, endpoints: ["127.0.0.1:9003"], load_balancer: round_robin }
-  - { name: shadow, endpoints: ["127.0.0.1:9009"] }
+  - { name: shadow, endpoints: ["127.0.0.1:9009"], tls: { mode: mutual, identity: "spiffe://demo.local/shadow" } }
 "#,
         )
         .unwrap();
