@@ -65,3 +65,11 @@ pub mod state;
 pub mod xds;
 
 pub use mesh::{Mesh, Subscription, UpdateStatus};
+
+/// Describes the metrics mesh-core records (the xDS client's, with feature
+/// `xds`) to the installed `metrics` recorder; exporters call it once
+/// after installing one. Without `xds` it does nothing.
+pub fn describe_metrics() {
+    #[cfg(feature = "xds")]
+    xds::describe_metrics();
+}

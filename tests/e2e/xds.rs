@@ -327,6 +327,7 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
 /// signal) keeps streams open and pushes edits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
+    let prometheus = mesh_hyper::telemetry::install_prometheus().unwrap();
     let (a, b) = (echo("own-a").await, echo("own-b").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
@@ -363,6 +364,35 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
         "one stream, never dropped"
     );
     assert!(xds.status().connected.load(Ordering::Relaxed));
+    // The same, as an operator scraping /metrics sees it.
+    let scrape = prometheus.render();
+    let series = |name: &str, labels: &[&str]| -> Option<f64> {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(&format!("control_plane=\"http://{addr}\""))
+                    && labels.iter().all(|x| l.contains(x))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(series("mesh_xds_streams_total", &[]), Some(1.0), "{scrape}");
+    assert_eq!(series("mesh_xds_connected", &[]), Some(1.0), "{scrape}");
+    let acks = |t: &str| {
+        series(
+            "mesh_xds_responses_total",
+            &[&format!("type=\"{t}\""), "result=\"ack\""],
+        )
+    };
+    assert!(acks("Listener") >= Some(1.0), "{scrape}");
+    assert!(
+        acks("RouteConfiguration") >= Some(2.0),
+        "the first and the edit: {scrape}"
+    );
+    assert!(
+        scrape.contains("# HELP mesh_xds_responses_total"),
+        "described: {scrape}"
+    );
     server.abort();
 }
 

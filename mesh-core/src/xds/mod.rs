@@ -142,6 +142,39 @@ impl XdsSettings {
     }
 }
 
+/// The metrics the xDS client records (through the `metrics` facade, to
+/// whatever recorder the application installed), each labelled with
+/// `control_plane`, the server's address.
+pub mod metric_names {
+    /// Counter: responses applied, by `type` (`Listener`, `Cluster`, ...)
+    /// and `result` (`ack`, `nack`).
+    pub const RESPONSES: &str = "mesh_xds_responses_total";
+    /// Counter: streams opened (reconnects included).
+    pub const STREAMS: &str = "mesh_xds_streams_total";
+    /// Gauge: 1 while a stream is open, else 0.
+    pub const CONNECTED: &str = "mesh_xds_connected";
+}
+
+/// Describes the xDS metrics to the installed recorder.
+pub(crate) fn describe_metrics() {
+    use metrics::Unit;
+    metrics::describe_counter!(
+        metric_names::RESPONSES,
+        Unit::Count,
+        "xDS responses from the control plane, by resource type and result (ack, nack)."
+    );
+    metrics::describe_counter!(
+        metric_names::STREAMS,
+        Unit::Count,
+        "xDS streams opened to the control plane, reconnects included."
+    );
+    metrics::describe_gauge!(
+        metric_names::CONNECTED,
+        Unit::Count,
+        "Whether an xDS stream to the control plane is open (1) or not (0)."
+    );
+}
+
 /// What the client has done, for metrics, the admin server and tests.
 #[derive(Debug, Default)]
 pub struct XdsStatus {
@@ -209,6 +242,8 @@ async fn run(
         drop(m);
         let opened = stream(&mesh, &settings, &status, &mut state).await;
         status.connected.store(false, Ordering::Relaxed);
+        metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone())
+            .set(0.0);
         match opened {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
@@ -237,6 +272,8 @@ struct State {
     services: Vec<String>,
     node: Node,
     first: bool,
+    /// The control plane's address, the metrics' label.
+    server: String,
 }
 
 impl State {
@@ -260,6 +297,7 @@ impl State {
                 ..Default::default()
             },
             first: true,
+            server: settings.server.clone(),
         }
     }
 
@@ -312,6 +350,9 @@ async fn stream(
         .into_inner();
     status.connected.store(true, Ordering::Relaxed);
     status.connects.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
+        .increment(1);
+    metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone()).set(1.0);
     tracing::info!(server = %settings.server, node = %settings.node_id, "xDS stream open");
     while let Some(resp) = responses
         .message()
@@ -381,6 +422,10 @@ fn handle(
         }
     }
     let mut out = Vec::new();
+    let result = if outcome.is_ok() { "ack" } else { "nack" };
+    let short = t.rsplit('.').next().unwrap_or(t);
+    metrics::counter!(metric_names::RESPONSES, "control_plane" => state.server.clone(), "type" => short, "result" => result)
+        .increment(1);
     let sub = state.subs.entry(t).or_default();
     sub.nonce = resp.nonce.clone();
     match outcome {
