@@ -28,12 +28,11 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use mesh::echo::{Echo, EchoHandle};
+use mesh::tally::Tally;
 use mesh_core::Mesh;
 use mesh_core::xds::XdsSettings;
 use mesh_core::xds::server::DevControlPlane;
 use mesh_hyper::Client;
-use mesh_tower::error::ErrorKind;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,30 +122,13 @@ const BASE: Knobs = Knobs {
     fault_abort_pct: 0,
 };
 
-#[derive(Default, Debug)]
-struct Tally {
-    ok: u32,
-    by_backend: BTreeMap<String, u32>,
-    errors: BTreeMap<String, u32>,
-}
-
-impl Tally {
-    fn failed(&self) -> u32 {
-        self.errors.values().sum()
+/// The failures of `t` as `kind:count ...`, or `-`.
+fn errors(t: &Tally) -> String {
+    if t.errors.is_empty() {
+        return "-".into();
     }
-    fn get(&self, b: &str) -> u32 {
-        self.by_backend.get(b).copied().unwrap_or(0)
-    }
-    fn errors(&self) -> String {
-        if self.errors.is_empty() {
-            return "-".into();
-        }
-        self.errors
-            .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    let all: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    all.join(" ")
 }
 
 async fn send(client: &Client, url: &str, n: u32, concurrency: u32) -> Tally {
@@ -157,44 +139,14 @@ async fn send(client: &Client, url: &str, n: u32, concurrency: u32) -> Tally {
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             for _ in 0..share {
-                match client.get(&url).await {
-                    Ok(resp) => {
-                        if let Some(b) = resp
-                            .headers()
-                            .get("x-backend")
-                            .and_then(|v| v.to_str().ok())
-                        {
-                            *t.by_backend.entry(b.to_owned()).or_default() += 1;
-                        }
-                        if resp.status().is_success() {
-                            t.ok += 1;
-                        } else {
-                            *t.errors
-                                .entry(format!("http_{}", resp.status().as_u16()))
-                                .or_default() += 1;
-                        }
-                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                    }
-                    Err(e) => {
-                        *t.errors
-                            .entry(ErrorKind::of(&*e).as_str().to_owned())
-                            .or_default() += 1
-                    }
-                }
+                t.record(client.get(&url).await).await;
             }
             t
         }));
     }
     let mut all = Tally::default();
     for t in tasks {
-        let t = t.await.unwrap();
-        all.ok += t.ok;
-        for (k, v) in t.by_backend {
-            *all.by_backend.entry(k).or_default() += v;
-        }
-        for (k, v) in t.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
+        all.merge(t.await.unwrap());
     }
     all
 }
@@ -265,10 +217,7 @@ async fn canary(app: &App, file_mesh: &Mesh, control_plane: std::net::SocketAddr
             let mut all = Tally::default();
             while !stop.load(Ordering::Relaxed) {
                 let t = send(&client, "http://reviews/ratings/1", 200, 8).await;
-                all.ok += t.ok;
-                for (k, v) in t.errors {
-                    *all.errors.entry(k).or_default() += v;
-                }
+                all.merge(t);
             }
             all
         })
@@ -369,14 +318,14 @@ async fn faults(app: &App, mesh: &Mesh, client: &Client) {
     println!(
         "/slow  (300ms delay on 50%, 200ms timeout): {} ok, errors {}  ({} ms for 40 requests)",
         slow.ok,
-        slow.errors(),
+        errors(&slow),
         started.elapsed().as_millis()
     );
     let abort = send(client, "http://ratings/stars", 1000, 8).await;
     println!(
         "/stars (503 abort on 10%):                  {} ok, errors {}",
         abort.ok,
-        abort.errors()
+        errors(&abort)
     );
     app.write(&app.config(BASE));
 }

@@ -17,9 +17,8 @@
 
 #![allow(clippy::print_stdout)]
 
+use mesh::tally::Tally;
 use mesh_hyper::Client;
-use mesh_tower::error::ErrorKind;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -77,11 +76,10 @@ fn args() -> Args {
     a
 }
 
+/// One worker's results.
 #[derive(Default)]
-struct Tally {
-    ok: u64,
-    errors: BTreeMap<String, u64>,
-    by_backend: BTreeMap<String, u64>,
+struct Worker {
+    counts: Tally,
     latencies_us: Vec<u64>,
 }
 
@@ -112,7 +110,7 @@ async fn main() {
     for _ in 0..args.concurrency {
         let (client, args, next) = (client.clone(), args.clone(), next.clone());
         workers.push(tokio::spawn(async move {
-            let mut t = Tally::default();
+            let mut t = Worker::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= args.requests {
@@ -136,17 +134,14 @@ async fn main() {
                     t.latencies_us.push(sent.elapsed().as_micros() as u64);
                     match result {
                         Ok(r) => {
-                            t.ok += 1;
+                            t.counts.ok += 1;
                             if let Some(b) =
                                 r.metadata().get("x-backend").and_then(|v| v.to_str().ok())
                             {
-                                *t.by_backend.entry(b.to_owned()).or_default() += 1;
+                                *t.counts.by_backend.entry(b.to_owned()).or_default() += 1;
                             }
                         }
-                        Err(s) => {
-                            let name = format!("{:?}", s.code());
-                            *t.errors.entry(snake(&name)).or_default() += 1;
-                        }
+                        Err(s) => t.counts.error(&snake(&format!("{:?}", s.code()))),
                     }
                     continue;
                 }
@@ -160,45 +155,15 @@ async fn main() {
                 let sent = Instant::now();
                 let result = client.request(req).await;
                 t.latencies_us.push(sent.elapsed().as_micros() as u64);
-                match result {
-                    Ok(resp) => {
-                        if let Some(b) = resp
-                            .headers()
-                            .get("x-backend")
-                            .and_then(|v| v.to_str().ok())
-                        {
-                            *t.by_backend.entry(b.to_owned()).or_default() += 1;
-                        }
-                        if resp.status().is_success() {
-                            t.ok += 1;
-                        } else {
-                            *t.errors
-                                .entry(format!("http_{}", resp.status().as_u16()))
-                                .or_default() += 1;
-                        }
-                        // Read the body so the connection is reused.
-                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                    }
-                    Err(e) => {
-                        *t.errors
-                            .entry(ErrorKind::of(&*e).as_str().to_owned())
-                            .or_default() += 1;
-                    }
-                }
+                t.counts.record(result).await;
             }
             t
         }));
     }
-    let mut all = Tally::default();
+    let mut all = Worker::default();
     for w in workers {
         let Ok(t) = w.await else { continue };
-        all.ok += t.ok;
-        for (k, v) in t.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-        for (k, v) in t.by_backend {
-            *all.by_backend.entry(k).or_default() += v;
-        }
+        all.counts.merge(t.counts);
         all.latencies_us.extend(t.latencies_us);
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -212,9 +177,9 @@ async fn main() {
     };
     let out = serde_json::json!({
         "requests": all.latencies_us.len(),
-        "ok": all.ok,
-        "errors": all.errors,
-        "by_backend": all.by_backend,
+        "ok": all.counts.ok,
+        "errors": all.counts.errors,
+        "by_backend": all.counts.by_backend,
         "retries": client.runtime().stats().retries.load(Ordering::Relaxed),
         "retries_refused": {
             "budget": client.runtime().stats().budget_exhausted.load(Ordering::Relaxed),

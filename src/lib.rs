@@ -15,6 +15,7 @@ pub mod certs;
 pub mod echo;
 pub mod greeter;
 pub mod observe;
+pub mod tally;
 
 pub use mesh_core as core;
 pub use mesh_hyper as hyper;
