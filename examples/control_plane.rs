@@ -8,8 +8,16 @@
 //! ```
 //!
 //! Clients subscribe to the listeners named after the services they call
-//! (`MESH_XDS_SERVICES`, or `xds:///reviews` for gRPC's own xDS client). An
-//! invalid edit is refused by the file watcher and never served.
+//! (on their first call, or up front with `MESH_XDS_SERVICES`; gRPC's own
+//! xDS client with `xds:///reviews`), over either variant of ADS (state of
+//! the world, or incremental with `MESH_XDS_API=delta`). An invalid edit is
+//! refused by the file watcher and never served.
+//!
+//! `--envoy-listen 127.0.0.1:10000` also serves Envoy (which subscribes to
+//! every listener and needs a socket): a listener on that address routing
+//! every service by Host, e.g. with the peer script
+//! `../shared/peers/setup-envoy.sh ads 18000 9901` and then
+//! `curl -H 'Host: reviews' 127.0.0.1:10000/`.
 
 #![allow(clippy::print_stdout)]
 
@@ -17,19 +25,22 @@
 async fn main() {
     let _obs = mesh::observe::init();
     let mut args = std::env::args().skip(1);
-    let (mut config, mut listen) = (None, "127.0.0.1:18000".to_owned());
+    const USAGE: &str =
+        "usage: control_plane --config mesh.yaml [--listen 127.0.0.1:18000] [--envoy-listen ADDR]";
+    let (mut config, mut listen, mut envoy) = (None, "127.0.0.1:18000".to_owned(), None);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--config", Some(v)) => config = Some(v),
             ("--listen", Some(v)) => listen = v,
+            ("--envoy-listen", Some(v)) => envoy = Some(v),
             _ => {
-                eprintln!("usage: control_plane --config mesh.yaml [--listen 127.0.0.1:18000]");
+                eprintln!("{USAGE}");
                 std::process::exit(2)
             }
         }
     }
     let Some(config) = config else {
-        eprintln!("usage: control_plane --config mesh.yaml [--listen 127.0.0.1:18000]");
+        eprintln!("{USAGE}");
         std::process::exit(2)
     };
     let mesh = mesh_core::Mesh::from_file(&config).unwrap_or_else(|e| {
@@ -44,7 +55,16 @@ async fn main() {
         "serving {config} (version {}) as xDS on {addr}",
         mesh.snapshot().version()
     );
-    if let Err(e) = mesh_core::xds::server::serve(mesh, addr).await {
+    let mut cp = mesh_core::xds::server::DevControlPlane::new(mesh);
+    if let Some(envoy) = envoy {
+        let envoy: std::net::SocketAddr = envoy.parse().unwrap_or_else(|e| {
+            eprintln!("--envoy-listen {envoy}: {e}");
+            std::process::exit(2)
+        });
+        println!("Envoy gets a listener on {envoy}");
+        cp = cp.envoy_listener(envoy);
+    }
+    if let Err(e) = cp.serve_with_shutdown(addr, std::future::pending()).await {
         eprintln!("{e}");
         std::process::exit(1);
     }

@@ -64,7 +64,7 @@ pub mod state;
 #[cfg(feature = "xds")]
 pub mod xds;
 
-pub use mesh::{Mesh, Subscription, UpdateStatus};
+pub use mesh::{DemandWait, Mesh, Subscription, UpdateStatus};
 
 /// Describes the metrics mesh-core records (the xDS client's, with feature
 /// `xds`) to the installed `metrics` recorder; exporters call it once

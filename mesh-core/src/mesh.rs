@@ -40,6 +40,18 @@ pub(crate) struct Inner {
     service: Option<String>,
     #[cfg(feature = "tls")]
     identity: arc_swap::ArcSwapOption<crate::identity::tls::Identity>,
+    /// The source that fetches a host's config when it is first called
+    /// (the xDS client), if any.
+    demand: std::sync::OnceLock<Arc<dyn Demand>>,
+}
+
+/// A wait for a host's config, from [`Mesh::demand`].
+pub type DemandWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A config source that subscribes to hosts as the application calls them.
+pub(crate) trait Demand: Send + Sync + std::fmt::Debug {
+    /// `None` when nothing is to be waited for (already asked and answered).
+    fn want(&self, authority: &str) -> Option<DemandWait>;
 }
 
 /// Counters of config updates, for metrics and the admin server.
@@ -73,6 +85,7 @@ impl Mesh {
                 service: std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()),
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
+                demand: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -241,6 +254,28 @@ impl Mesh {
     pub fn set_identity(&self, identity: crate::identity::tls::Identity) {
         tracing::info!(spiffe_id = %identity.spiffe_id(), "workload identity set");
         self.inner.identity.store(Some(Arc::new(identity)));
+    }
+
+    /// For a host no service claims: asks the config source for it, if the
+    /// source fetches on demand (an xDS client subscribes to the host's
+    /// listener the first time it is called), and returns a wait that ends
+    /// when the host's config is served, the control plane says it has
+    /// none, or the source's bound passes. `None` when there is nothing to
+    /// wait for: the source does not fetch on demand, or it already
+    /// answered for this host. The route layer calls this before passing a
+    /// request through.
+    ///
+    /// ```
+    /// let mesh = mesh_core::Mesh::empty();
+    /// assert!(mesh.demand("reviews:9080").is_none()); // no source to ask
+    /// ```
+    pub fn demand(&self, authority: &str) -> Option<DemandWait> {
+        self.inner.demand.get()?.want(authority)
+    }
+
+    #[cfg(feature = "xds")]
+    pub(crate) fn set_demand(&self, demand: Arc<dyn Demand>) {
+        let _ = self.inner.demand.set(demand);
     }
 
     /// Whether `other` is a handle on the same mesh.

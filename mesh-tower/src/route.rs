@@ -6,7 +6,8 @@
 //! [`Routed`] extension.
 //!
 //! A host no service claims passes through as addressed (still timed out),
-//! unless `defaults.unknown_hosts: refuse`, which fails with
+//! after the config source was asked for it if it fetches hosts on demand
+//! (see [`Mesh::demand`]), unless `defaults.unknown_hosts: refuse`, which fails with
 //! [`NoRoute`](crate::error::NoRoute). An injected abort from the fault
 //! layer comes back here as a response with its status and
 //! `x-mesh-fault: abort`.
@@ -85,6 +86,16 @@ where
                 return Either::right(Box::pin(std::future::ready(Err(no_route.into()))));
             }
             Ok(Decision::Passthrough) => {
+                // A source that fetches hosts on demand (xDS) is asked
+                // first; the request is decided again once it answers.
+                if let Some(wait) = self.mesh.demand(RequestParts::of(&req).authority) {
+                    let clone = self.clone();
+                    let mut readied = std::mem::replace(self, clone);
+                    return Either::right(Box::pin(async move {
+                        wait.await;
+                        readied.call(req).await
+                    }));
+                }
                 let t = snap.config().defaults.timeout;
                 (Routed::passthrough(snap.clone()), t, None)
             }

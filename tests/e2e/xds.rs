@@ -3,9 +3,9 @@
 //! by what it serves, ACKs and NACKs as the protocol says, and serving the
 //! last good snapshot while the control plane is away.
 
-use crate::support::{echo, run};
+use crate::support::{echo, run, run_with};
 use mesh_core::Mesh;
-use mesh_core::xds::XdsSettings;
+use mesh_core::xds::{Api, XdsSettings};
 use mesh_hyper::Client;
 use std::path::Path;
 use std::process::Command;
@@ -91,6 +91,15 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
+    against_the_independent_server(Api::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_incremental_xds_against_the_independent_server() {
+    against_the_independent_server(Api::Delta).await;
+}
+
+async fn against_the_independent_server(api: Api) {
     let (a, b) = (echo("xa").await, echo("xb").await);
     let (pa, pb) = (a.addr().port(), b.addr().port());
     let dir = tempfile::tempdir().unwrap();
@@ -100,37 +109,14 @@ async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
         resources(pa, pb, 80, 20, serde_json::Value::Null).to_string(),
     )
     .unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let out = Command::new("bash")
-        .arg(peers().join("setup-xds-server.sh"))
-        .args([
-            &port.to_string(),
-            &admin.to_string(),
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "xDS server: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    struct Stop(u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(peers().join("stop-peers.sh"))
-                .arg(format!("xds-server-{}", self.0))
-                .output();
-        }
-    }
-    let stop = Stop(port);
+    let (port, admin, stop) = start_peer(&file);
 
-    let settings = XdsSettings::new(
+    let mut settings = XdsSettings::new(
         &format!("http://127.0.0.1:{port}"),
         "mesh-test-node",
         vec!["xds-svc".into()],
     );
+    settings.api = api;
     let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
     wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
     let client = Client::new(&mesh);
@@ -184,6 +170,11 @@ async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
         ((), String::from_utf8_lossy(&b).into_owned())
     };
     assert!(events.to_lowercase().contains("nack"), "{events}");
+    let kind = if api == Api::Delta { "delta" } else { "sotw" };
+    assert!(
+        events.contains(&format!("\"kind\": \"{kind}\"")),
+        "{events}"
+    );
 
     // A good update shifts traffic live, with no failed request.
     post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
@@ -206,6 +197,124 @@ async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
     .await;
     let t = run(&client, "http://xds-svc/", 300, 4).await;
     assert_eq!(t.ok, 300, "{t:?}");
+}
+
+/// Starts the independent ADS server serving `file`: (port, admin port, stop).
+fn start_peer(file: &Path) -> (u16, u16, Stop) {
+    let (port, admin) = (free_port(), free_port());
+    let out = Command::new("bash")
+        .arg(peers().join("setup-xds-server.sh"))
+        .args([
+            &port.to_string(),
+            &admin.to_string(),
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xDS server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (port, admin, Stop(format!("xds-server-{port}")))
+}
+
+async fn get_text(url: String) -> String {
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let r = c.get(url.parse().unwrap()).await.unwrap();
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// The listener names our stream at the independent server subscribes to.
+async fn subscribed_listeners(admin: u16) -> Vec<String> {
+    let state: serde_json::Value =
+        serde_json::from_str(&get_text(format!("http://127.0.0.1:{admin}/state")).await).unwrap();
+    let streams = state["streams"].as_array().cloned().unwrap_or_default();
+    let ours = streams
+        .iter()
+        .find(|s| s["node"] == "on-demand")
+        .cloned()
+        .unwrap_or_default();
+    let names = &ours["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"]["names"];
+    names
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_subscribed_when_first_called_and_unsubscribed_on_request() {
+    on_demand(Api::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_demand_over_incremental_xds() {
+    on_demand(Api::Delta).await;
+}
+
+async fn on_demand(api: Api) {
+    let (a, b) = (echo("xa").await, echo("xb").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.json");
+    let json = resources(
+        a.addr().port(),
+        b.addr().port(),
+        80,
+        20,
+        serde_json::Value::Null,
+    );
+    std::fs::write(&file, json.to_string()).unwrap();
+    let (port, admin, _stop) = start_peer(&file);
+
+    // Nothing listed: ready at once, nothing subscribed.
+    let mut settings =
+        XdsSettings::new(&format!("http://127.0.0.1:{port}"), "on-demand", Vec::new());
+    settings.api = api;
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    assert!(mesh.is_ready());
+    assert!(mesh.snapshot().config().services.is_empty());
+
+    // The first call subscribes to its host and is routed by the answer:
+    // not one request passes through unrouted while the answer is on its way.
+    let client = Client::new(&mesh);
+    let t = run(&client, "http://xds-svc/", 1000, 8).await;
+    assert_eq!(t.ok, 1000, "{t:?}");
+    assert!((t.share("xa") - 0.8).abs() < 0.05, "{t:?}");
+    assert_eq!(subscribed_listeners(admin).await, ["xds-svc"]);
+    assert!(mesh.snapshot().service_for_host("xds-svc").is_some());
+
+    // A host the control plane does not know is asked once, then passes
+    // through as addressed; an address is never asked about.
+    let direct = format!("http://{}/", a.addr());
+    let t = run(&client, &direct, 20, 2).await;
+    assert_eq!(t.by_backend.get("xa"), Some(&20), "{t:?}");
+    let unknown = run(&client, "http://not-in-the-mesh.invalid/", 3, 1).await;
+    assert_eq!(unknown.ok, 0, "{unknown:?}");
+    let mut names = subscribed_listeners(admin).await;
+    names.sort();
+    assert_eq!(names, ["not-in-the-mesh.invalid", "xds-svc"]);
+
+    // Unsubscribing drops the host and what only it referred to.
+    xds.unsubscribe("xds-svc");
+    wait_for("the service to leave", || {
+        mesh.snapshot().service_for_host("xds-svc").is_none()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribed_listeners(admin).await != ["not-in-the-mesh.invalid"] {
+        assert!(Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mesh.snapshot().config().backends.is_empty());
 }
 
 /// The development control plane serving a watched file, in this process;
@@ -237,6 +346,10 @@ fn split_file(a: std::net::SocketAddr, b: std::net::SocketAddr, wa: u32, wb: u32
 services:
   - name: cp-svc
     routes:
+      - name: faulty
+        match: {{ path: {{ prefix: /fault }} }}
+        fault: {{ abort: {{ status: 418, percent: 100 }} }}
+        to: [cp-a]
       - name: main
         timeout: 3s
         retry: {{ attempts: 3, on: [5xx, connect-failure] }}
@@ -256,6 +369,15 @@ fn write(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits() {
+    development_control_plane(Api::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_incremental_xds_from_the_development_control_plane() {
+    development_control_plane(Api::Delta).await;
+}
+
+async fn development_control_plane(api: Api) {
     let (a, b) = (echo("cp-a").await, echo("cp-b").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
@@ -263,11 +385,12 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     let port = free_port();
     let cp = control_plane(&file, port).await;
 
-    let settings = XdsSettings::new(
+    let mut settings = XdsSettings::new(
         &format!("http://127.0.0.1:{port}"),
         "cp-test",
         vec!["cp-svc".into()],
     );
+    settings.api = api;
     let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
     wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
     // The same config as the file, through xDS and back.
@@ -276,6 +399,9 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     assert_eq!(got.services[0].routes, from_file.services[0].routes);
     assert_eq!(got.backends, from_file.backends);
     let client = Client::new(&mesh);
+    // The fault, carried as the fault filter's per-route config, is injected.
+    let t = run(&client, "http://cp-svc/fault", 20, 2).await;
+    assert_eq!(t.errors.get("http_418").copied(), Some(20), "{t:?}");
     let t = run(&client, "http://cp-svc/", 2000, 8).await;
     assert!((t.share("cp-a") - 0.7).abs() < 0.04, "{t:?}");
 
@@ -289,7 +415,7 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     let during = during.await.unwrap();
     assert_eq!(during.failed(), 0, "{during:?}");
     wait_for("the push", || {
-        mesh.snapshot().config().services[0].routes[0].to[0].weight == 0
+        mesh.snapshot().config().services[0].routes[1].to[0].weight == 0
     })
     .await;
     let t = run(&client, "http://cp-svc/", 300, 4).await;
@@ -315,7 +441,7 @@ async fn the_development_control_plane_routes_as_the_file_does_and_pushes_edits(
     write(&file, &split_file(a.addr(), b.addr(), 100, 0));
     let _cp = control_plane(&file, port).await;
     wait_for("the resumed stream", || {
-        mesh.snapshot().config().services[0].routes[0].to[1].weight == 0
+        mesh.snapshot().config().services[0].routes[1].to[1].weight == 0
     })
     .await;
     let t = run(&client, "http://cp-svc/", 300, 4).await;
@@ -472,7 +598,9 @@ backends:
     assert!(a > 60 && b > 60, "a 50/50 split: {counts}");
 }
 
+/// Stops a peer (by its name in `../shared/peers`) when dropped.
 struct Stop(String);
+
 impl Drop for Stop {
     fn drop(&mut self) {
         let _ = Command::new("bash")
@@ -480,4 +608,101 @@ impl Drop for Stop {
             .arg(&self.0)
             .output();
     }
+}
+
+/// Envoy (a real one, `../shared/peers/setup-envoy.sh ads`) as a client of
+/// the development control plane: it takes the socket listener and the
+/// clusters, routes by Host with the file's weights, and follows an edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_by_the_development_control_plane() {
+    envoy_client("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_by_the_development_control_plane_over_incremental_xds() {
+    envoy_client("DELTA_GRPC").await;
+}
+
+async fn envoy_client(api: &str) {
+    let (a, b) = (echo("cp-a").await, echo("cp-b").await);
+    let mesh = crate::support::mesh(&split_file(a.addr(), b.addr(), 80, 20));
+    let (cp, listen, admin) = (free_port(), free_port(), free_port());
+    let listen_addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = mesh.clone();
+    tokio::spawn(async move {
+        let _ = mesh_core::xds::server::DevControlPlane::new(served)
+            .envoy_listener(listen_addr)
+            .serve_with_shutdown(format!("127.0.0.1:{cp}").parse().unwrap(), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let out = Command::new("bash")
+        .arg(peers().join("setup-envoy.sh"))
+        .args([
+            "ads",
+            &cp.to_string(),
+            &admin.to_string(),
+            &format!("envoy-{api}"),
+            api,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Envoy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _envoy = Stop(format!("envoy-ads-{admin}"));
+
+    let client = Client::new(&Mesh::empty());
+    let through_envoy = move |_| {
+        http::Request::get(format!("http://127.0.0.1:{listen}/"))
+            .header(http::header::HOST, "cp-svc")
+    };
+    // Envoy listens once it has the listener, its routes and clusters.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = run_with(&client, 1, 1, through_envoy).await;
+        if t.ok == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never routed: {t:?}\n{}",
+            get_text(format!("http://127.0.0.1:{admin}/config_dump")).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = run_with(&client, 1000, 8, through_envoy).await;
+    assert_eq!(t.ok, 1000, "{t:?}");
+    assert!((t.share("cp-a") - 0.8).abs() < 0.05, "{t:?}");
+    // Envoy took the fault filter's per-route config too.
+    let faulty = move |_| {
+        http::Request::get(format!("http://127.0.0.1:{listen}/fault"))
+            .header(http::header::HOST, "cp-svc")
+    };
+    let t = run_with(&client, 20, 2, faulty).await;
+    assert_eq!(t.errors.get("http_418").copied(), Some(20), "{t:?}");
+    // Envoy ACKed what it got: its config dump holds our cluster.
+    let dump = get_text(format!("http://127.0.0.1:{admin}/config_dump")).await;
+    assert!(dump.contains("\"cp-b\""), "{dump}");
+
+    // An edit reaches Envoy as a push.
+    mesh.update(
+        mesh_core::config::Config::from_yaml(&split_file(a.addr(), b.addr(), 0, 100)).unwrap(),
+        mesh_core::snapshot::Source::Code,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = run_with(&client, 50, 4, through_envoy).await;
+        if t.by_backend.get("cp-b") == Some(&50) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Envoy never shifted: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_cp.send(());
 }

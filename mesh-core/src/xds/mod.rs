@@ -1,14 +1,20 @@
-//! The xDS client (feature `xds`): one ADS stream (state of the world) to a
-//! control plane, subscribing to the listeners of the services this
-//! workload calls and, as they name them, their route configurations,
-//! clusters and endpoint assignments; every complete, valid set of resources
-//! is published as a new snapshot.
+//! The xDS client (feature `xds`): one ADS stream to a control plane, in
+//! either variant of the protocol ([`Api`]: state of the world or
+//! incremental), subscribing to the listeners of the services this workload
+//! calls and, as they name them, their route configurations, clusters and
+//! endpoint assignments; every valid set of resources is published as a new
+//! snapshot. Listeners are subscribed to on demand: the first request to a
+//! host no service claims asks the control plane for that host's listener
+//! and waits (bounded) for the answer, the way gRPC's proxyless channels
+//! do; names the held resources stop referring to are unsubscribed.
 //!
 //! Protocol: each response is ACKed with its version and nonce, or NACKed
 //! with `error_detail` when a resource cannot be honoured (then the last good
 //! snapshot keeps serving). A dropped stream is reopened with exponential
 //! backoff and the subscriptions are resumed with the versions already
-//! accepted; while the control plane is away the last snapshot serves.
+//! accepted (incremental: with each held resource's version, so only what
+//! changed is sent again); while the control plane is away the last
+//! snapshot serves.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,22 +24,16 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 pub mod server;
 pub mod translate;
 
 use crate::mesh::Mesh;
 use crate::snapshot::Source;
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::rpc::Status;
-use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use translate::{Resources, type_url};
 
 /// Where to get config from, and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +44,45 @@ pub struct XdsSettings {
     pub node_id: String,
     /// This node's cluster (Istio puts the workload's namespace here).
     pub node_cluster: String,
-    /// The listener names (service hosts) to subscribe to.
+    /// The listener names (service hosts) to subscribe to from the start;
+    /// others are subscribed to when first called (see `on_demand`).
     pub services: Vec<String>,
+    /// The protocol variant.
+    pub api: Api,
+    /// How long the first request to a host no service claims waits for
+    /// the control plane's answer about it; `None` turns on-demand
+    /// subscription off (only `services` are known).
+    pub on_demand: Option<Duration>,
 }
+
+/// The variant of the ADS protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// State of the world (`StreamAggregatedResources`, Envoy's `GRPC`):
+    /// every response carries every subscribed resource of its type.
+    #[default]
+    Sotw,
+    /// Incremental (`DeltaAggregatedResources`, Envoy's `DELTA_GRPC`):
+    /// responses carry only what changed or was removed, and subscriptions
+    /// change by name. Cheaper for large meshes.
+    Delta,
+}
+
+impl std::str::FromStr for Api {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sotw" | "grpc" | "state-of-the-world" => Ok(Api::Sotw),
+            "delta" | "delta_grpc" | "incremental" => Ok(Api::Delta),
+            other => Err(format!(
+                "MESH_XDS_API `{other}`: expected `sotw` (state of the world) or `delta` (incremental)"
+            )),
+        }
+    }
+}
+
+/// The default bound of an on-demand wait.
+pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(2);
 
 impl XdsSettings {
     /// Settings for `server`, as node `node_id`, subscribing to `services`.
@@ -56,15 +92,46 @@ impl XdsSettings {
             node_id: node_id.to_owned(),
             node_cluster: String::new(),
             services,
+            api: Api::Sotw,
+            on_demand: Some(ON_DEMAND_WAIT),
         }
+    }
+
+    /// The same settings over the incremental (delta) variant.
+    pub fn delta(mut self) -> Self {
+        self.api = Api::Delta;
+        self
     }
 
     /// From the environment: `MESH_CONTROL_PLANE` (`http://host:port`) or a
     /// gRPC-style bootstrap file (`MESH_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP`:
     /// `xds_servers[0].server_uri`, `node.id`, `node.cluster`); the services
     /// from `MESH_XDS_SERVICES` (comma-separated); the node id from
-    /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name.
+    /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name;
+    /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
+    /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
+    /// `2s`, the default, or `off`).
     pub fn from_env() -> Result<Option<Self>, String> {
+        let Some(mut s) = Self::from_env_sources()? else {
+            return Ok(None);
+        };
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(api) = var("MESH_XDS_API") {
+            s.api = api.parse()?;
+        }
+        if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
+            s.on_demand = match wait.as_str() {
+                "off" | "false" | "0" => None,
+                w => Some(
+                    crate::config::duration::parse_duration(w)
+                        .map_err(|e| format!("MESH_XDS_ON_DEMAND `{w}`: {e}"))?,
+                ),
+            };
+        }
+        Ok(Some(s))
+    }
+
+    fn from_env_sources() -> Result<Option<Self>, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let services: Vec<String> = var("MESH_XDS_SERVICES")
             .map(|s| {
@@ -192,11 +259,12 @@ pub struct XdsStatus {
     pub warnings: Mutex<Vec<String>>,
 }
 
-/// A running xDS client; dropping it stops nothing (the task ends with the
-/// runtime).
+/// A running xDS client; dropping it stops nothing (the client runs as
+/// long as its mesh).
 #[derive(Debug, Clone)]
 pub struct XdsHandle {
     status: Arc<XdsStatus>,
+    commands: mpsc::UnboundedSender<client::Command>,
 }
 
 impl XdsHandle {
@@ -204,55 +272,58 @@ impl XdsHandle {
     pub fn status(&self) -> &XdsStatus {
         &self.status
     }
+
+    /// Subscribes to the listener `name` (a service host, as the control
+    /// plane names it) now, before anything calls it.
+    pub fn subscribe(&self, name: &str) {
+        let _ = self
+            .commands
+            .send(client::Command::Subscribe(name.to_owned()));
+    }
+
+    /// Drops the listener `name` and whatever only it referred to; its
+    /// service leaves the running config. A later call subscribes again.
+    pub fn unsubscribe(&self, name: &str) {
+        let _ = self
+            .commands
+            .send(client::Command::Unsubscribe(name.to_owned()));
+    }
 }
 
 impl Mesh {
-    /// A mesh fed by a control plane. It starts empty (not ready) and
-    /// serves each complete, valid set of resources as it arrives. Needs a
-    /// tokio runtime.
+    /// A mesh fed by a control plane. Needs a tokio runtime. It is ready
+    /// once the services in `settings.services` have arrived (or the
+    /// control plane said it has none of them); with none listed it is
+    /// ready at once and fetches each host when first called.
     pub fn from_control_plane(settings: XdsSettings) -> Result<(Mesh, XdsHandle), String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the xDS client needs a tokio runtime".to_owned())?;
         let mesh = Mesh::waiting(Source::Xds(settings.server.clone()));
         let status = Arc::new(XdsStatus::default());
-        runtime.spawn(run(mesh.downgrade_xds(), settings, status.clone()));
-        Ok((mesh, XdsHandle { status }))
-    }
-}
-
-/// Per type URL: what we asked for and what we accepted.
-#[derive(Debug, Default, Clone)]
-struct Subscription {
-    names: BTreeSet<String>,
-    version: String,
-    nonce: String,
-}
-
-async fn run(
-    mesh: std::sync::Weak<crate::mesh::Inner>,
-    settings: XdsSettings,
-    status: Arc<XdsStatus>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut state = State::new(&settings);
-    loop {
-        let Some(m) = Mesh::upgrade_xds(&mesh) else {
-            return;
-        };
-        drop(m);
-        let opened = stream(&mesh, &settings, &status, &mut state).await;
-        status.connected.store(false, Ordering::Relaxed);
-        metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone())
-            .set(0.0);
-        match opened {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(server = %settings.server, "xDS stream ended: {e}; retrying in {backoff:?}")
-            }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let demand = Arc::new(client::OnDemand::new(
+            tx.clone(),
+            settings.on_demand.unwrap_or_default(),
+        ));
+        if settings.on_demand.is_some() {
+            mesh.set_demand(demand.clone());
         }
-        let jitter = backoff.mul_f64(rand_unit() * 0.5);
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        let mut state = client::State::new(&settings, demand);
+        state.publish_if_empty(&mesh);
+        runtime.spawn(client::run(
+            mesh.downgrade_xds(),
+            settings,
+            status.clone(),
+            state,
+            rx,
+        ));
+        Ok((
+            mesh,
+            XdsHandle {
+                status,
+                commands: tx,
+            },
+        ))
     }
 }
 
@@ -264,246 +335,8 @@ fn rand_unit() -> f64 {
     f64::from(nanos % 1000) / 1000.0
 }
 
-/// What survives reconnects: subscriptions with accepted versions, and the
-/// resources accepted so far.
-struct State {
-    subs: BTreeMap<&'static str, Subscription>,
-    resources: Resources,
-    services: Vec<String>,
-    node: Node,
-    first: bool,
-    /// The control plane's address, the metrics' label.
-    server: String,
-}
-
-impl State {
-    fn new(settings: &XdsSettings) -> Self {
-        let mut subs = BTreeMap::new();
-        subs.insert(
-            type_url::LISTENER,
-            Subscription {
-                names: settings.services.iter().cloned().collect(),
-                ..Default::default()
-            },
-        );
-        Self {
-            subs,
-            resources: Resources::default(),
-            services: settings.services.clone(),
-            node: Node {
-                id: settings.node_id.clone(),
-                cluster: settings.node_cluster.clone(),
-                user_agent_name: "mesh".into(),
-                ..Default::default()
-            },
-            first: true,
-            server: settings.server.clone(),
-        }
-    }
-
-    fn request(&mut self, type_url: &'static str, error: Option<String>) -> DiscoveryRequest {
-        let sub = self.subs.get(type_url).cloned().unwrap_or_default();
-        let node = if std::mem::take(&mut self.first) {
-            Some(self.node.clone())
-        } else {
-            None
-        };
-        DiscoveryRequest {
-            version_info: sub.version,
-            node,
-            resource_names: sub.names.into_iter().collect(),
-            type_url: type_url.to_owned(),
-            response_nonce: sub.nonce,
-            error_detail: error.map(|message| Status {
-                code: 3, // INVALID_ARGUMENT
-                message,
-                details: Vec::new(),
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-async fn stream(
-    mesh: &std::sync::Weak<crate::mesh::Inner>,
-    settings: &XdsSettings,
-    status: &XdsStatus,
-    state: &mut State,
-) -> Result<(), String> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(settings.server.clone())
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    state.first = true;
-    // Resume every subscription, with the versions already accepted.
-    let types: Vec<&'static str> = state.subs.keys().copied().collect();
-    for t in types {
-        if t == type_url::LISTENER || !state.subs[t].names.is_empty() {
-            let req = state.request(t, None);
-            tx.send(req).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let mut responses = client
-        .stream_aggregated_resources(tokio_stream_from(rx))
-        .await
-        .map_err(|e| format!("ADS refused: {e}"))?
-        .into_inner();
-    status.connected.store(true, Ordering::Relaxed);
-    status.connects.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
-        .increment(1);
-    metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone()).set(1.0);
-    tracing::info!(server = %settings.server, node = %settings.node_id, "xDS stream open");
-    while let Some(resp) = responses
-        .message()
-        .await
-        .map_err(|e| format!("stream error: {e}"))?
-    {
-        let Some(m) = Mesh::upgrade_xds(mesh) else {
-            return Ok(());
-        };
-        for req in handle(&m, status, state, resp) {
-            tx.send(req).await.map_err(|e| e.to_string())?;
-        }
-    }
-    Err("the control plane closed the stream".into())
-}
-
-/// Applies one response; returns the requests to send (an ACK or NACK, and
-/// subscription changes).
-fn handle(
-    mesh: &Mesh,
-    status: &XdsStatus,
-    state: &mut State,
-    resp: DiscoveryResponse,
-) -> Vec<DiscoveryRequest> {
-    let Some(t) = [
-        type_url::LISTENER,
-        type_url::ROUTE,
-        type_url::CLUSTER,
-        type_url::ENDPOINTS,
-    ]
-    .into_iter()
-    .find(|t| *t == resp.type_url) else {
-        tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
-        return Vec::new();
-    };
-    let previous = state.resources.clone();
-    let applied = apply(&mut state.resources, t, &resp);
-    let mut warnings = Vec::new();
-    let outcome = applied.and_then(|()| {
-        translate::to_config(&state.resources, &state.services, &mut warnings).and_then(|cfg| {
-            match cfg {
-                // An ACK for resources that change nothing (a re-sent
-                // snapshot, a reordered list) keeps the running snapshot
-                // and its connections as they are.
-                Some(cfg) if cfg == *mesh.snapshot().config() => Ok(()),
-                Some(cfg) => mesh
-                    .update(
-                        cfg,
-                        Source::Xds(format!("version {} of {t}", resp.version_info)),
-                    )
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
-        })
-    });
-    if !warnings.is_empty() {
-        let mut w = status
-            .warnings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for x in &warnings {
-            if !w.contains(x) {
-                tracing::warn!("xDS: {x}");
-                w.push(x.clone());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let result = if outcome.is_ok() { "ack" } else { "nack" };
-    let short = t.rsplit('.').next().unwrap_or(t);
-    metrics::counter!(metric_names::RESPONSES, "control_plane" => state.server.clone(), "type" => short, "result" => result)
-        .increment(1);
-    let sub = state.subs.entry(t).or_default();
-    sub.nonce = resp.nonce.clone();
-    match outcome {
-        Ok(()) => {
-            sub.version = resp.version_info.clone();
-            status.acks.fetch_add(1, Ordering::Relaxed);
-            out.push(state.request(t, None));
-        }
-        Err(reason) => {
-            state.resources = previous;
-            status.nacks.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(type_url = t, version = %resp.version_info, "xDS response NACKed: {reason}");
-            *status
-                .last_nack
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
-            out.push(state.request(t, Some(reason)));
-        }
-    }
-    // Follow what the accepted resources name.
-    let wanted = translate::wanted(&state.resources);
-    for (t, names) in [
-        (type_url::ROUTE, wanted.routes),
-        (type_url::CLUSTER, wanted.clusters),
-        (type_url::ENDPOINTS, wanted.endpoints),
-    ] {
-        let sub = state.subs.entry(t).or_default();
-        if sub.names != names {
-            sub.names = names;
-            out.push(state.request(t, None));
-        }
-    }
-    out
-}
-
-/// Replaces the held resources of type `t` with the response's (state of
-/// the world: a response carries every subscribed resource of its type).
-fn apply(r: &mut Resources, t: &str, resp: &DiscoveryResponse) -> Result<(), String> {
-    macro_rules! decode_all {
-        ($ty:ty, $map:expr, $name:ident) => {{
-            let mut fresh = BTreeMap::new();
-            for any in &resp.resources {
-                let v = <$ty>::decode(any.value.as_slice())
-                    .map_err(|e| format!("cannot decode a {}: {e}", any.type_url))?;
-                fresh.insert(v.$name.clone(), v);
-            }
-            $map = fresh;
-        }};
-    }
-    match t {
-        type_url::LISTENER => decode_all!(
-            envoy_types::pb::envoy::config::listener::v3::Listener,
-            r.listeners,
-            name
-        ),
-        type_url::ROUTE => decode_all!(
-            envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
-            r.routes,
-            name
-        ),
-        type_url::CLUSTER => decode_all!(
-            envoy_types::pb::envoy::config::cluster::v3::Cluster,
-            r.clusters,
-            name
-        ),
-        _ => decode_all!(
-            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-            r.endpoints,
-            cluster_name
-        ),
-    }
-    Ok(())
-}
-
-/// A `Stream` of the requests to send, from a channel.
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<DiscoveryRequest>,
-) -> impl futures_core_stream::Stream<Item = DiscoveryRequest> {
+/// A `Stream` of the messages sent into a channel.
+fn stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures_core_stream::Stream<Item = T> {
     futures_core_stream::from_fn(move |cx| rx.poll_recv(cx))
 }
 

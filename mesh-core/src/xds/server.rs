@@ -1,7 +1,15 @@
 //! The development control plane: serves a [`Mesh`]'s config as xDS
-//! resources over ADS (state of the world) and pushes every new snapshot to
-//! every stream. It uses the same translation module as the client, in the
-//! other direction ([`from_config`](super::translate::from_config)).
+//! resources over ADS, in both variants (state of the world and
+//! incremental), and pushes every new snapshot to every stream. It uses the
+//! same translation module as the client, in the other direction
+//! ([`from_config`](super::translate::from_config)).
+//!
+//! Clients like ours and gRPC's subscribe to API listeners by name (the
+//! service hosts). Envoy subscribes to every listener (a wildcard) and
+//! needs a socket to listen on: give it one with
+//! [`DevControlPlane::envoy_listener`], and a wildcard listener
+//! subscription gets a listener on that address routing every service by
+//! Host.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,15 +20,16 @@
 
 use super::translate::{self, Resources, type_url};
 use crate::mesh::Mesh;
+use crate::snapshot::Snapshot;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,12 +37,17 @@ use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// The name of the socket listener (and its route configuration) served
+/// to Envoy.
+pub const ENVOY_LISTENER: &str = "mesh-envoy";
+
 /// The ADS service over a mesh's live config.
 #[derive(Debug, Clone)]
 pub struct DevControlPlane {
     mesh: Mesh,
     nonce: Arc<AtomicU64>,
     stop: tokio::sync::watch::Receiver<bool>,
+    envoy: Option<SocketAddr>,
 }
 
 impl DevControlPlane {
@@ -48,7 +62,38 @@ impl DevControlPlane {
             mesh,
             nonce: Arc::new(AtomicU64::new(0)),
             stop,
+            envoy: None,
         }
+    }
+
+    /// Serves a wildcard listener subscription (Envoy's) a socket listener
+    /// on `addr`, [`ENVOY_LISTENER`], routing every service by Host.
+    pub fn envoy_listener(mut self, addr: SocketAddr) -> Self {
+        self.envoy = Some(addr);
+        self
+    }
+
+    /// Serves on `addr` until `shutdown` completes; then ends every stream
+    /// (clients reconnect elsewhere or later) and stops listening.
+    pub async fn serve_with_shutdown(
+        mut self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        self.stop = stop_rx;
+        let signal = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_shutdown(addr, signal)
+            .await
+    }
+
+    fn next_nonce(&self) -> String {
+        (self.nonce.fetch_add(1, Ordering::Relaxed) + 1).to_string()
     }
 
     /// The tonic service, for a `tonic::transport::Server`.
@@ -58,7 +103,7 @@ impl DevControlPlane {
 }
 
 /// Serves `mesh` as ADS on `addr` until the task is dropped.
-pub async fn serve(mesh: Mesh, addr: std::net::SocketAddr) -> Result<(), tonic::transport::Error> {
+pub async fn serve(mesh: Mesh, addr: SocketAddr) -> Result<(), tonic::transport::Error> {
     serve_with_shutdown(mesh, addr, std::future::pending()).await
 }
 
@@ -66,52 +111,168 @@ pub async fn serve(mesh: Mesh, addr: std::net::SocketAddr) -> Result<(), tonic::
 /// every stream (clients reconnect elsewhere or later) and stops listening.
 pub async fn serve_with_shutdown(
     mesh: Mesh,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    tonic::transport::Server::builder()
-        .add_service(DevControlPlane::with_stop(mesh, stop_rx).into_service())
-        .serve_with_shutdown(addr, signal)
+    DevControlPlane::new(mesh)
+        .serve_with_shutdown(addr, shutdown)
         .await
 }
 
 type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
-fn respond(
-    resources: &Resources,
-    t: &str,
-    names: &[String],
-    version: u64,
-    nonce: u64,
-) -> DiscoveryResponse {
-    fn pick<M: Message + prost::Name>(map: &BTreeMap<String, M>, names: &[String]) -> Vec<Any> {
-        map.iter()
-            .filter(|(k, _)| names.is_empty() || names.contains(k))
-            .map(|(_, v)| Any {
-                type_url: M::type_url(),
-                value: v.encode_to_vec(),
-            })
-            .collect()
+/// What one snapshot serves: its resources, translated once, and the
+/// names a wildcard subscription gets per type.
+struct Served {
+    snapshot: Arc<Snapshot>,
+    resources: Resources,
+    wildcard_listeners: Option<BTreeSet<String>>,
+}
+
+impl Served {
+    fn of(snapshot: Arc<Snapshot>, envoy: Option<SocketAddr>) -> Self {
+        let mut resources = translate::from_config(snapshot.config());
+        let wildcard_listeners = envoy.map(|addr| {
+            let (l, rc) = translate::envoy_listener(&resources, ENVOY_LISTENER, addr);
+            resources.listeners.insert(l.name.clone(), l);
+            resources.routes.insert(rc.name.clone(), rc);
+            BTreeSet::from([ENVOY_LISTENER.to_owned()])
+        });
+        Self {
+            snapshot,
+            resources,
+            wildcard_listeners,
+        }
     }
-    let resources = match t {
-        type_url::LISTENER => pick(&resources.listeners, names),
-        type_url::ROUTE => pick(&resources.routes, names),
-        type_url::CLUSTER => pick(&resources.clusters, names),
-        type_url::ENDPOINTS => pick(&resources.endpoints, names),
-        _ => Vec::new(),
-    };
+
+    /// Whether a subscription to `names` (a wildcard when `wildcard`) of
+    /// type `t` covers the resource `name`.
+    fn covers(&self, t: &str, wildcard: bool, names: &BTreeSet<String>, name: &str) -> bool {
+        if !wildcard {
+            return names.contains(name);
+        }
+        match (&self.wildcard_listeners, t) {
+            // Envoy's wildcard gets the socket listener, not API listeners.
+            (Some(only), type_url::LISTENER) => only.contains(name),
+            _ => true,
+        }
+    }
+
+    fn version(&self) -> String {
+        self.snapshot.version().to_string()
+    }
+}
+
+/// A stream's view of the served snapshot, refreshed when it changes.
+struct Current {
+    mesh: Mesh,
+    envoy: Option<SocketAddr>,
+    served: Served,
+}
+
+impl Current {
+    fn new(mesh: Mesh, envoy: Option<SocketAddr>) -> Self {
+        let served = Served::of(mesh.snapshot(), envoy);
+        Self {
+            mesh,
+            envoy,
+            served,
+        }
+    }
+
+    /// Translates the newest snapshot, once per version.
+    fn refresh(&mut self, newest: Option<Arc<Snapshot>>) {
+        let newest = newest.unwrap_or_else(|| self.mesh.snapshot());
+        if newest.version() != self.served.snapshot.version() {
+            self.served = Served::of(newest, self.envoy);
+        }
+    }
+}
+
+/// A state-of-the-world response for a subscription.
+fn respond(served: &Served, t: &str, names: &[String], nonce: String) -> DiscoveryResponse {
+    let wanted: BTreeSet<String> = names.iter().filter(|n| *n != "*").cloned().collect();
+    let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
+    let resources = served
+        .resources
+        .encoded(t, |n| served.covers(t, wildcard, &wanted, n))
+        .into_iter()
+        .map(|(_, any)| any)
+        .collect();
     DiscoveryResponse {
-        version_info: version.to_string(),
+        version_info: served.version(),
         resources,
         type_url: t.to_owned(),
-        nonce: nonce.to_string(),
+        nonce,
         ..Default::default()
+    }
+}
+
+/// An incremental subscription of one type on one stream.
+#[derive(Debug, Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds: the version of each resource sent, or `None`
+    /// for a name it was told does not exist.
+    sent: BTreeMap<String, Option<String>>,
+}
+
+fn version_of(any: &envoy_types::pb::google::protobuf::Any) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.value.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+impl DeltaSub {
+    /// What changed for this subscription since the client last heard:
+    /// new or changed resources, and names removed or never there.
+    fn diff(&mut self, served: &Served, t: &str, nonce: String) -> Option<DeltaDiscoveryResponse> {
+        let mut resources = Vec::new();
+        let mut present = BTreeSet::new();
+        for (name, any) in served
+            .resources
+            .encoded(t, |n| served.covers(t, self.wildcard, &self.names, n))
+        {
+            present.insert(name.clone());
+            let version = version_of(&any);
+            if self.sent.get(&name).and_then(Option::as_ref) != Some(&version) {
+                self.sent.insert(name.clone(), Some(version.clone()));
+                resources.push(Resource {
+                    name,
+                    version,
+                    resource: Some(any),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut removed = Vec::new();
+        self.sent.retain(|name, v| {
+            if present.contains(name) || v.is_none() {
+                return true;
+            }
+            removed.push(name.clone());
+            false
+        });
+        // Named but not served: say so once, so the client need not wait.
+        for name in &self.names {
+            if !present.contains(name) && !self.sent.contains_key(name) {
+                self.sent.insert(name.clone(), None);
+                removed.push(name.clone());
+            }
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(DeltaDiscoveryResponse {
+            system_version_info: served.version(),
+            resources,
+            type_url: t.to_owned(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
     }
 }
 
@@ -125,22 +286,15 @@ impl AggregatedDiscoveryService for DevControlPlane {
     ) -> Result<Response<Responses>, Status> {
         let mut incoming = request.into_inner();
         let (tx, mut rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
-        let mesh = self.mesh.clone();
-        let nonces = self.nonce.clone();
-        let mut stop = self.stop.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let mut subscribed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            let mut updates = mesh.subscribe();
+            let mut updates = this.mesh.subscribe();
+            let mut stop = this.stop.clone();
             let mut node = String::new();
-            // Translated once per snapshot, not once per ACK.
-            let mut snap = mesh.snapshot();
-            let mut resources = translate::from_config(snap.config());
+            let mut current = Current::new(this.mesh.clone(), this.envoy);
             loop {
-                let now = mesh.snapshot();
-                if now.version() != snap.version() {
-                    resources = translate::from_config(now.config());
-                    snap = now;
-                }
+                current.refresh(None);
                 if *stop.borrow() {
                     return;
                 }
@@ -149,10 +303,7 @@ impl AggregatedDiscoveryService for DevControlPlane {
                     // `changed()` errs at once, which disables this branch.
                     Ok(()) = stop.changed() => continue,
                     msg = incoming.message() => {
-                        let req = match msg {
-                            Ok(Some(r)) => r,
-                            _ => return,
-                        };
+                        let Ok(Some(req)) = msg else { return };
                         if let Some(n) = &req.node {
                             node = n.id.clone();
                         }
@@ -163,8 +314,7 @@ impl AggregatedDiscoveryService for DevControlPlane {
                         let first = req.response_nonce.is_empty();
                         subscribed.insert(req.type_url.clone(), req.resource_names.clone());
                         if first || changed {
-                            let nonce = nonces.fetch_add(1, Ordering::Relaxed) + 1;
-                            let resp = respond(&resources, &req.type_url, &req.resource_names, snap.version(), nonce);
+                            let resp = respond(&current.served, &req.type_url, &req.resource_names, this.next_nonce());
                             if tx.send(Ok(resp)).await.is_err() {
                                 return;
                             }
@@ -172,13 +322,10 @@ impl AggregatedDiscoveryService for DevControlPlane {
                     }
                     next = updates.next() => {
                         let Some(next) = next else { return };
-                        if next.version() != snap.version() {
-                            resources = translate::from_config(next.config());
-                            snap = next;
-                        }
+                        current.refresh(Some(next));
                         for (t, names) in &subscribed {
-                            let nonce = nonces.fetch_add(1, Ordering::Relaxed) + 1;
-                            if tx.send(Ok(respond(&resources, t, names, snap.version(), nonce))).await.is_err() {
+                            let resp = respond(&current.served, t, names, this.next_nonce());
+                            if tx.send(Ok(resp)).await.is_err() {
                                 return;
                             }
                         }
@@ -194,10 +341,89 @@ impl AggregatedDiscoveryService for DevControlPlane {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponses>, Status> {
-        Err(Status::unimplemented(
-            "incremental (delta) xDS is not served yet; use state of the world",
-        ))
+        let mut incoming = request.into_inner();
+        let (tx, mut rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut subs: BTreeMap<String, DeltaSub> = BTreeMap::new();
+            let mut updates = this.mesh.subscribe();
+            let mut stop = this.stop.clone();
+            let mut node = String::new();
+            let mut current = Current::new(this.mesh.clone(), this.envoy);
+            loop {
+                current.refresh(None);
+                if *stop.borrow() {
+                    return;
+                }
+                let mut out = Vec::new();
+                tokio::select! {
+                    Ok(()) = stop.changed() => continue,
+                    msg = incoming.message() => {
+                        let Ok(Some(req)) = msg else { return };
+                        if let Some(n) = &req.node {
+                            node = n.id.clone();
+                        }
+                        if let Some(err) = &req.error_detail {
+                            tracing::warn!(%node, type_url = %req.type_url, nonce = %req.response_nonce, "NACK: {}", err.message);
+                        }
+                        let first = !subs.contains_key(&req.type_url);
+                        let sub = subs.entry(req.type_url.clone()).or_default();
+                        if first {
+                            // No names at first is the legacy wildcard.
+                            sub.wildcard = req.resource_names_subscribe.is_empty();
+                            for (name, version) in &req.initial_resource_versions {
+                                sub.sent.insert(name.clone(), Some(version.clone()));
+                            }
+                        }
+                        let mut changed = first;
+                        for name in &req.resource_names_subscribe {
+                            if name == "*" {
+                                sub.wildcard = true;
+                            } else {
+                                changed |= sub.names.insert(name.clone());
+                            }
+                        }
+                        for name in &req.resource_names_unsubscribe {
+                            if name == "*" {
+                                sub.wildcard = false;
+                            }
+                            changed |= sub.names.remove(name);
+                            sub.sent.remove(name);
+                        }
+                        if changed {
+                            let diff = sub.diff(&current.served, &req.type_url, this.next_nonce());
+                            match diff {
+                                Some(resp) => out.push(resp),
+                                // The first answer is sent even when empty:
+                                // Envoy waits for it before serving.
+                                None if first => out.push(DeltaDiscoveryResponse {
+                                    system_version_info: current.served.version(),
+                                    type_url: req.type_url.clone(),
+                                    nonce: this.next_nonce(),
+                                    ..Default::default()
+                                }),
+                                None => {}
+                            }
+                        }
+                    }
+                    next = updates.next() => {
+                        let Some(next) = next else { return };
+                        current.refresh(Some(next));
+                        for (t, sub) in &mut subs {
+                            out.extend(sub.diff(&current.served, t, this.next_nonce()));
+                        }
+                    }
+                }
+                for resp in out {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = super::futures_core_stream::from_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

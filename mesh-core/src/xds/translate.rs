@@ -8,8 +8,9 @@
 //! NACKs; fields it can ignore safely are reported as warnings.
 
 use crate::config::{
-    Backend, Backoff, CircuitBreaker, Config, Endpoint, LoadBalancer, OutlierDetection, PathMatch,
-    RetryOn, RetryPolicy, Route, RouteMatch, Service, StringMatch, WeightedBackend,
+    Backend, Backoff, CircuitBreaker, Config, Endpoint, Fault, FaultAbort, FaultDelay,
+    LoadBalancer, OutlierDetection, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch, Service,
+    StringMatch, WeightedBackend,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
@@ -48,6 +49,161 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Cluster>,
     /// Endpoint assignments.
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+}
+
+/// One type's held resources, saved to put back if a response is NACKed.
+#[derive(Debug, Clone)]
+pub enum Saved {
+    /// Listeners.
+    Listeners(BTreeMap<String, Listener>),
+    /// Route configurations.
+    Routes(BTreeMap<String, RouteConfiguration>),
+    /// Clusters.
+    Clusters(BTreeMap<String, Cluster>),
+    /// Endpoint assignments.
+    Endpoints(BTreeMap<String, ClusterLoadAssignment>),
+}
+
+/// Runs `$body` with `$map` bound to the map of type URL `$t`.
+macro_rules! with_map {
+    ($r:expr, $t:expr, |$map:ident| $body:expr) => {
+        match $t {
+            type_url::LISTENER => {
+                let $map = &mut $r.listeners;
+                $body
+            }
+            type_url::ROUTE => {
+                let $map = &mut $r.routes;
+                $body
+            }
+            type_url::CLUSTER => {
+                let $map = &mut $r.clusters;
+                $body
+            }
+            _ => {
+                let $map = &mut $r.endpoints;
+                $body
+            }
+        }
+    };
+}
+
+/// The name a resource is known by.
+trait Named: Message + Default {
+    fn name(&self) -> &str;
+}
+impl Named for Listener {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for RouteConfiguration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for Cluster {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for ClusterLoadAssignment {
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+fn decode_as<M: Named>(
+    map: &mut BTreeMap<String, M>,
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<String, String> {
+    let v = M::decode(any.value.as_slice())
+        .map_err(|e| format!("cannot decode a {}: {e}", any.type_url))?;
+    let name = v.name().to_owned();
+    map.insert(name.clone(), v);
+    Ok(name)
+}
+
+impl Resources {
+    /// Decodes `any` as a resource of type `t` and holds it (replacing one
+    /// of the same name); returns its name.
+    pub fn insert(
+        &mut self,
+        t: &str,
+        any: &envoy_types::pb::google::protobuf::Any,
+    ) -> Result<String, String> {
+        if any.type_url != t {
+            return Err(format!("a {} in a response of type {t}", any.type_url));
+        }
+        with_map!(self, t, |map| decode_as(map, any))
+    }
+
+    /// Drops the resource `name` of type `t`.
+    pub fn remove(&mut self, t: &str, name: &str) {
+        with_map!(self, t, |map| {
+            map.remove(name);
+        })
+    }
+
+    /// Keeps only the resources of type `t` that `keep` accepts.
+    pub fn retain(&mut self, t: &str, keep: impl Fn(&str) -> bool) {
+        with_map!(self, t, |map| map.retain(|k, _| keep(k)))
+    }
+
+    /// Drops every resource of type `t`.
+    pub fn clear(&mut self, t: &str) {
+        self.retain(t, |_| false);
+    }
+
+    /// A copy of the resources of type `t`.
+    pub fn save(&self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
+            type_url::ROUTE => Saved::Routes(self.routes.clone()),
+            type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
+            _ => Saved::Endpoints(self.endpoints.clone()),
+        }
+    }
+
+    /// Puts back what [`save`](Self::save) copied.
+    pub fn restore(&mut self, saved: Saved) {
+        match saved {
+            Saved::Listeners(m) => self.listeners = m,
+            Saved::Routes(m) => self.routes = m,
+            Saved::Clusters(m) => self.clusters = m,
+            Saved::Endpoints(m) => self.endpoints = m,
+        }
+    }
+
+    /// The encoded resources of type `t` whose names `pick` accepts, by name.
+    pub fn encoded(
+        &self,
+        t: &str,
+        pick: impl Fn(&str) -> bool,
+    ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+        fn enc<M: Message + prost::Name>(
+            map: &BTreeMap<String, M>,
+            pick: impl Fn(&str) -> bool,
+        ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+            map.iter()
+                .filter(|(k, _)| pick(k))
+                .map(|(k, v)| {
+                    let any = envoy_types::pb::google::protobuf::Any {
+                        type_url: M::type_url(),
+                        value: v.encode_to_vec(),
+                    };
+                    (k.clone(), any)
+                })
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => enc(&self.listeners, pick),
+            type_url::ROUTE => enc(&self.routes, pick),
+            type_url::CLUSTER => enc(&self.clusters, pick),
+            type_url::ENDPOINTS => enc(&self.endpoints, pick),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What the held resources refer to: the names to subscribe to next.
@@ -170,28 +326,47 @@ fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Durati
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
-/// The config the held resources describe, for the listeners `services`;
-/// `Ok(None)` while something referenced has not arrived yet. Warnings list
-/// what was ignored.
-pub fn to_config(
+/// What the held resources describe for the subscribed listeners.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    /// The services whose listener and everything it references are held,
+    /// and the backends they use.
+    pub config: Config,
+    /// Listeners held whose route configuration, clusters or endpoints
+    /// have not all arrived yet.
+    pub incomplete: Vec<String>,
+    /// Subscribed listeners the control plane has not sent (not yet, or
+    /// they do not exist).
+    pub missing: Vec<String>,
+}
+
+/// The config the held resources describe, for the listeners `services`.
+/// A service goes in only when everything it references is held; the
+/// others are named in [`Built::incomplete`] and [`Built::missing`].
+/// Warnings list what was ignored; an error names what cannot be honoured.
+pub fn to_config<'a>(
     r: &Resources,
-    services: &[String],
+    services: impl IntoIterator<Item = &'a String>,
     warnings: &mut Vec<String>,
-) -> Result<Option<Config>, String> {
-    let mut cfg = Config::default();
+) -> Result<Built, String> {
+    let mut built = Built::default();
     let mut clusters_used = BTreeSet::new();
-    for name in services {
+    'services: for name in services {
         let Some(l) = r.listeners.get(name) else {
-            return Ok(None);
+            built.missing.push(name.clone());
+            continue;
         };
         let rc = match route_source(l)? {
             RouteSource::Inline(rc) => *rc,
             RouteSource::Rds(n) => match r.routes.get(&n) {
                 Some(rc) => rc.clone(),
-                None => return Ok(None),
+                None => {
+                    built.incomplete.push(name.clone());
+                    continue;
+                }
             },
         };
-        let host = name.split(':').next().unwrap_or(name);
+        let host = crate::route::host_of(name);
         let vh = rc
             .virtual_hosts
             .iter()
@@ -207,11 +382,34 @@ pub fn to_config(
                     rc.name
                 )
             })?;
+        // Fault config: the route's, else its virtual host's, else the
+        // fault filter's own config in the connection manager.
+        let where_vh = format!("virtual host `{}` of `{}`", vh.name, rc.name);
+        let inherited = match faults_in(&vh.typed_per_filter_config, &where_vh, warnings)? {
+            Some(f) => Some(f),
+            None => hcm_fault(&api_hcm(l)?, &l.name, warnings)?,
+        };
         let mut routes = Vec::new();
+        let mut uses = BTreeSet::new();
         for (i, xr) in vh.routes.iter().enumerate() {
-            routes.push(route_of(xr, i, &rc.name, &mut clusters_used, warnings)?);
+            let mut route = route_of(xr, i, &rc.name, &mut uses, warnings)?;
+            if route.fault.is_none() {
+                route.fault.clone_from(&inherited);
+            }
+            routes.push(route);
         }
-        cfg.services.push(Service {
+        for c in &uses {
+            let held = r
+                .clusters
+                .get(c)
+                .is_some_and(|c| !is_eds(c) || r.endpoints.contains_key(&eds_name(c)));
+            if !held {
+                built.incomplete.push(name.clone());
+                continue 'services;
+            }
+        }
+        clusters_used.extend(uses);
+        built.config.services.push(Service {
             name: host.to_owned(),
             hosts: vec![host.to_owned()],
             routes,
@@ -219,19 +417,16 @@ pub fn to_config(
     }
     for name in &clusters_used {
         let Some(c) = r.clusters.get(name) else {
-            return Ok(None);
+            continue; // checked above
         };
         let cla = if is_eds(c) {
-            match r.endpoints.get(&eds_name(c)) {
-                Some(cla) => cla.clone(),
-                None => return Ok(None),
-            }
+            r.endpoints.get(&eds_name(c)).cloned().unwrap_or_default()
         } else {
             c.load_assignment.clone().unwrap_or_default()
         };
-        cfg.backends.push(backend_of(c, &cla, warnings)?);
+        built.config.backends.push(backend_of(c, &cla, warnings)?);
     }
-    Ok(Some(cfg))
+    Ok(built)
 }
 
 fn route_of(
@@ -378,26 +573,17 @@ fn route_of(
     };
     let mirror = action.request_mirror_policies.first().map(|m| {
         clusters.insert(m.cluster.clone());
-        let percent = m
-            .runtime_fraction
-            .as_ref()
-            .and_then(|f| f.default_value.as_ref())
-            .map_or(100.0, |f| {
-                let d = match f.denominator {
-                    1 => 10_000.0,
-                    2 => 1_000_000.0,
-                    _ => 100.0,
-                };
-                f64::from(f.numerator) * 100.0 / d
-            });
+        let percent = percent_of(
+            m.runtime_fraction
+                .as_ref()
+                .and_then(|f| f.default_value.as_ref()),
+        );
         crate::config::Mirror {
             backend: m.cluster.clone(),
             percent,
         }
     });
-    if !xr.typed_per_filter_config.is_empty() {
-        warnings.push(format!("{where_}: per-filter config is ignored"));
-    }
+    let fault = faults_in(&xr.typed_per_filter_config, &where_, warnings)?;
     Ok(Route {
         name: Some(if xr.name.is_empty() {
             format!("route-{i}")
@@ -417,9 +603,116 @@ fn route_of(
         to,
         timeout,
         retry,
-        fault: None,
+        fault,
         mirror,
     })
+}
+
+/// A percentage from xDS's fraction (of a hundred, ten thousand or a
+/// million).
+fn percent_of(f: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
+    f.map_or(100.0, |f| {
+        let d = match f.denominator {
+            1 => 10_000.0,
+            2 => 1_000_000.0,
+            _ => 100.0,
+        };
+        (f64::from(f.numerator) * 100.0 / d).min(100.0)
+    })
+}
+
+/// The fault of a fault filter's config; what our model cannot express is
+/// named in a warning (faults are a testing aid: leaving one out never
+/// lets traffic through that should not go).
+fn fault_of(
+    hf: &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault,
+    where_: &str,
+    warnings: &mut Vec<String>,
+) -> Option<Fault> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    let delay = hf
+        .delay
+        .as_ref()
+        .and_then(|d| match &d.fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(fixed)) => Some(FaultDelay {
+                fixed: dur(&Some(*fixed)).unwrap_or_default(),
+                percent: percent_of(d.percentage.as_ref()),
+            }),
+            _ => {
+                warnings.push(format!(
+                    "{where_}: fault delay from a request header is not supported, ignored"
+                ));
+                None
+            }
+        });
+    let abort = hf.abort.as_ref().and_then(|a| match &a.error_type {
+        Some(ErrorType::HttpStatus(code)) => Some(FaultAbort {
+            status: u16::try_from(*code).unwrap_or(500),
+            percent: percent_of(a.percentage.as_ref()),
+        }),
+        Some(ErrorType::GrpcStatus(_)) => {
+            warnings.push(format!("{where_}: fault abort with a gRPC status is not supported (use an HTTP status), ignored"));
+            None
+        }
+        _ => {
+            warnings.push(format!("{where_}: fault abort from a request header is not supported, ignored"));
+            None
+        }
+    });
+    if !hf.headers.is_empty() || !hf.downstream_nodes.is_empty() || !hf.upstream_cluster.is_empty()
+    {
+        warnings.push(format!("{where_}: fault conditions (headers, nodes, cluster) are not supported; the fault applies to every request"));
+    }
+    if hf.max_active_faults.is_some() || hf.response_rate_limit.is_some() {
+        warnings.push(format!(
+            "{where_}: fault max_active_faults / response_rate_limit are not supported, ignored"
+        ));
+    }
+    (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
+}
+
+/// The fault among per-filter configs (a route's or a virtual host's);
+/// other filters' configs are named in a warning.
+fn faults_in(
+    configs: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+    where_: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Fault>, String> {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    let mut fault = None;
+    for (name, any) in configs {
+        if any.type_url == <HttpFault as prost::Name>::type_url() {
+            let hf = HttpFault::decode(any.value.as_slice())
+                .map_err(|e| format!("{where_}: cannot decode the fault config `{name}`: {e}"))?;
+            fault = fault_of(&hf, where_, warnings);
+        } else {
+            warnings.push(format!(
+                "{where_}: per-filter config `{name}` ({}) is ignored",
+                any.type_url
+            ));
+        }
+    }
+    Ok(fault)
+}
+
+/// The fault filter's own config in a connection manager, the default for
+/// routes that set none.
+fn hcm_fault(
+    hcm: &HttpConnectionManager,
+    listener: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Fault>, String> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+    let mut configs = std::collections::HashMap::new();
+    for f in &hcm.http_filters {
+        if let Some(ConfigType::TypedConfig(any)) = &f.config_type
+            && any.type_url.ends_with(".fault.v3.HTTPFault")
+        {
+            configs.insert(f.name.clone(), any.clone());
+        }
+    }
+    faults_in(&configs, &format!("listener `{listener}`"), warnings)
 }
 
 fn string_match(
@@ -697,6 +990,7 @@ pub fn from_config(cfg: &Config) -> Resources {
         retry_policy::RetryBackOff, route_action::RequestMirrorPolicy,
         weighted_cluster::ClusterWeight,
     };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpFilter, Rds, http_filter,
     };
@@ -728,16 +1022,28 @@ pub fn from_config(cfg: &Config) -> Resources {
         } else {
             s.hosts.clone()
         };
+        let mut http_filters = Vec::new();
+        if s.routes.iter().any(|r| r.fault.is_some()) {
+            // Present, with no fault of its own: routes say what they inject.
+            http_filters.push(HttpFilter {
+                name: FAULT_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &HttpFault::default(),
+                ))),
+                ..Default::default()
+            });
+        }
+        http_filters.push(HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
+            ..Default::default()
+        });
         let hcm = HttpConnectionManager {
             route_specifier: Some(RouteSpecifier::Rds(Rds {
                 route_config_name: s.name.clone(),
                 config_source: Some(ads()),
             })),
-            http_filters: vec![HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
-                ..Default::default()
-            }],
+            http_filters,
             ..Default::default()
         };
         for h in &hosts {
@@ -819,11 +1125,16 @@ pub fn from_config(cfg: &Config) -> Resources {
             } else {
                 route.matches.iter().map(Some).collect()
             };
+            let mut typed_per_filter_config = std::collections::HashMap::new();
+            if let Some(f) = &route.fault {
+                typed_per_filter_config.insert(FAULT_FILTER.to_owned(), any(&http_fault(f)));
+            }
             for m in alternatives {
                 routes.push(XRoute {
                     name: route.name.clone().unwrap_or_default(),
                     r#match: Some(match_of(m)),
                     action: Some(route::Action::Route(action.clone())),
+                    typed_per_filter_config: typed_per_filter_config.clone(),
                     ..Default::default()
                 });
             }
@@ -951,6 +1262,136 @@ pub fn from_config(cfg: &Config) -> Resources {
         );
     }
     r
+}
+
+/// A socket listener on `addr` for Envoy (which cannot take API
+/// listeners over LDS), named `name`: one HTTP connection manager whose
+/// route configuration `name` holds the virtual hosts of every service in
+/// `r`, so Envoy routes what arrives on `addr` by Host the way the mesh's
+/// clients route by authority.
+pub fn envoy_listener(
+    r: &Resources,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> (Listener, RouteConfiguration) {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+        config_source, socket_address,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpFilter, Rds, http_connection_manager::StripPortMode, http_filter,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    fn any<M: Message + prost::Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
+    let hcm = HttpConnectionManager {
+        stat_prefix: "mesh".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            route_config_name: name.to_owned(),
+            config_source: Some(ConfigSource {
+                resource_api_version: ApiVersion::V3 as i32,
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                ..Default::default()
+            }),
+        })),
+        // `reviews:10000` is routed as `reviews`, as the mesh's clients do.
+        strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
+        http_filters: vec![
+            // With no fault of its own: the routes' configs say what to inject.
+            HttpFilter {
+                name: FAULT_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: name.to_owned(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: r
+            .routes
+            .values()
+            .flat_map(|rc| rc.virtual_hosts.iter().cloned())
+            .collect(),
+        ..Default::default()
+    };
+    (listener, routes)
+}
+
+/// The name the fault filter goes by in connection managers and per-route
+/// configs.
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// A fraction of a million from a percentage.
+fn fraction(percent: f64) -> envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+        numerator: (percent * 10_000.0).round() as u32,
+        denominator: 2, // MILLION
+    }
+}
+
+/// Our fault as the fault filter's per-route config.
+fn http_fault(
+    f: &Fault,
+) -> envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+        FaultDelay as XDelay, fault_delay::FaultDelaySecifier,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        FaultAbort as XAbort, HttpFault, fault_abort::ErrorType,
+    };
+    HttpFault {
+        delay: f.delay.as_ref().map(|d| XDelay {
+            percentage: Some(fraction(d.percent)),
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(
+                envoy_types::pb::google::protobuf::Duration {
+                    seconds: d.fixed.as_secs() as i64,
+                    nanos: d.fixed.subsec_nanos() as i32,
+                },
+            )),
+        }),
+        abort: f.abort.as_ref().map(|a| XAbort {
+            percentage: Some(fraction(a.percent)),
+            error_type: Some(ErrorType::HttpStatus(u32::from(a.status))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn match_of(m: Option<&RouteMatch>) -> envoy_types::pb::envoy::config::route::v3::RouteMatch {
@@ -1136,6 +1577,7 @@ services:
       - name: exact
         match: { path: { exact: /health } }
         timeout: 250ms
+        fault: { delay: { fixed: 50ms, percent: 12.5 }, abort: { status: 503, percent: 0.5 } }
         to: [{ backend: reviews-v1, weight: 3 }]
       - name: default
         timeout: 2s
@@ -1162,9 +1604,9 @@ backends:
         let resources = from_config(&cfg);
         let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
         let mut warnings = Vec::new();
-        let back = to_config(&resources, &services, &mut warnings)
-            .unwrap()
-            .unwrap();
+        let built = to_config(&resources, &services, &mut warnings).unwrap();
+        assert!(built.incomplete.is_empty() && built.missing.is_empty());
+        let back = built.config;
         assert!(warnings.is_empty(), "{warnings:?}");
         back.validate().unwrap();
         let mut want = cfg.clone();
@@ -1192,13 +1634,73 @@ backends:
         rc.virtual_hosts[0].routes[0].action = Some(route::Action::Redirect(Default::default()));
         let err = to_config(&r, &["s".into()], &mut Vec::new()).unwrap_err();
         assert!(err.contains("redirect"), "{err}");
-        // A missing piece is not an error: the client waits for it.
+        // A missing piece is not an error: the client waits for it, and
+        // the service is named as incomplete, not served half-built.
         let mut r = from_config(&cfg);
         r.endpoints.clear();
-        assert!(
-            to_config(&r, &["s".into()], &mut Vec::new())
-                .unwrap()
-                .is_none()
+        let built = to_config(&r, &["s".into(), "t".into()], &mut Vec::new()).unwrap();
+        assert!(built.config.services.is_empty() && built.config.backends.is_empty());
+        assert_eq!(built.incomplete, ["s"]);
+        assert_eq!(built.missing, ["t"]);
+    }
+
+    #[test]
+    fn faults_come_from_the_route_its_virtual_host_or_the_filter_and_the_rest_is_named() {
+        use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+            FaultAbort as XAbort, HttpFault, fault_abort::ErrorType,
+        };
+        use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+        use envoy_types::pb::google::protobuf::Any;
+        let any = |f: &HttpFault| Any {
+            type_url: <HttpFault as prost::Name>::type_url(),
+            value: f.encode_to_vec(),
+        };
+        let abort = |error_type| HttpFault {
+            abort: Some(XAbort {
+                percentage: Some(FractionalPercent {
+                    numerator: 25,
+                    denominator: 0, // HUNDRED
+                }),
+                error_type: Some(error_type),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cfg = Config::from_yaml(
+            "services: [{ name: s, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let mut r = from_config(&cfg);
+        let vh = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0];
+        vh.typed_per_filter_config.insert(
+            "envoy.filters.http.fault".into(),
+            any(&abort(ErrorType::HttpStatus(503))),
         );
+        let mut warnings = Vec::new();
+        let built = to_config(&r, &["s".into()], &mut warnings).unwrap();
+        let fault = built.config.services[0].routes[0].fault.clone().unwrap();
+        let a = fault.abort.unwrap();
+        assert_eq!((a.status, a.percent), (503, 25.0));
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // What the model cannot say is named, not silently dropped.
+        let route = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0].routes[0];
+        route.typed_per_filter_config.insert(
+            "envoy.filters.http.fault".into(),
+            any(&abort(ErrorType::GrpcStatus(14))),
+        );
+        route.typed_per_filter_config.insert(
+            "envoy.filters.http.cors".into(),
+            Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+                    .into(),
+                value: Vec::new(),
+            },
+        );
+        let mut warnings = Vec::new();
+        to_config(&r, &["s".into()], &mut warnings).unwrap();
+        let all = warnings.join("\n");
+        assert!(all.contains("gRPC status"), "{all}");
+        assert!(all.contains("envoy.filters.http.cors"), "{all}");
     }
 }

@@ -1,0 +1,788 @@
+//! The ADS client's state machine, shared by both variants of the
+//! protocol: state of the world (every response carries every subscribed
+//! resource of its type) and incremental (responses carry what changed and
+//! what was removed; subscriptions change by name).
+
+use super::translate::{self, Resources, type_url};
+use super::{Api, XdsSettings, XdsStatus, metric_names};
+use crate::config::Config;
+use crate::mesh::{Demand, DemandWait, Mesh};
+use crate::snapshot::Source;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+/// The resource types, in the order a client follows them.
+const TYPES: [&str; 4] = [
+    type_url::LISTENER,
+    type_url::ROUTE,
+    type_url::CLUSTER,
+    type_url::ENDPOINTS,
+];
+
+fn known(t: &str) -> Option<&'static str> {
+    TYPES.into_iter().find(|k| *k == t)
+}
+
+/// What the application asks of a running client.
+#[derive(Debug)]
+pub(super) enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// What the client knows of a host the application called.
+#[derive(Debug)]
+enum Host {
+    /// Asked for, not answered: callers wait on the sender's channel.
+    Pending(watch::Sender<bool>),
+    /// Answered (served, or the control plane has no such listener, or the
+    /// wait bound passed).
+    Answered,
+}
+
+/// On-demand subscriptions: the route layer's side.
+#[derive(Debug)]
+pub(super) struct OnDemand {
+    commands: mpsc::UnboundedSender<Command>,
+    hosts: Arc<Mutex<HashMap<String, Host>>>,
+    bound: Duration,
+}
+
+fn lock(hosts: &Mutex<HashMap<String, Host>>) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
+    hosts.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl OnDemand {
+    pub(super) fn new(commands: mpsc::UnboundedSender<Command>, bound: Duration) -> Self {
+        Self {
+            commands,
+            hosts: Arc::new(Mutex::new(HashMap::new())),
+            bound,
+        }
+    }
+
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
+        lock(&self.hosts)
+    }
+
+    /// Marks `host` pending without asking (it is subscribed already).
+    pub(super) fn expect(&self, host: &str) {
+        self.hosts()
+            .entry(host.to_owned())
+            .or_insert_with(|| Host::Pending(watch::channel(false).0));
+    }
+
+    /// Forgets `host`, so that a later call subscribes again.
+    pub(super) fn forget(&self, host: &str) {
+        if let Some(Host::Pending(tx)) = self.hosts().remove(host) {
+            tx.send_replace(true);
+        }
+    }
+
+    /// Ends the waits for the hosts `answered` accepts.
+    fn settle(&self, answered: impl Fn(&str) -> bool) {
+        let mut hosts = self.hosts();
+        for (name, h) in hosts.iter_mut() {
+            if let Host::Pending(tx) = h
+                && answered(name)
+            {
+                tx.send_replace(true);
+                *h = Host::Answered;
+            }
+        }
+    }
+}
+
+impl Demand for OnDemand {
+    fn want(&self, authority: &str) -> Option<DemandWait> {
+        // An address is nobody's service name: nothing to ask for.
+        let host = crate::route::host_of(authority);
+        if authority.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        let mut rx = {
+            let mut hosts = self.hosts();
+            match hosts.get(authority) {
+                Some(Host::Answered) => return None,
+                Some(Host::Pending(tx)) => tx.subscribe(),
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    hosts.insert(authority.to_owned(), Host::Pending(tx));
+                    if self
+                        .commands
+                        .send(Command::Subscribe(authority.to_owned()))
+                        .is_err()
+                    {
+                        // The client is gone: nothing will answer.
+                        hosts.insert(authority.to_owned(), Host::Answered);
+                        return None;
+                    }
+                    rx
+                }
+            }
+        };
+        let (bound, hosts, host) = (self.bound, self.hosts.clone(), authority.to_owned());
+        Some(Box::pin(async move {
+            // Past the bound the request goes on as if the control plane
+            // had no config for the host, and so do later ones; the
+            // subscription stays, so a late answer is routed.
+            if tokio::time::timeout(bound, rx.wait_for(|done| *done))
+                .await
+                .is_err()
+                && let Some(h) = lock(&hosts).get_mut(&host)
+            {
+                tracing::debug!(%host, "xDS: no answer for the host within {bound:?}");
+                *h = Host::Answered;
+            }
+        }))
+    }
+}
+
+/// What survives reconnects: subscriptions, accepted versions, and the
+/// resources accepted so far.
+pub(super) struct State {
+    /// Subscribed names per type.
+    names: BTreeMap<&'static str, BTreeSet<String>>,
+    /// State of the world: the accepted version and last nonce per type.
+    version: BTreeMap<&'static str, String>,
+    nonce: BTreeMap<&'static str, String>,
+    /// Incremental: the accepted version of each resource, per type.
+    resource_versions: BTreeMap<&'static str, BTreeMap<String, String>>,
+    resources: Resources,
+    node: Node,
+    /// The next request is the stream's first (it carries the node).
+    first: bool,
+    /// A config has been published (the mesh is ready).
+    published: bool,
+    /// A listener response has arrived since the stream opened.
+    listeners_answered: bool,
+    /// The control plane's address, the metrics' label.
+    server: String,
+    demand: Arc<OnDemand>,
+}
+
+impl State {
+    pub(super) fn new(settings: &XdsSettings, demand: Arc<OnDemand>) -> Self {
+        let mut names: BTreeMap<&'static str, BTreeSet<String>> =
+            TYPES.into_iter().map(|t| (t, BTreeSet::new())).collect();
+        for s in &settings.services {
+            names
+                .entry(type_url::LISTENER)
+                .or_default()
+                .insert(s.clone());
+            demand.expect(s);
+        }
+        Self {
+            names,
+            version: BTreeMap::new(),
+            nonce: BTreeMap::new(),
+            resource_versions: BTreeMap::new(),
+            resources: Resources::default(),
+            node: Node {
+                id: settings.node_id.clone(),
+                cluster: settings.node_cluster.clone(),
+                user_agent_name: "mesh".into(),
+                ..Default::default()
+            },
+            first: true,
+            published: false,
+            listeners_answered: false,
+            server: settings.server.clone(),
+            demand,
+        }
+    }
+
+    fn node(&mut self) -> Option<Node> {
+        std::mem::take(&mut self.first).then(|| self.node.clone())
+    }
+
+    fn names(&self, t: &str) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        self.names.get(t).unwrap_or(&NONE)
+    }
+
+    /// Publishes an empty config when nothing is subscribed yet: an
+    /// on-demand client is ready at once, its hosts come as they are called.
+    pub(super) fn publish_if_empty(&mut self, mesh: &Mesh) {
+        if self.names(type_url::LISTENER).is_empty() && !self.published {
+            let source = Source::Xds("nothing subscribed yet (on demand)".into());
+            if mesh.update(Config::default(), source).is_ok() {
+                self.published = true;
+            }
+        }
+    }
+
+    /// Translates the held resources and publishes them if they changed.
+    /// An error is the reason to NACK.
+    fn publish(&mut self, mesh: &Mesh, status: &XdsStatus, label: String) -> Result<(), String> {
+        let mut warnings = Vec::new();
+        let built = translate::to_config(
+            &self.resources,
+            self.names(type_url::LISTENER),
+            &mut warnings,
+        );
+        record_warnings(status, warnings);
+        let built = built?;
+        // The first config waits for every service named at start-up that
+        // exists; later ones do not wait for a half-arrived service (it
+        // keeps its running config until the rest arrives).
+        if !self.published && (!built.incomplete.is_empty() || !self.listeners_answered) {
+            return Ok(());
+        }
+        let running = mesh.snapshot();
+        let mut cfg = built.config;
+        carry_over(&mut cfg, running.config(), &built.incomplete);
+        if self.published && cfg == *running.config() {
+            return Ok(());
+        }
+        mesh.update(cfg, Source::Xds(label))
+            .map_err(|e| e.to_string())?;
+        self.published = true;
+        Ok(())
+    }
+
+    /// Ends the waits of hosts the running config now answers for.
+    fn settle(&self, mesh: &Mesh, listener_response: bool) {
+        let snap = mesh.snapshot();
+        let held = &self.resources.listeners;
+        let subscribed = self.names(type_url::LISTENER);
+        self.demand.settle(|host| {
+            snap.service_for_host(crate::route::host_of(host)).is_some()
+                || (listener_response && subscribed.contains(host) && !held.contains_key(host))
+        });
+    }
+
+    /// Follows what the accepted resources name: per type, the names to
+    /// subscribe to and to drop (dropped resources are forgotten).
+    fn follow(&mut self) -> Vec<Change> {
+        let wanted = translate::wanted(&self.resources);
+        let mut out = Vec::new();
+        for (t, names) in [
+            (type_url::ROUTE, wanted.routes),
+            (type_url::CLUSTER, wanted.clusters),
+            (type_url::ENDPOINTS, wanted.endpoints),
+        ] {
+            if let Some(change) = self.resubscribe(t, names) {
+                out.push(change);
+            }
+        }
+        out
+    }
+
+    fn resubscribe(&mut self, t: &'static str, names: BTreeSet<String>) -> Option<Change> {
+        let current = self.names.entry(t).or_default();
+        if *current == names {
+            return None;
+        }
+        let added = names.difference(current).cloned().collect();
+        let removed: Vec<String> = current.difference(&names).cloned().collect();
+        *current = names;
+        for r in &removed {
+            self.resources.remove(t, r);
+            if let Some(v) = self.resource_versions.get_mut(t) {
+                v.remove(r);
+            }
+        }
+        Some(Change {
+            type_url: t,
+            added,
+            removed,
+        })
+    }
+
+    /// Applies an application command; returns the subscription changes.
+    fn command(&mut self, mesh: &Mesh, status: &XdsStatus, cmd: Command) -> Vec<Change> {
+        let mut listeners = self.names(type_url::LISTENER).clone();
+        match cmd {
+            Command::Subscribe(host) => {
+                tracing::debug!(%host, "xDS: subscribing on demand");
+                listeners.insert(host);
+            }
+            Command::Unsubscribe(host) => {
+                self.demand.forget(&host);
+                listeners.remove(&host);
+            }
+        }
+        let Some(change) = self.resubscribe(type_url::LISTENER, listeners) else {
+            return Vec::new();
+        };
+        if !change.removed.is_empty() {
+            let label = format!("unsubscribed {}", change.removed.join(", "));
+            if let Err(e) = self.publish(mesh, status, label) {
+                tracing::warn!("xDS: after unsubscribing: {e}");
+            }
+        }
+        let mut out = vec![change];
+        out.extend(self.follow());
+        out
+    }
+
+    /// Records the outcome of a response: metrics, counters, the NACK
+    /// reason; then follows the names and settles on-demand waits.
+    fn outcome(
+        &mut self,
+        mesh: &Mesh,
+        status: &XdsStatus,
+        t: &'static str,
+        version: &str,
+        outcome: &Result<(), String>,
+    ) -> Vec<Change> {
+        let result = if outcome.is_ok() { "ack" } else { "nack" };
+        let short = t.rsplit('.').next().unwrap_or(t);
+        metrics::counter!(metric_names::RESPONSES, "control_plane" => self.server.clone(), "type" => short, "result" => result)
+            .increment(1);
+        match outcome {
+            Ok(()) => {
+                status.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                status.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(type_url = t, %version, "xDS response NACKed: {reason}");
+                *status
+                    .last_nack
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            }
+        }
+        if t == type_url::LISTENER {
+            self.listeners_answered = true;
+        }
+        let changes = self.follow();
+        // A new name to fetch may complete nothing, but a dropped one can
+        // (a route that stopped naming a cluster): publish once more.
+        if changes.iter().any(|c| !c.removed.is_empty())
+            && let Err(e) = self.publish(mesh, status, format!("version {version} of {short}"))
+        {
+            tracing::warn!("xDS: after following names: {e}");
+        }
+        self.settle(mesh, t == type_url::LISTENER);
+        changes
+    }
+}
+
+/// For services still arriving, the running config's version of them and
+/// the backends they use, so they keep serving meanwhile.
+fn carry_over(cfg: &mut Config, running: &Config, incomplete: &[String]) {
+    for name in incomplete {
+        let host = crate::route::host_of(name);
+        let Some(s) = running.services.iter().find(|s| s.name == host) else {
+            continue;
+        };
+        let used: BTreeSet<&str> = s
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.to.iter()
+                    .map(|w| w.backend.as_str())
+                    .chain(r.mirror.iter().map(|m| m.backend.as_str()))
+            })
+            .collect();
+        for b in &running.backends {
+            if used.contains(b.name.as_str()) && !cfg.backends.iter().any(|x| x.name == b.name) {
+                cfg.backends.push(b.clone());
+            }
+        }
+        cfg.services.push(s.clone());
+    }
+}
+
+fn record_warnings(status: &XdsStatus, warnings: Vec<String>) {
+    if warnings.is_empty() {
+        return;
+    }
+    let mut w = status
+        .warnings
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for x in warnings {
+        if !w.contains(&x) {
+            tracing::warn!("xDS: {x}");
+            w.push(x);
+        }
+    }
+}
+
+/// A change of subscription for one type.
+#[derive(Debug)]
+pub(super) struct Change {
+    type_url: &'static str,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+fn nack(message: String) -> Status {
+    Status {
+        code: 3, // INVALID_ARGUMENT
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// One variant of the protocol.
+pub(super) trait Variant {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// The requests that (re)open every subscription on a new stream.
+    fn open(state: &mut State) -> Vec<Self::Request>;
+    /// Applies a response; returns the ACK or NACK and what follows.
+    fn respond(
+        state: &mut State,
+        mesh: &Mesh,
+        status: &XdsStatus,
+        resp: Self::Response,
+    ) -> Vec<Self::Request>;
+    /// A subscription change as a request (none when it cannot be said).
+    fn change(state: &mut State, change: Change) -> Option<Self::Request>;
+    /// Opens the stream.
+    fn call(
+        client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: mpsc::Receiver<Self::Request>,
+    ) -> impl Future<Output = Result<tonic::Streaming<Self::Response>, tonic::Status>> + Send;
+}
+
+/// State of the world.
+pub(super) struct Sotw;
+
+impl Sotw {
+    fn request(state: &mut State, t: &'static str, error: Option<String>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: state.version.get(t).cloned().unwrap_or_default(),
+            node: state.node(),
+            resource_names: state.names(t).iter().cloned().collect(),
+            type_url: t.to_owned(),
+            response_nonce: state.nonce.get(t).cloned().unwrap_or_default(),
+            error_detail: error.map(nack),
+            ..Default::default()
+        }
+    }
+}
+
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn open(state: &mut State) -> Vec<DiscoveryRequest> {
+        // Only named subscriptions: an empty list would be a wildcard.
+        let types: Vec<&'static str> = TYPES
+            .into_iter()
+            .filter(|t| !state.names(t).is_empty())
+            .collect();
+        types
+            .into_iter()
+            .map(|t| Self::request(state, t, None))
+            .collect()
+    }
+
+    fn respond(
+        state: &mut State,
+        mesh: &Mesh,
+        status: &XdsStatus,
+        resp: DiscoveryResponse,
+    ) -> Vec<DiscoveryRequest> {
+        let Some(t) = known(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
+            return Vec::new();
+        };
+        let saved = state.resources.save(t);
+        state.resources.clear(t);
+        let subscribed = state.names(t).clone();
+        let mut applied = Ok(());
+        for any in &resp.resources {
+            match state.resources.insert(t, any) {
+                // State of the world may carry more than was asked for.
+                Ok(name) if !subscribed.contains(&name) => state.resources.remove(t, &name),
+                Ok(_) => {}
+                Err(e) => {
+                    applied = Err(e);
+                    break;
+                }
+            }
+        }
+        let label = format!("version {} of {}", resp.version_info, short(t));
+        let outcome = applied.and_then(|()| state.publish(mesh, status, label));
+        if outcome.is_err() {
+            state.resources.restore(saved);
+        }
+        state.nonce.insert(t, resp.nonce.clone());
+        let reply = match &outcome {
+            Ok(()) => {
+                state.version.insert(t, resp.version_info.clone());
+                Self::request(state, t, None)
+            }
+            Err(reason) => Self::request(state, t, Some(reason.clone())),
+        };
+        let changes = state.outcome(mesh, status, t, &resp.version_info, &outcome);
+        let mut out = vec![reply];
+        out.extend(changes.into_iter().filter_map(|c| Self::change(state, c)));
+        out
+    }
+
+    fn change(state: &mut State, change: Change) -> Option<DiscoveryRequest> {
+        // No listeners or clusters left: an empty list would read as a
+        // wildcard to some servers, so say nothing; what they keep sending
+        // is dropped as unsubscribed.
+        let t = change.type_url;
+        let wildcard_type = t == type_url::LISTENER || t == type_url::CLUSTER;
+        if wildcard_type && state.names(t).is_empty() {
+            return None;
+        }
+        Some(Self::request(state, t, None))
+    }
+
+    async fn call(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: mpsc::Receiver<DiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
+        let stream = super::stream_from(requests);
+        Ok(client
+            .stream_aggregated_resources(stream)
+            .await?
+            .into_inner())
+    }
+}
+
+/// Incremental.
+pub(super) struct Delta;
+
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn open(state: &mut State) -> Vec<DeltaDiscoveryRequest> {
+        let mut out = Vec::new();
+        for t in TYPES {
+            let names = state.names(t);
+            if names.is_empty() {
+                continue;
+            }
+            let resource_names_subscribe = names.iter().cloned().collect();
+            // What we hold, so the control plane sends only what changed.
+            let initial_resource_versions = state
+                .resource_versions
+                .get(t)
+                .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            out.push(DeltaDiscoveryRequest {
+                node: state.node(),
+                type_url: t.to_owned(),
+                resource_names_subscribe,
+                initial_resource_versions,
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    fn respond(
+        state: &mut State,
+        mesh: &Mesh,
+        status: &XdsStatus,
+        resp: DeltaDiscoveryResponse,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let Some(t) = known(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
+            return Vec::new();
+        };
+        let saved = state.resources.save(t);
+        let subscribed = state.names(t).clone();
+        let mut applied = Ok(());
+        let mut versions = Vec::new();
+        for r in &resp.resources {
+            let Some(any) = &r.resource else { continue };
+            match state.resources.insert(t, any) {
+                Ok(name) if !subscribed.contains(&name) => state.resources.remove(t, &name),
+                Ok(name) => versions.push((name, r.version.clone())),
+                Err(e) => {
+                    applied = Err(format!("resource `{}`: {e}", r.name));
+                    break;
+                }
+            }
+        }
+        if applied.is_ok() {
+            for name in &resp.removed_resources {
+                state.resources.remove(t, name);
+            }
+        }
+        let version = if resp.system_version_info.is_empty() {
+            resp.nonce.clone()
+        } else {
+            resp.system_version_info.clone()
+        };
+        let label = format!("version {version} of {} (incremental)", short(t));
+        let outcome = applied.and_then(|()| state.publish(mesh, status, label));
+        let reply = match &outcome {
+            Ok(()) => {
+                let held = state.resource_versions.entry(t).or_default();
+                for (name, v) in versions {
+                    held.insert(name, v);
+                }
+                for name in &resp.removed_resources {
+                    held.remove(name);
+                }
+                DeltaDiscoveryRequest {
+                    node: state.node(),
+                    type_url: t.to_owned(),
+                    response_nonce: resp.nonce.clone(),
+                    ..Default::default()
+                }
+            }
+            Err(reason) => {
+                state.resources.restore(saved);
+                DeltaDiscoveryRequest {
+                    node: state.node(),
+                    type_url: t.to_owned(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(nack(reason.clone())),
+                    ..Default::default()
+                }
+            }
+        };
+        let changes = state.outcome(mesh, status, t, &version, &outcome);
+        let mut out = vec![reply];
+        out.extend(changes.into_iter().filter_map(|c| Self::change(state, c)));
+        out
+    }
+
+    fn change(state: &mut State, change: Change) -> Option<DeltaDiscoveryRequest> {
+        Some(DeltaDiscoveryRequest {
+            node: state.node(),
+            type_url: change.type_url.to_owned(),
+            resource_names_subscribe: change.added,
+            resource_names_unsubscribe: change.removed,
+            ..Default::default()
+        })
+    }
+
+    async fn call(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: mpsc::Receiver<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
+        let stream = super::stream_from(requests);
+        Ok(client
+            .delta_aggregated_resources(stream)
+            .await?
+            .into_inner())
+    }
+}
+
+fn short(t: &str) -> &str {
+    t.rsplit('.').next().unwrap_or(t)
+}
+
+/// Runs the client until the mesh is dropped: opens a stream, serves it
+/// until it ends, backs off, and opens the next.
+pub(super) async fn run(
+    mesh: Weak<crate::mesh::Inner>,
+    settings: XdsSettings,
+    status: Arc<XdsStatus>,
+    mut state: State,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if Mesh::upgrade_xds(&mesh).is_none() {
+            return;
+        }
+        let opened = match settings.api {
+            Api::Sotw => stream::<Sotw>(&mesh, &settings, &status, &mut state, &mut commands).await,
+            Api::Delta => {
+                stream::<Delta>(&mesh, &settings, &status, &mut state, &mut commands).await
+            }
+        };
+        status.connected.store(false, Ordering::Relaxed);
+        metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone())
+            .set(0.0);
+        match opened {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(server = %settings.server, "xDS stream ended: {e}; retrying in {backoff:?}")
+            }
+        }
+        let jitter = backoff.mul_f64(super::rand_unit() * 0.5);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn stream<V: Variant>(
+    mesh: &Weak<crate::mesh::Inner>,
+    settings: &XdsSettings,
+    status: &XdsStatus,
+    state: &mut State,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<(), String> {
+    let client = AggregatedDiscoveryServiceClient::connect(settings.server.clone())
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (tx, rx) = mpsc::channel::<V::Request>(64);
+    state.first = true;
+    state.listeners_answered = state.names(type_url::LISTENER).is_empty();
+    for req in V::open(state) {
+        tx.send(req).await.map_err(|e| e.to_string())?;
+    }
+    // Some servers answer the call only with their first response, and
+    // with nothing subscribed yet that waits for the application's first
+    // call: its subscription must get through meanwhile.
+    let mut commands_open = true;
+    let call = V::call(client, rx);
+    tokio::pin!(call);
+    let mut responses = loop {
+        tokio::select! {
+            opened = &mut call => break opened.map_err(|e| format!("ADS refused: {e}"))?,
+            cmd = commands.recv(), if commands_open => {
+                let Some(cmd) = cmd else {
+                    commands_open = false;
+                    continue;
+                };
+                let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };
+                for c in state.command(&m, status, cmd) {
+                    if let Some(req) = V::change(state, c) {
+                        tx.send(req).await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+    };
+    status.connected.store(true, Ordering::Relaxed);
+    status.connects.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
+        .increment(1);
+    metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone()).set(1.0);
+    tracing::info!(server = %settings.server, node = %settings.node_id, api = ?settings.api, "xDS stream open");
+    loop {
+        let requests = tokio::select! {
+            msg = responses.message() => {
+                let Some(resp) = msg.map_err(|e| format!("stream error: {e}"))? else {
+                    return Err("the control plane closed the stream".into());
+                };
+                let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };
+                V::respond(state, &m, status, resp)
+            }
+            cmd = commands.recv(), if commands_open => {
+                let Some(cmd) = cmd else {
+                    commands_open = false;
+                    continue;
+                };
+                let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };
+                let changes = state.command(&m, status, cmd);
+                changes
+                    .into_iter()
+                    .filter_map(|c| V::change(state, c))
+                    .collect()
+            }
+        };
+        for req in requests {
+            tx.send(req).await.map_err(|e| e.to_string())?;
+        }
+    }
+}
