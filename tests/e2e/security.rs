@@ -254,6 +254,83 @@ async fn permissive_accepts_plaintext_and_mtls_on_one_port() {
 async fn authorization_allows_denies_defaults_to_deny_and_matches_wildcards() {
     let ca = DevCa::new(TD).unwrap();
     let (reviews, _m) = server(&ca, "permissive").await;
+    authorization(&ca, &reviews).await;
+}
+
+/// The same policy served by a control plane as the server's inbound
+/// listener (RBAC HTTP filters, TLS filter chains), over both variants of
+/// ADS: the same answers to the same callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_authorization_from_a_control_planes_rbac_filters() {
+    use mesh_core::xds::{Api, XdsSettings, server::DevControlPlane};
+    for api in [Api::Sotw, Api::Delta] {
+        let ca = DevCa::new(TD).unwrap();
+        let served = Mesh::from_config(Config::from_yaml(&inbound("permissive")).unwrap()).unwrap();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let cp = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DevControlPlane::new(served.clone()).into_service())
+                .serve_with_incoming(incoming),
+        );
+        let mut settings =
+            XdsSettings::new(&format!("http://{addr}"), "reviews-1", Vec::new()).serving("reviews");
+        settings.api = api;
+        let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), mesh.ready())
+            .await
+            .expect("the first snapshot");
+        // The same policy (deny rules travel in their own filter, first).
+        let (got, want) = (mesh.snapshot(), served.snapshot());
+        let (got, want) = (
+            got.inbound("reviews").unwrap(),
+            want.inbound("reviews").unwrap(),
+        );
+        assert_eq!(got.mtls, want.mtls, "over {api:?}");
+        assert_eq!(got.rules.len(), want.rules.len(), "over {api:?}: {got:?}");
+        assert!(
+            want.rules.iter().all(|r| got.rules.contains(r)),
+            "over {api:?}: {got:?}"
+        );
+        mesh.set_identity(identity(&ca, &ca.issue_for("reviews").unwrap()));
+        let reviews = Echo::new("reviews")
+            .service("reviews")
+            .start(&mesh, "127.0.0.1:0")
+            .await
+            .unwrap();
+        authorization(&ca, &reviews).await;
+
+        // A policy change reaches the running server: strict now refuses
+        // the plaintext caller at the handshake instead of with a 403.
+        served
+            .update(
+                Config::from_yaml(&inbound("strict")).unwrap(),
+                mesh_core::snapshot::Source::Code,
+            )
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while mesh.snapshot().inbound("reviews").map(|p| p.mtls)
+            != Some(mesh_core::config::MtlsMode::Strict)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the push over {api:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let plain = client(&ca, &reviews, None, None);
+        let t = run(&plain, "http://reviews/health", 3, 1).await;
+        assert_eq!(t.ok, 0, "{t:?}");
+        assert!(
+            !t.errors.contains_key("http_403"),
+            "refused before HTTP: {t:?}"
+        );
+        cp.abort();
+    }
+}
+
+async fn authorization(ca: &DevCa, reviews: &EchoHandle) {
     let pp = ca.issue_for("productpage").unwrap();
     let ops = ca
         .issue(
@@ -262,10 +339,10 @@ async fn authorization_allows_denies_defaults_to_deny_and_matches_wildcards() {
         )
         .unwrap();
     let other = ca.issue_for("details").unwrap();
-    let as_pp = client(&ca, &reviews, Some(REVIEWS), Some(&pp)).refusals_as_responses();
-    let as_ops = client(&ca, &reviews, Some(REVIEWS), Some(&ops)).refusals_as_responses();
-    let as_other = client(&ca, &reviews, Some(REVIEWS), Some(&other)).refusals_as_responses();
-    let plain = client(&ca, &reviews, None, None).refusals_as_responses();
+    let as_pp = client(ca, reviews, Some(REVIEWS), Some(&pp)).refusals_as_responses();
+    let as_ops = client(ca, reviews, Some(REVIEWS), Some(&ops)).refusals_as_responses();
+    let as_other = client(ca, reviews, Some(REVIEWS), Some(&other)).refusals_as_responses();
+    let plain = client(ca, reviews, None, None).refusals_as_responses();
 
     let status = |c: &Client, method: &'static str, path: &'static str| {
         let c = c.clone();

@@ -158,12 +158,12 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
     for (i, p) in cfg.inbound.iter().enumerate() {
         let at = format!("inbound[{i}]");
         let sp = child(&at, "service");
-        if !service_names.contains(&p.service.as_str()) {
-            let msg = format!(
-                "no service named `{}`{}",
-                p.service,
-                suggestion(&p.service, service_names.iter().copied())
-            );
+        // A workload's own service need not be among those it calls (a
+        // server fed by a control plane knows only its callees), so only a
+        // near miss of a listed service is refused, as the typo it likely is.
+        let near = suggestion(&p.service, service_names.iter().copied());
+        if !service_names.contains(&p.service.as_str()) && !near.is_empty() {
+            let msg = format!("no service named `{}`{near}", p.service);
             v.add(ProblemKind::UndefinedReference, &sp, msg);
         } else if !seen_inbound.insert(p.service.as_str()) {
             let msg = format!("service `{}` has more than one inbound policy", p.service);

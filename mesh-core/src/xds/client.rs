@@ -169,6 +169,8 @@ pub(super) struct State {
     /// The control plane's address, the metrics' label.
     server: String,
     demand: Arc<OnDemand>,
+    /// A server's inbound listener.
+    inbound: Option<super::Inbound>,
 }
 
 impl State {
@@ -181,6 +183,12 @@ impl State {
                 .or_default()
                 .insert(s.clone());
             demand.expect(s);
+        }
+        if let Some(inbound) = &settings.inbound {
+            names
+                .entry(type_url::LISTENER)
+                .or_default()
+                .insert(inbound.listener.clone());
         }
         Self {
             names,
@@ -199,6 +207,7 @@ impl State {
             listeners_answered: false,
             server: settings.server.clone(),
             demand,
+            inbound: settings.inbound.clone(),
         }
     }
 
@@ -226,13 +235,20 @@ impl State {
     /// An error is the reason to NACK.
     fn publish(&mut self, mesh: &Mesh, status: &XdsStatus, label: String) -> Result<(), String> {
         let mut warnings = Vec::new();
-        let built = translate::to_config(
-            &self.resources,
-            self.names(type_url::LISTENER),
-            &mut warnings,
-        );
+        let inbound = self.inbound.as_ref();
+        let services = self
+            .names(type_url::LISTENER)
+            .iter()
+            .filter(|n| inbound.is_none_or(|i| i.listener != **n));
+        let built = translate::to_config(&self.resources, services, &mut warnings);
+        let policy =
+            match inbound.and_then(|i| Some((i, self.resources.listeners.get(&i.listener)?))) {
+                Some((i, l)) => super::rbac::inbound_of(l, &i.service, &mut warnings).map(Some),
+                None => Ok(None),
+            };
         record_warnings(status, warnings);
-        let built = built?;
+        let (mut built, policy) = (built?, policy?);
+        built.config.inbound.extend(policy);
         // The first config waits for every service named at start-up that
         // exists; later ones do not wait for a half-arrived service (it
         // keeps its running config until the rest arrives).
@@ -353,9 +369,6 @@ impl State {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
             }
-        }
-        if t == type_url::LISTENER {
-            self.listeners_answered = true;
         }
         let changes = self.follow();
         // A new name to fetch may complete nothing, but a dropped one can
@@ -493,6 +506,9 @@ impl Variant for Sotw {
             tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
             return Vec::new();
         };
+        if t == type_url::LISTENER {
+            state.listeners_answered = true;
+        }
         let saved = state.resources.save(t);
         state.resources.clear(t);
         let subscribed = state.names(t).clone();
@@ -593,6 +609,9 @@ impl Variant for Delta {
             tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
             return Vec::new();
         };
+        if t == type_url::LISTENER {
+            state.listeners_answered = true;
+        }
         let saved = state.resources.save(t);
         let subscribed = state.names(t).clone();
         let mut applied = Ok(());

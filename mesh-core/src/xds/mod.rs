@@ -25,6 +25,7 @@
 //! ```
 
 mod client;
+pub mod rbac;
 pub mod server;
 pub mod translate;
 
@@ -53,6 +54,23 @@ pub struct XdsSettings {
     /// the control plane's answer about it; `None` turns on-demand
     /// subscription off (only `services` are known).
     pub on_demand: Option<Duration>,
+    /// For a server: its service name and the listener that carries its
+    /// inbound policy (mTLS mode from the filter chains' TLS, authorization
+    /// from the RBAC HTTP filters).
+    pub inbound: Option<Inbound>,
+    /// The bootstrap's `server_listener_resource_name_template` (`%s` is
+    /// the listening address, `MESH_XDS_INBOUND_ADDR`), as Istio writes it
+    /// for proxyless servers.
+    pub server_listener_template: Option<String>,
+}
+
+/// Which listener carries a server's inbound policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The service the policy governs (the server's `MESH_SERVICE`).
+    pub service: String,
+    /// The listener's name.
+    pub listener: String,
 }
 
 /// The variant of the ADS protocol.
@@ -94,7 +112,20 @@ impl XdsSettings {
             services,
             api: Api::Sotw,
             on_demand: Some(ON_DEMAND_WAIT),
+            inbound: None,
+            server_listener_template: None,
         }
+    }
+
+    /// The same settings for a server of `service`: its inbound policy
+    /// comes from the listener our development control plane names
+    /// [`rbac::INBOUND_PREFIX`]`service`.
+    pub fn serving(mut self, service: &str) -> Self {
+        self.inbound = Some(Inbound {
+            service: service.to_owned(),
+            listener: format!("{}{service}", rbac::INBOUND_PREFIX),
+        });
+        self
     }
 
     /// The same settings over the incremental (delta) variant.
@@ -118,6 +149,17 @@ impl XdsSettings {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(api) = var("MESH_XDS_API") {
             s.api = api.parse()?;
+        }
+        if let Some(service) = var("MESH_SERVICE") {
+            let listener = var("MESH_XDS_INBOUND_LISTENER").or_else(|| {
+                // The bootstrap's template names it by the listening address.
+                let template = s.server_listener_template.clone()?;
+                Some(template.replace("%s", &var("MESH_XDS_INBOUND_ADDR")?))
+            });
+            s = s.serving(&service);
+            if let (Some(inbound), Some(listener)) = (s.inbound.as_mut(), listener) {
+                inbound.listener = listener;
+            }
         }
         if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
             s.on_demand = match wait.as_str() {
@@ -205,6 +247,9 @@ impl XdsSettings {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        s.server_listener_template = json["server_listener_resource_name_template"]
+            .as_str()
+            .map(str::to_owned);
         Ok(s)
     }
 }
@@ -376,7 +421,8 @@ mod tests {
             r#"{"xds_servers": [{"server_uri": "istiod.istio-system.svc:15010",
                  "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
                "node": {"id": "sidecar~10.0.0.7~reviews-1.default~default.svc.cluster.local",
-                        "cluster": "default"}}"#,
+                        "cluster": "default"},
+               "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"}"#,
             vec!["reviews".into()],
         )
         .unwrap();
@@ -387,6 +433,10 @@ mod tests {
         );
         assert_eq!(s.node_cluster, "default");
         assert_eq!(s.services, ["reviews"]);
+        assert_eq!(
+            s.server_listener_template.as_deref(),
+            Some("xds.istio.io/grpc/lds/inbound/%s")
+        );
     }
 
     #[test]

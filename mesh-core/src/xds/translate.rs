@@ -1153,6 +1153,11 @@ pub fn from_config(cfg: &Config) -> Resources {
             },
         );
     }
+    for p in &cfg.inbound {
+        let name = format!("{}{}", super::rbac::INBOUND_PREFIX, p.service);
+        r.listeners
+            .insert(name.clone(), super::rbac::inbound_listener(p, &name));
+    }
     for b in &cfg.backends {
         let lb_policy = match b.load_balancer {
             LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
