@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The examples run together, the way their doc comments and the README say:
 #   1. two `echo` servers and `load` through a mesh file (50/50 split);
-#   2. `control_plane` serving that file and `load` configured over xDS;
+#   2. `control_plane` serving that file and `load` configured over xDS
+#      (state of the world with the service listed; incremental, on demand);
 #   3. two `greeter_server`s, `greeter_client` and `load --grpc`.
 # Loopback only; every wait is bounded and every process stops on exit.
 set -euo pipefail
@@ -59,6 +60,9 @@ listening "$cp"
 out=$(MESH_CONTROL_PLANE="http://127.0.0.1:$cp" MESH_XDS_SERVICES=reviews \
   "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 8 2>>"$work/log")
 check "load configured over xDS by control_plane" "$out" "$split"
+out=$(MESH_CONTROL_PLANE="http://127.0.0.1:$cp" MESH_XDS_API=delta \
+  "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 8 2>>"$work/log")
+check "load over incremental xDS, reviews subscribed on its first call" "$out" "$split"
 
 g1=$(free_port); g2=$(free_port)
 start "$bin/greeter_server" --listen "127.0.0.1:$g1" --name v1
