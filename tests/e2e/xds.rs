@@ -706,3 +706,37 @@ async fn envoy_client(api: &str) {
     }
     let _ = stop_cp.send(());
 }
+
+/// istio-agent serves xDS to proxyless workloads on a Unix socket and
+/// writes a bootstrap naming it: the client takes that bootstrap as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
+    let (a, b) = (echo("cp-a").await, echo("cp-b").await);
+    let served = crate::support::mesh(&split_file(a.addr(), b.addr(), 100, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("XDS");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let cp = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let bootstrap = serde_json::json!({
+        "xds_servers": [{ "server_uri": format!("unix://{}", socket.display()),
+                          "channel_creds": [{ "type": "insecure" }],
+                          "server_features": ["xds_v3"] }],
+        "node": { "id": "sidecar~127.0.0.1~productpage-1.default~default.svc.cluster.local",
+                  "cluster": "default" },
+        "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"
+    });
+    let settings =
+        XdsSettings::from_bootstrap(&bootstrap.to_string(), vec!["cp-svc".into()]).unwrap();
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), mesh.ready())
+        .await
+        .expect("a config over the Unix socket");
+    let t = run(&Client::new(&mesh), "http://cp-svc/", 50, 4).await;
+    assert_eq!(t.by_backend.get("cp-a"), Some(&50), "{t:?}");
+    assert!(xds.status().acks.load(Ordering::Relaxed) >= 4);
+    cp.abort();
+}

@@ -694,6 +694,33 @@ impl Variant for Delta {
     }
 }
 
+/// A channel to the control plane: `http://host:port`, or a Unix socket
+/// (`unix:///path`, `unix:path`), as istio-agent serves xDS to proxyless
+/// workloads on `unix:///etc/istio/proxy/XDS`.
+async fn channel(server: &str) -> Result<Channel, tonic::transport::Error> {
+    if !server.starts_with("unix:") {
+        return tonic::transport::Endpoint::from_shared(server.to_owned())?
+            .connect()
+            .await;
+    }
+    // `unix:///abs` (and `unix:/abs`) are absolute, `unix:rel` relative.
+    let path = server
+        .strip_prefix("unix://")
+        .or_else(|| server.strip_prefix("unix:"))
+        .unwrap_or_default()
+        .to_owned();
+    // The URI is not used to connect; it names the authority sent.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
@@ -740,9 +767,11 @@ async fn stream<V: Variant>(
     state: &mut State,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), String> {
-    let client = AggregatedDiscoveryServiceClient::connect(settings.server.clone())
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let client = AggregatedDiscoveryServiceClient::new(
+        channel(&settings.server)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?,
+    );
     let (tx, rx) = mpsc::channel::<V::Request>(64);
     state.first = true;
     state.listeners_answered = state.names(type_url::LISTENER).is_empty();

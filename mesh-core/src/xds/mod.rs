@@ -210,23 +210,17 @@ impl XdsSettings {
 
     /// From the text of a gRPC xDS bootstrap file (the format istio-agent
     /// and Traffic Director's generator write): `xds_servers[0].server_uri`
-    /// with its `channel_creds`, `node.id` (empty if absent) and
-    /// `node.cluster`. Refuses what this client cannot honour instead of
-    /// connecting somewhere else: a Unix-socket server and credentials
-    /// other than `insecure`.
+    /// (`host:port`, a URL, or istio-agent's `unix:///etc/istio/proxy/XDS`)
+    /// with its `channel_creds`, `node.id` (empty if absent),
+    /// `node.cluster` and `server_listener_resource_name_template`. Refuses
+    /// what this client cannot honour instead of connecting without it:
+    /// credentials other than `insecure`.
     pub fn from_bootstrap(text: &str, services: Vec<String>) -> Result<Self, String> {
         let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let server = &json["xds_servers"][0];
         let uri = server["server_uri"]
             .as_str()
             .ok_or("no xds_servers[0].server_uri")?;
-        if uri.starts_with("unix:") {
-            return Err(format!(
-                "xds_servers[0].server_uri `{uri}`: Unix-socket control planes (istio-agent's \
-                 proxy) are not supported; point MESH_CONTROL_PLANE at the control plane's \
-                 plaintext xDS port (istiod: 15010)"
-            ));
-        }
         if let Some(creds) = server["channel_creds"].as_array()
             && !creds.is_empty()
             && !creds.iter().any(|c| c["type"] == "insecure")
@@ -236,7 +230,7 @@ impl XdsSettings {
                 "xds_servers[0].channel_creds {kinds:?}: only `insecure` is supported"
             ));
         }
-        let server = if uri.contains("://") {
+        let server = if uri.contains("://") || uri.starts_with("unix:") {
             uri.to_owned()
         } else {
             format!("http://{uri}")
@@ -440,16 +434,15 @@ mod tests {
     }
 
     #[test]
-    fn what_the_client_cannot_honour_is_refused_by_name() {
+    fn what_the_client_cannot_honour_is_refused_by_name_and_a_unix_socket_is_not() {
+        // istio-agent's own socket is taken as it is.
         let unix = XdsSettings::from_bootstrap(
-            r#"{"xds_servers": [{"server_uri": "unix:///etc/istio/proxy/XDS"}]}"#,
+            r#"{"xds_servers": [{"server_uri": "unix:///etc/istio/proxy/XDS",
+                 "channel_creds": [{"type": "insecure"}]}]}"#,
             Vec::new(),
         )
-        .unwrap_err();
-        assert!(
-            unix.contains("unix:///etc/istio/proxy/XDS") && unix.contains("Unix-socket"),
-            "{unix}"
-        );
+        .unwrap();
+        assert_eq!(unix.server, "unix:///etc/istio/proxy/XDS");
         let tls = XdsSettings::from_bootstrap(
             r#"{"xds_servers": [{"server_uri": "cp:443", "channel_creds": [{"type": "google_default"}]}]}"#,
             Vec::new(),
