@@ -43,6 +43,13 @@ pub(crate) struct Inner {
     /// The source that fetches a host's config when it is first called
     /// (the xDS client), if any.
     demand: std::sync::OnceLock<Arc<dyn Demand>>,
+    /// The config source's own state, for the admin server.
+    source_status: std::sync::OnceLock<Arc<dyn SourceStatus>>,
+}
+
+/// A config source's state, as the admin server shows it.
+pub(crate) trait SourceStatus: Send + Sync + std::fmt::Debug {
+    fn to_json(&self) -> serde_json::Value;
 }
 
 /// A wait for a host's config, from [`Mesh::demand`].
@@ -86,6 +93,7 @@ impl Mesh {
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
                 demand: std::sync::OnceLock::new(),
+                source_status: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -271,6 +279,20 @@ impl Mesh {
     /// ```
     pub fn demand(&self, authority: &str) -> Option<DemandWait> {
         self.inner.demand.get()?.want(authority)
+    }
+
+    /// The config source's own state as JSON, when it keeps one: for a
+    /// control plane, the connection, what is subscribed and held, the
+    /// versions accepted, the last NACK and how long ago the last ACK was
+    /// (how stale the serving config may be). The admin server shows it at
+    /// `/xds`.
+    pub fn source_status(&self) -> Option<serde_json::Value> {
+        Some(self.inner.source_status.get()?.to_json())
+    }
+
+    #[cfg(feature = "xds")]
+    pub(crate) fn set_source_status(&self, status: Arc<dyn SourceStatus>) {
+        let _ = self.inner.source_status.set(status);
     }
 
     #[cfg(feature = "xds")]

@@ -8,6 +8,7 @@
 //! | `/live` | 200 |
 //! | `/config_dump` | the serving config as JSON, with version, source and update counters |
 //! | `/clusters` | each backend's endpoints: health, ejection, latency estimate, requests in flight |
+//! | `/xds` | for a mesh fed by a control plane: connection, subscriptions, versions, last ACK and NACK |
 //!
 //! Key material is never shown: the config names identity files, and the
 //! dump adds only this workload's SPIFFE ID.
@@ -95,9 +96,16 @@ impl Admin {
             }
             "/config_dump" => json(&self.config_dump()),
             "/clusters" => json(&self.clusters()),
+            "/xds" => match self.mesh.source_status() {
+                Some(status) => json(&status),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "this mesh is not fed by a control plane\n",
+                ),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /metrics /ready /live /config_dump /clusters\n",
+                "try /metrics /ready /live /config_dump /clusters /xds\n",
             ),
         }
     }

@@ -152,6 +152,36 @@ async fn against_the_independent_server(api: Api) {
     .await;
     let reason = xds.status().last_nack.lock().unwrap().clone().unwrap();
     assert!(reason.contains("redirect"), "{reason}");
+    // An operator sees the same at the admin server's /xds.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    let admin_server = tokio::spawn(mesh_hyper::admin::Admin::new(&mesh).serve(listener));
+    let status: serde_json::Value =
+        serde_json::from_str(&get_text(format!("http://{admin_addr}/xds")).await).unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(
+        status["api"],
+        if api == Api::Delta { "delta" } else { "sotw" },
+        "{status}"
+    );
+    assert!(
+        status["last_nack"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("redirect"),
+        "{status}"
+    );
+    assert_eq!(
+        status["resources"]["Listener"]["subscribed"][0], "xds-svc",
+        "{status}"
+    );
+    assert_eq!(status["resources"]["Cluster"]["held"], 2, "{status}");
+    assert!(
+        status["last_ack_seconds_ago"]
+            .as_f64()
+            .is_some_and(|s| s < 60.0),
+        "{status}"
+    );
     assert_eq!(mesh.snapshot().version(), version);
     let t = run(&client, "http://xds-svc/", 200, 4).await;
     assert_eq!(t.ok, 200, "{t:?}");
@@ -197,6 +227,15 @@ async fn against_the_independent_server(api: Api) {
     .await;
     let t = run(&client, "http://xds-svc/", 300, 4).await;
     assert_eq!(t.ok, 300, "{t:?}");
+    // And /xds says how long the config has been without a control plane.
+    let status: serde_json::Value =
+        serde_json::from_str(&get_text(format!("http://{admin_addr}/xds")).await).unwrap();
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(
+        status["disconnected_for_seconds"].as_f64().is_some(),
+        "{status}"
+    );
+    admin_server.abort();
 }
 
 /// Starts the independent ADS server serving `file`: (port, admin port, stop).
@@ -518,6 +557,16 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
     assert!(
         scrape.contains("# HELP mesh_xds_responses_total"),
         "described: {scrape}"
+    );
+    // Staleness: when the last ACK was, in Unix seconds.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last_ack = series("mesh_xds_last_ack_timestamp_seconds", &[]).unwrap_or(0.0);
+    assert!(
+        (now - last_ack).abs() < 60.0,
+        "{last_ack} vs {now}: {scrape}"
     );
     server.abort();
 }

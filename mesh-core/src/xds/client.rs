@@ -267,6 +267,21 @@ impl State {
         Ok(())
     }
 
+    /// Writes what is subscribed and held into `status`.
+    fn report(&self, status: &XdsStatus) {
+        let mut types = status
+            .resources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for t in TYPES {
+            let names = self.names(t);
+            let held = names.iter().filter(|n| self.resources.holds(t, n)).count();
+            let entry = types.entry(short(t)).or_default();
+            entry.subscribed = names.iter().cloned().collect();
+            entry.held = held;
+        }
+    }
+
     /// Ends the waits of hosts the running config now answers for.
     fn settle(&self, mesh: &Mesh, listener_response: bool) {
         let snap = mesh.snapshot();
@@ -360,6 +375,19 @@ impl State {
         match outcome {
             Ok(()) => {
                 status.acks.fetch_add(1, Ordering::Relaxed);
+                *status
+                    .last_ack
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(std::time::SystemTime::now());
+                metrics::gauge!(metric_names::LAST_ACK, "control_plane" => self.server.clone())
+                    .set(unix_now());
+                status
+                    .resources
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(short)
+                    .or_default()
+                    .version = version.to_owned();
             }
             Err(reason) => {
                 status.nacks.fetch_add(1, Ordering::Relaxed);
@@ -721,6 +749,12 @@ async fn channel(server: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
@@ -746,6 +780,11 @@ pub(super) async fn run(
             }
         };
         status.connected.store(false, Ordering::Relaxed);
+        status
+            .disconnected_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(std::time::SystemTime::now);
         metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone())
             .set(0.0);
         match opened {
@@ -802,6 +841,10 @@ async fn stream<V: Variant>(
         }
     };
     status.connected.store(true, Ordering::Relaxed);
+    *status
+        .disconnected_since
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
     status.connects.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
         .increment(1);
@@ -829,6 +872,7 @@ async fn stream<V: Variant>(
                     .collect()
             }
         };
+        state.report(status);
         for req in requests {
             tx.send(req).await.map_err(|e| e.to_string())?;
         }

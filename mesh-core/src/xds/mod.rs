@@ -259,6 +259,9 @@ pub mod metric_names {
     pub const STREAMS: &str = "mesh_xds_streams_total";
     /// Gauge: 1 while a stream is open, else 0.
     pub const CONNECTED: &str = "mesh_xds_connected";
+    /// Gauge: when a response was last ACKed (Unix seconds); the serving
+    /// config's staleness is `time() - this`.
+    pub const LAST_ACK: &str = "mesh_xds_last_ack_timestamp_seconds";
 }
 
 /// Describes the xDS metrics to the installed recorder.
@@ -273,6 +276,11 @@ pub(crate) fn describe_metrics() {
         metric_names::STREAMS,
         Unit::Count,
         "xDS streams opened to the control plane, reconnects included."
+    );
+    metrics::describe_gauge!(
+        metric_names::LAST_ACK,
+        Unit::Seconds,
+        "When the xDS client last ACKed a response, in Unix seconds; staleness is time() minus this."
     );
     metrics::describe_gauge!(
         metric_names::CONNECTED,
@@ -296,6 +304,81 @@ pub struct XdsStatus {
     pub last_nack: Mutex<Option<String>>,
     /// Fields ignored in the resources, as warnings.
     pub warnings: Mutex<Vec<String>>,
+    /// The control plane and the variant spoken.
+    pub server: String,
+    /// The variant spoken.
+    pub api: Api,
+    /// What is subscribed to and held, by resource type (`Listener`, ...).
+    pub resources: Mutex<std::collections::BTreeMap<&'static str, TypeStatus>>,
+    /// When a response was last ACKed.
+    pub last_ack: Mutex<Option<std::time::SystemTime>>,
+    /// Since when no stream has been open (`None` while connected).
+    pub disconnected_since: Mutex<Option<std::time::SystemTime>>,
+}
+
+/// One resource type's subscription, for the admin server.
+#[derive(Debug, Default, Clone)]
+pub struct TypeStatus {
+    /// The names subscribed to.
+    pub subscribed: Vec<String>,
+    /// How many of them are held.
+    pub held: usize,
+    /// The last version accepted (state of the world: the response's;
+    /// incremental: the control plane's system version, else the nonce).
+    pub version: String,
+}
+
+impl XdsStatus {
+    /// What the admin server shows at `/xds`.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn lock<T: Clone>(m: &Mutex<T>) -> T {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+        let secs = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let ago = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64())
+        };
+        let types: serde_json::Map<String, serde_json::Value> = lock(&self.resources)
+            .into_iter()
+            .map(|(t, s)| {
+                (
+                    t.to_owned(),
+                    serde_json::json!({
+                        "subscribed": s.subscribed,
+                        "held": s.held,
+                        "version": s.version,
+                    }),
+                )
+            })
+            .collect();
+        let (last_ack, disconnected) = (lock(&self.last_ack), lock(&self.disconnected_since));
+        serde_json::json!({
+            "control_plane": self.server,
+            "api": match self.api { Api::Sotw => "sotw", Api::Delta => "delta" },
+            "connected": self.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "disconnected_since_unix_seconds": secs(disconnected),
+            "disconnected_for_seconds": ago(disconnected),
+            "streams_opened": self.connects.load(std::sync::atomic::Ordering::Relaxed),
+            "acks": self.acks.load(std::sync::atomic::Ordering::Relaxed),
+            "nacks": self.nacks.load(std::sync::atomic::Ordering::Relaxed),
+            "last_ack_unix_seconds": secs(last_ack),
+            "last_ack_seconds_ago": ago(last_ack),
+            "last_nack": lock(&self.last_nack),
+            "warnings": lock(&self.warnings),
+            "resources": types,
+        })
+    }
+}
+
+impl crate::mesh::SourceStatus for XdsStatus {
+    fn to_json(&self) -> serde_json::Value {
+        XdsStatus::to_json(self)
+    }
 }
 
 /// A running xDS client; dropping it stops nothing (the client runs as
@@ -338,7 +421,13 @@ impl Mesh {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the xDS client needs a tokio runtime".to_owned())?;
         let mesh = Mesh::waiting(Source::Xds(settings.server.clone()));
-        let status = Arc::new(XdsStatus::default());
+        let status = Arc::new(XdsStatus {
+            server: settings.server.clone(),
+            api: settings.api,
+            disconnected_since: Mutex::new(Some(std::time::SystemTime::now())),
+            ..XdsStatus::default()
+        });
+        mesh.set_source_status(status.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let demand = Arc::new(client::OnDemand::new(
             tx.clone(),

@@ -138,6 +138,16 @@ impl Resources {
         with_map!(self, t, |map| decode_as(map, any))
     }
 
+    /// Whether the resource `name` of type `t` is held.
+    pub fn holds(&self, t: &str, name: &str) -> bool {
+        match t {
+            type_url::LISTENER => self.listeners.contains_key(name),
+            type_url::ROUTE => self.routes.contains_key(name),
+            type_url::CLUSTER => self.clusters.contains_key(name),
+            _ => self.endpoints.contains_key(name),
+        }
+    }
+
     /// Drops the resource `name` of type `t`.
     pub fn remove(&mut self, t: &str, name: &str) {
         with_map!(self, t, |map| {
