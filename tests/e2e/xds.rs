@@ -53,7 +53,11 @@ fn resources(a: u16, b: u16, wa: u32, wb: u32, action: serde_json::Value) -> ser
         "retry_policy": { "retry_on": "5xx,connect-failure", "num_retries": 2 }
     });
     let route = if action.is_null() {
-        serde_json::json!({ "match": { "prefix": "/" }, "route": route_action.take() })
+        serde_json::json!({ "match": { "prefix": "/" }, "route": route_action.take(),
+            // Something we accept but cannot honour: named, not dropped silently.
+            "typed_per_filter_config": { "envoy.filters.http.fault": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                "abort": { "grpc_status": 14, "percentage": { "numerator": 0 } } } } })
     } else {
         serde_json::json!({ "match": { "prefix": "/" }, "redirect": action })
     };

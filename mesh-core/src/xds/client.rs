@@ -148,6 +148,54 @@ impl Demand for OnDemand {
     }
 }
 
+/// The node this client says it is: id, cluster, locality and metadata
+/// from the settings (the bootstrap's), and who we are.
+pub(super) fn node_of(settings: &XdsSettings) -> Node {
+    use envoy_types::pb::envoy::config::core::v3::{Locality, node::UserAgentVersionType};
+    Node {
+        id: settings.node_id.clone(),
+        cluster: settings.node_cluster.clone(),
+        metadata: settings
+            .node_metadata
+            .as_ref()
+            .and_then(|m| match json_value(m).kind {
+                Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) => Some(s),
+                _ => None,
+            }),
+        locality: settings
+            .node_locality
+            .as_ref()
+            .map(|[region, zone, sub_zone]| Locality {
+                region: region.clone(),
+                zone: zone.clone(),
+                sub_zone: sub_zone.clone(),
+            }),
+        user_agent_name: "mesh".into(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// JSON as a protobuf `Value`.
+fn json_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
 /// What survives reconnects: subscriptions, accepted versions, and the
 /// resources accepted so far.
 pub(super) struct State {
@@ -196,12 +244,7 @@ impl State {
             nonce: BTreeMap::new(),
             resource_versions: BTreeMap::new(),
             resources: Resources::default(),
-            node: Node {
-                id: settings.node_id.clone(),
-                cluster: settings.node_cluster.clone(),
-                user_agent_name: "mesh".into(),
-                ..Default::default()
-            },
+            node: node_of(settings),
             first: true,
             published: false,
             listeners_answered: false,
@@ -448,6 +491,8 @@ fn record_warnings(status: &XdsStatus, warnings: Vec<String>) {
     for x in warnings {
         if !w.contains(&x) {
             tracing::warn!("xDS: {x}");
+            metrics::counter!(metric_names::IGNORED, "control_plane" => status.server.clone())
+                .increment(1);
             w.push(x);
         }
     }

@@ -58,6 +58,12 @@ pub struct XdsSettings {
     /// inbound policy (mTLS mode from the filter chains' TLS, authorization
     /// from the RBAC HTTP filters).
     pub inbound: Option<Inbound>,
+    /// The node's metadata (a JSON object, sent as a `Struct`): the
+    /// bootstrap's `node.metadata`, which istiod reads to know what kind of
+    /// client it serves.
+    pub node_metadata: Option<serde_json::Value>,
+    /// The node's locality (region, zone, sub-zone), from the bootstrap.
+    pub node_locality: Option<[String; 3]>,
     /// The bootstrap's `server_listener_resource_name_template` (`%s` is
     /// the listening address, `MESH_XDS_INBOUND_ADDR`), as Istio writes it
     /// for proxyless servers.
@@ -113,6 +119,8 @@ impl XdsSettings {
             api: Api::Sotw,
             on_demand: Some(ON_DEMAND_WAIT),
             inbound: None,
+            node_metadata: None,
+            node_locality: None,
             server_listener_template: None,
         }
     }
@@ -194,11 +202,18 @@ impl XdsSettings {
             let id = var("MESH_NODE_ID").unwrap_or_else(default_id);
             return Ok(Some(Self::new(&server, &id, services)));
         }
-        let Some(path) = var("MESH_XDS_BOOTSTRAP").or_else(|| var("GRPC_XDS_BOOTSTRAP")) else {
-            return Ok(None);
+        // A file, or (as gRPC also reads) the bootstrap's text itself.
+        let (origin, text) = match var("MESH_XDS_BOOTSTRAP").or_else(|| var("GRPC_XDS_BOOTSTRAP")) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+                (path, text)
+            }
+            None => match var("GRPC_XDS_BOOTSTRAP_CONFIG") {
+                Some(text) => ("GRPC_XDS_BOOTSTRAP_CONFIG".to_owned(), text),
+                None => return Ok(None),
+            },
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        let mut s = Self::from_bootstrap(&text, services).map_err(|e| format!("{path}: {e}"))?;
+        let mut s = Self::from_bootstrap(&text, services).map_err(|e| format!("{origin}: {e}"))?;
         if s.node_id.is_empty() {
             s.node_id = default_id();
         }
@@ -241,6 +256,15 @@ impl XdsSettings {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        s.node_metadata = json["node"]
+            .get("metadata")
+            .filter(|m| m.is_object())
+            .cloned();
+        let locality = &json["node"]["locality"];
+        if locality.is_object() {
+            let part = |k: &str| locality[k].as_str().unwrap_or_default().to_owned();
+            s.node_locality = Some([part("region"), part("zone"), part("sub_zone")]);
+        }
         s.server_listener_template = json["server_listener_resource_name_template"]
             .as_str()
             .map(str::to_owned);
@@ -259,6 +283,9 @@ pub mod metric_names {
     pub const STREAMS: &str = "mesh_xds_streams_total";
     /// Gauge: 1 while a stream is open, else 0.
     pub const CONNECTED: &str = "mesh_xds_connected";
+    /// Counter: distinct fields or filters the client accepted but does not
+    /// honour (each named once in the log and in `/xds`'s `warnings`).
+    pub const IGNORED: &str = "mesh_xds_ignored_fields_total";
     /// Gauge: when a response was last ACKed (Unix seconds); the serving
     /// config's staleness is `time() - this`.
     pub const LAST_ACK: &str = "mesh_xds_last_ack_timestamp_seconds";
@@ -276,6 +303,11 @@ pub(crate) fn describe_metrics() {
         metric_names::STREAMS,
         Unit::Count,
         "xDS streams opened to the control plane, reconnects included."
+    );
+    metrics::describe_counter!(
+        metric_names::IGNORED,
+        Unit::Count,
+        "Distinct xDS fields or filters accepted but not honoured; each is named in the log and at /xds."
     );
     metrics::describe_gauge!(
         metric_names::LAST_ACK,
@@ -496,7 +528,7 @@ mod futures_core_stream {
 
 #[cfg(test)]
 mod tests {
-    use super::XdsSettings;
+    use super::{XdsSettings, client};
 
     #[test]
     fn a_grpc_bootstrap_gives_server_node_and_cluster() {
@@ -504,7 +536,9 @@ mod tests {
             r#"{"xds_servers": [{"server_uri": "istiod.istio-system.svc:15010",
                  "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
                "node": {"id": "sidecar~10.0.0.7~reviews-1.default~default.svc.cluster.local",
-                        "cluster": "default"},
+                        "cluster": "default",
+                        "locality": {"region": "us-east1", "zone": "us-east1-b"},
+                        "metadata": {"GENERATOR": "grpc", "ISTIO_VERSION": "1.24.0", "LABELS": {"app": "reviews"}}},
                "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"}"#,
             vec!["reviews".into()],
         )
@@ -520,6 +554,33 @@ mod tests {
             s.server_listener_template.as_deref(),
             Some("xds.istio.io/grpc/lds/inbound/%s")
         );
+        assert_eq!(
+            s.node_metadata,
+            Some(
+                serde_json::json!({"GENERATOR": "grpc", "ISTIO_VERSION": "1.24.0", "LABELS": {"app": "reviews"}})
+            )
+        );
+        assert_eq!(
+            s.node_locality,
+            Some([
+                "us-east1".to_owned(),
+                "us-east1-b".to_owned(),
+                String::new()
+            ])
+        );
+        // ... and they travel in the node the client sends.
+        let node = client::node_of(&s);
+        assert_eq!(node.id, s.node_id);
+        let meta = node.metadata.unwrap();
+        let generator = &meta.fields["GENERATOR"];
+        assert_eq!(
+            generator.kind,
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                "grpc".into()
+            ))
+        );
+        assert!(meta.fields.contains_key("LABELS"));
+        assert_eq!(node.locality.unwrap().zone, "us-east1-b");
     }
 
     #[test]
