@@ -91,9 +91,22 @@ impl Drop for Recorder {
 fn set_deadline_header<B>(req: &mut Request<B>) {
     if let Some(d) = deadline_of(req) {
         let left = d.saturating_duration_since(Instant::now());
-        let ms = left.as_millis().max(1);
-        req.headers_mut()
-            .insert(DEADLINE_HEADER, http::HeaderValue::from(ms as u64));
+        let ms = u64::try_from(left.as_millis().max(1)).unwrap_or(u64::MAX);
+        // Formatted on the stack: one allocation for the value, not two.
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut n = ms;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if let Ok(v) = http::HeaderValue::from_bytes(&buf[at..]) {
+            req.headers_mut().insert(DEADLINE_HEADER, v);
+        }
         // A gRPC server learns its budget from grpc-timeout.
         if crate::grpc::is_grpc(req.headers()) {
             req.headers_mut()

@@ -127,9 +127,11 @@ where
         if let Some(r) = routed {
             runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
         }
-        let configured = routed.and_then(|r| r.route_entry()?.retry().cloned());
-        let per_try = configured.as_ref().and_then(|p| p.per_try_timeout);
-        let policy = configured
+        // Borrowed from the snapshot, not copied: the retrying future reads
+        // the policy again from its own copy of the decision.
+        let configured = routed.and_then(|r| r.route_entry()?.retry());
+        let per_try = configured.and_then(|p| p.per_try_timeout);
+        let retrying = configured
             .filter(|p| p.attempts > 1)
             // gRPC calls are POSTs that gRPC's own retry design allows to retry.
             .filter(|p| {
@@ -137,10 +139,10 @@ where
                     || idempotent(req.method())
                     || crate::grpc::is_grpc(req.headers())
             })
-            .filter(|_| {
-                req.body().replayer().is_some() && req.extensions().get::<Mirrored>().is_none()
-            });
-        let (Some(policy), Some(routed)) = (policy, routed.cloned()) else {
+            .is_some()
+            && req.body().replayer().is_some()
+            && req.extensions().get::<Mirrored>().is_none();
+        let Some(routed) = routed.filter(|_| retrying).cloned() else {
             // One attempt, bounded by the route's per-try timeout if it has one.
             let Some(t) = per_try else {
                 return Either::left(Either::left(MapErr::new(self.inner.call(req))));
@@ -158,6 +160,9 @@ where
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
         Either::right(Box::pin(async move {
+            let Some(policy) = routed.route_entry().and_then(|r| r.retry()) else {
+                return Err("internal: a retrying request without a retry policy".into());
+            };
             let (parts, body) = req.into_parts();
             // The first attempt sends the body itself; retries send copies.
             let Some(replayer) = body.replayer() else {
@@ -201,7 +206,7 @@ where
                     Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
                 };
                 let last = n >= policy.attempts
-                    || !is_retriable(&policy, outcome, grpc)
+                    || !is_retriable(policy, outcome, grpc)
                     || !replayer.can_replay()
                     || deadline.is_some_and(|d| Instant::now() >= d);
                 if last {
@@ -235,7 +240,7 @@ where
                 };
                 drop(result);
                 avoid = endpoint;
-                let wake = Instant::now() + backoff(&policy, n, rand::random());
+                let wake = Instant::now() + backoff(policy, n, rand::random());
                 if deadline.is_some_and(|d| wake >= d) {
                     return Err(Elapsed {
                         deadline: Deadline::Overall,
