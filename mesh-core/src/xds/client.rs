@@ -582,14 +582,12 @@ impl Variant for Sotw {
         if t == type_url::LISTENER {
             state.listeners_answered = true;
         }
-        let saved = state.resources.save(t);
-        state.resources.clear(t);
-        let subscribed = state.names(t).clone();
+        let saved = state.resources.take(t);
         let mut applied = Ok(());
         for any in &resp.resources {
             match state.resources.insert(t, any) {
                 // State of the world may carry more than was asked for.
-                Ok(name) if !subscribed.contains(&name) => state.resources.remove(t, &name),
+                Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
                 Ok(_) => {}
                 Err(e) => {
                     applied = Err(e);
@@ -685,14 +683,26 @@ impl Variant for Delta {
         if t == type_url::LISTENER {
             state.listeners_answered = true;
         }
-        let saved = state.resources.save(t);
-        let subscribed = state.names(t).clone();
+        // Only what this response touches can need putting back.
+        let touched: Vec<&str> = resp
+            .resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(resp.removed_resources.iter().map(String::as_str))
+            .collect();
+        let saved = state.resources.save_only(t, touched.iter().copied());
         let mut applied = Ok(());
         let mut versions = Vec::new();
         for r in &resp.resources {
             let Some(any) = &r.resource else { continue };
             match state.resources.insert(t, any) {
-                Ok(name) if !subscribed.contains(&name) => state.resources.remove(t, &name),
+                Ok(name) if name != r.name => {
+                    // What was saved to put back is by the names sent.
+                    state.resources.remove(t, &name);
+                    applied = Err(format!("resource `{}` holds one named `{name}`", r.name));
+                    break;
+                }
+                Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
                 Ok(name) => versions.push((name, r.version.clone())),
                 Err(e) => {
                     applied = Err(format!("resource `{}`: {e}", r.name));
@@ -729,7 +739,9 @@ impl Variant for Delta {
                 }
             }
             Err(reason) => {
-                state.resources.restore(saved);
+                state
+                    .resources
+                    .restore_only(t, touched.iter().copied(), saved);
                 DeltaDiscoveryRequest {
                     node: state.node(),
                     type_url: t.to_owned(),

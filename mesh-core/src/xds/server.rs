@@ -18,7 +18,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::translate::{self, Resources, type_url};
+use super::translate::{self, type_url};
 use crate::mesh::Mesh;
 use crate::snapshot::Snapshot;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -48,6 +48,8 @@ pub struct DevControlPlane {
     nonce: Arc<AtomicU64>,
     stop: tokio::sync::watch::Receiver<bool>,
     envoy: Option<SocketAddr>,
+    /// The newest snapshot's resources, translated once for every stream.
+    served: Arc<std::sync::Mutex<Option<Arc<Served>>>>,
 }
 
 impl DevControlPlane {
@@ -63,6 +65,7 @@ impl DevControlPlane {
             nonce: Arc::new(AtomicU64::new(0)),
             stop,
             envoy: None,
+            served: Arc::default(),
         }
     }
 
@@ -124,10 +127,20 @@ type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, S
 
 /// What one snapshot serves: its resources, translated once, and the
 /// names a wildcard subscription gets per type.
+#[derive(Debug)]
 struct Served {
     snapshot: Arc<Snapshot>,
-    resources: Resources,
+    /// Per type, every resource encoded once, with its version (a hash of
+    /// the encoding), in name order.
+    encoded: BTreeMap<&'static str, Vec<Encoded>>,
     wildcard_listeners: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug)]
+struct Encoded {
+    name: String,
+    any: envoy_types::pb::google::protobuf::Any,
+    version: String,
 }
 
 impl Served {
@@ -139,11 +152,46 @@ impl Served {
             resources.routes.insert(rc.name.clone(), rc);
             BTreeSet::from([ENVOY_LISTENER.to_owned()])
         });
+        let encoded = [
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::CLUSTER,
+            type_url::ENDPOINTS,
+        ]
+        .into_iter()
+        .map(|t| {
+            let all = resources
+                .encoded(t, |_| true)
+                .into_iter()
+                .map(|(name, any)| Encoded {
+                    version: version_of(&any),
+                    name,
+                    any,
+                })
+                .collect();
+            (t, all)
+        })
+        .collect();
         Self {
             snapshot,
-            resources,
+            encoded,
             wildcard_listeners,
         }
+    }
+
+    /// The resources of type `t` a subscription covers.
+    fn covered<'a>(
+        &'a self,
+        t: &'a str,
+        wildcard: bool,
+        names: &'a BTreeSet<String>,
+    ) -> impl Iterator<Item = &'a Encoded> + 'a {
+        self.encoded
+            .get(t)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(move |e| self.covers(t, wildcard, names, &e.name))
     }
 
     /// Whether a subscription to `names` (a wildcard when `wildcard`) of
@@ -168,24 +216,53 @@ impl Served {
 struct Current {
     mesh: Mesh,
     envoy: Option<SocketAddr>,
-    served: Served,
+    cache: Arc<std::sync::Mutex<Option<Arc<Served>>>>,
+    served: Arc<Served>,
 }
 
 impl Current {
-    fn new(mesh: Mesh, envoy: Option<SocketAddr>) -> Self {
-        let served = Served::of(mesh.snapshot(), envoy);
+    fn new(cp: &DevControlPlane) -> Self {
+        let served = Self::translated(&cp.served, cp.mesh.snapshot(), cp.envoy);
         Self {
-            mesh,
-            envoy,
+            mesh: cp.mesh.clone(),
+            envoy: cp.envoy,
+            cache: cp.served.clone(),
             served,
         }
     }
 
-    /// Translates the newest snapshot, once per version.
+    /// The snapshot's resources: translated by the first stream to need
+    /// them, shared by the rest (a thousand clients cost one translation
+    /// per change, not a thousand).
+    fn translated(
+        cache: &std::sync::Mutex<Option<Arc<Served>>>,
+        snapshot: Arc<Snapshot>,
+        envoy: Option<SocketAddr>,
+    ) -> Arc<Served> {
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = cache.as_ref()
+            && s.snapshot.version() == snapshot.version()
+        {
+            return s.clone();
+        }
+        let served = Arc::new(Served::of(snapshot, envoy));
+        // Never replace a newer translation with an older one.
+        if cache
+            .as_ref()
+            .is_none_or(|s| s.snapshot.version() < served.snapshot.version())
+        {
+            *cache = Some(served.clone());
+        }
+        served
+    }
+
+    /// Takes the newest snapshot's resources, once per version.
     fn refresh(&mut self, newest: Option<Arc<Snapshot>>) {
         let newest = newest.unwrap_or_else(|| self.mesh.snapshot());
         if newest.version() != self.served.snapshot.version() {
-            self.served = Served::of(newest, self.envoy);
+            self.served = Self::translated(&self.cache, newest, self.envoy);
         }
     }
 }
@@ -195,10 +272,8 @@ fn respond(served: &Served, t: &str, names: &[String], nonce: String) -> Discove
     let wanted: BTreeSet<String> = names.iter().filter(|n| *n != "*").cloned().collect();
     let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
     let resources = served
-        .resources
-        .encoded(t, |n| served.covers(t, wildcard, &wanted, n))
-        .into_iter()
-        .map(|(_, any)| any)
+        .covered(t, wildcard, &wanted)
+        .map(|e| e.any.clone())
         .collect();
     DiscoveryResponse {
         version_info: served.version(),
@@ -231,18 +306,14 @@ impl DeltaSub {
     fn diff(&mut self, served: &Served, t: &str, nonce: String) -> Option<DeltaDiscoveryResponse> {
         let mut resources = Vec::new();
         let mut present = BTreeSet::new();
-        for (name, any) in served
-            .resources
-            .encoded(t, |n| served.covers(t, self.wildcard, &self.names, n))
-        {
-            present.insert(name.clone());
-            let version = version_of(&any);
-            if self.sent.get(&name).and_then(Option::as_ref) != Some(&version) {
-                self.sent.insert(name.clone(), Some(version.clone()));
+        for e in served.covered(t, self.wildcard, &self.names) {
+            present.insert(e.name.clone());
+            if self.sent.get(&e.name).and_then(Option::as_ref) != Some(&e.version) {
+                self.sent.insert(e.name.clone(), Some(e.version.clone()));
                 resources.push(Resource {
-                    name,
-                    version,
-                    resource: Some(any),
+                    name: e.name.clone(),
+                    version: e.version.clone(),
+                    resource: Some(e.any.clone()),
                     ..Default::default()
                 });
             }
@@ -292,7 +363,7 @@ impl AggregatedDiscoveryService for DevControlPlane {
             let mut updates = this.mesh.subscribe();
             let mut stop = this.stop.clone();
             let mut node = String::new();
-            let mut current = Current::new(this.mesh.clone(), this.envoy);
+            let mut current = Current::new(&this);
             loop {
                 current.refresh(None);
                 if *stop.borrow() {
@@ -351,7 +422,7 @@ impl AggregatedDiscoveryService for DevControlPlane {
             let mut updates = this.mesh.subscribe();
             let mut stop = this.stop.clone();
             let mut node = String::new();
-            let mut current = Current::new(this.mesh.clone(), this.envoy);
+            let mut current = Current::new(&this);
             loop {
                 current.refresh(None);
                 if *stop.borrow() {

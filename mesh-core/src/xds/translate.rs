@@ -175,6 +175,58 @@ impl Resources {
         }
     }
 
+    /// Moves the resources of type `t` out (leaving none), to put back with
+    /// [`restore`](Self::restore): what a state-of-the-world response,
+    /// which replaces them all, saves without copying.
+    pub fn take(&mut self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
+            type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
+            type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
+            _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
+        }
+    }
+
+    /// A copy of the resources of type `t` named in `names` (those held),
+    /// to put back with [`restore_only`](Self::restore_only): what an
+    /// incremental response, which touches only these, saves.
+    pub fn save_only<'a>(&self, t: &str, names: impl IntoIterator<Item = &'a str>) -> Saved {
+        fn pick<'a, M: Clone>(
+            map: &BTreeMap<String, M>,
+            names: impl IntoIterator<Item = &'a str>,
+        ) -> BTreeMap<String, M> {
+            names
+                .into_iter()
+                .filter_map(|n| Some((n.to_owned(), map.get(n)?.clone())))
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
+            type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
+            type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
+            _ => Saved::Endpoints(pick(&self.endpoints, names)),
+        }
+    }
+
+    /// Undoes changes to `names` of type `t`: drops them, then puts back
+    /// what [`save_only`](Self::save_only) copied.
+    pub fn restore_only<'a>(
+        &mut self,
+        t: &str,
+        names: impl IntoIterator<Item = &'a str>,
+        saved: Saved,
+    ) {
+        for n in names {
+            self.remove(t, n);
+        }
+        match saved {
+            Saved::Listeners(m) => self.listeners.extend(m),
+            Saved::Routes(m) => self.routes.extend(m),
+            Saved::Clusters(m) => self.clusters.extend(m),
+            Saved::Endpoints(m) => self.endpoints.extend(m),
+        }
+    }
+
     /// Puts back what [`save`](Self::save) copied.
     pub fn restore(&mut self, saved: Saved) {
         match saved {
@@ -366,10 +418,10 @@ pub fn to_config<'a>(
             built.missing.push(name.clone());
             continue;
         };
-        let rc = match route_source(l)? {
-            RouteSource::Inline(rc) => *rc,
+        let rc: std::borrow::Cow<'_, RouteConfiguration> = match route_source(l)? {
+            RouteSource::Inline(rc) => std::borrow::Cow::Owned(*rc),
             RouteSource::Rds(n) => match r.routes.get(&n) {
-                Some(rc) => rc.clone(),
+                Some(rc) => std::borrow::Cow::Borrowed(rc),
                 None => {
                     built.incomplete.push(name.clone());
                     continue;
