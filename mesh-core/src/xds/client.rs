@@ -310,6 +310,19 @@ impl State {
         Ok(())
     }
 
+    /// The type a response answers, if one we asked for; notes that the
+    /// listeners have been answered.
+    fn answering(&mut self, type_url: &str) -> Option<&'static str> {
+        let Some(t) = known(type_url) else {
+            tracing::warn!(%type_url, "xDS response of a type never asked for, ignored");
+            return None;
+        };
+        if t == type_url::LISTENER {
+            self.listeners_answered = true;
+        }
+        Some(t)
+    }
+
     /// Writes what is subscribed and held into `status`.
     fn report(&self, status: &XdsStatus) {
         let mut types = status
@@ -575,13 +588,9 @@ impl Variant for Sotw {
         status: &XdsStatus,
         resp: DiscoveryResponse,
     ) -> Vec<DiscoveryRequest> {
-        let Some(t) = known(&resp.type_url) else {
-            tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
+        let Some(t) = state.answering(&resp.type_url) else {
             return Vec::new();
         };
-        if t == type_url::LISTENER {
-            state.listeners_answered = true;
-        }
         let saved = state.resources.take(t);
         let mut applied = Ok(());
         for any in &resp.resources {
@@ -676,13 +685,9 @@ impl Variant for Delta {
         status: &XdsStatus,
         resp: DeltaDiscoveryResponse,
     ) -> Vec<DeltaDiscoveryRequest> {
-        let Some(t) = known(&resp.type_url) else {
-            tracing::warn!(type_url = %resp.type_url, "xDS response of a type never asked for, ignored");
+        let Some(t) = state.answering(&resp.type_url) else {
             return Vec::new();
         };
-        if t == type_url::LISTENER {
-            state.listeners_answered = true;
-        }
         // Only what this response touches can need putting back.
         let touched: Vec<&str> = resp
             .resources

@@ -122,9 +122,6 @@ pub async fn serve_with_shutdown(
         .await
 }
 
-type Responses = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaResponses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
 /// What one snapshot serves: its resources, translated once, and the
 /// names a wildcard subscription gets per type.
 #[derive(Debug)]
@@ -347,154 +344,217 @@ impl DeltaSub {
     }
 }
 
+/// One variant's state on one stream: what the client subscribed to and
+/// holds, and how it answers requests and new snapshots.
+trait Variant: Default + Send + 'static {
+    type Request: AdsRequest + prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// What to send for a request.
+    fn request(
+        &mut self,
+        cp: &DevControlPlane,
+        served: &Served,
+        req: Self::Request,
+    ) -> Vec<Self::Response>;
+    /// What to send for a new snapshot.
+    fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<Self::Response>;
+}
+
+/// What the server reads of either variant's requests.
+trait AdsRequest {
+    /// The node id, when the request carries the node.
+    fn node_id(&self) -> Option<&str>;
+    /// The type and the reason, when the request is a NACK.
+    fn nack(&self) -> Option<(&str, &str)>;
+}
+
+macro_rules! ads_request {
+    ($($t:ty),*) => {$(
+        impl AdsRequest for $t {
+            fn node_id(&self) -> Option<&str> {
+                self.node.as_ref().map(|n| n.id.as_str())
+            }
+            fn nack(&self) -> Option<(&str, &str)> {
+                let e = self.error_detail.as_ref()?;
+                Some((&self.type_url, &e.message))
+            }
+        }
+    )*};
+}
+ads_request!(DiscoveryRequest, DeltaDiscoveryRequest);
+
+type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves one ADS stream of variant `V` until the client goes, the
+/// control plane stops, or the mesh is dropped.
+fn serve_stream<V: Variant>(
+    cp: DevControlPlane,
+    mut incoming: Streaming<V::Request>,
+) -> Outgoing<V::Response> {
+    let (tx, mut rx) = mpsc::channel::<Result<V::Response, Status>>(16);
+    tokio::spawn(async move {
+        let mut state = V::default();
+        let mut updates = cp.mesh.subscribe();
+        let mut stop = cp.stop.clone();
+        let mut node = String::new();
+        let mut current = Current::new(&cp);
+        loop {
+            current.refresh(None);
+            if *stop.borrow() {
+                return;
+            }
+            let out = tokio::select! {
+                // `new()` has no stop signal: its sender is gone and
+                // `changed()` errs at once, which disables this branch.
+                Ok(()) = stop.changed() => continue,
+                msg = incoming.message() => {
+                    let Ok(Some(req)) = msg else { return };
+                    if let Some(n) = req.node_id() {
+                        n.clone_into(&mut node);
+                    }
+                    if let Some((t, reason)) = req.nack() {
+                        tracing::warn!(%node, type_url = %t, "NACK: {reason}");
+                    }
+                    state.request(&cp, &current.served, req)
+                }
+                next = updates.next() => {
+                    let Some(next) = next else { return };
+                    current.refresh(Some(next));
+                    state.snapshot(&cp, &current.served)
+                }
+            };
+            for resp in out {
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(super::futures_core_stream::from_fn(move |cx| {
+        rx.poll_recv(cx)
+    }))
+}
+
+/// State of the world: the names each type subscribes to.
+#[derive(Default)]
+struct Sotw {
+    subscribed: BTreeMap<String, Vec<String>>,
+}
+
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn request(
+        &mut self,
+        cp: &DevControlPlane,
+        served: &Served,
+        req: DiscoveryRequest,
+    ) -> Vec<DiscoveryResponse> {
+        let changed = self.subscribed.get(&req.type_url) != Some(&req.resource_names);
+        let first = req.response_nonce.is_empty();
+        let out = (first || changed)
+            .then(|| respond(served, &req.type_url, &req.resource_names, cp.next_nonce()));
+        self.subscribed.insert(req.type_url, req.resource_names);
+        out.into_iter().collect()
+    }
+
+    fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<DiscoveryResponse> {
+        self.subscribed
+            .iter()
+            .map(|(t, names)| respond(served, t, names, cp.next_nonce()))
+            .collect()
+    }
+}
+
+/// Incremental: per type, the subscription and what the client holds.
+#[derive(Default)]
+struct Delta {
+    subs: BTreeMap<String, DeltaSub>,
+}
+
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn request(
+        &mut self,
+        cp: &DevControlPlane,
+        served: &Served,
+        req: DeltaDiscoveryRequest,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let first = !self.subs.contains_key(&req.type_url);
+        let sub = self.subs.entry(req.type_url.clone()).or_default();
+        if first {
+            // No names at first is the legacy wildcard.
+            sub.wildcard = req.resource_names_subscribe.is_empty();
+            for (name, version) in &req.initial_resource_versions {
+                sub.sent.insert(name.clone(), Some(version.clone()));
+            }
+        }
+        let mut changed = first;
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                sub.wildcard = true;
+            } else {
+                changed |= sub.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                sub.wildcard = false;
+            }
+            changed |= sub.names.remove(name);
+            sub.sent.remove(name);
+        }
+        if !changed {
+            return Vec::new();
+        }
+        match sub.diff(served, &req.type_url, cp.next_nonce()) {
+            Some(resp) => vec![resp],
+            // The first answer is sent even when empty: Envoy waits for it
+            // before serving.
+            None if first => vec![DeltaDiscoveryResponse {
+                system_version_info: served.version(),
+                type_url: req.type_url,
+                nonce: cp.next_nonce(),
+                ..Default::default()
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<DeltaDiscoveryResponse> {
+        self.subs
+            .iter_mut()
+            .filter_map(|(t, sub)| sub.diff(served, t, cp.next_nonce()))
+            .collect()
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for DevControlPlane {
-    type StreamAggregatedResourcesStream = Responses;
+    type StreamAggregatedResourcesStream = Outgoing<DiscoveryResponse>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Responses>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, mut rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut subscribed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            let mut updates = this.mesh.subscribe();
-            let mut stop = this.stop.clone();
-            let mut node = String::new();
-            let mut current = Current::new(&this);
-            loop {
-                current.refresh(None);
-                if *stop.borrow() {
-                    return;
-                }
-                tokio::select! {
-                    // `new()` has no stop signal: its sender is gone and
-                    // `changed()` errs at once, which disables this branch.
-                    Ok(()) = stop.changed() => continue,
-                    msg = incoming.message() => {
-                        let Ok(Some(req)) = msg else { return };
-                        if let Some(n) = &req.node {
-                            node = n.id.clone();
-                        }
-                        if let Some(err) = &req.error_detail {
-                            tracing::warn!(%node, type_url = %req.type_url, version = %req.version_info, "NACK: {}", err.message);
-                        }
-                        let changed = subscribed.get(&req.type_url) != Some(&req.resource_names);
-                        let first = req.response_nonce.is_empty();
-                        subscribed.insert(req.type_url.clone(), req.resource_names.clone());
-                        if first || changed {
-                            let resp = respond(&current.served, &req.type_url, &req.resource_names, this.next_nonce());
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    next = updates.next() => {
-                        let Some(next) = next else { return };
-                        current.refresh(Some(next));
-                        for (t, names) in &subscribed {
-                            let resp = respond(&current.served, t, names, this.next_nonce());
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        let stream = super::futures_core_stream::from_fn(move |cx| rx.poll_recv(cx));
-        Ok(Response::new(Box::pin(stream)))
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(serve_stream::<Sotw>(
+            self.clone(),
+            request.into_inner(),
+        )))
     }
 
-    type DeltaAggregatedResourcesStream = DeltaResponses;
+    type DeltaAggregatedResourcesStream = Outgoing<DeltaDiscoveryResponse>;
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaResponses>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, mut rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut subs: BTreeMap<String, DeltaSub> = BTreeMap::new();
-            let mut updates = this.mesh.subscribe();
-            let mut stop = this.stop.clone();
-            let mut node = String::new();
-            let mut current = Current::new(&this);
-            loop {
-                current.refresh(None);
-                if *stop.borrow() {
-                    return;
-                }
-                let mut out = Vec::new();
-                tokio::select! {
-                    Ok(()) = stop.changed() => continue,
-                    msg = incoming.message() => {
-                        let Ok(Some(req)) = msg else { return };
-                        if let Some(n) = &req.node {
-                            node = n.id.clone();
-                        }
-                        if let Some(err) = &req.error_detail {
-                            tracing::warn!(%node, type_url = %req.type_url, nonce = %req.response_nonce, "NACK: {}", err.message);
-                        }
-                        let first = !subs.contains_key(&req.type_url);
-                        let sub = subs.entry(req.type_url.clone()).or_default();
-                        if first {
-                            // No names at first is the legacy wildcard.
-                            sub.wildcard = req.resource_names_subscribe.is_empty();
-                            for (name, version) in &req.initial_resource_versions {
-                                sub.sent.insert(name.clone(), Some(version.clone()));
-                            }
-                        }
-                        let mut changed = first;
-                        for name in &req.resource_names_subscribe {
-                            if name == "*" {
-                                sub.wildcard = true;
-                            } else {
-                                changed |= sub.names.insert(name.clone());
-                            }
-                        }
-                        for name in &req.resource_names_unsubscribe {
-                            if name == "*" {
-                                sub.wildcard = false;
-                            }
-                            changed |= sub.names.remove(name);
-                            sub.sent.remove(name);
-                        }
-                        if changed {
-                            let diff = sub.diff(&current.served, &req.type_url, this.next_nonce());
-                            match diff {
-                                Some(resp) => out.push(resp),
-                                // The first answer is sent even when empty:
-                                // Envoy waits for it before serving.
-                                None if first => out.push(DeltaDiscoveryResponse {
-                                    system_version_info: current.served.version(),
-                                    type_url: req.type_url.clone(),
-                                    nonce: this.next_nonce(),
-                                    ..Default::default()
-                                }),
-                                None => {}
-                            }
-                        }
-                    }
-                    next = updates.next() => {
-                        let Some(next) = next else { return };
-                        current.refresh(Some(next));
-                        for (t, sub) in &mut subs {
-                            out.extend(sub.diff(&current.served, t, this.next_nonce()));
-                        }
-                    }
-                }
-                for resp in out {
-                    if tx.send(Ok(resp)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let stream = super::futures_core_stream::from_fn(move |cx| rx.poll_recv(cx));
-        Ok(Response::new(Box::pin(stream)))
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(serve_stream::<Delta>(
+            self.clone(),
+            request.into_inner(),
+        )))
     }
 }
