@@ -199,6 +199,7 @@ impl XdsSettings {
             )
         };
         if let Some(server) = var("MESH_CONTROL_PLANE") {
+            refuse_tls(&server).map_err(|e| format!("MESH_CONTROL_PLANE {e}"))?;
             let id = var("MESH_NODE_ID").unwrap_or_else(default_id);
             return Ok(Some(Self::new(&server, &id, services)));
         }
@@ -245,6 +246,7 @@ impl XdsSettings {
                 "xds_servers[0].channel_creds {kinds:?}: only `insecure` is supported"
             ));
         }
+        refuse_tls(uri).map_err(|e| format!("xds_servers[0].server_uri {e}"))?;
         let server = if uri.contains("://") || uri.starts_with("unix:") {
             uri.to_owned()
         } else {
@@ -270,6 +272,18 @@ impl XdsSettings {
             .map(str::to_owned);
         Ok(s)
     }
+}
+
+/// A TLS control plane is refused at start-up, by name, rather than
+/// retried forever with an error at every connect.
+fn refuse_tls(uri: &str) -> Result<(), String> {
+    if uri.starts_with("https://") {
+        return Err(format!(
+            "`{uri}`: TLS to the control plane is not supported yet; use its plaintext \
+             port (istiod: 15010) or istio-agent's Unix socket"
+        ));
+    }
+    Ok(())
 }
 
 /// The metrics the xDS client records (through the `metrics` facade, to
@@ -601,6 +615,15 @@ mod tests {
         assert!(
             tls.contains("google_default") && tls.contains("insecure"),
             "{tls}"
+        );
+        let https = XdsSettings::from_bootstrap(
+            r#"{"xds_servers": [{"server_uri": "https://istiod.istio-system.svc:15012"}]}"#,
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            https.contains("server_uri") && https.contains("TLS") && https.contains("15012"),
+            "{https}"
         );
         let none = XdsSettings::from_bootstrap(r#"{"node": {"id": "x"}}"#, Vec::new()).unwrap_err();
         assert!(none.contains("server_uri"), "{none}");
