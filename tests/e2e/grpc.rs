@@ -52,6 +52,38 @@ async fn a_weighted_split_across_two_versions() {
     assert!((share - 0.1).abs() < 0.03, "v2 share {share}");
 }
 
+/// A tonic client on a mesh fed over incremental xDS with nothing listed:
+/// its first call subscribes to the service and is routed by the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_on_a_control_plane_fetches_its_service_on_the_first_call() {
+    let (v1, v2) = (
+        plain(Greeter::new("v1")).await,
+        plain(Greeter::new("v2")).await,
+    );
+    let served = mesh(&format!(
+        "services: [{{ name: greeter, routes: [{{ to: [{{ backend: v1, weight: 0 }}, {{ backend: v2, weight: 100 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{v1}'] }}, {{ name: v2, endpoints: ['{v2}'] }}]"
+    ));
+    let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    let cp = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
+            .serve_with_incoming(incoming),
+    );
+    let settings =
+        mesh_core::xds::XdsSettings::new(&format!("http://{addr}"), "greeter-client", Vec::new())
+            .delta();
+    let (m, _xds) = Mesh::from_control_plane(settings).unwrap();
+    assert!(m.snapshot().service_for_host("greeter").is_none());
+    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "greeter"));
+    for _ in 0..20 {
+        let resp = client.say_hello(hello("x")).await.unwrap();
+        assert_eq!(resp.get_ref().server, "v2", "routed by the fetched config");
+    }
+    assert!(m.snapshot().service_for_host("greeter").is_some());
+    cp.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_by_grpc_status_and_only_the_listed_ones() {
     let flaky = Greeter::new("flaky").failing(0.3, tonic::Code::Unavailable);
