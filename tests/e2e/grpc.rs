@@ -63,13 +63,7 @@ async fn a_channel_on_a_control_plane_fetches_its_service_on_the_first_call() {
     let served = mesh(&format!(
         "services: [{{ name: greeter, routes: [{{ to: [{{ backend: v1, weight: 0 }}, {{ backend: v2, weight: 100 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{v1}'] }}, {{ name: v2, endpoints: ['{v2}'] }}]"
     ));
-    let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let addr = incoming.local_addr().unwrap();
-    let cp = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
-            .serve_with_incoming(incoming),
-    );
+    let (addr, cp) = crate::support::dev_control_plane(&served);
     let settings =
         mesh_core::xds::XdsSettings::new(&format!("http://{addr}"), "greeter-client", Vec::new())
             .delta();

@@ -262,18 +262,11 @@ async fn authorization_allows_denies_defaults_to_deny_and_matches_wildcards() {
 /// ADS: the same answers to the same callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_authorization_from_a_control_planes_rbac_filters() {
-    use mesh_core::xds::{Api, XdsSettings, server::DevControlPlane};
+    use mesh_core::xds::{Api, XdsSettings};
     for api in [Api::Sotw, Api::Delta] {
         let ca = DevCa::new(TD).unwrap();
         let served = Mesh::from_config(Config::from_yaml(&inbound("permissive")).unwrap()).unwrap();
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let addr = incoming.local_addr().unwrap();
-        let cp = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(DevControlPlane::new(served.clone()).into_service())
-                .serve_with_incoming(incoming),
-        );
+        let (addr, cp) = crate::support::dev_control_plane(&served);
         let mut settings =
             XdsSettings::new(&format!("http://{addr}"), "reviews-1", Vec::new()).serving("reviews");
         settings.api = api;
@@ -498,7 +491,7 @@ async fn client_handshake(
 /// refused by the server, the wrong ID by the client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_to_a_backend_a_control_plane_names() {
-    use mesh_core::xds::{XdsSettings, server::DevControlPlane};
+    use mesh_core::xds::XdsSettings;
     let ca = DevCa::new(TD).unwrap();
     let (echo, _server_mesh) = server(&ca, "strict").await;
     let config = |id: &str| {
@@ -509,14 +502,7 @@ async fn mutual_tls_to_a_backend_a_control_plane_names() {
     };
     for (expected, ok) in [(REVIEWS, 20), ("spiffe://demo.local/someone-else", 0)] {
         let served = Mesh::from_config(Config::from_yaml(&config(expected)).unwrap()).unwrap();
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let addr = incoming.local_addr().unwrap();
-        let cp = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(DevControlPlane::new(served).into_service())
-                .serve_with_incoming(incoming),
-        );
+        let (addr, cp) = crate::support::dev_control_plane(&served);
         let settings = XdsSettings::new(&format!("http://{addr}"), "pp", vec!["reviews".into()]);
         let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
         mesh.set_identity(identity(&ca, &ca.issue_for("productpage").unwrap()));

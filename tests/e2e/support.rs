@@ -58,3 +58,21 @@ pub async fn run_with(
     }
     all
 }
+
+/// The development control plane serving `mesh` on a free loopback port;
+/// its address, and the task to abort to stop it.
+pub fn dev_control_plane(
+    mesh: &Mesh,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh_core::xds::server::DevControlPlane::new(mesh.clone()).into_service())
+            .serve_with_incoming(incoming),
+    );
+    (addr, task)
+}
