@@ -21,18 +21,7 @@ async fn admin(admin: Admin) -> std::net::SocketAddr {
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client
-        .get(format!("http://{addr}{path}").parse().unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    crate::support::http_get(&format!("http://{addr}{path}")).await
 }
 
 /// Parses Prometheus text into (name{labels sorted}) -> value.

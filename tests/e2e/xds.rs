@@ -190,19 +190,7 @@ async fn against_the_independent_server(api: Api) {
     let t = run(&client, "http://xds-svc/", 200, 4).await;
     assert_eq!(t.ok, 200, "{t:?}");
     // The server saw the NACK with our reason.
-    let (_, events) = {
-        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let r = c
-            .get(format!("http://127.0.0.1:{admin}/events").parse().unwrap())
-            .await
-            .unwrap();
-        let b = http_body_util::BodyExt::collect(r.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        ((), String::from_utf8_lossy(&b).into_owned())
-    };
+    let (_, events) = crate::support::http_get(&format!("http://127.0.0.1:{admin}/events")).await;
     assert!(events.to_lowercase().contains("nack"), "{events}");
     let kind = if api == Api::Delta { "delta" } else { "sotw" };
     assert!(
@@ -263,14 +251,7 @@ fn start_peer(file: &Path) -> (u16, u16, Stop) {
 }
 
 async fn get_text(url: String) -> String {
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let r = c.get(url.parse().unwrap()).await.unwrap();
-    let b = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&b).into_owned()
+    crate::support::http_get(&url).await.1
 }
 
 /// The listener names our stream at the independent server subscribes to.
