@@ -262,7 +262,6 @@ inbound:
 #[cfg(mesh_peer_proto)]
 mod interop {
     use super::*;
-    use std::process::Command;
 
     #[allow(missing_docs, unreachable_pub, clippy::all)]
     mod peer {
@@ -271,41 +270,12 @@ mod interop {
     use peer::echo_client::EchoClient;
     use peer::{EchoRequest, EchoResponse};
 
-    fn peers() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    struct Stop(String);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(peers().join("stop-peers.sh"))
-                .arg(&self.0)
-                .output();
-        }
-    }
+    use crate::support::{PeerStop as Stop, free_port, peer, peers};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_grpcio_peer_behind_the_mesh_channel_with_status_retries() {
         let port = free_port();
-        let out = Command::new("bash")
-            .arg(peers().join("setup-grpc-peer.sh"))
-            .args([&port.to_string(), "py-peer"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        peer("setup-grpc-peer.sh", &[&port.to_string(), "py-peer"]);
         let _stop = Stop(format!("grpc-peer-{port}"));
         let m = mesh(&format!(
             "services: [{{ name: peer, routes: [{{ retry: {{ attempts: 5, on: [unavailable], backoff: {{ base: 1ms, max: 2ms }} }}, to: [py] }}] }}]\nbackends: [{{ name: py, endpoints: ['127.0.0.1:{port}'] }}]"

@@ -8,12 +8,10 @@ use mesh::echo::Echo;
 use mesh_core::Mesh;
 use mesh_core::config::Config;
 use mesh_core::identity::tls::{Identity, IdentityFiles};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
-}
+use crate::support::{PeerStop, peers};
 
 fn tool(name: &str) -> String {
     let found = Command::new("sh")
@@ -181,16 +179,7 @@ async fn the_mesh_client_talks_mtls_to_openssl_s_server() {
     let pki_dir = pki.path().to_str().unwrap().to_owned();
     run(&["certs", &pki_dir]);
     run(&["s_server", &port.to_string(), &pki_dir]);
-    struct Stop(u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(peers().join("stop-peers.sh"))
-                .arg(format!("s_server-{}", self.0))
-                .output();
-        }
-    }
-    let _stop = Stop(port);
+    let _stop = PeerStop(format!("s_server-{port}"));
 
     let mesh = Mesh::from_config(
         Config::from_yaml(&format!(

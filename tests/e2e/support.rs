@@ -89,3 +89,45 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Where the peer scripts are (`../shared/peers`).
+pub fn peers() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a peer script with `args`; fails the test, with its error output,
+/// if the script fails. Returns what it printed.
+pub fn peer(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("bash")
+        .arg(peers().join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops a peer (by its name in `../shared/peers`) when dropped.
+pub struct PeerStop(pub String);
+
+impl Drop for PeerStop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(peers().join("stop-peers.sh"))
+            .arg(&self.0)
+            .output();
+    }
+}

@@ -332,35 +332,13 @@ async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_real_otlp_collector_with_ids_parents_and_attributes() {
     let _turn = SINK_TURN.lock().await;
-    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (grpc, http_port) = (free(), free());
-    let out = std::process::Command::new("bash")
-        .arg(peers.join("setup-observability.sh"))
-        .args(["otlp", &grpc.to_string(), &http_port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "OTLP receiver: {}",
-        String::from_utf8_lossy(&out.stderr)
+    use crate::support::{PeerStop, free_port, peer};
+    let (grpc, http_port) = (free_port(), free_port());
+    peer(
+        "setup-observability.sh",
+        &["otlp", &grpc.to_string(), &http_port.to_string()],
     );
-    struct Stop(std::path::PathBuf, u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("bash")
-                .arg(self.0.join("stop-peers.sh"))
-                .arg(format!("otlp-{}", self.1))
-                .output();
-        }
-    }
-    let _stop = Stop(peers.clone(), grpc);
+    let _stop = PeerStop(format!("otlp-{grpc}"));
 
     let exporter = mesh_hyper::otlp::install(
         &format!("http://127.0.0.1:{http_port}/v1/traces"),

@@ -3,26 +3,13 @@
 //! by what it serves, ACKs and NACKs as the protocol says, and serving the
 //! last good snapshot while the control plane is away.
 
-use crate::support::{echo, run, run_with};
+use crate::support::{PeerStop as Stop, echo, free_port, peer, peers, run, run_with};
 use mesh_core::Mesh;
 use mesh_core::xds::{Api, XdsSettings};
 use mesh_hyper::Client;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-fn peers() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Resources for listener `xds-svc`: route `xds-route` splitting over EDS
 /// clusters `xa` and `xb`.
@@ -233,19 +220,13 @@ async fn against_the_independent_server(api: Api) {
 /// Starts the independent ADS server serving `file`: (port, admin port, stop).
 fn start_peer(file: &Path) -> (u16, u16, Stop) {
     let (port, admin) = (free_port(), free_port());
-    let out = Command::new("bash")
-        .arg(peers().join("setup-xds-server.sh"))
-        .args([
+    peer(
+        "setup-xds-server.sh",
+        &[
             &port.to_string(),
             &admin.to_string(),
             file.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "xDS server: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     (port, admin, Stop(format!("xds-server-{port}")))
 }
@@ -563,16 +544,7 @@ async fn grpcs_own_xds_client_routes_by_the_development_control_plane() {
     let (p1, p2) = (free_port(), free_port());
     let mut stops = Vec::new();
     for (port, name) in [(p1, "grpc-x1"), (p2, "grpc-x2")] {
-        let out = Command::new("bash")
-            .arg(peers().join("setup-grpc-peer.sh"))
-            .args([&port.to_string(), name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        peer("setup-grpc-peer.sh", &[&port.to_string(), name]);
         stops.push(Stop(format!("grpc-peer-{port}")));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -632,18 +604,6 @@ backends:
     assert!(a > 60 && b > 60, "a 50/50 split: {counts}");
 }
 
-/// Stops a peer (by its name in `../shared/peers`) when dropped.
-struct Stop(String);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(peers().join("stop-peers.sh"))
-            .arg(&self.0)
-            .output();
-    }
-}
-
 /// Envoy (a real one, `../shared/peers/setup-envoy.sh ads`) as a client of
 /// the development control plane: it takes the socket listener and the
 /// clusters, routes by Host with the file's weights, and follows an edit.
@@ -672,21 +632,15 @@ async fn envoy_client(api: &str) {
             })
             .await;
     });
-    let out = Command::new("bash")
-        .arg(peers().join("setup-envoy.sh"))
-        .args([
+    peer(
+        "setup-envoy.sh",
+        &[
             "ads",
             &cp.to_string(),
             &admin.to_string(),
             &format!("envoy-{api}"),
             api,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "Envoy: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let _envoy = Stop(format!("envoy-ads-{admin}"));
 
