@@ -90,18 +90,12 @@ async fn main() {
         std::process::exit(1)
     });
     let args = Arc::new(args());
-    let mesh = mesh_core::Mesh::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(1)
-    });
-    // A control plane's first config takes a moment; don't send before it.
-    if tokio::time::timeout(std::time::Duration::from_secs(10), mesh.ready())
+    let mesh = mesh::from_env_ready(std::time::Duration::from_secs(10))
         .await
-        .is_err()
-    {
-        eprintln!("no config from {:?} within 10 s", mesh.snapshot().source());
-        std::process::exit(1)
-    }
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        });
     let client = Client::new(&mesh);
     let _ = obs.admin(&mesh, &[&client]).await;
     let next = Arc::new(AtomicU64::new(0));

@@ -22,6 +22,28 @@ pub use mesh_hyper as hyper;
 pub use mesh_tonic as tonic;
 pub use mesh_tower as tower;
 
+/// The mesh the environment describes ([`Mesh::from_env`](mesh_core::Mesh::from_env)),
+/// once it is serving a config: a control plane's first answer takes a
+/// moment, and requests sent before it would pass through unrouted.
+/// Fails if none arrives within `wait`, naming where it was expected from.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), String> {
+/// let mesh = mesh::from_env_ready(std::time::Duration::from_secs(10)).await?;
+/// let client = mesh::hyper::Client::new(&mesh);
+/// # Ok(()) }
+/// ```
+pub async fn from_env_ready(wait: std::time::Duration) -> Result<mesh_core::Mesh, String> {
+    let mesh = mesh_core::Mesh::from_env().map_err(|e| e.to_string())?;
+    if tokio::time::timeout(wait, mesh.ready()).await.is_err() {
+        return Err(format!(
+            "no config from {} within {wait:?}",
+            mesh.snapshot().source()
+        ));
+    }
+    Ok(mesh)
+}
+
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
