@@ -366,7 +366,10 @@ async fn handshakes(
         drop(s);
     }
     let tcp_us = t.elapsed().as_micros() as f64 / f64::from(n);
-    let config = me.client_config(&"spiffe://bench.local/echo".parse().unwrap(), false);
+    let config = me.client_config(
+        &mesh_core::identity::IdentityMatcher::exact("spiffe://bench.local/echo".parse().unwrap()),
+        false,
+    );
     let connector = tokio_rustls::TlsConnector::from(config);
     let t = Instant::now();
     for _ in 0..n {

@@ -52,6 +52,16 @@ pub struct IssueOptions {
     /// DNS names and IP addresses, for clients that check host names
     /// (curl, openssl); mesh peers check the SPIFFE ID only.
     pub dns_names: Vec<String>,
+    /// Whether the SPIFFE ID goes in as a URI SAN (tests of refusals turn
+    /// it off to make a leaf without one).
+    pub spiffe_san: bool,
+    /// Whether the certificate says it is a CA (tests of refusals: a CA
+    /// certificate presented as a leaf).
+    pub is_ca: bool,
+    /// The extended key usages; both server and client auth by default.
+    pub server_auth: bool,
+    /// See `server_auth`.
+    pub client_auth: bool,
 }
 
 impl Default for IssueOptions {
@@ -61,6 +71,10 @@ impl Default for IssueOptions {
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(365),
             dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+            spiffe_san: true,
+            is_ca: false,
+            server_auth: true,
+            client_auth: true,
         }
     }
 }
@@ -112,9 +126,11 @@ impl DevCa {
             id.path().trim_start_matches('/').replace('/', "."),
         );
         params.distinguished_name = dn;
-        params
-            .subject_alt_names
-            .push(SanType::URI(id.as_str().try_into()?));
+        if options.spiffe_san {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.as_str().try_into()?));
+        }
         for name in &options.dns_names {
             match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
@@ -123,15 +139,25 @@ impl DevCa {
                     .push(SanType::DnsName(name.as_str().try_into()?)),
             }
         }
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = if options.is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        if options.is_ca {
+            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
+        params.extended_key_usages = [
+            (options.server_auth, ExtendedKeyUsagePurpose::ServerAuth),
+            (options.client_auth, ExtendedKeyUsagePurpose::ClientAuth),
+        ]
+        .into_iter()
+        .filter_map(|(on, usage)| on.then_some(usage))
+        .collect();
         params.use_authority_key_identifier_extension = true;
         params.not_before = options.not_before;
         params.not_after = options.not_after;

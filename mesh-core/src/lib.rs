@@ -55,6 +55,7 @@
 pub mod config;
 pub mod identity;
 mod mesh;
+pub mod path;
 pub mod policy;
 pub mod route;
 pub mod snapshot;

@@ -52,8 +52,6 @@ pub struct Snapshot {
     pub(crate) services: Vec<ServiceEntry>,
     pub(crate) backends: Vec<BackendEntry>,
     pub(crate) backend_index: HashMap<Arc<str>, u32>,
-    /// Endpoint address -> the SPIFFE ID it must present (mutual-TLS backends).
-    pub(crate) tls_identities: HashMap<Arc<str>, crate::identity::SpiffeId>,
 }
 
 /// A compiled service.
@@ -120,6 +118,32 @@ pub struct BackendEntry {
     pub(crate) name: Arc<str>,
     pub(crate) config: Backend,
     pub(crate) endpoints: Vec<EndpointEntry>,
+    pub(crate) upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+/// How connections to a backend's endpoints are secured: with the
+/// endpoint's address, the key of a connection pool. Two backends whose
+/// endpoints share an address but expect different identities get
+/// different connections, each verified for what its backend expects.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The SPIFFE IDs the endpoints may present; `None` when the config
+    /// named none that is valid, and then every handshake is refused
+    /// (validation refuses such configs; this is the fail-closed fallback).
+    pub identities: Option<crate::identity::IdentityMatcher>,
+    /// The server name sent in the handshake, if any.
+    pub sni: Option<Arc<str>>,
+}
+
+impl UpstreamTls {
+    /// The TLS a backend's config asks for, if mutual.
+    pub fn of(backend: &Backend) -> Option<Self> {
+        let tls = backend.tls.as_ref()?;
+        (tls.mode == crate::config::BackendTlsMode::Mutual).then(|| Self {
+            identities: tls.matcher().ok(),
+            sni: tls.sni.as_deref().map(Arc::from),
+        })
+    }
 }
 
 impl BackendEntry {
@@ -140,12 +164,9 @@ impl BackendEntry {
         &self.config.load_balancer
     }
 
-    /// The SPIFFE ID its endpoints must present, when it uses mutual TLS.
-    pub fn mutual_tls(&self) -> Option<&crate::identity::SpiffeId> {
-        let tls = self.config.tls.as_ref()?;
-        (tls.mode == crate::config::BackendTlsMode::Mutual)
-            .then_some(tls.identity.as_ref())
-            .flatten()
+    /// How its endpoints are reached over mutual TLS; `None` for plaintext.
+    pub fn upstream_tls(&self) -> Option<&Arc<UpstreamTls>> {
+        self.upstream_tls.as_ref()
     }
 }
 
@@ -291,20 +312,11 @@ impl Snapshot {
                             weight: e.weight,
                         })
                         .collect(),
+                    upstream_tls: UpstreamTls::of(b).map(Arc::new),
                 }
             })
             .collect();
 
-        let mut tls_identities = HashMap::new();
-        for b in &backends {
-            if let Some(id) = b.mutual_tls() {
-                for e in &b.endpoints {
-                    tls_identities
-                        .entry(e.address.clone())
-                        .or_insert_with(|| id.clone());
-                }
-            }
-        }
         let mut hosts = HashMap::new();
         let mut services = Vec::with_capacity(config.services.len());
         for (si, s) in config.services.iter().enumerate() {
@@ -346,14 +358,7 @@ impl Snapshot {
             services,
             backends,
             backend_index,
-            tls_identities,
         }
-    }
-
-    /// The SPIFFE ID endpoint `address` must present, if a mutual-TLS
-    /// backend names it.
-    pub fn endpoint_identity(&self, address: &str) -> Option<&crate::identity::SpiffeId> {
-        self.tls_identities.get(address)
     }
 
     /// The version: strictly increasing across the snapshots one `Mesh`

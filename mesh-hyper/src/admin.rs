@@ -179,7 +179,7 @@ impl Admin {
                 "name": &**b.name(),
                 "load_balancer": serde_json::to_value(b.load_balancer()).unwrap_or_default(),
                 "requests_in_flight": active,
-                "mutual_tls_identity": b.mutual_tls().map(|i| i.to_string()),
+                "mutual_tls_identity": b.upstream_tls().map(|t| t.identities.as_ref().map_or_else(|| "(none valid)".to_owned(), ToString::to_string)),
                 "endpoints": endpoints,
             }));
         }

@@ -4,6 +4,7 @@
 //!
 //! | kind | status |
 //! |---|---|
+//! | `invalid_path` | 400 |
 //! | `no_route` | 404 |
 //! | `unauthorized` | 403 |
 //! | `timeout` | 504 |
@@ -13,7 +14,7 @@
 //! gRPC requests get a trailers-only response instead
 //! ([`grpc_error_response`]): `UNAVAILABLE` for refusals and transport
 //! failures, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, `UNIMPLEMENTED` for
-//! no route.
+//! no route, `INVALID_ARGUMENT` for a refused path.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -25,6 +26,7 @@ use mesh_tower::ext::ERROR_HEADER;
 pub fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+        ErrorKind::InvalidPath => StatusCode::BAD_REQUEST,
         ErrorKind::Unauthorized => StatusCode::FORBIDDEN,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::CircuitOpen
@@ -53,6 +55,7 @@ pub fn grpc_code_for(kind: ErrorKind) -> u32 {
         ErrorKind::Timeout => 4,      // DEADLINE_EXCEEDED
         ErrorKind::Unauthorized => 7, // PERMISSION_DENIED
         ErrorKind::NoRoute => 12,     // UNIMPLEMENTED
+        ErrorKind::InvalidPath => 3,  // INVALID_ARGUMENT
         ErrorKind::CircuitOpen
         | ErrorKind::NoHealthyEndpoint
         | ErrorKind::ConnectFailed

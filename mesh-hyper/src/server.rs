@@ -13,7 +13,10 @@
 //! Without a policy, a workload with an identity is permissive and one
 //! without is plaintext.
 //!
-//! Per request, the caller's verified SPIFFE ID goes into the request's
+//! Per request, the path is normalized first ([`mesh_core::path`]): a
+//! refused path gets 400 and `x-mesh-error: invalid_path`, and the policy
+//! and the application see the normal form. Then the caller's verified
+//! SPIFFE ID goes into the request's
 //! extensions ([`PeerIdentity`]); the policy's rules authorize it (a denied
 //! request gets 403, `x-mesh-error: unauthorized` and the reason in
 //! `x-mesh-authz-reason`, and never reaches the service); and a caller's
@@ -34,6 +37,7 @@ use mesh_core::identity::authz::{Verdict, authorize};
 use mesh_tower::body::ResponseBody;
 use mesh_tower::error::{Deadline, Elapsed, ErrorKind, Unauthorized};
 use mesh_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
+use mesh_tower::path::{PathAction, normalize_request};
 use mesh_tower::telemetry::metrics::RouteMetrics;
 use mesh_tower::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
 use mesh_tower::{BoxError, BoxFuture};
@@ -358,6 +362,27 @@ where
         let stats = &self.server.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let snap = self.server.mesh.snapshot();
+        // Authorization judges the normalized path, and the application is
+        // given that same path: what was authorized is what is served.
+        match normalize_request(&mut req, &snap.config().defaults.path_normalization) {
+            Ok(PathAction::Continue) => {}
+            Ok(PathAction::Redirect(to)) => {
+                return Box::pin(std::future::ready(Ok(redirect(&to))));
+            }
+            Err(e) => {
+                self.server
+                    .metrics
+                    .requests
+                    .record(Err(ErrorKind::InvalidPath), 0.0);
+                tracing::debug!(path = req.uri().path(), "request refused: {e}");
+                let resp = if crate::error::is_grpc(req.headers()) {
+                    crate::error::grpc_error_response(&e)
+                } else {
+                    crate::error::error_response(&e)
+                };
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
+        }
         if let Some(policy) = self.server.service.as_deref().and_then(|s| snap.inbound(s)) {
             let caller = self.peer.0.as_ref();
             if let Verdict::Deny(reason) =
@@ -464,6 +489,16 @@ where
             })
         })
     }
+}
+
+/// A 307 to `to` (a normalized path and query).
+fn redirect<B>(to: &str) -> Response<ResponseBody<B>> {
+    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::new()));
+    *resp.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
 }
 
 /// What the access log and the server span need of a request.

@@ -1,17 +1,25 @@
 //! TLS on the client side: a connector that speaks plaintext to `http://`
 //! endpoints and mutual TLS to `https://` ones (the backend layer marks
-//! mutual-TLS backends that way), presenting this workload's SVID and
-//! accepting only the SPIFFE ID the snapshot expects of that endpoint.
+//! mutual-TLS backends that way), presenting this workload's SVID.
+//!
+//! A connector serves one transport key: plaintext, or mutual TLS with one
+//! [`UpstreamTls`] (the SPIFFE IDs the server may present, and the SNI).
+//! The transport keeps a pool per key, so the identity a connection was
+//! verified for travels with the routed backend, never looked up by the
+//! endpoint's address, and a connection verified for one backend is never
+//! reused for another that expects someone else at the same address.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use mesh_core::Mesh;
+use mesh_core::snapshot::UpstreamTls;
 use mesh_tower::BoxError;
 use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -23,7 +31,7 @@ use tokio_rustls::rustls;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsConnectError {
-    /// No backend in the current config expects an identity of this endpoint.
+    /// An `https` request that no mutual-TLS backend routed.
     #[error("no mutual-TLS backend names endpoint `{0}` (https outside the mesh is not supported)")]
     UnknownEndpoint(String),
     /// A backend wants mutual TLS, but this workload has no identity.
@@ -31,6 +39,9 @@ pub enum TlsConnectError {
         "endpoint `{0}` needs mutual TLS, but this workload has no identity (set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA)"
     )]
     NoIdentity(String),
+    /// The backend's config names no valid identity to verify.
+    #[error("endpoint `{0}`: its backend names no valid SPIFFE ID to verify; refused")]
+    NoExpectedIdentity(String),
     /// The handshake failed (the server's identity included).
     #[error("TLS handshake with `{endpoint}` failed: {source}")]
     Handshake {
@@ -42,20 +53,27 @@ pub enum TlsConnectError {
     },
 }
 
-/// The connector under the transport.
+/// The connector under one of the transport's pools.
 #[derive(Clone, Debug)]
 pub struct MeshConnector {
     http: HttpConnector,
     mesh: Mesh,
+    tls: Option<Arc<UpstreamTls>>,
     h2: bool,
 }
 
 impl MeshConnector {
-    /// A connector for `mesh`; `h2` offers HTTP/2 by ALPN on TLS.
-    pub fn new(mesh: Mesh, http: HttpConnector, h2: bool) -> Self {
+    /// A connector for `mesh` that speaks plaintext (`tls: None`) or mutual
+    /// TLS verifying what `tls` names; `h2` offers HTTP/2 by ALPN on TLS.
+    pub fn new(mesh: Mesh, http: HttpConnector, tls: Option<Arc<UpstreamTls>>, h2: bool) -> Self {
         let mut http = http;
         http.enforce_http(false);
-        Self { http, mesh, h2 }
+        Self {
+            http,
+            mesh,
+            tls,
+            h2,
+        }
     }
 }
 
@@ -70,32 +88,46 @@ impl Service<http::Uri> for MeshConnector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let connect = self.http.call(uri.clone());
-        if !https {
-            return Box::pin(async move { Ok(MaybeTls::Plain(connect.await?)) });
-        }
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let expected = self.mesh.snapshot().endpoint_identity(&authority).cloned();
+        let authority = || {
+            uri.authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        let tls = match (https, &self.tls) {
+            (false, None) => {
+                let connect = self.http.call(uri);
+                return Box::pin(async move { Ok(MaybeTls::Plain(connect.await?)) });
+            }
+            (true, Some(tls)) => tls.clone(),
+            // A TLS pool never connects in plaintext, and a plaintext pool
+            // never originates TLS: the key decides, not the URI alone.
+            _ => {
+                let e = TlsConnectError::UnknownEndpoint(authority());
+                return Box::pin(std::future::ready(Err(e.into())));
+            }
+        };
+        let authority = authority();
         let identity = self.mesh.identity();
         let h2 = self.h2;
+        let connect = self.http.call(uri.clone());
         Box::pin(async move {
-            let expected =
-                expected.ok_or_else(|| TlsConnectError::UnknownEndpoint(authority.clone()))?;
+            let expected = tls
+                .identities
+                .as_ref()
+                .ok_or_else(|| TlsConnectError::NoExpectedIdentity(authority.clone()))?;
             let identity =
                 identity.ok_or_else(|| TlsConnectError::NoIdentity(authority.clone()))?;
-            let config = identity.client_config(&expected, h2);
+            let config = identity.client_config(expected, h2);
             let tcp = connect.await?.into_inner();
+            // The name only feeds SNI (and is not sent for IP addresses):
+            // the verifier checks the SPIFFE ID, not the name.
             let host = uri
                 .host()
                 .unwrap_or("mesh.invalid")
                 .trim_start_matches('[')
                 .trim_end_matches(']');
-            // The name only feeds SNI (and is skipped for IP addresses): the
-            // verifier checks the SPIFFE ID, not the name.
-            let name = ServerName::try_from(host.to_owned())
+            let name = tls.sni.as_deref().unwrap_or(host);
+            let name = ServerName::try_from(name.to_owned())
                 .or_else(|_| ServerName::try_from("mesh.invalid".to_owned()))?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)

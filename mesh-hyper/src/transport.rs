@@ -1,7 +1,13 @@
-//! The transport under the mesh layers: pooled hyper connections, one pool
-//! per endpoint (hyper-util's pool is keyed by the URI's authority, which
-//! the backend layer has pointed at the endpoint), HTTP/1.1 or HTTP/2 (h2c)
-//! as the backend's `protocol` says, with a connect timeout.
+//! The transport under the mesh layers: pooled hyper connections, HTTP/1.1
+//! or HTTP/2 (h2c) as the backend's `protocol` says, with a connect timeout.
+//!
+//! Connections are pooled per transport key: the endpoint's address (the
+//! URI authority, which the backend layer has pointed at the endpoint),
+//! the protocol, and for mutual-TLS backends the [`UpstreamTls`] the routed
+//! backend carries (the SPIFFE IDs its endpoints may present, the SNI). A
+//! connection made under one key is never used for another; when a config
+//! change stops naming a key, its pool is dropped: idle connections close,
+//! requests in flight finish on theirs.
 //!
 //! Its errors are typed for the layers above: a failed connect is
 //! [`ConnectFailed`], a connection closed or reset before the response is
@@ -10,33 +16,51 @@
 use crate::tls::MeshConnector;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use mesh_core::Mesh;
 use mesh_core::config::Protocol;
+use mesh_core::snapshot::{Snapshot, UpstreamTls};
 use mesh_tower::body::MeshBody;
 use mesh_tower::error::{ConnectFailed, ConnectionReset};
 use mesh_tower::ext::Routed;
 use mesh_tower::{BoxError, BoxFuture};
+use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Pool = Client<MeshConnector, MeshBody>;
 
 /// The HTTP transport.
 #[derive(Clone, Debug)]
 pub struct Transport {
     // Behind one Arc: the layers above clone their inner service per
-    // request, and two hyper clients are a lot of fields to copy.
+    // request, and the pools are a lot of fields to copy.
     clients: Arc<Clients>,
 }
 
 #[derive(Debug)]
 struct Clients {
-    h1: Client<MeshConnector, MeshBody>,
-    h2: Client<MeshConnector, MeshBody>,
+    mesh: Mesh,
+    connector: HttpConnector,
+    h1: Pool,
+    h2: Pool,
+    tls: RwLock<TlsPools>,
+}
+
+/// The mutual-TLS pools, one per (upstream TLS, HTTP/2).
+#[derive(Debug, Default)]
+struct TlsPools {
+    /// The snapshot version the pools were last pruned against.
+    version: u64,
+    pools: HashMap<(Arc<UpstreamTls>, bool), Pool>,
 }
 
 impl Transport {
@@ -47,15 +71,68 @@ impl Transport {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(MeshConnector::new(mesh.clone(), connector.clone(), false));
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(MeshConnector::new(mesh.clone(), connector, true));
+        let pool = |tls, h2| pool(mesh, &connector, tls, h2);
         Self {
-            clients: Arc::new(Clients { h1, h2 }),
+            clients: Arc::new(Clients {
+                h1: pool(None, false),
+                h2: pool(None, true),
+                tls: RwLock::new(TlsPools::default()),
+                mesh: mesh.clone(),
+                connector,
+            }),
         }
+    }
+}
+
+fn pool(mesh: &Mesh, connector: &HttpConnector, tls: Option<Arc<UpstreamTls>>, h2: bool) -> Pool {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    if h2 {
+        builder.http2_only(true);
+    }
+    builder.build(MeshConnector::new(mesh.clone(), connector.clone(), tls, h2))
+}
+
+impl Clients {
+    /// Sends `req` on the pool for `tls` (its routed backend's, from `snap`).
+    fn tls_request(
+        &self,
+        snap: &Snapshot,
+        tls: &Arc<UpstreamTls>,
+        h2: bool,
+        req: Request<MeshBody>,
+    ) -> ResponseFuture {
+        let key = (tls.clone(), h2);
+        {
+            let pools = self.tls.read().unwrap_or_else(PoisonError::into_inner);
+            if pools.version >= snap.version()
+                && let Some(p) = pools.pools.get(&key)
+            {
+                return p.request(req);
+            }
+        }
+        let mut pools = self.tls.write().unwrap_or_else(PoisonError::into_inner);
+        if snap.version() > pools.version {
+            // A newer config: drop the pools of keys it no longer names.
+            let named: HashSet<&UpstreamTls> = snap
+                .backends()
+                .iter()
+                .filter_map(|b| b.upstream_tls().map(|t| &**t))
+                .collect();
+            pools.pools.retain(|(t, _), _| named.contains(&**t));
+            pools.version = snap.version();
+        }
+        if let Some(p) = pools.pools.get(&key) {
+            return p.request(req);
+        }
+        let p = pool(&self.mesh, &self.connector, Some(tls.clone()), h2);
+        let fut = p.request(req);
+        // A request routed on an older snapshot gets a pool of its own that
+        // is not kept: its key may be one the current config dropped.
+        if snap.version() >= pools.version {
+            pools.pools.insert(key, p);
+        }
+        fut
     }
 }
 
@@ -69,17 +146,20 @@ impl Service<Request<MeshBody>> for Transport {
     }
 
     fn call(&mut self, req: Request<MeshBody>) -> Self::Future {
-        let protocol = req
-            .extensions()
-            .get::<Routed>()
-            .and_then(|r| Some(r.backend_entry()?.1.config().protocol));
+        let routed = req.extensions().get::<Routed>();
+        let backend = routed.and_then(|r| r.backend_entry());
         // gRPC (and any request made as HTTP/2) goes over HTTP/2 whatever
         // the backend says.
-        let h2 = protocol == Some(Protocol::Http2) || req.version() == http::Version::HTTP_2;
-        let fut = if h2 {
-            self.clients.h2.request(req)
-        } else {
-            self.clients.h1.request(req)
+        let h2 = backend.is_some_and(|(_, b)| b.config().protocol == Protocol::Http2)
+            || req.version() == http::Version::HTTP_2;
+        let tls = routed.zip(backend.and_then(|(_, b)| b.upstream_tls()));
+        let fut = match (tls, h2) {
+            (Some((r, tls)), h2) => {
+                let snap = r.snapshot().clone();
+                self.clients.tls_request(&snap, &tls.clone(), h2, req)
+            }
+            (None, true) => self.clients.h2.request(req),
+            (None, false) => self.clients.h1.request(req),
         };
         Box::pin(async move { fut.await.map_err(classify) })
     }

@@ -126,6 +126,16 @@ pub struct Unauthorized {
     pub reason: String,
 }
 
+/// The request's path is refused by path normalization (a bad
+/// percent-escape, an escaped slash or a `;` where refused).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid path: {source}")]
+pub struct InvalidPath {
+    /// Why.
+    #[source]
+    pub source: mesh_core::path::PathError,
+}
+
 /// The kinds of mesh errors, for programs, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -148,6 +158,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// An injected abort.
     FaultAbort,
+    /// The path was refused by normalization.
+    InvalidPath,
     /// Not a mesh error.
     Other,
 }
@@ -175,6 +187,8 @@ impl ErrorKind {
                 Some(Self::Unauthorized)
             } else if e.is::<FaultAbort>() {
                 Some(Self::FaultAbort)
+            } else if e.is::<InvalidPath>() {
+                Some(Self::InvalidPath)
             } else {
                 None
             };
@@ -198,6 +212,7 @@ impl ErrorKind {
             Self::Reset => "reset",
             Self::Unauthorized => "unauthorized",
             Self::FaultAbort => "fault_abort",
+            Self::InvalidPath => "invalid_path",
             Self::Other => "other",
         }
     }
@@ -206,7 +221,11 @@ impl ErrorKind {
     pub fn is_refusal(self) -> bool {
         matches!(
             self,
-            Self::NoRoute | Self::CircuitOpen | Self::NoHealthyEndpoint | Self::Unauthorized
+            Self::NoRoute
+                | Self::CircuitOpen
+                | Self::NoHealthyEndpoint
+                | Self::Unauthorized
+                | Self::InvalidPath
         )
     }
 }

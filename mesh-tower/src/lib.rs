@@ -60,6 +60,7 @@ pub mod fault;
 pub mod future;
 pub mod grpc;
 pub mod mirror;
+pub mod path;
 pub mod retry;
 pub mod route;
 pub mod runtime;

@@ -5,6 +5,10 @@
 //! of known length. Everything below reads its decision from the request's
 //! [`Routed`] extension.
 //!
+//! The path is normalized first ([`mesh_core::path`]) for hosts the mesh
+//! claims: routes match the normal form and the request is sent with it; a
+//! refused path fails with [`InvalidPath`](crate::error::InvalidPath).
+//!
 //! A host no service claims passes through as addressed (still timed out),
 //! after the config source was asked for it if it fetches hosts on demand
 //! (see [`Mesh::demand`]), unless `defaults.unknown_hosts: refuse`, which fails with
@@ -16,11 +20,13 @@ use crate::body::{MeshBody, ResponseBody};
 use crate::error::FaultAbort;
 use crate::ext::{RequestDeadline, Routed};
 use crate::future::Either;
+use crate::path::normalize_request;
 use crate::{BoxError, BoxFuture};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use mesh_core::Mesh;
+use mesh_core::config::EscapedSlashes;
 use mesh_core::route::{Decision, RequestParts, decide};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -77,8 +83,23 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let snap = self.mesh.snapshot();
+        // Routes match the normalized path, and the request carries it on.
+        // Hosts outside the mesh are sent as addressed.
+        if snap
+            .service_for_host(RequestParts::of(&req).host())
+            .is_some()
+        {
+            let mut how = snap.config().defaults.path_normalization;
+            if how.escaped_slashes == EscapedSlashes::Redirect {
+                // Only a server can redirect its caller; a client decodes.
+                how.escaped_slashes = EscapedSlashes::Decode;
+            }
+            if let Err(e) = normalize_request(&mut req, &how) {
+                return Either::right(Box::pin(std::future::ready(Err(e.into()))));
+            }
+        }
         let decision = decide(&snap, &RequestParts::of(&req), rand::random());
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {

@@ -287,7 +287,7 @@ impl Runtime {
             picker,
             outlier: cfg.outlier_detection.clone(),
             epoch: self.epoch,
-            mutual_tls: entry.mutual_tls().is_some(),
+            mutual_tls: entry.upstream_tls().is_some(),
         };
         resolved.publish_endpoint_gauges();
         resolved

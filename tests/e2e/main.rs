@@ -14,6 +14,7 @@ mod support;
 mod data_path;
 mod grpc;
 mod interop;
+mod refusals;
 mod security;
 mod telemetry;
 mod xds;

@@ -402,6 +402,7 @@ impl Decode for Defaults {
                 "connect_timeout",
                 "retry_budget",
                 "unknown_hosts",
+                "path_normalization",
             ],
         )?;
         let d = Defaults::default();
@@ -409,12 +410,61 @@ impl Decode for Defaults {
         let connect_timeout = f.or("connect_timeout", d.connect_timeout, cx);
         let retry_budget = f.or("retry_budget", d.retry_budget, cx);
         let unknown_hosts = f.or("unknown_hosts", d.unknown_hosts, cx);
+        let path_normalization = f.or("path_normalization", d.path_normalization, cx);
         Some(Defaults {
             timeout,
             connect_timeout,
             retry_budget,
             unknown_hosts,
+            path_normalization,
         })
+    }
+}
+
+impl Decode for PathNormalization {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let f = Fields::of(
+            n,
+            path,
+            cx,
+            &["merge_slashes", "escaped_slashes", "semicolons"],
+        )?;
+        let d = PathNormalization::default();
+        let merge_slashes = f.or("merge_slashes", d.merge_slashes, cx);
+        let escaped_slashes = f.or("escaped_slashes", d.escaped_slashes, cx);
+        let semicolons = f.or("semicolons", d.semicolons, cx);
+        Some(PathNormalization {
+            merge_slashes,
+            escaped_slashes,
+            semicolons,
+        })
+    }
+}
+
+impl Decode for EscapedSlashes {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(
+            n,
+            path,
+            cx,
+            &[
+                ("keep", Self::Keep),
+                ("reject", Self::Reject),
+                ("redirect", Self::Redirect),
+                ("decode", Self::Decode),
+            ],
+        )
+    }
+}
+
+impl Decode for Semicolons {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        keyword(
+            n,
+            path,
+            cx,
+            &[("reject", Self::Reject), ("keep", Self::Keep)],
+        )
     }
 }
 
@@ -851,10 +901,17 @@ impl Decode for OutlierDetection {
 
 impl Decode for BackendTls {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["mode", "identity"])?;
+        let f = Fields::of(n, path, cx, &["mode", "identity", "identities", "sni"])?;
         let mode = f.or("mode", BackendTlsMode::Mutual, cx);
         let identity = f.opt("identity", cx);
-        Some(BackendTls { mode, identity })
+        let identities = f.or("identities", Vec::new(), cx);
+        let sni = f.opt("sni", cx);
+        Some(BackendTls {
+            mode,
+            identity,
+            identities,
+            sni,
+        })
     }
 }
 

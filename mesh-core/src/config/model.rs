@@ -6,6 +6,7 @@
 
 use super::duration::serde_human;
 use crate::identity::SpiffeId;
+pub use crate::path::{EscapedSlashes, PathNormalization, Semicolons};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -70,6 +71,9 @@ pub struct Defaults {
     pub retry_budget: RetryBudget,
     /// What happens to a request for a host no service claims.
     pub unknown_hosts: UnknownHosts,
+    /// How request paths are normalized before authorization and route
+    /// matching (and what the application then sees).
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for Defaults {
@@ -79,6 +83,7 @@ impl Default for Defaults {
             connect_timeout: Duration::from_secs(1),
             retry_budget: RetryBudget::default(),
             unknown_hosts: UnknownHosts::Passthrough,
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -536,9 +541,43 @@ impl Default for OutlierDetection {
 pub struct BackendTls {
     /// Whether connections use mutual TLS.
     pub mode: BackendTlsMode,
-    /// The SPIFFE ID the endpoints must present (required for `mutual`).
+    /// The SPIFFE ID the endpoints must present (`mutual` needs this or
+    /// `identities`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<SpiffeId>,
+    /// More identities the endpoints may present: exact SPIFFE IDs, or
+    /// prefixes ending in `*` that include the trust domain
+    /// (`spiffe://td/ns/prod/*`), as a cluster's SAN matchers say over xDS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// The server name sent in the TLS handshake (SNI); none by default
+    /// (the SPIFFE ID, not the name, is what is verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+impl BackendTls {
+    /// Mutual TLS verifying exactly `identity`.
+    pub fn mutual(identity: SpiffeId) -> Self {
+        Self {
+            mode: BackendTlsMode::Mutual,
+            identity: Some(identity),
+            identities: Vec::new(),
+            sni: None,
+        }
+    }
+
+    /// What the endpoints may present: `identity` and `identities` together.
+    pub fn matcher(
+        &self,
+    ) -> Result<crate::identity::IdentityMatcher, crate::identity::IdentityPatternError> {
+        crate::identity::IdentityMatcher::new(
+            self.identity
+                .iter()
+                .map(SpiffeId::as_str)
+                .chain(self.identities.iter().map(String::as_str)),
+        )
+    }
 }
 
 /// TLS mode toward a backend.

@@ -429,11 +429,41 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a s
     }
     if let Some(tls) = &b.tls
         && tls.mode == BackendTlsMode::Mutual
-        && tls.identity.is_none()
     {
-        let msg = "mutual TLS needs the `identity` (SPIFFE ID) the endpoints must present";
-        v.add(ProblemKind::MissingField, &child(at, "tls"), msg);
+        let at = child(at, "tls");
+        if tls.identity.is_none() && tls.identities.is_empty() {
+            let msg = "mutual TLS needs the `identity` (SPIFFE ID) the endpoints must present";
+            v.add(ProblemKind::MissingField, &at, msg);
+        }
+        for (i, p) in tls.identities.iter().enumerate() {
+            if let Err(e) = crate::identity::IdentityMatcher::new([p.as_str()]) {
+                v.add(
+                    ProblemKind::InvalidSpiffeId,
+                    &format!("{}[{i}]", child(&at, "identities")),
+                    e.to_string(),
+                );
+            }
+        }
+        if let Some(sni) = &tls.sni
+            && !is_dns_name(sni)
+        {
+            let msg = format!("`{sni}` is not a DNS name");
+            v.add(ProblemKind::InvalidValue, &child(&at, "sni"), msg);
+        }
     }
+}
+
+/// A DNS host name as SNI carries it: dot-separated labels of letters,
+/// digits and `-` (not at either end), at most 63 bytes each, 253 in all.
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `*`, a SPIFFE ID, or a SPIFFE ID prefix ending in `*`.

@@ -147,6 +147,138 @@ impl serde::Serialize for SpiffeId {
     }
 }
 
+/// The SPIFFE IDs a backend's endpoints may present: exact IDs and
+/// `prefix*` forms (what a cluster's SAN matchers say over xDS). Its
+/// equality is by content, so it can key connection pools: a connection
+/// verified for one set of identities is never used for another.
+///
+/// ```
+/// use mesh_core::identity::{IdentityMatcher, SpiffeId};
+/// let m = IdentityMatcher::new(["spiffe://td/api", "spiffe://td/ns/prod/*"]).unwrap();
+/// assert!(m.matches(&"spiffe://td/api".parse::<SpiffeId>().unwrap()));
+/// assert!(m.matches(&"spiffe://td/ns/prod/sa/web".parse::<SpiffeId>().unwrap()));
+/// assert!(!m.matches(&"spiffe://td/ns/dev/sa/web".parse::<SpiffeId>().unwrap()));
+/// // A prefix must pin the trust domain: `spiffe://td*` would admit `spiffe://td-evil`.
+/// assert!(IdentityMatcher::new(["spiffe://td*"]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdentityMatcher {
+    exact: Vec<SpiffeId>,
+    prefixes: Vec<Arc<str>>,
+}
+
+/// Why a pattern cannot name server identities.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityPatternError {
+    /// An exact pattern that is not a SPIFFE ID.
+    #[error("`{pattern}` is not a SPIFFE ID: {source}")]
+    Id {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        #[source]
+        source: SpiffeIdError,
+    },
+    /// A prefix that does not fix the trust domain.
+    #[error(
+        "prefix `{0}` must start with `spiffe://<trust-domain>/` so that it cannot match another trust domain"
+    )]
+    Prefix(String),
+    /// No pattern at all.
+    #[error("no identity to accept")]
+    Empty,
+}
+
+impl IdentityMatcher {
+    /// Accepts exactly `id`.
+    pub fn exact(id: SpiffeId) -> Self {
+        Self {
+            exact: vec![id],
+            prefixes: Vec::new(),
+        }
+    }
+
+    /// Accepts what any of `patterns` names: a SPIFFE ID exactly, or a
+    /// prefix ending in `*` that includes the trust domain and the `/`
+    /// after it. Order and duplicates do not matter.
+    pub fn new<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, IdentityPatternError> {
+        let mut exact = Vec::new();
+        let mut prefixes: Vec<Arc<str>> = Vec::new();
+        for p in patterns {
+            match p.strip_suffix('*') {
+                Some(prefix) => {
+                    let td = prefix
+                        .strip_prefix("spiffe://")
+                        .and_then(|rest| rest.split_once('/'))
+                        .map(|(td, _)| td);
+                    match td {
+                        Some(td) if validate_trust_domain(td).is_ok() => {
+                            prefixes.push(Arc::from(prefix));
+                        }
+                        _ => return Err(IdentityPatternError::Prefix(p.to_owned())),
+                    }
+                }
+                None => {
+                    exact.push(SpiffeId::new(p).map_err(|source| IdentityPatternError::Id {
+                        pattern: p.to_owned(),
+                        source,
+                    })?)
+                }
+            }
+        }
+        if exact.is_empty() && prefixes.is_empty() {
+            return Err(IdentityPatternError::Empty);
+        }
+        exact.sort();
+        exact.dedup();
+        prefixes.sort();
+        prefixes.dedup();
+        Ok(Self { exact, prefixes })
+    }
+
+    /// Whether a server presenting `id` is accepted.
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        self.exact.iter().any(|e| e == id)
+            || self.prefixes.iter().any(|p| id.as_str().starts_with(&**p))
+    }
+
+    /// The exact IDs accepted.
+    pub fn exact_ids(&self) -> &[SpiffeId] {
+        &self.exact
+    }
+
+    /// The prefixes accepted (without the `*`).
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.prefixes.iter().map(|p| &**p)
+    }
+}
+
+impl FromStr for IdentityMatcher {
+    type Err = IdentityPatternError;
+    /// One pattern: a SPIFFE ID, or a `prefix*` that includes the trust domain.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new([s])
+    }
+}
+
+impl fmt::Display for IdentityMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for e in &self.exact {
+            write!(f, "{sep}{e}")?;
+            sep = " or ";
+        }
+        for p in &self.prefixes {
+            write!(f, "{sep}{p}*")?;
+            sep = " or ";
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -18,7 +18,7 @@
 //! # Ok::<(), mesh_core::identity::tls::IdentityError>(())
 //! ```
 
-use super::{SpiffeId, SpiffeIdError};
+use super::{IdentityMatcher, SpiffeId, SpiffeIdError};
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -117,7 +117,7 @@ pub struct Identity {
 struct Inner {
     material: ArcSwap<Material>,
     provider: Arc<CryptoProvider>,
-    clients: Mutex<HashMap<(SpiffeId, bool), Arc<rustls::ClientConfig>>>,
+    clients: Mutex<HashMap<(IdentityMatcher, bool), Arc<rustls::ClientConfig>>>,
 }
 
 /// The crypto provider for every config: aws-lc-rs, chosen explicitly so a
@@ -258,9 +258,12 @@ impl Identity {
     }
 
     /// A client config that presents this identity and accepts only a
-    /// server with SPIFFE ID `expected`; `h2` offers HTTP/2 by ALPN, else
-    /// HTTP/1.1. Configs are cached per (ID, protocol).
-    pub fn client_config(&self, expected: &SpiffeId, h2: bool) -> Arc<rustls::ClientConfig> {
+    /// server whose SPIFFE ID `expected` matches; `h2` offers HTTP/2 by
+    /// ALPN, else HTTP/1.1. Configs are cached per (identities, protocol);
+    /// the cache is cleared when it grows past [`CLIENT_CONFIG_CACHE`]
+    /// entries, so a control plane that keeps naming new identities cannot
+    /// grow it without bound.
+    pub fn client_config(&self, expected: &IdentityMatcher, h2: bool) -> Arc<rustls::ClientConfig> {
         let key = (expected.clone(), h2);
         let mut cache = self
             .inner
@@ -269,6 +272,9 @@ impl Identity {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = cache.get(&key) {
             return c.clone();
+        }
+        if cache.len() >= CLIENT_CONFIG_CACHE {
+            cache.clear();
         }
         let verifier = Arc::new(SpiffeServerVerifier {
             inner: self.inner.clone(),
@@ -292,6 +298,9 @@ impl Identity {
         config
     }
 }
+
+/// The most client configs [`Identity::client_config`] keeps.
+pub const CLIENT_CONFIG_CACHE: usize = 1024;
 
 /// The provider always supports its own safe defaults.
 fn unreachable_config<T>(e: rustls::Error) -> T {
@@ -430,12 +439,24 @@ fn verify_chain(
         webpki::Error::CertExpired { .. } => {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
         }
+        webpki::Error::CertNotValidYet { .. } => {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)
+        }
         webpki::Error::UnknownIssuer => {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
         }
         other => refuse(format!("peer certificate does not verify: {other:?}")),
     })?;
-    spiffe_id_of(end_entity).map_err(|e| refuse(format!("peer certificate: {e}")))
+    let id = spiffe_id_of(end_entity).map_err(|e| refuse(format!("peer certificate: {e}")))?;
+    // The bundle is this trust domain's: a certificate it signed for
+    // another trust domain is not a member of either (no federation).
+    if id.trust_domain() != material.id.trust_domain() {
+        return Err(refuse(format!(
+            "peer {id} is not in trust domain {}",
+            material.id.trust_domain()
+        )));
+    }
+    Ok(id)
 }
 
 /// The handshake-signature checks both verifiers make the same way, with
@@ -466,11 +487,11 @@ macro_rules! handshake_signatures {
     };
 }
 
-/// The client's check of a server: chain, then the expected SPIFFE ID.
+/// The client's check of a server: chain, then the expected SPIFFE IDs.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     inner: Arc<Inner>,
-    expected: SpiffeId,
+    expected: IdentityMatcher,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -489,7 +510,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             webpki::KeyUsage::server_auth(),
         )?;
-        if id != self.expected {
+        if !self.expected.matches(&id) {
             return Err(refuse(format!(
                 "server presented {id}, expected {}",
                 self.expected

@@ -912,8 +912,9 @@ const UPSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
 /// A cluster's transport socket as backend TLS. Upstream TLS becomes mutual
-/// TLS with this workload's own identity, verifying the one SPIFFE ID the
-/// context's SAN matchers name exactly. Without such an ID the cluster is
+/// TLS with this workload's own identity, accepting the SPIFFE IDs the
+/// context's URI SAN matchers name (exact, or prefix as Istio sends for
+/// trust-domain aliases), with its SNI. Without such an ID the cluster is
 /// refused: connecting in plaintext, or over TLS without checking who
 /// answers, would weaken what the control plane asked for.
 fn upstream_tls(
@@ -953,44 +954,71 @@ fn upstream_tls(
         }
         _ => None,
     };
-    #[allow(deprecated)]
-    let exact = validation.into_iter().flat_map(|v| {
-        v.match_typed_subject_alt_names
+    let mut patterns = BTreeSet::new();
+    let mut ignored = 0usize;
+    if let Some(v) = validation {
+        #[allow(deprecated)]
+        let matchers = v
+            .match_typed_subject_alt_names
             .iter()
             .filter(|m| m.san_type == 3) // URI
             .filter_map(|m| m.matcher.as_ref())
-            .chain(&v.match_subject_alt_names)
-            .filter_map(|m| match &m.match_pattern {
-                Some(MatchPattern::Exact(x)) if x.starts_with("spiffe://") => Some(x.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    });
-    let ids: BTreeSet<String> = exact.collect();
-    let Some(first) = ids.iter().next() else {
+            .chain(&v.match_subject_alt_names);
+        for m in matchers {
+            match &m.match_pattern {
+                Some(MatchPattern::Exact(x)) if x.starts_with("spiffe://") => {
+                    patterns.insert(x.clone());
+                }
+                Some(MatchPattern::Prefix(x)) if x.starts_with("spiffe://") => {
+                    patterns.insert(format!("{x}*"));
+                }
+                _ => ignored += 1,
+            }
+        }
+    }
+    if patterns.is_empty() {
         return Err(format!(
-            "cluster `{}`: upstream TLS without an exact spiffe:// URI SAN to verify is not supported",
+            "cluster `{}`: upstream TLS without an exact or prefix spiffe:// URI SAN to verify is not supported",
             c.name
         ));
-    };
-    if ids.len() > 1 {
+    }
+    if ignored > 0 {
         warnings.push(format!(
-            "cluster `{}`: {} SPIFFE IDs allowed; only `{first}` is verified, endpoints presenting the others are refused",
-            c.name,
-            ids.len()
+            "cluster `{}`: {ignored} SAN matcher(s) that are not spiffe:// exact or prefix ignored",
+            c.name
         ));
     }
-    let identity = first
-        .parse()
-        .map_err(|e| format!("cluster `{}`: SAN `{first}`: {e}", c.name))?;
-    Ok(Some(crate::config::BackendTls {
+    // Each pattern must stand alone (a prefix that does not pin the trust
+    // domain is refused by name).
+    crate::identity::IdentityMatcher::new(patterns.iter().map(String::as_str))
+        .map_err(|e| format!("cluster `{}`: SAN matcher: {e}", c.name))?;
+    let mut tls = crate::config::BackendTls {
         mode: crate::config::BackendTlsMode::Mutual,
-        identity: Some(identity),
-    }))
+        ..Default::default()
+    };
+    let mut patterns = patterns.into_iter();
+    match (patterns.next(), patterns.next()) {
+        (Some(one), None) if !one.ends_with('*') => {
+            let id = one
+                .parse()
+                .map_err(|e| format!("cluster `{}`: SAN `{one}`: {e}", c.name))?;
+            tls.identity = Some(id);
+        }
+        (first, second) => {
+            tls.identities = first.into_iter().chain(second).chain(patterns).collect()
+        }
+    }
+    if !ctx.sni.is_empty() {
+        tls.sni = Some(ctx.sni);
+    }
+    Ok(Some(tls))
 }
 
-/// The transport socket asking for mutual TLS that verifies `identity`.
-fn tls_socket(identity: &str) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+/// The transport socket asking for mutual TLS that verifies what `tls`
+/// names: each exact SPIFFE ID and each `prefix*` as a URI SAN matcher.
+fn tls_socket(
+    tls: &crate::config::BackendTls,
+) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
     use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket::ConfigType};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
@@ -999,23 +1027,34 @@ fn tls_socket(identity: &str) -> envoy_types::pb::envoy::config::core::v3::Trans
     use envoy_types::pb::envoy::r#type::matcher::v3::{
         StringMatcher, string_matcher::MatchPattern,
     };
+    let san = |p: &str| SubjectAltNameMatcher {
+        san_type: 3, // URI
+        matcher: Some(StringMatcher {
+            match_pattern: Some(match p.strip_suffix('*') {
+                Some(prefix) => MatchPattern::Prefix(prefix.to_owned()),
+                None => MatchPattern::Exact(p.to_owned()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             validation_context_type: Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext {
-                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                        san_type: 3, // URI
-                        matcher: Some(StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(identity.to_owned())),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }],
+                    match_typed_subject_alt_names: tls
+                        .identity
+                        .iter()
+                        .map(|i| i.as_str())
+                        .chain(tls.identities.iter().map(String::as_str))
+                        .map(san)
+                        .collect(),
                     ..Default::default()
                 },
             )),
             ..Default::default()
         }),
+        sni: tls.sni.clone().unwrap_or_default(),
         ..Default::default()
     };
     TransportSocket {
@@ -1279,11 +1318,11 @@ pub fn from_config(cfg: &Config) -> Resources {
                     ..Default::default()
                 }),
                 typed_extension_protocol_options: protocol_options,
-                transport_socket: b.tls.as_ref().and_then(|t| {
-                    let id = t.identity.as_ref()?;
-                    (t.mode == crate::config::BackendTlsMode::Mutual)
-                        .then(|| tls_socket(id.as_str()))
-                }),
+                transport_socket: b
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.mode == crate::config::BackendTlsMode::Mutual)
+                    .map(tls_socket),
                 ..Default::default()
             },
         );
@@ -1614,13 +1653,74 @@ mod tests {
             "spiffe://td/ns/a/sa/reviews"
         );
         assert!(warnings.is_empty());
-        // Two IDs: the first verified, and said.
-        upstream_tls(
-            &cluster(Some(sans(&["spiffe://td/a", "spiffe://td/b"]))),
+        // Two IDs: both accepted.
+        let tls = upstream_tls(
+            &cluster(Some(sans(&["spiffe://td/b", "spiffe://td/a"]))),
             &mut warnings,
         )
+        .unwrap()
         .unwrap();
-        assert!(warnings[0].contains("only `spiffe://td/a`"), "{warnings:?}");
+        assert_eq!(tls.identity, None);
+        assert_eq!(tls.identities, ["spiffe://td/a", "spiffe://td/b"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // A prefix (Istio's trust-domain aliases) with an SNI; a DNS SAN
+        // beside it is ignored and said.
+        let mut ctx = sans(&["reviews.default.svc"]);
+        if let Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
+            ..
+        }) = &mut ctx.common_tls_context
+        {
+            #[allow(deprecated)]
+            c.default_validation_context
+                .as_mut()
+                .unwrap()
+                .match_subject_alt_names
+                .push(StringMatcher {
+                    match_pattern: Some(MatchPattern::Prefix("spiffe://td/ns/prod/".into())),
+                    ..Default::default()
+                });
+        }
+        ctx.sni = "reviews.prod".into();
+        let tls = upstream_tls(&cluster(Some(ctx.clone())), &mut warnings)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.identities, ["spiffe://td/ns/prod/*"]);
+        assert_eq!(tls.sni.as_deref(), Some("reviews.prod"));
+        assert!(warnings[0].contains("1 SAN matcher"), "{warnings:?}");
+        // And back: the same matchers and SNI.
+        let back = upstream_tls(
+            &Cluster {
+                name: "c".into(),
+                transport_socket: Some(tls_socket(&tls)),
+                ..Default::default()
+            },
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(back, tls);
+        // A prefix that does not pin the trust domain: refused by name.
+        let e = upstream_tls(&cluster(Some(sans(&[]))).clone(), &mut warnings);
+        assert!(e.is_err());
+        let mut loose = sans(&[]);
+        if let Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
+            ..
+        }) = &mut loose.common_tls_context
+        {
+            #[allow(deprecated)]
+            c.default_validation_context
+                .as_mut()
+                .unwrap()
+                .match_subject_alt_names
+                .push(StringMatcher {
+                    match_pattern: Some(MatchPattern::Prefix("spiffe://td".into())),
+                    ..Default::default()
+                });
+        }
+        let e = upstream_tls(&cluster(Some(loose)), &mut warnings).unwrap_err();
+        assert!(e.contains("trust domain"), "{e}");
         // TLS with nothing to verify, or only DNS names: refused, never plaintext.
         for ctx in [
             UpstreamTlsContext::default(),

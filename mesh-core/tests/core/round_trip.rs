@@ -157,9 +157,10 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                     max_ejection: Duration::from_secs(base * mult),
                     max_ejection_percent: pct,
                 }),
-                tls: tls.map(|sa| BackendTls {
-                    mode: BackendTlsMode::Mutual,
-                    identity: Some(SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap()),
+                tls: tls.map(|sa| {
+                    BackendTls::mutual(
+                        SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap(),
+                    )
                 }),
             },
         )
@@ -247,6 +248,15 @@ fn config() -> impl Strategy<Value = Config> {
                             UnknownHosts::Refuse
                         } else {
                             UnknownHosts::Passthrough
+                        },
+                        path_normalization: mesh_core::path::PathNormalization {
+                            merge_slashes: !refuse,
+                            escaped_slashes: if refuse {
+                                mesh_core::path::EscapedSlashes::Redirect
+                            } else {
+                                mesh_core::path::EscapedSlashes::Keep
+                            },
+                            semicolons: mesh_core::path::Semicolons::Keep,
                         },
                     },
                     inbound: inbound
