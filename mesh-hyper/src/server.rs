@@ -292,12 +292,10 @@ where
             Ok(Err(e)) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 self.server.metrics.handshake_failures.increment(1);
-                self.server.metrics.handshake_failures.increment(1);
                 return Err(format!("TLS handshake failed: {e}").into());
             }
             Err(_) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                self.server.metrics.handshake_failures.increment(1);
                 self.server.metrics.handshake_failures.increment(1);
                 return Err("TLS handshake timed out".into());
             }

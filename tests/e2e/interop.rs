@@ -222,3 +222,167 @@ async fn the_mesh_client_talks_mtls_to_openssl_s_server() {
             .is_err()
     );
 }
+
+/// Runs a blocking command off the runtime and returns its output.
+async fn output(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// curl as the client of a strict meshed server, presenting each bad
+/// certificate of `docs/security.md` in turn: each is refused, and the
+/// same curl with a good certificate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_each_bad_certificate_is_refused_by_a_strict_server() {
+    let curl = tool("curl");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("demo.local").unwrap();
+    ca.write_ca(dir.path()).unwrap();
+    let (server, _mesh) = crate::refusals::strict_server(&ca).await;
+    let url = format!("https://127.0.0.1:{}/ratings/1", server.addr().port());
+    let curl_as = |name: &str| {
+        let mut cmd = Command::new(&curl);
+        cmd.args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(dir.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.path().join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.path().join(format!("{name}-key.pem")))
+            .arg(&url);
+        cmd
+    };
+    ca.issue_for("productpage")
+        .unwrap()
+        .write(dir.path(), "good")
+        .unwrap();
+    let ok = output(curl_as("good")).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (i, (what, cert, _)) in crate::refusals::bad_certs(&ca, "productpage", false)
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("bad{i}");
+        cert.write(dir.path(), &name).unwrap();
+        let out = output(curl_as(&name)).await;
+        assert!(!out.status.success(), "curl with {what} was served");
+    }
+    assert_eq!(server.served(), 1);
+}
+
+/// Kills a child process when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `openssl s_server` presenting `cert` on a free port, once it listens.
+async fn s_server(
+    openssl: &str,
+    dir: &Path,
+    name: &str,
+    cert: &mesh::certs::Issued,
+) -> (u16, Kill) {
+    cert.write(dir, name).unwrap();
+    let port = crate::support::free_port();
+    let child = Command::new(openssl)
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(dir.join(format!("{name}.pem")))
+        .arg("-key")
+        .arg(dir.join(format!("{name}-key.pem")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let kill = Kill(child);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (port, kill);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("openssl s_server did not listen on {port}");
+}
+
+/// `openssl s_server` presenting each bad certificate in turn: the mesh
+/// client refuses each, and the same server with a good one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_client_refuses_openssl_s_server_with_each_bad_certificate() {
+    let openssl = tool("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("demo.local").unwrap();
+    let accepted = [
+        "spiffe://demo.local/reviews",
+        "spiffe://other.local/reviews",
+    ];
+    let good = ca.issue_for("reviews").unwrap();
+    let (port, _kill) = s_server(&openssl, dir.path(), "good", &good).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let resp = crate::refusals::mtls_client(&ca, addr, &accepted)
+        .get("http://reviews/")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "positive control");
+    let mut cases = crate::refusals::bad_certs(&ca, "reviews", true);
+    cases.push((
+        "a valid certificate of the wrong SPIFFE ID",
+        ca.issue_for("ratings").unwrap(),
+        "server presented spiffe://demo.local/ratings",
+    ));
+    for (i, (what, cert, why)) in cases.into_iter().enumerate() {
+        let (port, _kill) = s_server(&openssl, dir.path(), &format!("bad{i}"), &cert).await;
+        let addr = ([127, 0, 0, 1], port).into();
+        let err = crate::refusals::mtls_client(&ca, addr, &accepted)
+            .get("http://reviews/")
+            .await
+            .expect_err(what);
+        assert!(format!("{err:?}").contains(why), "{what}: {err:?}");
+    }
+}
+
+/// curl sends each spelling of a denied path as written (`--path-as-is`):
+/// none reaches the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_path_spellings_of_a_denied_path_never_reach_the_handler() {
+    let curl = tool("curl");
+    let server = crate::refusals::admin_denying_server("").await;
+    let port = server.addr().port();
+    for (path, want) in [
+        ("//admin", "403"),
+        ("/./admin", "403"),
+        ("/ratings/../admin", "403"),
+        ("/%61dmin", "403"),
+        ("/admin;x", "400"),
+        ("/ratings/..%2Fadmin", "400"),
+        ("/ratings/./1", "200"),
+    ] {
+        let mut cmd = Command::new(&curl);
+        cmd.args([
+            "-s",
+            "--path-as-is",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}{path}"));
+        let out = output(cmd).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{path}");
+    }
+    assert_eq!(server.served(), 1);
+}

@@ -39,7 +39,7 @@ fn mesh(yaml: &str) -> Mesh {
 
 /// The bad certificates a peer may present, each with the words its
 /// refusal must carry. `for_server` picks the wrong key usage for the side.
-fn bad_certs(
+pub(crate) fn bad_certs(
     ca: &DevCa,
     name: &str,
     for_server: bool,
@@ -194,7 +194,7 @@ async fn raw_tls_server(cert: &Issued) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// A mesh client of `addr` whose backend accepts `accepted` over mTLS.
-fn mtls_client(ca: &DevCa, addr: SocketAddr, accepted: &[&str]) -> Client {
+pub(crate) fn mtls_client(ca: &DevCa, addr: SocketAddr, accepted: &[&str]) -> Client {
     let ids: Vec<String> = accepted.iter().map(|a| format!("'{a}'")).collect();
     let m = mesh(&format!(
         "services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]\nbackends: [{{ name: reviews, endpoints: ['{addr}'], tls: {{ mode: mutual, identities: [{}] }} }}]",
@@ -239,7 +239,7 @@ async fn a_mesh_client_refuses_every_bad_server_certificate() {
 }
 
 /// A strict meshed reviews server (no authorization rules).
-async fn strict_server(ca: &DevCa) -> (EchoHandle, Mesh) {
+pub(crate) async fn strict_server(ca: &DevCa) -> (EchoHandle, Mesh) {
     let m = mesh(
         "services: [{ name: reviews, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]\ninbound: [{ service: reviews, mtls: strict }]",
     );
