@@ -494,14 +494,20 @@ async fn mutual_tls_to_a_backend_a_control_plane_names() {
     use mesh_core::xds::XdsSettings;
     let ca = DevCa::new(TD).unwrap();
     let (echo, _server_mesh) = server(&ca, "strict").await;
-    let config = |id: &str| {
+    let config = |tls: &str| {
         format!(
-            "services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]\nbackends: [{{ name: reviews, endpoints: ['{}'], tls: {{ mode: mutual, identity: \"{id}\" }} }}]",
+            "services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]\nbackends: [{{ name: reviews, endpoints: ['{}'], tls: {{ mode: mutual, {tls} }} }}]",
             echo.addr()
         )
     };
-    for (expected, ok) in [(REVIEWS, 20), ("spiffe://demo.local/someone-else", 0)] {
-        let served = Mesh::from_config(Config::from_yaml(&config(expected)).unwrap()).unwrap();
+    // Exact and prefix SAN matchers, as a control plane sends them.
+    for (expected, ok) in [
+        (format!("identity: '{REVIEWS}'"), 20),
+        ("identity: 'spiffe://demo.local/someone-else'".to_owned(), 0),
+        ("identities: ['spiffe://demo.local/rev*', 'spiffe://demo.local/x']".to_owned(), 20),
+        ("identities: ['spiffe://demo.local/ns/*']".to_owned(), 0),
+    ] {
+        let served = Mesh::from_config(Config::from_yaml(&config(&expected)).unwrap()).unwrap();
         let (addr, cp) = crate::support::dev_control_plane(&served);
         let settings = XdsSettings::new(&format!("http://{addr}"), "pp", vec!["reviews".into()]);
         let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
@@ -510,14 +516,11 @@ async fn mutual_tls_to_a_backend_a_control_plane_names() {
             .await
             .expect("the first snapshot");
         let snapshot = mesh.snapshot();
-        let backend = &snapshot.config().backends[0];
+        // What arrived over xDS is what was served.
         assert_eq!(
-            backend
-                .tls
-                .as_ref()
-                .and_then(|t| t.identity.as_ref())
-                .map(|i| i.as_str()),
-            Some(expected)
+            snapshot.config().backends[0].tls,
+            served.snapshot().config().backends[0].tls,
+            "{expected}"
         );
         let t = run(&Client::new(&mesh), "http://reviews/ratings/1", 20, 2).await;
         assert_eq!(t.ok, ok, "expecting {expected}: {t:?}");
