@@ -437,7 +437,7 @@ where
             .min();
         if let Some(b) = budget {
             req.extensions_mut()
-                .insert(RequestDeadline(tokio::time::Instant::now() + b));
+                .insert(RequestDeadline(mesh_tower::ext::deadline_after(b)));
         }
         let mut svc = self.inner.clone();
         Box::pin(async move {

@@ -153,6 +153,18 @@ impl RequestDeadline {
     }
 }
 
+/// The instant `d` from now, saturating: `d` is clamped to the config's
+/// [`MAX_DURATION`](mesh_core::config::MAX_DURATION) and an instant past
+/// what the clock can represent becomes the furthest it can, so no timeout
+/// from a config, a control plane or a peer's header can panic.
+pub fn deadline_after(d: std::time::Duration) -> TokioInstant {
+    let now = TokioInstant::now();
+    let d = d.min(mesh_core::config::MAX_DURATION);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400)))
+        .unwrap_or(now)
+}
+
 /// Marks a mirrored copy of a request: never retried or mirrored again.
 #[derive(Debug, Clone, Copy)]
 pub struct Mirrored;

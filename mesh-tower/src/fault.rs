@@ -12,7 +12,6 @@ use crate::{BoxError, BoxFuture};
 use http::Request;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 use tower_service::Service;
 
 /// The fault layer.
@@ -71,7 +70,7 @@ where
         let deadline = deadline_of(&req);
         Either::right(Box::pin(async move {
             if let Some(delay) = delay {
-                let until = Instant::now() + delay;
+                let until = crate::ext::deadline_after(delay);
                 match deadline {
                     Some(d) if d <= until => {
                         tokio::time::sleep_until(d).await;

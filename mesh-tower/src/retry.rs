@@ -148,7 +148,7 @@ where
                 return Either::left(Either::left(MapErr::new(self.inner.call(req))));
             };
             shorten_deadline(&mut req, t);
-            let at = Instant::now() + t;
+            let at = crate::ext::deadline_after(t);
             let fut = self.inner.call(req);
             return Either::left(Either::right(TimeoutFuture::new(
                 fut,
@@ -240,7 +240,7 @@ where
                 };
                 drop(result);
                 avoid = endpoint;
-                let wake = Instant::now() + backoff(policy, n, rand::random());
+                let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
                 if deadline.is_some_and(|d| wake >= d) {
                     return Err(Elapsed {
                         deadline: Deadline::Overall,
@@ -261,7 +261,7 @@ where
 
 /// Bounds the request's deadline by `per_try` from now.
 fn shorten_deadline(req: &mut Request<MeshBody>, per_try: Duration) {
-    let try_deadline = Instant::now() + per_try;
+    let try_deadline = crate::ext::deadline_after(per_try);
     let d = deadline_of(req).map_or(try_deadline, |d| d.min(try_deadline));
     set_deadline(req, d);
 }

@@ -29,7 +29,6 @@ use mesh_core::Mesh;
 use mesh_core::config::EscapedSlashes;
 use mesh_core::route::{Decision, RequestParts, decide};
 use std::task::{Context, Poll};
-use tokio::time::Instant;
 use tower_service::Service;
 
 /// Mirrors send a copy of the body, so they buffer up to this much even on
@@ -133,7 +132,7 @@ where
                 (routed, d.route.timeout(), limit)
             }
         };
-        let mut deadline = Instant::now() + timeout;
+        let mut deadline = crate::ext::deadline_after(timeout);
         if let Some(RequestDeadline(earlier)) = req.extensions().get::<RequestDeadline>() {
             deadline = deadline.min(*earlier);
         }

@@ -12,7 +12,6 @@ use crate::future::TimeoutFuture;
 use http::Request;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 use tower_service::Service;
 
 /// The timeout layer; `default` applies to requests no route layer saw.
@@ -75,7 +74,7 @@ where
         let deadline = match deadline_of(&req) {
             Some(d) => d,
             None => {
-                let d = Instant::now() + self.default;
+                let d = crate::ext::deadline_after(self.default);
                 set_deadline(&mut req, d);
                 d
             }

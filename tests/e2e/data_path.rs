@@ -378,3 +378,57 @@ async fn http2_backends_are_reached_over_h2c() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.headers()["x-backend"], "h2");
 }
+
+/// The longest durations a config may hold, and the largest deadlines a
+/// caller can send, serve requests: no `Instant + Duration` overflows.
+/// (A route timeout of `18446744073709551615s` used to validate and then
+/// panic every request.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_durations_and_deadlines_serve_without_a_panic() {
+    let v1 = echo("v1").await;
+    let m = mesh(&format!(
+        r#"
+defaults: {{ timeout: 8760h }}
+services:
+  - name: reviews
+    routes:
+      - timeout: 8760h
+        retry: {{ attempts: 3, per_try_timeout: 8760h, backoff: {{ base: 8760h, max: 8760h }} }}
+        fault: {{ delay: {{ fixed: 8760h, percent: 0 }} }}
+        to: [v1]
+backends:
+  - name: v1
+    endpoints: ["{}"]
+    outlier_detection: {{ base_ejection: 8760h, max_ejection: 8760h }}
+"#,
+        v1.addr()
+    ));
+    let c = Client::new(&m);
+    let t = run(&c, "http://reviews/ratings/1", 50, 4).await;
+    assert_eq!(t.ok, 50, "{t:?}");
+    // Unknown hosts take the default timeout.
+    let t = run(&c, &format!("http://{}/x", v1.addr()), 5, 1).await;
+    assert_eq!(t.ok, 5, "{t:?}");
+    // A longer one, built in code, is refused by name.
+    let mut cfg = m.snapshot().config().clone();
+    cfg.services[0].routes[0].timeout = Some(Duration::MAX);
+    let err = m.update(cfg, Source::Code).unwrap_err().to_string();
+    assert!(err.contains("timeout") && err.contains("365 days"), "{err}");
+    // A caller's deadline headers at their largest.
+    for (name, value) in [
+        ("x-mesh-timeout-ms", "18446744073709551615"),
+        ("grpc-timeout", "99999999H"),
+    ] {
+        let req = http::Request::get(format!("http://{}/x", v1.addr()))
+            .header(name, value)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http()
+                .request(req)
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 200, "{name}: {value}");
+    }
+}

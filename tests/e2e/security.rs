@@ -504,7 +504,10 @@ async fn mutual_tls_to_a_backend_a_control_plane_names() {
     for (expected, ok) in [
         (format!("identity: '{REVIEWS}'"), 20),
         ("identity: 'spiffe://demo.local/someone-else'".to_owned(), 0),
-        ("identities: ['spiffe://demo.local/rev*', 'spiffe://demo.local/x']".to_owned(), 20),
+        (
+            "identities: ['spiffe://demo.local/rev*', 'spiffe://demo.local/x']".to_owned(),
+            20,
+        ),
         ("identities: ['spiffe://demo.local/ns/*']".to_owned(), 0),
     ] {
         let served = Mesh::from_config(Config::from_yaml(&config(&expected)).unwrap()).unwrap();

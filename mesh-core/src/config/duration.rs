@@ -24,10 +24,17 @@ pub enum DurationError {
     /// Something other than digits where a number was expected.
     #[error("`{0}` is not a duration such as `250ms`, `2s` or `1m30s`")]
     Malformed(String),
-    /// The value does not fit in a `Duration`.
-    #[error("`{0}` is too large")]
+    /// The value does not fit in a `Duration`, or is longer than
+    /// [`MAX_DURATION`].
+    #[error("`{0}` is too large: durations are at most 365 days")]
     Overflow(String),
 }
+
+/// The longest duration a config may hold: 365 days. Longer values are
+/// refused in files and clamped when a control plane sends them (as Envoy
+/// and gRPC clamp protobuf durations), so that deadline arithmetic
+/// (`now + timeout`) can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a human-written duration: one or more `<number><unit>` terms, where
 /// the number may have a fractional part (`1.5s`) and the unit is one of
@@ -75,6 +82,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             .checked_add(scale(num, nanos_per_unit, input)?)
             .ok_or_else(|| DurationError::Overflow(input.to_owned()))?;
         rest = next;
+    }
+    if total > MAX_DURATION.as_nanos() {
+        return Err(DurationError::Overflow(input.to_owned()));
     }
     let secs = u64::try_from(total / 1_000_000_000)
         .map_err(|_| DurationError::Overflow(input.to_owned()))?;

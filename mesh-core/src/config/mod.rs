@@ -31,7 +31,7 @@ mod model;
 mod node;
 pub(crate) mod validate;
 
-pub use duration::{DurationError, format_duration, parse_duration};
+pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
 

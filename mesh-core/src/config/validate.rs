@@ -23,6 +23,18 @@ impl V<'_> {
         if d.is_zero() {
             self.add(ProblemKind::OutOfRange, path, "must be greater than zero");
         }
+        self.at_most_max(path, d);
+    }
+
+    /// Durations built in code skip the parser's ceiling: checked here.
+    fn at_most_max(&mut self, path: &str, d: Duration) {
+        if d > super::MAX_DURATION {
+            self.add(
+                ProblemKind::OutOfRange,
+                path,
+                format!("{d:?} is longer than the maximum of 365 days"),
+            );
+        }
     }
 
     fn percent(&mut self, path: &str, p: f64) {
@@ -326,6 +338,7 @@ fn route<'a>(
             v.add(ProblemKind::MissingField, &child(&p, "on"), msg);
         }
         v.positive(&format!("{p}.backoff.base"), rp.backoff.base);
+        v.at_most_max(&format!("{p}.backoff.max"), rp.backoff.max);
         if rp.backoff.max < rp.backoff.base {
             v.add(
                 ProblemKind::OutOfRange,
@@ -419,6 +432,7 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a s
             );
         }
         v.positive(&child(&p, "base_ejection"), od.base_ejection);
+        v.at_most_max(&child(&p, "max_ejection"), od.max_ejection);
         if od.max_ejection < od.base_ejection {
             v.add(
                 ProblemKind::OutOfRange,

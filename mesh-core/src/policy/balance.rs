@@ -139,6 +139,12 @@ fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// The fewest points a hash ring has (Envoy's `minimum_ring_size`).
+pub const MIN_RING_SIZE: u64 = 1024;
+/// The most points a hash ring has (Envoy's `maximum_ring_size`), whatever
+/// the weights; each endpoint of weight above zero has at least one.
+pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
 /// A hash ring with virtual nodes; each endpoint gets points in proportion
 /// to its weight, at least 1024 points in all (Envoy's minimum ring size).
 #[derive(Debug, Clone)]
@@ -150,14 +156,16 @@ impl Ring {
     /// The ring for (address, weight) pairs.
     pub fn new(endpoints: &[(&str, u32)]) -> Self {
         let total: u64 = endpoints.iter().map(|(_, w)| u64::from(*w)).sum();
-        let per_weight = if total == 0 {
-            0
-        } else {
-            1024u64.div_ceil(total).max(16)
-        };
+        // 16 points per unit of weight, within Envoy's default ring sizes
+        // (1,024 to 8M points): a huge weight cannot make a huge ring.
+        let target = total.saturating_mul(16).clamp(MIN_RING_SIZE, MAX_RING_SIZE);
         let mut points = Vec::new();
         for (i, (addr, w)) in endpoints.iter().enumerate() {
-            for v in 0..u64::from(*w) * per_weight {
+            let share = u128::from(*w) * u128::from(target) / u128::from(total.max(1));
+            let count = u64::try_from(share)
+                .unwrap_or(MAX_RING_SIZE)
+                .max(u64::from(*w > 0));
+            for v in 0..count {
                 let key = format!("{addr}_{v}");
                 points.push((hash_key(key.as_bytes()), i as u32));
             }

@@ -85,7 +85,10 @@ impl RetryBudget {
         // (at worst, one of two racing for the last retry gets none).
         bucket.withdrawals.fetch_add(1, Ordering::AcqRel);
         let (deposits, withdrawals) = self.window_counts(sec);
-        let allowed = self.min_per_second * self.window + deposits * self.ratio_milli / 1000;
+        let allowed = self
+            .min_per_second
+            .saturating_mul(self.window)
+            .saturating_add(deposits.saturating_mul(self.ratio_milli) / 1000);
         if withdrawals > allowed {
             bucket.withdrawals.fetch_sub(1, Ordering::AcqRel);
             return false;

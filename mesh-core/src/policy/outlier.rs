@@ -83,7 +83,9 @@ impl OutlierState {
             .base_ejection
             .saturating_mul(self.ejections)
             .min(cfg.max_ejection);
-        let until = now + length;
+        let until = now
+            .checked_add(length.min(crate::config::MAX_DURATION))
+            .unwrap_or(now);
         self.ejected_until = Some(until);
         self.reset_counters();
         until

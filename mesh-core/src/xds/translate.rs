@@ -383,9 +383,19 @@ fn eds_name(c: &Cluster) -> String {
         .unwrap_or_else(|| c.name.clone())
 }
 
+/// The most retries a route may make (attempts are at most 10, the first
+/// included); a control plane's larger `num_retries` is clamped with a
+/// warning, not NACKed (Istio allows more).
+const MAX_RETRIES: u32 = 9;
+
+/// A protobuf duration, clamped to `0..=MAX_DURATION` (negative parts read
+/// as zero), as Envoy and gRPC clamp what a control plane sends.
 fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
-    d.as_ref()
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+    d.as_ref().map(|d| {
+        let secs = u64::try_from(d.seconds).unwrap_or(0);
+        let nanos = u32::try_from(d.nanos).unwrap_or(0).min(999_999_999);
+        Duration::new(secs, nanos).min(crate::config::MAX_DURATION)
+    })
 }
 
 /// What the held resources describe for the subscribed listeners.
@@ -616,8 +626,14 @@ fn route_of(
             let d = Backoff::default();
             let back = p.retry_back_off.as_ref();
             let base = back.and_then(|b| dur(&b.base_interval)).unwrap_or(d.base);
+            let retries = p.num_retries.as_ref().map_or(1, |n| n.value);
+            if retries > MAX_RETRIES {
+                warnings.push(format!(
+                    "{where_}: num_retries {retries} clamped to the supported maximum of {MAX_RETRIES}"
+                ));
+            }
             Some(RetryPolicy {
-                attempts: p.num_retries.as_ref().map_or(1, |n| n.value) + 1,
+                attempts: retries.min(MAX_RETRIES) + 1,
                 per_try_timeout: dur(&p.per_try_timeout),
                 on,
                 retriable_status_codes: p
@@ -627,7 +643,9 @@ fn route_of(
                     .collect(),
                 backoff: Backoff {
                     base,
-                    max: back.and_then(|b| dur(&b.max_interval)).unwrap_or(base * 10),
+                    max: back.and_then(|b| dur(&b.max_interval)).unwrap_or_else(|| {
+                        base.saturating_mul(10).min(crate::config::MAX_DURATION)
+                    }),
                 },
                 ..RetryPolicy::default()
             })
@@ -1728,6 +1746,57 @@ mod tests {
         ] {
             let e = upstream_tls(&cluster(Some(ctx)), &mut warnings).unwrap_err();
             assert!(e.contains("cluster `c`") && e.contains("spiffe://"), "{e}");
+        }
+    }
+
+    /// A control plane's extreme durations and retry counts are clamped
+    /// (with a warning for the count), never overflowed or NACKed.
+    #[test]
+    fn extreme_durations_and_retries_are_clamped() {
+        use envoy_types::pb::envoy::config::route::v3::{
+            Route as XRoute, RouteAction, RouteMatch as XMatch, retry_policy::RetryBackOff,
+            route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+        };
+        use envoy_types::pb::google::protobuf::{Duration as PDuration, UInt32Value};
+        let huge = PDuration {
+            seconds: i64::MAX,
+            nanos: i32::MAX,
+        };
+        for retries in [20, u32::MAX] {
+            let xr = XRoute {
+                r#match: Some(XMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+                    timeout: Some(huge),
+                    retry_policy: Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+                        retry_on: "5xx".into(),
+                        num_retries: Some(UInt32Value { value: retries }),
+                        per_try_timeout: Some(huge),
+                        retry_back_off: Some(RetryBackOff {
+                            base_interval: Some(huge),
+                            max_interval: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let mut warnings = Vec::new();
+            let r = route_of(&xr, 0, "rc", &mut BTreeSet::new(), &mut warnings).unwrap();
+            let max = crate::config::MAX_DURATION;
+            assert_eq!(r.timeout, Some(max));
+            let retry = r.retry.unwrap();
+            assert_eq!(retry.attempts, 10, "num_retries {retries}");
+            assert_eq!(retry.per_try_timeout, Some(max));
+            assert_eq!((retry.backoff.base, retry.backoff.max), (max, max));
+            assert!(
+                warnings.iter().any(|w| w.contains("clamped")),
+                "{warnings:?}"
+            );
         }
     }
 
