@@ -74,6 +74,10 @@ impl Config {
     /// Reads and validates a config in `format`.
     pub fn parse(text: &str, format: Format) -> Result<Config, ConfigError> {
         let root = parse_tree(text, format).map_err(|p| ConfigError::new(vec![p]))?;
+        if matches!(root.value, node::Value::Null) {
+            // Only comments: as empty as an empty file.
+            return Err(ConfigError::new(vec![empty_document()]));
+        }
         let mut cx = decode::Cx::default();
         let cfg = decode::decode_config(&root, &mut cx);
         let Some(cfg) = cfg else {
@@ -137,15 +141,24 @@ impl Config {
     }
 }
 
+/// An empty document is refused: it is far more often a failed template
+/// render, a truncating redirect or a ConfigMap glitch than a wish to empty
+/// the mesh (which is written `services: []`).
+fn empty_document() -> Problem {
+    Problem::new(
+        ProblemKind::Syntax,
+        "",
+        None,
+        "the document is empty (a mesh with no services is written `services: []`)",
+    )
+}
+
 fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
     let syntax = |line: Option<u32>, msg: String| Problem::new(ProblemKind::Syntax, "", line, msg);
     match format {
         Format::Yaml => {
             if text.trim().is_empty() {
-                return Ok(Node {
-                    value: node::Value::Map(Vec::new()),
-                    line: 1,
-                });
+                return Err(empty_document());
             }
             // YAML 1.2 booleans only: `on: [5xx]` is a key named "on", not `true`.
             let mut options = serde_saphyr::Options::default();

@@ -1,11 +1,14 @@
 //! A watched config file.
 //!
-//! The file is read again every [`POLL_INTERVAL`] by a small thread (no
-//! runtime needed, and it sees editors that replace the file by rename as
-//! well as those that write in place). A changed file that validates is
-//! published; one that does not is logged with every problem and counted,
-//! and the last good snapshot keeps serving. A file that vanishes keeps the
-//! last good snapshot too. The thread ends when the last `Mesh` handle is
+//! Every [`POLL_INTERVAL`] a small thread (no runtime needed, and it sees
+//! editors that replace the file by rename as well as those that write in
+//! place) looks at the file's length and modification time, and reads it
+//! only when they changed (and every few seconds regardless), so a large
+//! file costs nothing while it stands still. A changed file that validates
+//! is published; one that does not (an empty file, text that is not UTF-8,
+//! any config problem) is logged with every problem and counted, and the
+//! last good snapshot keeps serving. A file that vanishes keeps the last
+//! good snapshot too. The thread ends when the last `Mesh` handle is
 //! dropped.
 
 use crate::config::{Config, ConfigError, Format};
@@ -82,35 +85,96 @@ impl Mesh {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(vec![crate::config::Problem::new(
-            crate::config::ProblemKind::Syntax,
-            "",
-            None,
-            format!("cannot read the file: {e}"),
-        )])
-        .in_file(path)
+    let bytes = std::fs::read(path)
+        .map_err(|e| file_problem(path, format!("cannot read the file: {e}")))?;
+    text_of(bytes, path)
+}
+
+fn text_of(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        file_problem(
+            path,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
     })
+}
+
+fn file_problem(path: &Path, msg: String) -> ConfigError {
+    ConfigError::new(vec![crate::config::Problem::new(
+        crate::config::ProblemKind::Syntax,
+        "",
+        None,
+        msg,
+    )])
+    .in_file(path)
 }
 
 fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Config::parse(text, Format::of_path(path)).map_err(|e| e.in_file(path))
 }
 
-fn spawn_watcher(mesh: &Mesh, path: PathBuf, mut last: String) -> Result<(), ConfigError> {
+/// What is known of the file without reading it: its inode (an editor's
+/// or a ConfigMap's rename makes a new one), length and modification time.
+/// The file is read when this changes; when the modification time is so
+/// recent that a second write in the same clock tick could hide behind it
+/// (git's "racy clean" case: file times are coarse); and every
+/// [`FULL_READ_EVERY`] polls whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Self {
+            inode,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    /// Whether a write within the last [`RACY`] could share this stamp.
+    fn is_racy(&self) -> bool {
+        self.modified
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < RACY)
+    }
+}
+
+/// How recent a modification time is too recent to trust.
+const RACY: Duration = Duration::from_secs(2);
+
+/// Every this many polls the file is read even if its stamp is unchanged.
+const FULL_READ_EVERY: u32 = 50;
+
+fn spawn_watcher(mesh: &Mesh, path: PathBuf, last: String) -> Result<(), ConfigError> {
     let weak = mesh.downgrade();
     let name = format!("mesh-config-watch:{}", path.display());
+    let mut last = last.into_bytes();
+    let mut last_stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+    let err_path = path.clone();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             let mut missing_logged = false;
+            let mut polls = 0u32;
             loop {
                 std::thread::sleep(POLL_INTERVAL);
                 let Some(mesh) = Mesh::upgrade(&weak) else {
                     return;
                 };
-                let text = match std::fs::read_to_string(&path) {
-                    Ok(t) => t,
+                polls = polls.wrapping_add(1);
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
                     Err(e) => {
                         if !missing_logged {
                             tracing::warn!(file = %path.display(), "cannot read the mesh config, last good config keeps serving: {e}");
@@ -120,34 +184,39 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, mut last: String) -> Result<(), Con
                     }
                 };
                 missing_logged = false;
-                if text == last {
+                let now = Some(Stamp::of(&meta));
+                if now == last_stamp
+                    && !now.is_some_and(|s| s.is_racy())
+                    && polls % FULL_READ_EVERY != 0
+                {
+                    continue;
+                }
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                if bytes == last {
+                    last_stamp = now;
                     continue;
                 }
                 // A writer may be half way through the file: act only on
                 // content that stays the same for a short while.
                 std::thread::sleep(SETTLE);
-                match std::fs::read_to_string(&path) {
-                    Ok(again) if again == text => {}
+                match std::fs::read(&path) {
+                    Ok(again) if again == bytes => {}
                     _ => continue,
                 }
-                match parse(&text, &path) {
+                last_stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+                match text_of(bytes.clone(), &path).and_then(|t| parse(&t, &path)) {
                     Ok(cfg) => {
                         let _ = mesh.update(cfg, Source::File(path.clone()));
                     }
                     Err(e) => mesh.reject(e),
                 }
-                last = text;
+                last = bytes;
             }
         })
         .map(|_| ())
-        .map_err(|e| {
-            ConfigError::new(vec![crate::config::Problem::new(
-                crate::config::ProblemKind::Syntax,
-                "",
-                None,
-                format!("cannot start the file watcher: {e}"),
-            )])
-        })
+        .map_err(|e| file_problem(&err_path, format!("cannot start the file watcher: {e}")))
 }
 
 /// Loads and watches this workload's identity: from `MESH_TLS_CERT`,

@@ -148,3 +148,48 @@ fn updates_from_code_are_validated_and_versioned() {
     assert_eq!(mesh.snapshot().version(), 1);
     assert_eq!(mesh.status().rejected, 1);
 }
+
+/// A truncated file (a failed template render, a `>` redirect) and a file
+/// that is not UTF-8 are rejected, counted and named; the last good config
+/// keeps serving. (An empty file used to be taken as a mesh with no
+/// services: every call passed through to names that do not resolve.)
+#[test]
+fn an_emptied_or_binary_file_is_rejected_and_the_last_good_config_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, config(1001)).unwrap();
+    let mesh = Mesh::from_file(&path).unwrap();
+    for (i, (bytes, words)) in [
+        (&b""[..], "the document is empty"),
+        (&b"# only a comment\n"[..], "the document is empty"),
+        (&b"services: [\xff\xfe]\n"[..], "not UTF-8"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let want = i as u64 + 1;
+        wait_for("the rejection", || mesh.status().rejected == want);
+        let err = mesh.status().last_error.unwrap().to_string();
+        assert!(err.contains(words) && err.contains("mesh.yaml"), "{err}");
+        assert_eq!(mesh.snapshot().version(), 1);
+        assert_eq!(endpoint_of(&mesh), "127.0.0.1:1001");
+    }
+    // Truncated in place (same file, shorter): seen by its length.
+    std::fs::write(&path, config(1002)).unwrap();
+    wait_for("the good file", || mesh.snapshot().version() == 2);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    wait_for("the truncation", || mesh.status().rejected == 4);
+    assert_eq!(endpoint_of(&mesh), "127.0.0.1:1002");
+    // An empty file at start is an error, not an empty mesh.
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let err = Mesh::from_file(&empty).unwrap_err().to_string();
+    assert!(err.contains("the document is empty"), "{err}");
+}
