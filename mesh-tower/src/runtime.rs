@@ -327,8 +327,10 @@ pub struct EndpointState {
     /// Its address as a URI authority, parsed once.
     pub authority: Option<http::uri::Authority>,
     inflight: AtomicU32,
-    /// The EWMA estimate as f64 bits, readable without the lock.
+    /// The EWMA estimate as f64 bits, and when it was made (nanoseconds
+    /// since the runtime's epoch), readable without the lock.
     ewma_nanos: AtomicU64,
+    ewma_stamp: AtomicU64,
     ewma: Mutex<PeakEwma>,
     outlier: Mutex<OutlierState>,
     /// Nanoseconds since the runtime's epoch until which it is ejected (0: not).
@@ -343,6 +345,7 @@ impl EndpointState {
             address,
             inflight: AtomicU32::new(0),
             ewma_nanos: AtomicU64::new(ewma.nanos().to_bits()),
+            ewma_stamp: AtomicU64::new(0),
             ewma: Mutex::new(ewma),
             outlier: Mutex::new(OutlierState::default()),
             ejected_until: AtomicU64::new(0),
@@ -451,9 +454,12 @@ impl ResolvedBackend {
             }));
         }
         let avoiding = |i: usize| avoid.is_none_or(|a| *self.endpoints[i].address != *a);
+        let t = self.nanos_since_epoch(now);
         let picked = self
-            .pick_among(headers, samples, |i| avoiding(i) && self.available(i, now))
-            .or_else(|| self.pick_among(headers, samples, |i| self.available(i, now)));
+            .pick_among(headers, samples, t, |i| {
+                avoiding(i) && self.available(i, now)
+            })
+            .or_else(|| self.pick_among(headers, samples, t, |i| self.available(i, now)));
         picked.ok_or_else(|| {
             PickError::CircuitOpen(CircuitOpen::new(
                 self.name.clone(),
@@ -466,12 +472,17 @@ impl ResolvedBackend {
         &self,
         headers: &http::HeaderMap,
         samples: (u64, u64),
+        now: u64,
         available: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         match &self.picker {
             Picker::P2c => {
                 let (a, b) = pick_two(&self.weights, samples, &available)?;
-                Some(if self.cost(b) < self.cost(a) { b } else { a })
+                Some(if self.cost(b, now) < self.cost(a, now) {
+                    b
+                } else {
+                    a
+                })
             }
             Picker::RoundRobin(rr) => {
                 let turn = self.state.turn.fetch_add(1, Ordering::Relaxed);
@@ -495,10 +506,13 @@ impl ResolvedBackend {
         }
     }
 
-    /// Peak-EWMA cost: latency times (requests in flight + 1) over weight.
-    fn cost(&self, i: usize) -> f64 {
+    /// Peak-EWMA cost: latency (decayed for the time since it was last
+    /// observed) times (requests in flight + 1) over weight.
+    fn cost(&self, i: usize, now: u64) -> f64 {
         let ep = &self.endpoints[i];
         let lat = f64::from_bits(ep.ewma_nanos.load(Ordering::Relaxed));
+        let idle = Duration::from_nanos(now.saturating_sub(ep.ewma_stamp.load(Ordering::Relaxed)));
+        let lat = mesh_core::policy::ewma::decayed(lat, idle, EWMA_DECAY.as_nanos() as f64);
         lat * f64::from(ep.inflight() + 1) / f64::from(self.weights[i])
     }
 
@@ -519,13 +533,15 @@ impl ResolvedBackend {
             let mut e = ep.ewma.lock().unwrap_or_else(PoisonError::into_inner);
             // A failure counts as slow, so p2c steers away from an endpoint
             // that fails fast (Finagle's failure penalty).
-            let observed = if outcome.is_5xx() {
-                rtt.max(e.estimate(now).saturating_mul(3))
+            // (Bounded: see `PeakEwma::observe_failure`.)
+            if outcome.is_5xx() {
+                e.observe_failure(rtt, now);
             } else {
-                rtt
-            };
-            e.observe(observed, now);
+                e.observe(rtt, now);
+            }
             ep.ewma_nanos.store(e.nanos().to_bits(), Ordering::Relaxed);
+            ep.ewma_stamp
+                .store(self.nanos_since_epoch(e.stamp()), Ordering::Relaxed);
         }
         let Some(cfg) = &self.outlier else {
             return;

@@ -432,3 +432,44 @@ backends:
         assert_eq!(resp.status(), 200, "{name}: {value}");
     }
 }
+
+/// After both endpoints of a backend fail for a few seconds, two identical
+/// endpoints share traffic evenly again within seconds of recovery. (The
+/// failure penalty used to compound to 10^13 ms and keep them 74/26 for
+/// minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_forgets_an_outage_within_seconds() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let m = mesh(&format!(
+        "services: [{{ name: reviews, routes: [{{ to: [v1] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{}', '{}'] }}]",
+        a.addr(),
+        b.addr()
+    ));
+    let c = Client::new(&m);
+    a.set_fail_rate(1.0);
+    b.set_fail_rate(1.0);
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        let t = run(&c, "http://reviews/", 200, 4).await;
+        assert_eq!(t.ok, 0, "{t:?}");
+    }
+    let backend = c.runtime().backend(&m.snapshot(), 0).unwrap();
+    for ep in backend.endpoints.iter() {
+        assert!(
+            ep.latency() <= mesh_core::policy::ewma::MAX_FAILURE_PENALTY,
+            "{}: {:?}",
+            ep.address,
+            ep.latency()
+        );
+    }
+    a.set_fail_rate(0.0);
+    b.set_fail_rate(0.0);
+    let recovery = std::time::Instant::now();
+    while recovery.elapsed() < Duration::from_secs(2) {
+        run(&c, "http://reviews/", 200, 4).await;
+    }
+    let t = run(&c, "http://reviews/", 2000, 4).await;
+    assert_eq!(t.ok, 2000, "{t:?}");
+    let share = t.share("a");
+    assert!((0.3..=0.7).contains(&share), "a got {share} of 2000: {t:?}");
+}

@@ -1,8 +1,16 @@
 //! Peak-EWMA latency (Finagle's and Linkerd's load metric): a latency above
 //! the estimate replaces it at once, a lower one pulls it down gradually
-//! with a decay that depends on the time since the last observation. The
-//! balancer's cost of an endpoint is this estimate times its requests in
-//! flight plus one.
+//! with a decay that depends on the time since the last observation, and an
+//! estimate with no observation decays toward zero with time (so an
+//! endpoint that was slow or down is tried again, as Linkerd's and tower's
+//! do). The balancer's cost of an endpoint is this estimate times its
+//! requests in flight plus one.
+//!
+//! A failure counts as a slow response ([`PeakEwma::observe_failure`]):
+//! three times the estimate, but never more than [`MAX_FAILURE_PENALTY`], so
+//! a run of failures cannot compound the estimate without bound (it used to
+//! reach 10^13 ms in a 3 s outage and keep two identical endpoints apart
+//! for minutes after).
 //!
 //! ```
 //! use mesh_core::policy::ewma::PeakEwma;
@@ -17,6 +25,10 @@
 //! ```
 
 use std::time::{Duration, Instant};
+
+/// The most a failure counts as: failures stay expensive without making an
+/// estimate that takes minutes to decay.
+pub const MAX_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// A peak-sensitive moving average of latency, in nanoseconds.
 #[derive(Debug, Clone)]
@@ -49,15 +61,49 @@ impl PeakEwma {
         self.stamp = self.stamp.max(now);
     }
 
-    /// The current estimate.
-    pub fn estimate(&self, _now: Instant) -> Duration {
-        Duration::from_nanos(self.nanos as u64)
+    /// Folds in a failure that took `rtt`: it counts as at least three
+    /// times the estimate, at most [`MAX_FAILURE_PENALTY`] (unless it took
+    /// longer than that itself).
+    pub fn observe_failure(&mut self, rtt: Duration, now: Instant) {
+        let penalty = self
+            .estimate(now)
+            .saturating_mul(3)
+            .min(MAX_FAILURE_PENALTY);
+        self.observe(rtt.max(penalty), now);
     }
 
-    /// The estimate in nanoseconds, for cost comparisons.
+    /// The estimate at `now`: the last one, decayed for the time since.
+    pub fn estimate(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.nanos_at(now) as u64)
+    }
+
+    /// The estimate as of the last observation, in nanoseconds.
     pub fn nanos(&self) -> f64 {
         self.nanos
     }
+
+    /// When the last observation was made.
+    pub fn stamp(&self) -> Instant {
+        self.stamp
+    }
+
+    /// The estimate at `now` in nanoseconds.
+    pub fn nanos_at(&self, now: Instant) -> f64 {
+        decayed(
+            self.nanos,
+            now.saturating_duration_since(self.stamp),
+            self.decay_nanos,
+        )
+    }
+}
+
+/// `nanos` after `idle` with no observation, for time constant
+/// `decay_nanos`. Idle times under a millisecond are not worth an `exp`.
+pub fn decayed(nanos: f64, idle: Duration, decay_nanos: f64) -> f64 {
+    if idle < Duration::from_millis(1) {
+        return nanos;
+    }
+    nanos * (-(idle.as_nanos() as f64) / decay_nanos).exp()
 }
 
 #[cfg(test)]
@@ -83,5 +129,37 @@ mod tests {
         assert!(e.estimate(t0) < Duration::from_millis(12));
         e.observe(Duration::from_millis(500), t0 + Duration::from_secs(6));
         assert_eq!(e.estimate(t0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_toward_zero() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(Duration::from_secs(1), Duration::from_secs(10), t0);
+        let later = |s| e.estimate(t0 + Duration::from_secs(s));
+        assert_eq!(later(0), Duration::from_secs(1));
+        let ten = later(10).as_secs_f64();
+        assert!((ten - (-1.0f64).exp()).abs() < 1e-6, "{ten}");
+        assert!(later(100) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn failures_are_penalized_but_never_beyond_the_bound() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(Duration::from_millis(10), Duration::from_secs(10), t0);
+        e.observe_failure(Duration::from_millis(1), t0);
+        assert_eq!(e.estimate(t0), Duration::from_millis(30));
+        // A 3 s outage of fast failures, 1,000 a second: bounded.
+        for i in 0..3_000 {
+            e.observe_failure(Duration::from_millis(1), t0 + Duration::from_millis(i));
+        }
+        let end = t0 + Duration::from_secs(3);
+        let at_end = e.estimate(end);
+        assert!(
+            at_end <= MAX_FAILURE_PENALTY && at_end > Duration::from_millis(990),
+            "{at_end:?}"
+        );
+        // A failure slower than the bound counts as what it took.
+        e.observe_failure(Duration::from_secs(5), end);
+        assert_eq!(e.estimate(end), Duration::from_secs(5));
     }
 }

@@ -187,7 +187,7 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, last: String) -> Result<(), ConfigE
                 let now = Some(Stamp::of(&meta));
                 if now == last_stamp
                     && !now.is_some_and(|s| s.is_racy())
-                    && polls % FULL_READ_EVERY != 0
+                    && !polls.is_multiple_of(FULL_READ_EVERY)
                 {
                     continue;
                 }
