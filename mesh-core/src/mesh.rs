@@ -50,6 +50,11 @@ pub(crate) struct Inner {
 /// A config source's state, as the admin server shows it.
 pub(crate) trait SourceStatus: Send + Sync + std::fmt::Debug {
     fn to_json(&self) -> serde_json::Value;
+    /// Why the source works in a degraded way, if it does (its task failed
+    /// and was restarted, and has not worked since).
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A wait for a host's config, from [`Mesh::demand`].
@@ -288,6 +293,13 @@ impl Mesh {
     /// `/xds`.
     pub fn source_status(&self) -> Option<serde_json::Value> {
         Some(self.inner.source_status.get()?.to_json())
+    }
+
+    /// Why the config source is degraded, if it is: its task failed and was
+    /// restarted and has not applied an update since. The last good config
+    /// keeps serving meanwhile; the admin server's `/ready` says so.
+    pub fn degraded(&self) -> Option<String> {
+        self.inner.source_status.get()?.degraded()
     }
 
     #[cfg(feature = "xds")]

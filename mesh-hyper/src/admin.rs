@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | Prometheus text exposition (when the exporter is installed) |
-//! | `/ready` | 200 once a config is serving, else 503 |
+//! | `/ready` | 200 once a config is serving (`ready, degraded: ...` when the config source's task failed and was restarted), else 503 |
 //! | `/live` | 200 |
 //! | `/config_dump` | the serving config as JSON, with version, source and update counters |
 //! | `/clusters` | each backend's endpoints: health, ejection, latency estimate, requests in flight |
@@ -88,7 +88,11 @@ impl Admin {
             "/metrics" => self.metrics(),
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
-                if self.mesh.is_ready() {
+                // Degraded still serves the last good config: ready, but
+                // said, so an operator sees it without taking the pod out.
+                if let (true, Some(why)) = (self.mesh.is_ready(), self.mesh.degraded()) {
+                    text(StatusCode::OK, format!("ready, degraded: {why}\n"))
+                } else if self.mesh.is_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
@@ -201,8 +205,8 @@ pub fn publish_config_metrics(mesh: &Mesh) {
     metrics::gauge!(m::CONFIG_LAST_UPDATE).set(ts);
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp
 }

@@ -728,3 +728,71 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
     assert!(xds.status().acks.load(Ordering::Relaxed) >= 4);
     cp.abort();
 }
+
+/// What a control plane may send at its extremes: durations at protobuf's
+/// maximum (and a retry backoff built from one), `num_retries` past what
+/// is supported, and an endpoint with port 0. The durations are clamped,
+/// the retries clamped with a warning, the port refused with a NACK like a
+/// file's would be; the client keeps working and takes the next update.
+/// (A huge backoff used to panic the client task silently, `num_retries: 20`
+/// to NACK the route, and port 0 to be served.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_lives_on() {
+    let (a, b) = (echo("xa").await, echo("xb").await);
+    let (pa, pb) = (a.addr().port(), b.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.json");
+    let mut extreme = resources(pa, pb, 50, 50, serde_json::Value::Null);
+    let action = &mut extreme["routes"][0]["virtual_hosts"][0]["routes"][0]["route"];
+    action["timeout"] = serde_json::json!("315576000000s");
+    action["retry_policy"] = serde_json::json!({
+        "retry_on": "5xx", "num_retries": 20, "per_try_timeout": "315576000000s",
+        "retry_back_off": { "base_interval": "315576000000s" }
+    });
+    std::fs::write(&file, extreme.to_string()).unwrap();
+    let (port, admin, _stop) = start_peer(&file);
+    let settings = XdsSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        "mesh-test-node",
+        vec!["xds-svc".into()],
+    );
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let snap = mesh.snapshot();
+    let route = &snap.config().services[0].routes[0];
+    let max = mesh_core::config::MAX_DURATION;
+    assert_eq!(route.timeout, Some(max));
+    let retry = route.retry.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.backoff.base), (10, max));
+    let warnings = xds.status().warnings.lock().unwrap().join("\n");
+    assert!(warnings.contains("num_retries 20 clamped"), "{warnings}");
+    let t = run(&Client::new(&mesh), "http://xds-svc/", 100, 4).await;
+    assert_eq!(t.ok, 100, "{t:?}");
+
+    // Port 0: refused as a file's would be.
+    let mut zero = resources(pa, pb, 50, 50, serde_json::Value::Null);
+    zero["endpoints"][1]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        ["port_value"] = serde_json::json!(0);
+    post_config(admin, &zero).await;
+    wait_for("the NACK", || {
+        xds.status().nacks.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let reason = xds.status().last_nack.lock().unwrap().clone().unwrap();
+    assert!(reason.contains("1..=65535"), "{reason}");
+
+    // Alive: the next good update is applied.
+    post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
+    wait_for("the shift", || {
+        mesh.snapshot()
+            .config()
+            .services
+            .first()
+            .is_some_and(|s| s.routes[0].to[0].weight == 0)
+    })
+    .await;
+    let t = run(&Client::new(&mesh), "http://xds-svc/", 100, 4).await;
+    assert_eq!(t.by_backend.get("xb"), Some(&100), "{t:?}");
+    assert_eq!(xds.status().failures.load(Ordering::Relaxed), 0);
+    assert!(mesh.degraded().is_none());
+}

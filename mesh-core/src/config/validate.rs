@@ -517,8 +517,11 @@ pub(crate) fn is_hostname(h: &str) -> bool {
 
 /// `ip:port`, `[ipv6]:port` or `dns-name:port`.
 pub(crate) fn check_address(a: &str) -> Result<(), &'static str> {
-    if a.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(sa) = a.parse::<std::net::SocketAddr>() {
+        return match sa.port() {
+            0 => Err("the port must be a number in 1..=65535"),
+            _ => Ok(()),
+        };
     }
     let (host, port) = a.rsplit_once(':').ok_or("needs a port (`host:port`)")?;
     match port.parse::<u16>() {

@@ -431,6 +431,11 @@ impl State {
         match outcome {
             Ok(()) => {
                 status.acks.fetch_add(1, Ordering::Relaxed);
+                // Working again after a failure: no longer degraded.
+                *status
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 *status
                     .last_ack
                     .lock()
@@ -821,6 +826,29 @@ fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
 
+/// A future whose panic is caught and returned as its message.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned()))),
+        }
+    }
+}
+
 /// Runs the client until the mesh is dropped: opens a stream, serves it
 /// until it ends, backs off, and opens the next.
 pub(super) async fn run(
@@ -835,12 +863,45 @@ pub(super) async fn run(
         if Mesh::upgrade_xds(&mesh).is_none() {
             return;
         }
+        // Supervised: a panic anywhere in the stream's work ends this
+        // stream only; it is logged, counted and shown as degraded, and the
+        // next stream opens after the backoff (the last good config serves
+        // meanwhile). Without this the task died silently and `/xds` went
+        // on saying "connected".
         let opened = match settings.api {
-            Api::Sotw => stream::<Sotw>(&mesh, &settings, &status, &mut state, &mut commands).await,
+            Api::Sotw => {
+                CatchUnwind(Box::pin(stream::<Sotw>(
+                    &mesh,
+                    &settings,
+                    &status,
+                    &mut state,
+                    &mut commands,
+                )))
+                .await
+            }
             Api::Delta => {
-                stream::<Delta>(&mesh, &settings, &status, &mut state, &mut commands).await
+                CatchUnwind(Box::pin(stream::<Delta>(
+                    &mesh,
+                    &settings,
+                    &status,
+                    &mut state,
+                    &mut commands,
+                )))
+                .await
             }
         };
+        let opened = opened.unwrap_or_else(|panic| {
+            let what = format!("the xDS client failed and was restarted: {panic}");
+            tracing::error!(server = %settings.server, "{what}");
+            status.failures.fetch_add(1, Ordering::Relaxed);
+            *status
+                .last_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(what.clone());
+            metrics::counter!(metric_names::FAILURES, "control_plane" => settings.server.clone())
+                .increment(1);
+            Err(what)
+        });
         status.connected.store(false, Ordering::Relaxed);
         status
             .disconnected_since
@@ -938,5 +999,18 @@ async fn stream<V: Variant>(
         for req in requests {
             tx.send(req).await.map_err(|e| e.to_string())?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CatchUnwind;
+
+    #[tokio::test]
+    async fn a_panicking_future_is_caught_as_its_message() {
+        let caught = CatchUnwind(Box::pin(async { panic!("boom {}", 7) })).await;
+        assert_eq!(caught.err().as_deref(), Some("boom 7"));
+        let fine = CatchUnwind(Box::pin(async { 3 })).await;
+        assert_eq!(fine, Ok(3));
     }
 }

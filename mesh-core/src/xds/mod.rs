@@ -303,6 +303,9 @@ pub mod metric_names {
     /// Gauge: when a response was last ACKed (Unix seconds); the serving
     /// config's staleness is `time() - this`.
     pub const LAST_ACK: &str = "mesh_xds_last_ack_timestamp_seconds";
+    /// Counter: times the client's stream task failed (panicked) and was
+    /// restarted.
+    pub const FAILURES: &str = "mesh_xds_client_failures_total";
 }
 
 /// Describes the xDS metrics to the installed recorder.
@@ -327,6 +330,11 @@ pub(crate) fn describe_metrics() {
         metric_names::LAST_ACK,
         Unit::Seconds,
         "When the xDS client last ACKed a response, in Unix seconds; staleness is time() minus this."
+    );
+    metrics::describe_counter!(
+        metric_names::FAILURES,
+        Unit::Count,
+        "Times the xDS client's stream task failed and was restarted (the last good config kept serving)."
     );
     metrics::describe_gauge!(
         metric_names::CONNECTED,
@@ -360,6 +368,10 @@ pub struct XdsStatus {
     pub last_ack: Mutex<Option<std::time::SystemTime>>,
     /// Since when no stream has been open (`None` while connected).
     pub disconnected_since: Mutex<Option<std::time::SystemTime>>,
+    /// Times the client's stream task failed (panicked) and was restarted.
+    pub failures: AtomicU64,
+    /// The last failure, until a response is ACKed again after it.
+    pub last_failure: Mutex<Option<String>>,
 }
 
 /// One resource type's subscription, for the admin server.
@@ -415,6 +427,8 @@ impl XdsStatus {
             "last_ack_unix_seconds": secs(last_ack),
             "last_ack_seconds_ago": ago(last_ack),
             "last_nack": lock(&self.last_nack),
+            "failures": self.failures.load(std::sync::atomic::Ordering::Relaxed),
+            "degraded": lock(&self.last_failure),
             "warnings": lock(&self.warnings),
             "resources": types,
         })
@@ -424,6 +438,13 @@ impl XdsStatus {
 impl crate::mesh::SourceStatus for XdsStatus {
     fn to_json(&self) -> serde_json::Value {
         XdsStatus::to_json(self)
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -501,12 +522,14 @@ impl Mesh {
     }
 }
 
-/// A number in [0, 1) without a random-number crate in mesh-core.
+/// A number in [0, 1), random enough for backoff jitter, without a
+/// random-number crate in mesh-core: std's randomly seeded `RandomState`.
 fn rand_unit() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A `Stream` of the messages sent into a channel.

@@ -886,10 +886,17 @@ fn backend_of(
             let Some(address::Address::SocketAddress(sa)) =
                 ep.address.as_ref().and_then(|a| a.address.as_ref())
             else {
+                warnings.push(format!(
+                    "cluster `{}`: an endpoint that is not a socket address is ignored",
+                    c.name
+                ));
                 continue;
             };
-            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                continue;
+            // A missing or named port reads as 0, so the one validator that
+            // judges files refuses it here too (and the response is NACKed).
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(port)) => port,
+                _ => 0,
             };
             let host = if sa.address.contains(':') {
                 format!("[{}]", sa.address)
