@@ -33,6 +33,7 @@ pub struct Echo {
     fail_rate: f64,
     delay: Duration,
     service: Option<String>,
+    limits: Option<mesh_hyper::ServerLimits>,
 }
 
 #[derive(Debug)]
@@ -52,6 +53,7 @@ impl Echo {
             fail_rate: 0.0,
             delay: Duration::ZERO,
             service: None,
+            limits: None,
         }
     }
 
@@ -74,6 +76,13 @@ impl Echo {
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Serves with these limits instead of the environment's.
+    #[must_use]
+    pub fn limits(mut self, limits: mesh_hyper::ServerLimits) -> Self {
+        self.limits = Some(limits);
         self
     }
 
@@ -100,6 +109,9 @@ impl Echo {
         let mut server = mesh_hyper::Server::new(mesh);
         if let Some(s) = &self.service {
             server = server.service(s);
+        }
+        if let Some(l) = self.limits {
+            server = server.limits(l);
         }
         let stats = server.stats().clone();
         let task = tokio::spawn(async move {

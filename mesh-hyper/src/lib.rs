@@ -27,6 +27,7 @@
 pub mod admin;
 mod client;
 pub mod error;
+mod limits;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod server;
@@ -35,5 +36,6 @@ pub mod tls;
 mod transport;
 
 pub use client::{Body, Client};
+pub use limits::{LimitError, ServerLimits};
 pub use server::{Server, ServerStats, grpc_timeout, serve, serve_with_shutdown};
 pub use transport::Transport;

@@ -23,11 +23,12 @@
 //! deadline (`x-mesh-timeout-ms`) bounds the handler (504 past it), and is
 //! put in the extensions ([`RequestDeadline`]) for calls the handler makes.
 
+use crate::limits::ServerLimits;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mesh_core::Mesh;
@@ -49,9 +50,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Counters of what the server refused and served.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -64,6 +62,17 @@ pub struct ServerStats {
     pub handshake_failures: AtomicU64,
     /// Plaintext connections refused by strict mTLS.
     pub plaintext_refused: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub open_connections: AtomicU64,
+    /// Connections closed because no first byte came within the handshake
+    /// timeout.
+    pub first_byte_timeouts: AtomicU64,
+    /// Connections closed for being idle.
+    pub idle_closed: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
 }
 
 /// A meshed server.
@@ -73,6 +82,7 @@ pub struct Server {
     service: Option<Arc<str>>,
     stats: Arc<ServerStats>,
     metrics: Arc<InboundMetrics>,
+    limits: Arc<ServerLimits>,
 }
 
 /// Metric handles of one server, resolved once.
@@ -136,14 +146,28 @@ where
 }
 
 impl Server {
-    /// A server following `mesh`'s inbound policy for `MESH_SERVICE`.
+    /// A server following `mesh`'s inbound policy for `MESH_SERVICE`, with
+    /// the limits of [`ServerLimits::from_env`] (a variable that cannot be
+    /// read is logged by name and its default used).
     pub fn new(mesh: &Mesh) -> Self {
+        let limits = ServerLimits::from_env().unwrap_or_else(|e| {
+            tracing::error!("{e}; the server's default limits apply");
+            ServerLimits::default()
+        });
         Self {
             mesh: mesh.clone(),
             service: mesh.service().map(Arc::from),
             stats: Arc::new(ServerStats::default()),
             metrics: Arc::new(InboundMetrics::new(mesh.service())),
+            limits: Arc::new(limits),
         }
+    }
+
+    /// Serves with these limits instead.
+    #[must_use]
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Serves as `service` (whose inbound policy applies) instead of
@@ -188,7 +212,21 @@ impl Server {
         RB::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Every connection holds a permit until it ends. At the cap a new
+        // connection is closed at once (counted, and said at most once a
+        // second), so descriptors stay bounded, the connections held are
+        // served, and a refused client fails fast and can go elsewhere (as
+        // Envoy's connection limit does). At shutdown, taking every permit
+        // waits for the drain.
+        let cap = self
+            .limits
+            .max_connections
+            .clamp(1, u32::MAX as usize)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let permits = Arc::new(tokio::sync::Semaphore::new(cap));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut accept_errors = RateLimited::default();
+        let mut over_cap = RateLimited::default();
         tracing::debug!(
             service = self.service.as_deref().unwrap_or("-"),
             addr = ?listener.local_addr().ok(),
@@ -200,9 +238,10 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok(s) => s,
                     // Running out of descriptors or a connection reset during
-                    // the handshake must not end the server.
+                    // the handshake must not end the server; said at most
+                    // once a second.
                     Err(e) if is_transient(&e) => {
-                        tracing::warn!("accept failed: {e}");
+                        accept_errors.warn(format_args!("accept failed: {e}"));
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -210,19 +249,35 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                over_cap.warn(format_args!(
+                    "{cap} connections open (the server's max_connections): a new one from {peer} is closed"
+                ));
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
             let connection = Connection {
                 server: self.clone(),
                 service: service.clone(),
             };
-            let watcher = graceful.watcher();
+            let stopping = stopping.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection.run(stream, watcher).await {
+                let stats = connection.server.stats.clone();
+                if let Err(e) = connection.run(stream, stopping).await {
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
+                stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
             });
         }
-        graceful.shutdown().await;
+        let _ = stop.send(true);
+        let _ = permits.acquire_many(cap as u32).await;
         Ok(())
     }
 
@@ -262,24 +317,37 @@ where
     async fn run(
         self,
         stream: TcpStream,
-        watcher: hyper_util::server::graceful::Watcher,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BoxError> {
         let stats = self.server.stats.clone();
+        let limits = self.server.limits.clone();
         let mode = self.server.mode();
+        // Every mode waits for the first byte within the handshake timeout:
+        // a connection that never sends one is closed, whatever comes next
+        // (hyper-util's protocol detection would wait for it forever).
+        let starts_tls = match starts_with_tls(&stream, limits.handshake_timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    stats.first_byte_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e.into());
+            }
+        };
         let tls = match mode {
             MtlsMode::Disabled => false,
             MtlsMode::Strict => {
-                if !starts_with_tls(&stream).await? {
+                if !starts_tls {
                     stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
                     self.server.metrics.plaintext_refused.increment(1);
                     return Err("plaintext connection refused: strict mTLS".into());
                 }
                 true
             }
-            _ => starts_with_tls(&stream).await?,
+            _ => starts_tls,
         };
         if !tls {
-            return self.serve_io(TokioIo::new(stream), None, watcher).await;
+            return self.serve_io(TokioIo::new(stream), None, stopping).await;
         }
         let Some(identity) = self.server.mesh.identity() else {
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -287,47 +355,234 @@ where
             return Err("TLS connection, but this workload has no identity to present".into());
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                self.server.metrics.handshake_failures.increment(1);
-                return Err(format!("TLS handshake failed: {e}").into());
-            }
-            Err(_) => {
-                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                self.server.metrics.handshake_failures.increment(1);
-                return Err("TLS handshake timed out".into());
-            }
-        };
+        let tls =
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.server.metrics.handshake_failures.increment(1);
+                    return Err(format!("TLS handshake failed: {e}").into());
+                }
+                Err(_) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    self.server.metrics.handshake_failures.increment(1);
+                    return Err("TLS handshake timed out".into());
+                }
+            };
         let peer = mesh_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
-        self.serve_io(TokioIo::new(tls), peer, watcher).await
+        self.serve_io(TokioIo::new(tls), peer, stopping).await
     }
 
     async fn serve_io<I>(
         self,
         io: I,
         peer: Option<SpiffeId>,
-        watcher: hyper_util::server::graceful::Watcher,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BoxError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let limits = self.server.limits.clone();
+        let stats = self.server.stats.clone();
+        let activity = Arc::new(Activity::new());
         let inbound = Inbound {
             inner: self.service,
             server: self.server,
             peer: PeerIdentity(peer),
+            activity: activity.clone(),
         };
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes as usize)
+            .max_headers(limits.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes)
+            .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.max_local_error_reset_streams);
+        let io = Tracked {
+            inner: io,
+            activity: activity.clone(),
+        };
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(inbound));
-        watcher.watch(conn.into_owned()).await
+        tokio::pin!(conn);
+        let mut closing = *stopping.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let idle_at = activity.idle_deadline(limits.idle_timeout);
+            tokio::select! {
+                done = conn.as_mut() => return done,
+                _ = stopping.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(idle_at), if !closing => {
+                    if activity.is_idle(limits.idle_timeout) {
+                        closing = true;
+                        stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
     }
 }
 
-/// Whether the client's first byte opens a TLS handshake record (0x16).
-async fn starts_with_tls(stream: &TcpStream) -> std::io::Result<bool> {
+/// When a connection last moved a byte, and how many of its requests are
+/// in progress: it is idle when neither has happened for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    epoch: tokio::time::Instant,
+    /// Milliseconds since `epoch` of the last byte either way.
+    last: AtomicU64,
+    in_progress: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+            in_progress: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed));
+        last.checked_add(idle)
+            .unwrap_or_else(|| mesh_tower::ext::deadline_after(idle))
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.in_progress.load(Ordering::Relaxed) == 0
+            && tokio::time::Instant::now() >= self.idle_deadline(idle)
+    }
+}
+
+/// Marks a request in progress on its connection until dropped.
+struct InProgress(Arc<Activity>);
+
+impl InProgress {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_progress.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A connection's I/O that notes when bytes move.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Tracked<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if polled.is_ready() {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if polled.is_ready() {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+/// A warning said at most once a second, with how many were held back.
+#[derive(Debug, Default)]
+struct RateLimited {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl RateLimited {
+    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < Duration::from_secs(1))
+        {
+            self.held_back = self.held_back.saturating_add(1);
+            return;
+        }
+        tracing::warn!("{what} ({} more since the last report)", self.held_back);
+        self.last = Some(now);
+        self.held_back = 0;
+    }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16);
+/// `TimedOut` if none comes within `wait`.
+async fn starts_with_tls(stream: &TcpStream, wait: Duration) -> std::io::Result<bool> {
     let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+    let n = tokio::time::timeout(wait, stream.peek(&mut first))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no first byte"))??;
     Ok(n == 1 && first[0] == 0x16)
@@ -339,6 +594,7 @@ struct Inbound<S> {
     inner: S,
     server: Server,
     peer: PeerIdentity,
+    activity: Arc<Activity>,
 }
 
 impl<S, RB> Service<Request<Incoming>> for Inbound<S>
@@ -440,7 +696,9 @@ where
                 .insert(RequestDeadline(mesh_tower::ext::deadline_after(b)));
         }
         let mut svc = self.inner.clone();
+        let in_progress = InProgress::new(&self.activity);
         Box::pin(async move {
+            let _in_progress = in_progress;
             let work = async {
                 std::future::poll_fn(|cx| svc.poll_ready(cx))
                     .await

@@ -13,6 +13,7 @@ mod support;
 
 mod data_path;
 mod grpc;
+mod hostile;
 mod interop;
 mod refusals;
 mod security;
