@@ -796,3 +796,52 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
     assert_eq!(xds.status().failures.load(Ordering::Relaxed), 0);
     assert!(mesh.degraded().is_none());
 }
+
+/// A state-of-the-world snapshot without the service's listener, then the
+/// good one again: the service is routed again within seconds. (The client
+/// used to drop the clusters, keep the subscription the server knew, and
+/// wait minutes for a cluster to change; its EDS unsubscription was an
+/// empty list, a wildcard to the server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_goes_and_comes_back_is_served_again() {
+    let (a, b) = (echo("xa").await, echo("xb").await);
+    let (pa, pb) = (a.addr().port(), b.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.json");
+    let good = resources(pa, pb, 50, 50, serde_json::Value::Null);
+    std::fs::write(&file, good.to_string()).unwrap();
+    let (port, admin, _stop) = start_peer(&file);
+    let settings = XdsSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        "mesh-test-node",
+        vec!["xds-svc".into()],
+    );
+    let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let client = Client::new(&mesh);
+    assert_eq!(run(&client, "http://xds-svc/", 50, 2).await.ok, 50);
+
+    let mut without = good.clone();
+    without["listeners"] = serde_json::json!([]);
+    post_config(admin, &without).await;
+    wait_for("the service to go", || {
+        mesh.snapshot().config().services.is_empty()
+    })
+    .await;
+
+    post_config(admin, &good).await;
+    wait_for("the service to come back", || {
+        mesh.snapshot()
+            .config()
+            .services
+            .first()
+            .is_some_and(|s| s.name == "xds-svc")
+            && mesh.snapshot().config().backends.len() == 2
+    })
+    .await;
+    let t = run(&client, "http://xds-svc/", 100, 4).await;
+    assert_eq!(t.ok, 100, "{t:?}");
+    // The server never saw an empty subscription list from us.
+    let (_, events) = crate::support::http_get(&format!("http://127.0.0.1:{admin}/events")).await;
+    assert!(!events.contains("\"names\": []"), "{events}");
+}

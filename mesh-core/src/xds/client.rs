@@ -207,6 +207,13 @@ pub(super) struct State {
     /// Incremental: the accepted version of each resource, per type.
     resource_versions: BTreeMap<&'static str, BTreeMap<String, String>>,
     resources: Resources,
+    /// State of the world: resources of a type whose subscription emptied.
+    /// The server was told nothing (an empty list would be a wildcard), so
+    /// it still counts them as ours and will not send them again if they
+    /// come back: they wait here, kept current by its responses.
+    parked: Resources,
+    /// Whether the variant is state of the world.
+    sotw: bool,
     node: Node,
     /// The next request is the stream's first (it carries the node).
     first: bool,
@@ -244,6 +251,8 @@ impl State {
             nonce: BTreeMap::new(),
             resource_versions: BTreeMap::new(),
             resources: Resources::default(),
+            parked: Resources::default(),
+            sotw: settings.api == Api::Sotw,
             node: node_of(settings),
             first: true,
             published: false,
@@ -352,15 +361,24 @@ impl State {
     /// Follows what the accepted resources name: per type, the names to
     /// subscribe to and to drop (dropped resources are forgotten).
     fn follow(&mut self) -> Vec<Change> {
-        let wanted = translate::wanted(&self.resources);
         let mut out = Vec::new();
-        for (t, names) in [
-            (type_url::ROUTE, wanted.routes),
-            (type_url::CLUSTER, wanted.clusters),
-            (type_url::ENDPOINTS, wanted.endpoints),
-        ] {
-            if let Some(change) = self.resubscribe(t, names) {
-                out.push(change);
+        // Parked resources that come back can name more: follow until
+        // nothing changes (a listener names routes, routes clusters,
+        // clusters endpoints: a few rounds at most).
+        for _ in 0..TYPES.len() {
+            let wanted = translate::wanted(&self.resources);
+            let before = out.len();
+            for (t, names) in [
+                (type_url::ROUTE, wanted.routes),
+                (type_url::CLUSTER, wanted.clusters),
+                (type_url::ENDPOINTS, wanted.endpoints),
+            ] {
+                if let Some(change) = self.resubscribe(t, names) {
+                    out.push(change);
+                }
+            }
+            if out.len() == before {
+                break;
             }
         }
         out
@@ -371,9 +389,25 @@ impl State {
         if *current == names {
             return None;
         }
-        let added = names.difference(current).cloned().collect();
+        let added: Vec<String> = names.difference(current).cloned().collect();
         let removed: Vec<String> = current.difference(&names).cloned().collect();
+        let told_nothing = self.sotw && names.is_empty();
         *current = names;
+        if told_nothing {
+            // The server still counts these as ours (see `parked`).
+            let saved = self
+                .resources
+                .save_only(t, removed.iter().map(String::as_str));
+            self.parked
+                .restore_only(t, removed.iter().map(String::as_str), saved);
+        } else if self.sotw {
+            // Back from the parking: current, the server kept them so.
+            let saved = self.parked.save_only(t, added.iter().map(String::as_str));
+            self.resources
+                .restore_only(t, added.iter().map(String::as_str), saved);
+            // Told a new list now: the server stops keeping the rest.
+            self.parked.clear(t);
+        }
         for r in &removed {
             self.resources.remove(t, r);
             if let Some(v) = self.resource_versions.get_mut(t) {
@@ -461,8 +495,10 @@ impl State {
         }
         let changes = self.follow();
         // A new name to fetch may complete nothing, but a dropped one can
-        // (a route that stopped naming a cluster): publish once more.
-        if changes.iter().any(|c| !c.removed.is_empty())
+        // (a route that stopped naming a cluster), and so can one back from
+        // the parking: publish once more (nothing is published if nothing
+        // changed).
+        if !changes.is_empty()
             && let Err(e) = self.publish(mesh, status, format!("version {version} of {short}"))
         {
             tracing::warn!("xDS: after following names: {e}");
@@ -597,11 +633,22 @@ impl Variant for Sotw {
             return Vec::new();
         };
         let saved = state.resources.take(t);
+        let told_nothing = state.names(t).is_empty();
+        if told_nothing {
+            // The response is everything the server counts as ours.
+            state.parked.clear(t);
+        }
         let mut applied = Ok(());
         for any in &resp.resources {
             match state.resources.insert(t, any) {
-                // State of the world may carry more than was asked for.
-                Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
+                // State of the world may carry more than was asked for;
+                // while the server was told nothing, it is what we parked.
+                Ok(name) if !state.names(t).contains(&name) => {
+                    state.resources.remove(t, &name);
+                    if told_nothing {
+                        let _ = state.parked.insert(t, any);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     applied = Err(e);
@@ -629,12 +676,11 @@ impl Variant for Sotw {
     }
 
     fn change(state: &mut State, change: Change) -> Option<DiscoveryRequest> {
-        // No listeners or clusters left: an empty list would read as a
-        // wildcard to some servers, so say nothing; what they keep sending
-        // is dropped as unsubscribed.
+        // Nothing left of a type: an empty list reads as a wildcard to
+        // some servers (for every type, not only listeners and clusters),
+        // so say nothing; what they keep sending is dropped as unsubscribed.
         let t = change.type_url;
-        let wildcard_type = t == type_url::LISTENER || t == type_url::CLUSTER;
-        if wildcard_type && state.names(t).is_empty() {
+        if state.names(t).is_empty() {
             return None;
         }
         Some(Self::request(state, t, None))
