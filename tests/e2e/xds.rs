@@ -845,3 +845,77 @@ async fn a_listener_that_goes_and_comes_back_is_served_again() {
     let (_, events) = crate::support::http_get(&format!("http://127.0.0.1:{admin}/events")).await;
     assert!(!events.contains("\"names\": []"), "{events}");
 }
+
+/// A RouteConfiguration over gRPC's default 4 MiB message limit (60,000
+/// routes) is taken; one over the configured per-resource limit is NACKed
+/// by name while the client keeps serving. (A 9.5 MB RouteConfiguration
+/// used to put the client in a reconnect loop, with no NACK.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked() {
+    use mesh_core::config::{Config, PathMatch, Route, RouteMatch, WeightedBackend};
+    let v1 = echo("v1").await;
+    let mut cfg = Config::from_yaml(&format!(
+        "services: [{{ name: big, routes: [{{ to: [v1] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{}'] }}]",
+        v1.addr()
+    ))
+    .unwrap();
+    let fallback = cfg.services[0].routes.pop().unwrap();
+    for i in 0..60_000 {
+        cfg.services[0].routes.push(Route {
+            name: Some(format!("route-{i}")),
+            matches: vec![RouteMatch {
+                path: Some(PathMatch::Exact(format!(
+                    "/a/fairly/long/path/to/make/the/resource/large/{i:08}"
+                ))),
+                ..Default::default()
+            }],
+            to: vec![WeightedBackend {
+                backend: "v1".into(),
+                weight: 1,
+            }],
+            ..Default::default()
+        });
+    }
+    cfg.services[0].routes.push(fallback);
+    let resources = mesh_core::xds::translate::from_config(&cfg);
+    let size = resources
+        .routes
+        .values()
+        .map(prost::Message::encoded_len)
+        .max()
+        .unwrap();
+    assert!(
+        size > 4 * 1024 * 1024,
+        "the RouteConfiguration is only {size} bytes"
+    );
+    let served = Mesh::from_config(cfg).unwrap();
+    let (addr, cp) = crate::support::dev_control_plane(&served);
+    let settings = XdsSettings::new(&format!("http://{addr}"), "big", vec!["big".into()]);
+    let (mesh, xds) = Mesh::from_control_plane(settings.clone()).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    assert_eq!(mesh.snapshot().config().services[0].routes.len(), 60_001);
+    let t = run(
+        &Client::new(&mesh),
+        "http://big/a/fairly/long/path/to/make/the/resource/large/00000007",
+        10,
+        2,
+    )
+    .await;
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(xds.status().nacks.load(Ordering::Relaxed), 0);
+
+    let mut small = settings;
+    small.max_resource_bytes = 1024 * 1024;
+    let (limited, xds) = Mesh::from_control_plane(small).unwrap();
+    wait_for("the NACK", || {
+        xds.status().nacks.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let reason = xds.status().last_nack.lock().unwrap().clone().unwrap();
+    assert!(
+        reason.contains("RouteConfiguration `") && reason.contains("MESH_XDS_MAX_RESOURCE_BYTES"),
+        "{reason}"
+    );
+    assert!(limited.snapshot().config().services.is_empty());
+    cp.abort();
+}

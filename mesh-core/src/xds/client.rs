@@ -214,6 +214,8 @@ pub(super) struct State {
     parked: Resources,
     /// Whether the variant is state of the world.
     sotw: bool,
+    /// The largest resource accepted, encoded.
+    max_resource_bytes: usize,
     node: Node,
     /// The next request is the stream's first (it carries the node).
     first: bool,
@@ -253,6 +255,7 @@ impl State {
             resources: Resources::default(),
             parked: Resources::default(),
             sotw: settings.api == Api::Sotw,
+            max_resource_bytes: settings.max_resource_bytes,
             node: node_of(settings),
             first: true,
             published: false,
@@ -261,6 +264,26 @@ impl State {
             demand,
             inbound: settings.inbound.clone(),
         }
+    }
+
+    /// Refuses a resource larger than the limit, naming it.
+    fn within_size(
+        &self,
+        t: &str,
+        any: &envoy_types::pb::google::protobuf::Any,
+    ) -> Result<(), String> {
+        if any.value.len() <= self.max_resource_bytes {
+            return Ok(());
+        }
+        let name = Resources::default()
+            .insert(t, any)
+            .unwrap_or_else(|_| "(undecodable)".into());
+        Err(format!(
+            "{} `{name}` is {} bytes, over the limit of {} (MESH_XDS_MAX_RESOURCE_BYTES)",
+            short(t),
+            any.value.len(),
+            self.max_resource_bytes
+        ))
     }
 
     fn node(&mut self) -> Option<Node> {
@@ -640,6 +663,10 @@ impl Variant for Sotw {
         }
         let mut applied = Ok(());
         for any in &resp.resources {
+            if let Err(e) = state.within_size(t, any) {
+                applied = Err(e);
+                break;
+            }
             match state.resources.insert(t, any) {
                 // State of the world may carry more than was asked for;
                 // while the server was told nothing, it is what we parked.
@@ -751,6 +778,10 @@ impl Variant for Delta {
         let mut versions = Vec::new();
         for r in &resp.resources {
             let Some(any) = &r.resource else { continue };
+            if let Err(e) = state.within_size(t, any) {
+                applied = Err(e);
+                break;
+            }
             match state.resources.insert(t, any) {
                 Ok(name) if name != r.name => {
                     // What was saved to put back is by the names sent.
@@ -979,7 +1010,8 @@ async fn stream<V: Variant>(
         channel(&settings.server)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?,
-    );
+    )
+    .max_decoding_message_size(settings.max_message_bytes);
     let (tx, rx) = mpsc::channel::<V::Request>(64);
     state.first = true;
     state.listeners_answered = state.names(type_url::LISTENER).is_empty();
@@ -1022,7 +1054,13 @@ async fn stream<V: Variant>(
     loop {
         let requests = tokio::select! {
             msg = responses.message() => {
-                let Some(resp) = msg.map_err(|e| format!("stream error: {e}"))? else {
+                let Some(resp) = msg.map_err(|e| {
+                    if e.code() == tonic::Code::OutOfRange || e.message().contains("message length too large") {
+                        format!("stream error: {e} (the limit is MESH_XDS_MAX_MESSAGE_BYTES, {} bytes)", settings.max_message_bytes)
+                    } else {
+                        format!("stream error: {e}")
+                    }
+                })? else {
                     return Err("the control plane closed the stream".into());
                 };
                 let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };

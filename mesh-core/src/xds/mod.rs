@@ -68,7 +68,20 @@ pub struct XdsSettings {
     /// the listening address, `MESH_XDS_INBOUND_ADDR`), as Istio writes it
     /// for proxyless servers.
     pub server_listener_template: Option<String>,
+    /// The largest single resource accepted, encoded; a larger one is
+    /// NACKed by name (`MESH_XDS_MAX_RESOURCE_BYTES`, default 16 MiB).
+    pub max_resource_bytes: usize,
+    /// The largest response message read from the stream
+    /// (`MESH_XDS_MAX_MESSAGE_BYTES`, default 256 MiB; gRPC's default of
+    /// 4 MiB is too small for large meshes). A larger message ends the
+    /// stream, which reconnects with backoff.
+    pub max_message_bytes: usize,
 }
+
+/// The default of [`XdsSettings::max_resource_bytes`].
+pub const MAX_RESOURCE_BYTES: usize = 16 * 1024 * 1024;
+/// The default of [`XdsSettings::max_message_bytes`].
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Which listener carries a server's inbound policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +135,8 @@ impl XdsSettings {
             node_metadata: None,
             node_locality: None,
             server_listener_template: None,
+            max_resource_bytes: MAX_RESOURCE_BYTES,
+            max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
 
@@ -167,6 +182,17 @@ impl XdsSettings {
             s = s.serving(&service);
             if let (Some(inbound), Some(listener)) = (s.inbound.as_mut(), listener) {
                 inbound.listener = listener;
+            }
+        }
+        for (k, n) in [
+            ("MESH_XDS_MAX_RESOURCE_BYTES", &mut s.max_resource_bytes),
+            ("MESH_XDS_MAX_MESSAGE_BYTES", &mut s.max_message_bytes),
+        ] {
+            if let Some(v) = var(k) {
+                *n =
+                    v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("{k} `{v}`: expected a number of bytes above zero")
+                    })?;
             }
         }
         if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
