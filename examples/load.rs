@@ -13,7 +13,8 @@
 //! Output keys: `requests`, `ok` (2xx), `errors` (count per kind: mesh
 //! refusals by name such as `circuit_open`, HTTP statuses as `http_503`),
 //! `by_backend` (count per `x-backend`), `retries`, `latency_ms` (`p50`,
-//! `p90`, `p99`, `max`) and `rps`.
+//! `p90`, `p99`, `max`), `rps` and `workers_failed` (workers that panicked:
+//! what they sent is lost, and the exit code is 1).
 
 #![allow(clippy::print_stdout)]
 
@@ -155,10 +156,20 @@ async fn main() {
         }));
     }
     let mut all = Worker::default();
+    // A worker that fails is counted and said, and the exit code says so:
+    // a load tool that hides failure hides the next bug.
+    let mut workers_failed = 0u32;
     for w in workers {
-        let Ok(t) = w.await else { continue };
-        all.counts.merge(t.counts);
-        all.latencies_us.extend(t.latencies_us);
+        match w.await {
+            Ok(t) => {
+                all.counts.merge(t.counts);
+                all.latencies_us.extend(t.latencies_us);
+            }
+            Err(e) => {
+                workers_failed += 1;
+                eprintln!("load: a worker failed: {e}");
+            }
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.latencies_us.sort_unstable();
@@ -181,9 +192,13 @@ async fn main() {
         },
         "latency_ms": { "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0) },
         "rps": (all.latencies_us.len() as f64 / elapsed).round(),
+        "workers_failed": workers_failed,
     });
     println!("{out}");
     obs.flush().await;
+    if workers_failed > 0 {
+        std::process::exit(1);
+    }
 }
 
 /// `DeadlineExceeded` -> `deadline_exceeded`.
