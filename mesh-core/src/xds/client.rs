@@ -56,7 +56,12 @@ pub(super) struct OnDemand {
     commands: mpsc::UnboundedSender<Command>,
     hosts: Arc<Mutex<HashMap<String, Host>>>,
     bound: Duration,
+    full_said: std::sync::atomic::AtomicBool,
 }
+
+/// The most hosts asked for on demand (each is a subscription the control
+/// plane keeps for this client).
+pub const MAX_ON_DEMAND_HOSTS: usize = 10_000;
 
 fn lock(hosts: &Mutex<HashMap<String, Host>>) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
     hosts.lock().unwrap_or_else(PoisonError::into_inner)
@@ -68,6 +73,7 @@ impl OnDemand {
             commands,
             hosts: Arc::new(Mutex::new(HashMap::new())),
             bound,
+            full_said: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -115,6 +121,16 @@ impl Demand for OnDemand {
             match hosts.get(authority) {
                 Some(Host::Answered) => return None,
                 Some(Host::Pending(tx)) => tx.subscribe(),
+                None if hosts.len() >= MAX_ON_DEMAND_HOSTS => {
+                    // Hosts come from callers (a Host header can be anything):
+                    // past the bound they pass through unasked, said once.
+                    if !self.full_said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "xDS: {MAX_ON_DEMAND_HOSTS} hosts asked for on demand; others pass through without asking"
+                        );
+                    }
+                    return None;
+                }
                 None => {
                     let (tx, rx) = watch::channel(false);
                     hosts.insert(authority.to_owned(), Host::Pending(tx));
@@ -1088,7 +1104,23 @@ async fn stream<V: Variant>(
 
 #[cfg(test)]
 mod tests {
-    use super::CatchUnwind;
+    use super::{CatchUnwind, MAX_ON_DEMAND_HOSTS, OnDemand};
+    use crate::mesh::Demand;
+
+    #[tokio::test]
+    async fn on_demand_hosts_are_bounded() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let demand = OnDemand::new(tx, std::time::Duration::from_millis(1));
+        for i in 0..MAX_ON_DEMAND_HOSTS {
+            assert!(demand.want(&format!("host-{i}")).is_some());
+        }
+        assert!(demand.want("one-too-many").is_none());
+        let mut asked = 0;
+        while rx.try_recv().is_ok() {
+            asked += 1;
+        }
+        assert_eq!(asked, MAX_ON_DEMAND_HOSTS);
+    }
 
     #[tokio::test]
     async fn a_panicking_future_is_caught_as_its_message() {
