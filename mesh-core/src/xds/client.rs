@@ -61,7 +61,7 @@ pub(super) struct OnDemand {
 
 /// The most hosts asked for on demand (each is a subscription the control
 /// plane keeps for this client).
-pub const MAX_ON_DEMAND_HOSTS: usize = 10_000;
+pub(super) const MAX_ON_DEMAND_HOSTS: usize = 10_000;
 
 fn lock(hosts: &Mutex<HashMap<String, Host>>) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
     hosts.lock().unwrap_or_else(PoisonError::into_inner)
