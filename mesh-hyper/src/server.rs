@@ -822,21 +822,8 @@ impl AccessInfo {
     }
 }
 
-/// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it.
+/// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it
+/// (see [`mesh_tower::grpc::parse_timeout`]).
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (n, unit) = v.split_at(v.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    mesh_tower::grpc::parse_timeout(headers)
 }

@@ -53,3 +53,22 @@ pub fn outcome_of_response<B>(resp: &http::Response<B>) -> mesh_core::policy::Ou
         _ => mesh_core::policy::Outcome::Status(http),
     }
 }
+
+/// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it.
+pub fn parse_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}

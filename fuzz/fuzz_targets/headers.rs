@@ -1,0 +1,50 @@
+//! What a peer puts in a request: the deadline headers (`grpc-timeout`,
+//! `x-mesh-timeout-ms`), trace context (`traceparent`, `b3`), the
+//! authority, the path; and what a config names: durations, SPIFFE IDs,
+//! identity patterns. None of their parsers panics, and path normalization
+//! is idempotent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mesh_core::path::{PathNormalization, normalize};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(v) = http::HeaderValue::from_str(s) {
+        let mut h = http::HeaderMap::new();
+        for name in [
+            "grpc-timeout",
+            "traceparent",
+            "b3",
+            "x-b3-traceid",
+            "x-mesh-timeout-ms",
+        ] {
+            h.insert(name, v.clone());
+        }
+        if let Some(d) = mesh_tower::grpc::parse_timeout(&h) {
+            let _ = mesh_tower::ext::deadline_after(d);
+        }
+        let _ = mesh_tower::telemetry::trace::TraceContext::extract(&h);
+    }
+    let _ = mesh_tower::telemetry::trace::TraceContext::parse_traceparent(s);
+    let _ = mesh_core::route::host_of(s);
+    let _ = mesh_core::config::parse_duration(s);
+    let _ = mesh_core::identity::SpiffeId::new(s);
+    let _ = mesh_core::identity::IdentityMatcher::new(s.split(','));
+    for how in [
+        PathNormalization::default(),
+        PathNormalization {
+            merge_slashes: false,
+            escaped_slashes: mesh_core::path::EscapedSlashes::Decode,
+            semicolons: mesh_core::path::Semicolons::Keep,
+        },
+    ] {
+        if let Ok(once) = normalize(s, &how) {
+            let once = once.as_str().to_owned();
+            let twice = normalize(&once, &how).expect("a normal path normalizes");
+            assert_eq!(twice.as_str(), once, "not idempotent for {s:?}");
+        }
+    }
+});
