@@ -589,3 +589,121 @@ async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
         assert_ne!(ep, "127.0.0.1:1", "the ejection was lost in the swap");
     }
 }
+
+/// Every config that validates serves requests without a panic, however
+/// extreme its values: the longest durations, the largest weights and
+/// thresholds, every balancer, faults and mirrors at 0 and 100%. Time is
+/// paused, so a 365-day delay passes at once.
+mod extremes {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    fn config() -> impl Strategy<Value = String> {
+        const DURATIONS: [&str; 4] = ["1ns", "1ms", "2s", "8760h"];
+        let duration = || select(DURATIONS.to_vec());
+        // (shorter, longer): backoffs and ejections need max >= base.
+        let ordered =
+            || (0usize..4, 0usize..4).prop_map(|(a, b)| (DURATIONS[a.min(b)], DURATIONS[a.max(b)]));
+        let big = || select(vec![0u64, 1, 7, 4_294_967_295]);
+        let weight = || select(vec![1u64, 3, 4_294_967_295]);
+        let percent = || select(vec![0.0f64, 0.001, 50.0, 100.0]);
+        let lb = select(vec![
+            "p2c_ewma",
+            "round_robin",
+            "random",
+            "{ ring_hash: { header: x-user } }",
+            "{ maglev: { header: x-user } }",
+        ]);
+        (
+            (duration(), duration(), select(vec![0.0f64, 0.2, 1000.0]), big()),
+            (duration(), 1u32..=10, duration(), ordered()),
+            (duration(), percent(), 200u16..=599, percent(), percent()),
+            (weight(), weight(), weight(), lb),
+            (big(), big(), ordered(), 0u32..=100),
+        )
+            .prop_map(
+                |(
+                    (default_timeout, connect, ratio, min_per_second),
+                    (timeout, attempts, per_try, (base, max)),
+                    (delay, delay_pct, abort, abort_pct, mirror_pct),
+                    (w1, w2, ew, lb),
+                    (c5xx, max_requests, (ej_base, ej_max), ej_pct),
+                )| {
+                    format!(
+                        r#"
+defaults:
+  timeout: {default_timeout}
+  connect_timeout: {connect}
+  retry_budget: {{ ratio: {ratio}, min_per_second: {min_per_second}, ttl: 1s }}
+services:
+  - name: s
+    routes:
+      - timeout: {timeout}
+        retry: {{ attempts: {attempts}, per_try_timeout: {per_try}, on: [5xx, reset, connect-failure], backoff: {{ base: {base}, max: {max} }} }}
+        fault: {{ delay: {{ fixed: {delay}, percent: {delay_pct} }}, abort: {{ status: {abort}, percent: {abort_pct} }} }}
+        mirror: {{ backend: b, percent: {mirror_pct} }}
+        to: [{{ backend: a, weight: {w1} }}, {{ backend: b, weight: {w2} }}]
+backends:
+  - name: a
+    endpoints: [{{ address: "127.0.0.1:1", weight: {ew} }}, "127.0.0.1:2"]
+    load_balancer: {lb}
+    circuit_breaker: {{ max_requests: {max_requests}, max_pending: {max_requests}, max_retries: {max_requests} }}
+    outlier_detection: {{ consecutive_5xx: {c5xx}, base_ejection: {ej_base}, max_ejection: {ej_max}, max_ejection_percent: {ej_pct} }}
+  - name: b
+    endpoints: ["127.0.0.1:3"]
+"#
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_config_that_validates_serves_without_panicking(yaml in config()) {
+            let cfg = match Config::from_yaml(&yaml) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    // Refused with an error naming why: fine. Only zero
+                    // thresholds are refused here; anything else means the
+                    // generator no longer reaches what it means to.
+                    prop_assert!(e.to_string().contains("max_requests"), "{e}\n{yaml}");
+                    return Ok(());
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mesh = Mesh::from_config(cfg).unwrap();
+                let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let svc = tower::service_fn({
+                    let calls = calls.clone();
+                    move |_req: Request<MeshBody>| {
+                        let n = calls.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            match n % 3 {
+                                0 => Ok(status(200)),
+                                1 => Ok(status(503)),
+                                _ => Err::<Response<String>, BoxError>("reset".into()),
+                            }
+                        }
+                    }
+                });
+                let svc = MeshLayer::new(mesh).layer(svc);
+                for user in ["a", "b", "c", "d"] {
+                    let req = Request::get("http://s/x")
+                        .header("x-user", user)
+                        .body(String::new())
+                        .unwrap();
+                    // Ok or a mesh error: either way, an answer.
+                    let _ = svc.clone().oneshot(req).await;
+                }
+            });
+        }
+    }
+}

@@ -124,7 +124,10 @@ impl Demand for OnDemand {
                 None if hosts.len() >= MAX_ON_DEMAND_HOSTS => {
                     // Hosts come from callers (a Host header can be anything):
                     // past the bound they pass through unasked, said once.
-                    if !self.full_said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if !self
+                        .full_said
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
                         tracing::warn!(
                             "xDS: {MAX_ON_DEMAND_HOSTS} hosts asked for on demand; others pass through without asking"
                         );
