@@ -11,6 +11,7 @@
 
 mod support;
 
+mod chaos;
 mod data_path;
 mod grpc;
 mod hostile;
