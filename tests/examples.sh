@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --examples
-bin=target/debug/examples
+bin="${CARGO_TARGET_DIR:-target}/debug/examples"
 work=$(mktemp -d)
 pids=()
 cleanup() {
