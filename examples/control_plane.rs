@@ -16,7 +16,7 @@
 //! `--envoy-listen 127.0.0.1:10000` also serves Envoy (which subscribes to
 //! every listener and needs a socket): a listener on that address routing
 //! every service by Host, e.g. with the peer script
-//! `../shared/peers/setup-envoy.sh ads 18000 9901` and then
+//! `tests/peers/setup-envoy.sh ads 18000 9901` and then
 //! `curl -H 'Host: reviews' 127.0.0.1:10000/`.
 
 #![allow(clippy::print_stdout)]

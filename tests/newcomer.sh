@@ -8,8 +8,9 @@
 # the echo server answers, `meshctl check` passes, `meshctl route` sends a
 # tester to reviews-v2.
 #
-# The first block (the demo and the test command) is what `.ci/run` itself
-# runs, verbatim, on its clean clone; it is not run twice.
+# The first block's test command runs here too: this clone has nothing
+# beside it (no `../shared`), as a user's has not, so it proves the tests
+# pass on a fresh clone. (`.ci/run` runs the demo, and checks what it shows.)
 #
 # Builds share this tree's target directory, so only the sources are fresh.
 set -euo pipefail
@@ -27,6 +28,14 @@ trap cleanup EXIT
 git clone -q "$here" "$work/clone"
 cd "$work/clone"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
+
+# The README's test command, from the first sh block, as written.
+test_cmd=$(awk '/^```sh$/ { inside = 1; next } /^```$/ && inside { exit } inside' README.md \
+  | sed 's/ *#.*//' | grep -m1 'cargo test')
+test -d ../shared && { echo "the clone has a ../shared beside it: not a fresh clone"; exit 1; }
+echo "\$ $test_cmd"
+$test_cmd >"$work/test.log" 2>&1 || { tail -80 "$work/test.log"; echo "FAILED on a fresh clone: $test_cmd"; exit 1; }
+grep -E '^test result:' "$work/test.log" | tail -3
 
 # The first ```yaml block is the config the later commands call mesh.yaml.
 awk '/^```yaml$/ { inside = 1; next } /^```$/ && inside { exit } inside' README.md > mesh.yaml

@@ -259,7 +259,6 @@ inbound:
     assert!(status.message().contains("SayHelloStream"), "{status:?}");
 }
 
-#[cfg(mesh_peer_proto)]
 mod interop {
     use super::*;
 
@@ -273,6 +272,10 @@ mod interop {
     use crate::support::{PeerStop as Stop, free_port, peer, peers};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(feature = "interop"),
+        ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+    )]
     async fn the_grpcio_peer_behind_the_mesh_channel_with_status_retries() {
         let port = free_port();
         peer("setup-grpc-peer.sh", &[&port.to_string(), "py-peer"]);
@@ -343,8 +346,7 @@ mod interop {
     }
 
     async fn python_client(args: &[String]) -> serde_json::Value {
-        let python = "/opt/mesh-peers/venv/bin/python";
-        let mut cmd = tokio::process::Command::new(python);
+        let mut cmd = tokio::process::Command::new(crate::support::peers_python());
         cmd.arg(peers().join("grpc/grpc_peer.py"))
             .arg("client")
             .args(args);
@@ -358,6 +360,10 @@ mod interop {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(feature = "interop"),
+        ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+    )]
     async fn the_grpcio_client_calls_a_meshed_tonic_server_in_plaintext_and_mtls() {
         // Plaintext.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,6 +1,6 @@
 //! mTLS against tools nobody here wrote: curl and `openssl s_client` as
 //! clients of a strict meshed server, and `openssl s_server -Verify` (via
-//! `../shared/peers/setup-mtls.sh`) as the server of a mesh client. `.ci/run`
+//! `tests/peers/setup-mtls.sh`) as the server of a mesh client. `.ci/run`
 //! installs openssl and curl.
 
 use mesh::certs::DevCa;
@@ -20,7 +20,7 @@ fn tool(name: &str) -> String {
         .is_ok_and(|o| o.status.success());
     assert!(
         found,
-        "`{name}` is needed by the interop tests (.ci/run installs it)"
+        "`{name}` is needed by the interop tests (bash tests/peers/install.sh)"
     );
     name.to_owned()
 }
@@ -57,6 +57,10 @@ async fn strict_server(dir: &Path) -> mesh::echo::EchoHandle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn curl_with_a_valid_svid_is_served_and_without_one_is_refused() {
     let curl = tool("curl");
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +110,10 @@ async fn curl_with_a_valid_svid_is_served_and_without_one_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn openssl_s_client_verifies_the_server_and_is_verified() {
     let openssl = tool("openssl");
     let dir = tempfile::tempdir().unwrap();
@@ -154,6 +162,10 @@ async fn openssl_s_client_verifies_the_server_and_is_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn the_mesh_client_talks_mtls_to_openssl_s_server() {
     tool("openssl");
     let setup = peers().join("setup-mtls.sh");
@@ -234,6 +246,10 @@ async fn output(mut cmd: Command) -> std::process::Output {
 /// certificate of `docs/security.md` in turn: each is refused, and the
 /// same curl with a good certificate is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn curl_with_each_bad_certificate_is_refused_by_a_strict_server() {
     let curl = tool("curl");
     let dir = tempfile::tempdir().unwrap();
@@ -320,6 +336,10 @@ async fn s_server(
 /// `openssl s_server` presenting each bad certificate in turn: the mesh
 /// client refuses each, and the same server with a good one is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn the_mesh_client_refuses_openssl_s_server_with_each_bad_certificate() {
     let openssl = tool("openssl");
     let dir = tempfile::tempdir().unwrap();
@@ -356,6 +376,10 @@ async fn the_mesh_client_refuses_openssl_s_server_with_each_bad_certificate() {
 /// curl sends each spelling of a denied path as written (`--path-as-is`):
 /// none reaches the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn curl_path_spellings_of_a_denied_path_never_reach_the_handler() {
     let curl = tool("curl");
     let server = crate::refusals::admin_denying_server("").await;

@@ -90,9 +90,22 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Where the peer scripts are (`../shared/peers`).
+/// Where the peer scripts are (`tests/peers`).
 pub fn peers() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+}
+
+/// The Python of the peers' venv (`tests/peers/setup-python-peers.sh`).
+pub fn peers_python() -> std::path::PathBuf {
+    let home = std::env::var_os("MESH_PEERS_HOME")
+        .map_or_else(|| "/opt/mesh-peers".into(), std::path::PathBuf::from);
+    let python = home.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: the interop peers are not installed (bash tests/peers/install.sh)",
+        python.display()
+    );
+    python
 }
 
 /// A loopback port free right now.
@@ -114,13 +127,13 @@ pub fn peer(script: &str, args: &[&str]) -> String {
         .unwrap();
     assert!(
         out.status.success(),
-        "{script} {args:?}: {}",
+        "{script} {args:?} failed (are the interop peers installed? bash tests/peers/install.sh): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Stops a peer (by its name in `../shared/peers`) when dropped.
+/// Stops a peer (by the name its `tests/peers` script gave it) when dropped.
 pub struct PeerStop(pub String);
 
 impl Drop for PeerStop {

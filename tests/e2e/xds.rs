@@ -1,5 +1,5 @@
 //! The xDS client against an ADS server nobody here wrote
-//! (`../shared/peers/setup-xds-server.sh`, on grpcio + xds-protos): routing
+//! (`tests/peers/setup-xds-server.sh`, on grpcio + xds-protos): routing
 //! by what it serves, ACKs and NACKs as the protocol says, and serving the
 //! last good snapshot while the control plane is away.
 
@@ -81,11 +81,19 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn routes_by_what_an_independent_ads_server_serves_and_acks_and_nacks() {
     against_the_independent_server(Api::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn the_same_over_incremental_xds_against_the_independent_server() {
     against_the_independent_server(Api::Delta).await;
 }
@@ -257,11 +265,19 @@ async fn subscribed_listeners(admin: u16) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn hosts_are_subscribed_when_first_called_and_unsubscribed_on_request() {
     on_demand(Api::Sotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn the_same_on_demand_over_incremental_xds() {
     on_demand(Api::Delta).await;
 }
@@ -540,6 +556,10 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
 /// gRPC's own xDS client (grpcio, `xds:///` target) reads the development
 /// control plane's resources and routes by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn grpcs_own_xds_client_routes_by_the_development_control_plane() {
     let (p1, p2) = (free_port(), free_port());
     let mut stops = Vec::new();
@@ -575,7 +595,7 @@ backends:
         .to_string(),
     )
     .unwrap();
-    let out = tokio::process::Command::new("/opt/mesh-peers/venv/bin/python")
+    let out = tokio::process::Command::new(crate::support::peers_python())
         .arg(peers().join("grpc/grpc_peer.py"))
         .args([
             "client",
@@ -604,15 +624,23 @@ backends:
     assert!(a > 60 && b > 60, "a 50/50 split: {counts}");
 }
 
-/// Envoy (a real one, `../shared/peers/setup-envoy.sh ads`) as a client of
+/// Envoy (a real one, `tests/peers/setup-envoy.sh ads`) as a client of
 /// the development control plane: it takes the socket listener and the
 /// clusters, routes by Host with the file's weights, and follows an edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn envoy_routes_by_the_development_control_plane() {
     envoy_client("GRPC").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn envoy_routes_by_the_development_control_plane_over_incremental_xds() {
     envoy_client("DELTA_GRPC").await;
 }
@@ -737,6 +765,10 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
 /// (A huge backoff used to panic the client task silently, `num_retries: 20`
 /// to NACK the route, and port 0 to be served.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_lives_on() {
     let (a, b) = (echo("xa").await, echo("xb").await);
     let (pa, pb) = (a.addr().port(), b.addr().port());
@@ -803,6 +835,10 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
 /// wait minutes for a cluster to change; its EDS unsubscription was an
 /// empty list, a wildcard to the server.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "interop"),
+    ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
+)]
 async fn a_listener_that_goes_and_comes_back_is_served_again() {
     let (a, b) = (echo("xa").await, echo("xb").await);
     let (pa, pb) = (a.addr().port(), b.addr().port());
