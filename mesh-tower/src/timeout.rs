@@ -1,6 +1,6 @@
 //! The timeout layer: the request must be answered by its deadline (the
 //! route's timeout from when the route layer saw it, or an earlier deadline
-//! the caller brought), or it fails with [`Elapsed`]. The remaining time
+//! the caller brought), or it fails with [`Elapsed`](crate::error::Elapsed). The remaining time
 //! travels to the upstream in the `x-mesh-timeout-ms` header (set by the
 //! backend layer on each attempt), so a meshed server stops working on a
 //! request its caller has given up on.

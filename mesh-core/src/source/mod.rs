@@ -1,5 +1,5 @@
 //! Config sources: where snapshots come from besides code.
 //!
-//! - [`file`]: a YAML/JSON file (`MESH_CONFIG`), watched for changes.
+//! - [`file`](mod@file): a YAML/JSON file (`MESH_CONFIG`), watched for changes.
 
 pub mod file;
