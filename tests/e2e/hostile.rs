@@ -107,28 +107,17 @@ async fn an_idle_connection_after_the_mtls_handshake_is_closed() {
     let m = crate::support::mesh(
         "services: [{ name: reviews, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]\ninbound: [{ service: reviews, mtls: strict }]",
     );
-    let me = ca.issue_for("reviews").unwrap();
-    m.set_identity(
-        mesh_core::identity::tls::Identity::from_pem(
-            me.cert_pem.as_bytes(),
-            me.key_pem.as_bytes(),
-            ca.ca_pem().as_bytes(),
-        )
-        .unwrap(),
-    );
+    m.set_identity(crate::support::identity(
+        &ca,
+        &ca.issue_for("reviews").unwrap(),
+    ));
     let s = Echo::new("reviews")
         .service("reviews")
         .limits(tight())
         .start(&m, "127.0.0.1:0")
         .await
         .unwrap();
-    let pp = ca.issue_for("productpage").unwrap();
-    let id = mesh_core::identity::tls::Identity::from_pem(
-        pp.cert_pem.as_bytes(),
-        pp.key_pem.as_bytes(),
-        ca.ca_pem().as_bytes(),
-    )
-    .unwrap();
+    let id = crate::support::identity(&ca, &ca.issue_for("productpage").unwrap());
     let config = id.client_config(&"spiffe://demo.local/reviews".parse().unwrap(), false);
     let tcp = TcpStream::connect(s.addr()).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)

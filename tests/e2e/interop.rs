@@ -4,7 +4,6 @@
 //! installs openssl and curl.
 
 use mesh::certs::DevCa;
-use mesh::echo::Echo;
 use mesh_core::Mesh;
 use mesh_core::config::Config;
 use mesh_core::identity::tls::{Identity, IdentityFiles};
@@ -29,31 +28,11 @@ fn tool(name: &str) -> String {
 async fn strict_server(dir: &Path) -> mesh::echo::EchoHandle {
     let ca = DevCa::new("demo.local").unwrap();
     ca.write_ca(dir).unwrap();
-    let server = ca.issue_for("reviews").unwrap();
     ca.issue_for("productpage")
         .unwrap()
         .write(dir, "client")
         .unwrap();
-    let mesh = Mesh::from_config(
-        Config::from_yaml(
-            "services: [{ name: reviews, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]\ninbound: [{ service: reviews, mtls: strict }]",
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    mesh.set_identity(
-        Identity::from_pem(
-            server.cert_pem.as_bytes(),
-            server.key_pem.as_bytes(),
-            ca.ca_pem().as_bytes(),
-        )
-        .unwrap(),
-    );
-    Echo::new("reviews")
-        .service("reviews")
-        .start(&mesh, "127.0.0.1:0")
-        .await
-        .unwrap()
+    crate::refusals::strict_server(&ca).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use mesh::certs::{DevCa, IssueOptions, Issued};
 use mesh::echo::{Echo, EchoHandle};
 use mesh_core::Mesh;
 use mesh_core::config::Config;
-use mesh_core::identity::tls::Identity;
 use mesh_core::snapshot::Source;
 use mesh_hyper::Client;
 use mesh_tower::error::ErrorKind;
@@ -24,18 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TD: &str = "demo.local";
 const REVIEWS: &str = "spiffe://demo.local/reviews";
 
-fn identity(ca: &DevCa, issued: &Issued) -> Identity {
-    Identity::from_pem(
-        issued.cert_pem.as_bytes(),
-        issued.key_pem.as_bytes(),
-        ca.ca_pem().as_bytes(),
-    )
-    .unwrap()
-}
+use crate::support::identity;
 
-fn mesh(yaml: &str) -> Mesh {
-    Mesh::from_config(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))).unwrap()
-}
+use crate::support::mesh;
 
 /// The bad certificates a peer may present, each with the words its
 /// refusal must carry. `for_server` picks the wrong key usage for the side.

@@ -17,14 +17,7 @@ const TD: &str = "demo.local";
 const REVIEWS: &str = "spiffe://demo.local/reviews";
 const PRODUCTPAGE: &str = "spiffe://demo.local/productpage";
 
-fn identity(ca: &DevCa, issued: &Issued) -> Identity {
-    Identity::from_pem(
-        issued.cert_pem.as_bytes(),
-        issued.key_pem.as_bytes(),
-        ca.ca_pem().as_bytes(),
-    )
-    .unwrap()
-}
+use crate::support::identity;
 
 fn inbound(mode: &str) -> String {
     format!(

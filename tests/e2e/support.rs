@@ -18,6 +18,19 @@ pub async fn echo(name: &str) -> EchoHandle {
 
 pub use mesh::tally::Tally;
 
+/// The identity `issued` (from `ca`) as a workload holds it.
+pub fn identity(
+    ca: &mesh::certs::DevCa,
+    issued: &mesh::certs::Issued,
+) -> mesh_core::identity::tls::Identity {
+    mesh_core::identity::tls::Identity::from_pem(
+        issued.cert_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+        ca.ca_pem().as_bytes(),
+    )
+    .unwrap()
+}
+
 /// Sends `n` requests, `concurrency` at a time.
 pub async fn run(client: &Client, url: &str, n: u32, concurrency: u32) -> Tally {
     let url = url.to_owned();

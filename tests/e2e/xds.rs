@@ -757,6 +757,25 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
     cp.abort();
 }
 
+/// A mesh subscribed to `xds-svc` from the independent ADS server serving
+/// `resources` (written to `file`), once its first snapshot is in: the
+/// mesh, its client, the server's admin port, and what stops the server.
+async fn served_by_the_independent_server(
+    file: &Path,
+    resources: &serde_json::Value,
+) -> (Mesh, mesh_core::xds::XdsHandle, u16, Stop) {
+    std::fs::write(file, resources.to_string()).unwrap();
+    let (port, admin, stop) = start_peer(file);
+    let settings = XdsSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        "mesh-test-node",
+        vec!["xds-svc".into()],
+    );
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    (mesh, xds, admin, stop)
+}
+
 /// What a control plane may send at its extremes: durations at protobuf's
 /// maximum (and a retry backoff built from one), `num_retries` past what
 /// is supported, and an endpoint with port 0. The durations are clamped,
@@ -781,15 +800,7 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
         "retry_on": "5xx", "num_retries": 20, "per_try_timeout": "315576000000s",
         "retry_back_off": { "base_interval": "315576000000s" }
     });
-    std::fs::write(&file, extreme.to_string()).unwrap();
-    let (port, admin, _stop) = start_peer(&file);
-    let settings = XdsSettings::new(
-        &format!("http://127.0.0.1:{port}"),
-        "mesh-test-node",
-        vec!["xds-svc".into()],
-    );
-    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
-    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let (mesh, xds, admin, _stop) = served_by_the_independent_server(&file, &extreme).await;
     let snap = mesh.snapshot();
     let route = &snap.config().services[0].routes[0];
     let max = mesh_core::config::MAX_DURATION;
@@ -845,15 +856,7 @@ async fn a_listener_that_goes_and_comes_back_is_served_again() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("xds.json");
     let good = resources(pa, pb, 50, 50, serde_json::Value::Null);
-    std::fs::write(&file, good.to_string()).unwrap();
-    let (port, admin, _stop) = start_peer(&file);
-    let settings = XdsSettings::new(
-        &format!("http://127.0.0.1:{port}"),
-        "mesh-test-node",
-        vec!["xds-svc".into()],
-    );
-    let (mesh, _xds) = Mesh::from_control_plane(settings).unwrap();
-    wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
+    let (mesh, _xds, admin, _stop) = served_by_the_independent_server(&file, &good).await;
     let client = Client::new(&mesh);
     assert_eq!(run(&client, "http://xds-svc/", 50, 2).await.ok, 50);
 

@@ -964,11 +964,12 @@ pub(super) async fn run(
         // next stream opens after the backoff (the last good config serves
         // meanwhile). Without this the task died silently and `/xds` went
         // on saying "connected".
+        let (m, st) = (&mesh, &settings);
         let opened = match settings.api {
             Api::Sotw => {
                 CatchUnwind(Box::pin(stream::<Sotw>(
-                    &mesh,
-                    &settings,
+                    m,
+                    st,
                     &status,
                     &mut state,
                     &mut commands,
@@ -977,8 +978,8 @@ pub(super) async fn run(
             }
             Api::Delta => {
                 CatchUnwind(Box::pin(stream::<Delta>(
-                    &mesh,
-                    &settings,
+                    m,
+                    st,
                     &status,
                     &mut state,
                     &mut commands,

@@ -1690,22 +1690,27 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         // A prefix (Istio's trust-domain aliases) with an SNI; a DNS SAN
         // beside it is ignored and said.
-        let mut ctx = sans(&["reviews.default.svc"]);
-        if let Some(CommonTlsContext {
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
-            ..
-        }) = &mut ctx.common_tls_context
-        {
-            #[allow(deprecated)]
-            c.default_validation_context
-                .as_mut()
-                .unwrap()
-                .match_subject_alt_names
-                .push(StringMatcher {
-                    match_pattern: Some(MatchPattern::Prefix("spiffe://td/ns/prod/".into())),
-                    ..Default::default()
-                });
-        }
+        // `sans` with one more (older-field) matcher: a prefix.
+        let with_prefix = |names: &[&str], prefix: &str| {
+            let mut ctx = sans(names);
+            if let Some(CommonTlsContext {
+                validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
+                ..
+            }) = &mut ctx.common_tls_context
+            {
+                #[allow(deprecated)]
+                c.default_validation_context
+                    .as_mut()
+                    .unwrap()
+                    .match_subject_alt_names
+                    .push(StringMatcher {
+                        match_pattern: Some(MatchPattern::Prefix(prefix.into())),
+                        ..Default::default()
+                    });
+            }
+            ctx
+        };
+        let mut ctx = with_prefix(&["reviews.default.svc"], "spiffe://td/ns/prod/");
         ctx.sni = "reviews.prod".into();
         let tls = upstream_tls(&cluster(Some(ctx.clone())), &mut warnings)
             .unwrap()
@@ -1725,25 +1730,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(back, tls);
+        // No SAN at all: refused.
+        assert!(upstream_tls(&cluster(Some(sans(&[]))), &mut warnings).is_err());
         // A prefix that does not pin the trust domain: refused by name.
-        let e = upstream_tls(&cluster(Some(sans(&[]))).clone(), &mut warnings);
-        assert!(e.is_err());
-        let mut loose = sans(&[]);
-        if let Some(CommonTlsContext {
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
-            ..
-        }) = &mut loose.common_tls_context
-        {
-            #[allow(deprecated)]
-            c.default_validation_context
-                .as_mut()
-                .unwrap()
-                .match_subject_alt_names
-                .push(StringMatcher {
-                    match_pattern: Some(MatchPattern::Prefix("spiffe://td".into())),
-                    ..Default::default()
-                });
-        }
+        let loose = with_prefix(&[], "spiffe://td");
         let e = upstream_tls(&cluster(Some(loose)), &mut warnings).unwrap_err();
         assert!(e.contains("trust domain"), "{e}");
         // TLS with nothing to verify, or only DNS names: refused, never plaintext.
