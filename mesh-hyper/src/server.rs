@@ -261,19 +261,18 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             self.stats.connections.fetch_add(1, Ordering::Relaxed);
-            self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+            let open = OpenConnection::new(&self.stats);
             let connection = Connection {
                 server: self.clone(),
                 service: service.clone(),
             };
             let stopping = stopping.clone();
             tokio::spawn(async move {
-                let stats = connection.server.stats.clone();
+                // Held to the end, even if the connection's task unwinds.
+                let _held = (permit, open);
                 if let Err(e) = connection.run(stream, stopping).await {
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
-                stats.open_connections.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
             });
         }
         let _ = stop.send(true);
@@ -396,7 +395,8 @@ where
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes as usize)
+            // hyper refuses (panics on) a read buffer under 8 KiB.
+            .max_buf_size((limits.max_header_bytes as usize).max(8192))
             .max_headers(limits.max_headers);
         builder
             .http2()
@@ -432,6 +432,22 @@ where
                 }
             }
         }
+    }
+}
+
+/// Counts a connection open until dropped.
+struct OpenConnection(Arc<ServerStats>);
+
+impl OpenConnection {
+    fn new(stats: &Arc<ServerStats>) -> Self {
+        stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

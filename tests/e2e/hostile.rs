@@ -215,6 +215,14 @@ async fn oversized_and_too_many_headers_are_refused() {
     }
     assert_eq!(s.served(), 0);
     assert_eq!(legit(s.addr()).await, 200);
+    // A limit below hyper's smallest buffer (8 KiB) is raised to it, not
+    // a panic on the first connection.
+    let small = server(ServerLimits {
+        max_header_bytes: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(legit(small.addr()).await, 200);
 }
 
 /// HTTP/2 rapid reset (CVE-2023-44487): streams opened and reset at once,
