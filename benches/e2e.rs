@@ -25,8 +25,8 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client as Bare;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::Mesh;
-use mesh_core::config::Config;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
 use std::future::Future;
 use std::path::Path;
 use std::process::Command;
@@ -197,7 +197,7 @@ fn main() {
     // Identities for the mTLS rows, from a development CA.
     let ca = mesh::certs::DevCa::new("bench.local").unwrap();
     let pem = |i: &mesh::certs::Issued| {
-        mesh_core::identity::tls::Identity::from_pem(
+        proxyless_core::identity::tls::Identity::from_pem(
             i.cert_pem.as_bytes(),
             i.key_pem.as_bytes(),
             ca.ca_pem().as_bytes(),
@@ -231,7 +231,7 @@ fn main() {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 greeters.push(listener.local_addr().unwrap());
                 let routes = tonic::service::Routes::new(mesh::greeter::Greeter::new(name).into_server());
-                tokio::spawn(mesh_tonic::serve(mesh_hyper::Server::new(&Mesh::empty()), listener, routes));
+                tokio::spawn(proxyless_tonic::serve(proxyless_hyper::Server::new(&Mesh::empty()), listener, routes));
             }
             tx.send((plain.addr(), tls.addr(), greeters)).unwrap();
             std::future::pending::<()>().await;
@@ -278,7 +278,7 @@ backends:
             })
         };
         let mesh_to = |m: &Mesh| {
-            let client = mesh_hyper::Client::new(m);
+            let client = proxyless_hyper::Client::new(m);
             let uri: http::Uri = "http://echo/bench".parse().unwrap();
             sender(move || {
                 let (client, uri) = (client.clone(), uri.clone());
@@ -327,8 +327,8 @@ backends:
 
         // Telemetry on: the Prometheus recorder, every span built and handed
         // to a sink, and the access log formatted as JSON (to nowhere).
-        mesh_hyper::telemetry::install_prometheus().unwrap();
-        mesh_tower::telemetry::trace::set_span_sink(Box::new(Discard));
+        proxyless_hyper::telemetry::install_prometheus().unwrap();
+        proxyless_tower::telemetry::trace::set_span_sink(Box::new(Discard));
         let _ = tracing_subscriber::fmt()
             .json()
             .with_writer(std::io::sink)
@@ -358,7 +358,7 @@ backends:
 async fn handshakes(
     plain: std::net::SocketAddr,
     tls: std::net::SocketAddr,
-    me: &mesh_core::identity::tls::Identity,
+    me: &proxyless_core::identity::tls::Identity,
 ) {
     let n = 300;
     let t = Instant::now();
@@ -368,7 +368,9 @@ async fn handshakes(
     }
     let tcp_us = t.elapsed().as_micros() as f64 / f64::from(n);
     let config = me.client_config(
-        &mesh_core::identity::IdentityMatcher::exact("spiffe://bench.local/echo".parse().unwrap()),
+        &proxyless_core::identity::IdentityMatcher::exact(
+            "spiffe://bench.local/echo".parse().unwrap(),
+        ),
         false,
     );
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -416,8 +418,8 @@ fn table(rows: &[(&str, Round)]) {
 #[derive(Debug)]
 struct Discard;
 
-impl mesh_tower::telemetry::trace::SpanSink for Discard {
-    fn record(&self, span: mesh_tower::telemetry::trace::FinishedSpan) {
+impl proxyless_tower::telemetry::trace::SpanSink for Discard {
+    fn record(&self, span: proxyless_tower::telemetry::trace::FinishedSpan) {
         std::hint::black_box(span);
     }
 }
@@ -439,7 +441,7 @@ async fn grpc_rows(greeters: &[std::net::SocketAddr], n: u64, c: u64, rounds: u6
         .unwrap(),
     )
     .unwrap();
-    let mesh_channel = mesh_tonic::channel(&mesh, "greeter");
+    let mesh_channel = proxyless_tonic::channel(&mesh, "greeter");
     let req = || HelloRequest {
         name: "bench".into(),
         count: 0,
@@ -464,7 +466,7 @@ async fn grpc_rows(greeters: &[std::net::SocketAddr], n: u64, c: u64, rounds: u6
             tonic_send,
         ),
         (
-            "mesh_tonic::channel (route with retries, p2c-EWMA, breaker)",
+            "proxyless_tonic::channel (route with retries, p2c-EWMA, breaker)",
             mesh_send,
         ),
     ];

@@ -7,9 +7,9 @@
 
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_tower::{BoxError, MeshLayer};
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_tower::{BoxError, MeshLayer};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
 use std::future::Future;
@@ -54,7 +54,7 @@ fn request() -> Request<http_body_util::Empty<bytes::Bytes>> {
         .unwrap()
 }
 
-fn mesh_stack() -> mesh_tower::MeshService<()> {
+fn mesh_stack() -> proxyless_tower::MeshService<()> {
     let mesh = Mesh::from_config(Config::from_yaml(CONFIG).unwrap()).unwrap();
     MeshLayer::new(mesh).layer(Noop)
 }

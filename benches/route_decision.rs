@@ -8,11 +8,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mesh_core::config::{
+use proxyless_core::config::{
     Backend, Config, Endpoint, PathMatch, Route, RouteMatch, Service, StringMatch, WeightedBackend,
 };
-use mesh_core::route::{Decision, RequestParts, decide};
-use mesh_core::snapshot::{Snapshot, Source};
+use proxyless_core::route::{Decision, RequestParts, decide};
+use proxyless_core::snapshot::{Snapshot, Source};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

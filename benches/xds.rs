@@ -17,10 +17,10 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::snapshot::Source;
-use mesh_core::xds::XdsSettings;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::snapshot::Source;
+use proxyless_core::xds::XdsSettings;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -66,7 +66,7 @@ fn many(n: usize) -> String {
 }
 
 /// Sends requests until one is answered by `want`; returns how long that took.
-async fn until_served_by(client: &mesh_hyper::Client, want: &str, since: Instant) -> Duration {
+async fn until_served_by(client: &proxyless_hyper::Client, want: &str, since: Instant) -> Duration {
     loop {
         if let Ok(r) = client.get("http://svc/").await
             && r.headers().get("x-backend").is_some_and(|v| v == want)
@@ -97,7 +97,7 @@ fn stats(mut v: Vec<Duration>) -> String {
 fn client_process(api: &str, port: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let api: mesh_core::xds::Api = api.parse().unwrap();
+        let api: proxyless_core::xds::Api = api.parse().unwrap();
         let services: Vec<String> = (0..1000).map(|i| format!("svc{i}")).collect();
         let before = rss_kib();
         let t0 = Instant::now();
@@ -121,7 +121,7 @@ fn client_process(api: &str, port: &str) {
         let port = free_port();
         let served = cp.clone();
         tokio::spawn(async move {
-            mesh_core::xds::server::serve(served, format!("127.0.0.1:{port}").parse().unwrap())
+            proxyless_core::xds::server::serve(served, format!("127.0.0.1:{port}").parse().unwrap())
                 .await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -173,7 +173,9 @@ fn main() {
         rt.block_on(async move {
             let mesh = Mesh::from_config(Config::from_yaml(&many(1000)).unwrap()).unwrap();
             let addr = format!("127.0.0.1:{port}").parse().unwrap();
-            mesh_core::xds::server::serve(mesh, addr).await.unwrap();
+            proxyless_core::xds::server::serve(mesh, addr)
+                .await
+                .unwrap();
         });
         return;
     }
@@ -196,7 +198,7 @@ fn main() {
         let port = free_port();
         let cp = cp_mesh.clone();
         tokio::spawn(async move {
-            mesh_core::xds::server::serve(cp, format!("127.0.0.1:{port}").parse().unwrap()).await
+            proxyless_core::xds::server::serve(cp, format!("127.0.0.1:{port}").parse().unwrap()).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (client_mesh, _xds) = Mesh::from_control_plane(XdsSettings::new(
@@ -208,7 +210,7 @@ fn main() {
         while client_mesh.snapshot().version() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let client = mesh_hyper::Client::new(&client_mesh);
+        let client = proxyless_hyper::Client::new(&client_mesh);
         let mut code = Vec::new();
         for i in 0..30 {
             let (wa, wb, want) = if i % 2 == 0 {
@@ -233,7 +235,7 @@ fn main() {
         let file_mesh = Mesh::from_file(&file).unwrap();
         let port = free_port();
         tokio::spawn(async move {
-            mesh_core::xds::server::serve(file_mesh, format!("127.0.0.1:{port}").parse().unwrap())
+            proxyless_core::xds::server::serve(file_mesh, format!("127.0.0.1:{port}").parse().unwrap())
                 .await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -246,7 +248,7 @@ fn main() {
         while client_mesh.snapshot().version() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let client = mesh_hyper::Client::new(&client_mesh);
+        let client = proxyless_hyper::Client::new(&client_mesh);
         let mut edits = Vec::new();
         for i in 0..15 {
             let (wa, wb, want) = if i % 2 == 0 {

@@ -43,7 +43,7 @@ async fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2)
     };
-    let mesh = mesh_core::Mesh::from_file(&config).unwrap_or_else(|e| {
+    let mesh = proxyless_core::Mesh::from_file(&config).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });
@@ -55,7 +55,7 @@ async fn main() {
         "serving {config} (version {}) as xDS on {addr}",
         mesh.snapshot().version()
     );
-    let mut cp = mesh_core::xds::server::DevControlPlane::new(mesh);
+    let mut cp = proxyless_core::xds::server::DevControlPlane::new(mesh);
     if let Some(envoy) = envoy {
         let envoy: std::net::SocketAddr = envoy.parse().unwrap_or_else(|e| {
             eprintln!("--envoy-listen {envoy}: {e}");

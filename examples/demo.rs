@@ -29,10 +29,10 @@
 
 use mesh::echo::{Echo, EchoHandle};
 use mesh::tally::Tally;
-use mesh_core::Mesh;
-use mesh_core::xds::XdsSettings;
-use mesh_core::xds::server::DevControlPlane;
-use mesh_hyper::Client;
+use proxyless_core::Mesh;
+use proxyless_core::xds::XdsSettings;
+use proxyless_core::xds::server::DevControlPlane;
+use proxyless_hyper::Client;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,7 +178,7 @@ fn start_control_plane(mesh: &Mesh) -> std::net::SocketAddr {
 }
 
 /// The `reviews` routes `mesh` serves, if it has that service yet.
-fn reviews_routes(mesh: &Mesh) -> Option<Vec<mesh_core::config::Route>> {
+fn reviews_routes(mesh: &Mesh) -> Option<Vec<proxyless_core::config::Route>> {
     let snapshot = mesh.snapshot();
     let service = snapshot
         .config()
@@ -339,7 +339,7 @@ async fn security() {
     let ca = mesh::certs::DevCa::new("demo.local").unwrap();
     let identity = |name: &str| {
         let issued = ca.issue_for(name).unwrap();
-        mesh_core::identity::tls::Identity::from_pem(
+        proxyless_core::identity::tls::Identity::from_pem(
             issued.cert_pem.as_bytes(),
             issued.key_pem.as_bytes(),
             ca.ca_pem().as_bytes(),
@@ -347,7 +347,7 @@ async fn security() {
         .unwrap()
     };
     let server_mesh = Mesh::from_config(
-        mesh_core::config::Config::from_yaml(
+        proxyless_core::config::Config::from_yaml(
             r#"
 services: [{ name: details, routes: [{ to: [details] }] }]
 backends: [{ name: details, endpoints: ["127.0.0.1:1"] }]
@@ -374,7 +374,7 @@ inbound:
             ""
         };
         let m = Mesh::from_config(
-            mesh_core::config::Config::from_yaml(&format!(
+            proxyless_core::config::Config::from_yaml(&format!(
                 "services: [{{ name: details, routes: [{{ to: [details] }}] }}]\nbackends: [{{ name: details, endpoints: ['{}']{tls} }}]",
                 details.addr()
             ))
@@ -468,7 +468,7 @@ async fn main() {
     ];
     // Metrics handles are resolved when clients and servers are made: the
     // recorder goes in first.
-    let _ = mesh_hyper::telemetry::install_prometheus();
+    let _ = proxyless_hyper::telemetry::install_prometheus();
     if let Some(s) = &scene
         && !scenes.contains(&s.as_str())
     {
@@ -544,10 +544,10 @@ async fn main() {
 
 /// Collects finished spans for the trace printout.
 #[derive(Debug, Clone, Default)]
-struct Spans(Arc<std::sync::Mutex<Vec<mesh_tower::telemetry::trace::FinishedSpan>>>);
+struct Spans(Arc<std::sync::Mutex<Vec<proxyless_tower::telemetry::trace::FinishedSpan>>>);
 
-impl mesh_tower::telemetry::trace::SpanSink for Spans {
-    fn record(&self, span: mesh_tower::telemetry::trace::FinishedSpan) {
+impl proxyless_tower::telemetry::trace::SpanSink for Spans {
+    fn record(&self, span: proxyless_tower::telemetry::trace::FinishedSpan) {
         if let Ok(mut v) = self.0.lock() {
             v.push(span);
         }
@@ -555,13 +555,13 @@ impl mesh_tower::telemetry::trace::SpanSink for Spans {
 }
 
 async fn observability(mesh: &Mesh, client: &Client) {
-    use mesh_tower::telemetry::trace::{self, SpanKind};
+    use proxyless_tower::telemetry::trace::{self, SpanKind};
     title(
         6,
         "observability",
         "metrics from the admin server, one trace across two hops",
     );
-    let admin = mesh_hyper::admin::Admin::new(mesh).with_client(client);
+    let admin = proxyless_hyper::admin::Admin::new(mesh).with_client(client);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = listener.local_addr().unwrap();
     tokio::spawn(admin.serve(listener));
@@ -600,15 +600,15 @@ async fn observability(mesh: &Mesh, client: &Client) {
             let body = http_body_util::BodyExt::collect(resp.into_body())
                 .await?
                 .to_bytes();
-            Ok::<_, mesh_tower::BoxError>(http::Response::new(http_body_util::Full::new(body)))
+            Ok::<_, proxyless_tower::BoxError>(http::Response::new(http_body_util::Full::new(body)))
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let frontend = listener.local_addr().unwrap();
-    let server = mesh_hyper::Server::new(&Mesh::empty()).service("frontend");
+    let server = proxyless_hyper::Server::new(&Mesh::empty()).service("frontend");
     tokio::spawn(async move { server.serve(listener, handler).await });
     let outside = Mesh::from_config(
-        mesh_core::config::Config::from_yaml(&format!(
+        proxyless_core::config::Config::from_yaml(&format!(
             "services: [{{ name: frontend, routes: [{{ to: [frontend] }}] }}]\nbackends: [{{ name: frontend, endpoints: ['{frontend}'] }}]"
         ))
         .unwrap(),
@@ -627,7 +627,7 @@ async fn observability(mesh: &Mesh, client: &Client) {
         return;
     };
     println!("trace {:032x}:", root.trace_id);
-    fn print(all: &[mesh_tower::telemetry::trace::FinishedSpan], id: u64, depth: usize) {
+    fn print(all: &[proxyless_tower::telemetry::trace::FinishedSpan], id: u64, depth: usize) {
         let mut kids: Vec<_> = all
             .iter()
             .filter(|s| s.parent_span_id == Some(id))

@@ -41,7 +41,7 @@ async fn main() {
     let (Some(listen), Some(name)) = (listen, name) else {
         usage()
     };
-    let mesh = match mesh_core::Mesh::from_env() {
+    let mesh = match proxyless_core::Mesh::from_env() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");

@@ -4,7 +4,7 @@
 //! MESH_CONFIG=mesh.yaml cargo run --example greeter_client -- [--service greeter] [-n 10] [--name you]
 //! ```
 //!
-//! Calls `SayHello` n times through `mesh_tonic::channel` and prints which
+//! Calls `SayHello` n times through `proxyless_tonic::channel` and prints which
 //! server answered each call, or the status it got.
 
 #![allow(clippy::print_stdout)]
@@ -40,7 +40,7 @@ async fn main() {
             eprintln!("{e}");
             std::process::exit(1)
         });
-    let mut client = GreeterClient::new(mesh_tonic::channel(&mesh, &service));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&mesh, &service));
     for i in 0..n {
         let req = HelloRequest {
             name: who.clone(),

@@ -57,7 +57,7 @@ async fn main() {
     let (Some(listen), Some(name)) = (listen, name) else {
         usage()
     };
-    let mesh = mesh_core::Mesh::from_env().unwrap_or_else(|e| {
+    let mesh = proxyless_core::Mesh::from_env().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });
@@ -77,7 +77,7 @@ async fn main() {
     let greeter = mesh::greeter::Greeter::new(&name).failing(rate, fail);
     let routes = tonic::service::Routes::new(greeter.into_server());
     tokio::select! {
-        r = mesh_tonic::serve(mesh_hyper::Server::new(&mesh), listener, routes) => {
+        r = proxyless_tonic::serve(proxyless_hyper::Server::new(&mesh), listener, routes) => {
             if let Err(e) = r { eprintln!("{e}"); }
         }
         _ = tokio::signal::ctrl_c() => {}

@@ -19,7 +19,7 @@
 #![allow(clippy::print_stdout)]
 
 use mesh::tally::Tally;
-use mesh_hyper::Client;
+use proxyless_hyper::Client;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ async fn main() {
                 }
                 if args.grpc {
                     let mut greeter = mesh::greeter::GreeterClient::new(
-                        mesh_tonic::MeshChannel::with_client(client.clone(), &args.service),
+                        proxyless_tonic::MeshChannel::with_client(client.clone(), &args.service),
                     );
                     let sent = Instant::now();
                     let result = greeter

@@ -18,9 +18,9 @@
 
 #![allow(clippy::print_stdout)]
 
-use mesh_core::config::Config;
-use mesh_core::route::{Decision, RequestParts, decide, match_route};
-use mesh_core::snapshot::{Snapshot, Source};
+use proxyless_core::config::Config;
+use proxyless_core::route::{Decision, RequestParts, decide, match_route};
+use proxyless_core::snapshot::{Snapshot, Source};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
@@ -119,7 +119,7 @@ fn route(args: &[String]) -> Result<ExitCode, String> {
             println!("route    {}", r.name());
             println!(
                 "timeout  {}",
-                mesh_core::config::format_duration(r.timeout())
+                proxyless_core::config::format_duration(r.timeout())
             );
             if let Some(retry) = r.retry() {
                 let on: Vec<String> = retry.on.iter().map(ToString::to_string).collect();
@@ -157,7 +157,7 @@ fn certs(args: &[String]) -> Result<ExitCode, String> {
                 let (name, id) = spec
                     .split_once('=')
                     .ok_or_else(|| format!("--id `{spec}` is not NAME=spiffe://..."))?;
-                let id: mesh_core::identity::SpiffeId =
+                let id: proxyless_core::identity::SpiffeId =
                     id.parse().map_err(|e| format!("--id `{spec}`: {e}"))?;
                 ids.push((name.to_owned(), id));
             }

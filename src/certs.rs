@@ -8,12 +8,12 @@
 //! let reviews = ca.issue_for("reviews").unwrap();
 //! assert!(reviews.cert_pem.contains("BEGIN CERTIFICATE"));
 //! assert_eq!(reviews.id.as_str(), "spiffe://demo.local/reviews");
-//! let identity = mesh_core::identity::tls::Identity::from_pem(
+//! let identity = proxyless_core::identity::tls::Identity::from_pem(
 //!     reviews.cert_pem.as_bytes(), reviews.key_pem.as_bytes(), ca.ca_pem().as_bytes()).unwrap();
 //! assert_eq!(identity.spiffe_id(), reviews.id);
 //! ```
 
-use mesh_core::identity::SpiffeId;
+use proxyless_core::identity::SpiffeId;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -82,7 +82,7 @@ impl Default for IssueOptions {
 impl DevCa {
     /// A new CA for `trust_domain` (a fresh P-256 key).
     pub fn new(trust_domain: &str) -> Result<Self, Error> {
-        mesh_core::identity::validate_trust_domain(trust_domain)?;
+        proxyless_core::identity::validate_trust_domain(trust_domain)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(

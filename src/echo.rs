@@ -3,11 +3,11 @@
 //! `{"backend", "caller", "method", "path", "headers"}` (`caller`: the
 //! verified SPIFFE ID of an mTLS caller), can fail a share of requests
 //! with 503 and delay every answer, and counts what it served. It runs
-//! behind [`mesh_hyper::serve`] on a real socket.
+//! behind [`proxyless_hyper::serve`] on a real socket.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! let mesh = mesh_core::Mesh::empty();
+//! let mesh = proxyless_core::Mesh::empty();
 //! let v1 = mesh::echo::Echo::new("v1").fail_rate(0.1).start(&mesh, "127.0.0.1:0").await?;
 //! println!("v1 listens on {}", v1.addr());
 //! # Ok(()) }
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use mesh_core::Mesh;
+use proxyless_core::Mesh;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ pub struct Echo {
     fail_rate: f64,
     delay: Duration,
     service: Option<String>,
-    limits: Option<mesh_hyper::ServerLimits>,
+    limits: Option<proxyless_hyper::ServerLimits>,
 }
 
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl Echo {
 
     /// Serves with these limits instead of the environment's.
     #[must_use]
-    pub fn limits(mut self, limits: mesh_hyper::ServerLimits) -> Self {
+    pub fn limits(mut self, limits: proxyless_hyper::ServerLimits) -> Self {
         self.limits = Some(limits);
         self
     }
@@ -106,7 +106,7 @@ impl Echo {
             tower::service_fn(move |req: Request<Incoming>| answer(shared.clone(), req))
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut server = mesh_hyper::Server::new(mesh);
+        let mut server = proxyless_hyper::Server::new(mesh);
         if let Some(s) = &self.service {
             server = server.service(s);
         }
@@ -149,7 +149,7 @@ async fn answer(
         .collect();
     let caller = req
         .extensions()
-        .get::<mesh_tower::ext::PeerIdentity>()
+        .get::<proxyless_tower::ext::PeerIdentity>()
         .and_then(|p| p.0.as_ref())
         .map(|id| id.to_string());
     let body = serde_json::json!({
@@ -180,7 +180,7 @@ async fn answer(
 #[derive(Debug)]
 pub struct EchoHandle {
     addr: SocketAddr,
-    stats: Arc<mesh_hyper::ServerStats>,
+    stats: Arc<proxyless_hyper::ServerStats>,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -193,7 +193,7 @@ impl EchoHandle {
     }
 
     /// The server's counters (authorization denials, refused handshakes).
-    pub fn server_stats(&self) -> &mesh_hyper::ServerStats {
+    pub fn server_stats(&self) -> &proxyless_hyper::ServerStats {
         &self.stats
     }
 

@@ -58,14 +58,14 @@ impl Greeter {
     fn reply<T>(&self, req: &Request<T>, message: String) -> HelloReply {
         let deadline_ms = req
             .extensions()
-            .get::<mesh_tower::ext::RequestDeadline>()
+            .get::<proxyless_tower::ext::RequestDeadline>()
             .map_or(0, |d| {
                 d.0.saturating_duration_since(tokio::time::Instant::now())
                     .as_millis() as u64
             });
         let caller = req
             .extensions()
-            .get::<mesh_tower::ext::PeerIdentity>()
+            .get::<proxyless_tower::ext::PeerIdentity>()
             .and_then(|p| p.0.as_ref())
             .map(|id| id.to_string())
             .unwrap_or_default();

@@ -1,10 +1,10 @@
 //! The mesh, in one dependency: re-exports the workspace crates, plus the
 //! echo backend the demo, the tests and the benchmarks use.
 //!
-//! - `core` ([`mesh_core`]): config model, snapshot, route decision, config sources;
-//! - `tower` ([`mesh_tower`]): the data-path layers;
-//! - `hyper` ([`mesh_hyper`]): the HTTP transport and server;
-//! - `tonic` ([`mesh_tonic`]): gRPC;
+//! - `core` ([`proxyless_core`]): config model, snapshot, route decision, config sources;
+//! - `tower` ([`proxyless_tower`]): the data-path layers;
+//! - `hyper` ([`proxyless_hyper`]): the HTTP transport and server;
+//! - `tonic` ([`proxyless_tonic`]): gRPC;
 //! - [`echo`]: an echo backend on a real socket;
 //! - [`certs`]: a development CA for SPIFFE identities;
 //! - [`observe`]: logs, metrics, trace export and the admin server from the environment.
@@ -17,12 +17,12 @@ pub mod greeter;
 pub mod observe;
 pub mod tally;
 
-pub use mesh_core as core;
-pub use mesh_hyper as hyper;
-pub use mesh_tonic as tonic;
-pub use mesh_tower as tower;
+pub use proxyless_core as core;
+pub use proxyless_hyper as hyper;
+pub use proxyless_tonic as tonic;
+pub use proxyless_tower as tower;
 
-/// The mesh the environment describes ([`Mesh::from_env`](mesh_core::Mesh::from_env)),
+/// The mesh the environment describes ([`Mesh::from_env`](proxyless_core::Mesh::from_env)),
 /// once it is serving a config: a control plane's first answer takes a
 /// moment, and requests sent before it would pass through unrouted.
 /// Fails if none arrives within `wait`, naming where it was expected from.
@@ -33,8 +33,8 @@ pub use mesh_tower as tower;
 /// let client = mesh::hyper::Client::new(&mesh);
 /// # Ok(()) }
 /// ```
-pub async fn from_env_ready(wait: std::time::Duration) -> Result<mesh_core::Mesh, String> {
-    let mesh = mesh_core::Mesh::from_env().map_err(|e| e.to_string())?;
+pub async fn from_env_ready(wait: std::time::Duration) -> Result<proxyless_core::Mesh, String> {
+    let mesh = proxyless_core::Mesh::from_env().map_err(|e| e.to_string())?;
     if tokio::time::timeout(wait, mesh.ready()).await.is_err() {
         return Err(format!(
             "no config from {} within {wait:?}",

@@ -4,23 +4,23 @@
 //! and, once you have clients, the admin server (`MESH_ADMIN_ADDR`).
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), mesh_tower::BoxError> {
+//! # async fn run() -> Result<(), proxyless_tower::BoxError> {
 //! let obs = mesh::observe::init()?;
-//! let mesh = mesh_core::Mesh::from_env()?;
-//! let client = mesh_hyper::Client::new(&mesh);
+//! let mesh = proxyless_core::Mesh::from_env()?;
+//! let client = proxyless_hyper::Client::new(&mesh);
 //! obs.admin(&mesh, &[&client]).await?;   // serves /metrics, /clusters, ... if MESH_ADMIN_ADDR is set
 //! # Ok(()) }
 //! ```
 
-use mesh_core::Mesh;
-use mesh_hyper::Client;
-use mesh_tower::BoxError;
+use proxyless_core::Mesh;
+use proxyless_hyper::Client;
+use proxyless_tower::BoxError;
 
 /// What [`init`] turned on.
 #[derive(Debug)]
 pub struct Observability {
     /// The OTLP exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-    pub otlp: Option<mesh_hyper::otlp::Exporter>,
+    pub otlp: Option<proxyless_hyper::otlp::Exporter>,
 }
 
 /// Logs, metrics and trace export from the environment. Call once, early,
@@ -37,9 +37,9 @@ pub fn init() -> Result<Observability, BoxError> {
     } else {
         builder.try_init()
     };
-    mesh_hyper::telemetry::install_prometheus()?;
+    proxyless_hyper::telemetry::install_prometheus()?;
     Ok(Observability {
-        otlp: mesh_hyper::otlp::install_from_env()?,
+        otlp: proxyless_hyper::otlp::install_from_env()?,
     })
 }
 
@@ -51,7 +51,7 @@ impl Observability {
         mesh: &Mesh,
         clients: &[&Client],
     ) -> std::io::Result<Option<std::net::SocketAddr>> {
-        let mut admin = mesh_hyper::admin::Admin::new(mesh);
+        let mut admin = proxyless_hyper::admin::Admin::new(mesh);
         for c in clients {
             admin = admin.with_client(c);
         }

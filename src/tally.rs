@@ -14,8 +14,8 @@
 //! assert_eq!((all.ok, all.failed(), all.share("v1")), (3, 1, 1.0));
 //! ```
 
-use mesh_tower::BoxError;
-use mesh_tower::error::ErrorKind;
+use proxyless_tower::BoxError;
+use proxyless_tower::error::ErrorKind;
 use std::collections::BTreeMap;
 
 /// Outcome counts.
@@ -31,7 +31,10 @@ pub struct Tally {
 
 impl Tally {
     /// Counts one result, reading the body so the connection is reused.
-    pub async fn record(&mut self, result: Result<http::Response<mesh_hyper::Body>, BoxError>) {
+    pub async fn record(
+        &mut self,
+        result: Result<http::Response<proxyless_hyper::Body>, BoxError>,
+    ) {
         match result {
             Ok(resp) => {
                 if let Some(b) = resp

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_core::config::{Config, Format};
-use mesh_core::route::{RequestParts, decide};
-use mesh_core::snapshot::{Snapshot, Source};
+use proxyless_core::config::{Config, Format};
+use proxyless_core::route::{RequestParts, decide};
+use proxyless_core::snapshot::{Snapshot, Source};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -21,9 +21,9 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn exercise(cfg: Config) {
-    let resources = mesh_core::xds::translate::from_config(&cfg);
+    let resources = proxyless_core::xds::translate::from_config(&cfg);
     let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
-    let _ = mesh_core::xds::translate::to_config(&resources, names.iter(), &mut Vec::new());
+    let _ = proxyless_core::xds::translate::to_config(&resources, names.iter(), &mut Vec::new());
     let Ok(snap) = Snapshot::compile(cfg, 1, Source::Code) else {
         return;
     };

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_core::path::{PathNormalization, normalize};
+use proxyless_core::path::{PathNormalization, normalize};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -23,22 +23,22 @@ fuzz_target!(|data: &[u8]| {
         ] {
             h.insert(name, v.clone());
         }
-        if let Some(d) = mesh_tower::grpc::parse_timeout(&h) {
-            let _ = mesh_tower::ext::deadline_after(d);
+        if let Some(d) = proxyless_tower::grpc::parse_timeout(&h) {
+            let _ = proxyless_tower::ext::deadline_after(d);
         }
-        let _ = mesh_tower::telemetry::trace::TraceContext::extract(&h);
+        let _ = proxyless_tower::telemetry::trace::TraceContext::extract(&h);
     }
-    let _ = mesh_tower::telemetry::trace::TraceContext::parse_traceparent(s);
-    let _ = mesh_core::route::host_of(s);
-    let _ = mesh_core::config::parse_duration(s);
-    let _ = mesh_core::identity::SpiffeId::new(s);
-    let _ = mesh_core::identity::IdentityMatcher::new(s.split(','));
+    let _ = proxyless_tower::telemetry::trace::TraceContext::parse_traceparent(s);
+    let _ = proxyless_core::route::host_of(s);
+    let _ = proxyless_core::config::parse_duration(s);
+    let _ = proxyless_core::identity::SpiffeId::new(s);
+    let _ = proxyless_core::identity::IdentityMatcher::new(s.split(','));
     for how in [
         PathNormalization::default(),
         PathNormalization {
             merge_slashes: false,
-            escaped_slashes: mesh_core::path::EscapedSlashes::Decode,
-            semicolons: mesh_core::path::Semicolons::Keep,
+            escaped_slashes: proxyless_core::path::EscapedSlashes::Decode,
+            semicolons: proxyless_core::path::Semicolons::Keep,
         },
     ] {
         if let Ok(once) = normalize(s, &how) {

@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use libfuzzer_sys::fuzz_target;
-use mesh_core::snapshot::{Snapshot, Source};
-use mesh_core::xds::translate::{Resources, to_config, wanted};
+use proxyless_core::snapshot::{Snapshot, Source};
+use proxyless_core::xds::translate::{Resources, to_config, wanted};
 use prost::Message;
 
 /// The next length-prefixed chunk (a u16, little-endian).
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Resources::default();
     if let Ok(l) = Listener::decode(chunk(&mut data)) {
         let mut warnings = Vec::new();
-        let _ = mesh_core::xds::rbac::inbound_of(&l, "svc", &mut warnings);
+        let _ = proxyless_core::xds::rbac::inbound_of(&l, "svc", &mut warnings);
         r.listeners.insert(l.name.clone(), l);
     }
     if let Ok(rc) = RouteConfiguration::decode(chunk(&mut data)) {

@@ -25,7 +25,7 @@
 //! ## Quick start
 //!
 //! ```
-//! use mesh_core::{Mesh, config::Config, route::{decide, Decision, RequestParts}};
+//! use proxyless_core::{Mesh, config::Config, route::{decide, Decision, RequestParts}};
 //!
 //! let config = Config::from_yaml(r#"
 //! version: 1

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 /// replaces it. Cheap to clone; all clones share one state.
 ///
 /// ```
-/// use mesh_core::{Mesh, config::Config};
+/// use proxyless_core::{Mesh, config::Config};
 ///
 /// let mesh = Mesh::from_config(Config::from_yaml(r#"
 /// services: [{ name: web, routes: [{ to: [web-v1] }] }]
@@ -145,7 +145,7 @@ impl Mesh {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use mesh_core::{Mesh, config::Config, snapshot::Source};
+    /// use proxyless_core::{Mesh, config::Config, snapshot::Source};
     /// use std::time::Duration;
     ///
     /// let mesh = Mesh::waiting(Source::Code);
@@ -279,7 +279,7 @@ impl Mesh {
     /// request through.
     ///
     /// ```
-    /// let mesh = mesh_core::Mesh::empty();
+    /// let mesh = proxyless_core::Mesh::empty();
     /// assert!(mesh.demand("reviews:9080").is_none()); // no source to ask
     /// ```
     pub fn demand(&self, authority: &str) -> Option<DemandWait> {

@@ -22,7 +22,7 @@
 //! Normalizing twice gives the same result as once.
 //!
 //! ```
-//! use mesh_core::path::{normalize, Normalized, PathNormalization};
+//! use proxyless_core::path::{normalize, Normalized, PathNormalization};
 //! let n = PathNormalization::default();
 //! let path = |p| match normalize(p, &n).unwrap() {
 //!     Normalized::Path(p) => p.into_owned(),

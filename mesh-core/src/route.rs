@@ -2,9 +2,9 @@
 //! goes to. Pure: the random sample comes in as an argument.
 //!
 //! ```
-//! use mesh_core::config::Config;
-//! use mesh_core::route::{decide, Decision, RequestParts};
-//! use mesh_core::snapshot::{Snapshot, Source};
+//! use proxyless_core::config::Config;
+//! use proxyless_core::route::{decide, Decision, RequestParts};
+//! use proxyless_core::snapshot::{Snapshot, Source};
 //!
 //! let cfg = Config::from_yaml(r#"
 //! services:

@@ -8,7 +8,7 @@
 //! state of what the new snapshot no longer names.
 //!
 //! ```
-//! use mesh_core::state::{EndpointKey, StateMap};
+//! use proxyless_core::state::{EndpointKey, StateMap};
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //!
 //! let inflight: StateMap<EndpointKey, AtomicU64> = StateMap::new();

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use mesh_core::Mesh;
-use mesh_tower::runtime::Runtime;
+use proxyless_core::Mesh;
+use proxyless_tower::runtime::Runtime;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -127,7 +127,7 @@ impl Admin {
         }
         text(
             StatusCode::NOT_FOUND,
-            "no Prometheus exporter installed: call mesh_hyper::telemetry::install_prometheus()\n",
+            "no Prometheus exporter installed: call proxyless_hyper::telemetry::install_prometheus()\n",
         )
     }
 
@@ -193,7 +193,7 @@ impl Admin {
 
 /// Sets the config gauges and counters from the mesh's status (at scrape).
 pub fn publish_config_metrics(mesh: &Mesh) {
-    use mesh_tower::telemetry::metrics as m;
+    use proxyless_tower::telemetry::metrics as m;
     let status = mesh.status();
     metrics::gauge!(m::CONFIG_VERSION).set(mesh.snapshot().version() as f64);
     metrics::counter!(m::CONFIG_UPDATES, "result" => "accepted").absolute(status.accepted);

@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
-use mesh_core::Mesh;
-use mesh_tower::body::ResponseBody;
-use mesh_tower::runtime::Runtime;
-use mesh_tower::{BoxError, BoxFuture, MeshLayer, MeshService};
+use proxyless_core::Mesh;
+use proxyless_tower::body::ResponseBody;
+use proxyless_tower::runtime::Runtime;
+use proxyless_tower::{BoxError, BoxFuture, MeshLayer, MeshService};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
@@ -24,9 +24,9 @@ pub type Body = ResponseBody<Incoming>;
 /// load balancing.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), mesh_tower::BoxError> {
-/// let mesh = mesh_core::Mesh::from_env()?;
-/// let client = mesh_hyper::Client::new(&mesh);
+/// # async fn run() -> Result<(), proxyless_tower::BoxError> {
+/// let mesh = proxyless_core::Mesh::from_env()?;
+/// let client = proxyless_hyper::Client::new(&mesh);
 /// let resp = client.get("http://reviews/ratings/1").await?;
 /// println!("{}", resp.status());
 /// # Ok(()) }

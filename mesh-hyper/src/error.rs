@@ -18,9 +18,9 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use mesh_tower::body::ResponseBody;
-use mesh_tower::error::ErrorKind;
-use mesh_tower::ext::ERROR_HEADER;
+use proxyless_tower::body::ResponseBody;
+use proxyless_tower::error::ErrorKind;
+use proxyless_tower::ext::ERROR_HEADER;
 
 /// The status for an error kind.
 pub fn status_for(kind: ErrorKind) -> StatusCode {

@@ -4,8 +4,8 @@
 //!
 //! - [`Transport`]: pooled connections per endpoint, HTTP/1.1 and HTTP/2
 //!   (h2c), connect timeout, typed connect/reset errors;
-//! - [`Client`]: the whole outbound data path ([`mesh_tower::MeshLayer`]
-//!   over the transport), in one line from a [`Mesh`](mesh_core::Mesh);
+//! - [`Client`]: the whole outbound data path ([`proxyless_tower::MeshLayer`]
+//!   over the transport), in one line from a [`Mesh`](proxyless_core::Mesh);
 //! - [`serve`]: a server running a service behind the inbound layers
 //!   (deadline propagation);
 //! - [`error`]: the one mapping of mesh errors to HTTP responses;
@@ -13,9 +13,9 @@
 //!   `/config_dump`, `/clusters`); [`telemetry`]: the Prometheus exporter.
 //!
 //! ```no_run
-//! use mesh_hyper::Client;
-//! # async fn run() -> Result<(), mesh_tower::BoxError> {
-//! let mesh = mesh_core::Mesh::from_env()?;              // MESH_CONFIG=mesh.yaml
+//! use proxyless_hyper::Client;
+//! # async fn run() -> Result<(), proxyless_tower::BoxError> {
+//! let mesh = proxyless_core::Mesh::from_env()?;              // MESH_CONFIG=mesh.yaml
 //! let client = Client::new(&mesh);
 //! let resp = client.get("http://reviews/ratings/1").await?;
 //! println!("{} from {:?}", resp.status(), resp.headers().get("x-backend"));

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! let limits = mesh_hyper::ServerLimits {
+//! let limits = proxyless_hyper::ServerLimits {
 //!     max_connections: 2_000,
 //!     idle_timeout: Duration::from_secs(60),
 //!     ..Default::default()
@@ -104,7 +104,8 @@ impl ServerLimits {
                 value: v.clone(),
                 why,
             };
-            let parsed = mesh_core::config::parse_duration(&v).map_err(|e| err(e.to_string()))?;
+            let parsed =
+                proxyless_core::config::parse_duration(&v).map_err(|e| err(e.to_string()))?;
             if parsed.is_zero() {
                 return Err(err("must be greater than zero".into()));
             }

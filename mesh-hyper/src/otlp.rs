@@ -12,7 +12,7 @@
 //! ```no_run
 //! # async fn run() {
 //! // OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_SERVICE_NAME=reviews
-//! let exporter = mesh_hyper::otlp::install_from_env().expect("valid OTLP settings");
+//! let exporter = proxyless_hyper::otlp::install_from_env().expect("valid OTLP settings");
 //! // ... traffic ...
 //! if let Some(e) = exporter { e.flush().await; }
 //! # }
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_tower::telemetry::trace::{FinishedSpan, SpanKind, SpanSink, set_span_sink};
+use proxyless_tower::telemetry::trace::{FinishedSpan, SpanKind, SpanSink, set_span_sink};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};

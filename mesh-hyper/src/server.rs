@@ -13,7 +13,7 @@
 //! Without a policy, a workload with an identity is permissive and one
 //! without is plaintext.
 //!
-//! Per request, the path is normalized first ([`mesh_core::path`]): a
+//! Per request, the path is normalized first ([`proxyless_core::path`]): a
 //! refused path gets 400 and `x-mesh-error: invalid_path`, and the policy
 //! and the application see the normal form. Then the caller's verified
 //! SPIFFE ID goes into the request's
@@ -31,17 +31,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mesh_core::Mesh;
-use mesh_core::config::MtlsMode;
-use mesh_core::identity::SpiffeId;
-use mesh_core::identity::authz::{Verdict, authorize};
-use mesh_tower::body::ResponseBody;
-use mesh_tower::error::{Deadline, Elapsed, ErrorKind, Unauthorized};
-use mesh_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
-use mesh_tower::path::{PathAction, normalize_request};
-use mesh_tower::telemetry::metrics::RouteMetrics;
-use mesh_tower::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
-use mesh_tower::{BoxError, BoxFuture};
+use proxyless_core::Mesh;
+use proxyless_core::config::MtlsMode;
+use proxyless_core::identity::SpiffeId;
+use proxyless_core::identity::authz::{Verdict, authorize};
+use proxyless_tower::body::ResponseBody;
+use proxyless_tower::error::{Deadline, Elapsed, ErrorKind, Unauthorized};
+use proxyless_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
+use proxyless_tower::path::{PathAction, normalize_request};
+use proxyless_tower::telemetry::metrics::RouteMetrics;
+use proxyless_tower::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
+use proxyless_tower::{BoxError, BoxFuture};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,7 +96,7 @@ struct InboundMetrics {
 
 impl InboundMetrics {
     fn new(service: Option<&str>) -> Self {
-        use mesh_tower::telemetry::metrics as m;
+        use proxyless_tower::telemetry::metrics as m;
         let s = service.unwrap_or("").to_owned();
         Self {
             requests: RouteMetrics::new(
@@ -368,7 +368,8 @@ where
                     return Err("TLS handshake timed out".into());
                 }
             };
-        let peer = mesh_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
+        let peer =
+            proxyless_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
         self.serve_io(TokioIo::new(tls), peer, stopping).await
     }
 
@@ -478,7 +479,7 @@ impl Activity {
     fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
         let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed));
         last.checked_add(idle)
-            .unwrap_or_else(|| mesh_tower::ext::deadline_after(idle))
+            .unwrap_or_else(|| proxyless_tower::ext::deadline_after(idle))
     }
 
     fn is_idle(&self, idle: Duration) -> bool {
@@ -709,7 +710,7 @@ where
             .min();
         if let Some(b) = budget {
             req.extensions_mut()
-                .insert(RequestDeadline(mesh_tower::ext::deadline_after(b)));
+                .insert(RequestDeadline(proxyless_tower::ext::deadline_after(b)));
         }
         let mut svc = self.inner.clone();
         let in_progress = InProgress::new(&self.activity);
@@ -839,7 +840,7 @@ impl AccessInfo {
 }
 
 /// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it
-/// (see [`mesh_tower::grpc::parse_timeout`]).
+/// (see [`proxyless_tower::grpc::parse_timeout`]).
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    mesh_tower::grpc::parse_timeout(headers)
+    proxyless_tower::grpc::parse_timeout(headers)
 }

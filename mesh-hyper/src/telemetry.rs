@@ -1,7 +1,7 @@
 //! Telemetry wiring for hyper users: the Prometheus exporter in one line.
 //!
 //! ```no_run
-//! let handle = mesh_hyper::telemetry::install_prometheus().expect("first install");
+//! let handle = proxyless_hyper::telemetry::install_prometheus().expect("first install");
 //! // ... build clients and servers, then scrape /metrics on the admin server,
 //! // or render it yourself:
 //! println!("{}", handle.render());
@@ -24,11 +24,11 @@ pub fn install_prometheus() -> Result<PrometheusHandle, metrics_exporter_prometh
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full(mesh_tower::telemetry::metrics::DURATION.to_owned()),
-            mesh_tower::telemetry::metrics::DURATION_BUCKETS,
+            Matcher::Full(proxyless_tower::telemetry::metrics::DURATION.to_owned()),
+            proxyless_tower::telemetry::metrics::DURATION_BUCKETS,
         )?
         .install_recorder()?;
-    mesh_tower::telemetry::metrics::describe();
+    proxyless_tower::telemetry::metrics::describe();
     let _ = HANDLE.set(handle.clone());
     // Histograms need upkeep to roll their windows.
     let upkeep = handle.clone();

@@ -12,9 +12,9 @@
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use mesh_core::Mesh;
-use mesh_core::snapshot::UpstreamTls;
-use mesh_tower::BoxError;
+use proxyless_core::Mesh;
+use proxyless_core::snapshot::UpstreamTls;
+use proxyless_tower::BoxError;
 use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;

@@ -21,9 +21,9 @@
 //! ```no_run
 //! # mod greeter_client { pub struct GreeterClient<T>(T); impl<T> GreeterClient<T> { pub fn new(t: T) -> Self { Self(t) } } }
 //! # use greeter_client::GreeterClient;
-//! # fn run() -> Result<(), mesh_tower::BoxError> {
-//! let mesh = mesh_core::Mesh::from_env()?;
-//! let client = GreeterClient::new(mesh_tonic::channel(&mesh, "greeter"));
+//! # fn run() -> Result<(), proxyless_tower::BoxError> {
+//! let mesh = proxyless_core::Mesh::from_env()?;
+//! let client = GreeterClient::new(proxyless_tonic::channel(&mesh, "greeter"));
 //! # Ok(()) }
 //! ```
 
@@ -31,10 +31,10 @@
 
 use bytes::Bytes;
 use http::{Request, Response};
-use mesh_core::Mesh;
-use mesh_hyper::Client;
-use mesh_tower::ext::RequestDeadline;
-use mesh_tower::{BoxError, BoxFuture};
+use proxyless_core::Mesh;
+use proxyless_hyper::Client;
+use proxyless_tower::ext::RequestDeadline;
+use proxyless_tower::{BoxError, BoxFuture};
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -76,9 +76,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<mesh_hyper::Body>;
+    type Response = Response<proxyless_hyper::Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<mesh_hyper::Body>, BoxError>>;
+    type Future = BoxFuture<Result<Response<proxyless_hyper::Body>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Service::<Request<B>>::poll_ready(&mut self.client, cx)
@@ -96,7 +96,7 @@ where
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         }
         // The caller's deadline bounds the route's.
-        if let Some(t) = mesh_hyper::grpc_timeout(req.headers()) {
+        if let Some(t) = proxyless_hyper::grpc_timeout(req.headers()) {
             req.extensions_mut()
                 .insert(RequestDeadline(tokio::time::Instant::now() + t));
         }
@@ -105,7 +105,7 @@ where
             match fut.await {
                 Ok(resp) => Ok(resp),
                 // The one place mesh refusals become gRPC statuses.
-                Err(e) => Ok(mesh_hyper::error::grpc_error_response(&*e)),
+                Err(e) => Ok(proxyless_hyper::error::grpc_error_response(&*e)),
             }
         })
     }
@@ -113,11 +113,11 @@ where
 
 /// Serves tonic services (e.g. `Server::builder().add_service(..)` routes,
 /// or `tonic::service::Routes::new(svc)`) on `listener` behind the inbound
-/// layers of [`mesh_hyper::Server`]: mTLS per the service's inbound policy,
+/// layers of [`proxyless_hyper::Server`]: mTLS per the service's inbound policy,
 /// authorization by method path (`/package.Service/Method`), telemetry and
 /// deadlines.
 pub async fn serve(
-    server: mesh_hyper::Server,
+    server: proxyless_hyper::Server,
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
 ) -> std::io::Result<()> {

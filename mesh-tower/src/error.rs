@@ -2,21 +2,21 @@
 //! them apart wherever they are in an error chain.
 //!
 //! ```
-//! use mesh_tower::error::{CircuitOpen, CircuitReason, ErrorKind};
-//! let err: mesh_tower::BoxError = Box::new(CircuitOpen::new("reviews-v1".into(), CircuitReason::AllEjected));
+//! use proxyless_tower::error::{CircuitOpen, CircuitReason, ErrorKind};
+//! let err: proxyless_tower::BoxError = Box::new(CircuitOpen::new("reviews-v1".into(), CircuitReason::AllEjected));
 //! assert_eq!(ErrorKind::of(&*err), ErrorKind::CircuitOpen);
 //! assert_eq!(ErrorKind::CircuitOpen.as_str(), "circuit_open");
 //! ```
 
 use crate::BoxError;
-use mesh_core::policy::Outcome;
-use mesh_core::policy::breaker::Limit;
+use proxyless_core::policy::Outcome;
+use proxyless_core::policy::breaker::Limit;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use mesh_core::route::NoRoute;
+pub use proxyless_core::route::NoRoute;
 
 /// Why a backend's circuit is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub struct Unauthorized {
 pub struct InvalidPath {
     /// Why.
     #[source]
-    pub source: mesh_core::path::PathError,
+    pub source: proxyless_core::path::PathError,
 }
 
 /// The kinds of mesh errors, for programs, metrics and logs.

@@ -2,7 +2,7 @@
 //! extensions: the route decision, the deadline, the attempt; and on the
 //! response, the endpoint that served it and how many attempts it took.
 
-use mesh_core::snapshot::{BackendEntry, RouteEntry, ServiceEntry, Snapshot};
+use proxyless_core::snapshot::{BackendEntry, RouteEntry, ServiceEntry, Snapshot};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::Instant as TokioInstant;
@@ -154,12 +154,12 @@ impl RequestDeadline {
 }
 
 /// The instant `d` from now, saturating: `d` is clamped to the config's
-/// [`MAX_DURATION`](mesh_core::config::MAX_DURATION) and an instant past
+/// [`MAX_DURATION`](proxyless_core::config::MAX_DURATION) and an instant past
 /// what the clock can represent becomes the furthest it can, so no timeout
 /// from a config, a control plane or a peer's header can panic.
 pub fn deadline_after(d: std::time::Duration) -> TokioInstant {
     let now = TokioInstant::now();
-    let d = d.min(mesh_core::config::MAX_DURATION);
+    let d = d.min(proxyless_core::config::MAX_DURATION);
     now.checked_add(d)
         .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400)))
         .unwrap_or(now)
@@ -210,7 +210,7 @@ pub fn set_deadline<B>(req: &mut http::Request<B>, deadline: TokioInstant) {
 /// On an inbound request: the caller's verified SPIFFE ID (from its
 /// client certificate), or `None` when it came over plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity(pub Option<mesh_core::identity::SpiffeId>);
+pub struct PeerIdentity(pub Option<proxyless_core::identity::SpiffeId>);
 
 /// The response header that says why authorization denied a request.
 pub const AUTHZ_REASON_HEADER: http::HeaderName =

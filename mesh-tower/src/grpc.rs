@@ -44,13 +44,13 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 
 /// How a response counts for outlier detection: its HTTP status, or the
 /// HTTP equivalent of a non-OK trailers-only gRPC status.
-pub fn outcome_of_response<B>(resp: &http::Response<B>) -> mesh_core::policy::Outcome {
+pub fn outcome_of_response<B>(resp: &http::Response<B>) -> proxyless_core::policy::Outcome {
     let http = resp.status().as_u16();
     match status(resp.headers()) {
         Some(code) if http == 200 && code != 0 => {
-            mesh_core::policy::Outcome::Status(http_equivalent(code))
+            proxyless_core::policy::Outcome::Status(http_equivalent(code))
         }
-        _ => mesh_core::policy::Outcome::Status(http),
+        _ => proxyless_core::policy::Outcome::Status(http),
     }
 }
 

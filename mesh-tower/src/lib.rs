@@ -29,12 +29,12 @@
 //! ## Example
 //!
 //! ```
-//! use mesh_core::{Mesh, config::Config};
-//! use mesh_tower::{MeshLayer, body::MeshBody};
+//! use proxyless_core::{Mesh, config::Config};
+//! use proxyless_tower::{MeshLayer, body::MeshBody};
 //! use tower::{Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), mesh_tower::BoxError> {
+//! # async fn main() -> Result<(), proxyless_tower::BoxError> {
 //! let mesh = Mesh::from_config(Config::from_yaml(r#"
 //! services: [{ name: reviews, routes: [{ to: [reviews-v1] }] }]
 //! backends: [{ name: reviews-v1, endpoints: ["127.0.0.1:9001"] }]
@@ -42,7 +42,7 @@
 //!
 //! // Any client that sends Request<MeshBody>; here one that echoes the URI.
 //! let client = tower::service_fn(|req: http::Request<MeshBody>| async move {
-//!     Ok::<_, mesh_tower::BoxError>(http::Response::new(req.uri().to_string()))
+//!     Ok::<_, proxyless_tower::BoxError>(http::Response::new(req.uri().to_string()))
 //! });
 //! let svc = MeshLayer::new(mesh).layer(client);
 //! let resp = svc.oneshot(http::Request::get("http://reviews/ratings/1").body(String::new())?).await?;
@@ -69,7 +69,7 @@ pub mod timeout;
 
 use body::MeshBody;
 use http::{Request, Response};
-use mesh_core::Mesh;
+use proxyless_core::Mesh;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

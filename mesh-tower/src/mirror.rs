@@ -62,7 +62,9 @@ impl<S> Mirror<S> {
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
-        let host = mesh_core::route::RequestParts::of(req).authority.to_owned();
+        let host = proxyless_core::route::RequestParts::of(req)
+            .authority
+            .to_owned();
         if let Ok(v) = http::HeaderValue::from_str(&format!("{host}-shadow")) {
             copy.headers_mut().insert(http::header::HOST, v);
         }

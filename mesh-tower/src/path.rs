@@ -1,12 +1,12 @@
 //! Path normalization applied to a request: the route layer (outbound) and
 //! the server (inbound) bring the path to its normal form before matching
 //! or authorizing, and send on the normalized form, so that what was
-//! matched or authorized is what is served. See [`mesh_core::path`].
+//! matched or authorized is what is served. See [`proxyless_core::path`].
 
 use crate::error::InvalidPath;
 use http::Request;
 use http::uri::{PathAndQuery, Uri};
-use mesh_core::path::{Normalized, PathNormalization, normalize};
+use proxyless_core::path::{Normalized, PathNormalization, normalize};
 use std::borrow::Cow;
 
 /// What became of a request's path.
@@ -42,11 +42,11 @@ pub fn normalize_request<B>(
     // allowed, so this parse cannot fail; if it did, refuse rather than
     // send what was not normalized.
     let pq = PathAndQuery::from_maybe_shared(with_query).map_err(|_| InvalidPath {
-        source: mesh_core::path::PathError::BadEscape,
+        source: proxyless_core::path::PathError::BadEscape,
     })?;
     parts.path_and_query = Some(pq);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| InvalidPath {
-        source: mesh_core::path::PathError::BadEscape,
+        source: proxyless_core::path::PathError::BadEscape,
     })?;
     Ok(PathAction::Continue)
 }

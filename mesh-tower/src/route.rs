@@ -5,7 +5,7 @@
 //! of known length. Everything below reads its decision from the request's
 //! [`Routed`] extension.
 //!
-//! The path is normalized first ([`mesh_core::path`]) for hosts the mesh
+//! The path is normalized first ([`proxyless_core::path`]) for hosts the mesh
 //! claims: routes match the normal form and the request is sent with it; a
 //! refused path fails with [`InvalidPath`](crate::error::InvalidPath).
 //!
@@ -25,9 +25,9 @@ use crate::{BoxError, BoxFuture};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use mesh_core::Mesh;
-use mesh_core::config::EscapedSlashes;
-use mesh_core::route::{Decision, RequestParts, decide};
+use proxyless_core::Mesh;
+use proxyless_core::config::EscapedSlashes;
+use proxyless_core::route::{Decision, RequestParts, decide};
 use std::task::{Context, Poll};
 use tower_service::Service;
 

@@ -3,7 +3,7 @@
 //! outlier state, the retry budget, and counters.
 //!
 //! State is keyed by backend name and endpoint address (see
-//! [`mesh_core::state`]), so it survives config swaps for whatever did not
+//! [`proxyless_core::state`]), so it survives config swaps for whatever did not
 //! change. Per snapshot version, each backend is *resolved* once (lazily, on
 //! its first request): its endpoint states, weights and balancer tables are
 //! gathered into a [`ResolvedBackend`] that later requests reach with one
@@ -13,15 +13,17 @@ use crate::error::{CircuitOpen, CircuitReason, NoHealthyEndpoint};
 use crate::ext::Routed;
 use crate::telemetry::metrics::RouteMetrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use mesh_core::config::{self, LoadBalancer, OutlierDetection};
-use mesh_core::policy::Outcome;
-use mesh_core::policy::balance::{Maglev, Ring, RoundRobin, hash_key, pick_two, pick_weighted};
-use mesh_core::policy::breaker::Breaker;
-use mesh_core::policy::budget::RetryBudget;
-use mesh_core::policy::ewma::PeakEwma;
-use mesh_core::policy::outlier::{Health, OutlierState};
-use mesh_core::snapshot::Snapshot;
-use mesh_core::state::{BackendKey, EndpointKey, StateMap};
+use proxyless_core::config::{self, LoadBalancer, OutlierDetection};
+use proxyless_core::policy::Outcome;
+use proxyless_core::policy::balance::{
+    Maglev, Ring, RoundRobin, hash_key, pick_two, pick_weighted,
+};
+use proxyless_core::policy::breaker::Breaker;
+use proxyless_core::policy::budget::RetryBudget;
+use proxyless_core::policy::ewma::PeakEwma;
+use proxyless_core::policy::outlier::{Health, OutlierState};
+use proxyless_core::snapshot::Snapshot;
+use proxyless_core::state::{BackendKey, EndpointKey, StateMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -231,7 +233,7 @@ impl Runtime {
         }
     }
 
-    fn resolve_backend(&self, entry: &mesh_core::snapshot::BackendEntry) -> ResolvedBackend {
+    fn resolve_backend(&self, entry: &proxyless_core::snapshot::BackendEntry) -> ResolvedBackend {
         let cfg = entry.config();
         let cb = cfg.circuit_breaker.clone().unwrap_or_default();
         let state = self
@@ -512,7 +514,7 @@ impl ResolvedBackend {
         let ep = &self.endpoints[i];
         let lat = f64::from_bits(ep.ewma_nanos.load(Ordering::Relaxed));
         let idle = Duration::from_nanos(now.saturating_sub(ep.ewma_stamp.load(Ordering::Relaxed)));
-        let lat = mesh_core::policy::ewma::decayed(lat, idle, EWMA_DECAY.as_nanos() as f64);
+        let lat = proxyless_core::policy::ewma::decayed(lat, idle, EWMA_DECAY.as_nanos() as f64);
         lat * f64::from(ep.inflight() + 1) / f64::from(self.weights[i])
     }
 

@@ -9,12 +9,12 @@
 
 use bytes::Bytes;
 use http::{Request, Response};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_tower::body::MeshBody;
-use mesh_tower::error::ErrorKind;
-use mesh_tower::ext::{DEADLINE_HEADER, Routed, Served};
-use mesh_tower::{BoxError, MeshLayer};
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_tower::body::MeshBody;
+use proxyless_tower::error::ErrorKind;
+use proxyless_tower::ext::{DEADLINE_HEADER, Routed, Served};
+use proxyless_tower::{BoxError, MeshLayer};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
@@ -27,7 +27,7 @@ fn mesh(yaml: &str) -> Mesh {
     Mesh::from_config(Config::from_yaml(yaml).unwrap()).unwrap()
 }
 
-fn stack(yaml: &str) -> (mesh_tower::MeshService<String>, Handle, MeshLayer) {
+fn stack(yaml: &str) -> (proxyless_tower::MeshService<String>, Handle, MeshLayer) {
     let (svc, handle): (Mock, Handle) = mock::pair();
     let layer = MeshLayer::new(mesh(yaml));
     (layer.layer(svc), handle, layer)
@@ -552,7 +552,8 @@ async fn a_config_swap_changes_the_split_for_the_next_request() {
     );
     let mut cfg = m.snapshot().config().clone();
     cfg.services[0].routes[0].to[0].backend = "c".into();
-    m.update(cfg, mesh_core::snapshot::Source::Code).unwrap();
+    m.update(cfg, proxyless_core::snapshot::Source::Code)
+        .unwrap();
     assert_eq!(
         backend(&svc.oneshot(get("http://api/")).await.unwrap()),
         "c"
@@ -576,8 +577,9 @@ async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
     cfg.services[0].routes[0].timeout = Some(Duration::from_secs(3));
     cfg.backends[0]
         .endpoints
-        .push(mesh_core::config::Endpoint::new("127.0.0.1:4"));
-    m.update(cfg, mesh_core::snapshot::Source::Code).unwrap();
+        .push(proxyless_core::config::Endpoint::new("127.0.0.1:4"));
+    m.update(cfg, proxyless_core::snapshot::Source::Code)
+        .unwrap();
     for _ in 0..40 {
         let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
         let ep = resp

@@ -6,11 +6,11 @@
 
 use crate::support::{echo, free_port, mesh, run};
 use mesh::echo::Echo;
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::snapshot::Source;
-use mesh_core::xds::XdsSettings;
-use mesh_hyper::Client;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::snapshot::Source;
+use proxyless_core::xds::XdsSettings;
+use proxyless_hyper::Client;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -148,7 +148,7 @@ impl ControlPlane {
                 tokio::spawn(
                     tonic::transport::Server::builder()
                         .add_service(
-                            mesh_core::xds::server::DevControlPlane::new(mesh).into_service(),
+                            proxyless_core::xds::server::DevControlPlane::new(mesh).into_service(),
                         )
                         .serve_with_incoming(incoming),
                 );

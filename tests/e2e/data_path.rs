@@ -2,9 +2,9 @@
 
 use crate::support::{echo, mesh, run, run_with};
 use mesh::echo::Echo;
-use mesh_core::Mesh;
-use mesh_core::snapshot::Source;
-use mesh_hyper::Client;
+use proxyless_core::Mesh;
+use proxyless_core::snapshot::Source;
+use proxyless_hyper::Client;
 use std::time::Duration;
 
 fn split_yaml(a: &str, wa: u32, b: &str, wb: u32) -> String {
@@ -45,7 +45,7 @@ async fn a_live_weight_change_shifts_traffic_without_a_failed_request() {
     });
     for (wa, wb) in [(50, 50), (0, 100)] {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let cfg = mesh_core::config::Config::from_yaml(&split_yaml(&a, wa, &b, wb)).unwrap();
+        let cfg = proxyless_core::config::Config::from_yaml(&split_yaml(&a, wa, &b, wb)).unwrap();
         m.update(cfg, Source::Code).unwrap();
     }
     let during = load.await.unwrap();
@@ -278,8 +278,8 @@ async fn the_route_timeout_fires_and_a_meshed_server_honours_the_deadline() {
     // the client's timeout, or the meshed server's 504 naming it.
     match result {
         Err(e) => assert_eq!(
-            mesh_tower::error::ErrorKind::of(&*e),
-            mesh_tower::error::ErrorKind::Timeout,
+            proxyless_tower::error::ErrorKind::of(&*e),
+            proxyless_tower::error::ErrorKind::Timeout,
             "{e}"
         ),
         Ok(resp) => {
@@ -456,7 +456,7 @@ async fn the_balancer_forgets_an_outage_within_seconds() {
     let backend = c.runtime().backend(&m.snapshot(), 0).unwrap();
     for ep in backend.endpoints.iter() {
         assert!(
-            ep.latency() <= mesh_core::policy::ewma::MAX_FAILURE_PENALTY,
+            ep.latency() <= proxyless_core::policy::ewma::MAX_FAILURE_PENALTY,
             "{}: {:?}",
             ep.address,
             ep.latency()

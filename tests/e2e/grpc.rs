@@ -1,25 +1,25 @@
-//! gRPC through the mesh: tonic clients on `mesh_tonic::channel`, tonic
-//! servers behind `mesh_tonic::serve`, and grpcio (Python) on either side.
+//! gRPC through the mesh: tonic clients on `proxyless_tonic::channel`, tonic
+//! servers behind `proxyless_tonic::serve`, and grpcio (Python) on either side.
 
 use crate::support::mesh;
 use mesh::certs::DevCa;
 use mesh::greeter::{Greeter, GreeterClient, HelloRequest};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::identity::tls::Identity;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::identity::tls::Identity;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-async fn start(greeter: Greeter, server: mesh_hyper::Server) -> SocketAddr {
+async fn start(greeter: Greeter, server: proxyless_hyper::Server) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = tonic::service::Routes::new(greeter.into_server());
-    tokio::spawn(mesh_tonic::serve(server, listener, routes));
+    tokio::spawn(proxyless_tonic::serve(server, listener, routes));
     addr
 }
 
 async fn plain(greeter: Greeter) -> SocketAddr {
-    start(greeter, mesh_hyper::Server::new(&Mesh::empty())).await
+    start(greeter, proxyless_hyper::Server::new(&Mesh::empty())).await
 }
 
 fn hello(name: &str) -> tonic::Request<HelloRequest> {
@@ -38,7 +38,7 @@ async fn a_weighted_split_across_two_versions() {
     let m = mesh(&format!(
         "services: [{{ name: greeter, routes: [{{ to: [{{ backend: v1, weight: 90 }}, {{ backend: v2, weight: 10 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{v1}'] }}, {{ name: v2, endpoints: ['{v2}'] }}]"
     ));
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "greeter"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "greeter"));
     let mut v2_count = 0;
     for _ in 0..2000 {
         let resp = client.say_hello(hello("x")).await.unwrap();
@@ -64,12 +64,15 @@ async fn a_channel_on_a_control_plane_fetches_its_service_on_the_first_call() {
         "services: [{{ name: greeter, routes: [{{ to: [{{ backend: v1, weight: 0 }}, {{ backend: v2, weight: 100 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{v1}'] }}, {{ name: v2, endpoints: ['{v2}'] }}]"
     ));
     let (addr, cp) = crate::support::dev_control_plane(&served);
-    let settings =
-        mesh_core::xds::XdsSettings::new(&format!("http://{addr}"), "greeter-client", Vec::new())
-            .delta();
+    let settings = proxyless_core::xds::XdsSettings::new(
+        &format!("http://{addr}"),
+        "greeter-client",
+        Vec::new(),
+    )
+    .delta();
     let (m, _xds) = Mesh::from_control_plane(settings).unwrap();
     assert!(m.snapshot().service_for_host("greeter").is_none());
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "greeter"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "greeter"));
     for _ in 0..20 {
         let resp = client.say_hello(hello("x")).await.unwrap();
         assert_eq!(resp.get_ref().server, "v2", "routed by the fetched config");
@@ -97,7 +100,7 @@ backends:
   - {{ name: broken, endpoints: ["{b}"] }}
 "#
     ));
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "flaky"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "flaky"));
     let mut ok = 0;
     for _ in 0..500 {
         ok += u32::from(client.say_hello(hello("x")).await.is_ok());
@@ -112,7 +115,7 @@ backends:
         flaky.served()
     );
 
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "broken"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "broken"));
     let status = client.say_hello(hello("x")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Internal);
     assert_eq!(
@@ -131,7 +134,7 @@ async fn the_server_sees_the_remaining_deadline() {
     // The caller's 800 ms is shorter than the route's 5 s.
     let mut req = hello("x");
     req.set_timeout(Duration::from_millis(800));
-    let seen = GreeterClient::new(mesh_tonic::channel(&m, "greeter"))
+    let seen = GreeterClient::new(proxyless_tonic::channel(&m, "greeter"))
         .say_hello(req)
         .await
         .unwrap()
@@ -141,7 +144,7 @@ async fn the_server_sees_the_remaining_deadline() {
     // The route's 200 ms is shorter than the caller's.
     let mut req = hello("x");
     req.set_timeout(Duration::from_secs(10));
-    let seen = GreeterClient::new(mesh_tonic::channel(&m, "tight"))
+    let seen = GreeterClient::new(proxyless_tonic::channel(&m, "tight"))
         .say_hello(req)
         .await
         .unwrap()
@@ -167,7 +170,7 @@ backends:
   - {{ name: gone, endpoints: [] }}
 "#
     ));
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "greeter"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "greeter"));
     let mut stream = client
         .say_hello_stream(HelloRequest {
             name: "s".into(),
@@ -183,7 +186,7 @@ backends:
     }
     assert_eq!(n, 5);
 
-    let status = GreeterClient::new(mesh_tonic::channel(&m, "gone"))
+    let status = GreeterClient::new(proxyless_tonic::channel(&m, "gone"))
         .say_hello(hello("x"))
         .await
         .unwrap_err();
@@ -196,12 +199,12 @@ backends:
         status.metadata().get("x-mesh-error").unwrap(),
         "no_healthy_endpoint"
     );
-    let status = GreeterClient::new(mesh_tonic::channel(&m, "slow"))
+    let status = GreeterClient::new(proxyless_tonic::channel(&m, "slow"))
         .say_hello(hello("x"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    let status = GreeterClient::new(mesh_tonic::channel(&m, "nowhere.invalid:1"))
+    let status = GreeterClient::new(proxyless_tonic::channel(&m, "nowhere.invalid:1"))
         .say_hello(hello("x"))
         .await
         .unwrap_err();
@@ -238,14 +241,14 @@ inbound:
     server_mesh.set_identity(id("greeter"));
     let g = start(
         Greeter::new("g"),
-        mesh_hyper::Server::new(&server_mesh).service("greeter"),
+        proxyless_hyper::Server::new(&server_mesh).service("greeter"),
     )
     .await;
     let m = mesh(&format!(
         "services: [{{ name: greeter, routes: [{{ to: [g] }}] }}]\nbackends: [{{ name: g, endpoints: ['{g}'], tls: {{ mode: mutual, identity: 'spiffe://demo.local/greeter' }} }}]"
     ));
     m.set_identity(id("web"));
-    let mut client = GreeterClient::new(mesh_tonic::channel(&m, "greeter"));
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "greeter"));
     let reply = client.say_hello(hello("x")).await.unwrap().into_inner();
     assert_eq!(reply.caller, "spiffe://demo.local/web");
     let status = client
@@ -283,7 +286,7 @@ mod interop {
         let m = mesh(&format!(
             "services: [{{ name: peer, routes: [{{ retry: {{ attempts: 5, on: [unavailable], backoff: {{ base: 1ms, max: 2ms }} }}, to: [py] }}] }}]\nbackends: [{{ name: py, endpoints: ['127.0.0.1:{port}'] }}]"
         ));
-        let mut client = EchoClient::new(mesh_tonic::channel(&m, "peer"));
+        let mut client = EchoClient::new(proxyless_tonic::channel(&m, "peer"));
         let mut ok = 0;
         let mut last: Option<EchoResponse> = None;
         for i in 0..100 {
@@ -369,8 +372,8 @@ mod interop {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = tonic::service::Routes::new(peer::echo_server::EchoServer::new(TonicEcho));
-        tokio::spawn(mesh_tonic::serve(
-            mesh_hyper::Server::new(&Mesh::empty()),
+        tokio::spawn(proxyless_tonic::serve(
+            proxyless_hyper::Server::new(&Mesh::empty()),
             listener,
             routes,
         ));
@@ -410,8 +413,8 @@ mod interop {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = tonic::service::Routes::new(peer::echo_server::EchoServer::new(TonicEcho));
-        tokio::spawn(mesh_tonic::serve(
-            mesh_hyper::Server::new(&server_mesh).service("echo"),
+        tokio::spawn(proxyless_tonic::serve(
+            proxyless_hyper::Server::new(&server_mesh).service("echo"),
             listener,
             routes,
         ));

@@ -6,8 +6,8 @@
 
 use mesh::certs::DevCa;
 use mesh::echo::{Echo, EchoHandle};
-use mesh_core::Mesh;
-use mesh_hyper::ServerLimits;
+use proxyless_core::Mesh;
+use proxyless_hyper::ServerLimits;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -4,9 +4,9 @@
 //! installs openssl and curl.
 
 use mesh::certs::DevCa;
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::identity::tls::{Identity, IdentityFiles};
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::identity::tls::{Identity, IdentityFiles};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -185,7 +185,7 @@ async fn the_mesh_client_talks_mtls_to_openssl_s_server() {
         ca: pki.path().join("ca.crt"),
     };
     mesh.set_identity(Identity::load(&files).unwrap());
-    let resp = mesh_hyper::Client::new(&mesh)
+    let resp = proxyless_hyper::Client::new(&mesh)
         .get("http://peer/")
         .await
         .unwrap();
@@ -207,7 +207,7 @@ async fn the_mesh_client_talks_mtls_to_openssl_s_server() {
     .unwrap();
     wrong.set_identity(Identity::load(&files).unwrap());
     assert!(
-        mesh_hyper::Client::new(&wrong)
+        proxyless_hyper::Client::new(&wrong)
             .get("http://peer/")
             .await
             .is_err()

@@ -1,5 +1,5 @@
 //! End-to-end tests over real sockets: echo servers on 127.0.0.1 behind
-//! `mesh_hyper::serve`, a `mesh_hyper::Client` in front. One binary, one
+//! `proxyless_hyper::serve`, a `proxyless_hyper::Client` in front. One binary, one
 //! module per concern.
 
 #![allow(

@@ -7,11 +7,11 @@
 
 use mesh::certs::{DevCa, IssueOptions, Issued};
 use mesh::echo::{Echo, EchoHandle};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::snapshot::Source;
-use mesh_hyper::Client;
-use mesh_tower::error::ErrorKind;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::snapshot::Source;
+use proxyless_hyper::Client;
+use proxyless_tower::error::ErrorKind;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
@@ -140,7 +140,7 @@ fn chain_and_key(issued: &Issued) -> (Vec<CertificateDer<'static>>, PrivateKeyDe
 async fn raw_tls_server(cert: &Issued) -> (SocketAddr, Arc<AtomicUsize>) {
     let (chain, key) = chain_and_key(cert);
     let mut config =
-        rustls::ServerConfig::builder_with_provider(mesh_core::identity::tls::provider())
+        rustls::ServerConfig::builder_with_provider(proxyless_core::identity::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -249,10 +249,11 @@ async fn raw_tls_request(ca: &DevCa, addr: SocketAddr, cert: Option<&Issued>) ->
     for c in CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let builder = rustls::ClientConfig::builder_with_provider(mesh_core::identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(proxyless_core::identity::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
     let mut config = match cert {
         Some(c) => {
             let (chain, key) = chain_and_key(c);
@@ -565,7 +566,7 @@ proptest::proptest! {
         )
     ) {
         let raw = format!("/{}", segments.join("/"));
-        let normal = mesh_core::path::normalize(&raw, &Default::default())
+        let normal = proxyless_core::path::normalize(&raw, &Default::default())
             .unwrap()
             .as_str()
             .to_owned();

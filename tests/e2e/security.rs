@@ -4,11 +4,11 @@
 use crate::support::run;
 use mesh::certs::{DevCa, IssueOptions, Issued};
 use mesh::echo::{Echo, EchoHandle};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_core::identity::tls::Identity;
-use mesh_hyper::Client;
-use mesh_tower::error::ErrorKind;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_core::identity::tls::Identity;
+use proxyless_hyper::Client;
+use proxyless_tower::error::ErrorKind;
 use rustls::pki_types::pem::PemObject;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn client(ca: &DevCa, server: &EchoHandle, expected: Option<&str>, me: Option<&I
     Client::new(&mesh)
 }
 
-async fn body_json(resp: http::Response<mesh_hyper::Body>) -> serde_json::Value {
+async fn body_json(resp: http::Response<proxyless_hyper::Body>) -> serde_json::Value {
     let bytes = http_body_util::BodyExt::collect(resp.into_body())
         .await
         .unwrap()
@@ -179,11 +179,12 @@ async fn a_strict_server_refuses_plaintext_untrusted_expired_and_certless_client
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(mesh_core::identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(proxyless_core::identity::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(reviews.addr())
         .await
         .unwrap();
@@ -255,7 +256,7 @@ async fn authorization_allows_denies_defaults_to_deny_and_matches_wildcards() {
 /// ADS: the same answers to the same callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_authorization_from_a_control_planes_rbac_filters() {
-    use mesh_core::xds::{Api, XdsSettings};
+    use proxyless_core::xds::{Api, XdsSettings};
     for api in [Api::Sotw, Api::Delta] {
         let ca = DevCa::new(TD).unwrap();
         let served = Mesh::from_config(Config::from_yaml(&inbound("permissive")).unwrap()).unwrap();
@@ -292,12 +293,12 @@ async fn the_same_authorization_from_a_control_planes_rbac_filters() {
         served
             .update(
                 Config::from_yaml(&inbound("strict")).unwrap(),
-                mesh_core::snapshot::Source::Code,
+                proxyless_core::snapshot::Source::Code,
             )
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while mesh.snapshot().inbound("reviews").map(|p| p.mtls)
-            != Some(mesh_core::config::MtlsMode::Strict)
+            != Some(proxyless_core::config::MtlsMode::Strict)
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -394,7 +395,7 @@ async fn authorization(ca: &DevCa, reviews: &EchoHandle) {
 async fn rotation_mid_traffic_fails_no_request_and_a_bad_rotation_is_refused() {
     let ca = DevCa::new(TD).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = mesh_core::identity::tls::IdentityFiles {
+    let files = proxyless_core::identity::tls::IdentityFiles {
         cert: dir.path().join("reviews.pem"),
         key: dir.path().join("reviews-key.pem"),
         ca: dir.path().join("ca.pem"),
@@ -484,7 +485,7 @@ async fn client_handshake(
 /// refused by the server, the wrong ID by the client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_to_a_backend_a_control_plane_names() {
-    use mesh_core::xds::XdsSettings;
+    use proxyless_core::xds::XdsSettings;
     let ca = DevCa::new(TD).unwrap();
     let (echo, _server_mesh) = server(&ca, "strict").await;
     let config = |tls: &str| {

@@ -1,9 +1,9 @@
 //! Shared helpers: meshes from YAML with real echo backends.
 
 use mesh::echo::{Echo, EchoHandle};
-use mesh_core::Mesh;
-use mesh_core::config::Config;
-use mesh_hyper::Client;
+use proxyless_core::Mesh;
+use proxyless_core::config::Config;
+use proxyless_hyper::Client;
 
 pub fn mesh(yaml: &str) -> Mesh {
     Mesh::from_config(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))).unwrap()
@@ -22,8 +22,8 @@ pub use mesh::tally::Tally;
 pub fn identity(
     ca: &mesh::certs::DevCa,
     issued: &mesh::certs::Issued,
-) -> mesh_core::identity::tls::Identity {
-    mesh_core::identity::tls::Identity::from_pem(
+) -> proxyless_core::identity::tls::Identity {
+    proxyless_core::identity::tls::Identity::from_pem(
         issued.cert_pem.as_bytes(),
         issued.key_pem.as_bytes(),
         ca.ca_pem().as_bytes(),
@@ -84,7 +84,9 @@ pub fn dev_control_plane(
     let addr = incoming.local_addr().unwrap();
     let task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(mesh_core::xds::server::DevControlPlane::new(mesh.clone()).into_service())
+            .add_service(
+                proxyless_core::xds::server::DevControlPlane::new(mesh.clone()).into_service(),
+            )
             .serve_with_incoming(incoming),
     );
     (addr, task)

@@ -4,10 +4,10 @@
 
 use crate::support::{echo, mesh, run};
 use mesh::echo::Echo;
-use mesh_core::Mesh;
-use mesh_hyper::Client;
-use mesh_hyper::admin::Admin;
-use mesh_tower::telemetry::trace::{self, FinishedSpan, SpanKind, SpanSink};
+use proxyless_core::Mesh;
+use proxyless_hyper::Client;
+use proxyless_hyper::admin::Admin;
+use proxyless_tower::telemetry::trace::{self, FinishedSpan, SpanKind, SpanSink};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,7 +53,7 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_retries_breaker_trips_and_ejections() {
-    mesh_hyper::telemetry::install_prometheus().unwrap();
+    proxyless_hyper::telemetry::install_prometheus().unwrap();
     let good = echo("tm-good").await;
     let bad = Echo::new("tm-bad")
         .fail_rate(1.0)
@@ -225,10 +225,10 @@ async fn one_trace_crosses_two_meshed_hops_with_parent_links() {
             let body = http_body_util::BodyExt::collect(resp.into_body())
                 .await?
                 .to_bytes();
-            Ok::<_, mesh_tower::BoxError>(http::Response::new(http_body_util::Full::new(body)))
+            Ok::<_, proxyless_tower::BoxError>(http::Response::new(http_body_util::Full::new(body)))
         }
     });
-    let server = mesh_hyper::Server::new(&Mesh::empty()).service("tr-a");
+    let server = proxyless_hyper::Server::new(&Mesh::empty()).service("tr-a");
     tokio::spawn(async move { server.serve(a_listener, handler).await });
 
     // The outer client calls A with a traceparent of its own.
@@ -324,7 +324,7 @@ async fn spans_reach_a_real_otlp_collector_with_ids_parents_and_attributes() {
     );
     let _stop = PeerStop(format!("otlp-{grpc}"));
 
-    let exporter = mesh_hyper::otlp::install(
+    let exporter = proxyless_hyper::otlp::install(
         &format!("http://127.0.0.1:{http_port}/v1/traces"),
         "otlp-test",
     )

@@ -4,9 +4,9 @@
 //! last good snapshot while the control plane is away.
 
 use crate::support::{PeerStop as Stop, echo, free_port, peer, peers, run, run_with};
-use mesh_core::Mesh;
-use mesh_core::xds::{Api, XdsSettings};
-use mesh_hyper::Client;
+use proxyless_core::Mesh;
+use proxyless_core::xds::{Api, XdsSettings};
+use proxyless_hyper::Client;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -154,7 +154,7 @@ async fn against_the_independent_server(api: Api) {
     // An operator sees the same at the admin server's /xds.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = listener.local_addr().unwrap();
-    let admin_server = tokio::spawn(mesh_hyper::admin::Admin::new(&mesh).serve(listener));
+    let admin_server = tokio::spawn(proxyless_hyper::admin::Admin::new(&mesh).serve(listener));
     let status: serde_json::Value =
         serde_json::from_str(&get_text(format!("http://{admin_addr}/xds")).await).unwrap();
     assert_eq!(status["connected"], true, "{status}");
@@ -348,7 +348,7 @@ async fn control_plane(file: &Path, port: u16) -> tokio::sync::oneshot::Sender<(
         let shutdown = async {
             let _ = stopped.await;
         };
-        let _ = mesh_core::xds::server::serve_with_shutdown(mesh, addr, shutdown).await;
+        let _ = proxyless_core::xds::server::serve_with_shutdown(mesh, addr, shutdown).await;
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -415,7 +415,7 @@ async fn development_control_plane(api: Api) {
     let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
     wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
     // The same config as the file, through xDS and back.
-    let from_file = mesh_core::config::Config::from_path(&file).unwrap();
+    let from_file = proxyless_core::config::Config::from_path(&file).unwrap();
     let got = mesh.snapshot().config().clone();
     assert_eq!(got.services[0].routes, from_file.services[0].routes);
     assert_eq!(got.backends, from_file.backends);
@@ -474,7 +474,7 @@ async fn development_control_plane(api: Api) {
 /// signal) keeps streams open and pushes edits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
-    let prometheus = mesh_hyper::telemetry::install_prometheus().unwrap();
+    let prometheus = proxyless_hyper::telemetry::install_prometheus().unwrap();
     let (a, b) = (echo("own-a").await, echo("own-b").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
@@ -487,7 +487,7 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
     let addr = incoming.local_addr().unwrap();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
+            .add_service(proxyless_core::xds::server::DevControlPlane::new(served).into_service())
             .serve_with_incoming(incoming),
     );
     let settings = XdsSettings::new(&format!("http://{addr}"), "own", vec!["own-svc".into()]);
@@ -653,7 +653,7 @@ async fn envoy_client(api: &str) {
     let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = mesh.clone();
     tokio::spawn(async move {
-        let _ = mesh_core::xds::server::DevControlPlane::new(served)
+        let _ = proxyless_core::xds::server::DevControlPlane::new(served)
             .envoy_listener(listen_addr)
             .serve_with_shutdown(format!("127.0.0.1:{cp}").parse().unwrap(), async {
                 let _ = stopped.await;
@@ -707,8 +707,8 @@ async fn envoy_client(api: &str) {
 
     // An edit reaches Envoy as a push.
     mesh.update(
-        mesh_core::config::Config::from_yaml(&split_file(a.addr(), b.addr(), 0, 100)).unwrap(),
-        mesh_core::snapshot::Source::Code,
+        proxyless_core::config::Config::from_yaml(&split_file(a.addr(), b.addr(), 0, 100)).unwrap(),
+        proxyless_core::snapshot::Source::Code,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -734,7 +734,7 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let cp = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(mesh_core::xds::server::DevControlPlane::new(served).into_service())
+            .add_service(proxyless_core::xds::server::DevControlPlane::new(served).into_service())
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
     let bootstrap = serde_json::json!({
@@ -763,7 +763,7 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
 async fn served_by_the_independent_server(
     file: &Path,
     resources: &serde_json::Value,
-) -> (Mesh, mesh_core::xds::XdsHandle, u16, Stop) {
+) -> (Mesh, proxyless_core::xds::XdsHandle, u16, Stop) {
     std::fs::write(file, resources.to_string()).unwrap();
     let (port, admin, stop) = start_peer(file);
     let settings = XdsSettings::new(
@@ -803,7 +803,7 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
     let (mesh, xds, admin, _stop) = served_by_the_independent_server(&file, &extreme).await;
     let snap = mesh.snapshot();
     let route = &snap.config().services[0].routes[0];
-    let max = mesh_core::config::MAX_DURATION;
+    let max = proxyless_core::config::MAX_DURATION;
     assert_eq!(route.timeout, Some(max));
     let retry = route.retry.as_ref().unwrap();
     assert_eq!((retry.attempts, retry.backoff.base), (10, max));
@@ -891,7 +891,7 @@ async fn a_listener_that_goes_and_comes_back_is_served_again() {
 /// used to put the client in a reconnect loop, with no NACK.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked() {
-    use mesh_core::config::{Config, PathMatch, Route, RouteMatch, WeightedBackend};
+    use proxyless_core::config::{Config, PathMatch, Route, RouteMatch, WeightedBackend};
     let v1 = echo("v1").await;
     let mut cfg = Config::from_yaml(&format!(
         "services: [{{ name: big, routes: [{{ to: [v1] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{}'] }}]",
@@ -916,7 +916,7 @@ async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked
         });
     }
     cfg.services[0].routes.push(fallback);
-    let resources = mesh_core::xds::translate::from_config(&cfg);
+    let resources = proxyless_core::xds::translate::from_config(&cfg);
     let size = resources
         .routes
         .values()

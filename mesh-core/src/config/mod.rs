@@ -6,7 +6,7 @@
 //! gives one) and reason.
 //!
 //! ```
-//! use mesh_core::config::{Config, ProblemKind};
+//! use proxyless_core::config::{Config, ProblemKind};
 //!
 //! let cfg = Config::from_yaml(r#"
 //! services:

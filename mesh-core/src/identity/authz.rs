@@ -9,8 +9,8 @@
 //! caller). Path forms: exact, a prefix ending in `*`, or `*`.
 //!
 //! ```
-//! use mesh_core::config::{AuthzAction, AuthzRule, AuthzTarget, InboundPolicy};
-//! use mesh_core::identity::{SpiffeId, authz::{authorize, Verdict}};
+//! use proxyless_core::config::{AuthzAction, AuthzRule, AuthzTarget, InboundPolicy};
+//! use proxyless_core::identity::{SpiffeId, authz::{authorize, Verdict}};
 //!
 //! let policy = InboundPolicy {
 //!     service: "reviews".into(),

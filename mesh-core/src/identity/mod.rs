@@ -7,7 +7,7 @@
 //! fragment; at most 2048 bytes.
 //!
 //! ```
-//! use mesh_core::identity::SpiffeId;
+//! use proxyless_core::identity::SpiffeId;
 //! let id: SpiffeId = "spiffe://demo.local/ns/default/sa/reviews".parse().unwrap();
 //! assert_eq!(id.trust_domain(), "demo.local");
 //! assert_eq!(id.path(), "/ns/default/sa/reviews");
@@ -153,7 +153,7 @@ impl serde::Serialize for SpiffeId {
 /// verified for one set of identities is never used for another.
 ///
 /// ```
-/// use mesh_core::identity::{IdentityMatcher, SpiffeId};
+/// use proxyless_core::identity::{IdentityMatcher, SpiffeId};
 /// let m = IdentityMatcher::new(["spiffe://td/api", "spiffe://td/ns/prod/*"]).unwrap();
 /// assert!(m.matches(&"spiffe://td/api".parse::<SpiffeId>().unwrap()));
 /// assert!(m.matches(&"spiffe://td/ns/prod/sa/web".parse::<SpiffeId>().unwrap()));

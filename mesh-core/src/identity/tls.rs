@@ -9,13 +9,13 @@
 //! or bundle applies to new handshakes while connections in flight go on.
 //!
 //! ```no_run
-//! use mesh_core::identity::tls::{Identity, IdentityFiles};
+//! use proxyless_core::identity::tls::{Identity, IdentityFiles};
 //! let files = IdentityFiles::from_env().expect("MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA");
 //! let identity = Identity::load(&files)?;
 //! println!("I am {}", identity.spiffe_id());
 //! identity.watch(files);                         // rotation
 //! let server = identity.server_config(true);     // client certificates required
-//! # Ok::<(), mesh_core::identity::tls::IdentityError>(())
+//! # Ok::<(), proxyless_core::identity::tls::IdentityError>(())
 //! ```
 
 use super::{IdentityMatcher, SpiffeId, SpiffeIdError};

@@ -8,7 +8,7 @@
 //! - [`Maglev`]: Google's Maglev table, which moves fewer keys when the set changes.
 //!
 //! ```
-//! use mesh_core::policy::balance::{hash_key, Maglev};
+//! use proxyless_core::policy::balance::{hash_key, Maglev};
 //! let eps = [("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)];
 //! let table = Maglev::new(&eps);
 //! let k = hash_key(b"user-42");

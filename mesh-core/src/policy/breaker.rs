@@ -4,7 +4,7 @@
 //! backend. Admission returns a guard that gives the slot back when dropped.
 //!
 //! ```
-//! use mesh_core::policy::breaker::{Breaker, Limit};
+//! use proxyless_core::policy::breaker::{Breaker, Limit};
 //!
 //! let breaker = Breaker::new(1, 1, 1);
 //! let first = breaker.try_request().unwrap();

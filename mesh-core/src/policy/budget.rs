@@ -7,7 +7,7 @@
 //! withdraws if the window has room. No lock is taken.
 //!
 //! ```
-//! use mesh_core::policy::budget::RetryBudget;
+//! use proxyless_core::policy::budget::RetryBudget;
 //! use std::time::{Duration, Instant};
 //!
 //! let start = Instant::now();

@@ -13,7 +13,7 @@
 //! for minutes after).
 //!
 //! ```
-//! use mesh_core::policy::ewma::PeakEwma;
+//! use proxyless_core::policy::ewma::PeakEwma;
 //! use std::time::{Duration, Instant};
 //!
 //! let t0 = Instant::now();

@@ -5,8 +5,8 @@
 //! backend decides whether the ejection may happen (`max_ejection_percent`).
 //!
 //! ```
-//! use mesh_core::config::OutlierDetection;
-//! use mesh_core::policy::{Outcome, outlier::{Health, OutlierState}};
+//! use proxyless_core::config::OutlierDetection;
+//! use proxyless_core::policy::{Outcome, outlier::{Health, OutlierState}};
 //! use std::time::{Duration, Instant};
 //!
 //! let cfg = OutlierDetection { consecutive_5xx: 2, ..Default::default() };

@@ -18,9 +18,9 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use mesh_core::xds::XdsSettings;
+//! use proxyless_core::xds::XdsSettings;
 //! let settings = XdsSettings::new("http://127.0.0.1:18000", "node-1", vec!["reviews".into()]);
-//! let (mesh, xds) = mesh_core::Mesh::from_control_plane(settings)?;
+//! let (mesh, xds) = proxyless_core::Mesh::from_control_plane(settings)?;
 //! # Ok(()) }
 //! ```
 

@@ -13,8 +13,8 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let mesh = mesh_core::Mesh::from_file("mesh.yaml")?;     // watched: edits are pushed
-//! mesh_core::xds::server::serve(mesh, "127.0.0.1:18000".parse()?).await?;
+//! let mesh = proxyless_core::Mesh::from_file("mesh.yaml")?;     // watched: edits are pushed
+//! proxyless_core::xds::server::serve(mesh, "127.0.0.1:18000".parse()?).await?;
 //! # Ok(()) }
 //! ```
 

@@ -1,7 +1,7 @@
 //! Every validation problem kind, each from a bad file whose header says
 //! which problems (kind, path, line, words) it must produce.
 
-use mesh_core::config::{Config, ConfigError, ProblemKind};
+use proxyless_core::config::{Config, ConfigError, ProblemKind};
 use std::path::{Path, PathBuf};
 
 fn configs() -> PathBuf {

@@ -1,8 +1,8 @@
 //! model -> YAML -> model (and JSON) is the identity, for generated configs.
 
-use mesh_core::config::*;
-use mesh_core::identity::SpiffeId;
 use proptest::prelude::*;
+use proxyless_core::config::*;
+use proxyless_core::identity::SpiffeId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -249,14 +249,14 @@ fn config() -> impl Strategy<Value = Config> {
                         } else {
                             UnknownHosts::Passthrough
                         },
-                        path_normalization: mesh_core::path::PathNormalization {
+                        path_normalization: proxyless_core::path::PathNormalization {
                             merge_slashes: !refuse,
                             escaped_slashes: if refuse {
-                                mesh_core::path::EscapedSlashes::Redirect
+                                proxyless_core::path::EscapedSlashes::Redirect
                             } else {
-                                mesh_core::path::EscapedSlashes::Keep
+                                proxyless_core::path::EscapedSlashes::Keep
                             },
-                            semicolons: mesh_core::path::Semicolons::Keep,
+                            semicolons: proxyless_core::path::Semicolons::Keep,
                         },
                     },
                     inbound: inbound

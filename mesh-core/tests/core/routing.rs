@@ -1,10 +1,10 @@
 //! The route decision: match kinds, precedence, hosts, and weighted choice.
 
 use http::HeaderMap;
-use mesh_core::config::Config;
-use mesh_core::route::{Decision, NoRoute, RequestParts, decide};
-use mesh_core::snapshot::{Snapshot, Source};
 use proptest::prelude::*;
+use proxyless_core::config::Config;
+use proxyless_core::route::{Decision, NoRoute, RequestParts, decide};
+use proxyless_core::snapshot::{Snapshot, Source};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn snapshot(yaml: &str) -> Snapshot {

@@ -1,7 +1,7 @@
 //! The watched file: valid, invalid, valid again; the snapshot never empty.
 
-use mesh_core::Mesh;
-use mesh_core::route::{Decision, RequestParts, decide};
+use proxyless_core::Mesh;
+use proxyless_core::route::{Decision, RequestParts, decide};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -113,7 +113,7 @@ fn a_deleted_file_keeps_the_last_good_snapshot() {
     std::fs::write(&path, config(1001)).unwrap();
     let mesh = Mesh::from_file(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
-    std::thread::sleep(mesh_core::source::file::POLL_INTERVAL * 3);
+    std::thread::sleep(proxyless_core::source::file::POLL_INTERVAL * 3);
     assert_eq!(mesh.snapshot().version(), 1);
     assert_eq!(endpoint_of(&mesh), "127.0.0.1:1001");
     write(&path, &config(1004));
@@ -136,15 +136,18 @@ fn updates_from_code_are_validated_and_versioned() {
     let mesh = Mesh::empty();
     assert!(mesh.snapshot().is_empty());
     assert_eq!(mesh.snapshot().version(), 0);
-    let good = mesh_core::config::Config::from_yaml(&config(1)).unwrap();
+    let good = proxyless_core::config::Config::from_yaml(&config(1)).unwrap();
     assert_eq!(
-        mesh.update(good.clone(), mesh_core::snapshot::Source::Code)
+        mesh.update(good.clone(), proxyless_core::snapshot::Source::Code)
             .unwrap(),
         1
     );
     let mut bad = good;
     bad.services[0].routes[0].to[0].backend = "missing".into();
-    assert!(mesh.update(bad, mesh_core::snapshot::Source::Code).is_err());
+    assert!(
+        mesh.update(bad, proxyless_core::snapshot::Source::Code)
+            .is_err()
+    );
     assert_eq!(mesh.snapshot().version(), 1);
     assert_eq!(mesh.status().rejected, 1);
 }

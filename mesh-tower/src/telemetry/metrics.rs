@@ -61,7 +61,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
-    mesh_core::describe_metrics();
+    proxyless_core::describe_metrics();
     describe_counter!(
         REQUESTS,
         Unit::Count,

@@ -3,7 +3,7 @@
 //! handed to a [`SpanSink`] (an exporter).
 //!
 //! ```
-//! use mesh_tower::telemetry::trace::TraceContext;
+//! use proxyless_tower::telemetry::trace::TraceContext;
 //! let tc = TraceContext::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
 //! assert_eq!(tc.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
 //! assert!(tc.sampled());
