@@ -32,7 +32,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 # The README's test command, from the first sh block, as written.
 test_cmd=$(awk '/^```sh$/ { inside = 1; next } /^```$/ && inside { exit } inside' README.md \
   | sed 's/ *#.*//' | grep -m1 'cargo test')
-test -d ../shared && { echo "the clone has a ../shared beside it: not a fresh clone"; exit 1; }
+test -d "$work/shared" && { echo "the clone has a shared/ beside it: not a fresh clone"; exit 1; }
 echo "\$ $test_cmd"
 $test_cmd >"$work/test.log" 2>&1 || { tail -80 "$work/test.log"; echo "FAILED on a fresh clone: $test_cmd"; exit 1; }
 grep -E '^test result:' "$work/test.log" | tail -3
