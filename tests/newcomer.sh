@@ -9,7 +9,7 @@
 # tester to reviews-v2.
 #
 # The first block's test command runs here too: this clone has nothing
-# beside it (no `../shared`), as a user's has not, so it proves the tests
+# beside it (no shared directory), as a user's has not, so it proves the tests
 # pass on a fresh clone. (`.ci/run` runs the demo, and checks what it shows.)
 #
 # Builds share this tree's target directory, so only the sources are fresh.
