@@ -757,15 +757,34 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
     cp.abort();
 }
 
-/// A mesh subscribed to `xds-svc` from the independent ADS server serving
-/// `resources` (written to `file`), once its first snapshot is in: the
-/// mesh, its client, the server's admin port, and what stops the server.
+/// Two echo backends (`xa`, `xb`) and the independent ADS server serving
+/// `resources` for them (50/50), changed first by `edit`; a mesh subscribed
+/// to `xds-svc` once its first snapshot is in. Returns the backends, the
+/// mesh, its client, the resources as served, the server's admin port, and
+/// what stops the server (and removes the file).
 async fn served_by_the_independent_server(
-    file: &Path,
-    resources: &serde_json::Value,
-) -> (Mesh, proxyless_core::xds::XdsHandle, u16, Stop) {
-    std::fs::write(file, resources.to_string()).unwrap();
-    let (port, admin, stop) = start_peer(file);
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (
+    (mesh::echo::EchoHandle, mesh::echo::EchoHandle),
+    Mesh,
+    proxyless_core::xds::XdsHandle,
+    serde_json::Value,
+    u16,
+    (Stop, tempfile::TempDir),
+) {
+    let (a, b) = (echo("xa").await, echo("xb").await);
+    let mut served = resources(
+        a.addr().port(),
+        b.addr().port(),
+        50,
+        50,
+        serde_json::Value::Null,
+    );
+    edit(&mut served);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("xds.json");
+    std::fs::write(&file, served.to_string()).unwrap();
+    let (port, admin, stop) = start_peer(&file);
     let settings = XdsSettings::new(
         &format!("http://127.0.0.1:{port}"),
         "mesh-test-node",
@@ -773,7 +792,7 @@ async fn served_by_the_independent_server(
     );
     let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
     wait_for("the first snapshot", || mesh.snapshot().version() >= 1).await;
-    (mesh, xds, admin, stop)
+    ((a, b), mesh, xds, served, admin, (stop, dir))
 }
 
 /// What a control plane may send at its extremes: durations at protobuf's
@@ -789,18 +808,16 @@ async fn served_by_the_independent_server(
     ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
 )]
 async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_lives_on() {
-    let (a, b) = (echo("xa").await, echo("xb").await);
+    let ((a, b), mesh, xds, _, admin, _stop) = served_by_the_independent_server(|r| {
+        let action = &mut r["routes"][0]["virtual_hosts"][0]["routes"][0]["route"];
+        action["timeout"] = serde_json::json!("315576000000s");
+        action["retry_policy"] = serde_json::json!({
+            "retry_on": "5xx", "num_retries": 20, "per_try_timeout": "315576000000s",
+            "retry_back_off": { "base_interval": "315576000000s" }
+        });
+    })
+    .await;
     let (pa, pb) = (a.addr().port(), b.addr().port());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("xds.json");
-    let mut extreme = resources(pa, pb, 50, 50, serde_json::Value::Null);
-    let action = &mut extreme["routes"][0]["virtual_hosts"][0]["routes"][0]["route"];
-    action["timeout"] = serde_json::json!("315576000000s");
-    action["retry_policy"] = serde_json::json!({
-        "retry_on": "5xx", "num_retries": 20, "per_try_timeout": "315576000000s",
-        "retry_back_off": { "base_interval": "315576000000s" }
-    });
-    let (mesh, xds, admin, _stop) = served_by_the_independent_server(&file, &extreme).await;
     let snap = mesh.snapshot();
     let route = &snap.config().services[0].routes[0];
     let max = proxyless_core::config::MAX_DURATION;
@@ -851,12 +868,8 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
     ignore = "interop: needs third-party peers (bash tests/peers/install.sh; cargo test --workspace --features interop)"
 )]
 async fn a_listener_that_goes_and_comes_back_is_served_again() {
-    let (a, b) = (echo("xa").await, echo("xb").await);
-    let (pa, pb) = (a.addr().port(), b.addr().port());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("xds.json");
-    let good = resources(pa, pb, 50, 50, serde_json::Value::Null);
-    let (mesh, _xds, admin, _stop) = served_by_the_independent_server(&file, &good).await;
+    let (_backends, mesh, _xds, good, admin, _stop) =
+        served_by_the_independent_server(|_| {}).await;
     let client = Client::new(&mesh);
     assert_eq!(run(&client, "http://xds-svc/", 50, 2).await.ok, 50);
 
