@@ -72,6 +72,20 @@ async fn post_config(admin: u16, config: &serde_json::Value) {
     );
 }
 
+/// Has the independent server send everything to `xb`, and waits until the
+/// mesh serves that.
+async fn shift_to_xb(admin: u16, (pa, pb): (u16, u16), mesh: &Mesh) {
+    post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
+    wait_for("the shift", || {
+        mesh.snapshot()
+            .config()
+            .services
+            .first()
+            .is_some_and(|s| s.routes[0].to[0].weight == 0)
+    })
+    .await;
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cond() {
@@ -194,15 +208,7 @@ async fn against_the_independent_server(api: Api) {
     );
 
     // A good update shifts traffic live, with no failed request.
-    post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
-    wait_for("the shift", || {
-        mesh.snapshot()
-            .config()
-            .services
-            .first()
-            .is_some_and(|s| s.routes[0].to[0].weight == 0)
-    })
-    .await;
+    shift_to_xb(admin, (pa, pb), &mesh).await;
     let t = run(&client, "http://xds-svc/", 300, 4).await;
     assert_eq!(t.by_backend.get("xb"), Some(&300), "{t:?}");
 
@@ -842,15 +848,7 @@ async fn extremes_from_a_control_plane_are_clamped_or_refused_and_the_client_liv
     assert!(reason.contains("1..=65535"), "{reason}");
 
     // Alive: the next good update is applied.
-    post_config(admin, &resources(pa, pb, 0, 100, serde_json::Value::Null)).await;
-    wait_for("the shift", || {
-        mesh.snapshot()
-            .config()
-            .services
-            .first()
-            .is_some_and(|s| s.routes[0].to[0].weight == 0)
-    })
-    .await;
+    shift_to_xb(admin, (pa, pb), &mesh).await;
     let t = run(&Client::new(&mesh), "http://xds-svc/", 100, 4).await;
     assert_eq!(t.by_backend.get("xb"), Some(&100), "{t:?}");
     assert_eq!(xds.status().failures.load(Ordering::Relaxed), 0);
