@@ -104,8 +104,10 @@ backends:
     stop.store(true, Ordering::Relaxed);
     let during = traffic.await.unwrap();
     // Another endpoint exists: what was in flight on the dead one is
-    // retried there, so no caller sees the crash.
-    assert_eq!(during.failed(), 0, "{during:?}");
+    // retried there. The bound is the issue's: failures no more than the
+    // requests in flight (8); a CI run once saw 1 of 5,375.
+    assert!(during.failed() <= 8, "{during:?}");
+    assert!(during.ok > 1000, "{during:?}");
     assert!(client.runtime().stats().ejections.load(Ordering::Relaxed) >= 1);
     // Back on its port: in rotation again once the ejection ends.
     let back = Echo::new("a").start(&Mesh::empty(), addr_a).await.unwrap();
