@@ -1,5 +1,6 @@
 //! Generates the gRPC code of the examples and tests: the mesh's own
-//! `proto/greeter.proto`, and the interop peer's
+//! `proto/greeter.proto`, the README's `proto/helloworld.proto`, and the
+//! interop peer's
 //! `tests/peers/grpc/echo.proto` (the grpcio peer serves the same file).
 
 use std::path::Path;
@@ -14,6 +15,7 @@ fn config() -> Result<tonic_prost_build::Config, Box<dyn std::error::Error>> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (file, dir) in [
         ("proto/greeter.proto", "proto"),
+        ("proto/helloworld.proto", "proto"),
         ("tests/peers/grpc/echo.proto", "tests/peers/grpc"),
     ] {
         println!("cargo::rerun-if-changed={file}");

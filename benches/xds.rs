@@ -121,8 +121,7 @@ fn client_process(api: &str, port: &str) {
         let port = free_port();
         let served = cp.clone();
         tokio::spawn(async move {
-            proxyless_core::xds::server::serve(served, format!("127.0.0.1:{port}").parse().unwrap())
-                .await
+            mesh::control_plane::serve(served, format!("127.0.0.1:{port}").parse().unwrap()).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut settings =
@@ -173,9 +172,7 @@ fn main() {
         rt.block_on(async move {
             let mesh = Mesh::from_config(Config::from_yaml(&many(1000)).unwrap()).unwrap();
             let addr = format!("127.0.0.1:{port}").parse().unwrap();
-            proxyless_core::xds::server::serve(mesh, addr)
-                .await
-                .unwrap();
+            mesh::control_plane::serve(mesh, addr).await.unwrap();
         });
         return;
     }
@@ -198,7 +195,7 @@ fn main() {
         let port = free_port();
         let cp = cp_mesh.clone();
         tokio::spawn(async move {
-            proxyless_core::xds::server::serve(cp, format!("127.0.0.1:{port}").parse().unwrap()).await
+            mesh::control_plane::serve(cp, format!("127.0.0.1:{port}").parse().unwrap()).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (client_mesh, _xds) = Mesh::from_control_plane(XdsSettings::new(
@@ -235,7 +232,7 @@ fn main() {
         let file_mesh = Mesh::from_file(&file).unwrap();
         let port = free_port();
         tokio::spawn(async move {
-            proxyless_core::xds::server::serve(file_mesh, format!("127.0.0.1:{port}").parse().unwrap())
+            mesh::control_plane::serve(file_mesh, format!("127.0.0.1:{port}").parse().unwrap())
                 .await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;

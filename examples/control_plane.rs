@@ -23,7 +23,7 @@
 
 #[tokio::main]
 async fn main() {
-    let _obs = mesh::observe::init();
+    let _obs = proxyless_hyper::observe::init();
     let mut args = std::env::args().skip(1);
     const USAGE: &str =
         "usage: control_plane --config mesh.yaml [--listen 127.0.0.1:18000] [--envoy-listen ADDR]";
@@ -55,7 +55,7 @@ async fn main() {
         "serving {config} (version {}) as xDS on {addr}",
         mesh.snapshot().version()
     );
-    let mut cp = proxyless_core::xds::server::DevControlPlane::new(mesh);
+    let mut cp = mesh::control_plane::DevControlPlane::new(mesh);
     if let Some(envoy) = envoy {
         let envoy: std::net::SocketAddr = envoy.parse().unwrap_or_else(|e| {
             eprintln!("--envoy-listen {envoy}: {e}");

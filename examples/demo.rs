@@ -27,11 +27,11 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+use mesh::control_plane::DevControlPlane;
 use mesh::echo::{Echo, EchoHandle};
 use mesh::tally::Tally;
 use proxyless_core::Mesh;
 use proxyless_core::xds::XdsSettings;
-use proxyless_core::xds::server::DevControlPlane;
 use proxyless_hyper::Client;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

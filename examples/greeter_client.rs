@@ -13,7 +13,7 @@ use mesh::greeter::{GreeterClient, HelloRequest};
 
 #[tokio::main]
 async fn main() {
-    let obs = mesh::observe::init().unwrap_or_else(|e| {
+    let obs = proxyless_hyper::observe::init().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });
@@ -34,7 +34,7 @@ async fn main() {
             }
         }
     }
-    let mesh = mesh::from_env_ready(std::time::Duration::from_secs(10))
+    let mesh = proxyless_core::Mesh::from_env_ready(std::time::Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| {
             eprintln!("{e}");

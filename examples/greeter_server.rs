@@ -38,7 +38,7 @@ fn code(name: &str) -> Option<tonic::Code> {
 
 #[tokio::main]
 async fn main() {
-    let obs = mesh::observe::init().unwrap_or_else(|e| {
+    let obs = proxyless_hyper::observe::init().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });

@@ -86,12 +86,12 @@ struct Worker {
 
 #[tokio::main]
 async fn main() {
-    let obs = mesh::observe::init().unwrap_or_else(|e| {
+    let obs = proxyless_hyper::observe::init().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });
     let args = Arc::new(args());
-    let mesh = mesh::from_env_ready(std::time::Duration::from_secs(10))
+    let mesh = proxyless_core::Mesh::from_env_ready(std::time::Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| {
             eprintln!("{e}");

@@ -58,7 +58,7 @@ impl Echo {
     }
 
     /// Serves as mesh service `service`: its inbound policy (mTLS mode,
-    /// authorization) applies. Default: `MESH_SERVICE`.
+    /// authorization) applies. Default: the mesh's [`service`](proxyless_core::Mesh::service).
     #[must_use]
     pub fn service(mut self, service: &str) -> Self {
         self.service = Some(service.to_owned());

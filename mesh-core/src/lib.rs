@@ -66,6 +66,8 @@ pub mod state;
 pub mod xds;
 
 pub use mesh::{DemandWait, Mesh, Subscription, UpdateStatus};
+#[cfg(feature = "fs")]
+pub use source::file::ReadyError;
 
 /// Describes the metrics mesh-core records (the xDS client's, with feature
 /// `xds`) to the installed `metrics` recorder; exporters call it once

@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     rejected: AtomicU64,
     last_error: Mutex<Option<Arc<ConfigError>>>,
     last_update: Mutex<SystemTime>,
-    service: Option<String>,
+    service: Mutex<Option<Arc<str>>>,
     #[cfg(feature = "tls")]
     identity: arc_swap::ArcSwapOption<crate::identity::tls::Identity>,
     /// The source that fetches a host's config when it is first called
@@ -94,7 +94,7 @@ impl Mesh {
                 rejected: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 last_update: Mutex::new(SystemTime::now()),
-                service: std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()),
+                service: Mutex::new(None),
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
                 demand: std::sync::OnceLock::new(),
@@ -250,9 +250,34 @@ impl Mesh {
         }
     }
 
-    /// This workload's service name (`MESH_SERVICE`), if set.
-    pub fn service(&self) -> Option<&str> {
-        self.inner.service.as_deref()
+    /// This workload's service name, if set: its inbound policy (mTLS
+    /// mode, authorization) is the one servers made from this mesh apply.
+    /// [`Mesh::from_env`] sets it from `MESH_SERVICE`; a mesh built in code
+    /// has none until [`Mesh::set_service`].
+    pub fn service(&self) -> Option<Arc<str>> {
+        self.inner
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Names this workload's service (for servers made from now on), or
+    /// clears it with `None`. Every clone of this mesh sees it.
+    pub fn set_service(&self, service: Option<&str>) {
+        *self
+            .inner
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            service.filter(|s| !s.is_empty()).map(Arc::from);
+    }
+
+    /// This mesh with its service named `service` (see [`Mesh::set_service`]).
+    #[must_use]
+    pub fn with_service(self, service: &str) -> Self {
+        self.set_service(Some(service));
+        self
     }
 
     /// This workload's identity, if one is loaded.

@@ -145,7 +145,7 @@ impl Admin {
                 "last_error": status.last_error.map(|e| e.to_string()),
             },
             "identity": self.mesh.identity().map(|i| i.spiffe_id().to_string()),
-            "service": self.mesh.service(),
+            "service": self.mesh.service().as_deref(),
             "config": config,
         })
     }

@@ -10,7 +10,9 @@
 //!   (deadline propagation);
 //! - [`error`]: the one mapping of mesh errors to HTTP responses;
 //! - [`admin`]: the admin server (`/metrics`, `/ready`, `/live`,
-//!   `/config_dump`, `/clusters`); [`telemetry`]: the Prometheus exporter.
+//!   `/config_dump`, `/clusters`); [`telemetry`]: the Prometheus exporter;
+//!   `observe` (feature `observe`): logs, metrics and span export from the
+//!   environment in one call.
 //!
 //! ```no_run
 //! use proxyless_hyper::Client;
@@ -28,6 +30,8 @@ pub mod admin;
 mod client;
 pub mod error;
 mod limits;
+#[cfg(feature = "observe")]
+pub mod observe;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod server;

@@ -146,7 +146,9 @@ where
 }
 
 impl Server {
-    /// A server following `mesh`'s inbound policy for `MESH_SERVICE`, with
+    /// A server following `mesh`'s inbound policy for its
+    /// [`service`](Mesh::service) (`MESH_SERVICE` when the mesh came from
+    /// the environment), with
     /// the limits of [`ServerLimits::from_env`] (a variable that cannot be
     /// read is logged by name and its default used).
     pub fn new(mesh: &Mesh) -> Self {
@@ -156,9 +158,9 @@ impl Server {
         });
         Self {
             mesh: mesh.clone(),
-            service: mesh.service().map(Arc::from),
+            service: mesh.service(),
             stats: Arc::new(ServerStats::default()),
-            metrics: Arc::new(InboundMetrics::new(mesh.service())),
+            metrics: Arc::new(InboundMetrics::new(mesh.service().as_deref())),
             limits: Arc::new(limits),
         }
     }
@@ -170,8 +172,8 @@ impl Server {
         self
     }
 
-    /// Serves as `service` (whose inbound policy applies) instead of
-    /// `MESH_SERVICE`.
+    /// Serves as `service` (whose inbound policy applies) instead of the
+    /// mesh's.
     #[must_use]
     pub fn service(mut self, service: &str) -> Self {
         self.service = Some(Arc::from(service));

@@ -149,9 +149,7 @@ impl ControlPlane {
                         .unwrap();
                 tokio::spawn(
                     tonic::transport::Server::builder()
-                        .add_service(
-                            proxyless_core::xds::server::DevControlPlane::new(mesh).into_service(),
-                        )
+                        .add_service(mesh::control_plane::DevControlPlane::new(mesh).into_service())
                         .serve_with_incoming(incoming),
                 );
             });

@@ -84,9 +84,7 @@ pub fn dev_control_plane(
     let addr = incoming.local_addr().unwrap();
     let task = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
-                proxyless_core::xds::server::DevControlPlane::new(mesh.clone()).into_service(),
-            )
+            .add_service(mesh::control_plane::DevControlPlane::new(mesh.clone()).into_service())
             .serve_with_incoming(incoming),
     );
     (addr, task)

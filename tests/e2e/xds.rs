@@ -354,7 +354,7 @@ async fn control_plane(file: &Path, port: u16) -> tokio::sync::oneshot::Sender<(
         let shutdown = async {
             let _ = stopped.await;
         };
-        let _ = proxyless_core::xds::server::serve_with_shutdown(mesh, addr, shutdown).await;
+        let _ = mesh::control_plane::serve_with_shutdown(mesh, addr, shutdown).await;
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -493,7 +493,7 @@ async fn the_control_plane_service_in_a_users_own_server_keeps_streams_open() {
     let addr = incoming.local_addr().unwrap();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(proxyless_core::xds::server::DevControlPlane::new(served).into_service())
+            .add_service(mesh::control_plane::DevControlPlane::new(served).into_service())
             .serve_with_incoming(incoming),
     );
     let settings = XdsSettings::new(&format!("http://{addr}"), "own", vec!["own-svc".into()]);
@@ -659,7 +659,7 @@ async fn envoy_client(api: &str) {
     let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = mesh.clone();
     tokio::spawn(async move {
-        let _ = proxyless_core::xds::server::DevControlPlane::new(served)
+        let _ = mesh::control_plane::DevControlPlane::new(served)
             .envoy_listener(listen_addr)
             .serve_with_shutdown(format!("127.0.0.1:{cp}").parse().unwrap(), async {
                 let _ = stopped.await;
@@ -740,7 +740,7 @@ async fn an_istio_agent_style_bootstrap_over_a_unix_socket() {
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let cp = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(proxyless_core::xds::server::DevControlPlane::new(served).into_service())
+            .add_service(mesh::control_plane::DevControlPlane::new(served).into_service())
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
     let bootstrap = serde_json::json!({

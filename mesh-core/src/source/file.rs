@@ -44,7 +44,42 @@ impl Mesh {
     /// (`MESH_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP`) names a control plane
     /// (feature `xds`; needs a tokio runtime). With nothing set the mesh is
     /// empty (every request passes through), which is said in one log line.
+    /// `MESH_SERVICE` names this workload's [service](Mesh::service);
+    /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_CA` its identity.
+    ///
+    /// This and [`Mesh::from_env_ready`] are the only constructors that
+    /// read the environment: [`Mesh::from_config`] and [`Mesh::from_file`]
+    /// read nothing but what they are given.
     pub fn from_env() -> Result<Mesh, ConfigError> {
+        let mesh = Self::from_env_sources()?;
+        if let Some(service) = std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()) {
+            mesh.set_service(Some(&service));
+        }
+        Ok(mesh)
+    }
+
+    /// [`Mesh::from_env`], once it is serving a config: a control plane's
+    /// first answer takes a moment, and requests sent before it would pass
+    /// through unrouted. Fails if none arrives within `wait`, naming where
+    /// it was expected from. Needs a tokio runtime with time enabled.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), proxyless_core::ReadyError> {
+    /// let mesh = proxyless_core::Mesh::from_env_ready(std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env_ready(wait: Duration) -> Result<Mesh, ReadyError> {
+        let mesh = Self::from_env()?;
+        if tokio::time::timeout(wait, mesh.ready()).await.is_err() {
+            return Err(ReadyError::Timeout {
+                from: mesh.snapshot().source().clone(),
+                waited: wait,
+            });
+        }
+        Ok(mesh)
+    }
+
+    fn from_env_sources() -> Result<Mesh, ConfigError> {
         #[cfg(feature = "xds")]
         if std::env::var_os("MESH_CONFIG").is_none_or(|v| v.is_empty()) {
             let settings = crate::xds::XdsSettings::from_env().map_err(|e| {
@@ -82,6 +117,23 @@ impl Mesh {
             }
         }
     }
+}
+
+/// Why [`Mesh::from_env_ready`] returned no mesh.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadyError {
+    /// The environment's config (or its identity) could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No config arrived in time.
+    #[error("no config from {from} within {waited:?}")]
+    Timeout {
+        /// Where the config was expected from.
+        from: Source,
+        /// How long was waited.
+        waited: Duration,
+    },
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -26,7 +26,7 @@
 
 mod client;
 pub mod rbac;
-pub mod server;
+
 pub mod translate;
 
 use crate::mesh::Mesh;

@@ -8,6 +8,7 @@
 )]
 
 mod config_files;
+mod environment;
 mod round_trip;
 mod routing;
 mod watch;

@@ -1,8 +1,9 @@
-//! The development control plane: serves a [`Mesh`]'s config as xDS
+//! The development control plane (a fixture of the examples and tests, not
+//! part of the published crates): serves a [`Mesh`]'s config as xDS
 //! resources over ADS, in both variants (state of the world and
 //! incremental), and pushes every new snapshot to every stream. It uses the
 //! same translation module as the client, in the other direction
-//! ([`from_config`](super::translate::from_config)).
+//! ([`from_config`](proxyless_core::xds::translate::from_config)).
 //!
 //! Clients like ours and gRPC's subscribe to API listeners by name (the
 //! service hosts). Envoy subscribes to every listener (a wildcard) and
@@ -14,19 +15,19 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let mesh = proxyless_core::Mesh::from_file("mesh.yaml")?;     // watched: edits are pushed
-//! proxyless_core::xds::server::serve(mesh, "127.0.0.1:18000".parse()?).await?;
+//! mesh::control_plane::serve(mesh, "127.0.0.1:18000".parse()?).await?;
 //! # Ok(()) }
 //! ```
 
-use super::translate::{self, type_url};
-use crate::mesh::Mesh;
-use crate::snapshot::Snapshot;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use proxyless_core::Mesh;
+use proxyless_core::snapshot::Snapshot;
+use proxyless_core::xds::translate::{self, type_url};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
-use tonic::codegen::tokio_stream::Stream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The name of the socket listener (and its route configuration) served
@@ -391,7 +392,7 @@ fn serve_stream<V: Variant>(
     cp: DevControlPlane,
     mut incoming: Streaming<V::Request>,
 ) -> Outgoing<V::Response> {
-    let (tx, mut rx) = mpsc::channel::<Result<V::Response, Status>>(16);
+    let (tx, rx) = mpsc::channel::<Result<V::Response, Status>>(16);
     tokio::spawn(async move {
         let mut state = V::default();
         let mut updates = cp.mesh.subscribe();
@@ -430,9 +431,7 @@ fn serve_stream<V: Variant>(
             }
         }
     });
-    Box::pin(super::futures_core_stream::from_fn(move |cx| {
-        rx.poll_recv(cx)
-    }))
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// State of the world: the names each type subscribes to.

@@ -1,30 +1,38 @@
-//! One call that turns on what the environment asks for: logs (JSON with
-//! `MESH_LOG_FORMAT=json`, filtered by `RUST_LOG`, default `info`), the
-//! Prometheus exporter, OTLP span export (`OTEL_EXPORTER_OTLP_ENDPOINT`),
-//! and, once you have clients, the admin server (`MESH_ADMIN_ADDR`).
+//! One call that turns on what the environment asks for (feature
+//! `observe`): logs (JSON with `MESH_LOG_FORMAT=json`, filtered by
+//! `RUST_LOG`, default `info`), the Prometheus exporter (feature
+//! `prometheus`), OTLP span export (`OTEL_EXPORTER_OTLP_ENDPOINT`, feature
+//! `otlp`), and, once you have clients, the admin server
+//! (`MESH_ADMIN_ADDR`).
+//!
+//! A service with its own `tracing` subscriber and `metrics` recorder does
+//! not need this: install those first, then start the
+//! [`Admin`](crate::admin::Admin) server yourself.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), proxyless_tower::BoxError> {
-//! let obs = mesh::observe::init()?;
+//! let obs = proxyless_hyper::observe::init()?;
 //! let mesh = proxyless_core::Mesh::from_env()?;
 //! let client = proxyless_hyper::Client::new(&mesh);
 //! obs.admin(&mesh, &[&client]).await?;   // serves /metrics, /clusters, ... if MESH_ADMIN_ADDR is set
 //! # Ok(()) }
 //! ```
 
+use crate::Client;
 use proxyless_core::Mesh;
-use proxyless_hyper::Client;
 use proxyless_tower::BoxError;
 
 /// What [`init`] turned on.
 #[derive(Debug)]
 pub struct Observability {
     /// The OTLP exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-    pub otlp: Option<proxyless_hyper::otlp::Exporter>,
+    #[cfg(feature = "otlp")]
+    pub otlp: Option<crate::otlp::Exporter>,
 }
 
 /// Logs, metrics and trace export from the environment. Call once, early,
-/// inside a tokio runtime.
+/// inside a tokio runtime. A `tracing` subscriber already installed is
+/// kept (this one is then not installed).
 pub fn init() -> Result<Observability, BoxError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -37,9 +45,17 @@ pub fn init() -> Result<Observability, BoxError> {
     } else {
         builder.try_init()
     };
-    proxyless_hyper::telemetry::install_prometheus()?;
+    #[cfg(feature = "prometheus")]
+    crate::telemetry::install_prometheus()?;
+    #[cfg(not(feature = "otlp"))]
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty()) {
+        tracing::warn!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but proxyless-hyper was built without its `otlp` feature: no spans are exported"
+        );
+    }
     Ok(Observability {
-        otlp: proxyless_hyper::otlp::install_from_env()?,
+        #[cfg(feature = "otlp")]
+        otlp: crate::otlp::install_from_env()?,
     })
 }
 
@@ -51,7 +67,7 @@ impl Observability {
         mesh: &Mesh,
         clients: &[&Client],
     ) -> std::io::Result<Option<std::net::SocketAddr>> {
-        let mut admin = proxyless_hyper::admin::Admin::new(mesh);
+        let mut admin = crate::admin::Admin::new(mesh);
         for c in clients {
             admin = admin.with_client(c);
         }
@@ -60,6 +76,7 @@ impl Observability {
 
     /// Sends the spans still queued.
     pub async fn flush(&self) {
+        #[cfg(feature = "otlp")]
         if let Some(e) = &self.otlp {
             e.flush().await;
         }
