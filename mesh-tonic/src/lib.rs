@@ -35,6 +35,7 @@ use proxyless_core::Mesh;
 use proxyless_hyper::Client;
 use proxyless_tower::ext::RequestDeadline;
 use proxyless_tower::{BoxError, BoxFuture};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -42,15 +43,15 @@ use tower_service::Service;
 #[derive(Clone, Debug)]
 pub struct MeshChannel {
     client: Client,
-    authority: http::uri::Authority,
+    /// The service as an authority, or the text that is not one.
+    authority: Result<http::uri::Authority, Arc<str>>,
 }
 
 /// A channel to mesh service `service` (a host the config's services
 /// claim, or, outside the mesh, `host:port` to pass through to).
 ///
-/// # Panics
-///
-/// Never on a valid host; an invalid one is reported by every call instead.
+/// A `service` that is not a valid authority makes every call fail with
+/// an error naming it (nothing is sent).
 pub fn channel(mesh: &Mesh, service: &str) -> MeshChannel {
     MeshChannel::with_client(Client::new(mesh), service)
 }
@@ -59,9 +60,7 @@ impl MeshChannel {
     /// A channel over an existing mesh client (shared breakers, balancer
     /// state and counters).
     pub fn with_client(client: Client, service: &str) -> Self {
-        let authority = service
-            .parse()
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.service"));
+        let authority = service.parse().map_err(|_| Arc::from(service));
         Self { client, authority }
     }
 
@@ -85,9 +84,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let authority = match &self.authority {
+            Ok(a) => a.clone(),
+            Err(bad) => {
+                let err = format!("mesh channel: `{bad}` is not a valid service host");
+                return Box::pin(std::future::ready(Err(err.into())));
+            }
+        };
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        parts.authority = Some(authority);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }

@@ -449,3 +449,20 @@ mod interop {
         );
     }
 }
+
+/// A channel to a name that is no host fails every call with the name,
+/// and sends nothing anywhere (it used to go to `invalid.service`).
+#[tokio::test]
+async fn a_channel_to_an_invalid_service_names_it_on_every_call() {
+    let m = Mesh::empty();
+    let mut client = GreeterClient::new(proxyless_tonic::channel(&m, "no spaces allowed"));
+    for _ in 0..2 {
+        let status = client.say_hello(hello("x")).await.unwrap_err();
+        assert!(
+            status
+                .message()
+                .contains("`no spaces allowed` is not a valid service host"),
+            "{status:?}"
+        );
+    }
+}
