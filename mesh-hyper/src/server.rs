@@ -85,18 +85,19 @@ pub struct Server {
     limits: Arc<ServerLimits>,
 }
 
-/// Metric handles of one server, resolved once.
+/// Metric handles of one server, each resolved on first use once a
+/// recorder is installed.
 #[derive(Debug)]
 struct InboundMetrics {
+    service: String,
     requests: RouteMetrics,
-    denied: metrics::Counter,
-    handshake_failures: metrics::Counter,
-    plaintext_refused: metrics::Counter,
+    denied: std::sync::OnceLock<metrics::Counter>,
+    handshake_failures: std::sync::OnceLock<metrics::Counter>,
+    plaintext_refused: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl InboundMetrics {
     fn new(service: Option<&str>) -> Self {
-        use proxyless_tower::telemetry::metrics as m;
         let s = service.unwrap_or("").to_owned();
         Self {
             requests: RouteMetrics::new(
@@ -105,10 +106,35 @@ impl InboundMetrics {
                 Arc::from(""),
                 Arc::from(""),
             ),
-            denied: metrics::counter!(m::AUTHZ_DENIED, "service" => s.clone()),
-            handshake_failures: metrics::counter!(m::HANDSHAKE_FAILURES, "service" => s.clone()),
-            plaintext_refused: metrics::counter!(m::PLAINTEXT_REFUSED, "service" => s),
+            service: s,
+            denied: std::sync::OnceLock::new(),
+            handshake_failures: std::sync::OnceLock::new(),
+            plaintext_refused: std::sync::OnceLock::new(),
         }
+    }
+
+    fn count(&self, slot: &std::sync::OnceLock<metrics::Counter>, name: &'static str) {
+        let make = || metrics::counter!(name, "service" => self.service.clone());
+        if let Some(c) = proxyless_tower::telemetry::metrics::lazy_handle(slot, make) {
+            c.increment(1);
+        }
+    }
+
+    fn denied(&self) {
+        self.count(
+            &self.denied,
+            proxyless_tower::telemetry::metrics::AUTHZ_DENIED,
+        );
+    }
+
+    fn handshake_failed(&self) {
+        let name = proxyless_tower::telemetry::metrics::HANDSHAKE_FAILURES;
+        self.count(&self.handshake_failures, name);
+    }
+
+    fn plaintext_refused(&self) {
+        let name = proxyless_tower::telemetry::metrics::PLAINTEXT_REFUSED;
+        self.count(&self.plaintext_refused, name);
     }
 }
 
@@ -340,7 +366,7 @@ where
             MtlsMode::Strict => {
                 if !starts_tls {
                     stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.plaintext_refused.increment(1);
+                    self.server.metrics.plaintext_refused();
                     return Err("plaintext connection refused: strict mTLS".into());
                 }
                 true
@@ -352,7 +378,7 @@ where
         }
         let Some(identity) = self.server.mesh.identity() else {
             stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            self.server.metrics.handshake_failures.increment(1);
+            self.server.metrics.handshake_failed();
             return Err("TLS connection, but this workload has no identity to present".into());
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
@@ -361,12 +387,12 @@ where
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.handshake_failures.increment(1);
+                    self.server.metrics.handshake_failed();
                     return Err(format!("TLS handshake failed: {e}").into());
                 }
                 Err(_) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.handshake_failures.increment(1);
+                    self.server.metrics.handshake_failed();
                     return Err("TLS handshake timed out".into());
                 }
             };
@@ -662,12 +688,12 @@ where
                 authorize(policy, caller, req.method().as_str(), req.uri().path())
             {
                 stats.denied.fetch_add(1, Ordering::Relaxed);
-                self.server.metrics.denied.increment(1);
+                self.server.metrics.denied();
                 self.server
                     .metrics
                     .requests
                     .record(Err(ErrorKind::Unauthorized), 0.0);
-                tracing::info!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
+                tracing::debug!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
                 let refusal = Unauthorized {
                     reason: reason.clone(),
                 };
@@ -690,7 +716,7 @@ where
             .map_or_else(TraceContext::new_root, TraceContext::child);
         req.extensions_mut().insert(ctx.clone());
         let log = AccessInfo {
-            wanted: tracing::enabled!(target: "mesh::access", tracing::Level::INFO)
+            wanted: tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG)
                 || (ctx.sampled() && trace::has_sink()),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -725,7 +751,7 @@ where
                 svc.call(req).await.map_err(Into::into)
             };
             let span = if log.wanted {
-                tracing::info_span!(
+                tracing::debug_span!(
                     "mesh.server",
                     otel.kind = "server",
                     http.request.method = %log.method,
@@ -795,7 +821,7 @@ impl AccessInfo {
         }
         let status = outcome.ok();
         let error = outcome.err().map(ErrorKind::as_str);
-        tracing::info!(
+        tracing::debug!(
             target: "mesh::access",
             direction = "inbound",
             method = %self.method,

@@ -20,7 +20,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use proxyless_core::Mesh;
-use proxyless_core::config::Protocol;
 use proxyless_core::snapshot::{Snapshot, UpstreamTls};
 use proxyless_tower::body::MeshBody;
 use proxyless_tower::error::{ConnectFailed, ConnectionReset};
@@ -150,7 +149,7 @@ impl Service<Request<MeshBody>> for Transport {
         let backend = routed.and_then(|r| r.backend_entry());
         // gRPC (and any request made as HTTP/2) goes over HTTP/2 whatever
         // the backend says.
-        let h2 = backend.is_some_and(|(_, b)| b.config().protocol == Protocol::Http2)
+        let h2 = backend.is_some_and(|(_, b)| b.config().protocol.is_http2())
             || req.version() == http::Version::HTTP_2;
         let tls = routed.zip(backend.and_then(|(_, b)| b.upstream_tls()));
         let fut = match (tls, h2) {

@@ -317,6 +317,16 @@ where
     }
 }
 
+/// An empty local body, whatever `B` is (tonic's interceptors and other
+/// wrappers ask for `Default` to answer without calling the service).
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: Inner::Local { data: None },
+        }
+    }
+}
+
 impl<B> ResponseBody<B> {
     /// The upstream body, if this is one.
     pub fn into_upstream(self) -> Option<B> {

@@ -102,7 +102,9 @@ where
         let decision = decide(&snap, &RequestParts::of(&req), rand::random());
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {
-                no_route_counter().increment(1);
+                if let Some(c) = no_route_counter() {
+                    c.increment(1);
+                }
                 return Either::right(Box::pin(std::future::ready(Err(no_route.into()))));
             }
             Ok(Decision::Passthrough) => {
@@ -201,9 +203,9 @@ fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
 }
 
 /// `mesh_requests_total` for requests refused before any route matched.
-fn no_route_counter() -> &'static metrics::Counter {
+fn no_route_counter() -> Option<&'static metrics::Counter> {
     static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-    COUNTER.get_or_init(|| {
+    crate::telemetry::metrics::lazy_handle(&COUNTER, || {
         metrics::counter!(
             crate::telemetry::metrics::REQUESTS,
             "direction" => "outbound",

@@ -3,7 +3,7 @@
 
 use crate::support::mesh;
 use mesh::certs::DevCa;
-use mesh::greeter::{Greeter, GreeterClient, HelloRequest};
+use mesh::greeter::{Greeter, GreeterClient, GreeterServer, HelloRequest};
 use proxyless_core::Mesh;
 use proxyless_core::config::Config;
 use proxyless_core::identity::tls::Identity;
@@ -465,4 +465,108 @@ async fn a_channel_to_an_invalid_service_names_it_on_every_call() {
             "{status:?}"
         );
     }
+}
+
+/// A backend declared `protocol: grpc` (or `h2c`) is spoken to in HTTP/2
+/// even by a plain HTTP/1.1 caller: here a tonic server, which speaks
+/// nothing else, answers an HTTP/1.1 GET through the mesh (an `http1`
+/// backend is reached in HTTP/1.1 and fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_protocol_backend_is_reached_over_http2() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Greeter::new("h2-only").into_server())
+            .serve_with_incoming(incoming),
+    );
+    for (protocol, works) in [("grpc", true), ("h2c", true), ("http1", false)] {
+        let m = mesh(&format!(
+            "services: [{{ name: greeter, routes: [{{ to: [{{ backend: b }}] }}] }}]\nbackends: [{{ name: b, endpoints: ['{addr}'], protocol: {protocol} }}]"
+        ));
+        let client = proxyless_hyper::Client::new(&m);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get("http://greeter/mesh.demo.v1.Greeter/Nothing"),
+        )
+        .await
+        .expect("an answer within 5 s");
+        match answer {
+            Ok(resp) => {
+                assert!(works, "{protocol}: a tonic server answered HTTP/1.1?");
+                // tonic's answer to an unknown method: gRPC's UNIMPLEMENTED.
+                assert_eq!(resp.headers().get("grpc-status").unwrap(), "12");
+            }
+            Err(e) => assert!(!works, "{protocol}: {e}"),
+        }
+    }
+}
+
+/// tonic's client conventions work on a mesh channel: an interceptor (its
+/// metadata reaches the mesh's header match), gzip both ways, and a
+/// decoding limit (a reply over it is refused by the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interceptors_compression_and_message_limits_work_on_a_mesh_channel() {
+    use tonic::codec::CompressionEncoding::Gzip;
+    let serve = |name: &str| {
+        let server = GreeterServer::new(Greeter::new(name))
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip);
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let routes = tonic::service::Routes::new(server);
+            tokio::spawn(proxyless_tonic::serve(
+                proxyless_hyper::Server::new(&Mesh::empty()),
+                listener,
+                routes,
+            ));
+            addr
+        }
+    };
+    let (v1, v2) = (serve("v1").await, serve("v2").await);
+    let m = mesh(&format!(
+        "services: [{{ name: greeter, routes: [{{ match: {{ headers: {{ x-user: {{ exact: tester }} }} }}, to: [{{ backend: v2 }}] }}, {{ to: [{{ backend: v1 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{v1}'] }}, {{ name: v2, endpoints: ['{v2}'] }}]"
+    ));
+    let channel = proxyless_tonic::channel(&m, "greeter");
+
+    // The interceptor's metadata is a header the route matches on.
+    let mut tester =
+        GreeterClient::with_interceptor(channel.clone(), |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("x-user", "tester".parse().unwrap());
+            Ok(req)
+        });
+    assert_eq!(
+        tester.say_hello(hello("x")).await.unwrap().get_ref().server,
+        "v2"
+    );
+    // An interceptor that refuses answers without sending.
+    let mut refused =
+        GreeterClient::with_interceptor(channel.clone(), |_req: tonic::Request<()>| {
+            Err(tonic::Status::permission_denied("not today"))
+        });
+    let status = refused.say_hello(hello("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+    // gzip both ways.
+    let mut gz = GreeterClient::new(channel.clone())
+        .send_compressed(Gzip)
+        .accept_compressed(Gzip);
+    let reply = gz.say_hello(hello(&"z".repeat(10_000))).await.unwrap();
+    assert_eq!(reply.get_ref().server, "v1");
+    assert!(
+        reply.get_ref().message.contains("zzzz"),
+        "{:?}",
+        reply.get_ref().message
+    );
+
+    // A reply over the decoding limit is refused by the client.
+    let mut small = GreeterClient::new(channel).max_decoding_message_size(16);
+    let status = small
+        .say_hello(hello(&"y".repeat(1_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
 }

@@ -544,3 +544,103 @@ fn promtool_finds_nothing(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The access log is DEBUG on its own target: an application's ordinary
+/// INFO subscriber prints none of it; `mesh::access=debug` turns on one
+/// line per hop (outbound and inbound).
+#[tokio::test]
+async fn the_access_log_is_quiet_at_info_and_on_at_its_own_target() {
+    // On first: tracing caches a callsite's interest process-wide, and a
+    // quiet subscriber first would leave the access events marked unwanted.
+    for (filter, lines) in [("info,mesh::access=debug", 2), ("info", 0)] {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        // This test's runtime is this thread: client and server log here.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let served = Mesh::empty();
+        let echo = mesh::echo::Echo::new("v1")
+            .start(&served, "127.0.0.1:0")
+            .await
+            .unwrap();
+        let m = crate::support::mesh(&format!(
+            "services: [{{ name: reviews, routes: [{{ to: [{{ backend: v1 }}] }}] }}]\nbackends: [{{ name: v1, endpoints: ['{}'] }}]",
+            echo.addr()
+        ));
+        let client = proxyless_hyper::Client::new(&m);
+        let resp = client.get("http://reviews/ratings/1").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        echo.stop().await;
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let access = text.lines().filter(|l| l.contains("mesh::access")).count();
+        assert_eq!(access, lines, "{filter}: {text}");
+    }
+}
+
+/// A `metrics` recorder installed after the mesh, its client and its
+/// server were built, and after they served a request, receives the
+/// requests from then on, both directions (handles used to be resolved
+/// against the no-op recorder and kept).
+#[tokio::test]
+async fn a_recorder_installed_late_receives_the_metrics() {
+    let served = Mesh::empty().with_service("late-server");
+    let echo = Echo::new("v1").start(&served, "127.0.0.1:0").await.unwrap();
+    let m = mesh(&format!(
+        "services: [{{ name: late, routes: [{{ name: r, to: [{{ backend: late-v1 }}] }}] }}]\nbackends: [{{ name: late-v1, endpoints: ['{}'] }}]",
+        echo.addr()
+    ));
+    let client = Client::new(&m);
+    let get = || async { client.get("http://late/x").await.unwrap().status() };
+    assert_eq!(get().await, 200);
+    // Installed for this thread, which runs this test's client and server.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    for _ in 0..3 {
+        assert_eq!(get().await, 200);
+    }
+    let text = handle.render();
+    let out = series(
+        "mesh_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("service", "late"),
+            ("route", "r"),
+            ("backend", "late-v1"),
+            ("status_class", "2xx"),
+            ("error_kind", "none"),
+        ],
+    );
+    let parsed = parse(&text);
+    assert_eq!(parsed.get(&out), Some(&3.0), "{out} in:\n{text}");
+    let inbound = parsed
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("mesh_requests_total{")
+                && k.contains("direction=\"inbound\"")
+                && k.contains("service=\"late-server\"")
+        })
+        .map(|(_, v)| *v)
+        .sum::<f64>();
+    assert_eq!(inbound, 3.0, "{text}");
+    echo.stop().await;
+}

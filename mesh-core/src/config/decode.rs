@@ -789,7 +789,12 @@ impl Decode for Protocol {
             n,
             path,
             cx,
-            &[("http1", Self::Http1), ("http2", Self::Http2)],
+            &[
+                ("http1", Self::Http1),
+                ("http2", Self::Http2),
+                ("grpc", Self::Grpc),
+                ("h2c", Self::Http2),
+            ],
         )
     }
 }

@@ -451,8 +451,18 @@ pub enum Protocol {
     /// HTTP/1.1.
     #[default]
     Http1,
-    /// HTTP/2 (h2c in plaintext, ALPN under TLS).
+    /// HTTP/2 (h2c in plaintext, ALPN under TLS); `h2c` is read as this.
     Http2,
+    /// gRPC: HTTP/2 on the wire (Istio's `grpc` port name, Kuma's
+    /// `kuma.io/protocol: grpc`).
+    Grpc,
+}
+
+impl Protocol {
+    /// Whether the endpoints speak HTTP/2 (`http2` and `grpc`).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
 }
 
 /// How an endpoint is chosen for a request.

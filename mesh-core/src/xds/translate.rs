@@ -1293,7 +1293,7 @@ pub fn from_config(cfg: &Config) -> Resources {
             _ => LbPolicy::LeastRequest,
         };
         let mut protocol_options = std::collections::HashMap::new();
-        if b.protocol == crate::config::Protocol::Http2 {
+        if b.protocol.is_http2() {
             use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
                 HttpProtocolOptions, http_protocol_options,
             };

@@ -198,3 +198,29 @@ fn a_hash_balancer_without_a_key_is_refused() {
     assert!(err.has(ProblemKind::MissingField), "{err}");
     assert!(err.to_string().contains("needs a key"), "{err}");
 }
+
+/// `grpc` is a protocol of its own name (HTTP/2 on the wire) and `h2c` is
+/// read as `http2`, as users of Istio and Kuma write them; an unknown one
+/// is refused with the list.
+#[test]
+fn grpc_and_h2c_are_protocols() {
+    use proxyless_core::config::Protocol;
+    let config = Config::from_yaml(
+        "version: 1\nbackends:\n  - { name: a, endpoints: ['127.0.0.1:1'], protocol: grpc }\n  - { name: b, endpoints: ['127.0.0.1:2'], protocol: h2c }\n",
+    )
+    .unwrap();
+    assert_eq!(config.backends[0].protocol, Protocol::Grpc);
+    assert_eq!(config.backends[1].protocol, Protocol::Http2);
+    assert!(Protocol::Grpc.is_http2() && Protocol::Http2.is_http2() && !Protocol::Http1.is_http2());
+    let written = serde_json::to_string(&config.backends[0]).unwrap();
+    assert!(written.contains(r#""protocol":"grpc""#), "{written}");
+    let err = Config::from_yaml(
+        "version: 1\nbackends:\n  - { name: a, endpoints: ['127.0.0.1:1'], protocol: grcp }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("one of http1, http2, grpc, h2c") && err.contains("did you mean `grpc`"),
+        "{err}"
+    );
+}

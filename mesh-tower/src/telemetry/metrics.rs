@@ -22,7 +22,9 @@
 //! `status_class` is `1xx`..`5xx`, or `error` when no response came;
 //! `error_kind` is `none` for responses, else the
 //! [`ErrorKind`](crate::error::ErrorKind) name. Handles are resolved once
-//! per (route, backend) and snapshot, not per request.
+//! per (route, backend) and snapshot, not per request, and never before a
+//! recorder is installed: a recorder installed after the mesh was built,
+//! or after its first requests, receives every metric from then on.
 
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use std::sync::{Arc, OnceLock};
@@ -121,6 +123,23 @@ pub fn describe() {
     );
 }
 
+/// Whether a `metrics` recorder is installed (globally, or for this
+/// thread). The facade's stand-in when none is, `NoopRecorder`, is the one
+/// recorder of size zero: a real one holds its registry.
+pub fn recorder_installed() -> bool {
+    metrics::with_recorder(|r| std::mem::size_of_val(r) > 0)
+}
+
+/// The handle in `slot`, made by `make` once a recorder is installed;
+/// `None` (and nothing cached) while none is, so that a recorder installed
+/// later gets the series instead of a no-op handle kept forever.
+pub fn lazy_handle<T>(slot: &OnceLock<T>, make: impl FnOnce() -> T) -> Option<&T> {
+    if let Some(h) = slot.get() {
+        return Some(h);
+    }
+    recorder_installed().then(|| slot.get_or_init(make))
+}
+
 /// Outcome classes, each with its own lazily registered series.
 const CLASSES: [(&str, &str); 14] = [
     ("1xx", "none"),
@@ -196,7 +215,7 @@ impl RouteMetrics {
     /// Records one request's outcome and duration.
     pub fn record(&self, outcome: Result<u16, crate::error::ErrorKind>, seconds: f64) {
         let i = class_of(outcome);
-        let (counter, histogram) = self.slots[i].get_or_init(|| {
+        let handles = lazy_handle(&self.slots[i], || {
             let (class, kind) = CLASSES[i];
             let mut labels = self.owned();
             labels.push(("status_class", class.to_owned()));
@@ -206,21 +225,27 @@ impl RouteMetrics {
                 metrics::histogram!(DURATION, &labels),
             )
         });
-        counter.increment(1);
-        histogram.record(seconds);
+        if let Some((counter, histogram)) = handles {
+            counter.increment(1);
+            histogram.record(seconds);
+        }
     }
 
     /// Counts a retry.
     pub fn retry(&self) {
-        self.retries
-            .get_or_init(|| metrics::counter!(RETRIES, &self.owned()[1..]))
-            .increment(1);
+        if let Some(c) = lazy_handle(&self.retries, || {
+            metrics::counter!(RETRIES, &self.owned()[1..])
+        }) {
+            c.increment(1);
+        }
     }
 
     /// Counts a retry the budget refused.
     pub fn budget_exhausted(&self) {
-        self.exhausted
-            .get_or_init(|| metrics::counter!(BUDGET_EXHAUSTED, &self.owned()[1..]))
-            .increment(1);
+        if let Some(c) = lazy_handle(&self.exhausted, || {
+            metrics::counter!(BUDGET_EXHAUSTED, &self.owned()[1..])
+        }) {
+            c.increment(1);
+        }
     }
 }

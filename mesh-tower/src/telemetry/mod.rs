@@ -84,7 +84,7 @@ where
         let routed = req.extensions().get::<Routed>();
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
         // Names and strings only when someone will read them.
-        let wanted = tracing::enabled!(target: "mesh::access", tracing::Level::INFO)
+        let wanted = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG)
             || (ctx.sampled() && trace::has_sink());
         if !wanted {
             return ResponseFuture {
@@ -121,7 +121,7 @@ where
         });
         // Lower layers make each attempt (and mirror copy) a child of this span.
         req.extensions_mut().insert(info.ctx.clone());
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "mesh.client",
             otel.kind = "client",
             http.request.method = %info.method,
@@ -205,7 +205,7 @@ fn finish(
 ) {
     let status = outcome.ok();
     let error = outcome.err().map(ErrorKind::as_str);
-    tracing::info!(
+    tracing::debug!(
         target: "mesh::access",
         direction = "outbound",
         method = %info.method,
