@@ -61,6 +61,7 @@ pub mod future;
 pub mod grpc;
 pub mod mirror;
 pub mod path;
+pub mod response;
 pub mod retry;
 pub mod route;
 pub mod runtime;
