@@ -325,14 +325,19 @@ backends:
 
                 grpc_rows(&greeters, n, c, rounds).await;
 
-        // Telemetry on: the Prometheus recorder, every span built and handed
-        // to a sink, and the access log formatted as JSON (to nowhere).
+        // Telemetry on: the Prometheus recorder, every span recorded by an
+        // OpenTelemetry SDK and batched to an exporter that drops them, and
+        // the access log formatted as JSON (to nowhere).
         proxyless_hyper::telemetry::install_prometheus().unwrap();
-        proxyless_tower::telemetry::trace::set_span_sink(Box::new(Discard));
+        opentelemetry::global::set_tracer_provider(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(Discard)
+                .build(),
+        );
         let _ = tracing_subscriber::fmt()
             .json()
             .with_writer(std::io::sink)
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(tracing::Level::DEBUG)
             .try_init();
         let telemetry_on = mesh_to(&config(echo, ""));
         let rows = [clients[0].clone(), ("mesh with telemetry on (metrics, spans, JSON access log)", telemetry_on)];
@@ -414,13 +419,17 @@ fn table(rows: &[(&str, Round)]) {
     }
 }
 
-/// A span sink that drops what it gets: the cost of building spans.
+/// A span exporter that drops what it gets: the cost of recording spans.
 #[derive(Debug)]
 struct Discard;
 
-impl proxyless_tower::telemetry::trace::SpanSink for Discard {
-    fn record(&self, span: proxyless_tower::telemetry::trace::FinishedSpan) {
-        std::hint::black_box(span);
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
     }
 }
 

@@ -420,7 +420,7 @@ inbound:
     let stats = details.server_stats();
     println!(
         "details server: {} denied by authorization, {} plaintext connections refused",
-        stats.denied.load(Ordering::Relaxed),
+        stats.inbound.denied.load(Ordering::Relaxed),
         stats.plaintext_refused.load(Ordering::Relaxed)
     );
 }
@@ -542,20 +542,8 @@ async fn main() {
     }
 }
 
-/// Collects finished spans for the trace printout.
-#[derive(Debug, Clone, Default)]
-struct Spans(Arc<std::sync::Mutex<Vec<proxyless_tower::telemetry::trace::FinishedSpan>>>);
-
-impl proxyless_tower::telemetry::trace::SpanSink for Spans {
-    fn record(&self, span: proxyless_tower::telemetry::trace::FinishedSpan) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(span);
-        }
-    }
-}
-
 async fn observability(mesh: &Mesh, client: &Client) {
-    use proxyless_tower::telemetry::trace::{self, SpanKind};
+    use mesh::spans::{self, SpanKind};
     title(
         6,
         "observability",
@@ -590,8 +578,8 @@ async fn observability(mesh: &Mesh, client: &Client) {
     }
 
     // A frontend that calls reviews through the mesh, traced end to end.
-    let spans = Spans::default();
-    trace::set_span_sink(Box::new(spans.clone()));
+    // As an application's own OpenTelemetry pipeline would collect them.
+    let collector = spans::Collector::install();
     let frontend_client = client.clone();
     let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
         let c = frontend_client.clone();
@@ -617,48 +605,22 @@ async fn observability(mesh: &Mesh, client: &Client) {
     let resp = Client::new(&outside).get("http://frontend/").await.unwrap();
     let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    trace::clear_span_sink();
-    let all = spans.0.lock().map(|v| v.clone()).unwrap_or_default();
+    let all = collector.finished();
     let Some(root) = all
         .iter()
-        .find(|s| s.name == "GET frontend" && s.kind == SpanKind::Client)
+        .find(|s| s.name == "GET frontend" && s.span_kind == SpanKind::Client)
     else {
         println!("no trace recorded");
         return;
     };
-    println!("trace {:032x}:", root.trace_id);
-    fn print(all: &[proxyless_tower::telemetry::trace::FinishedSpan], id: u64, depth: usize) {
-        let mut kids: Vec<_> = all
-            .iter()
-            .filter(|s| s.parent_span_id == Some(id))
-            .collect();
-        kids.sort_by_key(|s| s.start);
-        for s in kids {
-            let kind = if s.kind == SpanKind::Server {
-                "server"
-            } else {
-                "client"
-            };
-            let ms = s
-                .end
-                .duration_since(s.start)
-                .unwrap_or_default()
-                .as_secs_f64()
-                * 1000.0;
-            println!(
-                "  {:indent$}{} [{kind}, {ms:.2} ms]",
-                "",
-                s.name,
-                indent = depth * 2
-            );
-            print(all, s.span_id, depth + 1);
-        }
+    let trace_id = root.span_context.trace_id();
+    println!("trace {trace_id}:");
+    for line in spans::tree(&all, root) {
+        println!("  {line}");
     }
-    println!("  {} [client]", root.name);
-    print(&all, root.span_id, 1);
     let hops = all
         .iter()
-        .filter(|s| s.trace_id == root.trace_id && s.kind == SpanKind::Server)
+        .filter(|s| s.span_context.trace_id() == trace_id && s.span_kind == SpanKind::Server)
         .count();
     println!("one trace id across {hops} server hops");
     println!("admin endpoints to try: http://{admin_addr}/clusters  /config_dump  /ready  /live");

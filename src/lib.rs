@@ -8,7 +8,8 @@
 //! - [`echo`]: an echo backend on a real socket;
 //! - [`certs`]: a development CA for SPIFFE identities;
 //! - [`control_plane`]: the development xDS control plane;
-//! - [`greeter`]: the demo's gRPC service; [`tally`]: outcome counting for the demo, `load` and tests.
+//! - [`greeter`]: the demo's gRPC service; [`tally`]: outcome counting for the demo, `load` and tests;
+//! - [`spans`]: spans collected in process by an OpenTelemetry SDK, as an application's pipeline would.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod certs;
 pub mod control_plane;
 pub mod echo;
 pub mod greeter;
+pub mod spans;
 pub mod tally;
 
 pub use proxyless_core as core;

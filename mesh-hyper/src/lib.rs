@@ -26,7 +26,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 pub mod error;
 mod limits;

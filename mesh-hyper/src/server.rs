@@ -23,40 +23,33 @@
 //! deadline (`x-mesh-timeout-ms`) bounds the handler (504 past it), and is
 //! put in the extensions ([`RequestDeadline`]) for calls the handler makes.
 
+use crate::accept::{AcceptError, Acceptor};
 use crate::limits::ServerLimits;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use proxyless_core::Mesh;
-use proxyless_core::config::MtlsMode;
-use proxyless_core::identity::SpiffeId;
-use proxyless_core::identity::authz::{Verdict, authorize};
-use proxyless_tower::body::ResponseBody;
-use proxyless_tower::error::{Deadline, Elapsed, ErrorKind, Unauthorized};
-use proxyless_tower::ext::{AUTHZ_REASON_HEADER, DEADLINE_HEADER, PeerIdentity, RequestDeadline};
-use proxyless_tower::path::{PathAction, normalize_request};
-use proxyless_tower::telemetry::metrics::RouteMetrics;
-use proxyless_tower::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
-use proxyless_tower::{BoxError, BoxFuture};
+use proxyless_tower::BoxError;
+use proxyless_tower::ext::ConnectionInfo;
+use proxyless_tower::inbound::{InboundLayer, InboundStats, WithConnection};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tower::Layer;
 use tower_service::Service;
 
 /// Counters of what the server refused and served.
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    /// Requests that reached the inbound layers.
-    pub requests: AtomicU64,
-    /// Requests authorization denied.
-    pub denied: AtomicU64,
+    /// The inbound layers' counters (requests, denials).
+    pub inbound: Arc<InboundStats>,
     /// Connections whose TLS handshake failed (no, untrusted or expired
     /// certificate, ...).
     pub handshake_failures: AtomicU64,
@@ -81,33 +74,24 @@ pub struct Server {
     mesh: Mesh,
     service: Option<Arc<str>>,
     stats: Arc<ServerStats>,
-    metrics: Arc<InboundMetrics>,
+    metrics: Arc<ConnectionMetrics>,
     limits: Arc<ServerLimits>,
+    inbound: InboundLayer,
 }
 
-/// Metric handles of one server, each resolved on first use once a
-/// recorder is installed.
+/// Metric handles of one server's connections, each resolved on first use
+/// once a recorder is installed.
 #[derive(Debug)]
-struct InboundMetrics {
+struct ConnectionMetrics {
     service: String,
-    requests: RouteMetrics,
-    denied: std::sync::OnceLock<metrics::Counter>,
     handshake_failures: std::sync::OnceLock<metrics::Counter>,
     plaintext_refused: std::sync::OnceLock<metrics::Counter>,
 }
 
-impl InboundMetrics {
+impl ConnectionMetrics {
     fn new(service: Option<&str>) -> Self {
-        let s = service.unwrap_or("").to_owned();
         Self {
-            requests: RouteMetrics::new(
-                "inbound",
-                Arc::from(s.as_str()),
-                Arc::from(""),
-                Arc::from(""),
-            ),
-            service: s,
-            denied: std::sync::OnceLock::new(),
+            service: service.unwrap_or("").to_owned(),
             handshake_failures: std::sync::OnceLock::new(),
             plaintext_refused: std::sync::OnceLock::new(),
         }
@@ -118,13 +102,6 @@ impl InboundMetrics {
         if let Some(c) = proxyless_tower::telemetry::metrics::lazy_handle(slot, make) {
             c.increment(1);
         }
-    }
-
-    fn denied(&self) {
-        self.count(
-            &self.denied,
-            proxyless_tower::telemetry::metrics::AUTHZ_DENIED,
-        );
     }
 
     fn handshake_failed(&self) {
@@ -182,12 +159,17 @@ impl Server {
             tracing::error!("{e}; the server's default limits apply");
             ServerLimits::default()
         });
+        let inbound = InboundLayer::new(mesh);
         Self {
             mesh: mesh.clone(),
             service: mesh.service(),
-            stats: Arc::new(ServerStats::default()),
-            metrics: Arc::new(InboundMetrics::new(mesh.service().as_deref())),
+            stats: Arc::new(ServerStats {
+                inbound: inbound.stats().clone(),
+                ..ServerStats::default()
+            }),
+            metrics: Arc::new(ConnectionMetrics::new(mesh.service().as_deref())),
             limits: Arc::new(limits),
+            inbound,
         }
     }
 
@@ -203,7 +185,8 @@ impl Server {
     #[must_use]
     pub fn service(mut self, service: &str) -> Self {
         self.service = Some(Arc::from(service));
-        self.metrics = Arc::new(InboundMetrics::new(Some(service)));
+        self.metrics = Arc::new(ConnectionMetrics::new(Some(service)));
+        self.inbound = self.inbound.service(service);
         self
     }
 
@@ -308,15 +291,18 @@ impl Server {
         Ok(())
     }
 
-    /// The mTLS mode for new connections, from the current config.
-    fn mode(&self) -> MtlsMode {
-        let snap = self.mesh.snapshot();
-        let policy = self.service.as_deref().and_then(|s| snap.inbound(s));
-        match policy {
-            Some(p) => p.mtls,
-            None if self.mesh.identity().is_some() => MtlsMode::Permissive,
-            None => MtlsMode::Disabled,
+    /// The acceptor of this server's connections.
+    fn acceptor(&self) -> Acceptor {
+        let acceptor = Acceptor::new(&self.mesh).handshake_timeout(self.limits.handshake_timeout);
+        match self.service.as_deref() {
+            Some(s) => acceptor.service(s),
+            None => acceptor,
         }
+    }
+
+    /// The inbound layers this server puts in front of the application.
+    pub fn inbound_layer(&self) -> &InboundLayer {
+        &self.inbound
     }
 }
 
@@ -347,64 +333,36 @@ where
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BoxError> {
         let stats = self.server.stats.clone();
-        let limits = self.server.limits.clone();
-        let mode = self.server.mode();
-        // Every mode waits for the first byte within the handshake timeout:
-        // a connection that never sends one is closed, whatever comes next
-        // (hyper-util's protocol detection would wait for it forever).
-        let starts_tls = match starts_with_tls(&stream, limits.handshake_timeout).await {
-            Ok(t) => t,
+        let metrics = &self.server.metrics;
+        let (stream, info) = match self.server.acceptor().accept(stream).await {
+            Ok(accepted) => accepted,
             Err(e) => {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    stats.first_byte_timeouts.fetch_add(1, Ordering::Relaxed);
+                match &e {
+                    AcceptError::FirstByteTimeout(_) => {
+                        stats.first_byte_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AcceptError::PlaintextRefused => {
+                        stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
+                        metrics.plaintext_refused();
+                    }
+                    AcceptError::NoIdentity
+                    | AcceptError::Handshake(_)
+                    | AcceptError::HandshakeTimeout(_) => {
+                        stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        metrics.handshake_failed();
+                    }
+                    _ => {}
                 }
                 return Err(e.into());
             }
         };
-        let tls = match mode {
-            MtlsMode::Disabled => false,
-            MtlsMode::Strict => {
-                if !starts_tls {
-                    stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.plaintext_refused();
-                    return Err("plaintext connection refused: strict mTLS".into());
-                }
-                true
-            }
-            _ => starts_tls,
-        };
-        if !tls {
-            return self.serve_io(TokioIo::new(stream), None, stopping).await;
-        }
-        let Some(identity) = self.server.mesh.identity() else {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            self.server.metrics.handshake_failed();
-            return Err("TLS connection, but this workload has no identity to present".into());
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
-        let tls =
-            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.handshake_failed();
-                    return Err(format!("TLS handshake failed: {e}").into());
-                }
-                Err(_) => {
-                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    self.server.metrics.handshake_failed();
-                    return Err("TLS handshake timed out".into());
-                }
-            };
-        let peer =
-            proxyless_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
-        self.serve_io(TokioIo::new(tls), peer, stopping).await
+        self.serve_io(TokioIo::new(stream), info, stopping).await
     }
 
     async fn serve_io<I>(
         self,
         io: I,
-        peer: Option<SpiffeId>,
+        info: ConnectionInfo,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BoxError>
     where
@@ -413,10 +371,10 @@ where
         let limits = self.server.limits.clone();
         let stats = self.server.stats.clone();
         let activity = Arc::new(Activity::new());
-        let inbound = Inbound {
-            inner: self.service,
-            server: self.server,
-            peer: PeerIdentity(peer),
+        let inbound = Tracking {
+            #[cfg(feature = "axum")]
+            remote: info.remote,
+            inner: WithConnection::new(self.server.inbound.layer(self.service), info),
             activity: activity.clone(),
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -623,247 +581,42 @@ impl RateLimited {
     }
 }
 
-/// Whether the client's first byte opens a TLS handshake record (0x16);
-/// `TimedOut` if none comes within `wait`.
-async fn starts_with_tls(stream: &TcpStream, wait: Duration) -> std::io::Result<bool> {
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(wait, stream.peek(&mut first))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no first byte"))??;
-    Ok(n == 1 && first[0] == 0x16)
-}
-
-/// The inbound layers in front of the application's service.
+/// Marks each request in progress on its connection (for the idle
+/// timeout), and, with feature `axum`, gives it axum's `ConnectInfo`.
 #[derive(Clone, Debug)]
-struct Inbound<S> {
+struct Tracking<S> {
     inner: S,
-    server: Server,
-    peer: PeerIdentity,
     activity: Arc<Activity>,
+    #[cfg(feature = "axum")]
+    remote: Option<std::net::SocketAddr>,
 }
 
-impl<S, RB> Service<Request<Incoming>> for Inbound<S>
+impl<S, B> Service<Request<B>> for Tracking<S>
 where
-    S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<B>>,
     S::Future: Send + 'static,
-    RB: Send + 'static,
 {
-    type Response = Response<ResponseBody<RB>>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Self::Response, std::convert::Infallible>>;
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let stats = &self.server.stats;
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        let snap = self.server.mesh.snapshot();
-        // Authorization judges the normalized path, and the application is
-        // given that same path: what was authorized is what is served.
-        match normalize_request(&mut req, &snap.config().defaults.path_normalization) {
-            Ok(PathAction::Continue) => {}
-            Ok(PathAction::Redirect(to)) => {
-                return Box::pin(std::future::ready(Ok(redirect(&to))));
-            }
-            Err(e) => {
-                self.server
-                    .metrics
-                    .requests
-                    .record(Err(ErrorKind::InvalidPath), 0.0);
-                tracing::debug!(path = req.uri().path(), "request refused: {e}");
-                let resp = if crate::error::is_grpc(req.headers()) {
-                    crate::error::grpc_error_response(&e)
-                } else {
-                    crate::error::error_response(&e)
-                };
-                return Box::pin(std::future::ready(Ok(resp)));
-            }
-        }
-        if let Some(policy) = self.server.service.as_deref().and_then(|s| snap.inbound(s)) {
-            let caller = self.peer.0.as_ref();
-            if let Verdict::Deny(reason) =
-                authorize(policy, caller, req.method().as_str(), req.uri().path())
-            {
-                stats.denied.fetch_add(1, Ordering::Relaxed);
-                self.server.metrics.denied();
-                self.server
-                    .metrics
-                    .requests
-                    .record(Err(ErrorKind::Unauthorized), 0.0);
-                tracing::debug!(caller = ?caller.map(|c| c.as_str()), method = %req.method(), path = req.uri().path(), "request denied: {reason}");
-                let refusal = Unauthorized {
-                    reason: reason.clone(),
-                };
-                let mut resp = if crate::error::is_grpc(req.headers()) {
-                    crate::error::grpc_error_response(&refusal)
-                } else {
-                    crate::error::error_response(&refusal)
-                };
-                if let Ok(v) = HeaderValue::from_str(&reason) {
-                    resp.headers_mut().insert(AUTHZ_REASON_HEADER, v);
-                }
-
-                return Box::pin(std::future::ready(Ok(resp)));
-            }
-        }
-        req.extensions_mut().insert(self.peer.clone());
-        let parent = TraceContext::extract(req.headers());
-        let ctx = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_root, TraceContext::child);
-        req.extensions_mut().insert(ctx.clone());
-        let log = AccessInfo {
-            wanted: tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG)
-                || (ctx.sampled() && trace::has_sink()),
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            caller: self.peer.0.clone(),
-            service: self.server.service.clone(),
-            parent_span_id: parent.map(|p| p.span_id),
-            start_wall: std::time::SystemTime::now(),
-            started: std::time::Instant::now(),
-        };
-        let metrics = self.server.metrics.clone();
-        let grpc = crate::error::is_grpc(req.headers());
-        let budget = req
-            .headers()
-            .get(DEADLINE_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .into_iter()
-            .chain(grpc_timeout(req.headers()))
-            .min();
-        if let Some(b) = budget {
+    #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        #[cfg(feature = "axum")]
+        if let Some(remote) = self.remote {
             req.extensions_mut()
-                .insert(RequestDeadline(proxyless_tower::ext::deadline_after(b)));
+                .insert(axum::extract::ConnectInfo(remote));
         }
-        let mut svc = self.inner.clone();
         let in_progress = InProgress::new(&self.activity);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let _in_progress = in_progress;
-            let work = async {
-                std::future::poll_fn(|cx| svc.poll_ready(cx))
-                    .await
-                    .map_err(Into::into)?;
-                svc.call(req).await.map_err(Into::into)
-            };
-            let span = if log.wanted {
-                tracing::debug_span!(
-                    "mesh.server",
-                    otel.kind = "server",
-                    http.request.method = %log.method,
-                    url.path = %log.path,
-                    trace_id = %ctx.trace_id_hex(),
-                )
-            } else {
-                tracing::Span::none()
-            };
-            let work = tracing::Instrument::instrument(trace::scope(ctx.clone(), work), span);
-            let result: Result<Response<RB>, BoxError> = match budget {
-                Some(b) => match tokio::time::timeout(b, work).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Elapsed {
-                        deadline: Deadline::Overall,
-                        timeout: b,
-                    }
-                    .into()),
-                },
-                None => work.await,
-            };
-            let outcome = match &result {
-                Ok(r) => Ok(r.status().as_u16()),
-                Err(e) => Err(ErrorKind::of(&**e)),
-            };
-            let elapsed = log.started.elapsed();
-            metrics.requests.record(outcome, elapsed.as_secs_f64());
-            log.finish(&ctx, outcome, elapsed);
-            Ok(match result {
-                Ok(resp) => resp.map(ResponseBody::upstream),
-                Err(e) if grpc => crate::error::grpc_error_response(&*e),
-                Err(e) => {
-                    tracing::debug!("inbound request failed: {e}");
-                    crate::error::error_response(&*e)
-                }
-            })
+            fut.await
         })
-    }
-}
-
-/// A 307 to `to` (a normalized path and query).
-fn redirect<B>(to: &str) -> Response<ResponseBody<B>> {
-    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::new()));
-    *resp.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(to) {
-        resp.headers_mut().insert(http::header::LOCATION, v);
-    }
-    resp
-}
-
-/// What the access log and the server span need of a request.
-struct AccessInfo {
-    wanted: bool,
-    method: http::Method,
-    path: String,
-    caller: Option<SpiffeId>,
-    service: Option<Arc<str>>,
-    parent_span_id: Option<u64>,
-    start_wall: std::time::SystemTime,
-    started: std::time::Instant,
-}
-
-impl AccessInfo {
-    fn finish(&self, ctx: &TraceContext, outcome: Result<u16, ErrorKind>, elapsed: Duration) {
-        if !self.wanted {
-            return;
-        }
-        let status = outcome.ok();
-        let error = outcome.err().map(ErrorKind::as_str);
-        tracing::debug!(
-            target: "mesh::access",
-            direction = "inbound",
-            method = %self.method,
-            path = %self.path,
-            status = status.unwrap_or(0),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            service = self.service.as_deref().unwrap_or(""),
-            caller = self.caller.as_ref().map_or("", |c| c.as_str()),
-            error = error.unwrap_or(""),
-            trace_id = %ctx.trace_id_hex(),
-        );
-        if !ctx.sampled() || !trace::has_sink() {
-            return;
-        }
-        let mut attributes = vec![
-            ("http.request.method", self.method.to_string()),
-            ("url.path", self.path.clone()),
-        ];
-        if let Some(s) = status {
-            attributes.push(("http.response.status_code", s.to_string()));
-        }
-        if let Some(e) = error {
-            attributes.push(("error.type", e.to_owned()));
-        }
-        if let Some(c) = &self.caller {
-            attributes.push(("mesh.caller", c.to_string()));
-        }
-        trace::record(FinishedSpan {
-            name: format!(
-                "{} {}",
-                self.method,
-                self.service.as_deref().unwrap_or("server")
-            ),
-            kind: SpanKind::Server,
-            trace_id: ctx.trace_id,
-            span_id: ctx.span_id,
-            parent_span_id: self.parent_span_id,
-            start: self.start_wall,
-            end: self.start_wall + elapsed,
-            attributes,
-            error: error.is_some() || status.is_some_and(|s| s >= 500),
-        });
     }
 }
 

@@ -129,3 +129,105 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     server.serve(listener, routes).await
 }
+
+/// `listener`'s connections accepted by the mesh's mTLS acceptor, for
+/// tonic's own server: `Server::builder().layer(InboundLayer::new(&mesh))
+/// .add_service(..).serve_with_incoming(incoming(&mesh, listener)?)`. Each
+/// request carries the connection's [`ConnectionInfo`](proxyless_tower::ext::ConnectionInfo)
+/// (tonic inserts it), which the inbound layers read the caller from.
+/// Needs a tokio runtime.
+///
+/// ```no_run
+/// # async fn run(routes: tonic::service::Routes) -> Result<(), Box<dyn std::error::Error>> {
+/// use proxyless_tower::inbound::InboundLayer;
+/// let mesh = proxyless_core::Mesh::from_env()?;                 // MESH_SERVICE, MESH_TLS_*
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+/// tonic::transport::Server::builder()
+///     .layer(InboundLayer::new(&mesh))
+///     .add_routes(routes)
+///     .serve_with_incoming(proxyless_tonic::incoming(&mesh, listener)?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn incoming(mesh: &Mesh, listener: tokio::net::TcpListener) -> std::io::Result<Incoming> {
+    let acceptor = proxyless_hyper::accept::Acceptor::new(mesh);
+    Ok(Incoming(proxyless_hyper::accept::Incoming::new(
+        listener, acceptor,
+    )?))
+}
+
+/// The stream [`incoming`] returns.
+#[derive(Debug)]
+pub struct Incoming(proxyless_hyper::accept::Incoming);
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<Connection>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .0
+            .poll_accept(cx)
+            .map(|a| a.map(|(stream, info)| Ok(Connection { stream, info })))
+    }
+}
+
+/// An accepted connection, as tonic's server takes it.
+#[derive(Debug)]
+pub struct Connection {
+    stream: proxyless_hyper::accept::MeshStream,
+    info: proxyless_tower::ext::ConnectionInfo,
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = proxyless_tower::ext::ConnectionInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

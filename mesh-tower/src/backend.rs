@@ -20,7 +20,7 @@ use crate::error::{
 };
 use crate::ext::{DEADLINE_HEADER, Routed, Served, deadline_of};
 use crate::runtime::{InFlight, PickError, ResolvedBackend, Runtime, now};
-use crate::telemetry::trace::{self, FinishedSpan, SpanKind, TraceContext};
+use crate::telemetry::trace;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use proxyless_core::policy::Outcome;
@@ -207,26 +207,18 @@ where
         if let Err(e) = retargeted {
             return fail(e);
         }
-        let attempt_span = req
-            .extensions()
-            .get::<TraceContext>()
-            .filter(|p| p.sampled() && trace::has_sink())
-            .cloned()
-            .map(|parent| {
-                let ctx = parent.child();
-                ctx.inject(req.headers_mut());
-                let mirror = req.extensions().get::<crate::ext::Mirrored>().is_some();
-                AttemptSpan {
-                    name: if mirror {
-                        format!("mirror {}", backend.name)
-                    } else {
-                        format!("attempt {attempts} {}", backend.name)
-                    },
-                    parent: parent.span_id,
-                    ctx,
-                    start: std::time::SystemTime::now(),
-                }
-            });
+        // The request's span covers the first attempt; a retry or a mirror
+        // copy gets a client span of its own, child of the request's.
+        let mirror = req.extensions().get::<crate::ext::Mirrored>().is_some();
+        let attempt_span = if attempts > 1 || mirror {
+            req.extensions()
+                .get::<opentelemetry::Context>()
+                .cloned()
+                .and_then(|parent| AttemptSpan::start(parent, &backend.name, attempts, mirror))
+                .inspect(|span| trace::inject(&span.cx, req.headers_mut()))
+        } else {
+            None
+        };
         let sent = Sent {
             attempt_span,
             in_flight: backend.start(index),
@@ -372,37 +364,67 @@ fn rejected(backend: &Arc<str>, reason: &'static str) {
     .increment(1);
 }
 
-/// A span per attempt (and per mirror copy), child of the request's span.
+/// The span of a retry or a mirror copy, child of the request's span.
 #[derive(Debug)]
 struct AttemptSpan {
-    name: String,
-    parent: u64,
-    ctx: TraceContext,
-    start: std::time::SystemTime,
+    cx: opentelemetry::Context,
 }
 
 impl AttemptSpan {
-    fn finish(self, outcome: Outcome, endpoint: &str) {
-        let (status, error) = match outcome {
-            Outcome::Status(s) => (Some(s), s >= 500),
-            _ => (None, true),
+    /// A started span, or `None` when the tracer records nothing.
+    fn start(
+        parent: opentelemetry::Context,
+        backend: &str,
+        attempt: u32,
+        mirror: bool,
+    ) -> Option<Self> {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+        let tracer = trace::tracer();
+        let span = tracer
+            .span_builder(if mirror { "mirror" } else { "retry" })
+            .with_kind(SpanKind::Client)
+            .start_with_context(&tracer, &parent);
+        let cx = parent.with_span(span);
+        let recording = {
+            let span = cx.span();
+            if span.is_recording() {
+                span.update_name(if mirror {
+                    format!("mirror {backend}")
+                } else {
+                    format!("attempt {attempt} {backend}")
+                });
+                span.set_attribute(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(attempt.saturating_sub(1)),
+                ));
+                span.set_attribute(KeyValue::new("mesh.backend", backend.to_owned()));
+            }
+            span.is_recording()
         };
-        let mut attributes = vec![("mesh.endpoint", endpoint.to_owned())];
-        if let Some(s) = status {
-            attributes.push(("http.response.status_code", s.to_string()));
-        } else {
-            attributes.push(("error.type", format!("{outcome:?}").to_lowercase()));
+        recording.then_some(Self { cx })
+    }
+
+    fn finish(self, outcome: Outcome, endpoint: &str) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Status, TraceContextExt};
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("mesh.endpoint", endpoint.to_owned()));
+        match outcome {
+            Outcome::Status(s) => {
+                span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+                if s >= 500 {
+                    span.set_status(Status::error(""));
+                }
+            }
+            other => {
+                span.set_attribute(KeyValue::new(
+                    "error.type",
+                    format!("{other:?}").to_lowercase(),
+                ));
+                span.set_status(Status::error(""));
+            }
         }
-        trace::record(FinishedSpan {
-            name: self.name,
-            kind: SpanKind::Client,
-            trace_id: self.ctx.trace_id,
-            span_id: self.ctx.span_id,
-            parent_span_id: Some(self.parent),
-            start: self.start,
-            end: std::time::SystemTime::now(),
-            attributes,
-            error,
-        });
+        span.end();
     }
 }

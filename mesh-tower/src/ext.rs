@@ -212,6 +212,53 @@ pub fn set_deadline<B>(req: &mut http::Request<B>, deadline: TokioInstant) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity(pub Option<proxyless_core::identity::SpiffeId>);
 
+/// On an inbound request: what the server knows of its connection. The
+/// mesh's server and acceptors insert it (with [`PeerIdentity`]); the
+/// inbound layers read the caller's identity from either. tonic inserts it
+/// too when the connection came from `proxyless_tonic::incoming`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The caller's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The address it connected to.
+    pub local: Option<std::net::SocketAddr>,
+    /// The caller's verified SPIFFE ID, over mTLS.
+    pub peer: Option<proxyless_core::identity::SpiffeId>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+impl ConnectionInfo {
+    /// A plaintext connection from `remote`.
+    pub fn plaintext(
+        remote: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+    ) -> Self {
+        Self {
+            remote,
+            local,
+            peer: None,
+            tls: false,
+        }
+    }
+
+    /// A TLS connection from `remote`, verified as `peer` (if it showed a
+    /// certificate).
+    pub fn tls(
+        remote: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+        peer: Option<proxyless_core::identity::SpiffeId>,
+    ) -> Self {
+        Self {
+            remote,
+            local,
+            peer,
+            tls: true,
+        }
+    }
+}
+
 /// The response header that says why authorization denied a request.
 pub const AUTHZ_REASON_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-mesh-authz-reason");

@@ -59,6 +59,7 @@ pub mod ext;
 pub mod fault;
 pub mod future;
 pub mod grpc;
+pub mod inbound;
 pub mod mirror;
 pub mod path;
 pub mod response;

@@ -70,11 +70,8 @@ impl<S> Mirror<S> {
         }
         copy.extensions_mut().insert(routed.with_backend(backend));
         copy.extensions_mut().insert(Mirrored);
-        if let Some(tc) = req
-            .extensions()
-            .get::<crate::telemetry::trace::TraceContext>()
-        {
-            copy.extensions_mut().insert(tc.clone());
+        if let Some(cx) = req.extensions().get::<opentelemetry::Context>() {
+            copy.extensions_mut().insert(cx.clone());
         }
         Some(copy)
     }

@@ -16,11 +16,11 @@
 //! failures, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, `UNIMPLEMENTED` for
 //! no route, `INVALID_ARGUMENT` for a refused path.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
 use crate::body::ResponseBody;
 use crate::error::ErrorKind;
 use crate::ext::ERROR_HEADER;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
 
 /// The status for an error kind.
 pub fn status_for(kind: ErrorKind) -> StatusCode {

@@ -383,7 +383,14 @@ async fn authorization(ca: &DevCa, reviews: &EchoHandle) {
         403,
         "deny wins"
     );
-    assert_eq!(reviews.server_stats().denied.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        reviews
+            .server_stats()
+            .inbound
+            .denied
+            .load(Ordering::Relaxed),
+        5
+    );
     assert_eq!(
         reviews.served(),
         3,

@@ -1,13 +1,15 @@
 //! Telemetry of the outbound data path: per request, metrics (through the
-//! `metrics` facade), a trace span (W3C trace context injected on the way
-//! out, the task's inbound context as parent), and one access-log event
-//! (`target: "mesh::access"`).
+//! `metrics` facade), an OpenTelemetry client span (see [`trace`]: its
+//! parent is the caller's context, its context goes out in the request's
+//! headers), and, when enabled, one access-log event (`target:
+//! "mesh::access"`, DEBUG).
 //!
 //! The layer sits right below the route layer, so it sees the route
 //! decision; requests the route layer refuses (`no_route`) are counted
 //! there.
 
 pub mod metrics;
+pub(crate) mod span;
 pub mod trace;
 
 use crate::BoxError;
@@ -16,13 +18,13 @@ use crate::error::{ErrorKind, FaultAbort};
 use crate::ext::{Routed, Served};
 use crate::runtime::Runtime;
 use http::{Request, Response};
+use opentelemetry::trace::TraceContextExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 use tower_service::Service;
-use trace::{FinishedSpan, SpanKind, TraceContext};
 
 /// The telemetry layer.
 #[derive(Debug, Clone)]
@@ -69,32 +71,8 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let started = Instant::now();
-        // The parent: a context the caller attached, else trace headers it
-        // set itself, else the task's inbound request, else none (a root).
-        let parent = req
-            .extensions()
-            .get::<TraceContext>()
-            .cloned()
-            .or_else(|| TraceContext::extract(req.headers()))
-            .or_else(trace::current);
-        let ctx = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_root, TraceContext::child);
-        ctx.inject(req.headers_mut());
         let routed = req.extensions().get::<Routed>();
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
-        // Names and strings only when someone will read them.
-        let wanted = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG)
-            || (ctx.sampled() && trace::has_sink());
-        if !wanted {
-            return ResponseFuture {
-                inner: self.inner.call(req),
-                started,
-                metrics,
-                info: None,
-                span: tracing::Span::none(),
-            };
-        }
         let (service, route) = routed
             .and_then(|r| {
                 Some((
@@ -103,52 +81,39 @@ where
                 ))
             })
             .unzip();
-        let info = Box::new(RequestInfo {
-            method: req.method().clone(),
-            authority: req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .unwrap_or("")
-                .to_owned(),
-            path: req.uri().path().to_owned(),
-            service,
-            route,
-            ctx,
-            parent_span_id: parent.map(|p| p.span_id),
-            start_wall: SystemTime::now(),
+        let parent = trace::outbound_parent(req.extensions(), req.headers());
+        let span = span::start_client(&req, service.as_deref(), route.as_deref(), &parent);
+        let cx = parent.with_span(span);
+        trace::inject(&cx, req.headers_mut());
+        // Lower layers make retries and mirror copies children of this span.
+        req.extensions_mut().insert(cx.clone());
+        let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
+            Box::new(AccessInfo {
+                method: req.method().clone(),
+                authority: span::authority(&req).to_owned(),
+                path: req.uri().path().to_owned(),
+                service,
+                route,
+            })
         });
-        // Lower layers make each attempt (and mirror copy) a child of this span.
-        req.extensions_mut().insert(info.ctx.clone());
-        let span = tracing::debug_span!(
-            "mesh.client",
-            otel.kind = "client",
-            http.request.method = %info.method,
-            server.address = %info.authority,
-            http.route = info.route.as_deref().unwrap_or(""),
-            trace_id = %info.ctx.trace_id_hex(),
-        );
         ResponseFuture {
             inner: self.inner.call(req),
             started,
             metrics,
-            info: Some(info),
-            span,
+            access,
+            cx,
         }
     }
 }
 
+/// What the access log needs of a request, kept only when it is on.
 #[derive(Debug)]
-struct RequestInfo {
+struct AccessInfo {
     method: http::Method,
     authority: String,
     path: String,
     service: Option<Arc<str>>,
     route: Option<Arc<str>>,
-    ctx: TraceContext,
-    parent_span_id: Option<u64>,
-    start_wall: SystemTime,
 }
 
 pin_project_lite::pin_project! {
@@ -159,8 +124,8 @@ pin_project_lite::pin_project! {
         inner: F,
         started: Instant,
         metrics: Option<Arc<metrics::RouteMetrics>>,
-        info: Option<Box<RequestInfo>>,
-        span: tracing::Span,
+        access: Option<Box<AccessInfo>>,
+        cx: opentelemetry::Context,
     }
 }
 
@@ -173,7 +138,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
         let elapsed = this.started.elapsed();
         let outcome = match &result {
@@ -186,79 +150,44 @@ where
         if let Some(m) = this.metrics.as_ref() {
             m.record(outcome, elapsed.as_secs_f64());
         }
-        if let Some(info) = this.info.take() {
-            let served = result
-                .as_ref()
-                .ok()
-                .and_then(|r| r.extensions().get::<Served>());
-            finish(&info, outcome, elapsed, served);
+        let served = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.extensions().get::<Served>());
+        let grpc_status = result
+            .as_ref()
+            .ok()
+            .and_then(|r| crate::grpc::status(r.headers()));
+        span::finish(this.cx, span::Side::Client, outcome, grpc_status, served);
+        if let Some(info) = this.access.take() {
+            access_log(&info, outcome, elapsed, served, this.cx);
         }
         Poll::Ready(result)
     }
 }
 
-fn finish(
-    info: &RequestInfo,
+fn access_log(
+    info: &AccessInfo,
     outcome: Result<u16, ErrorKind>,
     elapsed: std::time::Duration,
     served: Option<&Served>,
+    cx: &opentelemetry::Context,
 ) {
-    let status = outcome.ok();
-    let error = outcome.err().map(ErrorKind::as_str);
+    use opentelemetry::trace::TraceContextExt;
     tracing::debug!(
         target: "mesh::access",
         direction = "outbound",
         method = %info.method,
         authority = %info.authority,
         path = %info.path,
-        status = status.unwrap_or(0),
+        status = outcome.ok().unwrap_or(0),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         service = info.service.as_deref().unwrap_or(""),
         route = info.route.as_deref().unwrap_or(""),
         backend = served.map_or("", |s| &*s.backend),
         endpoint = served.map_or("", |s| &*s.endpoint),
         attempts = served.map_or(0, |s| s.attempts),
-        error = error.unwrap_or(""),
-        trace_id = %info.ctx.trace_id_hex(),
+        error = outcome.err().map_or("", ErrorKind::as_str),
+        trace_id = %cx.span().span_context().trace_id(),
     );
-    if !info.ctx.sampled() {
-        return;
-    }
-    let Some(sink) = trace::sink() else {
-        return;
-    };
-    let mut attributes = vec![
-        ("http.request.method", info.method.to_string()),
-        ("server.address", info.authority.clone()),
-        ("url.path", info.path.clone()),
-    ];
-    if let Some(s) = status {
-        attributes.push(("http.response.status_code", s.to_string()));
-    }
-    if let Some(e) = error {
-        attributes.push(("error.type", e.to_owned()));
-    }
-    if let Some(r) = &info.route {
-        attributes.push(("http.route", r.to_string()));
-    }
-    if let Some(s) = served {
-        attributes.push(("mesh.backend", s.backend.to_string()));
-        attributes.push(("mesh.endpoint", s.endpoint.to_string()));
-        attributes.push(("mesh.attempts", s.attempts.to_string()));
-    }
-    sink.record(FinishedSpan {
-        name: format!(
-            "{} {}",
-            info.method,
-            info.service.as_deref().unwrap_or(&info.authority)
-        ),
-        kind: SpanKind::Client,
-        trace_id: info.ctx.trace_id,
-        span_id: info.ctx.span_id,
-        parent_span_id: info.parent_span_id,
-        start: info.start_wall,
-        end: info.start_wall + elapsed,
-        attributes,
-        error: error.is_some() || status.is_some_and(|s| s >= 500),
-    });
 }

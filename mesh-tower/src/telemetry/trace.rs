@@ -1,324 +1,494 @@
-//! Trace context: W3C `traceparent` / `tracestate` (and B3, accepted on
-//! the way in), the current inbound context of a task, and finished spans
-//! handed to a [`SpanSink`] (an exporter).
+//! Traces through OpenTelemetry's API: the mesh's spans are made by the
+//! globally installed tracer provider (the application's own pipeline, or
+//! the one `proxyless_hyper::observe::init` installs), so they carry the
+//! real ids and join the application's traces.
+//!
+//! - Outbound, the parent of the mesh's client span is, in order: an
+//!   [`opentelemetry::Context`] the caller put in the request's extensions;
+//!   the current `tracing` span's context when the application uses
+//!   tracing-opentelemetry (feature `tracing-opentelemetry`); the current
+//!   OpenTelemetry context ([`Context::current`]); trace headers the caller
+//!   set on the request itself; else the span is a root.
+//! - Inbound, the server span's parent is the context extracted from the
+//!   request, and the application's handler runs with the server span as
+//!   its current context, so its own spans continue the caller's trace.
+//! - Headers are written and read by the globally configured propagator.
+//!   While none is configured (OpenTelemetry's default is a no-op) the mesh
+//!   uses [`MeshPropagator`]: W3C trace context and baggage, and B3 read on
+//!   the way in.
+//!
+//! With no tracer provider installed the spans are OpenTelemetry's no-op
+//! ones: nothing is recorded, and the caller's context passes through
+//! unchanged to the next hop.
 //!
 //! ```
-//! use proxyless_tower::telemetry::trace::TraceContext;
-//! let tc = TraceContext::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-//! assert_eq!(tc.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-//! assert!(tc.sampled());
-//! assert_eq!(tc.traceparent(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+//! use opentelemetry::trace::TraceContextExt;
+//! use proxyless_tower::telemetry::trace;
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+//! let cx = trace::extract(&headers);
+//! let remote = cx.span().span_context().clone();
+//! assert_eq!(format!("{:032x}", remote.trace_id()), "4bf92f3577b34da6a3ce929d0e0e4736");
+//! let mut out = http::HeaderMap::new();
+//! trace::inject(&cx, &mut out);
+//! assert_eq!(out["traceparent"], headers["traceparent"]);
 //! ```
 
-use arc_swap::ArcSwapOption;
-use http::HeaderMap;
-use std::sync::Arc;
-use std::time::SystemTime;
-
-/// A position in a trace: the trace, the current span, and flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
-    /// The trace id (never 0).
-    pub trace_id: u128,
-    /// The span id (never 0).
-    pub span_id: u64,
-    /// W3C trace flags (bit 0: sampled).
-    pub flags: u8,
-    /// The `tracestate` header, passed along untouched.
-    pub tracestate: Option<http::HeaderValue>,
-}
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::baggage::{Baggage, BaggageExt};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Context, InstrumentationScope, global};
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// The W3C trace context header.
-pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C vendor state header.
-pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The W3C baggage header.
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
-fn nonzero_u64() -> u64 {
-    loop {
-        let v: u64 = rand::random();
-        if v != 0 {
-            return v;
+/// The instrumentation scope of the mesh's spans.
+pub const SCOPE_NAME: &str = "proxyless";
+
+/// The tracer the mesh's spans come from: the global provider's, asked
+/// each time, so a provider installed after the mesh was built is used.
+pub fn tracer() -> global::BoxedTracer {
+    static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
+    let scope = SCOPE.get_or_init(|| {
+        InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()
+    });
+    global::tracer_with_scope(scope.clone())
+}
+
+/// Writes `cx` into `headers` with the global propagator (or
+/// [`MeshPropagator`] while none is configured).
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    with_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
+}
+
+/// The context `headers` carry (on top of an empty one), read by the
+/// global propagator (or [`MeshPropagator`] while none is configured).
+pub fn extract(headers: &HeaderMap) -> Context {
+    with_propagator(|p| p.extract_with_context(&Context::new(), &HeaderExtractor(headers)))
+}
+
+fn with_propagator<T>(mut f: impl FnMut(&dyn TextMapPropagator) -> T) -> T {
+    // OpenTelemetry's default propagator is a no-op with no fields.
+    if global::get_text_map_propagator(|p| p.fields().next().is_some()) {
+        global::get_text_map_propagator(f)
+    } else {
+        f(&MeshPropagator)
+    }
+}
+
+/// The parent of an outbound request's span, in the order the module docs
+/// give.
+pub fn outbound_parent(extensions: &http::Extensions, headers: &HeaderMap) -> Context {
+    if let Some(cx) = extensions.get::<Context>() {
+        return cx.clone();
+    }
+    #[cfg(feature = "tracing-opentelemetry")]
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = tracing::Span::current().context();
+        if cx.span().span_context().is_valid() {
+            return cx;
+        }
+    }
+    let current = Context::current();
+    if current.span().span_context().is_valid() {
+        return current;
+    }
+    if headers.contains_key(TRACEPARENT)
+        || headers.contains_key("b3")
+        || headers.contains_key("x-b3-traceid")
+    {
+        return extract(headers);
+    }
+    current
+}
+
+/// An [`Injector`] into an `http::HeaderMap` (a value that is not a valid
+/// header is skipped).
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
         }
     }
 }
 
-impl TraceContext {
-    /// A new trace, sampled.
-    pub fn new_root() -> Self {
-        let mut trace_id: u128 = rand::random();
-        if trace_id == 0 {
-            trace_id = 1;
-        }
-        Self {
-            trace_id,
-            span_id: nonzero_u64(),
-            flags: 1,
-            tracestate: None,
-        }
+/// An [`Extractor`] from an `http::HeaderMap` (values that are not text
+/// read as absent).
+#[derive(Debug)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
     }
 
-    /// A child of this context: same trace and flags, a new span id.
-    pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id,
-            span_id: nonzero_u64(),
-            flags: self.flags,
-            tracestate: self.tracestate.clone(),
-        }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
     }
+}
 
-    /// Whether the trace is sampled.
-    pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
-    }
+/// W3C trace context (`traceparent`, `tracestate`) and W3C baggage, both
+/// ways, and B3 (single `b3` header, or `x-b3-*`) read on the way in: the
+/// mesh's propagator while the application configured none.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MeshPropagator;
 
-    /// Parses a `traceparent` header value (version 00, or a later version
-    /// read as 00 as the spec asks).
-    pub fn parse_traceparent(v: &str) -> Option<Self> {
-        let mut parts = v.trim().split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2
-            || version == "ff"
-            || trace.len() != 32
-            || span.len() != 16
-            || flags.len() != 2
-        {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-        let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self {
-            trace_id,
-            span_id,
-            flags,
-            tracestate: None,
-        })
-    }
+/// Baggage limits of the W3C spec: 180 entries, 8,192 bytes in all.
+const MAX_BAGGAGE_ENTRIES: usize = 180;
+const MAX_BAGGAGE_BYTES: usize = 8192;
 
-    /// The `traceparent` value for this context.
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
-    }
+fn fields() -> &'static [String] {
+    static FIELDS: OnceLock<[String; 3]> = OnceLock::new();
+    FIELDS.get_or_init(|| ["traceparent".into(), "tracestate".into(), "baggage".into()])
+}
 
-    /// The context a request carries: `traceparent` (+ `tracestate`), or B3
-    /// (`b3` single header, or `x-b3-traceid` / `x-b3-spanid` /
-    /// `x-b3-sampled`).
-    pub fn extract(headers: &HeaderMap) -> Option<Self> {
-        if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
-            let mut tc = Self::parse_traceparent(tp)?;
-            tc.tracestate = headers.get(TRACESTATE).cloned();
-            return Some(tc);
-        }
-        if let Some(b3) = headers.get("b3").and_then(|v| v.to_str().ok()) {
-            let mut parts = b3.split('-');
-            let (trace, span) = (parts.next()?, parts.next()?);
-            let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
-            return Self::from_b3(trace, span, sampled);
-        }
-        let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-        let (trace, span) = (get("x-b3-traceid")?, get("x-b3-spanid")?);
-        let sampled = get("x-b3-sampled").is_none_or(|s| s == "1" || s == "true")
-            || get("x-b3-flags") == Some("1");
-        Self::from_b3(trace, span, sampled)
-    }
-
-    fn from_b3(trace: &str, span: &str, sampled: bool) -> Option<Self> {
-        // 64-bit B3 trace ids are left-padded to 128 bits.
-        if !(trace.len() == 16 || trace.len() == 32) || span.len() != 16 {
-            return None;
-        }
-        Some(Self {
-            trace_id: u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?,
-            span_id: u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?,
-            flags: u8::from(sampled),
-            tracestate: None,
-        })
-    }
-
-    /// Writes this context into `headers` as W3C trace context.
-    pub fn inject(&self, headers: &mut HeaderMap) {
-        // Formatted on the stack: this runs on every request.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        for i in 0..32 {
-            buf[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
-        }
-        for i in 0..16 {
-            buf[36 + i] = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        buf[53] = HEX[usize::from(self.flags >> 4)];
-        buf[54] = HEX[usize::from(self.flags & 0xf)];
-        if let Ok(v) = http::HeaderValue::from_bytes(&buf) {
-            headers.insert(TRACEPARENT, v);
-        }
-        match &self.tracestate {
-            Some(ts) => {
-                headers.insert(TRACESTATE, ts.clone());
-            }
-            None => {
-                headers.remove(TRACESTATE);
+impl TextMapPropagator for MeshPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            injector.set("traceparent", traceparent(sc));
+            let state = sc.trace_state().header();
+            if !state.is_empty() {
+                injector.set("tracestate", state);
             }
         }
+        let baggage = cx.baggage();
+        if !baggage.is_empty() {
+            let mut out = String::new();
+            for (k, (v, meta)) in baggage.iter() {
+                let entry = format!("{}={}", encode(k.as_str()), encode(v.as_str()));
+                let entry = match meta.as_str() {
+                    "" => entry,
+                    m => format!("{entry};{m}"),
+                };
+                if out.len() + entry.len() + 1 > MAX_BAGGAGE_BYTES {
+                    break;
+                }
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&entry);
+            }
+            injector.set("baggage", out);
+        }
     }
 
-    /// The trace id as 32 hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let mut out = match extract_span_context(extractor) {
+            Some(sc) => cx.with_remote_span_context(sc),
+            None => cx.clone(),
+        };
+        if let Some(header) = extractor.get("baggage") {
+            let baggage = parse_baggage(header);
+            if !baggage.is_empty() {
+                out = out.with_baggage(baggage);
+            }
+        }
+        out
     }
-}
 
-tokio::task_local! {
-    static CURRENT: TraceContext;
-}
-
-/// Runs `f` with `ctx` as the task's current trace context: outbound calls
-/// made through the mesh inside it become its children. The server side
-/// does this around every request it hands the application.
-pub async fn scope<F: std::future::Future>(ctx: TraceContext, f: F) -> F::Output {
-    CURRENT.scope(ctx, f).await
-}
-
-/// The task's current trace context, if it runs inside [`scope`].
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
-/// Client or server side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SpanKind {
-    /// An outbound request.
-    Client,
-    /// An inbound request.
-    Server,
-}
-
-/// A finished span, for an exporter.
-#[derive(Debug, Clone)]
-pub struct FinishedSpan {
-    /// Its name (`GET reviews` style: method and service or route).
-    pub name: String,
-    /// Client or server.
-    pub kind: SpanKind,
-    /// The trace.
-    pub trace_id: u128,
-    /// This span.
-    pub span_id: u64,
-    /// Its parent, if any.
-    pub parent_span_id: Option<u64>,
-    /// When it started.
-    pub start: SystemTime,
-    /// When it ended.
-    pub end: SystemTime,
-    /// OpenTelemetry HTTP attributes and the mesh's own (`mesh.*`).
-    pub attributes: Vec<(&'static str, String)>,
-    /// Whether it ended in error (a 5xx or a failure).
-    pub error: bool,
-}
-
-/// Where finished, sampled spans go (an OTLP exporter, a test collector).
-pub trait SpanSink: Send + Sync + std::fmt::Debug {
-    /// Takes one span; must not block.
-    fn record(&self, span: FinishedSpan);
-}
-
-static SINK: ArcSwapOption<Box<dyn SpanSink>> = ArcSwapOption::const_empty();
-
-/// Installs the process-wide span sink (replacing any earlier one).
-pub fn set_span_sink(sink: Box<dyn SpanSink>) {
-    SINK.store(Some(Arc::new(sink)));
-}
-
-/// Removes the span sink.
-pub fn clear_span_sink() {
-    SINK.store(None);
-}
-
-pub(crate) fn sink() -> Option<Arc<Box<dyn SpanSink>>> {
-    SINK.load_full()
-}
-
-/// Hands a finished span to the sink, if one is installed.
-pub fn record(span: FinishedSpan) {
-    if let Some(s) = sink() {
-        s.record(span);
+    fn fields(&self) -> text_map_propagator::FieldIter<'_> {
+        text_map_propagator::FieldIter::new(fields())
     }
 }
 
-/// Whether a sink is installed (so spans are worth building).
-pub fn has_sink() -> bool {
-    SINK.load().is_some()
+/// The `traceparent` value of `sc`.
+pub fn traceparent(sc: &SpanContext) -> String {
+    format!(
+        "00-{:032x}-{:016x}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
+}
+
+/// Parses a `traceparent` value (version 00, or a later version read as
+/// 00 as the spec asks) into a remote span context.
+pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if version.len() != 2
+        || version == "ff"
+        || !hex(version)
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+        || !(hex(trace) && hex(span) && hex(flags))
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)?;
+    let span_id = SpanId::from_hex(span)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ))
+}
+
+fn extract_span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
+    if let Some(tp) = extractor.get("traceparent") {
+        let sc = parse_traceparent(tp)?;
+        let state = extractor
+            .get("tracestate")
+            .and_then(|s| TraceState::from_str(s).ok())
+            .unwrap_or_default();
+        return Some(SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            true,
+            state,
+        ));
+    }
+    if let Some(b3) = extractor.get("b3") {
+        let mut parts = b3.split('-');
+        let (trace, span) = (parts.next()?, parts.next()?);
+        let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
+        return from_b3(trace, span, sampled);
+    }
+    let (trace, span) = (
+        extractor.get("x-b3-traceid")?,
+        extractor.get("x-b3-spanid")?,
+    );
+    let sampled = extractor
+        .get("x-b3-sampled")
+        .is_none_or(|s| s == "1" || s == "true")
+        || extractor.get("x-b3-flags") == Some("1");
+    from_b3(trace, span, sampled)
+}
+
+fn from_b3(trace: &str, span: &str, sampled: bool) -> Option<SpanContext> {
+    // 64-bit B3 trace ids are left-padded to 128 bits.
+    if !(trace.len() == 16 || trace.len() == 32) || span.len() != 16 {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+    let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    Some(SpanContext::new(
+        TraceId::from(trace_id),
+        SpanId::from(span_id),
+        flags,
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// Percent-encodes what W3C baggage does not allow bare.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let bare = b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~/:?@[]".contains(&b);
+        if bare {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Reads a `baggage` header, within the spec's limits; malformed entries
+/// are skipped.
+fn parse_baggage(header: &str) -> Baggage {
+    let mut baggage = Baggage::new();
+    if header.len() > MAX_BAGGAGE_BYTES {
+        return baggage;
+    }
+    for entry in header.split(',').take(MAX_BAGGAGE_ENTRIES) {
+        let (kv, meta) = entry.split_once(';').unwrap_or((entry, ""));
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        let (Some(k), Some(v)) = (decode(k.trim()), decode(v.trim())) else {
+            continue;
+        };
+        if k.is_empty() {
+            continue;
+        }
+        baggage.insert_with_metadata(k, v, meta.trim().to_owned());
+    }
+    baggage
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use opentelemetry::KeyValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
 
     #[test]
     fn traceparent_round_trips_and_rejects_malformed() {
-        let tc = TraceContext::new_root();
-        assert_eq!(
-            TraceContext::parse_traceparent(&tc.traceparent()),
-            Some(tc.clone())
-        );
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sc = parse_traceparent(tp).unwrap();
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert_eq!(traceparent(&sc), tp);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "garbage",
         ] {
-            assert_eq!(TraceContext::parse_traceparent(bad), None, "{bad}");
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
         // A future version with more fields is read as version 00.
         assert!(
-            TraceContext::parse_traceparent(
-                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz"
-            )
-            .is_some()
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
         );
     }
 
     #[test]
-    fn b3_single_and_multi_headers_are_accepted() {
-        let mut h = HeaderMap::new();
-        h.insert(
+    fn b3_single_and_multi_headers_are_read() {
+        let cx = MeshPropagator.extract(&HeaderExtractor(&headers(&[(
             "b3",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
-                .parse()
-                .unwrap(),
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
+        )])));
+        let sc = cx.span().span_context().clone();
+        assert_eq!(
+            format!("{:032x}", sc.trace_id()),
+            "80f198ee56343ba864fe8b2a57d3eff7"
         );
-        let tc = TraceContext::extract(&h).unwrap();
-        assert_eq!(tc.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
-        assert_eq!(tc.span_id, 0xe457b5a2e4d86bd1);
-        assert!(tc.sampled());
-        let mut h = HeaderMap::new();
-        h.insert("x-b3-traceid", "a3ce929d0e0e4736".parse().unwrap());
-        h.insert("x-b3-spanid", "00f067aa0ba902b7".parse().unwrap());
-        h.insert("x-b3-sampled", "0".parse().unwrap());
-        let tc = TraceContext::extract(&h).unwrap();
-        assert_eq!(tc.trace_id, 0xa3ce929d0e0e4736);
-        assert!(!tc.sampled());
+        assert_eq!(format!("{:016x}", sc.span_id()), "e457b5a2e4d86bd1");
+        assert!(sc.is_sampled());
+        let cx = MeshPropagator.extract(&HeaderExtractor(&headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "0"),
+        ])));
+        let sc = cx.span().span_context().clone();
+        assert_eq!(
+            format!("{:032x}", sc.trace_id()),
+            "0000000000000000a3ce929d0e0e4736"
+        );
+        assert!(!sc.is_sampled());
     }
 
     #[test]
-    fn children_keep_the_trace_and_inject_w3c() {
-        let root = TraceContext::new_root();
-        let child = root.child();
-        assert_eq!(child.trace_id, root.trace_id);
-        assert_ne!(child.span_id, root.span_id);
-        let mut h = HeaderMap::new();
-        child.inject(&mut h);
-        assert_eq!(TraceContext::extract(&h), Some(child));
+    fn tracestate_and_baggage_pass_through() {
+        let h = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "vendor=abc,other=x"),
+            ("baggage", "user=alice%20b,tenant=t1;prop=1,bad"),
+        ]);
+        let cx = MeshPropagator.extract(&HeaderExtractor(&h));
+        assert_eq!(
+            cx.baggage().get("user").map(|v| v.as_str().to_owned()),
+            Some("alice b".into())
+        );
+        assert_eq!(cx.baggage().len(), 2);
+        let mut out = HeaderMap::new();
+        MeshPropagator.inject_context(&cx, &mut HeaderInjector(&mut out));
+        assert_eq!(out["traceparent"], h["traceparent"]);
+        assert_eq!(out["tracestate"], "vendor=abc,other=x");
+        let back = MeshPropagator.extract(&HeaderExtractor(&out));
+        assert_eq!(
+            back.baggage().get("user").map(|v| v.as_str().to_owned()),
+            Some("alice b".into())
+        );
+        assert_eq!(
+            back.baggage().get("tenant").map(|v| v.as_str().to_owned()),
+            Some("t1".into())
+        );
+    }
+
+    #[test]
+    fn baggage_is_bounded() {
+        let many: Vec<String> = (0..1000).map(|i| format!("k{i}=v")).collect();
+        let cx =
+            MeshPropagator.extract(&HeaderExtractor(&headers(&[("baggage", &many.join(","))])));
+        assert!(cx.baggage().len() <= MAX_BAGGAGE_ENTRIES);
+        let cx = Context::new()
+            .with_baggage((0..2000).map(|i| KeyValue::new(format!("key{i}"), "value")));
+        let mut out = HeaderMap::new();
+        MeshPropagator.inject_context(&cx, &mut HeaderInjector(&mut out));
+        assert!(out["baggage"].len() <= MAX_BAGGAGE_BYTES);
+    }
+
+    #[test]
+    fn the_parent_is_an_attached_context_before_headers() {
+        let sc =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let attached = Context::new().with_remote_span_context(sc.clone());
+        let mut ext = http::Extensions::new();
+        ext.insert(attached);
+        let other = headers(&[(
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-01",
+        )]);
+        let parent = outbound_parent(&ext, &other);
+        assert_eq!(parent.span().span_context(), &sc);
+        let parent = outbound_parent(&http::Extensions::new(), &other);
+        assert_eq!(
+            format!("{:032x}", parent.span().span_context().trace_id()),
+            "11111111111111111111111111111111"
+        );
+        assert!(!outbound_parent(&http::Extensions::new(), &HeaderMap::new()).has_active_span());
     }
 }
