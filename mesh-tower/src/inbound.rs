@@ -233,6 +233,12 @@ fn refusal_response<RB>(
         }
         return resp;
     }
+    if ErrorKind::of(err) == ErrorKind::Other {
+        // The application's own failure, not a mesh refusal: no
+        // `x-mesh-error`, and no detail to the caller.
+        tracing::debug!("inbound request failed: {err}");
+        return application_error(grpc);
+    }
     let mut resp = if grpc {
         crate::response::grpc_error_response(err)
     } else {
@@ -243,9 +249,26 @@ fn refusal_response<RB>(
     {
         resp.headers_mut().insert(AUTHZ_REASON_HEADER, v);
     }
-    if ErrorKind::of(err) == ErrorKind::Other {
-        tracing::debug!("inbound request failed: {err}");
+    resp
+}
+
+/// 500, or gRPC's `INTERNAL`, for a handler that failed.
+fn application_error<RB>(grpc: bool) -> Response<ResponseBody<RB>> {
+    if grpc {
+        let mut resp = Response::new(ResponseBody::local(bytes::Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("13"));
+        headers.insert("grpc-message", HeaderValue::from_static("internal%20error"));
+        return resp;
     }
+    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::from_static(
+        b"internal error\n",
+    )));
+    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
     resp
 }
 
@@ -530,5 +553,90 @@ where
         ext.insert(PeerIdentity(self.info.peer.clone()));
         ext.insert(self.info.clone());
         self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn failing()
+    -> impl Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(|_req: Request<String>| async {
+            Err::<Response<String>, BoxError>("database down".into())
+        })
+    }
+
+    /// A handler's own failure is the application's 500 (or `INTERNAL`),
+    /// not dressed as a mesh refusal, and its text stays inside.
+    #[tokio::test]
+    async fn an_application_error_is_a_plain_500_or_internal() {
+        let mesh = Mesh::empty();
+        let svc = InboundLayer::new(&mesh).layer(failing());
+        let resp = svc
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        assert!(resp.headers().get(crate::ext::ERROR_HEADER).is_none());
+        let grpc = Request::builder()
+            .header("content-type", "application/grpc")
+            .body(String::new())
+            .unwrap();
+        let resp = svc.oneshot(grpc).await.unwrap();
+        assert_eq!(resp.headers()["grpc-status"], "13");
+        assert!(!format!("{:?}", resp.headers()).contains("database"));
+    }
+
+    /// A caller's deadline bounds the handler: 504 and `x-mesh-error: timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_deadline_bounds_the_handler() {
+        let slow = tower::service_fn(|req: Request<String>| async move {
+            assert!(req.extensions().get::<RequestDeadline>().is_some());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, BoxError>(Response::new(String::new()))
+        });
+        let svc = InboundLayer::new(&Mesh::empty()).layer(slow);
+        let req = Request::builder()
+            .header(DEADLINE_HEADER, "100")
+            .body(String::new())
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 504);
+        assert_eq!(resp.headers()[crate::ext::ERROR_HEADER], "timeout");
+    }
+
+    /// Under strict mTLS a request with no verified caller is refused by
+    /// the layer itself, whatever server it runs in.
+    #[tokio::test]
+    async fn strict_mtls_refuses_a_caller_without_identity() {
+        let config = proxyless_core::config::Config::from_yaml(
+            "version: 1\ninbound:\n  - { service: s, mtls: strict }\n",
+        )
+        .unwrap();
+        let mesh = Mesh::from_config(config).unwrap().with_service("s");
+        let ok = tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, BoxError>(Response::new(String::new()))
+        });
+        let resp = InboundLayer::new(&mesh)
+            .layer(ok)
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(
+            resp.headers()[AUTHZ_REASON_HEADER]
+                .to_str()
+                .unwrap()
+                .contains("strict mTLS")
+        );
     }
 }

@@ -117,7 +117,10 @@ pub(crate) fn start_server<B>(
         }
         let name = match rpc_attributes(req, &mut attributes) {
             Some(rpc) => rpc,
-            None => format!("{} {}", req.method(), service.unwrap_or("server")),
+            None => match service {
+                Some(s) => format!("{} {s}", req.method()),
+                None => req.method().as_str().to_owned(),
+            },
         };
         (name, attributes)
     })
