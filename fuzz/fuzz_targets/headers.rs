@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
             "traceparent",
             "b3",
             "x-b3-traceid",
+            "x-b3-spanid",
+            "tracestate",
+            "baggage",
             "x-mesh-timeout-ms",
         ] {
             h.insert(name, v.clone());
@@ -26,9 +29,23 @@ fuzz_target!(|data: &[u8]| {
         if let Some(d) = proxyless_tower::grpc::parse_timeout(&h) {
             let _ = proxyless_tower::ext::deadline_after(d);
         }
-        let _ = proxyless_tower::telemetry::trace::TraceContext::extract(&h);
+        // What the mesh reads it writes back the same (W3C, and baggage
+        // within its limits).
+        use opentelemetry::trace::TraceContextExt;
+        let cx = proxyless_tower::telemetry::trace::extract(&h);
+        let mut out = http::HeaderMap::new();
+        proxyless_tower::telemetry::trace::inject(&cx, &mut out);
+        let again = proxyless_tower::telemetry::trace::extract(&out);
+        assert_eq!(
+            cx.span().span_context().trace_id(),
+            again.span().span_context().trace_id()
+        );
+        assert_eq!(
+            cx.span().span_context().span_id(),
+            again.span().span_context().span_id()
+        );
     }
-    let _ = proxyless_tower::telemetry::trace::TraceContext::parse_traceparent(s);
+    let _ = proxyless_tower::telemetry::trace::parse_traceparent(s);
     let _ = proxyless_core::route::host_of(s);
     let _ = proxyless_core::config::parse_duration(s);
     let _ = proxyless_core::identity::SpiffeId::new(s);
