@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Resources::default();
     if let Ok(l) = Listener::decode(chunk(&mut data)) {
         let mut warnings = Vec::new();
-        let _ = proxyless_core::xds::rbac::inbound_of(&l, "svc", &mut warnings);
+        let _ = proxyless_core::xds::translate::inbound_of(&l, "svc", &mut warnings);
         r.listeners.insert(l.name.clone(), l);
     }
     if let Ok(rc) = RouteConfiguration::decode(chunk(&mut data)) {

@@ -290,12 +290,20 @@ mod interop {
         let mut ok = 0;
         let mut last: Option<EchoResponse> = None;
         for i in 0..100 {
-            let req = EchoRequest {
+            let mut req = tonic::Request::new(EchoRequest {
                 message: i.to_string(),
                 fail_code: 14,
                 fail_ratio: 0.3,
                 ..Default::default()
-            };
+            });
+            // The caller's trace: continued through the mesh to grpcio
+            // (with or without a tracer provider installed).
+            req.metadata_mut().insert(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                    .parse()
+                    .unwrap(),
+            );
             if let Ok(r) = client.echo(req).await {
                 ok += 1;
                 last = Some(r.into_inner());
@@ -305,7 +313,9 @@ mod interop {
         let last = last.unwrap();
         assert_eq!(last.server, "py-peer");
         assert!(
-            last.metadata.contains_key("traceparent"),
+            last.metadata
+                .get("traceparent")
+                .is_some_and(|t| t.starts_with("00-0af7651916cd43dd8448eb211c80319c-")),
             "{:?}",
             last.metadata
         );

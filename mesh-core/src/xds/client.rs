@@ -337,11 +337,14 @@ impl State {
         let built = translate::to_config(&self.resources, services, &mut warnings);
         let policy =
             match inbound.and_then(|i| Some((i, self.resources.listeners.get(&i.listener)?))) {
-                Some((i, l)) => super::rbac::inbound_of(l, &i.service, &mut warnings).map(Some),
+                Some((i, l)) => translate::inbound_of(l, &i.service, &mut warnings).map(Some),
                 None => Ok(None),
             };
         record_warnings(status, warnings);
-        let (mut built, policy) = (built?, policy?);
+        let (mut built, policy) = (
+            built.map_err(|e| e.to_string())?,
+            policy.map_err(|e| e.to_string())?,
+        );
         built.config.inbound.extend(policy);
         // The first config waits for every service named at start-up that
         // exists; later ones do not wait for a half-arrived service (it

@@ -25,7 +25,8 @@
 //! ```
 
 mod client;
-pub mod rbac;
+mod error;
+pub use error::XdsError;
 
 pub mod translate;
 
@@ -142,11 +143,11 @@ impl XdsSettings {
 
     /// The same settings for a server of `service`: its inbound policy
     /// comes from the listener our development control plane names
-    /// [`rbac::INBOUND_PREFIX`]`service`.
+    /// [`translate::INBOUND_PREFIX`]`service`.
     pub fn serving(mut self, service: &str) -> Self {
         self.inbound = Some(Inbound {
             service: service.to_owned(),
-            listener: format!("{}{service}", rbac::INBOUND_PREFIX),
+            listener: format!("{}{service}", translate::INBOUND_PREFIX),
         });
         self
     }

@@ -9,25 +9,23 @@
 //! (source IPs, ports, metadata, negations, regexes, ...) is an error, and
 //! the listener is NACKed.
 
-use super::translate::type_url;
+use super::type_url;
 use crate::config::{AuthzAction, AuthzRule, AuthzTarget, InboundPolicy, MtlsMode};
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, SocketAddress, TransportSocket, address, socket_address, transport_socket,
-};
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use crate::xds::error::XdsError;
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
-    Permission, Policy, Principal, Rbac as Rules, permission, principal,
+    Permission, Policy, Principal, permission, principal,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_filter,
+    HttpConnectionManager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     PathMatcher, StringMatcher, path_matcher, string_matcher,
 };
-use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use prost::Message;
 
 /// The name our development control plane gives a service's inbound
@@ -43,7 +41,7 @@ pub fn inbound_of(
     l: &Listener,
     service: &str,
     warnings: &mut Vec<String>,
-) -> Result<InboundPolicy, String> {
+) -> Result<InboundPolicy, XdsError> {
     let at = format!("inbound listener `{}`", l.name);
     let chains: Vec<&FilterChain> = l
         .filter_chains
@@ -51,7 +49,7 @@ pub fn inbound_of(
         .chain(l.default_filter_chain.as_ref())
         .collect();
     if chains.is_empty() {
-        return Err(format!("{at}: no filter chain"));
+        return Err(XdsError::new(format!("{at}: no filter chain")));
     }
     let mut tls = 0;
     let mut rbac: Option<Vec<Rbac>> = None;
@@ -59,9 +57,9 @@ pub fn inbound_of(
         match chain_tls(chain, &at)? {
             Some(true) => tls += 1,
             Some(false) => {
-                return Err(format!(
+                return Err(XdsError::new(format!(
                     "{at}: TLS without client certificates is not supported (mTLS strict or permissive)"
-                ));
+                )));
             }
             None => {}
         }
@@ -70,9 +68,9 @@ pub fn inbound_of(
             None => rbac = Some(filters),
             Some(first) if *first == filters => {}
             Some(_) => {
-                return Err(format!(
+                return Err(XdsError::new(format!(
                     "{at}: filter chains with different RBAC filters are not supported"
-                ));
+                )));
             }
         }
     }
@@ -96,31 +94,31 @@ pub fn inbound_of(
 
 /// Whether a chain is TLS, and if so whether client certificates are
 /// required.
-fn chain_tls(chain: &FilterChain, at: &str) -> Result<Option<bool>, String> {
+fn chain_tls(chain: &FilterChain, at: &str) -> Result<Option<bool>, XdsError> {
     let Some(ts) = &chain.transport_socket else {
         return Ok(None);
     };
     let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Err(format!(
+        return Err(XdsError::new(format!(
             "{at}: transport socket `{}` without a typed config",
             ts.name
-        ));
+        )));
     };
     if any.type_url != TLS_TYPE {
-        return Err(format!(
+        return Err(XdsError::new(format!(
             "{at}: transport socket of type {} is not supported",
             any.type_url
-        ));
+        )));
     }
     let ctx = DownstreamTlsContext::decode(any.value.as_slice())
-        .map_err(|e| format!("{at}: cannot decode its DownstreamTlsContext: {e}"))?;
+        .map_err(|e| XdsError::new(format!("{at}: cannot decode its DownstreamTlsContext: {e}")))?;
     Ok(Some(
         ctx.require_client_certificate.is_some_and(|b| b.value),
     ))
 }
 
 /// The RBAC filters of a chain's HTTP connection manager, in order.
-fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, String> {
+fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, XdsError> {
     let mut out = Vec::new();
     for f in &chain.filters {
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -129,17 +127,21 @@ fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, String> {
         if any.type_url != type_url::HCM {
             continue;
         }
-        let hcm = HttpConnectionManager::decode(any.value.as_slice())
-            .map_err(|e| format!("{at}: cannot decode its HttpConnectionManager: {e}"))?;
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+            XdsError::new(format!(
+                "{at}: cannot decode its HttpConnectionManager: {e}"
+            ))
+        })?;
         for hf in &hcm.http_filters {
             if let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type
                 && any.type_url == RBAC_TYPE
             {
-                out.push(
-                    Rbac::decode(any.value.as_slice()).map_err(|e| {
-                        format!("{at}: cannot decode RBAC filter `{}`: {e}", hf.name)
-                    })?,
-                );
+                out.push(Rbac::decode(any.value.as_slice()).map_err(|e| {
+                    XdsError::new(format!(
+                        "{at}: cannot decode RBAC filter `{}`: {e}",
+                        hf.name
+                    ))
+                })?);
             }
         }
     }
@@ -147,11 +149,11 @@ fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, String> {
 }
 
 /// The rules of one RBAC filter.
-fn rules_of(f: &Rbac, at: &str, warnings: &mut Vec<String>) -> Result<Vec<AuthzRule>, String> {
+fn rules_of(f: &Rbac, at: &str, warnings: &mut Vec<String>) -> Result<Vec<AuthzRule>, XdsError> {
     if f.matcher.is_some() {
-        return Err(format!(
+        return Err(XdsError::new(format!(
             "{at}: RBAC with a matcher tree is not supported (use rules)"
-        ));
+        )));
     }
     if f.shadow_rules.is_some() || f.shadow_matcher.is_some() {
         warnings.push(format!(
@@ -185,7 +187,9 @@ fn rules_of(f: &Rbac, at: &str, warnings: &mut Vec<String>) -> Result<Vec<AuthzR
     for (name, p) in policies {
         let at = format!("{at}: RBAC policy `{name}`");
         if p.condition.is_some() || p.checked_condition.is_some() {
-            return Err(format!("{at}: conditions (CEL) are not supported"));
+            return Err(XdsError::new(format!(
+                "{at}: conditions (CEL) are not supported"
+            )));
         }
         let from = principals(&p.principals, &at)?;
         for perm in &p.permissions {
@@ -204,7 +208,7 @@ fn rules_of(f: &Rbac, at: &str, warnings: &mut Vec<String>) -> Result<Vec<AuthzR
 /// The callers a policy's principals (any of them) admit: empty for any
 /// caller at all, else SPIFFE IDs, `prefix*` forms and `*` (any
 /// authenticated caller).
-fn principals(ps: &[Principal], at: &str) -> Result<Vec<String>, String> {
+fn principals(ps: &[Principal], at: &str) -> Result<Vec<String>, XdsError> {
     let mut out = Vec::new();
     for p in ps {
         match principal_ids(p, at)? {
@@ -216,7 +220,7 @@ fn principals(ps: &[Principal], at: &str) -> Result<Vec<String>, String> {
 }
 
 /// `None` for any caller at all.
-fn principal_ids(p: &Principal, at: &str) -> Result<Option<Vec<String>>, String> {
+fn principal_ids(p: &Principal, at: &str) -> Result<Option<Vec<String>>, XdsError> {
     use principal::Identifier as I;
     match &p.identifier {
         Some(I::Any(true)) => Ok(None),
@@ -235,25 +239,25 @@ fn principal_ids(p: &Principal, at: &str) -> Result<Option<Vec<String>>, String>
             Ok(Some(out))
         }
         Some(I::AndIds(set)) if set.ids.len() == 1 => principal_ids(&set.ids[0], at),
-        _ => Err(format!(
+        _ => Err(XdsError::new(format!(
             "{at}: this kind of principal is not supported (only any, authenticated SPIFFE IDs, and their or)"
-        )),
+        ))),
     }
 }
 
-fn spiffe_match(m: &StringMatcher, at: &str) -> Result<String, String> {
+fn spiffe_match(m: &StringMatcher, at: &str) -> Result<String, XdsError> {
     use string_matcher::MatchPattern as P;
     match (&m.match_pattern, m.ignore_case) {
         (Some(P::Exact(id)), false) => Ok(id.clone()),
         (Some(P::Prefix(p)), false) => Ok(format!("{p}*")),
-        _ => Err(format!(
+        _ => Err(XdsError::new(format!(
             "{at}: principal names match exactly or by prefix (case-sensitive) only"
-        )),
+        ))),
     }
 }
 
 /// The requests a permission admits, as targets any of which matches.
-fn targets(p: &Permission, at: &str) -> Result<Vec<AuthzTarget>, String> {
+fn targets(p: &Permission, at: &str) -> Result<Vec<AuthzTarget>, XdsError> {
     use permission::Rule as R;
     match &p.rule {
         Some(R::Any(true)) => Ok(vec![AuthzTarget::default()]),
@@ -313,23 +317,23 @@ fn targets(p: &Permission, at: &str) -> Result<Vec<AuthzTarget>, String> {
             }
             Ok(acc)
         }
-        _ => Err(format!(
+        _ => Err(XdsError::new(format!(
             "{at}: this kind of permission is not supported (only any, paths, :method, and their and/or)"
-        )),
+        ))),
     }
 }
 
 /// Both targets at once; one side must leave each dimension open (our
 /// rules hold lists that match any of their entries).
-fn both(a: &AuthzTarget, b: &AuthzTarget, at: &str) -> Result<AuthzTarget, String> {
-    let pick = |x: &Vec<String>, y: &Vec<String>| -> Result<Vec<String>, String> {
+fn both(a: &AuthzTarget, b: &AuthzTarget, at: &str) -> Result<AuthzTarget, XdsError> {
+    let pick = |x: &Vec<String>, y: &Vec<String>| -> Result<Vec<String>, XdsError> {
         match (x.is_empty(), y.is_empty()) {
             (true, _) => Ok(y.clone()),
             (_, true) => Ok(x.clone()),
             _ if x == y => Ok(x.clone()),
-            _ => Err(format!(
+            _ => Err(XdsError::new(format!(
                 "{at}: an and of two path (or two method) conditions is not supported"
-            )),
+            ))),
         }
     };
     Ok(AuthzTarget {
@@ -338,29 +342,36 @@ fn both(a: &AuthzTarget, b: &AuthzTarget, at: &str) -> Result<AuthzTarget, Strin
     })
 }
 
-fn path_match(m: &StringMatcher, at: &str) -> Result<String, String> {
+fn path_match(m: &StringMatcher, at: &str) -> Result<String, XdsError> {
     use string_matcher::MatchPattern as P;
     match (&m.match_pattern, m.ignore_case) {
         (Some(P::Exact(p)), false) => Ok(p.clone()),
         (Some(P::Prefix(p)), false) if p == "/" || p.is_empty() => Ok("*".into()),
         (Some(P::Prefix(p)), false) => Ok(format!("{p}*")),
-        _ => Err(format!(
+        _ => Err(XdsError::new(format!(
             "{at}: paths match exactly or by prefix (case-sensitive) only"
-        )),
+        ))),
     }
 }
 
-fn header_string(h: &HeaderMatcher, at: &str) -> Result<StringMatcher, String> {
+fn header_string(h: &HeaderMatcher, at: &str) -> Result<StringMatcher, XdsError> {
     use header_matcher::HeaderMatchSpecifier as H;
     if h.invert_match {
-        return Err(format!("{at}: inverted header matches are not supported"));
+        return Err(XdsError::new(format!(
+            "{at}: inverted header matches are not supported"
+        )));
     }
     #[allow(deprecated)]
     let pattern = match &h.header_match_specifier {
         Some(H::ExactMatch(v)) => string_matcher::MatchPattern::Exact(v.clone()),
         Some(H::PrefixMatch(v)) => string_matcher::MatchPattern::Prefix(v.clone()),
         Some(H::StringMatch(s)) => return Ok(s.clone()),
-        _ => return Err(format!("{at}: header `{}` match not supported", h.name)),
+        _ => {
+            return Err(XdsError::new(format!(
+                "{at}: header `{}` match not supported",
+                h.name
+            )));
+        }
     };
     Ok(StringMatcher {
         match_pattern: Some(pattern),
@@ -368,210 +379,24 @@ fn header_string(h: &HeaderMatcher, at: &str) -> Result<StringMatcher, String> {
     })
 }
 
-fn exact_header(h: &HeaderMatcher, at: &str) -> Result<String, String> {
+fn exact_header(h: &HeaderMatcher, at: &str) -> Result<String, XdsError> {
     match header_string(h, at)? {
         StringMatcher {
             match_pattern: Some(string_matcher::MatchPattern::Exact(v)),
             ignore_case: false,
         } => Ok(v),
-        _ => Err(format!("{at}: methods match exactly only")),
-    }
-}
-
-fn any<M: Message + prost::Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
-
-fn exact(v: &str) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(string_matcher::MatchPattern::Exact(v.to_owned())),
-        ignore_case: false,
-    }
-}
-
-/// A path or principal of ours (`x`, `x*`, `*`) as a string matcher;
-/// `None` for `*`.
-fn pattern(v: &str) -> Option<StringMatcher> {
-    if v == "*" {
-        return None;
-    }
-    Some(match v.strip_suffix('*') {
-        Some(prefix) => StringMatcher {
-            match_pattern: Some(string_matcher::MatchPattern::Prefix(prefix.to_owned())),
-            ignore_case: false,
-        },
-        None => exact(v),
-    })
-}
-
-fn or_rules(rules: Vec<Permission>) -> Permission {
-    Permission {
-        rule: Some(permission::Rule::OrRules(permission::Set { rules })),
-    }
-}
-
-/// One rule of ours as an RBAC policy.
-fn policy_of(rule: &AuthzRule) -> Policy {
-    let any_permission = Permission {
-        rule: Some(permission::Rule::Any(true)),
-    };
-    let mut and = Vec::new();
-    if !rule.to.paths.is_empty() {
-        and.push(or_rules(
-            rule.to
-                .paths
-                .iter()
-                .map(|p| match pattern(p) {
-                    None => any_permission.clone(),
-                    Some(m) => Permission {
-                        rule: Some(permission::Rule::UrlPath(PathMatcher {
-                            rule: Some(path_matcher::Rule::Path(m)),
-                        })),
-                    },
-                })
-                .collect(),
-        ));
-    }
-    if !rule.to.methods.is_empty() {
-        and.push(or_rules(
-            rule.to
-                .methods
-                .iter()
-                .map(|m| Permission {
-                    rule: Some(permission::Rule::Header(HeaderMatcher {
-                        name: ":method".into(),
-                        header_match_specifier: Some(
-                            header_matcher::HeaderMatchSpecifier::StringMatch(exact(m)),
-                        ),
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
-        ));
-    }
-    let permission = if and.is_empty() {
-        any_permission
-    } else {
-        Permission {
-            rule: Some(permission::Rule::AndRules(permission::Set { rules: and })),
-        }
-    };
-    let principals = if rule.from.is_empty() {
-        vec![Principal {
-            identifier: Some(principal::Identifier::Any(true)),
-        }]
-    } else {
-        vec![Principal {
-            identifier: Some(principal::Identifier::OrIds(principal::Set {
-                ids: rule
-                    .from
-                    .iter()
-                    .map(|id| Principal {
-                        identifier: Some(principal::Identifier::Authenticated(
-                            principal::Authenticated {
-                                principal_name: pattern(id),
-                            },
-                        )),
-                    })
-                    .collect(),
-            })),
-        }]
-    };
-    Policy {
-        permissions: vec![permission],
-        principals,
-        ..Default::default()
-    }
-}
-
-/// A service's inbound policy as the listener a server subscribes to,
-/// named `name`: deny rules in one RBAC filter, allow rules in the next
-/// (so deny wins, and once any allow rule exists the rest is denied), and
-/// a filter chain per accepted transport.
-pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
-    let mut http_filters = Vec::new();
-    for (action, code) in [(AuthzAction::Deny, 1), (AuthzAction::Allow, 0)] {
-        let policies: std::collections::HashMap<String, Policy> = p
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.action == action)
-            .map(|(i, r)| (format!("rule-{i:03}"), policy_of(r)))
-            .collect();
-        if policies.is_empty() {
-            continue;
-        }
-        let rbac = Rbac {
-            rules: Some(Rules {
-                action: code,
-                policies,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        http_filters.push(HttpFilter {
-            name: format!(
-                "envoy.filters.http.rbac.{}",
-                if code == 1 { "deny" } else { "allow" }
-            ),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&rbac))),
-            ..Default::default()
-        });
-    }
-    http_filters.push(HttpFilter {
-        name: "envoy.filters.http.router".into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(
-            &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
-        ))),
-        ..Default::default()
-    });
-    let hcm = HttpConnectionManager {
-        stat_prefix: "inbound".into(),
-        http_filters,
-        ..Default::default()
-    };
-    let chain = |tls: bool| FilterChain {
-        filters: vec![Filter {
-            name: "envoy.filters.network.http_connection_manager".into(),
-            config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-        }],
-        transport_socket: tls.then(|| TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(transport_socket::ConfigType::TypedConfig(any(
-                &DownstreamTlsContext {
-                    require_client_certificate: Some(BoolValue { value: true }),
-                    ..Default::default()
-                },
-            ))),
-        }),
-        ..Default::default()
-    };
-    let filter_chains = match p.mtls {
-        MtlsMode::Strict => vec![chain(true)],
-        MtlsMode::Disabled => vec![chain(false)],
-        _ => vec![chain(true), chain(false)],
-    };
-    Listener {
-        name: name.to_owned(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "0.0.0.0".into(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
-                ..Default::default()
-            })),
-        }),
-        filter_chains,
-        ..Default::default()
+        _ => Err(XdsError::new(format!("{at}: methods match exactly only"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::reverse_rbac::{any, inbound_listener};
     use super::*;
     use crate::config::Config;
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::config::rbac::v3::Rbac as Rules;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 
     fn policy() -> InboundPolicy {
         let cfg = Config::from_yaml(
@@ -671,7 +496,8 @@ inbound:
             },
             &l,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             port.contains("permission is not supported") && port.contains("RBAC policy"),
             "{port}"
@@ -684,7 +510,8 @@ inbound:
             },
             &l,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(not.contains("not supported"), "{not}");
         // TLS that does not ask for client certificates is refused too.
         let mut one_way = l.clone();
@@ -694,7 +521,9 @@ inbound:
                 &DownstreamTlsContext::default(),
             ))),
         });
-        let e = inbound_of(&one_way, "reviews", &mut Vec::new()).unwrap_err();
+        let e = inbound_of(&one_way, "reviews", &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("without client certificates"), "{e}");
     }
 }

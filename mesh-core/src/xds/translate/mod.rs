@@ -1,0 +1,876 @@
+//! xDS resources -> the mesh config model, the way gRPC's proxyless clients
+//! read them: Listener (API listener with an HTTP connection manager) ->
+//! RouteConfiguration -> Cluster -> ClusterLoadAssignment. Pure: the
+//! ADS client feeds it the resources it holds and publishes what comes out.
+//!
+//! What the model cannot honour safely (redirects, direct responses, a route
+//! to a cluster header) makes the resource an error, which the client
+//! NACKs; fields it can ignore safely are reported as warnings.
+//!
+//! One file per concern: this one holds the resource store, what to
+//! subscribe to and the listener-level assembly; [`route`] reads route
+//! configurations, [`cluster`] clusters and endpoint assignments, [`rbac`]
+//! inbound listeners; [`reverse`] and [`reverse_rbac`] go the other way,
+//! model to resources, for the development control plane.
+
+use crate::config::{
+    Config, Service,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+mod cluster;
+mod rbac;
+mod reverse;
+mod reverse_rbac;
+mod routes;
+
+pub use rbac::{INBOUND_PREFIX, inbound_of};
+pub use reverse::{envoy_listener, from_config};
+pub use reverse_rbac::inbound_listener;
+
+use crate::xds::error::{XdsError, at};
+use cluster::{backend_of, eds_name, is_eds};
+use routes::{faults_in, hcm_fault, route_of};
+
+/// Type URLs of the resources the client subscribes to.
+pub mod type_url {
+    /// Listener.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// RouteConfiguration.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// Cluster.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// ClusterLoadAssignment.
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// HttpConnectionManager (inside an API listener).
+    pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+}
+
+/// The resources a client holds, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Resources {
+    /// Listeners.
+    pub listeners: BTreeMap<String, Listener>,
+    /// Route configurations.
+    pub routes: BTreeMap<String, RouteConfiguration>,
+    /// Clusters.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Endpoint assignments.
+    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+}
+
+/// One type's held resources, saved to put back if a response is NACKed.
+#[derive(Debug, Clone)]
+pub enum Saved {
+    /// Listeners.
+    Listeners(BTreeMap<String, Listener>),
+    /// Route configurations.
+    Routes(BTreeMap<String, RouteConfiguration>),
+    /// Clusters.
+    Clusters(BTreeMap<String, Cluster>),
+    /// Endpoint assignments.
+    Endpoints(BTreeMap<String, ClusterLoadAssignment>),
+}
+
+/// Runs `$body` with `$map` bound to the map of type URL `$t`.
+macro_rules! with_map {
+    ($r:expr, $t:expr, |$map:ident| $body:expr) => {
+        match $t {
+            type_url::LISTENER => {
+                let $map = &mut $r.listeners;
+                $body
+            }
+            type_url::ROUTE => {
+                let $map = &mut $r.routes;
+                $body
+            }
+            type_url::CLUSTER => {
+                let $map = &mut $r.clusters;
+                $body
+            }
+            _ => {
+                let $map = &mut $r.endpoints;
+                $body
+            }
+        }
+    };
+}
+
+/// The name a resource is known by.
+trait Named: Message + Default {
+    fn name(&self) -> &str;
+}
+impl Named for Listener {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for RouteConfiguration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for Cluster {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for ClusterLoadAssignment {
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+fn decode_as<M: Named>(
+    map: &mut BTreeMap<String, M>,
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<String, String> {
+    let v = M::decode(any.value.as_slice())
+        .map_err(|e| format!("cannot decode a {}: {e}", any.type_url))?;
+    let name = v.name().to_owned();
+    map.insert(name.clone(), v);
+    Ok(name)
+}
+
+impl Resources {
+    /// Decodes `any` as a resource of type `t` and holds it (replacing one
+    /// of the same name); returns its name.
+    pub fn insert(
+        &mut self,
+        t: &str,
+        any: &envoy_types::pb::google::protobuf::Any,
+    ) -> Result<String, String> {
+        if any.type_url != t {
+            return Err(format!("a {} in a response of type {t}", any.type_url));
+        }
+        with_map!(self, t, |map| decode_as(map, any))
+    }
+
+    /// Whether the resource `name` of type `t` is held.
+    pub fn holds(&self, t: &str, name: &str) -> bool {
+        match t {
+            type_url::LISTENER => self.listeners.contains_key(name),
+            type_url::ROUTE => self.routes.contains_key(name),
+            type_url::CLUSTER => self.clusters.contains_key(name),
+            _ => self.endpoints.contains_key(name),
+        }
+    }
+
+    /// Drops the resource `name` of type `t`.
+    pub fn remove(&mut self, t: &str, name: &str) {
+        with_map!(self, t, |map| {
+            map.remove(name);
+        })
+    }
+
+    /// Keeps only the resources of type `t` that `keep` accepts.
+    pub fn retain(&mut self, t: &str, keep: impl Fn(&str) -> bool) {
+        with_map!(self, t, |map| map.retain(|k, _| keep(k)))
+    }
+
+    /// Drops every resource of type `t`.
+    pub fn clear(&mut self, t: &str) {
+        self.retain(t, |_| false);
+    }
+
+    /// A copy of the resources of type `t`.
+    pub fn save(&self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
+            type_url::ROUTE => Saved::Routes(self.routes.clone()),
+            type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
+            _ => Saved::Endpoints(self.endpoints.clone()),
+        }
+    }
+
+    /// Moves the resources of type `t` out (leaving none), to put back with
+    /// [`restore`](Self::restore): what a state-of-the-world response,
+    /// which replaces them all, saves without copying.
+    pub fn take(&mut self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
+            type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
+            type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
+            _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
+        }
+    }
+
+    /// A copy of the resources of type `t` named in `names` (those held),
+    /// to put back with [`restore_only`](Self::restore_only): what an
+    /// incremental response, which touches only these, saves.
+    pub fn save_only<'a>(&self, t: &str, names: impl IntoIterator<Item = &'a str>) -> Saved {
+        fn pick<'a, M: Clone>(
+            map: &BTreeMap<String, M>,
+            names: impl IntoIterator<Item = &'a str>,
+        ) -> BTreeMap<String, M> {
+            names
+                .into_iter()
+                .filter_map(|n| Some((n.to_owned(), map.get(n)?.clone())))
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
+            type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
+            type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
+            _ => Saved::Endpoints(pick(&self.endpoints, names)),
+        }
+    }
+
+    /// Undoes changes to `names` of type `t`: drops them, then puts back
+    /// what [`save_only`](Self::save_only) copied.
+    pub fn restore_only<'a>(
+        &mut self,
+        t: &str,
+        names: impl IntoIterator<Item = &'a str>,
+        saved: Saved,
+    ) {
+        for n in names {
+            self.remove(t, n);
+        }
+        match saved {
+            Saved::Listeners(m) => self.listeners.extend(m),
+            Saved::Routes(m) => self.routes.extend(m),
+            Saved::Clusters(m) => self.clusters.extend(m),
+            Saved::Endpoints(m) => self.endpoints.extend(m),
+        }
+    }
+
+    /// Puts back what [`save`](Self::save) copied.
+    pub fn restore(&mut self, saved: Saved) {
+        match saved {
+            Saved::Listeners(m) => self.listeners = m,
+            Saved::Routes(m) => self.routes = m,
+            Saved::Clusters(m) => self.clusters = m,
+            Saved::Endpoints(m) => self.endpoints = m,
+        }
+    }
+
+    /// The encoded resources of type `t` whose names `pick` accepts, by name.
+    pub fn encoded(
+        &self,
+        t: &str,
+        pick: impl Fn(&str) -> bool,
+    ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+        fn enc<M: Message + prost::Name>(
+            map: &BTreeMap<String, M>,
+            pick: impl Fn(&str) -> bool,
+        ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+            map.iter()
+                .filter(|(k, _)| pick(k))
+                .map(|(k, v)| {
+                    let any = envoy_types::pb::google::protobuf::Any {
+                        type_url: M::type_url(),
+                        value: v.encode_to_vec(),
+                    };
+                    (k.clone(), any)
+                })
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => enc(&self.listeners, pick),
+            type_url::ROUTE => enc(&self.routes, pick),
+            type_url::CLUSTER => enc(&self.clusters, pick),
+            type_url::ENDPOINTS => enc(&self.endpoints, pick),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What the held resources refer to: the names to subscribe to next.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Route configurations named by listeners (RDS).
+    pub routes: BTreeSet<String>,
+    /// Clusters named by routes.
+    pub clusters: BTreeSet<String>,
+    /// Assignments named by EDS clusters.
+    pub endpoints: BTreeSet<String>,
+}
+
+/// The HTTP connection manager of an API listener.
+pub fn api_hcm(l: &Listener) -> Result<HttpConnectionManager, XdsError> {
+    let in_listener = |e: XdsError| e.in_resource("Listener", &l.name);
+    let any = l
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .ok_or_else(|| {
+            in_listener(at(
+                "api_listener",
+                "no API listener (only API listeners are supported)",
+            ))
+        })?;
+    if any.type_url != type_url::HCM {
+        let msg = format!("an API listener of type {} is not supported", any.type_url);
+        return Err(in_listener(at("api_listener", msg)));
+    }
+    HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+        let msg = format!("cannot decode its HttpConnectionManager: {e}");
+        in_listener(at("api_listener", msg))
+    })
+}
+
+/// The route configuration of a listener: inline, or the RDS name.
+enum RouteSource {
+    Inline(Box<RouteConfiguration>),
+    Rds(String),
+}
+
+fn route_source(l: &Listener) -> Result<RouteSource, XdsError> {
+    match api_hcm(l)?.route_specifier {
+        Some(RouteSpecifier::Rds(r)) => Ok(RouteSource::Rds(r.route_config_name)),
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok(RouteSource::Inline(Box::new(rc))),
+        _ => Err(at(
+            "api_listener.route_specifier",
+            "no route configuration (RDS or inline)",
+        )
+        .in_resource("Listener", &l.name)),
+    }
+}
+
+/// The names the held resources refer to.
+pub fn wanted(r: &Resources) -> Wanted {
+    let mut w = Wanted::default();
+    let mut configs: Vec<&RouteConfiguration> = Vec::new();
+    let mut inline = Vec::new();
+    for l in r.listeners.values() {
+        match route_source(l) {
+            Ok(RouteSource::Rds(name)) => {
+                if let Some(rc) = r.routes.get(&name) {
+                    configs.push(rc);
+                }
+                w.routes.insert(name);
+            }
+            Ok(RouteSource::Inline(rc)) => inline.push(*rc),
+            Err(_) => {}
+        }
+    }
+    for rc in configs.into_iter().chain(inline.iter()) {
+        for vh in &rc.virtual_hosts {
+            for route in &vh.routes {
+                if let Some(route::Action::Route(a)) = &route.action {
+                    for m in &a.request_mirror_policies {
+                        w.clusters.insert(m.cluster.clone());
+                    }
+                    match &a.cluster_specifier {
+                        Some(route_action::ClusterSpecifier::Cluster(c)) => {
+                            w.clusters.insert(c.clone());
+                        }
+                        Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
+                            for c in &wc.clusters {
+                                w.clusters.insert(c.name.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    for name in &w.clusters {
+        if let Some(c) = r.clusters.get(name)
+            && is_eds(c)
+        {
+            w.endpoints.insert(eds_name(c));
+        }
+    }
+    w
+}
+
+/// The most retries a route may make (attempts are at most 10, the first
+/// included); a control plane's larger `num_retries` is clamped with a
+/// warning, not NACKed (Istio allows more).
+pub(super) const MAX_RETRIES: u32 = 9;
+
+/// A protobuf duration, clamped to `0..=MAX_DURATION` (negative parts read
+/// as zero), as Envoy and gRPC clamp what a control plane sends.
+pub(super) fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
+    d.as_ref().map(|d| {
+        let secs = u64::try_from(d.seconds).unwrap_or(0);
+        let nanos = u32::try_from(d.nanos).unwrap_or(0).min(999_999_999);
+        Duration::new(secs, nanos).min(crate::config::MAX_DURATION)
+    })
+}
+
+/// What the held resources describe for the subscribed listeners.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    /// The services whose listener and everything it references are held,
+    /// and the backends they use.
+    pub config: Config,
+    /// Listeners held whose route configuration, clusters or endpoints
+    /// have not all arrived yet.
+    pub incomplete: Vec<String>,
+    /// Subscribed listeners the control plane has not sent (not yet, or
+    /// they do not exist).
+    pub missing: Vec<String>,
+}
+
+/// The config the held resources describe, for the listeners `services`.
+/// A service goes in only when everything it references is held; the
+/// others are named in [`Built::incomplete`] and [`Built::missing`].
+/// Warnings list what was ignored; an error names what cannot be honoured.
+pub fn to_config<'a>(
+    r: &Resources,
+    services: impl IntoIterator<Item = &'a String>,
+    warnings: &mut Vec<String>,
+) -> Result<Built, XdsError> {
+    let mut built = Built::default();
+    let mut clusters_used = BTreeSet::new();
+    for name in services {
+        let Some(l) = r.listeners.get(name) else {
+            built.missing.push(name.clone());
+            continue;
+        };
+        match service_of(r, name, l, warnings)? {
+            Some((service, uses)) => {
+                clusters_used.extend(uses);
+                built.config.services.push(service);
+            }
+            None => built.incomplete.push(name.clone()),
+        }
+    }
+    for name in &clusters_used {
+        let Some(c) = r.clusters.get(name) else {
+            continue; // held: service_of checked
+        };
+        let cla = if is_eds(c) {
+            r.endpoints.get(&eds_name(c)).cloned().unwrap_or_default()
+        } else {
+            c.load_assignment.clone().unwrap_or_default()
+        };
+        let backend = backend_of(c, &cla, warnings).map_err(|e| e.in_resource("Cluster", name))?;
+        built.config.backends.push(backend);
+    }
+    Ok(built)
+}
+
+/// The service listener `l` (subscribed as `name`) describes, and the
+/// clusters it uses; `None` while its route configuration, clusters or
+/// endpoints have not all arrived.
+fn service_of(
+    r: &Resources,
+    name: &str,
+    l: &Listener,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(Service, BTreeSet<String>)>, XdsError> {
+    let rc: std::borrow::Cow<'_, RouteConfiguration> = match route_source(l)? {
+        RouteSource::Inline(rc) => std::borrow::Cow::Owned(*rc),
+        RouteSource::Rds(n) => match r.routes.get(&n) {
+            Some(rc) => std::borrow::Cow::Borrowed(rc),
+            None => return Ok(None),
+        },
+    };
+    let in_rc = |e: XdsError| e.in_resource("RouteConfiguration", &rc.name);
+    let host = crate::route::host_of(name);
+    let (v, vh) = rc
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .find(|(_, vh)| vh.domains.iter().any(|d| d == host || d == name))
+        .or_else(|| {
+            let mut all = rc.virtual_hosts.iter().enumerate();
+            all.find(|(_, vh)| vh.domains.iter().any(|d| d == "*"))
+        })
+        .ok_or_else(|| in_rc(at("virtual_hosts", format!("no virtual host for `{name}`"))))?;
+    // Fault config: the route's, else its virtual host's, else the
+    // fault filter's own config in the connection manager.
+    let where_vh = format!("virtual host `{}` of `{}`", vh.name, rc.name);
+    let inherited =
+        match faults_in(&vh.typed_per_filter_config, &where_vh, warnings).map_err(|e| {
+            in_rc(
+                e.at("typed_per_filter_config")
+                    .at(format!("virtual_hosts[{v}]")),
+            )
+        })? {
+            Some(f) => Some(f),
+            None => hcm_fault(&api_hcm(l)?, &l.name, warnings).map_err(|e| {
+                e.at("api_listener.http_filters")
+                    .in_resource("Listener", &l.name)
+            })?,
+        };
+    let mut routes = Vec::new();
+    let mut uses = BTreeSet::new();
+    for (i, xr) in vh.routes.iter().enumerate() {
+        let mut route = route_of(xr, i, &rc.name, &mut uses, warnings).map_err(|e| {
+            in_rc(
+                e.at(format!("routes[{i}]"))
+                    .at(format!("virtual_hosts[{v}]")),
+            )
+        })?;
+        if route.fault.is_none() {
+            route.fault.clone_from(&inherited);
+        }
+        routes.push(route);
+    }
+    let held = |c: &String| {
+        r.clusters
+            .get(c)
+            .is_some_and(|c| !is_eds(c) || r.endpoints.contains_key(&eds_name(c)))
+    };
+    if !uses.iter().all(held) {
+        return Ok(None);
+    }
+    let service = Service {
+        name: host.to_owned(),
+        hosts: vec![host.to_owned()],
+        routes,
+    };
+    Ok(Some((service, uses)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::cluster::{UPSTREAM_TLS, tls_socket, upstream_tls};
+    use super::*;
+
+    /// model -> xDS -> model is the identity over what xDS carries.
+    #[test]
+    fn upstream_tls_is_mutual_tls_to_the_named_spiffe_id_or_refused() {
+        use envoy_types::pb::envoy::config::core::v3::{
+            TransportSocket, transport_socket::ConfigType,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+            common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+        };
+        use envoy_types::pb::envoy::r#type::matcher::v3::{
+            StringMatcher, string_matcher::MatchPattern,
+        };
+        let cluster = |ctx: Option<UpstreamTlsContext>| Cluster {
+            name: "c".into(),
+            transport_socket: ctx.map(|ctx| TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(ConfigType::TypedConfig(
+                    envoy_types::pb::google::protobuf::Any {
+                        type_url: UPSTREAM_TLS.into(),
+                        value: ctx.encode_to_vec(),
+                    },
+                )),
+            }),
+            ..Default::default()
+        };
+        let sans = |names: &[&str]| {
+            #[allow(deprecated)]
+            let v = CertificateValidationContext {
+                match_subject_alt_names: names
+                    .iter()
+                    .map(|n| StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact((*n).into())),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    validation_context_type: Some(
+                        ValidationContextType::CombinedValidationContext(
+                            CombinedCertificateValidationContext {
+                                default_validation_context: Some(v),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
+        let mut warnings = Vec::new();
+        assert_eq!(upstream_tls(&cluster(None), &mut warnings).unwrap(), None);
+        // Istio's older field, inside a combined validation context.
+        let tls = upstream_tls(
+            &cluster(Some(sans(&["spiffe://td/ns/a/sa/reviews"]))),
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.mode, crate::config::BackendTlsMode::Mutual);
+        assert_eq!(
+            tls.identity.unwrap().as_str(),
+            "spiffe://td/ns/a/sa/reviews"
+        );
+        assert!(warnings.is_empty());
+        // Two IDs: both accepted.
+        let tls = upstream_tls(
+            &cluster(Some(sans(&["spiffe://td/b", "spiffe://td/a"]))),
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.identity, None);
+        assert_eq!(tls.identities, ["spiffe://td/a", "spiffe://td/b"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // A prefix (Istio's trust-domain aliases) with an SNI; a DNS SAN
+        // beside it is ignored and said.
+        // `sans` with one more (older-field) matcher: a prefix.
+        let with_prefix = |names: &[&str], prefix: &str| {
+            let mut ctx = sans(names);
+            if let Some(CommonTlsContext {
+                validation_context_type: Some(ValidationContextType::CombinedValidationContext(c)),
+                ..
+            }) = &mut ctx.common_tls_context
+            {
+                #[allow(deprecated)]
+                c.default_validation_context
+                    .as_mut()
+                    .unwrap()
+                    .match_subject_alt_names
+                    .push(StringMatcher {
+                        match_pattern: Some(MatchPattern::Prefix(prefix.into())),
+                        ..Default::default()
+                    });
+            }
+            ctx
+        };
+        let mut ctx = with_prefix(&["reviews.default.svc"], "spiffe://td/ns/prod/");
+        ctx.sni = "reviews.prod".into();
+        let tls = upstream_tls(&cluster(Some(ctx.clone())), &mut warnings)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.identities, ["spiffe://td/ns/prod/*"]);
+        assert_eq!(tls.sni.as_deref(), Some("reviews.prod"));
+        assert!(warnings[0].contains("1 SAN matcher"), "{warnings:?}");
+        // And back: the same matchers and SNI.
+        let back = upstream_tls(
+            &Cluster {
+                name: "c".into(),
+                transport_socket: Some(tls_socket(&tls)),
+                ..Default::default()
+            },
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(back, tls);
+        // No SAN at all: refused.
+        assert!(upstream_tls(&cluster(Some(sans(&[]))), &mut warnings).is_err());
+        // A prefix that does not pin the trust domain: refused by name.
+        let loose = with_prefix(&[], "spiffe://td");
+        let e = upstream_tls(&cluster(Some(loose)), &mut warnings)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trust domain"), "{e}");
+        // TLS with nothing to verify, or only DNS names: refused, never plaintext.
+        for ctx in [
+            UpstreamTlsContext::default(),
+            sans(&["reviews.default.svc"]),
+        ] {
+            let e = upstream_tls(&cluster(Some(ctx)), &mut warnings)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("spiffe://") && e.contains("common_tls_context"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A control plane's extreme durations and retry counts are clamped
+    /// (with a warning for the count), never overflowed or NACKed.
+    #[test]
+    fn extreme_durations_and_retries_are_clamped() {
+        use envoy_types::pb::envoy::config::route::v3::{
+            Route as XRoute, RouteAction, RouteMatch as XMatch, retry_policy::RetryBackOff,
+            route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+        };
+        use envoy_types::pb::google::protobuf::{Duration as PDuration, UInt32Value};
+        let huge = PDuration {
+            seconds: i64::MAX,
+            nanos: i32::MAX,
+        };
+        for retries in [20, u32::MAX] {
+            let xr = XRoute {
+                r#match: Some(XMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+                    timeout: Some(huge),
+                    retry_policy: Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+                        retry_on: "5xx".into(),
+                        num_retries: Some(UInt32Value { value: retries }),
+                        per_try_timeout: Some(huge),
+                        retry_back_off: Some(RetryBackOff {
+                            base_interval: Some(huge),
+                            max_interval: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let mut warnings = Vec::new();
+            let r = route_of(&xr, 0, "rc", &mut BTreeSet::new(), &mut warnings).unwrap();
+            let max = crate::config::MAX_DURATION;
+            assert_eq!(r.timeout, Some(max));
+            let retry = r.retry.unwrap();
+            assert_eq!(retry.attempts, 10, "num_retries {retries}");
+            assert_eq!(retry.per_try_timeout, Some(max));
+            assert_eq!((retry.backoff.base, retry.backoff.max), (max, max));
+            assert!(
+                warnings.iter().any(|w| w.contains("clamped")),
+                "{warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_two_directions_agree() {
+        let cfg = Config::from_yaml(
+            r#"
+services:
+  - name: reviews
+    routes:
+      - name: testers
+        match: { path: { prefix: /ratings }, methods: [GET], headers: { x-user: tester, x-debug: { present: true }, x-ver: { regex: "v[0-9]" } }, query: { canary: { prefix: "1" } } }
+        to: [reviews-v2]
+      - name: exact
+        match: { path: { exact: /health } }
+        timeout: 250ms
+        fault: { delay: { fixed: 50ms, percent: 12.5 }, abort: { status: 503, percent: 0.5 } }
+        to: [{ backend: reviews-v1, weight: 3 }]
+      - name: default
+        timeout: 2s
+        retry: { attempts: 3, per_try_timeout: 500ms, on: [5xx, connect-failure, unavailable], backoff: { base: 10ms, max: 80ms } }
+        mirror: { backend: shadow, percent: 12.5 }
+        to: [{ backend: reviews-v1, weight: 90 }, { backend: reviews-v2, weight: 10 }]
+  - name: ratings
+    routes:
+      - { name: all, match: { path: { regex: "/r/[0-9]+" } }, to: [ratings] }
+backends:
+  - name: ratings
+    endpoints: [{ address: "127.0.0.1:9100", weight: 3 }, "10.0.0.2:80"]
+    protocol: http2
+    load_balancer: random
+  - name: reviews-v1
+    endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
+    circuit_breaker: { max_requests: 100, max_pending: 10, max_retries: 5 }
+    outlier_detection: { consecutive_5xx: 4, consecutive_gateway_errors: 2, consecutive_connect_failures: 1, base_ejection: 5s, max_ejection: 1m, max_ejection_percent: 30 }
+  - { name: reviews-v2, endpoints: ["127.0.0.1:9003"], load_balancer: round_robin }
+  - { name: shadow, endpoints: ["127.0.0.1:9009"], tls: { mode: mutual, identity: "spiffe://demo.local/shadow" } }
+"#,
+        )
+        .unwrap();
+        let resources = from_config(&cfg);
+        let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+        let mut warnings = Vec::new();
+        let built = to_config(&resources, &services, &mut warnings).unwrap();
+        assert!(built.incomplete.is_empty() && built.missing.is_empty());
+        let back = built.config;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        back.validate().unwrap();
+        let mut want = cfg.clone();
+        for s in &mut want.services {
+            s.hosts = vec![s.name.clone()];
+        }
+        want.backends.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.services, want.services);
+        assert_eq!(back.backends, want.backends);
+        // And what the client subscribes to follows what the listeners name.
+        let w = wanted(&resources);
+        assert_eq!(w.routes.len(), 2);
+        assert_eq!(w.clusters.len(), 4);
+        assert_eq!(w.endpoints.len(), 4);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_an_error_naming_it() {
+        let cfg = Config::from_yaml(
+            "services: [{ name: s, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let mut r = from_config(&cfg);
+        let rc = r.routes.get_mut("s").unwrap();
+        rc.virtual_hosts[0].routes[0].action = Some(route::Action::Redirect(Default::default()));
+        let err = to_config(&r, &["s".into()], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redirect"), "{err}");
+        assert!(
+            err.starts_with("RouteConfiguration `s`: virtual_hosts[0].routes[0].action: "),
+            "{err}"
+        );
+        // A missing piece is not an error: the client waits for it, and
+        // the service is named as incomplete, not served half-built.
+        let mut r = from_config(&cfg);
+        r.endpoints.clear();
+        let built = to_config(&r, &["s".into(), "t".into()], &mut Vec::new()).unwrap();
+        assert!(built.config.services.is_empty() && built.config.backends.is_empty());
+        assert_eq!(built.incomplete, ["s"]);
+        assert_eq!(built.missing, ["t"]);
+    }
+
+    #[test]
+    fn faults_come_from_the_route_its_virtual_host_or_the_filter_and_the_rest_is_named() {
+        use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+            FaultAbort as XAbort, HttpFault, fault_abort::ErrorType,
+        };
+        use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+        use envoy_types::pb::google::protobuf::Any;
+        let any = |f: &HttpFault| Any {
+            type_url: <HttpFault as prost::Name>::type_url(),
+            value: f.encode_to_vec(),
+        };
+        let abort = |error_type| HttpFault {
+            abort: Some(XAbort {
+                percentage: Some(FractionalPercent {
+                    numerator: 25,
+                    denominator: 0, // HUNDRED
+                }),
+                error_type: Some(error_type),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cfg = Config::from_yaml(
+            "services: [{ name: s, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let mut r = from_config(&cfg);
+        let vh = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0];
+        vh.typed_per_filter_config.insert(
+            "envoy.filters.http.fault".into(),
+            any(&abort(ErrorType::HttpStatus(503))),
+        );
+        let mut warnings = Vec::new();
+        let built = to_config(&r, &["s".into()], &mut warnings).unwrap();
+        let fault = built.config.services[0].routes[0].fault.clone().unwrap();
+        let a = fault.abort.unwrap();
+        assert_eq!((a.status, a.percent), (503, 25.0));
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // What the model cannot say is named, not silently dropped.
+        let route = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0].routes[0];
+        route.typed_per_filter_config.insert(
+            "envoy.filters.http.fault".into(),
+            any(&abort(ErrorType::GrpcStatus(14))),
+        );
+        route.typed_per_filter_config.insert(
+            "envoy.filters.http.cors".into(),
+            Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+                    .into(),
+                value: Vec::new(),
+            },
+        );
+        let mut warnings = Vec::new();
+        to_config(&r, &["s".into()], &mut warnings).unwrap();
+        let all = warnings.join("\n");
+        assert!(all.contains("gRPC status"), "{all}");
+        assert!(all.contains("envoy.filters.http.cors"), "{all}");
+    }
+}

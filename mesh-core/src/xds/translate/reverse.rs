@@ -1,0 +1,564 @@
+//! The model -> xDS resources, for the development control plane.
+
+use crate::config::{
+    Backend, Config, Fault, LoadBalancer, PathMatch, RetryPolicy, Route, RouteMatch, Service,
+    StringMatch,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use prost::Message;
+use std::time::Duration;
+
+use super::Resources;
+use super::cluster::tls_socket;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, OutlierDetection as XOutlier, cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source,
+    socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    Endpoint as XEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::ApiListener;
+use envoy_types::pb::envoy::config::route::v3::{
+    RetryPolicy as XRetry, Route as XRoute, RouteAction, VirtualHost, WeightedCluster,
+    retry_policy::RetryBackOff, route_action::RequestMirrorPolicy, weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, Rds, http_filter,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value};
+
+/// The other direction: the xDS resources that describe `cfg`, for the
+/// development control plane. Per service host a listener (API listener
+/// with RDS), per service a route configuration, per backend an EDS cluster
+/// and its assignment, per inbound policy a socket listener.
+pub fn from_config(cfg: &Config) -> Resources {
+    let mut r = Resources::default();
+    for s in &cfg.services {
+        let hosts: Vec<String> = if s.hosts.is_empty() {
+            vec![s.name.clone()]
+        } else {
+            s.hosts.clone()
+        };
+        let hcm = hcm_of(s);
+        for h in &hosts {
+            r.listeners.insert(h.clone(), api_listener(h, &hcm));
+        }
+        r.routes.insert(s.name.clone(), route_config_of(s, hosts));
+    }
+    for p in &cfg.inbound {
+        let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
+        r.listeners
+            .insert(name.clone(), super::inbound_listener(p, &name));
+    }
+    for b in &cfg.backends {
+        r.clusters.insert(b.name.clone(), cluster_of(b));
+        r.endpoints.insert(b.name.clone(), assignment_of(b));
+    }
+    r
+}
+
+fn any<M: Message + prost::Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn pdur(d: Duration) -> PDuration {
+    PDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn u32v(v: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: v })
+}
+
+/// Resources named in other resources come over the same ADS stream.
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+/// A service's HTTP connection manager: RDS for its route configuration,
+/// the fault filter when a route injects faults, the router.
+fn hcm_of(s: &Service) -> HttpConnectionManager {
+    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
+    let mut http_filters = Vec::new();
+    if s.routes.iter().any(|r| r.fault.is_some()) {
+        // Present, with no fault of its own: routes say what they inject.
+        http_filters.push(HttpFilter {
+            name: FAULT_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                &HttpFault::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    http_filters.push(HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
+        ..Default::default()
+    });
+    HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            route_config_name: s.name.clone(),
+            config_source: Some(ads()),
+        })),
+        http_filters,
+        ..Default::default()
+    }
+}
+
+fn api_listener(host: &str, hcm: &HttpConnectionManager) -> Listener {
+    Listener {
+        name: host.to_owned(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A service's routes as one virtual host over its `hosts`.
+fn route_config_of(s: &Service, hosts: Vec<String>) -> RouteConfiguration {
+    let routes = s.routes.iter().flat_map(xroutes_of).collect();
+    RouteConfiguration {
+        name: s.name.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: s.name.clone(),
+            domains: hosts,
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One route of the model: an xDS route per match alternative, all with
+/// the same action.
+fn xroutes_of(route: &Route) -> Vec<XRoute> {
+    let cluster_specifier = match route.to.as_slice() {
+        [one] if one.weight == 1 => route_action::ClusterSpecifier::Cluster(one.backend.clone()),
+        many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|wb| ClusterWeight {
+                    name: wb.backend.clone(),
+                    weight: u32v(wb.weight),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let action = RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: route.timeout.map(pdur),
+        retry_policy: route.retry.as_ref().map(retry_of),
+        request_mirror_policies: route.mirror.iter().map(mirror_of).collect(),
+        ..Default::default()
+    };
+    let alternatives: Vec<Option<&RouteMatch>> = if route.matches.is_empty() {
+        vec![None]
+    } else {
+        route.matches.iter().map(Some).collect()
+    };
+    let mut typed_per_filter_config = std::collections::HashMap::new();
+    if let Some(f) = &route.fault {
+        typed_per_filter_config.insert(FAULT_FILTER.to_owned(), any(&http_fault(f)));
+    }
+    alternatives
+        .into_iter()
+        .map(|m| XRoute {
+            name: route.name.clone().unwrap_or_default(),
+            r#match: Some(match_of(m)),
+            action: Some(route::Action::Route(action.clone())),
+            typed_per_filter_config: typed_per_filter_config.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn retry_of(p: &RetryPolicy) -> XRetry {
+    XRetry {
+        retry_on: p
+            .on
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        num_retries: u32v(p.attempts.saturating_sub(1)),
+        per_try_timeout: p.per_try_timeout.map(pdur),
+        retry_back_off: Some(RetryBackOff {
+            base_interval: Some(pdur(p.backoff.base)),
+            max_interval: Some(pdur(p.backoff.max)),
+        }),
+        retriable_status_codes: p
+            .retriable_status_codes
+            .iter()
+            .map(|c| u32::from(*c))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn mirror_of(m: &crate::config::Mirror) -> RequestMirrorPolicy {
+    RequestMirrorPolicy {
+        cluster: m.backend.clone(),
+        runtime_fraction: Some(
+            envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                default_value: Some(envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+                    // Parts per ten thousand (TEN_THOUSAND); a percent is at most 100.
+                    numerator: (m.percent.clamp(0.0, 100.0) * 100.0).round() as u32,
+                    denominator: 1,
+                }),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    }
+}
+
+/// A backend's EDS cluster: balancer, limits, outlier detection, HTTP/2,
+/// upstream mTLS.
+fn cluster_of(b: &Backend) -> Cluster {
+    let lb_policy = match b.load_balancer {
+        LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
+        LoadBalancer::Random => LbPolicy::Random,
+        LoadBalancer::RingHash { .. } => LbPolicy::RingHash,
+        LoadBalancer::Maglev { .. } => LbPolicy::Maglev,
+        _ => LbPolicy::LeastRequest,
+    };
+    Cluster {
+        name: b.name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        lb_policy: lb_policy as i32,
+        circuit_breakers: b.circuit_breaker.as_ref().map(|cb| CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_requests: u32v(cb.max_requests),
+                max_pending_requests: u32v(cb.max_pending),
+                max_retries: u32v(cb.max_retries),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        outlier_detection: b.outlier_detection.as_ref().map(|o| XOutlier {
+            consecutive_5xx: u32v(o.consecutive_5xx),
+            consecutive_gateway_failure: u32v(o.consecutive_gateway_errors),
+            consecutive_local_origin_failure: u32v(o.consecutive_connect_failures),
+            base_ejection_time: Some(pdur(o.base_ejection)),
+            max_ejection_time: Some(pdur(o.max_ejection)),
+            max_ejection_percent: u32v(o.max_ejection_percent),
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: protocol_options_of(b),
+        transport_socket: b
+            .tls
+            .as_ref()
+            .filter(|t| t.mode == crate::config::BackendTlsMode::Mutual)
+            .map(tls_socket),
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 to the endpoints, for `http2` and `grpc` backends.
+fn protocol_options_of(b: &Backend) -> std::collections::HashMap<String, Any> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let mut options = std::collections::HashMap::new();
+    if b.protocol.is_http2() {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        )),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&opts),
+        );
+    }
+    options
+}
+
+/// A backend's endpoints, in one locality.
+fn assignment_of(b: &Backend) -> ClusterLoadAssignment {
+    let lb_endpoints = b
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let (host, port) = e.address.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some(LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(XEndpoint {
+                    address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: host.to_owned(),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                port.parse().ok()?,
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                load_balancing_weight: u32v(e.weight),
+                ..Default::default()
+            })
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: b.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                zone: "mesh".into(),
+                ..Default::default()
+            }),
+            lb_endpoints,
+            load_balancing_weight: u32v(1),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A socket listener on `addr` for Envoy (which cannot take API
+/// listeners over LDS), named `name`: one HTTP connection manager whose
+/// route configuration `name` holds the virtual hosts of every service in
+/// `r`, so Envoy routes what arrives on `addr` by Host the way the mesh's
+/// clients route by authority.
+pub fn envoy_listener(
+    r: &Resources,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> (Listener, RouteConfiguration) {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+        config_source, socket_address,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpFilter, Rds, http_connection_manager::StripPortMode, http_filter,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    fn any<M: Message + prost::Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
+    let hcm = HttpConnectionManager {
+        stat_prefix: "mesh".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            route_config_name: name.to_owned(),
+            config_source: Some(ConfigSource {
+                resource_api_version: ApiVersion::V3 as i32,
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                ..Default::default()
+            }),
+        })),
+        // `reviews:10000` is routed as `reviews`, as the mesh's clients do.
+        strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
+        http_filters: vec![
+            // With no fault of its own: the routes' configs say what to inject.
+            HttpFilter {
+                name: FAULT_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: name.to_owned(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: r
+            .routes
+            .values()
+            .flat_map(|rc| rc.virtual_hosts.iter().cloned())
+            .collect(),
+        ..Default::default()
+    };
+    (listener, routes)
+}
+
+/// The name the fault filter goes by in connection managers and per-route
+/// configs.
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// A fraction of a million from a percentage.
+fn fraction(percent: f64) -> envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+        numerator: (percent * 10_000.0).round() as u32,
+        denominator: 2, // MILLION
+    }
+}
+
+/// Our fault as the fault filter's per-route config.
+fn http_fault(
+    f: &Fault,
+) -> envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+        FaultDelay as XDelay, fault_delay::FaultDelaySecifier,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        FaultAbort as XAbort, HttpFault, fault_abort::ErrorType,
+    };
+    HttpFault {
+        delay: f.delay.as_ref().map(|d| XDelay {
+            percentage: Some(fraction(d.percent)),
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(
+                envoy_types::pb::google::protobuf::Duration {
+                    seconds: d.fixed.as_secs() as i64,
+                    nanos: d.fixed.subsec_nanos() as i32,
+                },
+            )),
+        }),
+        abort: f.abort.as_ref().map(|a| XAbort {
+            percentage: Some(fraction(a.percent)),
+            error_type: Some(ErrorType::HttpStatus(u32::from(a.status))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn match_of(m: Option<&RouteMatch>) -> envoy_types::pb::envoy::config::route::v3::RouteMatch {
+    use envoy_types::pb::envoy::config::route::v3::{
+        HeaderMatcher, QueryParameterMatcher, header_matcher, query_parameter_matcher,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        RegexMatcher, StringMatcher, string_matcher,
+    };
+    let sm = |s: &StringMatch| -> Option<StringMatcher> {
+        let p = match s {
+            StringMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
+            StringMatch::Prefix(v) => string_matcher::MatchPattern::Prefix(v.clone()),
+            StringMatch::Regex(v) => string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                regex: v.clone(),
+                ..Default::default()
+            }),
+            StringMatch::Present(_) => return None,
+        };
+        Some(StringMatcher {
+            match_pattern: Some(p),
+            ignore_case: false,
+        })
+    };
+    let mut out = envoy_types::pb::envoy::config::route::v3::RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+        ..Default::default()
+    };
+    let Some(m) = m else { return out };
+    out.path_specifier = Some(match &m.path {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some(PathMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(PathMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(PathMatch::Regex(r)) => route_match::PathSpecifier::SafeRegex(RegexMatcher {
+            regex: r.clone(),
+            ..Default::default()
+        }),
+    });
+    for method in &m.methods {
+        out.headers.push(HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(method.clone())),
+                    ignore_case: false,
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    for (name, s) in &m.headers {
+        let spec = match s {
+            StringMatch::Present(p) => header_matcher::HeaderMatchSpecifier::PresentMatch(*p),
+            other => match sm(other) {
+                Some(x) => header_matcher::HeaderMatchSpecifier::StringMatch(x),
+                None => continue,
+            },
+        };
+        out.headers.push(HeaderMatcher {
+            name: name.clone(),
+            header_match_specifier: Some(spec),
+            ..Default::default()
+        });
+    }
+    for (name, s) in &m.query {
+        let spec = match s {
+            StringMatch::Present(p) => {
+                query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(*p)
+            }
+            other => match sm(other) {
+                Some(x) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(x),
+                None => continue,
+            },
+        };
+        out.query_parameters.push(QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(spec),
+        });
+    }
+    out
+}
