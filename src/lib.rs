@@ -73,6 +73,112 @@ mod tests {
         );
     }
 
+    /// The published crates' library sources, path and text.
+    fn library_sources() -> Vec<(std::path::PathBuf, String)> {
+        let mut out = Vec::new();
+        for dir in [
+            "mesh-core/src",
+            "mesh-tower/src",
+            "mesh-hyper/src",
+            "mesh-tonic/src",
+        ] {
+            let mut stack = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)];
+            while let Some(d) = stack.pop() {
+                for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{d:?}: {e}")) {
+                    let path = entry.map(|e| e.path()).unwrap_or_default();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|e| e == "rs") {
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        out.push((path, text));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The text before the file's unit tests.
+    fn before_tests(text: &str) -> &str {
+        text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+    }
+
+    /// Library code reports errors as types, not strings: no
+    /// `Result<_, String>` outside tests.
+    #[test]
+    fn no_library_function_returns_a_string_error() {
+        let mut found = Vec::new();
+        for (path, text) in library_sources() {
+            for (n, line) in before_tests(&text).lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains("Result<") && code.contains(", String>") {
+                    found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "string errors:\n{}", found.join("\n"));
+    }
+
+    /// The xDS module's functions stay readable: none over 80 lines
+    /// (tests aside).
+    #[test]
+    fn no_xds_function_is_over_80_lines() {
+        let mut long = Vec::new();
+        for (path, text) in library_sources() {
+            if !path.to_string_lossy().contains("/xds/") {
+                continue;
+            }
+            let lines: Vec<&str> = before_tests(&text).lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let t = line.trim_start();
+                let is_fn = [
+                    "fn ",
+                    "pub fn ",
+                    "pub(crate) fn ",
+                    "pub(super) fn ",
+                    "async fn ",
+                    "pub async fn ",
+                    "pub(super) async fn ",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p));
+                if !is_fn {
+                    continue;
+                }
+                let (mut depth, mut started, mut end) = (0i32, false, i);
+                for (j, l) in lines.iter().enumerate().skip(i) {
+                    for c in l.chars() {
+                        match c {
+                            '{' => {
+                                depth += 1;
+                                started = true;
+                            }
+                            '}' => depth -= 1,
+                            _ => {}
+                        }
+                    }
+                    end = j;
+                    if (started && depth <= 0) || (!started && l.trim_end().ends_with(';')) {
+                        break;
+                    }
+                }
+                if end - i + 1 > 80 {
+                    long.push(format!(
+                        "{}:{}: {} lines",
+                        path.display(),
+                        i + 1,
+                        end - i + 1
+                    ));
+                }
+            }
+        }
+        assert!(
+            long.is_empty(),
+            "functions over 80 lines:\n{}",
+            long.join("\n")
+        );
+    }
+
     /// `"MESH_..."`, `"OTEL_..."` and `"GRPC_..."` string literals.
     fn quoted_variables(text: &str) -> Vec<&str> {
         let mut out = Vec::new();

@@ -80,6 +80,23 @@ impl Mesh {
     }
 
     fn from_env_sources() -> Result<Mesh, ConfigError> {
+        #[cfg(not(feature = "xds"))]
+        for var in [
+            "MESH_CONTROL_PLANE",
+            "MESH_XDS_BOOTSTRAP",
+            "GRPC_XDS_BOOTSTRAP",
+            "GRPC_XDS_BOOTSTRAP_CONFIG",
+        ] {
+            let set = std::env::var_os(var).is_some_and(|v| !v.is_empty());
+            if set && std::env::var_os("MESH_CONFIG").is_none_or(|v| v.is_empty()) {
+                return Err(ConfigError::new(vec![crate::config::Problem::new(
+                    crate::config::ProblemKind::Syntax,
+                    "",
+                    None,
+                    format!("{var} is set, but proxyless-core was built without its `xds` feature"),
+                )]));
+            }
+        }
         #[cfg(feature = "xds")]
         if std::env::var_os("MESH_CONFIG").is_none_or(|v| v.is_empty()) {
             let settings = crate::xds::XdsSettings::from_env().map_err(|e| {
@@ -96,7 +113,7 @@ impl Mesh {
                         crate::config::ProblemKind::Syntax,
                         "",
                         None,
-                        e,
+                        e.to_string(),
                     )])
                 })?;
                 #[cfg(feature = "tls")]

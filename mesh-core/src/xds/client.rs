@@ -3,6 +3,7 @@
 //! resource of its type) and incremental (responses carry what changed and
 //! what was removed; subscriptions change by name).
 
+use super::XdsError;
 use super::translate::{self, Resources, type_url};
 use super::{Api, XdsSettings, XdsStatus, metric_names};
 use crate::config::Config;
@@ -290,19 +291,19 @@ impl State {
         &self,
         t: &str,
         any: &envoy_types::pb::google::protobuf::Any,
-    ) -> Result<(), String> {
+    ) -> Result<(), XdsError> {
         if any.value.len() <= self.max_resource_bytes {
             return Ok(());
         }
         let name = Resources::default()
             .insert(t, any)
             .unwrap_or_else(|_| "(undecodable)".into());
-        Err(format!(
-            "{} `{name}` is {} bytes, over the limit of {} (MESH_XDS_MAX_RESOURCE_BYTES)",
-            short(t),
+        let msg = format!(
+            "{} bytes, over the limit of {} (MESH_XDS_MAX_RESOURCE_BYTES)",
             any.value.len(),
             self.max_resource_bytes
-        ))
+        );
+        Err(XdsError::new(msg).in_resource(short(t), &name))
     }
 
     fn node(&mut self) -> Option<Node> {
@@ -327,7 +328,7 @@ impl State {
 
     /// Translates the held resources and publishes them if they changed.
     /// An error is the reason to NACK.
-    fn publish(&mut self, mesh: &Mesh, status: &XdsStatus, label: String) -> Result<(), String> {
+    fn publish(&mut self, mesh: &Mesh, status: &XdsStatus, label: String) -> Result<(), XdsError> {
         let mut warnings = Vec::new();
         let inbound = self.inbound.as_ref();
         let services = self
@@ -341,10 +342,7 @@ impl State {
                 None => Ok(None),
             };
         record_warnings(status, warnings);
-        let (mut built, policy) = (
-            built.map_err(|e| e.to_string())?,
-            policy.map_err(|e| e.to_string())?,
-        );
+        let (mut built, policy) = (built?, policy?);
         built.config.inbound.extend(policy);
         // The first config waits for every service named at start-up that
         // exists; later ones do not wait for a half-arrived service (it
@@ -359,7 +357,7 @@ impl State {
             return Ok(());
         }
         mesh.update(cfg, Source::Xds(label))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| XdsError::new(format!("the resulting config is invalid: {e}")))?;
         self.published = true;
         Ok(())
     }
@@ -501,7 +499,7 @@ impl State {
         status: &XdsStatus,
         t: &'static str,
         version: &str,
-        outcome: &Result<(), String>,
+        outcome: &Result<(), XdsError>,
     ) -> Vec<Change> {
         let result = if outcome.is_ok() { "ack" } else { "nack" };
         let short = t.rsplit('.').next().unwrap_or(t);
@@ -535,7 +533,7 @@ impl State {
                 *status
                     .last_nack
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+                    .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
             }
         }
         let changes = self.follow();
@@ -716,7 +714,7 @@ impl Variant for Sotw {
                 state.version.insert(t, resp.version_info.clone());
                 Self::request(state, t, None)
             }
-            Err(reason) => Self::request(state, t, Some(reason.clone())),
+            Err(reason) => Self::request(state, t, Some(reason.to_string())),
         };
         let changes = state.outcome(mesh, status, t, &resp.version_info, &outcome);
         let mut out = vec![reply];
@@ -796,34 +794,11 @@ impl Variant for Delta {
             .chain(resp.removed_resources.iter().map(String::as_str))
             .collect();
         let saved = state.resources.save_only(t, touched.iter().copied());
-        let mut applied = Ok(());
-        let mut versions = Vec::new();
-        for r in &resp.resources {
-            let Some(any) = &r.resource else { continue };
-            if let Err(e) = state.within_size(t, any) {
-                applied = Err(e);
-                break;
-            }
-            match state.resources.insert(t, any) {
-                Ok(name) if name != r.name => {
-                    // What was saved to put back is by the names sent.
-                    state.resources.remove(t, &name);
-                    applied = Err(format!("resource `{}` holds one named `{name}`", r.name));
-                    break;
-                }
-                Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
-                Ok(name) => versions.push((name, r.version.clone())),
-                Err(e) => {
-                    applied = Err(format!("resource `{}`: {e}", r.name));
-                    break;
-                }
-            }
-        }
-        if applied.is_ok() {
-            for name in &resp.removed_resources {
-                state.resources.remove(t, name);
-            }
-        }
+        let applied = apply_delta(state, t, &resp);
+        let (applied, versions) = match applied {
+            Ok(versions) => (Ok(()), versions),
+            Err(e) => (Err(e), Vec::new()),
+        };
         let version = if resp.system_version_info.is_empty() {
             resp.nonce.clone()
         } else {
@@ -855,7 +830,7 @@ impl Variant for Delta {
                     node: state.node(),
                     type_url: t.to_owned(),
                     response_nonce: resp.nonce.clone(),
-                    error_detail: Some(nack(reason.clone())),
+                    error_detail: Some(nack(reason.to_string())),
                     ..Default::default()
                 }
             }
@@ -925,11 +900,54 @@ fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
 
+/// Holds an incremental response's resources and drops its removed ones;
+/// the versions of what it holds now. Stops at the first resource that
+/// cannot be held (the caller puts back what was there).
+fn apply_delta(
+    state: &mut State,
+    t: &'static str,
+    resp: &DeltaDiscoveryResponse,
+) -> Result<Vec<(String, String)>, XdsError> {
+    let mut versions = Vec::new();
+    for r in &resp.resources {
+        let Some(any) = &r.resource else { continue };
+        state.within_size(t, any)?;
+        match state.resources.insert(t, any) {
+            Ok(name) if name != r.name => {
+                // What was saved to put back is by the names sent.
+                state.resources.remove(t, &name);
+                let msg = format!("holds one named `{name}`");
+                return Err(XdsError::new(msg).in_resource(short(t), &r.name));
+            }
+            Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
+            Ok(name) => versions.push((name, r.version.clone())),
+            Err(e) => return Err(e.in_resource(short(t), &r.name)),
+        }
+    }
+    for name in &resp.removed_resources {
+        state.resources.remove(t, name);
+    }
+    Ok(versions)
+}
+
 /// A future whose panic is caught and returned as its message.
 struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
 
+/// A panic caught, with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Panicked(String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a stream ended.
+type StreamError = Box<dyn std::error::Error + Send + Sync>;
+
 impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
-    type Output = Result<F::Output, String>;
+    type Output = Result<F::Output, Panicked>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -939,11 +957,13 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(panic) => std::task::Poll::Ready(Err(panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_owned()))),
+            Err(panic) => std::task::Poll::Ready(Err(Panicked(
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned()),
+            ))),
         }
     }
 }
@@ -1000,7 +1020,7 @@ pub(super) async fn run(
                 .unwrap_or_else(PoisonError::into_inner) = Some(what.clone());
             metrics::counter!(metric_names::FAILURES, "control_plane" => settings.server.clone())
                 .increment(1);
-            Err(what)
+            Err(what.into())
         });
         status.connected.store(false, Ordering::Relaxed);
         status
@@ -1028,7 +1048,7 @@ async fn stream<V: Variant>(
     status: &XdsStatus,
     state: &mut State,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let client = AggregatedDiscoveryServiceClient::new(
         channel(&settings.server)
             .await
@@ -1064,26 +1084,11 @@ async fn stream<V: Variant>(
             }
         }
     };
-    status.connected.store(true, Ordering::Relaxed);
-    *status
-        .disconnected_since
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
-    status.connects.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
-        .increment(1);
-    metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone()).set(1.0);
-    tracing::info!(server = %settings.server, node = %settings.node_id, api = ?settings.api, "xDS stream open");
+    opened(settings, status);
     loop {
         let requests = tokio::select! {
             msg = responses.message() => {
-                let Some(resp) = msg.map_err(|e| {
-                    if e.code() == tonic::Code::OutOfRange || e.message().contains("message length too large") {
-                        format!("stream error: {e} (the limit is MESH_XDS_MAX_MESSAGE_BYTES, {} bytes)", settings.max_message_bytes)
-                    } else {
-                        format!("stream error: {e}")
-                    }
-                })? else {
+                let Some(resp) = msg.map_err(|e| stream_error(&e, settings))? else {
                     return Err("the control plane closed the stream".into());
                 };
                 let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };
@@ -1106,6 +1111,30 @@ async fn stream<V: Variant>(
         for req in requests {
             tx.send(req).await.map_err(|e| e.to_string())?;
         }
+    }
+}
+
+/// Marks the stream open in the status, metrics and log.
+fn opened(settings: &XdsSettings, status: &XdsStatus) {
+    status.connected.store(true, Ordering::Relaxed);
+    *status
+        .disconnected_since
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
+    status.connects.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(metric_names::STREAMS, "control_plane" => settings.server.clone())
+        .increment(1);
+    metrics::gauge!(metric_names::CONNECTED, "control_plane" => settings.server.clone()).set(1.0);
+    tracing::info!(server = %settings.server, node = %settings.node_id, api = ?settings.api, "xDS stream open");
+}
+
+/// A stream's error, naming the message limit when it was hit.
+fn stream_error(e: &tonic::Status, settings: &XdsSettings) -> StreamError {
+    if e.code() == tonic::Code::OutOfRange || e.message().contains("message length too large") {
+        let limit = settings.max_message_bytes;
+        format!("stream error: {e} (the limit is MESH_XDS_MAX_MESSAGE_BYTES, {limit} bytes)").into()
+    } else {
+        format!("stream error: {e}").into()
     }
 }
 
@@ -1132,7 +1161,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_future_is_caught_as_its_message() {
         let caught = CatchUnwind(Box::pin(async { panic!("boom {}", 7) })).await;
-        assert_eq!(caught.err().as_deref(), Some("boom 7"));
+        assert_eq!(caught.err().map(|p| p.0).as_deref(), Some("boom 7"));
         let fine = CatchUnwind(Box::pin(async { 3 })).await;
         assert_eq!(fine, Ok(3));
     }

@@ -26,7 +26,11 @@
 
 mod client;
 mod error;
+mod settings;
 pub use error::XdsError;
+pub use settings::{
+    Api, Inbound, MAX_MESSAGE_BYTES, MAX_RESOURCE_BYTES, ON_DEMAND_WAIT, SettingsError, XdsSettings,
+};
 
 pub mod translate;
 
@@ -34,284 +38,7 @@ use crate::mesh::Mesh;
 use crate::snapshot::Source;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Where to get config from, and as whom.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XdsSettings {
-    /// The control plane, `http://host:port`.
-    pub server: String,
-    /// This node's id.
-    pub node_id: String,
-    /// This node's cluster (Istio puts the workload's namespace here).
-    pub node_cluster: String,
-    /// The listener names (service hosts) to subscribe to from the start;
-    /// others are subscribed to when first called (see `on_demand`).
-    pub services: Vec<String>,
-    /// The protocol variant.
-    pub api: Api,
-    /// How long the first request to a host no service claims waits for
-    /// the control plane's answer about it; `None` turns on-demand
-    /// subscription off (only `services` are known).
-    pub on_demand: Option<Duration>,
-    /// For a server: its service name and the listener that carries its
-    /// inbound policy (mTLS mode from the filter chains' TLS, authorization
-    /// from the RBAC HTTP filters).
-    pub inbound: Option<Inbound>,
-    /// The node's metadata (a JSON object, sent as a `Struct`): the
-    /// bootstrap's `node.metadata`, which istiod reads to know what kind of
-    /// client it serves.
-    pub node_metadata: Option<serde_json::Value>,
-    /// The node's locality (region, zone, sub-zone), from the bootstrap.
-    pub node_locality: Option<[String; 3]>,
-    /// The bootstrap's `server_listener_resource_name_template` (`%s` is
-    /// the listening address, `MESH_XDS_INBOUND_ADDR`), as Istio writes it
-    /// for proxyless servers.
-    pub server_listener_template: Option<String>,
-    /// The largest single resource accepted, encoded; a larger one is
-    /// NACKed by name (`MESH_XDS_MAX_RESOURCE_BYTES`, default 16 MiB).
-    pub max_resource_bytes: usize,
-    /// The largest response message read from the stream
-    /// (`MESH_XDS_MAX_MESSAGE_BYTES`, default 256 MiB; gRPC's default of
-    /// 4 MiB is too small for large meshes). A larger message ends the
-    /// stream, which reconnects with backoff.
-    pub max_message_bytes: usize,
-}
-
-/// The default of [`XdsSettings::max_resource_bytes`].
-pub const MAX_RESOURCE_BYTES: usize = 16 * 1024 * 1024;
-/// The default of [`XdsSettings::max_message_bytes`].
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
-/// Which listener carries a server's inbound policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    /// The service the policy governs (the server's `MESH_SERVICE`).
-    pub service: String,
-    /// The listener's name.
-    pub listener: String,
-}
-
-/// The variant of the ADS protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Api {
-    /// State of the world (`StreamAggregatedResources`, Envoy's `GRPC`):
-    /// every response carries every subscribed resource of its type.
-    #[default]
-    Sotw,
-    /// Incremental (`DeltaAggregatedResources`, Envoy's `DELTA_GRPC`):
-    /// responses carry only what changed or was removed, and subscriptions
-    /// change by name. Cheaper for large meshes.
-    Delta,
-}
-
-impl std::str::FromStr for Api {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "sotw" | "grpc" | "state-of-the-world" => Ok(Api::Sotw),
-            "delta" | "delta_grpc" | "incremental" => Ok(Api::Delta),
-            other => Err(format!(
-                "MESH_XDS_API `{other}`: expected `sotw` (state of the world) or `delta` (incremental)"
-            )),
-        }
-    }
-}
-
-/// The default bound of an on-demand wait.
-pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(2);
-
-impl XdsSettings {
-    /// Settings for `server`, as node `node_id`, subscribing to `services`.
-    pub fn new(server: &str, node_id: &str, services: Vec<String>) -> Self {
-        Self {
-            server: server.to_owned(),
-            node_id: node_id.to_owned(),
-            node_cluster: String::new(),
-            services,
-            api: Api::Sotw,
-            on_demand: Some(ON_DEMAND_WAIT),
-            inbound: None,
-            node_metadata: None,
-            node_locality: None,
-            server_listener_template: None,
-            max_resource_bytes: MAX_RESOURCE_BYTES,
-            max_message_bytes: MAX_MESSAGE_BYTES,
-        }
-    }
-
-    /// The same settings for a server of `service`: its inbound policy
-    /// comes from the listener our development control plane names
-    /// [`translate::INBOUND_PREFIX`]`service`.
-    pub fn serving(mut self, service: &str) -> Self {
-        self.inbound = Some(Inbound {
-            service: service.to_owned(),
-            listener: format!("{}{service}", translate::INBOUND_PREFIX),
-        });
-        self
-    }
-
-    /// The same settings over the incremental (delta) variant.
-    pub fn delta(mut self) -> Self {
-        self.api = Api::Delta;
-        self
-    }
-
-    /// From the environment: `MESH_CONTROL_PLANE` (`http://host:port`) or a
-    /// gRPC-style bootstrap file (`MESH_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP`:
-    /// `xds_servers[0].server_uri`, `node.id`, `node.cluster`); the services
-    /// from `MESH_XDS_SERVICES` (comma-separated); the node id from
-    /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name;
-    /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
-    /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
-    /// `2s`, the default, or `off`).
-    pub fn from_env() -> Result<Option<Self>, String> {
-        let Some(mut s) = Self::from_env_sources()? else {
-            return Ok(None);
-        };
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let Some(api) = var("MESH_XDS_API") {
-            s.api = api.parse()?;
-        }
-        if let Some(service) = var("MESH_SERVICE") {
-            let listener = var("MESH_XDS_INBOUND_LISTENER").or_else(|| {
-                // The bootstrap's template names it by the listening address.
-                let template = s.server_listener_template.clone()?;
-                Some(template.replace("%s", &var("MESH_XDS_INBOUND_ADDR")?))
-            });
-            s = s.serving(&service);
-            if let (Some(inbound), Some(listener)) = (s.inbound.as_mut(), listener) {
-                inbound.listener = listener;
-            }
-        }
-        for (k, n) in [
-            ("MESH_XDS_MAX_RESOURCE_BYTES", &mut s.max_resource_bytes),
-            ("MESH_XDS_MAX_MESSAGE_BYTES", &mut s.max_message_bytes),
-        ] {
-            if let Some(v) = var(k) {
-                *n =
-                    v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("{k} `{v}`: expected a number of bytes above zero")
-                    })?;
-            }
-        }
-        if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
-            s.on_demand = match wait.as_str() {
-                "off" | "false" | "0" => None,
-                w => Some(
-                    crate::config::duration::parse_duration(w)
-                        .map_err(|e| format!("MESH_XDS_ON_DEMAND `{w}`: {e}"))?,
-                ),
-            };
-        }
-        Ok(Some(s))
-    }
-
-    fn from_env_sources() -> Result<Option<Self>, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let services: Vec<String> = var("MESH_XDS_SERVICES")
-            .map(|s| {
-                s.split(',')
-                    .map(|x| x.trim().to_owned())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let default_id = || {
-            let host = var("HOSTNAME").unwrap_or_else(|| "localhost".into());
-            format!(
-                "{}~{host}",
-                var("MESH_SERVICE").unwrap_or_else(|| "mesh".into())
-            )
-        };
-        if let Some(server) = var("MESH_CONTROL_PLANE") {
-            refuse_tls(&server).map_err(|e| format!("MESH_CONTROL_PLANE {e}"))?;
-            let id = var("MESH_NODE_ID").unwrap_or_else(default_id);
-            return Ok(Some(Self::new(&server, &id, services)));
-        }
-        // A file, or (as gRPC also reads) the bootstrap's text itself.
-        let (origin, text) = match var("MESH_XDS_BOOTSTRAP").or_else(|| var("GRPC_XDS_BOOTSTRAP")) {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-                (path, text)
-            }
-            None => match var("GRPC_XDS_BOOTSTRAP_CONFIG") {
-                Some(text) => ("GRPC_XDS_BOOTSTRAP_CONFIG".to_owned(), text),
-                None => return Ok(None),
-            },
-        };
-        let mut s = Self::from_bootstrap(&text, services).map_err(|e| format!("{origin}: {e}"))?;
-        if s.node_id.is_empty() {
-            s.node_id = default_id();
-        }
-        if let Some(id) = var("MESH_NODE_ID") {
-            s.node_id = id;
-        }
-        Ok(Some(s))
-    }
-
-    /// From the text of a gRPC xDS bootstrap file (the format istio-agent
-    /// and Traffic Director's generator write): `xds_servers[0].server_uri`
-    /// (`host:port`, a URL, or istio-agent's `unix:///etc/istio/proxy/XDS`)
-    /// with its `channel_creds`, `node.id` (empty if absent),
-    /// `node.cluster` and `server_listener_resource_name_template`. Refuses
-    /// what this client cannot honour instead of connecting without it:
-    /// credentials other than `insecure`.
-    pub fn from_bootstrap(text: &str, services: Vec<String>) -> Result<Self, String> {
-        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let server = &json["xds_servers"][0];
-        let uri = server["server_uri"]
-            .as_str()
-            .ok_or("no xds_servers[0].server_uri")?;
-        if let Some(creds) = server["channel_creds"].as_array()
-            && !creds.is_empty()
-            && !creds.iter().any(|c| c["type"] == "insecure")
-        {
-            let kinds: Vec<&str> = creds.iter().filter_map(|c| c["type"].as_str()).collect();
-            return Err(format!(
-                "xds_servers[0].channel_creds {kinds:?}: only `insecure` is supported"
-            ));
-        }
-        refuse_tls(uri).map_err(|e| format!("xds_servers[0].server_uri {e}"))?;
-        let server = if uri.contains("://") || uri.starts_with("unix:") {
-            uri.to_owned()
-        } else {
-            format!("http://{uri}")
-        };
-        let id = json["node"]["id"].as_str().unwrap_or_default();
-        let mut s = Self::new(&server, id, services);
-        s.node_cluster = json["node"]["cluster"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        s.node_metadata = json["node"]
-            .get("metadata")
-            .filter(|m| m.is_object())
-            .cloned();
-        let locality = &json["node"]["locality"];
-        if locality.is_object() {
-            let part = |k: &str| locality[k].as_str().unwrap_or_default().to_owned();
-            s.node_locality = Some([part("region"), part("zone"), part("sub_zone")]);
-        }
-        s.server_listener_template = json["server_listener_resource_name_template"]
-            .as_str()
-            .map(str::to_owned);
-        Ok(s)
-    }
-}
-
-/// A TLS control plane is refused at start-up, by name, rather than
-/// retried forever with an error at every connect.
-fn refuse_tls(uri: &str) -> Result<(), String> {
-    if uri.starts_with("https://") {
-        return Err(format!(
-            "`{uri}`: TLS to the control plane is not supported yet; use its plaintext \
-             port (istiod: 15010) or istio-agent's Unix socket"
-        ));
-    }
-    Ok(())
-}
 
 /// The metrics the xDS client records (through the `metrics` facade, to
 /// whatever recorder the application installed), each labelled with
@@ -511,9 +238,9 @@ impl Mesh {
     /// once the services in `settings.services` have arrived (or the
     /// control plane said it has none of them); with none listed it is
     /// ready at once and fetches each host when first called.
-    pub fn from_control_plane(settings: XdsSettings) -> Result<(Mesh, XdsHandle), String> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "the xDS client needs a tokio runtime".to_owned())?;
+    pub fn from_control_plane(settings: XdsSettings) -> Result<(Mesh, XdsHandle), SettingsError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SettingsError::NoRuntime)?;
         let mesh = Mesh::waiting(Source::Xds(settings.server.clone()));
         let status = Arc::new(XdsStatus {
             server: settings.server.clone(),
@@ -661,7 +388,8 @@ mod tests {
             r#"{"xds_servers": [{"server_uri": "cp:443", "channel_creds": [{"type": "google_default"}]}]}"#,
             Vec::new(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             tls.contains("google_default") && tls.contains("insecure"),
             "{tls}"
@@ -670,12 +398,15 @@ mod tests {
             r#"{"xds_servers": [{"server_uri": "https://istiod.istio-system.svc:15012"}]}"#,
             Vec::new(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             https.contains("server_uri") && https.contains("TLS") && https.contains("15012"),
             "{https}"
         );
-        let none = XdsSettings::from_bootstrap(r#"{"node": {"id": "x"}}"#, Vec::new()).unwrap_err();
+        let none = XdsSettings::from_bootstrap(r#"{"node": {"id": "x"}}"#, Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(none.contains("server_uri"), "{none}");
         assert!(XdsSettings::from_bootstrap("{", Vec::new()).is_err());
     }

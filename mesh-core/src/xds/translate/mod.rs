@@ -8,10 +8,10 @@
 //! NACKs; fields it can ignore safely are reported as warnings.
 //!
 //! One file per concern: this one holds the resource store, what to
-//! subscribe to and the listener-level assembly; [`route`] reads route
-//! configurations, [`cluster`] clusters and endpoint assignments, [`rbac`]
-//! inbound listeners; [`reverse`] and [`reverse_rbac`] go the other way,
-//! model to resources, for the development control plane.
+//! subscribe to and the listener-level assembly; `routes.rs` reads route
+//! configurations, `cluster.rs` clusters and endpoint assignments,
+//! `rbac.rs` inbound listeners; `reverse.rs` and `reverse_rbac.rs` go the
+//! other way, model to resources, for the development control plane.
 
 use crate::config::{
     Config, Service,
@@ -133,9 +133,9 @@ impl Named for ClusterLoadAssignment {
 fn decode_as<M: Named>(
     map: &mut BTreeMap<String, M>,
     any: &envoy_types::pb::google::protobuf::Any,
-) -> Result<String, String> {
+) -> Result<String, XdsError> {
     let v = M::decode(any.value.as_slice())
-        .map_err(|e| format!("cannot decode a {}: {e}", any.type_url))?;
+        .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
     let name = v.name().to_owned();
     map.insert(name.clone(), v);
     Ok(name)
@@ -148,9 +148,12 @@ impl Resources {
         &mut self,
         t: &str,
         any: &envoy_types::pb::google::protobuf::Any,
-    ) -> Result<String, String> {
+    ) -> Result<String, XdsError> {
         if any.type_url != t {
-            return Err(format!("a {} in a response of type {t}", any.type_url));
+            return Err(XdsError::new(format!(
+                "a {} in a response of type {t}",
+                any.type_url
+            )));
         }
         with_map!(self, t, |map| decode_as(map, any))
     }

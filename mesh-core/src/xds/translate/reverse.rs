@@ -363,53 +363,9 @@ pub fn envoy_listener(
     name: &str,
     addr: std::net::SocketAddr,
 ) -> (Listener, RouteConfiguration) {
-    use envoy_types::pb::envoy::config::core::v3::{
-        Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
-        config_source, socket_address,
-    };
+    use envoy_types::pb::envoy::config::core::v3::Address;
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-        HttpFilter, Rds, http_connection_manager::StripPortMode, http_filter,
-    };
-    use envoy_types::pb::google::protobuf::Any;
-    fn any<M: Message + prost::Name>(m: &M) -> Any {
-        Any {
-            type_url: M::type_url(),
-            value: m.encode_to_vec(),
-        }
-    }
-    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
-    let hcm = HttpConnectionManager {
-        stat_prefix: "mesh".into(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            route_config_name: name.to_owned(),
-            config_source: Some(ConfigSource {
-                resource_api_version: ApiVersion::V3 as i32,
-                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
-                    AggregatedConfigSource {},
-                )),
-                ..Default::default()
-            }),
-        })),
-        // `reviews:10000` is routed as `reviews`, as the mesh's clients do.
-        strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
-        http_filters: vec![
-            // With no fault of its own: the routes' configs say what to inject.
-            HttpFilter {
-                name: FAULT_FILTER.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
-                ))),
-                ..Default::default()
-            },
-            HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
+    let hcm = envoy_hcm(name);
     let listener = Listener {
         name: name.to_owned(),
         address: Some(Address {
@@ -440,6 +396,34 @@ pub fn envoy_listener(
         ..Default::default()
     };
     (listener, routes)
+}
+
+/// The connection manager of Envoy's listener: RDS for route
+/// configuration `name`, ports stripped from Host, the fault filter (with
+/// no fault of its own: the routes' configs say what to inject), the router.
+fn envoy_hcm(name: &str) -> HttpConnectionManager {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode;
+    let router = envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default();
+    let typed = |name: &str, config: Any| HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    };
+    HttpConnectionManager {
+        stat_prefix: "mesh".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            route_config_name: name.to_owned(),
+            config_source: Some(ads()),
+        })),
+        // `reviews:10000` is routed as `reviews`, as the mesh's clients do.
+        strip_port_mode: Some(StripPortMode::StripAnyHostPort(true)),
+        http_filters: vec![
+            typed(FAULT_FILTER, any(&HttpFault::default())),
+            typed("envoy.filters.http.router", any(&router)),
+        ],
+        ..Default::default()
+    }
 }
 
 /// The name the fault filter goes by in connection managers and per-route

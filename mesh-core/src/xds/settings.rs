@@ -1,0 +1,383 @@
+//! Where the xDS client gets its config from, and as whom: settings in
+//! code, from the environment, or from a gRPC bootstrap file.
+
+use std::time::Duration;
+
+/// Where to get config from, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsSettings {
+    /// The control plane, `http://host:port`.
+    pub server: String,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's cluster (Istio puts the workload's namespace here).
+    pub node_cluster: String,
+    /// The listener names (service hosts) to subscribe to from the start;
+    /// others are subscribed to when first called (see `on_demand`).
+    pub services: Vec<String>,
+    /// The protocol variant.
+    pub api: Api,
+    /// How long the first request to a host no service claims waits for
+    /// the control plane's answer about it; `None` turns on-demand
+    /// subscription off (only `services` are known).
+    pub on_demand: Option<Duration>,
+    /// For a server: its service name and the listener that carries its
+    /// inbound policy (mTLS mode from the filter chains' TLS, authorization
+    /// from the RBAC HTTP filters).
+    pub inbound: Option<Inbound>,
+    /// The node's metadata (a JSON object, sent as a `Struct`): the
+    /// bootstrap's `node.metadata`, which istiod reads to know what kind of
+    /// client it serves.
+    pub node_metadata: Option<serde_json::Value>,
+    /// The node's locality (region, zone, sub-zone), from the bootstrap.
+    pub node_locality: Option<[String; 3]>,
+    /// The bootstrap's `server_listener_resource_name_template` (`%s` is
+    /// the listening address, `MESH_XDS_INBOUND_ADDR`), as Istio writes it
+    /// for proxyless servers.
+    pub server_listener_template: Option<String>,
+    /// The largest single resource accepted, encoded; a larger one is
+    /// NACKed by name (`MESH_XDS_MAX_RESOURCE_BYTES`, default 16 MiB).
+    pub max_resource_bytes: usize,
+    /// The largest response message read from the stream
+    /// (`MESH_XDS_MAX_MESSAGE_BYTES`, default 256 MiB; gRPC's default of
+    /// 4 MiB is too small for large meshes). A larger message ends the
+    /// stream, which reconnects with backoff.
+    pub max_message_bytes: usize,
+}
+
+/// The default of [`XdsSettings::max_resource_bytes`].
+pub const MAX_RESOURCE_BYTES: usize = 16 * 1024 * 1024;
+/// The default of [`XdsSettings::max_message_bytes`].
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Which listener carries a server's inbound policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The service the policy governs (the server's `MESH_SERVICE`).
+    pub service: String,
+    /// The listener's name.
+    pub listener: String,
+}
+
+/// The variant of the ADS protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// State of the world (`StreamAggregatedResources`, Envoy's `GRPC`):
+    /// every response carries every subscribed resource of its type.
+    #[default]
+    Sotw,
+    /// Incremental (`DeltaAggregatedResources`, Envoy's `DELTA_GRPC`):
+    /// responses carry only what changed or was removed, and subscriptions
+    /// change by name. Cheaper for large meshes.
+    Delta,
+}
+
+impl std::str::FromStr for Api {
+    type Err = SettingsError;
+    fn from_str(s: &str) -> Result<Self, SettingsError> {
+        match s.to_ascii_lowercase().as_str() {
+            "sotw" | "grpc" | "state-of-the-world" => Ok(Api::Sotw),
+            "delta" | "delta_grpc" | "incremental" => Ok(Api::Delta),
+            other => Err(SettingsError::variable(
+                "MESH_XDS_API",
+                other,
+                "expected `sotw` (state of the world) or `delta` (incremental)",
+            )),
+        }
+    }
+}
+
+/// The default bound of an on-demand wait.
+pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(2);
+
+impl XdsSettings {
+    /// Settings for `server`, as node `node_id`, subscribing to `services`.
+    pub fn new(server: &str, node_id: &str, services: Vec<String>) -> Self {
+        Self {
+            server: server.to_owned(),
+            node_id: node_id.to_owned(),
+            node_cluster: String::new(),
+            services,
+            api: Api::Sotw,
+            on_demand: Some(ON_DEMAND_WAIT),
+            inbound: None,
+            node_metadata: None,
+            node_locality: None,
+            server_listener_template: None,
+            max_resource_bytes: MAX_RESOURCE_BYTES,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// The same settings for a server of `service`: its inbound policy
+    /// comes from the listener our development control plane names
+    /// [`INBOUND_PREFIX`](super::translate::INBOUND_PREFIX)`service`.
+    pub fn serving(mut self, service: &str) -> Self {
+        self.inbound = Some(Inbound {
+            service: service.to_owned(),
+            listener: format!("{}{service}", super::translate::INBOUND_PREFIX),
+        });
+        self
+    }
+
+    /// The same settings over the incremental (delta) variant.
+    pub fn delta(mut self) -> Self {
+        self.api = Api::Delta;
+        self
+    }
+
+    /// From the environment: `MESH_CONTROL_PLANE` (`http://host:port`) or a
+    /// gRPC-style bootstrap file (`MESH_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP`:
+    /// `xds_servers[0].server_uri`, `node.id`, `node.cluster`); the services
+    /// from `MESH_XDS_SERVICES` (comma-separated); the node id from
+    /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name;
+    /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
+    /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
+    /// `2s`, the default, or `off`).
+    pub fn from_env() -> Result<Option<Self>, SettingsError> {
+        let Some(mut s) = Self::from_env_sources()? else {
+            return Ok(None);
+        };
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(api) = var("MESH_XDS_API") {
+            s.api = api.parse()?;
+        }
+        if let Some(service) = var("MESH_SERVICE") {
+            let listener = var("MESH_XDS_INBOUND_LISTENER").or_else(|| {
+                // The bootstrap's template names it by the listening address.
+                let template = s.server_listener_template.clone()?;
+                Some(template.replace("%s", &var("MESH_XDS_INBOUND_ADDR")?))
+            });
+            s = s.serving(&service);
+            if let (Some(inbound), Some(listener)) = (s.inbound.as_mut(), listener) {
+                inbound.listener = listener;
+            }
+        }
+        for (k, n) in [
+            ("MESH_XDS_MAX_RESOURCE_BYTES", &mut s.max_resource_bytes),
+            ("MESH_XDS_MAX_MESSAGE_BYTES", &mut s.max_message_bytes),
+        ] {
+            if let Some(v) = var(k) {
+                *n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    SettingsError::variable(k, &v, "expected a number of bytes above zero")
+                })?;
+            }
+        }
+        if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
+            s.on_demand = match wait.as_str() {
+                "off" | "false" | "0" => None,
+                w => Some(
+                    crate::config::duration::parse_duration(w)
+                        .map_err(|e| SettingsError::variable("MESH_XDS_ON_DEMAND", w, e))?,
+                ),
+            };
+        }
+        Ok(Some(s))
+    }
+
+    fn from_env_sources() -> Result<Option<Self>, SettingsError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let services: Vec<String> = var("MESH_XDS_SERVICES")
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_owned())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let default_id = || {
+            let host = var("HOSTNAME").unwrap_or_else(|| "localhost".into());
+            format!(
+                "{}~{host}",
+                var("MESH_SERVICE").unwrap_or_else(|| "mesh".into())
+            )
+        };
+        if let Some(server) = var("MESH_CONTROL_PLANE") {
+            refuse_tls("MESH_CONTROL_PLANE", &server)?;
+            let id = var("MESH_NODE_ID").unwrap_or_else(default_id);
+            return Ok(Some(Self::new(&server, &id, services)));
+        }
+        // A file, or (as gRPC also reads) the bootstrap's text itself.
+        let (origin, text) = match var("MESH_XDS_BOOTSTRAP").or_else(|| var("GRPC_XDS_BOOTSTRAP")) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| SettingsError::bootstrap(&path, format!("cannot read it: {e}")))?;
+                (path, text)
+            }
+            None => match var("GRPC_XDS_BOOTSTRAP_CONFIG") {
+                Some(text) => ("GRPC_XDS_BOOTSTRAP_CONFIG".to_owned(), text),
+                None => return Ok(None),
+            },
+        };
+        let mut s = Self::from_bootstrap(&text, services).map_err(|e| e.with_origin(&origin))?;
+        if s.node_id.is_empty() {
+            s.node_id = default_id();
+        }
+        if let Some(id) = var("MESH_NODE_ID") {
+            s.node_id = id;
+        }
+        Ok(Some(s))
+    }
+
+    /// From the text of a gRPC xDS bootstrap file (the format istio-agent
+    /// and Traffic Director's generator write): `xds_servers[0].server_uri`
+    /// (`host:port`, a URL, or istio-agent's `unix:///etc/istio/proxy/XDS`)
+    /// with its `channel_creds`, `node.id` (empty if absent),
+    /// `node.cluster` and `server_listener_resource_name_template`. Refuses
+    /// what this client cannot honour instead of connecting without it:
+    /// credentials other than `insecure`.
+    pub fn from_bootstrap(text: &str, services: Vec<String>) -> Result<Self, SettingsError> {
+        let b: Bootstrap = serde_json::from_str(text)
+            .map_err(|e| SettingsError::bootstrap("bootstrap", e.to_string()))?;
+        let server =
+            b.xds_servers.into_iter().next().ok_or_else(|| {
+                SettingsError::bootstrap("bootstrap", "no xds_servers[0].server_uri")
+            })?;
+        let uri = server.server_uri;
+        let kinds: Vec<&str> = server
+            .channel_creds
+            .iter()
+            .map(|c| c.kind.as_str())
+            .collect();
+        if !kinds.is_empty() && !kinds.contains(&"insecure") {
+            return Err(SettingsError::bootstrap(
+                "bootstrap",
+                format!("xds_servers[0].channel_creds {kinds:?}: only `insecure` is supported"),
+            ));
+        }
+        refuse_tls("xds_servers[0].server_uri", &uri)?;
+        let server = if uri.contains("://") || uri.starts_with("unix:") {
+            uri
+        } else {
+            format!("http://{uri}")
+        };
+        let node = b.node.unwrap_or_default();
+        let mut s = Self::new(&server, &node.id, services);
+        s.node_cluster = node.cluster;
+        s.node_metadata = node.metadata.map(serde_json::Value::Object);
+        s.node_locality = node.locality.map(|l| [l.region, l.zone, l.sub_zone]);
+        s.server_listener_template = b.server_listener_resource_name_template;
+        Ok(s)
+    }
+}
+
+/// A gRPC xDS bootstrap file: the fields this client reads (others are
+/// ignored).
+#[derive(Debug, serde::Deserialize)]
+struct Bootstrap {
+    #[serde(default)]
+    xds_servers: Vec<BootstrapServer>,
+    node: Option<BootstrapNode>,
+    server_listener_resource_name_template: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BootstrapServer {
+    server_uri: String,
+    #[serde(default)]
+    channel_creds: Vec<ChannelCreds>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ChannelCreds {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct BootstrapNode {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    cluster: String,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    locality: Option<BootstrapLocality>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct BootstrapLocality {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    sub_zone: String,
+}
+
+/// A TLS control plane is refused at start-up, by name, rather than
+/// retried forever with an error at every connect.
+fn refuse_tls(origin: &str, uri: &str) -> Result<(), SettingsError> {
+    if uri.starts_with("https://") {
+        return Err(SettingsError::Tls {
+            origin: origin.to_owned(),
+            uri: uri.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why the xDS client's settings could not be read, or the client started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// An environment variable with a value that cannot be used.
+    #[error("{name} `{value}`: {expected}")]
+    Variable {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// A bootstrap file that cannot be read or used.
+    #[error("{origin}: {problem}")]
+    Bootstrap {
+        /// The file (or `GRPC_XDS_BOOTSTRAP_CONFIG`).
+        origin: String,
+        /// What is wrong, with the field.
+        problem: String,
+    },
+    /// A control plane over TLS, which this client does not speak yet.
+    #[error(
+        "{origin} `{uri}`: TLS to the control plane is not supported yet; use its plaintext port (istiod: 15010) or istio-agent's Unix socket"
+    )]
+    Tls {
+        /// Where the address came from.
+        origin: String,
+        /// The address.
+        uri: String,
+    },
+    /// No tokio runtime to run the client on.
+    #[error("the xDS client needs a tokio runtime")]
+    NoRuntime,
+}
+
+impl SettingsError {
+    fn variable(name: &str, value: &str, expected: impl std::fmt::Display) -> Self {
+        Self::Variable {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn bootstrap(origin: &str, problem: impl Into<String>) -> Self {
+        Self::Bootstrap {
+            origin: origin.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The same error, naming the bootstrap's real origin.
+    fn with_origin(self, origin: &str) -> Self {
+        match self {
+            Self::Bootstrap { problem, .. } => Self::bootstrap(origin, problem),
+            Self::Tls { origin: field, uri } => Self::Tls {
+                origin: format!("{origin}: {field}"),
+                uri,
+            },
+            other => other,
+        }
+    }
+}
