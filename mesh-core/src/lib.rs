@@ -52,6 +52,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod config;
 pub mod identity;
 mod mesh;
@@ -59,7 +60,6 @@ pub mod path;
 pub mod policy;
 pub mod route;
 pub mod snapshot;
-#[cfg(feature = "fs")]
 pub mod source;
 pub mod state;
 #[cfg(feature = "xds")]

@@ -2,6 +2,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::snapshot::{Snapshot, Source};
+use crate::source::ConfigSource;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,31 +41,13 @@ pub(crate) struct Inner {
     service: Mutex<Option<Arc<str>>>,
     #[cfg(feature = "tls")]
     identity: arc_swap::ArcSwapOption<crate::identity::tls::Identity>,
-    /// The source that fetches a host's config when it is first called
-    /// (the xDS client), if any.
-    demand: std::sync::OnceLock<Arc<dyn Demand>>,
-    /// The config source's own state, for the admin server.
-    source_status: std::sync::OnceLock<Arc<dyn SourceStatus>>,
-}
-
-/// A config source's state, as the admin server shows it.
-pub(crate) trait SourceStatus: Send + Sync + std::fmt::Debug {
-    fn to_json(&self) -> serde_json::Value;
-    /// Why the source works in a degraded way, if it does (its task failed
-    /// and was restarted, and has not worked since).
-    fn degraded(&self) -> Option<String> {
-        None
-    }
+    /// The config source attached (the xDS client, or one of the
+    /// application's), if any.
+    source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
 }
 
 /// A wait for a host's config, from [`Mesh::demand`].
 pub type DemandWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// A config source that subscribes to hosts as the application calls them.
-pub(crate) trait Demand: Send + Sync + std::fmt::Debug {
-    /// `None` when nothing is to be waited for (already asked and answered).
-    fn want(&self, authority: &str) -> Option<DemandWait>;
-}
 
 /// Counters of config updates, for metrics and the admin server.
 #[derive(Debug, Clone)]
@@ -97,8 +80,7 @@ impl Mesh {
                 service: Mutex::new(None),
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
-                demand: std::sync::OnceLock::new(),
-                source_status: std::sync::OnceLock::new(),
+                source: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -308,7 +290,7 @@ impl Mesh {
     /// assert!(mesh.demand("reviews:9080").is_none()); // no source to ask
     /// ```
     pub fn demand(&self, authority: &str) -> Option<DemandWait> {
-        self.inner.demand.get()?.want(authority)
+        self.inner.source.get()?.demand(authority)
     }
 
     /// The config source's own state as JSON, when it keeps one: for a
@@ -317,24 +299,25 @@ impl Mesh {
     /// (how stale the serving config may be). The admin server shows it at
     /// `/xds`.
     pub fn source_status(&self) -> Option<serde_json::Value> {
-        Some(self.inner.source_status.get()?.to_json())
+        self.inner.source.get()?.status()
     }
 
     /// Why the config source is degraded, if it is: its task failed and was
     /// restarted and has not applied an update since. The last good config
     /// keeps serving meanwhile; the admin server's `/ready` says so.
     pub fn degraded(&self) -> Option<String> {
-        self.inner.source_status.get()?.degraded()
+        self.inner.source.get()?.degraded()
     }
 
-    #[cfg(feature = "xds")]
-    pub(crate) fn set_source_status(&self, status: Arc<dyn SourceStatus>) {
-        let _ = self.inner.source_status.set(status);
-    }
-
-    #[cfg(feature = "xds")]
-    pub(crate) fn set_demand(&self, demand: Arc<dyn Demand>) {
-        let _ = self.inner.demand.set(demand);
+    /// Attaches the config source that feeds this mesh (its configs come
+    /// through [`Mesh::update`]): its on-demand fetching, status and
+    /// health are then the mesh's. One source per mesh: a second is
+    /// refused and handed back.
+    pub fn attach_source(
+        &self,
+        source: Arc<dyn ConfigSource>,
+    ) -> Result<(), Arc<dyn ConfigSource>> {
+        self.inner.source.set(source)
     }
 
     /// Whether `other` is a handle on the same mesh.

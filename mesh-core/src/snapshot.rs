@@ -5,6 +5,7 @@
 //! regexes and header names are compiled, every route gets a cumulative
 //! weight table, and backend references become indexes.
 
+use crate::config::regex::compile_regex;
 use crate::config::{
     Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, StringMatch,
     UnknownHosts,
@@ -252,15 +253,6 @@ pub(crate) enum CompiledString {
     Prefix(Box<str>),
     Regex(Regex),
     Present(bool),
-}
-
-/// Compiles a regex that must match the whole input (Envoy's `safe_regex`).
-pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    // The pattern alone first, so a syntax error speaks of what was written
-    // rather than of the anchored form.
-    let build = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
-    build(pattern)?;
-    build(&format!("^(?:{pattern})$"))
 }
 
 /// Why a config could not be compiled. Validation rejects all of these

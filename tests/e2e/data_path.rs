@@ -473,3 +473,69 @@ async fn the_balancer_forgets_an_outage_within_seconds() {
     let share = t.share("a");
     assert!((0.3..=0.7).contains(&share), "a got {share} of 2000: {t:?}");
 }
+
+/// An application's own config source (the seam a DNS or Consul source
+/// uses): attached to the mesh, it is asked for a host's config on the
+/// host's first call, publishes one, and the waiting request is routed by
+/// it; its status is the mesh's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_own_config_source_answers_a_hosts_first_call() {
+    use proxyless_core::source::ConfigSource;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Directory {
+        ask: tokio::sync::mpsc::UnboundedSender<(String, tokio::sync::oneshot::Sender<()>)>,
+        asked: std::sync::atomic::AtomicU32,
+    }
+    impl ConfigSource for Directory {
+        fn demand(&self, authority: &str) -> Option<proxyless_core::DemandWait> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (done, wait) = tokio::sync::oneshot::channel();
+            self.ask.send((authority.to_owned(), done)).ok()?;
+            Some(Box::pin(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+            }))
+        }
+        fn status(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({ "kind": "directory" }))
+        }
+    }
+
+    let backend = Echo::new("dir-v1")
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mesh = Mesh::empty();
+    let (ask, mut asks) = tokio::sync::mpsc::unbounded_channel();
+    let source = Arc::new(Directory {
+        ask,
+        asked: Default::default(),
+    });
+    mesh.attach_source(source.clone()).unwrap();
+    // The directory: any host it is asked about is served by the backend.
+    let publisher = mesh.clone();
+    let addr = backend.addr();
+    tokio::spawn(async move {
+        while let Some((host, done)) = asks.recv().await {
+            let host = proxyless_core::route::host_of(&host).to_owned();
+            let yaml = format!(
+                "services: [{{ name: {host}, routes: [{{ to: [dir-v1] }}] }}]\nbackends: [{{ name: dir-v1, endpoints: ['{addr}'] }}]"
+            );
+            let config = proxyless_core::config::Config::from_yaml(&yaml).unwrap();
+            publisher
+                .update(config, proxyless_core::snapshot::Source::Code)
+                .unwrap();
+            let _ = done.send(());
+        }
+    });
+    let client = Client::new(&mesh);
+    let resp = client.get("http://catalog/items").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-backend"], "dir-v1");
+    assert_eq!(source.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(mesh.source_status().unwrap()["kind"], "directory");
+    // A second source is refused.
+    assert!(mesh.attach_source(source.clone()).is_err());
+}

@@ -67,7 +67,7 @@ fn index(path: &str, i: usize) -> String {
 }
 
 /// The fields of a mapping that is being decoded into a struct.
-struct Fields<'a, 'p> {
+pub(crate) struct Fields<'a, 'p> {
     entries: &'a [(Key, Node)],
     path: &'p str,
     line: Option<u32>,
@@ -76,7 +76,7 @@ struct Fields<'a, 'p> {
 impl<'a, 'p> Fields<'a, 'p> {
     /// Checks that `n` is a mapping whose keys are all in `known`; reports
     /// the rest (with a suggestion) and duplicates.
-    fn of(n: &'a Node, path: &'p str, cx: &mut Cx, known: &[&str]) -> Option<Self> {
+    pub(crate) fn of(n: &'a Node, path: &'p str, cx: &mut Cx, known: &[&str]) -> Option<Self> {
         let Value::Map(entries) = &n.value else {
             cx.invalid(n, path, "a mapping");
             return None;
@@ -127,20 +127,26 @@ impl<'a, 'p> Fields<'a, 'p> {
     /// A required field; when absent or invalid the problem is recorded and
     /// a default stands in, so decoding goes on.
     fn req<T: Decode + Default>(&self, key: &str, cx: &mut Cx) -> T {
-        let at = child(self.path, key);
+        self.req_opt(key, cx).unwrap_or_default()
+    }
+
+    /// A required field; `None` (and the problem recorded) when absent or
+    /// invalid.
+    pub(crate) fn req_opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
         match self.get(key) {
-            Some(n) => self.decode(key, n, cx).unwrap_or_default(),
+            Some(n) => self.decode(key, n, cx),
             None => {
+                let at = child(self.path, key);
                 let msg = format!("missing required field `{key}`");
                 cx.problem(ProblemKind::MissingField, &at, self.line, msg);
-                T::default()
+                None
             }
         }
     }
 
     /// An optional field; `None` when absent or invalid (the problem is
     /// recorded).
-    fn opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
+    pub(crate) fn opt<T: Decode>(&self, key: &str, cx: &mut Cx) -> Option<T> {
         self.get(key).and_then(|n| self.decode(key, n, cx))
     }
 
@@ -294,7 +300,13 @@ impl<T: Decode> Decode for BTreeMap<String, T> {
 }
 
 /// A list, or a single item standing for a list of one.
-struct OneOrMany<T>(Vec<T>);
+pub(crate) struct OneOrMany<T>(Vec<T>);
+
+impl<T> From<OneOrMany<T>> for Vec<T> {
+    fn from(l: OneOrMany<T>) -> Self {
+        l.0
+    }
+}
 
 impl<T: Decode> Decode for OneOrMany<T> {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
@@ -306,7 +318,12 @@ impl<T: Decode> Decode for OneOrMany<T> {
 }
 
 /// Reads a string naming one of `names`.
-fn keyword<T: Copy>(n: &Node, path: &str, cx: &mut Cx, names: &[(&str, T)]) -> Option<T> {
+pub(crate) fn keyword<T: Copy>(
+    n: &Node,
+    path: &str,
+    cx: &mut Cx,
+    names: &[(&str, T)],
+) -> Option<T> {
     let s = String::decode(n, path, cx)?;
     if let Some((_, v)) = names.iter().find(|(name, _)| *name == s) {
         return Some(*v);
@@ -342,82 +359,6 @@ fn one_of<'a>(n: &'a Node, path: &str, cx: &mut Cx, kinds: &[&str]) -> Option<(&
             cx.problem(ProblemKind::InvalidValue, path, n.line(), msg);
             None
         }
-    }
-}
-
-impl Decode for Config {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &[
-                "version",
-                "trust_domain",
-                "defaults",
-                "services",
-                "backends",
-                "inbound",
-                "identity",
-            ],
-        )?;
-        let version = f.or("version", 1u32, cx);
-        let trust_domain = f.opt("trust_domain", cx);
-        let defaults = f.or("defaults", Defaults::default(), cx);
-        let services = f.or("services", Vec::new(), cx);
-        let backends = f.or("backends", Vec::new(), cx);
-        let inbound = f.or("inbound", Vec::new(), cx);
-        let identity = f.opt("identity", cx);
-        Some(Config {
-            identity,
-            version,
-            trust_domain,
-            defaults,
-            services,
-            backends,
-            inbound,
-        })
-    }
-}
-
-impl Decode for IdentityFiles {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["cert", "key", "ca"])?;
-        Some(IdentityFiles {
-            cert: f.req("cert", cx),
-            key: f.req("key", cx),
-            ca: f.req("ca", cx),
-        })
-    }
-}
-
-impl Decode for Defaults {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &[
-                "timeout",
-                "connect_timeout",
-                "retry_budget",
-                "unknown_hosts",
-                "path_normalization",
-            ],
-        )?;
-        let d = Defaults::default();
-        let timeout = f.or("timeout", d.timeout, cx);
-        let connect_timeout = f.or("connect_timeout", d.connect_timeout, cx);
-        let retry_budget = f.or("retry_budget", d.retry_budget, cx);
-        let unknown_hosts = f.or("unknown_hosts", d.unknown_hosts, cx);
-        let path_normalization = f.or("path_normalization", d.path_normalization, cx);
-        Some(Defaults {
-            timeout,
-            connect_timeout,
-            retry_budget,
-            unknown_hosts,
-            path_normalization,
-        })
     }
 }
 
@@ -468,101 +409,6 @@ impl Decode for Semicolons {
     }
 }
 
-impl Decode for RetryBudget {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["ratio", "min_per_second", "ttl"])?;
-        let d = RetryBudget::default();
-        let ratio = f.or("ratio", d.ratio, cx);
-        let min_per_second = f.or("min_per_second", d.min_per_second, cx);
-        let ttl = f.or("ttl", d.ttl, cx);
-        Some(RetryBudget {
-            ratio,
-            min_per_second,
-            ttl,
-        })
-    }
-}
-
-impl Decode for UnknownHosts {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(
-            n,
-            path,
-            cx,
-            &[("passthrough", Self::Passthrough), ("refuse", Self::Refuse)],
-        )
-    }
-}
-
-impl Decode for Service {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["name", "hosts", "routes"])?;
-        let name = f.req("name", cx);
-        let hosts = f.or("hosts", Vec::new(), cx);
-        let routes = f.or("routes", Vec::new(), cx);
-        Some(Service {
-            name,
-            hosts,
-            routes,
-        })
-    }
-}
-
-impl Decode for Route {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &["name", "match", "to", "timeout", "retry", "fault", "mirror"],
-        )?;
-        let name = f.opt("name", cx);
-        let matches = f.opt::<OneOrMany<RouteMatch>>("match", cx);
-        let to = f.req("to", cx);
-        let timeout = f.opt("timeout", cx);
-        let retry = f.opt("retry", cx);
-        let fault = f.opt("fault", cx);
-        let mirror = f.opt("mirror", cx);
-        Some(Route {
-            name,
-            matches: matches.map(|m| m.0).unwrap_or_default(),
-            to,
-            timeout,
-            retry,
-            fault,
-            mirror,
-        })
-    }
-}
-
-impl Decode for RouteMatch {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["path", "methods", "headers", "query"])?;
-        let p = f.opt("path", cx);
-        let methods = f.opt::<OneOrMany<String>>("methods", cx);
-        let headers = f.or("headers", BTreeMap::new(), cx);
-        let query = f.or("query", BTreeMap::new(), cx);
-        Some(RouteMatch {
-            path: p,
-            methods: methods.map(|m| m.0).unwrap_or_default(),
-            headers,
-            query,
-        })
-    }
-}
-
 impl Decode for PathMatch {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let (kind, v) = one_of(n, path, cx, &["exact", "prefix", "regex"])?;
@@ -592,63 +438,14 @@ impl Decode for StringMatch {
     }
 }
 
-impl Decode for WeightedBackend {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        if let Value::Str(s) = &n.value {
-            return Some(Self {
-                backend: s.clone(),
-                weight: 1,
-            });
-        }
-        let f = Fields::of(n, path, cx, &["backend", "weight"])?;
-        let backend = f.req("backend", cx);
-        let weight = f.or("weight", 1u32, cx);
-        Some(Self { backend, weight })
-    }
-}
-
-impl Decode for RetryPolicy {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &[
-                "attempts",
-                "per_try_timeout",
-                "on",
-                "retriable_status_codes",
-                "backoff",
-                "retry_non_idempotent",
-                "max_body_bytes",
-            ],
-        )?;
-        let d = RetryPolicy::default();
-        let attempts = f.or("attempts", d.attempts, cx);
-        let per_try_timeout = f.opt("per_try_timeout", cx);
-        let on = f.opt::<RetryOnList>("on", cx);
-        let codes = f.or("retriable_status_codes", Vec::new(), cx);
-        let backoff = f.or("backoff", d.backoff, cx);
-        let non_idem = f.or("retry_non_idempotent", false, cx);
-        let max_body = f.or("max_body_bytes", d.max_body_bytes, cx);
-        Some(RetryPolicy {
-            attempts,
-            per_try_timeout,
-            on: on.map_or(d.on, |l| l.0),
-            retriable_status_codes: codes,
-            backoff,
-            retry_non_idempotent: non_idem,
-            max_body_bytes: max_body,
-        })
-    }
-}
-
 /// `on: [5xx, reset]` or Envoy's `on: "5xx,reset"`.
-struct RetryOnList(Vec<RetryOn>);
+pub(crate) struct RetryOnList(Vec<RetryOn>);
+
+impl From<RetryOnList> for Vec<RetryOn> {
+    fn from(l: RetryOnList) -> Self {
+        l.0
+    }
+}
 
 impl Decode for RetryOnList {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
@@ -692,81 +489,6 @@ impl Decode for Backoff {
     }
 }
 
-impl Decode for Fault {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["delay", "abort"])?;
-        let delay = f.opt("delay", cx);
-        let abort = f.opt("abort", cx);
-        Some(Fault { delay, abort })
-    }
-}
-
-impl Decode for FaultDelay {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["fixed", "percent"])?;
-        let fixed = f.req("fixed", cx);
-        let percent = f.or("percent", 100.0, cx);
-        Some(FaultDelay { fixed, percent })
-    }
-}
-
-impl Decode for FaultAbort {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["status", "percent"])?;
-        let status = f.req("status", cx);
-        let percent = f.or("percent", 100.0, cx);
-        Some(FaultAbort { status, percent })
-    }
-}
-
-impl Decode for Mirror {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["backend", "percent"])?;
-        let backend = f.req("backend", cx);
-        let percent = f.or("percent", 100.0, cx);
-        Some(Mirror { backend, percent })
-    }
-}
-
-impl Decode for Backend {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &[
-                "name",
-                "endpoints",
-                "protocol",
-                "load_balancer",
-                "circuit_breaker",
-                "outlier_detection",
-                "tls",
-            ],
-        )?;
-        let name = f.req("name", cx);
-        let endpoints = f.or("endpoints", Vec::new(), cx);
-        let protocol = f.or("protocol", Protocol::default(), cx);
-        let lb = f.or("load_balancer", LoadBalancer::default(), cx);
-        let cb = f.opt("circuit_breaker", cx);
-        let od = f.opt("outlier_detection", cx);
-        let tls = f.opt("tls", cx);
-        Some(Backend {
-            name,
-            endpoints,
-            protocol,
-            load_balancer: lb,
-            circuit_breaker: cb,
-            outlier_detection: od,
-            tls,
-        })
-    }
-}
-
 impl Decode for Endpoint {
     fn fallback() -> Option<Self> {
         Some(Endpoint::new(""))
@@ -780,22 +502,6 @@ impl Decode for Endpoint {
         let address = f.req("address", cx);
         let weight = f.or("weight", 1u32, cx);
         Some(Endpoint { address, weight })
-    }
-}
-
-impl Decode for Protocol {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(
-            n,
-            path,
-            cx,
-            &[
-                ("http1", Self::Http1),
-                ("http2", Self::Http2),
-                ("grpc", Self::Grpc),
-                ("h2c", Self::Http2),
-            ],
-        )
     }
 }
 
@@ -848,155 +554,14 @@ impl Decode for LoadBalancer {
     }
 }
 
-impl Decode for CircuitBreaker {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["max_requests", "max_pending", "max_retries"])?;
-        let d = CircuitBreaker::default();
-        let max_requests = f.or("max_requests", d.max_requests, cx);
-        let max_pending = f.or("max_pending", d.max_pending, cx);
-        let max_retries = f.or("max_retries", d.max_retries, cx);
-        Some(CircuitBreaker {
-            max_requests,
-            max_pending,
-            max_retries,
-        })
-    }
-}
-
-impl Decode for OutlierDetection {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(
-            n,
-            path,
-            cx,
-            &[
-                "consecutive_5xx",
-                "consecutive_gateway_errors",
-                "consecutive_connect_failures",
-                "base_ejection",
-                "max_ejection",
-                "max_ejection_percent",
-            ],
-        )?;
-        let d = OutlierDetection::default();
-        let c5 = f.or("consecutive_5xx", d.consecutive_5xx, cx);
-        let cg = f.or(
-            "consecutive_gateway_errors",
-            d.consecutive_gateway_errors,
-            cx,
-        );
-        let cc = f.or(
-            "consecutive_connect_failures",
-            d.consecutive_connect_failures,
-            cx,
-        );
-        let base = f.or("base_ejection", d.base_ejection, cx);
-        let max = f.or("max_ejection", d.max_ejection, cx);
-        let pct = f.or("max_ejection_percent", d.max_ejection_percent, cx);
-        Some(OutlierDetection {
-            consecutive_5xx: c5,
-            consecutive_gateway_errors: cg,
-            consecutive_connect_failures: cc,
-            base_ejection: base,
-            max_ejection: max,
-            max_ejection_percent: pct,
-        })
-    }
-}
-
-impl Decode for BackendTls {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["mode", "identity", "identities", "sni"])?;
-        let mode = f.or("mode", BackendTlsMode::Mutual, cx);
-        let identity = f.opt("identity", cx);
-        let identities = f.or("identities", Vec::new(), cx);
-        let sni = f.opt("sni", cx);
-        Some(BackendTls {
-            mode,
-            identity,
-            identities,
-            sni,
-        })
-    }
-}
-
-impl Decode for BackendTlsMode {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(
-            n,
-            path,
-            cx,
-            &[("disabled", Self::Disabled), ("mutual", Self::Mutual)],
-        )
-    }
-}
-
-impl Decode for InboundPolicy {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["service", "mtls", "rules"])?;
-        let service = f.req("service", cx);
-        let mtls = f.or("mtls", MtlsMode::default(), cx);
-        let rules = f.or("rules", Vec::new(), cx);
-        Some(InboundPolicy {
-            service,
-            mtls,
-            rules,
-        })
-    }
-}
-
-impl Decode for MtlsMode {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(
-            n,
-            path,
-            cx,
-            &[
-                ("strict", Self::Strict),
-                ("permissive", Self::Permissive),
-                ("disabled", Self::Disabled),
-            ],
-        )
-    }
-}
-
-impl Decode for AuthzRule {
-    fn fallback() -> Option<Self> {
-        Some(Self::default())
-    }
-
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["action", "from", "to"])?;
-        let action = f.or("action", AuthzAction::Allow, cx);
-        let from = f.opt::<OneOrMany<String>>("from", cx);
-        let to = f.or("to", AuthzTarget::default(), cx);
-        Some(AuthzRule {
-            action,
-            from: from.map(|l| l.0).unwrap_or_default(),
-            to,
-        })
-    }
-}
-
-impl Decode for AuthzAction {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        keyword(n, path, cx, &[("allow", Self::Allow), ("deny", Self::Deny)])
-    }
-}
-
-impl Decode for AuthzTarget {
-    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
-        let f = Fields::of(n, path, cx, &["paths", "methods"])?;
-        let paths = f.opt::<OneOrMany<String>>("paths", cx);
-        let methods = f.opt::<OneOrMany<String>>("methods", cx);
-        Some(AuthzTarget {
-            paths: paths.map(|l| l.0).unwrap_or_default(),
-            methods: methods.map(|l| l.0).unwrap_or_default(),
-        })
+/// `to: [reviews-v1]`: a backend's name alone, weight 1.
+pub(crate) fn backend_name(n: &Node) -> Option<WeightedBackend> {
+    match &n.value {
+        Value::Str(s) => Some(WeightedBackend {
+            backend: s.clone(),
+            weight: 1,
+        }),
+        _ => None,
     }
 }
 

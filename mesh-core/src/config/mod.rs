@@ -29,6 +29,7 @@ pub mod duration;
 mod error;
 mod model;
 mod node;
+pub(crate) mod regex;
 pub(crate) mod validate;
 
 pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};

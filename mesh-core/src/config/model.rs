@@ -7,12 +7,13 @@
 use super::duration::serde_human;
 use crate::identity::SpiffeId;
 pub use crate::path::{EscapedSlashes, PathNormalization, Semicolons};
+use proxyless_core_derive::Decode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A whole mesh config.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct Config {
     /// The config file format version; only `1` exists.
     pub version: u32,
@@ -34,13 +35,16 @@ pub struct Config {
 }
 
 /// The PEM files of this workload's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Decode)]
 pub struct IdentityFiles {
     /// The certificate chain, leaf first.
+    #[decode(required)]
     pub cert: String,
     /// The leaf's private key.
+    #[decode(required)]
     pub key: String,
     /// The trust bundle.
+    #[decode(required)]
     pub ca: String,
 }
 
@@ -59,7 +63,7 @@ impl Default for Config {
 }
 
 /// Mesh-wide defaults.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct Defaults {
     /// The overall timeout of a route that names none.
     #[serde(with = "serde_human")]
@@ -91,7 +95,7 @@ impl Default for Defaults {
 /// A retry budget: retries may add at most `ratio` of the original requests,
 /// plus `min_per_second`, over a sliding `ttl` window (Finagle's and
 /// Linkerd's model).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct RetryBudget {
     /// Retries allowed per original request, `0.0..=1000.0`.
     pub ratio: f64,
@@ -113,7 +117,7 @@ impl Default for RetryBudget {
 }
 
 /// What to do with a request whose host no service claims.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Decode)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum UnknownHosts {
@@ -125,9 +129,11 @@ pub enum UnknownHosts {
 }
 
 /// A virtual service: a name clients address and its ordered routes.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct Service {
     /// The service name, unique in the mesh.
+    #[decode(required)]
     pub name: String,
     /// Host names that address this service; defaults to `[name]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -137,7 +143,8 @@ pub struct Service {
 }
 
 /// A route: when a request matches, where it goes and under which policies.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct Route {
     /// The route name (unique within its service); defaults to `route-N`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,8 +152,10 @@ pub struct Route {
     /// Alternatives: the route matches when any one of them matches (an
     /// empty list matches everything). A file may give a single mapping.
     #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[decode(rename = "match", with = super::decode::OneOrMany<RouteMatch>)]
     pub matches: Vec<RouteMatch>,
     /// The weighted backends.
+    #[decode(required)]
     pub to: Vec<WeightedBackend>,
     /// Overall deadline of a request on this route (default: the mesh's).
     #[serde(
@@ -166,13 +175,15 @@ pub struct Route {
 }
 
 /// Conditions that must all hold for a request to match.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct RouteMatch {
     /// The path condition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
     /// Allowed methods (any of them); empty means any method.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[decode(with = super::decode::OneOrMany<String>)]
     pub methods: Vec<String>,
     /// Header conditions, by header name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -213,9 +224,11 @@ pub enum StringMatch {
 }
 
 /// One backend of a route and its share of the traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
+#[decode(fallback, shorthand = super::decode::backend_name)]
 pub struct WeightedBackend {
     /// The backend's name.
+    #[decode(required)]
     pub backend: String,
     /// Its relative weight (default 1).
     pub weight: u32,
@@ -231,7 +244,7 @@ impl Default for WeightedBackend {
 }
 
 /// When and how often a request is retried.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct RetryPolicy {
     /// Total attempts including the first (so `3` is up to two retries).
     pub attempts: u32,
@@ -242,6 +255,7 @@ pub struct RetryPolicy {
     )]
     pub per_try_timeout: Option<Duration>,
     /// The conditions that make an attempt retriable.
+    #[decode(with = super::decode::RetryOnList)]
     pub on: Vec<RetryOn>,
     /// HTTP statuses that are retriable under `retriable-status-codes`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -349,7 +363,7 @@ impl Default for Backoff {
 }
 
 /// Faults injected into a route's traffic (Istio's and Envoy's model).
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
 pub struct Fault {
     /// Delay a share of requests.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -360,38 +374,46 @@ pub struct Fault {
 }
 
 /// An injected delay.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct FaultDelay {
     /// How long.
     #[serde(with = "serde_human")]
+    #[decode(required)]
     pub fixed: Duration,
     /// The share of requests delayed, in percent (0-100).
+    #[decode(default = 100.0)]
     pub percent: f64,
 }
 
 /// An injected abort.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct FaultAbort {
     /// The HTTP status answered.
+    #[decode(required)]
     pub status: u16,
     /// The share of requests aborted, in percent (0-100).
+    #[decode(default = 100.0)]
     pub percent: f64,
 }
 
 /// Traffic mirroring: a share of requests is also sent to a shadow backend,
 /// whose answers are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
 pub struct Mirror {
     /// The shadow backend.
+    #[decode(required)]
     pub backend: String,
     /// The share of requests mirrored, in percent (0-100).
+    #[decode(default = 100.0)]
     pub percent: f64,
 }
 
 /// A backend: a set of endpoints and how they are used.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct Backend {
     /// The backend name, unique in the mesh.
+    #[decode(required)]
     pub name: String,
     /// Its endpoints: `ip:port` or `dns-name:port`, optionally weighted.
     pub endpoints: Vec<Endpoint>,
@@ -444,7 +466,7 @@ impl Serialize for Endpoint {
 }
 
 /// The protocol spoken to a backend's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Decode)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Protocol {
@@ -452,6 +474,7 @@ pub enum Protocol {
     #[default]
     Http1,
     /// HTTP/2 (h2c in plaintext, ALPN under TLS); `h2c` is read as this.
+    #[decode(alias = "h2c")]
     Http2,
     /// gRPC: HTTP/2 on the wire (Istio's `grpc` port name, Kuma's
     /// `kuma.io/protocol: grpc`).
@@ -490,7 +513,7 @@ pub enum LoadBalancer {
 }
 
 /// Envoy-style circuit-breaker thresholds for one backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
 pub struct CircuitBreaker {
     /// Requests in flight to the backend at once.
     pub max_requests: u32,
@@ -514,7 +537,7 @@ impl Default for CircuitBreaker {
 }
 
 /// Passive health checking: endpoints that fail are ejected for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
 pub struct OutlierDetection {
     /// Consecutive 5xx answers (or connect failures) that eject (0 = off).
     pub consecutive_5xx: u32,
@@ -547,9 +570,10 @@ impl Default for OutlierDetection {
 }
 
 /// TLS toward a backend.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Decode)]
 pub struct BackendTls {
     /// Whether connections use mutual TLS.
+    #[decode(default = BackendTlsMode::Mutual)]
     pub mode: BackendTlsMode,
     /// The SPIFFE ID the endpoints must present (`mutual` needs this or
     /// `identities`).
@@ -591,7 +615,7 @@ impl BackendTls {
 }
 
 /// TLS mode toward a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Decode)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BackendTlsMode {
@@ -603,9 +627,11 @@ pub enum BackendTlsMode {
 }
 
 /// Inbound policy of a service: how callers connect and who may call.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct InboundPolicy {
     /// The service it governs.
+    #[decode(required)]
     pub service: String,
     /// The mTLS mode of the service's listener.
     pub mtls: MtlsMode,
@@ -615,7 +641,7 @@ pub struct InboundPolicy {
 }
 
 /// The mTLS mode of an inbound listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Decode)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum MtlsMode {
@@ -629,13 +655,16 @@ pub enum MtlsMode {
 }
 
 /// One authorization rule.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
+#[decode(fallback)]
 pub struct AuthzRule {
     /// Allow or deny.
+    #[decode(default = AuthzAction::Allow)]
     pub action: AuthzAction,
     /// Caller identities: exact SPIFFE IDs, `prefix*` forms, or `*`.
     /// Empty means any caller (including unauthenticated ones).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[decode(with = super::decode::OneOrMany<String>)]
     pub from: Vec<String>,
     /// Which requests the rule covers.
     #[serde(skip_serializing_if = "AuthzTarget::is_empty")]
@@ -643,7 +672,7 @@ pub struct AuthzRule {
 }
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Decode)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AuthzAction {
@@ -655,13 +684,15 @@ pub enum AuthzAction {
 }
 
 /// The requests an authorization rule covers.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Decode)]
 pub struct AuthzTarget {
     /// Paths: exact, or `prefix*`; empty means any path.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[decode(with = super::decode::OneOrMany<String>)]
     pub paths: Vec<String>,
     /// Methods; empty means any method.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[decode(with = super::decode::OneOrMany<String>)]
     pub methods: Vec<String>,
 }
 

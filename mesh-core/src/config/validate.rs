@@ -48,7 +48,7 @@ impl V<'_> {
     }
 
     fn regex(&mut self, path: &str, re: &str) {
-        if let Err(e) = crate::snapshot::compile_regex(re) {
+        if let Err(e) = super::regex::compile_regex(re) {
             let msg = format!("invalid regular expression: {}", last_line(&e.to_string()));
             self.add(ProblemKind::InvalidRegex, path, msg);
         }

@@ -320,6 +320,5 @@ mod tests {
     }
 }
 
-pub mod authz;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -189,13 +189,26 @@ impl XdsStatus {
     }
 }
 
-impl crate::mesh::SourceStatus for XdsStatus {
-    fn to_json(&self) -> serde_json::Value {
-        XdsStatus::to_json(self)
+/// The xDS client as the mesh's config source: its status, health and
+/// on-demand subscriptions.
+#[derive(Debug)]
+struct XdsSource {
+    status: Arc<XdsStatus>,
+    demand: Option<Arc<client::OnDemand>>,
+}
+
+impl crate::source::ConfigSource for XdsSource {
+    fn demand(&self, authority: &str) -> Option<crate::mesh::DemandWait> {
+        self.demand.as_ref()?.want(authority)
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        Some(self.status.to_json())
     }
 
     fn degraded(&self) -> Option<String> {
-        self.last_failure
+        self.status
+            .last_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -248,15 +261,17 @@ impl Mesh {
             disconnected_since: Mutex::new(Some(std::time::SystemTime::now())),
             ..XdsStatus::default()
         });
-        mesh.set_source_status(status.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         let demand = Arc::new(client::OnDemand::new(
             tx.clone(),
             settings.on_demand.unwrap_or_default(),
         ));
-        if settings.on_demand.is_some() {
-            mesh.set_demand(demand.clone());
-        }
+        let source = XdsSource {
+            status: status.clone(),
+            demand: settings.on_demand.is_some().then(|| demand.clone()),
+        };
+        // A new mesh: nothing is attached yet.
+        let _ = mesh.attach_source(Arc::new(source));
         let mut state = client::State::new(&settings, demand);
         state.publish_if_empty(&mesh);
         runtime.spawn(client::run(
@@ -287,34 +302,10 @@ fn rand_unit() -> f64 {
 }
 
 /// A `Stream` of the messages sent into a channel.
-fn stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures_core_stream::Stream<Item = T> {
-    futures_core_stream::from_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// A minimal `Stream` from a poll function (mesh-core takes no stream crate).
-mod futures_core_stream {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    pub(super) use tonic::codegen::tokio_stream::Stream;
-
-    pub(super) struct FromFn<F>(F);
-
-    pub(super) fn from_fn<T, F>(f: F) -> FromFn<F>
-    where
-        F: FnMut(&mut Context<'_>) -> Poll<Option<T>>,
-    {
-        FromFn(f)
-    }
-
-    impl<T, F> Stream for FromFn<F>
-    where
-        F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin,
-    {
-        type Item = T;
-        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            (self.get_mut().0)(cx)
-        }
-    }
+fn stream_from<T>(
+    rx: mpsc::Receiver<T>,
+) -> tonic::codegen::tokio_stream::wrappers::ReceiverStream<T> {
+    tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

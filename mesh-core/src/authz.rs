@@ -10,7 +10,8 @@
 //!
 //! ```
 //! use proxyless_core::config::{AuthzAction, AuthzRule, AuthzTarget, InboundPolicy};
-//! use proxyless_core::identity::{SpiffeId, authz::{authorize, Verdict}};
+//! use proxyless_core::authz::{Verdict, authorize};
+//! use proxyless_core::identity::SpiffeId;
 //!
 //! let policy = InboundPolicy {
 //!     service: "reviews".into(),
@@ -26,8 +27,8 @@
 //! assert!(matches!(authorize(&policy, None, "GET", "/ratings/1"), Verdict::Deny(_)));
 //! ```
 
-use super::SpiffeId;
 use crate::config::{AuthzAction, AuthzRule, InboundPolicy};
+use crate::identity::SpiffeId;
 
 /// The outcome of authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,23 +7,28 @@ use super::XdsError;
 use super::translate::{self, Resources, type_url};
 use super::{Api, XdsSettings, XdsStatus, metric_names};
 use crate::config::Config;
-use crate::mesh::{Demand, DemandWait, Mesh};
+use crate::mesh::Mesh;
 use crate::snapshot::Source;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use envoy_types::pb::google::rpc::Status;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+mod delta;
+mod on_demand;
+mod sotw;
+
+use delta::Delta;
+pub(crate) use on_demand::OnDemand;
+use sotw::Sotw;
+
 /// The resource types, in the order a client follows them.
-const TYPES: [&str; 4] = [
+pub(super) const TYPES: [&str; 4] = [
     type_url::LISTENER,
     type_url::ROUTE,
     type_url::CLUSTER,
@@ -39,133 +44,6 @@ fn known(t: &str) -> Option<&'static str> {
 pub(super) enum Command {
     Subscribe(String),
     Unsubscribe(String),
-}
-
-/// What the client knows of a host the application called.
-#[derive(Debug)]
-enum Host {
-    /// Asked for, not answered: callers wait on the sender's channel.
-    Pending(watch::Sender<bool>),
-    /// Answered (served, or the control plane has no such listener, or the
-    /// wait bound passed).
-    Answered,
-}
-
-/// On-demand subscriptions: the route layer's side.
-#[derive(Debug)]
-pub(super) struct OnDemand {
-    commands: mpsc::UnboundedSender<Command>,
-    hosts: Arc<Mutex<HashMap<String, Host>>>,
-    bound: Duration,
-    full_said: std::sync::atomic::AtomicBool,
-}
-
-/// The most hosts asked for on demand (each is a subscription the control
-/// plane keeps for this client).
-pub(super) const MAX_ON_DEMAND_HOSTS: usize = 10_000;
-
-fn lock(hosts: &Mutex<HashMap<String, Host>>) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
-    hosts.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl OnDemand {
-    pub(super) fn new(commands: mpsc::UnboundedSender<Command>, bound: Duration) -> Self {
-        Self {
-            commands,
-            hosts: Arc::new(Mutex::new(HashMap::new())),
-            bound,
-            full_said: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
-        lock(&self.hosts)
-    }
-
-    /// Marks `host` pending without asking (it is subscribed already).
-    pub(super) fn expect(&self, host: &str) {
-        self.hosts()
-            .entry(host.to_owned())
-            .or_insert_with(|| Host::Pending(watch::channel(false).0));
-    }
-
-    /// Forgets `host`, so that a later call subscribes again.
-    pub(super) fn forget(&self, host: &str) {
-        if let Some(Host::Pending(tx)) = self.hosts().remove(host) {
-            tx.send_replace(true);
-        }
-    }
-
-    /// Ends the waits for the hosts `answered` accepts.
-    fn settle(&self, answered: impl Fn(&str) -> bool) {
-        let mut hosts = self.hosts();
-        for (name, h) in hosts.iter_mut() {
-            if let Host::Pending(tx) = h
-                && answered(name)
-            {
-                tx.send_replace(true);
-                *h = Host::Answered;
-            }
-        }
-    }
-}
-
-impl Demand for OnDemand {
-    fn want(&self, authority: &str) -> Option<DemandWait> {
-        // An address is nobody's service name: nothing to ask for.
-        let host = crate::route::host_of(authority);
-        if authority.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-            return None;
-        }
-        let mut rx = {
-            let mut hosts = self.hosts();
-            match hosts.get(authority) {
-                Some(Host::Answered) => return None,
-                Some(Host::Pending(tx)) => tx.subscribe(),
-                None if hosts.len() >= MAX_ON_DEMAND_HOSTS => {
-                    // Hosts come from callers (a Host header can be anything):
-                    // past the bound they pass through unasked, said once.
-                    if !self
-                        .full_said
-                        .swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        tracing::warn!(
-                            "xDS: {MAX_ON_DEMAND_HOSTS} hosts asked for on demand; others pass through without asking"
-                        );
-                    }
-                    return None;
-                }
-                None => {
-                    let (tx, rx) = watch::channel(false);
-                    hosts.insert(authority.to_owned(), Host::Pending(tx));
-                    if self
-                        .commands
-                        .send(Command::Subscribe(authority.to_owned()))
-                        .is_err()
-                    {
-                        // The client is gone: nothing will answer.
-                        hosts.insert(authority.to_owned(), Host::Answered);
-                        return None;
-                    }
-                    rx
-                }
-            }
-        };
-        let (bound, hosts, host) = (self.bound, self.hosts.clone(), authority.to_owned());
-        Some(Box::pin(async move {
-            // Past the bound the request goes on as if the control plane
-            // had no config for the host, and so do later ones; the
-            // subscription stays, so a late answer is routed.
-            if tokio::time::timeout(bound, rx.wait_for(|done| *done))
-                .await
-                .is_err()
-                && let Some(h) = lock(&hosts).get_mut(&host)
-            {
-                tracing::debug!(%host, "xDS: no answer for the host within {bound:?}");
-                *h = Host::Answered;
-            }
-        }))
-    }
 }
 
 /// The node this client says it is: id, cluster, locality and metadata
@@ -633,236 +511,6 @@ pub(super) trait Variant {
     ) -> impl Future<Output = Result<tonic::Streaming<Self::Response>, tonic::Status>> + Send;
 }
 
-/// State of the world.
-pub(super) struct Sotw;
-
-impl Sotw {
-    fn request(state: &mut State, t: &'static str, error: Option<String>) -> DiscoveryRequest {
-        DiscoveryRequest {
-            version_info: state.version.get(t).cloned().unwrap_or_default(),
-            node: state.node(),
-            resource_names: state.names(t).iter().cloned().collect(),
-            type_url: t.to_owned(),
-            response_nonce: state.nonce.get(t).cloned().unwrap_or_default(),
-            error_detail: error.map(nack),
-            ..Default::default()
-        }
-    }
-}
-
-impl Variant for Sotw {
-    type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
-
-    fn open(state: &mut State) -> Vec<DiscoveryRequest> {
-        // Only named subscriptions: an empty list would be a wildcard.
-        let types: Vec<&'static str> = TYPES
-            .into_iter()
-            .filter(|t| !state.names(t).is_empty())
-            .collect();
-        types
-            .into_iter()
-            .map(|t| Self::request(state, t, None))
-            .collect()
-    }
-
-    fn respond(
-        state: &mut State,
-        mesh: &Mesh,
-        status: &XdsStatus,
-        resp: DiscoveryResponse,
-    ) -> Vec<DiscoveryRequest> {
-        let Some(t) = state.answering(&resp.type_url) else {
-            return Vec::new();
-        };
-        let saved = state.resources.take(t);
-        let told_nothing = state.names(t).is_empty();
-        if told_nothing {
-            // The response is everything the server counts as ours.
-            state.parked.clear(t);
-        }
-        let mut applied = Ok(());
-        for any in &resp.resources {
-            if let Err(e) = state.within_size(t, any) {
-                applied = Err(e);
-                break;
-            }
-            match state.resources.insert(t, any) {
-                // State of the world may carry more than was asked for;
-                // while the server was told nothing, it is what we parked.
-                Ok(name) if !state.names(t).contains(&name) => {
-                    state.resources.remove(t, &name);
-                    if told_nothing {
-                        let _ = state.parked.insert(t, any);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    applied = Err(e);
-                    break;
-                }
-            }
-        }
-        let label = format!("version {} of {}", resp.version_info, short(t));
-        let outcome = applied.and_then(|()| state.publish(mesh, status, label));
-        if outcome.is_err() {
-            state.resources.restore(saved);
-        }
-        state.nonce.insert(t, resp.nonce.clone());
-        let reply = match &outcome {
-            Ok(()) => {
-                state.version.insert(t, resp.version_info.clone());
-                Self::request(state, t, None)
-            }
-            Err(reason) => Self::request(state, t, Some(reason.to_string())),
-        };
-        let changes = state.outcome(mesh, status, t, &resp.version_info, &outcome);
-        let mut out = vec![reply];
-        out.extend(changes.into_iter().filter_map(|c| Self::change(state, c)));
-        out
-    }
-
-    fn change(state: &mut State, change: Change) -> Option<DiscoveryRequest> {
-        // Nothing left of a type: an empty list reads as a wildcard to
-        // some servers (for every type, not only listeners and clusters),
-        // so say nothing; what they keep sending is dropped as unsubscribed.
-        let t = change.type_url;
-        if state.names(t).is_empty() {
-            return None;
-        }
-        Some(Self::request(state, t, None))
-    }
-
-    async fn call(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: mpsc::Receiver<DiscoveryRequest>,
-    ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
-        let stream = super::stream_from(requests);
-        Ok(client
-            .stream_aggregated_resources(stream)
-            .await?
-            .into_inner())
-    }
-}
-
-/// Incremental.
-pub(super) struct Delta;
-
-impl Variant for Delta {
-    type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
-
-    fn open(state: &mut State) -> Vec<DeltaDiscoveryRequest> {
-        let mut out = Vec::new();
-        for t in TYPES {
-            let names = state.names(t);
-            if names.is_empty() {
-                continue;
-            }
-            let resource_names_subscribe = names.iter().cloned().collect();
-            // What we hold, so the control plane sends only what changed.
-            let initial_resource_versions = state
-                .resource_versions
-                .get(t)
-                .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
-            out.push(DeltaDiscoveryRequest {
-                node: state.node(),
-                type_url: t.to_owned(),
-                resource_names_subscribe,
-                initial_resource_versions,
-                ..Default::default()
-            });
-        }
-        out
-    }
-
-    fn respond(
-        state: &mut State,
-        mesh: &Mesh,
-        status: &XdsStatus,
-        resp: DeltaDiscoveryResponse,
-    ) -> Vec<DeltaDiscoveryRequest> {
-        let Some(t) = state.answering(&resp.type_url) else {
-            return Vec::new();
-        };
-        // Only what this response touches can need putting back.
-        let touched: Vec<&str> = resp
-            .resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .chain(resp.removed_resources.iter().map(String::as_str))
-            .collect();
-        let saved = state.resources.save_only(t, touched.iter().copied());
-        let applied = apply_delta(state, t, &resp);
-        let (applied, versions) = match applied {
-            Ok(versions) => (Ok(()), versions),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        let version = if resp.system_version_info.is_empty() {
-            resp.nonce.clone()
-        } else {
-            resp.system_version_info.clone()
-        };
-        let label = format!("version {version} of {} (incremental)", short(t));
-        let outcome = applied.and_then(|()| state.publish(mesh, status, label));
-        let reply = match &outcome {
-            Ok(()) => {
-                let held = state.resource_versions.entry(t).or_default();
-                for (name, v) in versions {
-                    held.insert(name, v);
-                }
-                for name in &resp.removed_resources {
-                    held.remove(name);
-                }
-                DeltaDiscoveryRequest {
-                    node: state.node(),
-                    type_url: t.to_owned(),
-                    response_nonce: resp.nonce.clone(),
-                    ..Default::default()
-                }
-            }
-            Err(reason) => {
-                state
-                    .resources
-                    .restore_only(t, touched.iter().copied(), saved);
-                DeltaDiscoveryRequest {
-                    node: state.node(),
-                    type_url: t.to_owned(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: Some(nack(reason.to_string())),
-                    ..Default::default()
-                }
-            }
-        };
-        let changes = state.outcome(mesh, status, t, &version, &outcome);
-        let mut out = vec![reply];
-        out.extend(changes.into_iter().filter_map(|c| Self::change(state, c)));
-        out
-    }
-
-    fn change(state: &mut State, change: Change) -> Option<DeltaDiscoveryRequest> {
-        Some(DeltaDiscoveryRequest {
-            node: state.node(),
-            type_url: change.type_url.to_owned(),
-            resource_names_subscribe: change.added,
-            resource_names_unsubscribe: change.removed,
-            ..Default::default()
-        })
-    }
-
-    async fn call(
-        mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: mpsc::Receiver<DeltaDiscoveryRequest>,
-    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
-        let stream = super::stream_from(requests);
-        Ok(client
-            .delta_aggregated_resources(stream)
-            .await?
-            .into_inner())
-    }
-}
-
 /// A channel to the control plane: `http://host:port`, or a Unix socket
 /// (`unix:///path`, `unix:path`), as istio-agent serves xDS to proxyless
 /// workloads on `unix:///etc/istio/proxy/XDS`.
@@ -898,36 +546,6 @@ fn unix_now() -> f64 {
 
 fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
-}
-
-/// Holds an incremental response's resources and drops its removed ones;
-/// the versions of what it holds now. Stops at the first resource that
-/// cannot be held (the caller puts back what was there).
-fn apply_delta(
-    state: &mut State,
-    t: &'static str,
-    resp: &DeltaDiscoveryResponse,
-) -> Result<Vec<(String, String)>, XdsError> {
-    let mut versions = Vec::new();
-    for r in &resp.resources {
-        let Some(any) = &r.resource else { continue };
-        state.within_size(t, any)?;
-        match state.resources.insert(t, any) {
-            Ok(name) if name != r.name => {
-                // What was saved to put back is by the names sent.
-                state.resources.remove(t, &name);
-                let msg = format!("holds one named `{name}`");
-                return Err(XdsError::new(msg).in_resource(short(t), &r.name));
-            }
-            Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
-            Ok(name) => versions.push((name, r.version.clone())),
-            Err(e) => return Err(e.in_resource(short(t), &r.name)),
-        }
-    }
-    for name in &resp.removed_resources {
-        state.resources.remove(t, name);
-    }
-    Ok(versions)
 }
 
 /// A future whose panic is caught and returned as its message.
@@ -1140,8 +758,8 @@ fn stream_error(e: &tonic::Status, settings: &XdsSettings) -> StreamError {
 
 #[cfg(test)]
 mod tests {
-    use super::{CatchUnwind, MAX_ON_DEMAND_HOSTS, OnDemand};
-    use crate::mesh::Demand;
+    use super::on_demand::MAX_ON_DEMAND_HOSTS;
+    use super::{CatchUnwind, OnDemand};
 
     #[tokio::test]
     async fn on_demand_hosts_are_bounded() {
