@@ -179,6 +179,69 @@ mod tests {
         );
     }
 
+    /// proxyless-core's top-level modules depend on each other one way: no
+    /// cycle among the `crate::module` paths their library code names.
+    #[test]
+    fn the_cores_modules_have_no_cycle() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh-core/src");
+        let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (path, text) in library_sources() {
+            let Ok(rel) = path.strip_prefix(&root) else {
+                continue;
+            };
+            let first = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            let Some(module) = first.map(|m| m.trim_end_matches(".rs").to_owned()) else {
+                continue;
+            };
+            if module == "lib" {
+                continue;
+            }
+            let named = uses.entry(module.clone()).or_default();
+            for (i, _) in before_tests(&text).match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                if &rest[..end] != module.as_str() {
+                    named.insert(rest[..end].to_owned());
+                }
+            }
+        }
+        let modules: BTreeSet<String> = uses.keys().cloned().collect();
+        // Depth-first search for a path back to where it started.
+        fn back_to(
+            start: &str,
+            at: &str,
+            g: &BTreeMap<String, BTreeSet<String>>,
+            seen: &mut BTreeSet<String>,
+            trail: &mut Vec<String>,
+        ) -> bool {
+            for next in g.get(at).into_iter().flatten() {
+                trail.push(next.clone());
+                if next == start
+                    || (seen.insert(next.clone()) && back_to(start, next, g, seen, trail))
+                {
+                    return true;
+                }
+                trail.pop();
+            }
+            false
+        }
+        let graph: BTreeMap<String, BTreeSet<String>> = uses
+            .into_iter()
+            .map(|(m, named)| (m, named.intersection(&modules).cloned().collect()))
+            .collect();
+        for m in &modules {
+            let mut trail = vec![m.clone()];
+            let cycle = back_to(m, m, &graph, &mut BTreeSet::new(), &mut trail);
+            assert!(!cycle, "a module cycle: {}", trail.join(" -> "));
+        }
+    }
+
     /// `"MESH_..."`, `"OTEL_..."` and `"GRPC_..."` string literals.
     fn quoted_variables(text: &str) -> Vec<&str> {
         let mut out = Vec::new();

@@ -30,33 +30,4 @@
 #[cfg(feature = "fs")]
 pub mod file;
 
-use crate::mesh::DemandWait;
-
-/// What a config source tells the mesh, beyond the configs it publishes
-/// with [`Mesh::update`](crate::Mesh::update). Every method has a default:
-/// a source implements what applies to it.
-pub trait ConfigSource: Send + Sync + std::fmt::Debug {
-    /// Asks for the config of `authority`, a host no service of the current
-    /// config claims, for a source that fetches hosts when they are first
-    /// called (as xDS does). Returns a wait the request holds (bounded by
-    /// the source: it must end even if no answer comes), or `None` when
-    /// there is nothing to wait for (the source does not fetch on demand,
-    /// or it already answered for this host).
-    fn demand(&self, authority: &str) -> Option<DemandWait> {
-        let _ = authority;
-        None
-    }
-
-    /// The source's own state as JSON, for the admin server: what it is
-    /// connected to, what it holds, how fresh it is.
-    fn status(&self) -> Option<serde_json::Value> {
-        None
-    }
-
-    /// Why the source works in a degraded way, if it does (its task failed
-    /// and was restarted, and has not worked since). The admin server's
-    /// `/ready` says so while the last good config serves.
-    fn degraded(&self) -> Option<String> {
-        None
-    }
-}
+pub use crate::mesh::ConfigSource;

@@ -197,7 +197,7 @@ struct XdsSource {
     demand: Option<Arc<client::OnDemand>>,
 }
 
-impl crate::source::ConfigSource for XdsSource {
+impl crate::mesh::ConfigSource for XdsSource {
     fn demand(&self, authority: &str) -> Option<crate::mesh::DemandWait> {
         self.demand.as_ref()?.want(authority)
     }

@@ -78,7 +78,7 @@ impl OnDemand {
 
 impl OnDemand {
     /// A bounded wait for `authority`'s listener, or `None` (see
-    /// [`ConfigSource::demand`](crate::source::ConfigSource::demand)).
+    /// [`ConfigSource::demand`](crate::mesh::ConfigSource::demand)).
     pub(crate) fn want(&self, authority: &str) -> Option<DemandWait> {
         // An address is nobody's service name: nothing to ask for.
         let host = crate::route::host_of(authority);
