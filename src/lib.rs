@@ -43,27 +43,10 @@ mod tests {
     fn every_environment_variable_is_documented() {
         let guide = include_str!("../docs/using.md");
         let mut missing = Vec::new();
-        for dir in [
-            "mesh-core/src",
-            "mesh-tower/src",
-            "mesh-hyper/src",
-            "mesh-tonic/src",
-        ] {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-            let mut stack = vec![root];
-            while let Some(d) = stack.pop() {
-                for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{d:?}: {e}")) {
-                    let path = entry.map(|e| e.path()).unwrap_or_default();
-                    if path.is_dir() {
-                        stack.push(path);
-                    } else if path.extension().is_some_and(|e| e == "rs") {
-                        let text = std::fs::read_to_string(&path).unwrap_or_default();
-                        for name in quoted_variables(&text) {
-                            if !guide.contains(&format!("`{name}`")) {
-                                missing.push(format!("{name} ({})", path.display()));
-                            }
-                        }
-                    }
+        for (path, text) in library_sources() {
+            for name in quoted_variables(&text) {
+                if !guide.contains(&format!("`{name}`")) {
+                    missing.push(format!("{name} ({})", path.display()));
                 }
             }
         }

@@ -372,13 +372,11 @@ pub struct Normalize<S> {
 impl<S, B> Service<Request<B>> for Normalize<S>
 where
     S: Service<Request<B>>,
-    S::Response: Send + 'static,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = Checked<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -387,16 +385,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let snap = self.shared.mesh.snapshot();
         match normalize_request(&mut req, &snap.config().defaults.path_normalization) {
-            Ok(PathAction::Continue) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move { fut.await.map_err(Into::into) })
-            }
-            Ok(PathAction::Redirect(location)) => {
-                Box::pin(std::future::ready(Err(PathRedirect { location }.into())))
-            }
+            Ok(PathAction::Continue) => Checked::passed(self.inner.call(req)),
+            Ok(PathAction::Redirect(location)) => Checked::refused(PathRedirect { location }),
             Err(e) => {
                 tracing::debug!(path = req.uri().path(), "request refused: {e}");
-                Box::pin(std::future::ready(Err(e.into())))
+                Checked::refused(e)
             }
         }
     }
@@ -412,13 +405,11 @@ pub struct Authorize<S> {
 impl<S, B> Service<Request<B>> for Authorize<S>
 where
     S: Service<Request<B>>,
-    S::Response: Send + 'static,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = Checked<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -453,15 +444,14 @@ where
                     path = req.uri().path(),
                     "request denied: {reason}"
                 );
-                return Box::pin(std::future::ready(Err(Unauthorized { reason }.into())));
+                return Checked::refused(Unauthorized { reason });
             }
         }
         // The application finds the caller in one place, whoever accepted.
         if req.extensions().get::<PeerIdentity>().is_none() {
             req.extensions_mut().insert(PeerIdentity(caller));
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Checked::passed(self.inner.call(req))
     }
 }
 
@@ -474,13 +464,11 @@ pub struct Deadline<S> {
 impl<S, B> Service<Request<B>> for Deadline<S>
 where
     S: Service<Request<B>>,
-    S::Response: Send + 'static,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<S::Response, BoxError>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -492,20 +480,92 @@ where
             req.extensions_mut()
                 .insert(RequestDeadline(crate::ext::deadline_after(b)));
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match budget {
-                Some(b) => match tokio::time::timeout(b, fut).await {
-                    Ok(r) => r.map_err(Into::into),
-                    Err(_) => Err(Elapsed {
-                        deadline: Which::Overall,
-                        timeout: b,
-                    }
-                    .into()),
-                },
-                None => fut.await.map_err(Into::into),
-            }
-        })
+        let inner = self.inner.call(req);
+        match budget {
+            Some(timeout) => DeadlineFuture::Bounded {
+                inner: tokio::time::timeout(timeout, inner),
+                timeout,
+            },
+            None => DeadlineFuture::Unbounded { inner },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a layer that refuses a request at once or passes it
+    /// on (no allocation either way).
+    #[project = CheckedProj]
+    #[derive(Debug)]
+    #[allow(missing_docs)] // fields of a future's states
+    pub enum Checked<F> {
+        /// Refused: the error, taken when polled.
+        Refused { error: Option<BoxError> },
+        /// Passed on: the inner service's future.
+        Passed { #[pin] inner: F },
+    }
+}
+
+impl<F> Checked<F> {
+    fn passed(inner: F) -> Self {
+        Self::Passed { inner }
+    }
+
+    fn refused(error: impl Into<BoxError>) -> Self {
+        Self::Refused {
+            error: Some(error.into()),
+        }
+    }
+}
+
+impl<F, T, E> Future for Checked<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckedProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "inbound future polled after completion".into()))),
+            CheckedProj::Passed { inner } => inner.poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Deadline`]'s future: the handler, bounded by the caller's budget.
+    #[project = DeadlineProj]
+    #[derive(Debug)]
+    #[allow(missing_docs)] // fields of a future's states
+    pub enum DeadlineFuture<F> {
+        /// The handler's future under the caller's budget.
+        Bounded { #[pin] inner: tokio::time::Timeout<F>, timeout: Duration },
+        /// The handler's future, with no budget.
+        Unbounded { #[pin] inner: F },
+    }
+}
+
+impl<F, T, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DeadlineProj::Bounded { inner, timeout } => match std::task::ready!(inner.poll(cx)) {
+                Ok(r) => Poll::Ready(r.map_err(Into::into)),
+                Err(_) => Poll::Ready(Err(Elapsed {
+                    deadline: Which::Overall,
+                    timeout: *timeout,
+                }
+                .into())),
+            },
+            DeadlineProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
+        }
     }
 }
 
