@@ -39,10 +39,11 @@
 
 use crate::BoxError;
 use crate::body::ResponseBody;
-use crate::error::{Deadline as Which, Elapsed, ErrorKind, Unauthorized};
+use crate::error::{Deadline as Which, ErrorKind, Unauthorized};
 use crate::ext::{
     AUTHZ_REASON_HEADER, ConnectionInfo, DEADLINE_HEADER, PeerIdentity, RequestDeadline,
 };
+use crate::future::{Either, MapErr, TimeoutFuture};
 use crate::path::{PathAction, normalize_request};
 use crate::telemetry::metrics::{RouteMetrics, lazy_handle};
 use crate::telemetry::{span, trace};
@@ -376,7 +377,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Checked<S::Future>;
+    type Future = Checked<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -385,11 +386,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let snap = self.shared.mesh.snapshot();
         match normalize_request(&mut req, &snap.config().defaults.path_normalization) {
-            Ok(PathAction::Continue) => Checked::passed(self.inner.call(req)),
-            Ok(PathAction::Redirect(location)) => Checked::refused(PathRedirect { location }),
+            Ok(PathAction::Continue) => passed(self.inner.call(req)),
+            Ok(PathAction::Redirect(location)) => refused(PathRedirect { location }),
             Err(e) => {
                 tracing::debug!(path = req.uri().path(), "request refused: {e}");
-                Checked::refused(e)
+                refused(e)
             }
         }
     }
@@ -409,7 +410,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Checked<S::Future>;
+    type Future = Checked<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -444,14 +445,14 @@ where
                     path = req.uri().path(),
                     "request denied: {reason}"
                 );
-                return Checked::refused(Unauthorized { reason });
+                return refused(Unauthorized { reason });
             }
         }
         // The application finds the caller in one place, whoever accepted.
         if req.extensions().get::<PeerIdentity>().is_none() {
             req.extensions_mut().insert(PeerIdentity(caller));
         }
-        Checked::passed(self.inner.call(req))
+        passed(self.inner.call(req))
     }
 }
 
@@ -475,99 +476,32 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let budget = caller_budget(req.headers());
-        if let Some(b) = budget {
-            req.extensions_mut()
-                .insert(RequestDeadline(crate::ext::deadline_after(b)));
-        }
+        let Some(budget) = caller_budget(req.headers()) else {
+            return Either::right(MapErr::new(self.inner.call(req)));
+        };
+        // The handler's calls get the same deadline it is held to.
+        let at = crate::ext::deadline_after(budget);
+        req.extensions_mut().insert(RequestDeadline(at));
         let inner = self.inner.call(req);
-        match budget {
-            Some(timeout) => DeadlineFuture::Bounded {
-                inner: tokio::time::timeout(timeout, inner),
-                timeout,
-            },
-            None => DeadlineFuture::Unbounded { inner },
-        }
+        Either::left(TimeoutFuture::new(inner, at, Which::Overall, budget))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of a layer that refuses a request at once or passes it
-    /// on (no allocation either way).
-    #[project = CheckedProj]
-    #[derive(Debug)]
-    #[allow(missing_docs)] // fields of a future's states
-    pub enum Checked<F> {
-        /// Refused: the error, taken when polled.
-        Refused { error: Option<BoxError> },
-        /// Passed on: the inner service's future.
-        Passed { #[pin] inner: F },
-    }
+/// The future of a layer that refuses a request at once or passes it on
+/// (no allocation either way).
+pub type Checked<F, T> = Either<std::future::Ready<Result<T, BoxError>>, MapErr<F>>;
+
+fn passed<F, T>(inner: F) -> Checked<F, T> {
+    Either::right(MapErr::new(inner))
 }
 
-impl<F> Checked<F> {
-    fn passed(inner: F) -> Self {
-        Self::Passed { inner }
-    }
-
-    fn refused(error: impl Into<BoxError>) -> Self {
-        Self::Refused {
-            error: Some(error.into()),
-        }
-    }
+fn refused<F, T>(error: impl Into<BoxError>) -> Checked<F, T> {
+    Either::left(std::future::ready(Err(error.into())))
 }
 
-impl<F, T, E> Future for Checked<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CheckedProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "inbound future polled after completion".into()))),
-            CheckedProj::Passed { inner } => inner.poll(cx).map_err(Into::into),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// [`Deadline`]'s future: the handler, bounded by the caller's budget.
-    #[project = DeadlineProj]
-    #[derive(Debug)]
-    #[allow(missing_docs)] // fields of a future's states
-    pub enum DeadlineFuture<F> {
-        /// The handler's future under the caller's budget.
-        Bounded { #[pin] inner: tokio::time::Timeout<F>, timeout: Duration },
-        /// The handler's future, with no budget.
-        Unbounded { #[pin] inner: F },
-    }
-}
-
-impl<F, T, E> Future for DeadlineFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            DeadlineProj::Bounded { inner, timeout } => match std::task::ready!(inner.poll(cx)) {
-                Ok(r) => Poll::Ready(r.map_err(Into::into)),
-                Err(_) => Poll::Ready(Err(Elapsed {
-                    deadline: Which::Overall,
-                    timeout: *timeout,
-                }
-                .into())),
-            },
-            DeadlineProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
-        }
-    }
-}
+/// [`Deadline`]'s future: the handler, bounded by the caller's budget when
+/// it brought one.
+pub type DeadlineFuture<F> = Either<TimeoutFuture<F>, MapErr<F>>;
 
 /// The shorter of the caller's `x-mesh-timeout-ms` and `grpc-timeout`.
 pub fn caller_budget(headers: &http::HeaderMap) -> Option<Duration> {
