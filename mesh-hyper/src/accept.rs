@@ -266,6 +266,7 @@ async fn accept_loop(
     tx: tokio::sync::mpsc::Sender<(MeshStream, ConnectionInfo)>,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let mut accept_errors = RateLimited::default();
     loop {
         let permit = tokio::select! {
             p = handshakes.clone().acquire_owned() => p,
@@ -280,7 +281,9 @@ async fn accept_loop(
         let (tcp, remote) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                // Out of descriptors or a reset during the handshake: said
+                // at most once a second, and the loop goes on.
+                accept_errors.warn(format_args!("accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -297,5 +300,28 @@ async fn accept_loop(
                 Err(e) => tracing::debug!(%remote, "connection refused: {e}"),
             }
         });
+    }
+}
+
+/// A warning said at most once a second, with how many were held back.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimited {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl RateLimited {
+    pub(crate) fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) < Duration::from_secs(1))
+        {
+            self.held_back = self.held_back.saturating_add(1);
+            return;
+        }
+        tracing::warn!("{what} ({} more since the last report)", self.held_back);
+        self.last = Some(now);
+        self.held_back = 0;
     }
 }

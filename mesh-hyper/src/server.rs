@@ -23,7 +23,7 @@
 //! deadline (`x-mesh-timeout-ms`) bounds the handler (504 past it), and is
 //! put in the extensions ([`RequestDeadline`]) for calls the handler makes.
 
-use crate::accept::{AcceptError, Acceptor};
+use crate::accept::{AcceptError, Acceptor, RateLimited};
 use crate::limits::ServerLimits;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -555,29 +555,6 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<I> {
             this.activity.touch();
         }
         polled
-    }
-}
-
-/// A warning said at most once a second, with how many were held back.
-#[derive(Debug, Default)]
-struct RateLimited {
-    last: Option<std::time::Instant>,
-    held_back: u64,
-}
-
-impl RateLimited {
-    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.saturating_duration_since(l) < Duration::from_secs(1))
-        {
-            self.held_back = self.held_back.saturating_add(1);
-            return;
-        }
-        tracing::warn!("{what} ({} more since the last report)", self.held_back);
-        self.last = Some(now);
-        self.held_back = 0;
     }
 }
 
