@@ -109,12 +109,27 @@ where
             }
             Ok(Decision::Passthrough) => {
                 // A source that fetches hosts on demand (xDS) is asked
-                // first; the request is decided again once it answers.
-                if let Some(wait) = self.mesh.demand(RequestParts::of(&req).authority) {
+                // first, once per request, and the request is decided
+                // again once it answers. The wait is bounded here too (by
+                // the default timeout, or the caller's earlier deadline),
+                // whatever the source does.
+                let asked = req.extensions().get::<Demanded>().is_some();
+                let wait = (!asked)
+                    .then(|| self.mesh.demand(RequestParts::of(&req).authority))
+                    .flatten();
+                if let Some(wait) = wait {
+                    let mut bound = crate::ext::deadline_after(snap.config().defaults.timeout);
+                    if let Some(RequestDeadline(earlier)) =
+                        req.extensions().get::<RequestDeadline>()
+                    {
+                        bound = bound.min(*earlier);
+                    }
                     let clone = self.clone();
                     let mut readied = std::mem::replace(self, clone);
+                    let mut req = req;
+                    req.extensions_mut().insert(Demanded);
                     return Either::right(Box::pin(async move {
-                        wait.await;
+                        let _ = tokio::time::timeout_at(bound, wait).await;
                         readied.call(req).await
                     }));
                 }
@@ -201,6 +216,10 @@ fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
         .insert("x-mesh-fault", http::HeaderValue::from_static("abort"));
     resp
 }
+
+/// On a request whose host the config source was already asked about.
+#[derive(Debug, Clone, Copy)]
+struct Demanded;
 
 /// `mesh_requests_total` for requests refused before any route matched.
 fn no_route_counter() -> Option<&'static metrics::Counter> {

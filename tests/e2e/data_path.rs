@@ -539,3 +539,43 @@ async fn an_applications_own_config_source_answers_a_hosts_first_call() {
     // A second source is refused.
     assert!(mesh.attach_source(source.clone()).is_err());
 }
+
+/// A config source that never answers (and would be asked forever) cannot
+/// hold a request: it is asked once per request, and the wait is bounded
+/// by the default timeout.
+#[tokio::test]
+async fn a_source_that_never_answers_is_asked_once_and_bounded() {
+    use proxyless_core::source::ConfigSource;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Silent(AtomicU32);
+    impl ConfigSource for Silent {
+        fn demand(&self, _authority: &str) -> Option<proxyless_core::DemandWait> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Some(Box::pin(std::future::pending()))
+        }
+    }
+
+    let m = mesh("defaults: { timeout: 300ms }");
+    let silent = Arc::new(Silent::default());
+    m.attach_source(silent.clone()).unwrap();
+    let client = Client::new(&m).refusals_as_responses();
+    let started = std::time::Instant::now();
+    // Passed through after the wait: an address nothing listens on.
+    let port = crate::support::free_port();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(&format!("http://localhost:{port}/")),
+    )
+    .await
+    .expect("the request ends by itself");
+    assert!(resp.is_ok_and(|r| r.status() == 503));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(silent.0.load(Ordering::Relaxed), 1);
+}
