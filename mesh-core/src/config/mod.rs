@@ -154,8 +154,37 @@ fn empty_document() -> Problem {
     )
 }
 
+/// The largest config text read (a file, or text handed to
+/// [`Config::parse`]): room for about 100,000 services with a route and a
+/// weighted split each (~37 MiB of YAML).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024 * 1024;
+
+/// The YAML reader's limits, set deliberately rather than left at the
+/// reader's defaults (whose 250,000 nodes refused a 10,000-service file):
+/// a config of [`MAX_CONFIG_BYTES`] fits; anchors and aliases stay
+/// bounded, so an alias bomb is refused in milliseconds.
+fn yaml_budget() -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 10_000_000;
+    budget.max_events = 20_000_000;
+    budget.max_depth = 64;
+    budget.max_aliases = 10_000;
+    budget.max_anchors = 10_000;
+    budget.max_documents = 1;
+    // What aliases replay is charged here: an alias bomb stops at it.
+    budget.max_recorded_anchor_events = 100_000;
+    budget
+}
+
 fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
     let syntax = |line: Option<u32>, msg: String| Problem::new(ProblemKind::Syntax, "", line, msg);
+    if text.len() > MAX_CONFIG_BYTES {
+        let msg = format!(
+            "the config is {} bytes, over the limit of {MAX_CONFIG_BYTES}",
+            text.len()
+        );
+        return Err(Problem::new(ProblemKind::OutOfRange, "", None, msg));
+    }
     match format {
         Format::Yaml => {
             if text.trim().is_empty() {
@@ -164,6 +193,7 @@ fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
             // YAML 1.2 booleans only: `on: [5xx]` is a key named "on", not `true`.
             let mut options = serde_saphyr::Options::default();
             options.strict_booleans = true;
+            options.budget = Some(yaml_budget());
             serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
                 let line = e
                     .location()

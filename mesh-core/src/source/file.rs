@@ -154,6 +154,17 @@ pub enum ReadyError {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
+    // Judged before reading: a huge file is refused without being read.
+    let len = std::fs::metadata(path)
+        .map_err(|e| file_problem(path, format!("cannot read the file: {e}")))?
+        .len();
+    let limit = crate::config::MAX_CONFIG_BYTES;
+    if usize::try_from(len).map_or(true, |l| l > limit) {
+        return Err(file_problem(
+            path,
+            format!("the file is {len} bytes, over the limit of {limit}"),
+        ));
+    }
     let bytes = std::fs::read(path)
         .map_err(|e| file_problem(path, format!("cannot read the file: {e}")))?;
     text_of(bytes, path)

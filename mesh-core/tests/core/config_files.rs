@@ -224,3 +224,60 @@ fn grpc_and_h2c_are_protocols() {
         "{err}"
     );
 }
+
+/// A 10,000-service config (each with a 90/10 split over two backends of
+/// three endpoints: ~2.8 MB of YAML, far over the YAML reader's default
+/// budget of 250,000 nodes) is read and validated.
+#[test]
+fn ten_thousand_services_load() {
+    use std::fmt::Write as _;
+    let mut yaml = String::from("version: 1\nservices:\n");
+    for i in 0..10_000 {
+        let _ = writeln!(
+            yaml,
+            "  - name: svc-{i}\n    routes:\n      - to: [{{ backend: svc-{i}-a, weight: 90 }}, {{ backend: svc-{i}-b, weight: 10 }}]"
+        );
+    }
+    yaml.push_str("backends:\n");
+    for i in 0..10_000 {
+        for side in ["a", "b"] {
+            let _ = writeln!(
+                yaml,
+                "  - {{ name: svc-{i}-{side}, endpoints: ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80'] }}"
+            );
+        }
+    }
+    assert!(yaml.len() > 2_500_000, "{} bytes", yaml.len());
+    let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.services.len(), 10_000);
+    assert_eq!(config.backends.len(), 20_000);
+}
+
+/// An alias bomb ("billion laughs") is refused, fast, with a problem
+/// rather than expanded; so is text over the size limit.
+#[test]
+fn an_alias_bomb_and_an_oversized_text_are_refused() {
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let mut prev = 'a';
+    for c in "bcdefghij".chars() {
+        let refs: Vec<String> = (0..9).map(|_| format!("*{prev}")).collect();
+        bomb.push_str(&format!("{c}: &{c} [{}]\n", refs.join(",")));
+        prev = c;
+    }
+    let started = std::time::Instant::now();
+    let err = Config::from_yaml(&bomb).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!err.problems.is_empty());
+    let huge = format!(
+        "version: 1\n#{}\n",
+        "x".repeat(proxyless_core::config::MAX_CONFIG_BYTES)
+    );
+    let err = Config::from_yaml(&huge).unwrap_err().to_string();
+    assert!(err.contains("over the limit"), "{err}");
+}
