@@ -6,13 +6,18 @@
 //!   (h2c), connect timeout, typed connect/reset errors;
 //! - [`Client`]: the whole outbound data path ([`proxyless_tower::MeshLayer`]
 //!   over the transport), in one line from a [`Mesh`](proxyless_core::Mesh);
-//! - [`serve`]: a server running a service behind the inbound layers
-//!   (deadline propagation);
-//! - [`error`]: the one mapping of mesh errors to HTTP responses;
+//! - [`serve`] / [`Server`]: a server running a service behind the mTLS
+//!   acceptor and the inbound layers ([`proxyless_tower::inbound`]), with
+//!   connection limits and timeouts ([`ServerLimits`]);
+//! - [`accept`]: mTLS termination per the inbound policy, for servers the
+//!   mesh does not own (hyper-util loops, tonic via `proxyless_tonic::incoming`);
+//!   `axum` (feature `axum`): `MeshListener` and the layer for `axum::serve`;
+//! - [`error`]: the one mapping of mesh errors to HTTP and gRPC responses;
 //! - [`admin`]: the admin server (`/metrics`, `/ready`, `/live`,
-//!   `/config_dump`, `/clusters`); [`telemetry`]: the Prometheus exporter;
-//!   `observe` (feature `observe`): logs, metrics and span export from the
-//!   environment in one call.
+//!   `/config_dump`, `/clusters`, `/xds`); [`telemetry`]: the Prometheus
+//!   exporter; `otlp` (feature `otlp`): span export over OTLP/gRPC with the
+//!   OpenTelemetry SDK; `observe` (feature `observe`): logs, metrics and
+//!   span export from the environment in one call.
 //!
 //! ```no_run
 //! use proxyless_hyper::Client;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! app -> Route    one snapshot; route match; weighted backend; deadline; body
-//!     -> Telemetry metrics, trace context (W3C traceparent), access log
+//!     -> Telemetry metrics, the OpenTelemetry client span (context out by the propagator), access log
 //!     -> Fault    injected delay / abort
 //!     -> Timeout  the request's deadline
 //!     -> Mirror   a share copied to a shadow backend, fire and forget
@@ -13,6 +13,10 @@
 //!     -> Backend  breaker admission, load-balanced endpoint, outlier detection
 //!     -> your HTTP client (mesh-hyper's, or any Service<Request<MeshBody>>)
 //! ```
+//!
+//! The server side is [`inbound::InboundLayer`]: refusals as responses,
+//! the server span and metrics, path normalization, authorization and the
+//! caller's deadline, for any server.
 //!
 //! Each layer also works alone. Decisions come from `mesh-core` (pure
 //! functions and state machines); this crate supplies the clock, the
