@@ -77,12 +77,15 @@ pub fn extract(headers: &HeaderMap) -> Context {
 }
 
 fn with_propagator<T>(mut f: impl FnMut(&dyn TextMapPropagator) -> T) -> T {
-    // OpenTelemetry's default propagator is a no-op with no fields.
-    if global::get_text_map_propagator(|p| p.fields().next().is_some()) {
-        global::get_text_map_propagator(f)
-    } else {
-        f(&MeshPropagator)
-    }
+    // One read of the global: OpenTelemetry's default propagator is a
+    // no-op with no fields, and stands aside for ours.
+    global::get_text_map_propagator(|p| {
+        if p.fields().next().is_some() {
+            f(p)
+        } else {
+            f(&MeshPropagator)
+        }
+    })
 }
 
 /// The parent of an outbound request's span, in the order the module docs
