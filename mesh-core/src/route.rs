@@ -153,10 +153,21 @@ pub fn decide<'s>(
     req: &RequestParts<'_>,
     sample: u64,
 ) -> Result<Decision<'s>, NoRoute> {
-    let host = req.host();
-    let Some((service_index, service)) = snap.service_index_for_host(host) else {
+    decide_in(snap, snap.service_index_for_host(req.host()), req, sample)
+}
+
+/// [`decide`] for a caller that already looked up the service claiming the
+/// request's host ([`Snapshot::service_index_for_host`]), so the lookup is
+/// not made twice.
+pub fn decide_in<'s>(
+    snap: &'s Snapshot,
+    found: Option<(u32, &'s ServiceEntry)>,
+    req: &RequestParts<'_>,
+    sample: u64,
+) -> Result<Decision<'s>, NoRoute> {
+    let Some((service_index, service)) = found else {
         return match snap.unknown_hosts() {
-            UnknownHosts::Refuse => Err(NoRoute::UnknownHost(host.into())),
+            UnknownHosts::Refuse => Err(NoRoute::UnknownHost(req.host().into())),
             _ => Ok(Decision::Passthrough),
         };
     };

@@ -49,7 +49,7 @@ pub struct Snapshot {
     pub(crate) created: SystemTime,
     pub(crate) config: Arc<Config>,
     /// Lowercase host -> index into `services`.
-    pub(crate) hosts: HashMap<Box<str>, u32>,
+    pub(crate) hosts: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     pub(crate) services: Vec<ServiceEntry>,
     pub(crate) backends: Vec<BackendEntry>,
     pub(crate) backend_index: HashMap<Arc<str>, u32>,
@@ -309,7 +309,7 @@ impl Snapshot {
             })
             .collect();
 
-        let mut hosts = HashMap::new();
+        let mut hosts = HashMap::with_hasher(foldhash::fast::RandomState::default());
         let mut services = Vec::with_capacity(config.services.len());
         for (si, s) in config.services.iter().enumerate() {
             if s.hosts.is_empty() {

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use proxyless_core::Mesh;
 use proxyless_tower::body::ResponseBody;
 use proxyless_tower::runtime::Runtime;
-use proxyless_tower::{BoxError, BoxFuture, MeshLayer, MeshService};
+use proxyless_tower::{BoxError, MeshLayer, MeshService};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
@@ -33,7 +33,7 @@ pub type Body = ResponseBody<Incoming>;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Client {
-    svc: MeshService<Incoming>,
+    svc: MeshService<Transport>,
     layer: MeshLayer,
     refusals_as_responses: bool,
 }
@@ -85,20 +85,48 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Service::<Request<B>>::poll_ready(&mut self.svc, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.svc.call(req);
-        let as_response = self.refusals_as_responses;
-        Box::pin(async move {
-            match fut.await {
-                Err(e) if as_response => Ok(error_response(&*e)),
-                other => other,
-            }
-        })
+        ResponseFuture {
+            inner: self.svc.call(req),
+            refusals_as_responses: self.refusals_as_responses,
+        }
+    }
+}
+
+/// The future of the mesh stack under [`Client`] (the same for every
+/// request body type).
+type StackFuture =
+    <MeshService<Transport> as Service<Request<http_body_util::Empty<Bytes>>>>::Future;
+
+pin_project_lite::pin_project! {
+    /// The future of a [`Client`] request.
+    pub struct ResponseFuture {
+        #[pin]
+        inner: StackFuture,
+        refusals_as_responses: bool,
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for ResponseFuture {
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match std::task::ready!(this.inner.poll(cx)) {
+            Err(e) if *this.refusals_as_responses => Poll::Ready(Ok(error_response(&*e))),
+            other => Poll::Ready(other),
+        }
     }
 }

@@ -47,7 +47,7 @@ pub mod telemetry;
 pub mod tls;
 mod transport;
 
-pub use client::{Body, Client};
+pub use client::{Body, Client, ResponseFuture};
 pub use limits::{LimitError, ServerLimits};
 pub use server::{Server, ServerStats, grpc_timeout, serve, serve_with_shutdown};
 pub use transport::Transport;

@@ -110,7 +110,7 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
         // A gRPC server learns its budget from grpc-timeout.
         if crate::grpc::is_grpc(req.headers()) {
             req.headers_mut()
-                .insert("grpc-timeout", crate::grpc::timeout_value(left));
+                .insert(crate::grpc::GRPC_TIMEOUT, crate::grpc::timeout_value(left));
         }
     }
 }
@@ -211,8 +211,7 @@ where
         // copy gets a client span of its own, child of the request's.
         let mirror = req.extensions().get::<crate::ext::Mirrored>().is_some();
         let attempt_span = if attempts > 1 || mirror {
-            req.extensions()
-                .get::<opentelemetry::Context>()
+            crate::ext::trace_of(req.extensions())
                 .cloned()
                 .and_then(|parent| AttemptSpan::start(parent, &backend.name, attempts, mirror))
                 .inspect(|span| trace::inject(&span.cx, req.headers_mut()))

@@ -17,6 +17,7 @@ pub struct Routed {
     deadline: Option<TokioInstant>,
     attempt: u32,
     avoid: Option<Arc<str>>,
+    trace: Option<opentelemetry::Context>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,7 @@ impl Routed {
             deadline: None,
             attempt: 1,
             avoid: None,
+            trace: None,
         }
     }
 
@@ -53,6 +55,7 @@ impl Routed {
             deadline: None,
             attempt: 1,
             avoid: None,
+            trace: None,
         }
     }
 
@@ -90,6 +93,17 @@ impl Routed {
     pub fn set_attempt(&mut self, n: u32, avoid: Option<Arc<str>>) {
         self.attempt = n;
         self.avoid = avoid;
+    }
+
+    /// The OpenTelemetry context of the request's client span (set by the
+    /// telemetry layer): retries and mirror copies become its children.
+    pub fn trace(&self) -> Option<&opentelemetry::Context> {
+        self.trace.as_ref()
+    }
+
+    /// Sets the request's trace context (the telemetry layer).
+    pub fn set_trace(&mut self, cx: opentelemetry::Context) {
+        self.trace = Some(cx);
     }
 
     /// (service, route, backend) indexes into the snapshot, unless passthrough.
@@ -194,6 +208,25 @@ pub fn deadline_of<B>(req: &http::Request<B>) -> Option<TokioInstant> {
     match req.extensions().get::<Routed>() {
         Some(r) if r.deadline.is_some() => r.deadline,
         _ => req.extensions().get::<RequestDeadline>().map(|d| d.0),
+    }
+}
+
+/// The trace context of a request's client span: its route decision's, or
+/// a bare [`opentelemetry::Context`] extension when no route layer saw it.
+pub fn trace_of(extensions: &http::Extensions) -> Option<&opentelemetry::Context> {
+    match extensions.get::<Routed>().and_then(Routed::trace) {
+        Some(cx) => Some(cx),
+        None => extensions.get::<opentelemetry::Context>(),
+    }
+}
+
+/// Sets the trace context of a request where [`trace_of`] reads it.
+pub fn set_trace(extensions: &mut http::Extensions, cx: opentelemetry::Context) {
+    match extensions.get_mut::<Routed>() {
+        Some(r) => r.set_trace(cx),
+        None => {
+            extensions.insert(cx);
+        }
     }
 }
 

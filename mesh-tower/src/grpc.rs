@@ -2,11 +2,17 @@
 //! response (how gRPC servers answer most failures), its HTTP equivalent for
 //! outlier detection, and the `grpc-timeout` header.
 
+use http::HeaderName;
 use std::time::Duration;
+
+/// `grpc-status`.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-timeout`.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The `grpc-status` in a response's headers (a trailers-only response).
 pub fn status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// The HTTP status a gRPC status stands for (Envoy's mapping), so outlier
@@ -56,7 +62,7 @@ pub fn outcome_of_response<B>(resp: &http::Response<B>) -> proxyless_core::polic
 
 /// The `grpc-timeout` header (`100m`, `2S`, ...), as gRPC defines it.
 pub fn parse_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }

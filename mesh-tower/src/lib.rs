@@ -79,7 +79,6 @@ use proxyless_core::Mesh;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 
 /// The error type of every mesh service.
@@ -88,11 +87,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The future type of the layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The composed outbound data path, over an inner client whose responses
-/// have bodies of type `RB`. Accepts `Request<B>` for any body `B` of
-/// `Bytes`.
-pub type MeshService<RB> =
-    route::Route<BoxCloneSyncService<Request<MeshBody>, Response<RB>, BoxError>>;
+/// The composed outbound data path over the inner client `S`, in the
+/// documented order. Accepts `Request<B>` for any body `B` of `Bytes`.
+///
+/// A concrete type, not a boxed one: a request through it allocates no
+/// futures of its own on the common path (no body to buffer, one attempt).
+pub type MeshService<S> = route::Route<
+    telemetry::Telemetry<
+        fault::Fault<timeout::Timeout<mirror::Mirror<retry::Retry<backend::Backend<S>>>>>,
+    >,
+>;
 
 /// The whole outbound data path in one layer, in the documented order.
 #[derive(Debug, Clone)]
@@ -132,9 +136,9 @@ where
     S::Future: Send + 'static,
     RB: Send + 'static,
 {
-    type Service = MeshService<RB>;
+    type Service = MeshService<S>;
 
-    fn layer(&self, inner: S) -> MeshService<RB> {
+    fn layer(&self, inner: S) -> MeshService<S> {
         let rt = &self.runtime;
         let stack = fault::FaultLayer.layer(
             timeout::TimeoutLayer::default().layer(
@@ -145,6 +149,6 @@ where
             ),
         );
         let stack = telemetry::TelemetryLayer::new(rt.clone()).layer(stack);
-        route::RouteLayer::new(self.mesh.clone()).layer(BoxCloneSyncService::new(stack))
+        route::RouteLayer::new(self.mesh.clone()).layer(stack)
     }
 }

@@ -70,9 +70,6 @@ impl<S> Mirror<S> {
         }
         copy.extensions_mut().insert(routed.with_backend(backend));
         copy.extensions_mut().insert(Mirrored);
-        if let Some(cx) = req.extensions().get::<opentelemetry::Context>() {
-            copy.extensions_mut().insert(cx.clone());
-        }
         Some(copy)
     }
 }

@@ -111,17 +111,14 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = Either<
-        Either<MapErr<S::Future>, TimeoutFuture<S::Future>>,
-        BoxFuture<Result<Response<RB>, BoxError>>,
-    >;
+    type Future = ResponseFuture<S, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        let runtime = self.runtime.clone();
+        let runtime = &self.runtime;
         runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
         let routed = req.extensions().get::<Routed>();
         if let Some(r) = routed {
@@ -140,122 +137,264 @@ where
                     || crate::grpc::is_grpc(req.headers())
             })
             .is_some()
-            && req.body().replayer().is_some()
             && req.extensions().get::<Mirrored>().is_none();
-        let Some(routed) = routed.filter(|_| retrying).cloned() else {
-            // One attempt, bounded by the route's per-try timeout if it has one.
-            let Some(t) = per_try else {
-                return Either::left(Either::left(MapErr::new(self.inner.call(req))));
-            };
-            shorten_deadline(&mut req, t);
-            let at = crate::ext::deadline_after(t);
-            let fut = self.inner.call(req);
-            return Either::left(Either::right(TimeoutFuture::new(
-                fut,
-                at,
-                Deadline::PerTry,
-                t,
-            )));
-        };
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
-        Either::right(Box::pin(async move {
-            let Some(policy) = routed.route_entry().and_then(|r| r.retry()) else {
-                return Err("internal: a retrying request without a retry policy".into());
-            };
-            let (parts, body) = req.into_parts();
-            // The first attempt sends the body itself; retries send copies.
-            let Some(replayer) = body.replayer() else {
-                return Err("internal: retry policy without a replayable body".into());
-            };
-            let mut first = Some(body);
-            let deadline = routed.deadline();
+        let replayer = req.body().replayer().filter(|_| retrying);
+        let retry = replayer.and_then(|replayer| {
+            let routed = routed?.clone();
             let backend = routed
                 .backend_entry()
                 .and_then(|(i, _)| runtime.backend(routed.snapshot(), i));
-            let mut avoid: Option<Arc<str>> = None;
-            let mut n = 1;
-            // Held from a retry's admission until that retry is answered.
-            let mut _retry_slot = None;
-            loop {
-                let body = match first.take() {
-                    Some(b) => b,
-                    None => match replayer.replay() {
-                        Some(b) => b,
-                        None => return Err("internal: retry without a body copy".into()),
-                    },
-                };
-                let mut attempt = Request::from_parts(parts.clone(), body);
-                if n > 1
-                    && let Some(r) = attempt.extensions_mut().get_mut::<Routed>()
-                {
-                    r.set_attempt(n, avoid.take());
-                }
-                if let Some(t) = policy.per_try_timeout {
-                    shorten_deadline(&mut attempt, t);
-                }
-                let result = per_try_bound(svc.call(attempt), policy.per_try_timeout).await;
-                let (outcome, endpoint, grpc) = match &result {
-                    Ok(resp) => (
-                        Outcome::Status(resp.status().as_u16()),
-                        resp.extensions()
-                            .get::<Served>()
-                            .map(|s| s.endpoint.clone()),
-                        crate::grpc::status(resp.headers()),
-                    ),
-                    Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
-                };
-                let last = n >= policy.attempts
-                    || !is_retriable(policy, outcome, grpc)
-                    || !replayer.can_replay()
-                    || deadline.is_some_and(|d| Instant::now() >= d);
-                if last {
-                    return result;
-                }
-                if !runtime.with_budget(routed.snapshot(), |b| b.try_withdraw(now())) {
-                    runtime
-                        .stats()
-                        .budget_exhausted
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(attempts = n, "retry budget exhausted; not retrying");
-                    runtime.route_metrics(&routed).budget_exhausted();
-                    return result.map_err(|source| {
-                        RetryBudgetExhausted {
-                            attempts: n,
-                            source,
-                        }
-                        .into()
-                    });
-                }
-                let slot = match backend.as_ref().map(|b| b.state.breaker.try_retry()) {
-                    Some(Err(_)) => {
-                        runtime
-                            .stats()
-                            .retry_overflow
-                            .fetch_add(1, Ordering::Relaxed);
-                        return result;
-                    }
-                    Some(Ok(slot)) => Some(slot),
-                    None => None,
-                };
-                drop(result);
-                avoid = endpoint;
-                let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
-                if deadline.is_some_and(|d| wake >= d) {
-                    return Err(Elapsed {
-                        deadline: Deadline::Overall,
-                        timeout: routed.route_entry().map_or(Duration::ZERO, |r| r.timeout()),
-                    }
-                    .into());
-                }
-                tokio::time::sleep_until(wake).await;
-                svc.ready().await.map_err(Into::into)?;
-                runtime.stats().retries.fetch_add(1, Ordering::Relaxed);
-                runtime.route_metrics(&routed).retry();
-                n += 1;
-                _retry_slot = slot;
+            Some(Box::new(Attempts {
+                svc: self.inner.clone(),
+                runtime: runtime.clone(),
+                deadline: routed.deadline(),
+                // What a retry sends again: the request as it was before
+                // the first attempt (the first attempt sends the original).
+                parts: head_for_retries(&req),
+                routed,
+                replayer,
+                backend,
+                per_try,
+            }))
+        });
+        // The first attempt is sent from here, inline; only a retry (rare)
+        // moves into a boxed future.
+        let first = match per_try {
+            None => Either::left(MapErr::new(self.inner.call(req))),
+            Some(t) => {
+                shorten_deadline(&mut req, t);
+                let at = crate::ext::deadline_after(t);
+                Either::right(TimeoutFuture::new(
+                    self.inner.call(req),
+                    at,
+                    Deadline::PerTry,
+                    t,
+                ))
             }
-        }))
+        };
+        ResponseFuture {
+            state: State::First {
+                inner: first,
+                retry,
+            },
+        }
+    }
+}
+
+/// What a retry needs of a request's head (its body is the replayer's to
+/// copy). Its extensions are copied only when the caller set any: the
+/// mesh's own decision is put back on each retry from [`Attempts::routed`].
+fn head_for_retries(req: &Request<MeshBody>) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    let only_ours = req.extensions().len() == 1 && req.extensions().get::<Routed>().is_some();
+    if !only_ours {
+        *copy.extensions_mut() = req.extensions().clone();
+    }
+    copy.into_parts().0
+}
+
+/// What the attempts after the first need: the service, the request's head
+/// and a way to copy its body, and the bounds that stop retries.
+struct Attempts<S> {
+    svc: S,
+    runtime: Arc<Runtime>,
+    routed: Routed,
+    deadline: Option<Instant>,
+    parts: http::request::Parts,
+    replayer: crate::body::Replayer,
+    backend: Option<Arc<crate::runtime::ResolvedBackend>>,
+    per_try: Option<Duration>,
+}
+
+/// After an attempt: its result stands, or another attempt follows.
+enum Next<RB> {
+    Done(Result<Response<RB>, BoxError>),
+    Again {
+        avoid: Option<Arc<str>>,
+        slot: Option<proxyless_core::policy::breaker::Slot>,
+        wake: Instant,
+    },
+}
+
+impl<S, RB> Attempts<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    /// Judges attempt `n`'s result: final, or retried after a backoff
+    /// (within the budget, the breaker's retry limit and the deadline).
+    fn judge(&self, n: u32, result: Result<Response<RB>, BoxError>) -> Next<RB> {
+        let Some(policy) = self.routed.route_entry().and_then(|r| r.retry()) else {
+            return Next::Done(result);
+        };
+        let (outcome, endpoint, grpc) = match &result {
+            Ok(resp) => (
+                Outcome::Status(resp.status().as_u16()),
+                resp.extensions()
+                    .get::<Served>()
+                    .map(|s| s.endpoint.clone()),
+                crate::grpc::status(resp.headers()),
+            ),
+            Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
+        };
+        let last = n >= policy.attempts
+            || !is_retriable(policy, outcome, grpc)
+            || !self.replayer.can_replay()
+            || self.deadline.is_some_and(|d| Instant::now() >= d);
+        if last {
+            return Next::Done(result);
+        }
+        let runtime = &self.runtime;
+        if !runtime.with_budget(self.routed.snapshot(), |b| b.try_withdraw(now())) {
+            runtime
+                .stats()
+                .budget_exhausted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(attempts = n, "retry budget exhausted; not retrying");
+            runtime.route_metrics(&self.routed).budget_exhausted();
+            return Next::Done(result.map_err(|source| {
+                RetryBudgetExhausted {
+                    attempts: n,
+                    source,
+                }
+                .into()
+            }));
+        }
+        let slot = match self.backend.as_ref().map(|b| b.state.breaker.try_retry()) {
+            Some(Err(_)) => {
+                runtime
+                    .stats()
+                    .retry_overflow
+                    .fetch_add(1, Ordering::Relaxed);
+                return Next::Done(result);
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
+        let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
+        if self.deadline.is_some_and(|d| wake >= d) {
+            return Next::Done(Err(Elapsed {
+                deadline: Deadline::Overall,
+                timeout: self
+                    .routed
+                    .route_entry()
+                    .map_or(Duration::ZERO, |r| r.timeout()),
+            }
+            .into()));
+        }
+        Next::Again {
+            avoid: endpoint,
+            slot,
+            wake,
+        }
+    }
+
+    /// The attempts after the first, from the backoff before attempt 2.
+    async fn rest(
+        mut self,
+        mut avoid: Option<Arc<str>>,
+        mut slot: Option<proxyless_core::policy::breaker::Slot>,
+        mut wake: Instant,
+    ) -> Result<Response<RB>, BoxError> {
+        let mut n = 1;
+        loop {
+            tokio::time::sleep_until(wake).await;
+            self.svc.ready().await.map_err(Into::into)?;
+            self.runtime.stats().retries.fetch_add(1, Ordering::Relaxed);
+            self.runtime.route_metrics(&self.routed).retry();
+            n += 1;
+            // Held from a retry's admission until that retry is answered.
+            let _retry_slot = slot.take();
+            let Some(body) = self.replayer.replay() else {
+                return Err("internal: retry without a body copy".into());
+            };
+            let mut attempt = Request::from_parts(self.parts.clone(), body);
+            let mut routed = self.routed.clone();
+            routed.set_attempt(n, avoid.take());
+            attempt.extensions_mut().insert(routed);
+            if let Some(t) = self.per_try {
+                shorten_deadline(&mut attempt, t);
+            }
+            let result = per_try_bound(self.svc.call(attempt), self.per_try).await;
+            match self.judge(n, result) {
+                Next::Done(result) => return result,
+                Next::Again {
+                    avoid: a,
+                    slot: s,
+                    wake: w,
+                } => (avoid, slot, wake) = (a, s, w),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The retry layer's future: the first attempt inline; the attempts
+    /// after it, if any, boxed.
+    pub struct ResponseFuture<S: Service<Request<MeshBody>>, RB> {
+        #[pin]
+        state: State<S, RB>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Request<MeshBody>>, RB> {
+        First {
+            #[pin]
+            inner: Either<MapErr<S::Future>, TimeoutFuture<S::Future>>,
+            retry: Option<Box<Attempts<S>>>,
+        },
+        Again {
+            inner: BoxFuture<Result<Response<RB>, BoxError>>,
+        },
+    }
+}
+
+impl<S: Service<Request<MeshBody>>, RB> std::fmt::Debug for ResponseFuture<S, RB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("retry::ResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, RB> std::future::Future for ResponseFuture<S, RB>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let again = match self.as_mut().project().state.project() {
+                StateProj::Again { inner } => return inner.as_mut().poll(cx),
+                StateProj::First { inner, retry } => {
+                    let result = std::task::ready!(inner.poll(cx));
+                    let Some(attempts) = retry.take() else {
+                        return Poll::Ready(result);
+                    };
+                    match attempts.judge(1, result) {
+                        Next::Done(result) => return Poll::Ready(result),
+                        Next::Again { avoid, slot, wake } => {
+                            Box::pin((*attempts).rest(avoid, slot, wake))
+                        }
+                    }
+                }
+            };
+            self.as_mut()
+                .project()
+                .state
+                .set(State::Again { inner: again });
+        }
     }
 }
 

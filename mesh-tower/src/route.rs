@@ -27,7 +27,7 @@ use http::{Request, Response};
 use http_body::Body;
 use proxyless_core::Mesh;
 use proxyless_core::config::EscapedSlashes;
-use proxyless_core::route::{Decision, RequestParts, decide};
+use proxyless_core::route::{Decision, RequestParts, decide_in};
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -86,10 +86,8 @@ where
         let snap = self.mesh.snapshot();
         // Routes match the normalized path, and the request carries it on.
         // Hosts outside the mesh are sent as addressed.
-        if snap
-            .service_for_host(RequestParts::of(&req).host())
-            .is_some()
-        {
+        let found = snap.service_index_for_host(RequestParts::of(&req).host());
+        if found.is_some() {
             let mut how = snap.config().defaults.path_normalization;
             if how.escaped_slashes == EscapedSlashes::Redirect {
                 // Only a server can redirect its caller; a client decodes.
@@ -99,7 +97,7 @@ where
                 return Either::right(Box::pin(std::future::ready(Err(e.into()))));
             }
         }
-        let decision = decide(&snap, &RequestParts::of(&req), rand::random());
+        let decision = decide_in(&snap, found, &RequestParts::of(&req), rand::random());
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {
                 if let Some(c) = no_route_counter() {

@@ -27,7 +27,7 @@ fn mesh(yaml: &str) -> Mesh {
     Mesh::from_config(Config::from_yaml(yaml).unwrap()).unwrap()
 }
 
-fn stack(yaml: &str) -> (proxyless_tower::MeshService<String>, Handle, MeshLayer) {
+fn stack(yaml: &str) -> (proxyless_tower::MeshService<Mock>, Handle, MeshLayer) {
     let (svc, handle): (Mock, Handle) = mock::pair();
     let layer = MeshLayer::new(mesh(yaml));
     (layer.layer(svc), handle, layer)
@@ -68,6 +68,42 @@ services:
 backends:
   - { name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }
 "#;
+
+/// Every attempt carries what the caller put in the request (its headers
+/// and extensions) and the mesh's own decision, marked with its attempt.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_callers_extensions_and_headers() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tenant(&'static str);
+    for with_extension in [true, false] {
+        let (svc, handle, _) = stack(RETRY);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        serve(handle, move |req| {
+            let a = req.extensions().get::<Routed>().unwrap().attempt();
+            log.lock().unwrap().push((
+                a,
+                req.extensions().get::<Tenant>().cloned(),
+                req.headers().get("x-user").cloned(),
+            ));
+            Ok(status(if a < 3 { 503 } else { 200 }))
+        });
+        let mut req = get("http://api/x");
+        req.headers_mut()
+            .insert("x-user", http::HeaderValue::from_static("ana"));
+        if with_extension {
+            req.extensions_mut().insert(Tenant("t1"));
+        }
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+        let seen = seen.lock().unwrap();
+        let attempts: Vec<u32> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(attempts, [1, 2, 3]);
+        for (_, tenant, user) in seen.iter() {
+            assert_eq!(tenant.as_ref(), with_extension.then_some(&Tenant("t1")));
+            assert_eq!(user.as_ref().map(|v| v.as_bytes()), Some(&b"ana"[..]));
+        }
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn retries_a_5xx_on_another_endpoint_until_success() {

@@ -319,6 +319,53 @@ async fn without_a_provider_the_callers_context_passes_through() {
     assert_eq!(echoed["headers"]["baggage"], "tenant=t1");
 }
 
+/// With no global provider the mesh makes no span of its own, and it must
+/// not touch the caller's: an application span (from a provider of its own,
+/// not installed globally) given as the request's parent reaches the next
+/// hop as the parent, and stays open until the application ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_the_callers_span_is_neither_replaced_nor_ended() {
+    use opentelemetry::trace::TracerProvider as _;
+    let _turn = OTEL_TURN.lock().await;
+    global::set_tracer_provider(opentelemetry::trace::noop::NoopTracerProvider::new());
+    global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+        vec![],
+    ));
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let own = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let app = own.tracer("app").start("app work");
+    let cx = Context::new().with_span(app);
+    let b = echo("np-c").await;
+    let m = mesh(&format!(
+        "services: [{{ name: np-c, routes: [{{ to: [np-c] }}] }}]\nbackends: [{{ name: np-c, endpoints: ['{}'] }}]",
+        b.addr()
+    ));
+    let mut req = http::Request::get("http://np-c/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    req.extensions_mut().insert(cx.clone());
+    let resp = Client::new(&m).request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let sc = cx.span().span_context().clone();
+    assert_eq!(
+        echoed["headers"]["traceparent"],
+        format!("00-{}-{}-01", sc.trace_id(), sc.span_id()),
+        "the app's span is the next hop's parent"
+    );
+    assert!(
+        exporter.get_finished_spans().unwrap().is_empty(),
+        "the mesh ended the caller's span"
+    );
+    cx.span().end();
+    assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "interop"),

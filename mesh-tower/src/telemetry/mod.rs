@@ -83,10 +83,19 @@ where
             .unzip();
         let parent = trace::outbound_parent(req.extensions(), req.headers());
         let span = span::start_client(&req, service.as_deref(), route.as_deref(), &parent);
-        let cx = parent.with_span(span);
+        // A span that records nothing and carries its parent's identity (no
+        // tracer provider installed) adds nothing to the parent's context:
+        // the parent goes on as it is, and nothing is allocated for it.
+        let own_span = opentelemetry::trace::Span::is_recording(&span)
+            || opentelemetry::trace::Span::span_context(&span) != parent.span().span_context();
+        let cx = if own_span {
+            parent.with_span(span)
+        } else {
+            parent
+        };
         trace::inject(&cx, req.headers_mut());
         // Lower layers make retries and mirror copies children of this span.
-        req.extensions_mut().insert(cx.clone());
+        crate::ext::set_trace(req.extensions_mut(), cx.clone());
         let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
             Box::new(AccessInfo {
                 method: req.method().clone(),
@@ -102,6 +111,7 @@ where
             metrics,
             access,
             cx,
+            own_span,
         }
     }
 }
@@ -126,6 +136,9 @@ pin_project_lite::pin_project! {
         metrics: Option<Arc<metrics::RouteMetrics>>,
         access: Option<Box<AccessInfo>>,
         cx: opentelemetry::Context,
+        // Whether `cx` holds this request's span (else it is the parent's
+        // context, which is not this layer's to end).
+        own_span: bool,
     }
 }
 
@@ -158,7 +171,9 @@ where
             .as_ref()
             .ok()
             .and_then(|r| crate::grpc::status(r.headers()));
-        span::finish(this.cx, span::Side::Client, outcome, grpc_status, served);
+        if *this.own_span {
+            span::finish(this.cx, span::Side::Client, outcome, grpc_status, served);
+        }
         if let Some(info) = this.access.take() {
             access_log(&info, outcome, elapsed, served, this.cx);
         }

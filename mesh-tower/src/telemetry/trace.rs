@@ -49,6 +49,9 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The W3C baggage header.
 pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
+const B3: HeaderName = HeaderName::from_static("b3");
+const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+
 /// The instrumentation scope of the mesh's spans.
 pub const SCOPE_NAME: &str = "proxyless";
 
@@ -107,8 +110,8 @@ pub fn outbound_parent(extensions: &http::Extensions, headers: &HeaderMap) -> Co
         return current;
     }
     if headers.contains_key(TRACEPARENT)
-        || headers.contains_key("b3")
-        || headers.contains_key("x-b3-traceid")
+        || headers.contains_key(B3)
+        || headers.contains_key(X_B3_TRACEID)
     {
         return extract(headers);
     }
