@@ -97,8 +97,8 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
     }
     defaults(&mut v, &cfg.defaults);
 
-    let backend_names: Vec<&str> = cfg.backends.iter().map(|b| b.name.as_str()).collect();
-    let service_names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+    let backend_names = Names::new(cfg.backends.iter().map(|b| b.name.as_str()));
+    let service_names = Names::new(cfg.services.iter().map(|s| s.name.as_str()));
 
     let mut seen_services = HashSet::new();
     let mut host_owner: HashMap<String, &str> = HashMap::new();
@@ -173,8 +173,12 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
         // A workload's own service need not be among those it calls (a
         // server fed by a control plane knows only its callees), so only a
         // near miss of a listed service is refused, as the typo it likely is.
-        let near = suggestion(&p.service, service_names.iter().copied());
-        if !service_names.contains(&p.service.as_str()) && !near.is_empty() {
+        let near = if service_names.set.contains(p.service.as_str()) {
+            String::new()
+        } else {
+            suggestion(&p.service, service_names.list.iter().copied())
+        };
+        if !near.is_empty() {
             let msg = format!("no service named `{}`{near}", p.service);
             v.add(ProblemKind::UndefinedReference, &sp, msg);
         } else if !seen_inbound.insert(p.service.as_str()) {
@@ -235,7 +239,7 @@ fn route<'a>(
     v: &mut V<'_>,
     at: &str,
     r: &'a Route,
-    backends: &[&str],
+    backends: &Names<'_>,
     seen: &mut HashSet<&'a str>,
 ) {
     if let Some(n) = &r.name {
@@ -368,11 +372,26 @@ fn route<'a>(
     }
 }
 
-fn reference(v: &mut V<'_>, path: &str, name: &str, backends: &[&str]) {
-    if !backends.contains(&name) {
+/// Names defined in a config: looked up by hash (a config may define
+/// 100,000), listed in order for suggestions.
+struct Names<'a> {
+    list: Vec<&'a str>,
+    set: HashSet<&'a str>,
+}
+
+impl<'a> Names<'a> {
+    fn new(names: impl Iterator<Item = &'a str>) -> Self {
+        let list: Vec<&str> = names.collect();
+        let set = list.iter().copied().collect();
+        Self { list, set }
+    }
+}
+
+fn reference(v: &mut V<'_>, path: &str, name: &str, backends: &Names<'_>) {
+    if !backends.set.contains(name) {
         let msg = format!(
             "no backend named `{name}`{}",
-            suggestion(name, backends.iter().copied())
+            suggestion(name, backends.list.iter().copied())
         );
         v.add(ProblemKind::UndefinedReference, path, msg);
     }
