@@ -146,8 +146,12 @@ impl Served {
         let mut resources = translate::from_config(snapshot.config());
         let wildcard_listeners = envoy.map(|addr| {
             let (l, rc) = translate::envoy_listener(&resources, ENVOY_LISTENER, addr);
-            resources.listeners.insert(l.name.clone(), l);
-            resources.routes.insert(rc.name.clone(), rc);
+            resources
+                .listeners
+                .insert(l.name.clone(), translate::Held::new(&l));
+            resources
+                .routes
+                .insert(rc.name.clone(), translate::Held::new(&rc));
             BTreeSet::from([ENVOY_LISTENER.to_owned()])
         });
         let encoded = [

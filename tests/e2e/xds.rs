@@ -931,7 +931,7 @@ async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked
     let size = resources
         .routes
         .values()
-        .map(prost::Message::encoded_len)
+        .map(|h| h.bytes().len())
         .max()
         .unwrap();
     assert!(

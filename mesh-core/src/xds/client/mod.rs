@@ -214,11 +214,12 @@ impl State {
             .iter()
             .filter(|n| inbound.is_none_or(|i| i.listener != **n));
         let built = translate::to_config(&self.resources, services, &mut warnings);
-        let policy =
-            match inbound.and_then(|i| Some((i, self.resources.listeners.get(&i.listener)?))) {
-                Some((i, l)) => translate::inbound_of(l, &i.service, &mut warnings).map(Some),
-                None => Ok(None),
-            };
+        let policy = match inbound
+            .and_then(|i| Some((i, self.resources.listeners.get(&i.listener)?)))
+        {
+            Some((i, l)) => translate::inbound_of(&l.get(), &i.service, &mut warnings).map(Some),
+            None => Ok(None),
+        };
         record_warnings(status, warnings);
         let (mut built, policy) = (built?, policy?);
         built.config.inbound.extend(policy);

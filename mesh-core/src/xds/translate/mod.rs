@@ -27,11 +27,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 mod cluster;
+mod held;
 mod rbac;
 mod reverse;
 mod reverse_rbac;
 mod routes;
 
+pub use held::Held;
 pub use rbac::{INBOUND_PREFIX, inbound_of};
 pub use reverse::{envoy_listener, from_config};
 pub use reverse_rbac::inbound_listener;
@@ -59,26 +61,26 @@ pub mod type_url {
 #[derive(Debug, Default, Clone)]
 pub struct Resources {
     /// Listeners.
-    pub listeners: BTreeMap<String, Listener>,
+    pub listeners: BTreeMap<String, Held<Listener>>,
     /// Route configurations.
-    pub routes: BTreeMap<String, RouteConfiguration>,
+    pub routes: BTreeMap<String, Held<RouteConfiguration>>,
     /// Clusters.
-    pub clusters: BTreeMap<String, Cluster>,
+    pub clusters: BTreeMap<String, Held<Cluster>>,
     /// Endpoint assignments.
-    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    pub endpoints: BTreeMap<String, Held<ClusterLoadAssignment>>,
 }
 
 /// One type's held resources, saved to put back if a response is NACKed.
 #[derive(Debug, Clone)]
 pub enum Saved {
     /// Listeners.
-    Listeners(BTreeMap<String, Listener>),
+    Listeners(BTreeMap<String, Held<Listener>>),
     /// Route configurations.
-    Routes(BTreeMap<String, RouteConfiguration>),
+    Routes(BTreeMap<String, Held<RouteConfiguration>>),
     /// Clusters.
-    Clusters(BTreeMap<String, Cluster>),
+    Clusters(BTreeMap<String, Held<Cluster>>),
     /// Endpoint assignments.
-    Endpoints(BTreeMap<String, ClusterLoadAssignment>),
+    Endpoints(BTreeMap<String, Held<ClusterLoadAssignment>>),
 }
 
 /// Runs `$body` with `$map` bound to the map of type URL `$t`.
@@ -131,13 +133,13 @@ impl Named for ClusterLoadAssignment {
 }
 
 fn decode_as<M: Named>(
-    map: &mut BTreeMap<String, M>,
+    map: &mut BTreeMap<String, Held<M>>,
     any: &envoy_types::pb::google::protobuf::Any,
 ) -> Result<String, XdsError> {
-    let v = M::decode(any.value.as_slice())
+    let (held, v) = Held::<M>::decoded(any.value.as_slice())
         .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
     let name = v.name().to_owned();
-    map.insert(name.clone(), v);
+    map.insert(name.clone(), held);
     Ok(name)
 }
 
@@ -264,7 +266,7 @@ impl Resources {
         pick: impl Fn(&str) -> bool,
     ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
         fn enc<M: Message + prost::Name>(
-            map: &BTreeMap<String, M>,
+            map: &BTreeMap<String, Held<M>>,
             pick: impl Fn(&str) -> bool,
         ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
             map.iter()
@@ -272,7 +274,7 @@ impl Resources {
                 .map(|(k, v)| {
                     let any = envoy_types::pb::google::protobuf::Any {
                         type_url: M::type_url(),
-                        value: v.encode_to_vec(),
+                        value: v.bytes().to_vec(),
                     };
                     (k.clone(), any)
                 })
@@ -343,21 +345,9 @@ fn route_source(l: &Listener) -> Result<RouteSource, XdsError> {
 /// The names the held resources refer to.
 pub fn wanted(r: &Resources) -> Wanted {
     let mut w = Wanted::default();
-    let mut configs: Vec<&RouteConfiguration> = Vec::new();
-    let mut inline = Vec::new();
-    for l in r.listeners.values() {
-        match route_source(l) {
-            Ok(RouteSource::Rds(name)) => {
-                if let Some(rc) = r.routes.get(&name) {
-                    configs.push(rc);
-                }
-                w.routes.insert(name);
-            }
-            Ok(RouteSource::Inline(rc)) => inline.push(*rc),
-            Err(_) => {}
-        }
-    }
-    for rc in configs.into_iter().chain(inline.iter()) {
+    // One route configuration decoded at a time: a client may hold
+    // thousands.
+    let mut clusters_of = |rc: &RouteConfiguration| {
         for vh in &rc.virtual_hosts {
             for route in &vh.routes {
                 if let Some(route::Action::Route(a)) = &route.action {
@@ -378,12 +368,26 @@ pub fn wanted(r: &Resources) -> Wanted {
                 }
             }
         }
+    };
+    let mut rds = BTreeSet::new();
+    for l in r.listeners.values() {
+        match route_source(&l.get()) {
+            Ok(RouteSource::Rds(name)) => {
+                if let Some(rc) = r.routes.get(&name) {
+                    clusters_of(&rc.get());
+                }
+                rds.insert(name);
+            }
+            Ok(RouteSource::Inline(rc)) => clusters_of(&rc),
+            Err(_) => {}
+        }
     }
+    w.routes = rds;
     for name in &w.clusters {
-        if let Some(c) = r.clusters.get(name)
-            && is_eds(c)
+        if let Some(c) = r.clusters.get(name).map(Held::get)
+            && is_eds(&c)
         {
-            w.endpoints.insert(eds_name(c));
+            w.endpoints.insert(eds_name(&c));
         }
     }
     w
@@ -430,11 +434,11 @@ pub fn to_config<'a>(
     let mut built = Built::default();
     let mut clusters_used = BTreeSet::new();
     for name in services {
-        let Some(l) = r.listeners.get(name) else {
+        let Some(l) = r.listeners.get(name).map(Held::get) else {
             built.missing.push(name.clone());
             continue;
         };
-        match service_of(r, name, l, warnings)? {
+        match service_of(r, name, &l, warnings)? {
             Some((service, uses)) => {
                 clusters_used.extend(uses);
                 built.config.services.push(service);
@@ -443,15 +447,18 @@ pub fn to_config<'a>(
         }
     }
     for name in &clusters_used {
-        let Some(c) = r.clusters.get(name) else {
+        let Some(c) = r.clusters.get(name).map(Held::get) else {
             continue; // held: service_of checked
         };
-        let cla = if is_eds(c) {
-            r.endpoints.get(&eds_name(c)).cloned().unwrap_or_default()
+        let cla = if is_eds(&c) {
+            r.endpoints
+                .get(&eds_name(&c))
+                .map(Held::get)
+                .unwrap_or_default()
         } else {
             c.load_assignment.clone().unwrap_or_default()
         };
-        let backend = backend_of(c, &cla, warnings).map_err(|e| e.in_resource("Cluster", name))?;
+        let backend = backend_of(&c, &cla, warnings).map_err(|e| e.in_resource("Cluster", name))?;
         built.config.backends.push(backend);
     }
     Ok(built)
@@ -466,10 +473,10 @@ fn service_of(
     l: &Listener,
     warnings: &mut Vec<String>,
 ) -> Result<Option<(Service, BTreeSet<String>)>, XdsError> {
-    let rc: std::borrow::Cow<'_, RouteConfiguration> = match route_source(l)? {
-        RouteSource::Inline(rc) => std::borrow::Cow::Owned(*rc),
+    let rc: RouteConfiguration = match route_source(l)? {
+        RouteSource::Inline(rc) => *rc,
         RouteSource::Rds(n) => match r.routes.get(&n) {
-            Some(rc) => std::borrow::Cow::Borrowed(rc),
+            Some(rc) => rc.get(),
             None => return Ok(None),
         },
     };
@@ -518,7 +525,8 @@ fn service_of(
     let held = |c: &String| {
         r.clusters
             .get(c)
-            .is_some_and(|c| !is_eds(c) || r.endpoints.contains_key(&eds_name(c)))
+            .map(Held::get)
+            .is_some_and(|c| !is_eds(&c) || r.endpoints.contains_key(&eds_name(&c)))
     };
     if !uses.iter().all(held) {
         return Ok(None);
@@ -797,8 +805,10 @@ backends:
         )
         .unwrap();
         let mut r = from_config(&cfg);
-        let rc = r.routes.get_mut("s").unwrap();
-        rc.virtual_hosts[0].routes[0].action = Some(route::Action::Redirect(Default::default()));
+        r.routes.get_mut("s").unwrap().update(|rc| {
+            rc.virtual_hosts[0].routes[0].action =
+                Some(route::Action::Redirect(Default::default()));
+        });
         let err = to_config(&r, &["s".into()], &mut Vec::new())
             .unwrap_err()
             .to_string();
@@ -844,11 +854,12 @@ backends:
         )
         .unwrap();
         let mut r = from_config(&cfg);
-        let vh = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0];
-        vh.typed_per_filter_config.insert(
-            "envoy.filters.http.fault".into(),
-            any(&abort(ErrorType::HttpStatus(503))),
-        );
+        r.routes.get_mut("s").unwrap().update(|rc| {
+            rc.virtual_hosts[0].typed_per_filter_config.insert(
+                "envoy.filters.http.fault".into(),
+                any(&abort(ErrorType::HttpStatus(503))),
+            );
+        });
         let mut warnings = Vec::new();
         let built = to_config(&r, &["s".into()], &mut warnings).unwrap();
         let fault = built.config.services[0].routes[0].fault.clone().unwrap();
@@ -857,19 +868,22 @@ backends:
         assert!(warnings.is_empty(), "{warnings:?}");
 
         // What the model cannot say is named, not silently dropped.
-        let route = &mut r.routes.get_mut("s").unwrap().virtual_hosts[0].routes[0];
-        route.typed_per_filter_config.insert(
-            "envoy.filters.http.fault".into(),
-            any(&abort(ErrorType::GrpcStatus(14))),
-        );
-        route.typed_per_filter_config.insert(
-            "envoy.filters.http.cors".into(),
-            Any {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-                    .into(),
-                value: Vec::new(),
-            },
-        );
+        r.routes.get_mut("s").unwrap().update(|rc| {
+            let route = &mut rc.virtual_hosts[0].routes[0];
+            route.typed_per_filter_config.insert(
+                "envoy.filters.http.fault".into(),
+                any(&abort(ErrorType::GrpcStatus(14))),
+            );
+            route.typed_per_filter_config.insert(
+                "envoy.filters.http.cors".into(),
+                Any {
+                    type_url:
+                        "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+                            .into(),
+                    value: Vec::new(),
+                },
+            );
+        });
         let mut warnings = Vec::new();
         to_config(&r, &["s".into()], &mut warnings).unwrap();
         let all = warnings.join("\n");

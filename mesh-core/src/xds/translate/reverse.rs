@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use prost::Message;
 use std::time::Duration;
 
-use super::Resources;
 use super::cluster::tls_socket;
+use super::{Held, Resources};
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -53,18 +53,21 @@ pub fn from_config(cfg: &Config) -> Resources {
         };
         let hcm = hcm_of(s);
         for h in &hosts {
-            r.listeners.insert(h.clone(), api_listener(h, &hcm));
+            r.listeners
+                .insert(h.clone(), Held::new(&api_listener(h, &hcm)));
         }
-        r.routes.insert(s.name.clone(), route_config_of(s, hosts));
+        r.routes
+            .insert(s.name.clone(), Held::new(&route_config_of(s, hosts)));
     }
     for p in &cfg.inbound {
         let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
         r.listeners
-            .insert(name.clone(), super::inbound_listener(p, &name));
+            .insert(name.clone(), Held::new(&super::inbound_listener(p, &name)));
     }
     for b in &cfg.backends {
-        r.clusters.insert(b.name.clone(), cluster_of(b));
-        r.endpoints.insert(b.name.clone(), assignment_of(b));
+        r.clusters.insert(b.name.clone(), Held::new(&cluster_of(b)));
+        r.endpoints
+            .insert(b.name.clone(), Held::new(&assignment_of(b)));
     }
     r
 }
@@ -391,7 +394,7 @@ pub fn envoy_listener(
         virtual_hosts: r
             .routes
             .values()
-            .flat_map(|rc| rc.virtual_hosts.iter().cloned())
+            .flat_map(|rc| rc.get().virtual_hosts)
             .collect(),
         ..Default::default()
     };

@@ -1,0 +1,83 @@
+//! A held resource: kept as the control plane encoded it, decoded when a
+//! config is built from it.
+//!
+//! Decoded, the Envoy messages are large whatever they hold (a `Cluster` is
+//! over 3 KiB of mostly empty fields, a `Listener` over 2 KiB); encoded, a
+//! typical cluster is a few hundred bytes. A client subscribed to 10,000
+//! services holds tens of thousands of them, so it holds the encoding.
+
+use prost::Message;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A resource of type `M`, held encoded (shared, so copies for a NACK's
+/// rollback cost a reference count).
+pub struct Held<M> {
+    bytes: Arc<[u8]>,
+    kind: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for Held<M> {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Held<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({} bytes)", self.bytes.len())
+    }
+}
+
+impl<M> PartialEq for Held<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<M> Held<M> {
+    /// The encoding.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl<M: Message + Default> Held<M> {
+    /// Holds `m`, encoded.
+    pub fn new(m: &M) -> Self {
+        Self {
+            bytes: m.encode_to_vec().into(),
+            kind: PhantomData,
+        }
+    }
+
+    /// Holds an encoding already known to decode as an `M` (checked by the
+    /// caller); the resource is returned decoded too.
+    pub fn decoded(bytes: &[u8]) -> Result<(Self, M), prost::DecodeError> {
+        let m = M::decode(bytes)?;
+        Ok((
+            Self {
+                bytes: bytes.into(),
+                kind: PhantomData,
+            },
+            m,
+        ))
+    }
+
+    /// The resource. Its encoding was checked when it was held, so this
+    /// does not fail; were it to, the empty resource comes back (and fails
+    /// translation with an error naming what is missing).
+    pub fn get(&self) -> M {
+        M::decode(&*self.bytes).unwrap_or_default()
+    }
+
+    /// Changes the resource (tests and the development control plane).
+    pub fn update(&mut self, f: impl FnOnce(&mut M)) {
+        let mut m = self.get();
+        f(&mut m);
+        *self = Self::new(&m);
+    }
+}
