@@ -1,18 +1,39 @@
 //! The mesh's own cost per request: the whole `MeshLayer` stack over a
 //! no-op inner service, against the bare inner service called the same
-//! way. `cargo bench --bench layers` prints criterion's timings and then
-//! the heap allocations per request of each.
+//! way, in the same run.
+//!
+//! `cargo bench --bench layers` prints one table: time per request (the
+//! median of alternating rounds), its ratio to bare, and heap allocations
+//! per request (a counting allocator), for
+//!
+//! - **bare**: the no-op service alone;
+//! - **mesh, one attempt**: a route with a timeout and a 90/10 split over
+//!   two backends with circuit breakers (no retry policy);
+//! - **mesh, retriable**: the same with `retry: { attempts: 2 }`, so the
+//!   request's head is kept for a retry that does not happen.
+//!
+//! Every request is built the same way in every row (a URI and two headers;
+//! building it is counted in all rows alike). `LAYERS_ROUNDS` (default 7)
+//! and `LAYERS_REQUESTS` (per round, default 100000) size the run.
+//!
+//! Instructions, which a noisy machine does not blur: `LAYERS_PROFILE=n`
+//! runs only `n` requests through the retriable stack (`LAYERS_ROW=0` bare,
+//! `1` one attempt), for a profiler:
+//!
+//! ```text
+//! cargo bench --bench layers --no-run
+//! LAYERS_PROFILE=20000 valgrind --tool=callgrind target/release/deps/layers-<hash>
+//! ```
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use proxyless_core::Mesh;
 use proxyless_core::config::Config;
 use proxyless_tower::{BoxError, MeshLayer};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
-use std::future::Future;
+use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
 
 #[global_allocator]
@@ -20,6 +41,10 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const CONFIG: &str = r#"
 services:
+  - name: plain
+    routes:
+      - timeout: 5s
+        to: [{ backend: a, weight: 90 }, { backend: b, weight: 10 }]
   - name: echo
     routes:
       - timeout: 5s
@@ -48,61 +73,136 @@ impl<B> Service<Request<B>> for Noop {
     }
 }
 
-fn request() -> Request<http_body_util::Empty<bytes::Bytes>> {
-    Request::get("http://echo/ratings/1")
-        .body(http_body_util::Empty::new())
-        .unwrap()
+type Req = Request<http_body_util::Empty<bytes::Bytes>>;
+
+fn request(host: &str) -> Req {
+    Request::get(match host {
+        "plain" => "http://plain/ratings/1",
+        _ => "http://echo/ratings/1",
+    })
+    .header(http::header::USER_AGENT, "bench")
+    .header(http::header::ACCEPT, "*/*")
+    .body(http_body_util::Empty::new())
+    .unwrap()
 }
 
-fn mesh_stack() -> proxyless_tower::MeshService<()> {
+fn mesh_stack() -> proxyless_tower::MeshService<Noop> {
     let mesh = Mesh::from_config(Config::from_yaml(CONFIG).unwrap()).unwrap();
     MeshLayer::new(mesh).layer(Noop)
 }
 
-fn allocations<F: Future>(rt: &tokio::runtime::Runtime, n: u64, mut f: impl FnMut() -> F) -> f64 {
-    let region = Region::new(GLOBAL);
-    rt.block_on(async {
-        for _ in 0..n {
-            f().await;
-        }
-    });
-    region.change().allocations as f64 / n as f64
+/// One request's future.
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// The rows: a name, and one request through it.
+type Row = (&'static str, Box<dyn Fn() -> Pending>);
+
+fn rows() -> Vec<Row> {
+    let svc = mesh_stack();
+    let retriable = svc.clone();
+    vec![
+        (
+            "bare",
+            Box::new(|| Box::pin(async { drop(Noop.oneshot(request("plain")).await.unwrap()) })),
+        ),
+        (
+            "mesh, one attempt",
+            Box::new(move || {
+                let mut svc = svc.clone();
+                Box::pin(async move {
+                    // Called directly: the row measures the stack, not a
+                    // clone of it or a boxed future around it.
+                    let _ =
+                        std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx)).await;
+                    drop(svc.call(request("plain")).await.unwrap());
+                })
+            }),
+        ),
+        (
+            "mesh, retriable",
+            Box::new(move || {
+                let mut svc = retriable.clone();
+                Box::pin(async move {
+                    let _ =
+                        std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx)).await;
+                    drop(svc.call(request("echo")).await.unwrap());
+                })
+            }),
+        ),
+    ]
 }
 
-fn bench(c: &mut Criterion) {
+/// Time per request over `n` requests, and allocations per request.
+fn round(rt: &tokio::runtime::Runtime, n: u64, one: &dyn Fn() -> Pending) -> (Duration, f64) {
+    // The row's own boxed future is one allocation; it is not the mesh's.
+    let region = Region::new(GLOBAL);
+    let started = Instant::now();
+    rt.block_on(async {
+        for _ in 0..n {
+            one().await;
+        }
+    });
+    let took = started.elapsed();
+    let allocations = region.change().allocations as f64 / n as f64 - 1.0;
+    (took / u32::try_from(n).unwrap_or(u32::MAX), allocations)
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut g = c.benchmark_group("layers");
-    g.bench_function("bare_noop", |b| {
-        b.to_async(&rt)
-            .iter(|| async { Noop.oneshot(request()).await.unwrap() })
-    });
-    let svc = mesh_stack();
-    g.bench_function("mesh_layer_over_noop", |b| {
-        b.to_async(&rt).iter(|| {
-            let svc = svc.clone();
-            async move { svc.oneshot(request()).await.unwrap() }
-        })
-    });
-    g.finish();
-
-    let bare = allocations(&rt, 10_000, || async {
-        Noop.oneshot(request()).await.unwrap()
-    });
-    let meshed = allocations(&rt, 10_000, || {
-        let svc = svc.clone();
-        async move { svc.oneshot(request()).await.unwrap() }
-    });
-    println!(
-        "\nallocations per request: bare {bare:.1}, mesh {meshed:.1} (request construction included in both)"
-    );
-}
-
-criterion_group!(benches, bench);
-
-fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    if let Ok(n) = std::env::var("LAYERS_PROFILE") {
+        let n: u64 = n.parse().expect("LAYERS_PROFILE is a number of requests");
+        let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(2);
+        let rows = rows();
+        rt.block_on(async {
+            for _ in 0..n {
+                (rows[row].1)().await;
+            }
+        });
+        return;
+    }
+    let (rounds, n) = (env("LAYERS_ROUNDS", 7), env("LAYERS_REQUESTS", 100_000));
+    let rows = rows();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    let mut allocations = vec![0.0; rows.len()];
+    // Warm up, then alternate the rows round by round so drift hits all.
+    for (_, one) in &rows {
+        round(&rt, n / 10, one.as_ref());
+    }
+    for _ in 0..rounds {
+        for (i, (_, one)) in rows.iter().enumerate() {
+            let (t, a) = round(&rt, n, one.as_ref());
+            times[i].push(t);
+            allocations[i] = a;
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let medians: Vec<Duration> = times.iter_mut().map(median).collect();
+    let bare = medians[0].as_secs_f64();
+    println!("\nlayers: {rounds} rounds of {n} requests, median round (current-thread runtime)\n");
+    println!("| | time per request | vs bare | allocations per request | over bare |");
+    println!("|---|---|---|---|---|");
+    for (i, (name, _)) in rows.iter().enumerate() {
+        let t = medians[i].as_secs_f64();
+        println!(
+            "| {name} | {:.0} ns | {:.2}x (+{:.0} ns) | {:.1} | +{:.1} |",
+            t * 1e9,
+            t / bare,
+            (t - bare) * 1e9,
+            allocations[i],
+            allocations[i] - allocations[0],
+        );
+    }
 }
