@@ -50,4 +50,4 @@ mod transport;
 pub use client::{Body, Client, ResponseFuture};
 pub use limits::{LimitError, ServerLimits};
 pub use server::{Server, ServerStats, grpc_timeout, serve, serve_with_shutdown};
-pub use transport::Transport;
+pub use transport::{Transport, TransportFuture};

@@ -21,10 +21,10 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use proxyless_core::Mesh;
 use proxyless_core::snapshot::{Snapshot, UpstreamTls};
+use proxyless_tower::BoxError;
 use proxyless_tower::body::MeshBody;
 use proxyless_tower::error::{ConnectFailed, ConnectionReset};
 use proxyless_tower::ext::Routed;
-use proxyless_tower::{BoxError, BoxFuture};
 use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -138,7 +138,7 @@ impl Clients {
 impl Service<Request<MeshBody>> for Transport {
     type Response = Response<Incoming>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Incoming>, BoxError>>;
+    type Future = TransportFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -160,7 +160,30 @@ impl Service<Request<MeshBody>> for Transport {
             (None, true) => self.clients.h2.request(req),
             (None, false) => self.clients.h1.request(req),
         };
-        Box::pin(async move { fut.await.map_err(classify) })
+        TransportFuture { inner: fut }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The transport's future: hyper's, its errors typed for the retry and
+    /// outlier logic.
+    pub struct TransportFuture {
+        #[pin]
+        inner: ResponseFuture,
+    }
+}
+
+impl std::fmt::Debug for TransportFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for TransportFuture {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(classify)
     }
 }
 

@@ -82,7 +82,7 @@ where
             })
             .unzip();
         let parent = trace::outbound_parent(req.extensions(), req.headers());
-        let span = span::start_client(&req, service.as_deref(), route.as_deref(), &parent);
+        let span = span::start_client(&req, service.as_ref(), route.as_ref(), &parent);
         // A span that records nothing and carries its parent's identity (no
         // tracer provider installed) adds nothing to the parent's context:
         // the parent goes on as it is, and nothing is allocated for it.

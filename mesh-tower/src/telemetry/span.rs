@@ -61,29 +61,53 @@ fn rpc_attributes<B>(req: &Request<B>, out: &mut Vec<KeyValue>) -> Option<String
     Some(path.to_owned())
 }
 
-/// The client span of an outbound request to mesh `service` by `route`.
+/// The method as a span attribute: the standard ones without a copy.
+fn method_value(m: &http::Method) -> opentelemetry::Value {
+    let known = [
+        http::Method::GET,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::DELETE,
+        http::Method::HEAD,
+        http::Method::OPTIONS,
+        http::Method::PATCH,
+        http::Method::CONNECT,
+        http::Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|k| k == m) {
+        Some(i) => NAMES[i].into(),
+        None => m.as_str().to_owned().into(),
+    }
+}
+
+/// The client span of an outbound request to mesh `service` by `route`
+/// (names shared with the config, not copied).
 pub(crate) fn start_client<B>(
     req: &Request<B>,
-    service: Option<&str>,
-    route: Option<&str>,
+    service: Option<&std::sync::Arc<str>>,
+    route: Option<&std::sync::Arc<str>>,
     parent: &Context,
 ) -> opentelemetry::global::BoxedSpan {
     start(parent, SpanKind::Client, || {
         let host = authority(req);
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
+            KeyValue::new("http.request.method", method_value(req.method())),
             KeyValue::new("server.address", host.to_owned()),
             KeyValue::new("url.path", req.uri().path().to_owned()),
-        ];
+        ]);
         if let Some(s) = service {
-            attributes.push(KeyValue::new("mesh.service", s.to_owned()));
+            attributes.push(KeyValue::new("mesh.service", s.clone()));
         }
         if let Some(r) = route {
-            attributes.push(KeyValue::new("mesh.route", r.to_owned()));
+            attributes.push(KeyValue::new("mesh.route", r.clone()));
         }
         let name = match rpc_attributes(req, &mut attributes) {
             Some(rpc) => rpc,
-            None => format!("{} {}", req.method(), service.unwrap_or(host)),
+            None => format!("{} {}", req.method(), service.map_or(host, |s| &**s)),
         };
         (name, attributes)
     })
@@ -97,7 +121,7 @@ pub(crate) fn start_server<B>(
 ) -> opentelemetry::global::BoxedSpan {
     start(parent, SpanKind::Server, || {
         let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+            KeyValue::new("http.request.method", method_value(req.method())),
             KeyValue::new("url.path", req.uri().path().to_owned()),
         ];
         if let Some(s) = service {
@@ -160,8 +184,8 @@ pub(crate) fn finish(
         attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
     }
     if let Some(s) = served {
-        attributes.push(KeyValue::new("mesh.backend", s.backend.to_string()));
-        attributes.push(KeyValue::new("mesh.endpoint", s.endpoint.to_string()));
+        attributes.push(KeyValue::new("mesh.backend", s.backend.clone()));
+        attributes.push(KeyValue::new("mesh.endpoint", s.endpoint.clone()));
         attributes.push(KeyValue::new("mesh.attempts", i64::from(s.attempts)));
     }
     span.set_attributes(attributes);

@@ -81,3 +81,30 @@ impl<M: Message + Default> Held<M> {
         *self = Self::new(&m);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    #[test]
+    fn holds_the_encoding_and_gives_back_the_resource() {
+        let c = Cluster {
+            name: "reviews".into(),
+            ..Default::default()
+        };
+        let held = Held::new(&c);
+        assert_eq!(held.get(), c);
+        assert_eq!(held.bytes(), c.encode_to_vec().as_slice());
+        // Far smaller than the decoded message it stands for.
+        assert!(held.bytes().len() < 16 && std::mem::size_of::<Cluster>() > 1000);
+        let (again, decoded) = Held::<Cluster>::decoded(held.bytes()).unwrap();
+        assert_eq!((again.clone(), decoded), (held.clone(), c));
+        let mut changed = held.clone();
+        changed.update(|c| c.name = "ratings".into());
+        assert_eq!(changed.get().name, "ratings");
+        assert_ne!(changed, held, "a copy changes alone");
+        assert!(Held::<Cluster>::decoded(&[0xff, 0xff]).is_err());
+    }
+}
