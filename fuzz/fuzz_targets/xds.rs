@@ -12,8 +12,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use libfuzzer_sys::fuzz_target;
 use proxyless_core::snapshot::{Snapshot, Source};
-use proxyless_core::xds::translate::{Resources, to_config, wanted};
-use prost::Message;
+use proxyless_core::xds::translate::{Held, Resources, to_config, wanted};
 
 /// The next length-prefixed chunk (a u16, little-endian).
 fn chunk<'a>(data: &mut &'a [u8]) -> &'a [u8] {
@@ -29,19 +28,20 @@ fn chunk<'a>(data: &mut &'a [u8]) -> &'a [u8] {
 fuzz_target!(|data: &[u8]| {
     let mut data = data;
     let mut r = Resources::default();
-    if let Ok(l) = Listener::decode(chunk(&mut data)) {
+    // Held as the client holds them: encoded, decoded again on use.
+    if let Ok((held, l)) = Held::<Listener>::decoded(chunk(&mut data)) {
         let mut warnings = Vec::new();
         let _ = proxyless_core::xds::translate::inbound_of(&l, "svc", &mut warnings);
-        r.listeners.insert(l.name.clone(), l);
+        r.listeners.insert(l.name.clone(), held);
     }
-    if let Ok(rc) = RouteConfiguration::decode(chunk(&mut data)) {
-        r.routes.insert(rc.name.clone(), rc);
+    if let Ok((held, rc)) = Held::<RouteConfiguration>::decoded(chunk(&mut data)) {
+        r.routes.insert(rc.name, held);
     }
-    if let Ok(c) = Cluster::decode(chunk(&mut data)) {
-        r.clusters.insert(c.name.clone(), c);
+    if let Ok((held, c)) = Held::<Cluster>::decoded(chunk(&mut data)) {
+        r.clusters.insert(c.name, held);
     }
-    if let Ok(cla) = ClusterLoadAssignment::decode(data) {
-        r.endpoints.insert(cla.cluster_name.clone(), cla);
+    if let Ok((held, cla)) = Held::<ClusterLoadAssignment>::decoded(data) {
+        r.endpoints.insert(cla.cluster_name, held);
     }
     let _ = wanted(&r);
     let names: Vec<String> = r.listeners.keys().cloned().collect();

@@ -203,14 +203,8 @@ impl Mesh {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let version = *last + 1;
-        let snap = match Snapshot::compile(config, version, source) {
-            Ok(s) => Arc::new(s),
-            Err(crate::snapshot::CompileError::Invalid(e)) => {
-                drop(last);
-                self.reject(e.clone());
-                return Err(e);
-            }
-        };
+        // Validated above: compiled without validating again.
+        let snap = Arc::new(Snapshot::compile_validated(config, version, source));
         *last = version;
         // Counters first, so whoever sees the new snapshot sees them too.
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);

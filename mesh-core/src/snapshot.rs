@@ -272,6 +272,12 @@ impl Snapshot {
         Ok(Self::compile_valid(Arc::new(config), version, source))
     }
 
+    /// Compiles `config`, which the caller has just validated (so it is
+    /// not validated twice).
+    pub(crate) fn compile_validated(config: Config, version: u64, source: Source) -> Self {
+        Self::compile_valid(Arc::new(config), version, source)
+    }
+
     /// The empty snapshot: no services, every request passes through.
     pub fn empty(version: u64) -> Self {
         Self::compile_valid(Arc::new(Config::default()), version, Source::Empty)

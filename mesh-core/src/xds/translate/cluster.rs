@@ -104,7 +104,8 @@ fn endpoints_of(
 ) -> Vec<Endpoint> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
     use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-    let mut endpoints = Vec::new();
+    let count = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+    let mut endpoints = Vec::with_capacity(count);
     for lb in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
         // HEALTHY (1) and UNKNOWN (0) serve; UNHEALTHY, DRAINING, TIMEOUT, DEGRADED do not.
         if !matches!(lb.health_status, 0 | 1) {

@@ -446,6 +446,7 @@ pub fn to_config<'a>(
             None => built.incomplete.push(name.clone()),
         }
     }
+    built.config.backends.reserve_exact(clusters_used.len());
     for name in &clusters_used {
         let Some(c) = r.clusters.get(name).map(Held::get) else {
             continue; // held: service_of checked
@@ -508,7 +509,7 @@ fn service_of(
                     .in_resource("Listener", &l.name)
             })?,
         };
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(vh.routes.len());
     let mut uses = BTreeSet::new();
     for (i, xr) in vh.routes.iter().enumerate() {
         let mut route = route_of(xr, i, &rc.name, &mut uses, warnings).map_err(|e| {
