@@ -37,6 +37,7 @@ use proxyless_core::snapshot::Source;
 use proxyless_core::xds::XdsSettings;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -236,8 +237,10 @@ fn control_plane_process(file: &str, port: u16) {
 }
 
 /// One change at a control plane in this process, pushed to a client in
-/// this process: the xDS path alone (no file poll).
-async fn push_in_process(api: &str, n: usize, changes: usize) -> Duration {
+/// this process: the xDS path alone (no file poll). Also how long of it
+/// the control plane's own update took (validating and compiling the
+/// whole config it serves, before it sends anything).
+async fn push_in_process(api: &str, n: usize, changes: usize) -> Push {
     let cp = Mesh::from_config(Config::from_yaml(&many(n, 2)).unwrap()).unwrap();
     let port = free_port();
     let served = cp.clone();
@@ -248,21 +251,38 @@ async fn push_in_process(api: &str, n: usize, changes: usize) -> Duration {
     let services: Vec<String> = (0..n).map(|i| format!("svc{i}")).collect();
     let mut settings = XdsSettings::new(&format!("http://127.0.0.1:{port}"), "bench-one", services);
     settings.api = api.parse().unwrap();
-    let (m, _xds) = Mesh::from_control_plane(settings).unwrap();
+    let (m, xds) = Mesh::from_control_plane(settings).unwrap();
     let t0 = Instant::now();
     while m.snapshot().services().len() < n {
         assert!(t0.elapsed() < Duration::from_secs(120), "no full snapshot");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut took = Vec::new();
+    let (mut took, mut at_cp, mut applied) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..changes {
         let timeout = Duration::from_secs(3 + (i as u64 % 2));
         let cfg = Config::from_yaml(&many(n, timeout.as_secs())).unwrap();
         let t = Instant::now();
         cp.update(cfg, Source::Code).unwrap();
+        at_cp.push(t.elapsed());
         took.push(until_timeout(&m, timeout, t).await);
+        let micros = xds.status().last_apply_micros.load(Ordering::Relaxed);
+        applied.push(Duration::from_micros(micros));
     }
-    median(took)
+    Push {
+        total: median(took),
+        control_plane_update: median(at_cp),
+        client_apply: median(applied),
+    }
+}
+
+/// One change's push to effect, and two parts of it.
+#[derive(Debug, Clone, Copy)]
+struct Push {
+    total: Duration,
+    /// The control plane validating and compiling its whole config.
+    control_plane_update: Duration,
+    /// The client applying the response (its `last_apply_micros`).
+    client_apply: Duration,
 }
 
 async fn wait_listening(port: u16) {
@@ -307,8 +327,8 @@ fn main() {
             .next()
             .and_then(|s| s.parse().ok());
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let took = rt.block_on(push_in_process(&api, n.unwrap_or(1000), changes));
-        println!("{took:?}");
+        let push = rt.block_on(push_in_process(&api, n.unwrap_or(1000), changes));
+        println!("{push:?}");
         return;
     }
     if let Ok(port) = std::env::var("SCALE_CONTROL_PLANE") {
@@ -329,7 +349,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     // (size, api) -> figures
     let mut figures: Vec<(usize, &str, std::collections::HashMap<String, f64>)> = Vec::new();
-    let mut pushes: Vec<(usize, Duration, Duration)> = Vec::new();
+    let mut pushes: Vec<(usize, Push, Push)> = Vec::new();
     let mut loads = Vec::new();
     for &n in &sizes {
         for api in ["sotw", "delta"] {
@@ -418,18 +438,20 @@ fn main() {
         });
     }
     header("one service changed: push to effect (median)");
-    row("xDS push, sotw (control plane in process)", &|n| {
-        pushes
-            .iter()
-            .find(|p| p.0 == n)
-            .map_or_else(String::new, |p| ms(p.1))
-    });
-    row("xDS push, delta (control plane in process)", &|n| {
-        pushes
-            .iter()
-            .find(|p| p.0 == n)
-            .map_or_else(String::new, |p| ms(p.2))
-    });
+    let push = |n: usize| pushes.iter().find(|p| p.0 == n);
+    for (api, pick) in [("sotw", 0), ("delta", 1)] {
+        let of = |n: usize| push(n).map(|p| if pick == 0 { p.1 } else { p.2 });
+        row(
+            &format!("xDS push, {api} (control plane in process)"),
+            &|n| of(n).map_or_else(String::new, |p| ms(p.total)),
+        );
+        row("  of which the control plane's update", &|n| {
+            of(n).map_or_else(String::new, |p| ms(p.control_plane_update))
+        });
+        row("  of which the client applying the response", &|n| {
+            of(n).map_or_else(String::new, |p| ms(p.client_apply))
+        });
+    }
     for api in ["sotw", "delta"] {
         row(
             &format!("file edit at the control plane -> client, {api}"),

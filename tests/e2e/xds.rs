@@ -145,6 +145,10 @@ async fn against_the_independent_server(api: Api) {
         "LDS, RDS, CDS, EDS acked"
     );
     assert_eq!(xds.status().nacks.load(Ordering::Relaxed), 0);
+    // How long applying the last response took is kept (and recorded as
+    // mesh_xds_apply_duration_seconds): some time, well under the test's.
+    let applied = xds.status().last_apply_micros.load(Ordering::Relaxed);
+    assert!((1..10_000_000).contains(&applied), "{applied} µs");
 
     // A route we cannot honour (a redirect) is NACKed; traffic is unaffected.
     let version = mesh.snapshot().version();

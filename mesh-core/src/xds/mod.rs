@@ -60,6 +60,10 @@ pub mod metric_names {
     /// Counter: times the client's stream task failed (panicked) and was
     /// restarted.
     pub const FAILURES: &str = "mesh_xds_client_failures_total";
+    /// Histogram: how long applying one response took, from its arrival to
+    /// the new config serving (decoding, translation, validation,
+    /// compilation), by `type`.
+    pub const APPLY: &str = "mesh_xds_apply_duration_seconds";
 }
 
 /// Describes the xDS metrics to the installed recorder.
@@ -89,6 +93,11 @@ pub(crate) fn describe_metrics() {
         metric_names::FAILURES,
         Unit::Count,
         "Times the xDS client's stream task failed and was restarted (the last good config kept serving)."
+    );
+    metrics::describe_histogram!(
+        metric_names::APPLY,
+        Unit::Seconds,
+        "How long applying one xDS response took, from its arrival to the new config serving."
     );
     metrics::describe_gauge!(
         metric_names::CONNECTED,
@@ -126,6 +135,9 @@ pub struct XdsStatus {
     pub failures: AtomicU64,
     /// The last failure, until a response is ACKed again after it.
     pub last_failure: Mutex<Option<String>>,
+    /// How long applying the last response took (from its arrival to the
+    /// new config serving, or to its NACK), in microseconds.
+    pub last_apply_micros: AtomicU64,
 }
 
 /// One resource type's subscription, for the admin server.

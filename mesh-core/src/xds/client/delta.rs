@@ -43,6 +43,10 @@ impl Variant for Delta {
         out
     }
 
+    fn type_url(resp: &Self::Response) -> &str {
+        &resp.type_url
+    }
+
     fn respond(
         state: &mut State,
         mesh: &Mesh,

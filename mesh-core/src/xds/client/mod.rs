@@ -496,6 +496,8 @@ pub(super) trait Variant {
     type Response: Send + 'static;
     /// The requests that (re)open every subscription on a new stream.
     fn open(state: &mut State) -> Vec<Self::Request>;
+    /// The type URL of a response.
+    fn type_url(resp: &Self::Response) -> &str;
     /// Applies a response; returns the ACK or NACK and what follows.
     fn respond(
         state: &mut State,
@@ -547,6 +549,23 @@ fn unix_now() -> f64 {
 
 fn short(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
+}
+
+/// The short name of a type the client subscribes to, or `other` (a
+/// metric label from a fixed vocabulary, whatever the server sends).
+fn known_type(t: &str) -> &'static str {
+    TYPES
+        .into_iter()
+        .find(|k| *k == t)
+        .map_or("other", |k| short(k))
+}
+
+/// Records how long applying a response of type `t` took.
+fn record_apply(status: &XdsStatus, server: &str, t: &'static str, took: std::time::Duration) {
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    status.last_apply_micros.store(micros, Ordering::Relaxed);
+    metrics::histogram!(metric_names::APPLY, "control_plane" => server.to_owned(), "type" => t)
+        .record(took.as_secs_f64());
 }
 
 /// A future whose panic is caught and returned as its message.
@@ -711,7 +730,11 @@ async fn stream<V: Variant>(
                     return Err("the control plane closed the stream".into());
                 };
                 let Some(m) = Mesh::upgrade_xds(mesh) else { return Ok(()) };
-                V::respond(state, &m, status, resp)
+                let started = std::time::Instant::now();
+                let t = known_type(V::type_url(&resp));
+                let out = V::respond(state, &m, status, resp);
+                record_apply(status, &state.server, t, started.elapsed());
+                out
             }
             cmd = commands.recv(), if commands_open => {
                 let Some(cmd) = cmd else {

@@ -41,6 +41,10 @@ impl Variant for Sotw {
             .collect()
     }
 
+    fn type_url(resp: &Self::Response) -> &str {
+        &resp.type_url
+    }
+
     fn respond(
         state: &mut State,
         mesh: &Mesh,
