@@ -99,6 +99,9 @@ fn json_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value
 pub(super) struct State {
     /// Subscribed names per type.
     names: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Changes to `names` so far, and the count the status last showed.
+    names_changes: u64,
+    reported_names: Option<u64>,
     /// State of the world: the accepted version and last nonce per type.
     version: BTreeMap<&'static str, String>,
     nonce: BTreeMap<&'static str, String>,
@@ -151,6 +154,8 @@ impl State {
             nonce: BTreeMap::new(),
             resource_versions: BTreeMap::new(),
             resources: Resources::default(),
+            names_changes: 0,
+            reported_names: None,
             parked: Resources::default(),
             sotw: settings.api == Api::Sotw,
             max_resource_bytes: settings.max_resource_bytes,
@@ -254,8 +259,11 @@ impl State {
         Some(t)
     }
 
-    /// Writes what is subscribed and held into `status`.
-    fn report(&self, status: &XdsStatus) {
+    /// Writes what is subscribed and held into `status`. The names are
+    /// copied only when they changed since the last report (a client may
+    /// subscribe to tens of thousands).
+    fn report(&mut self, status: &XdsStatus) {
+        let copy_names = self.reported_names != Some(self.names_changes);
         let mut types = status
             .resources
             .lock()
@@ -264,9 +272,12 @@ impl State {
             let names = self.names(t);
             let held = names.iter().filter(|n| self.resources.holds(t, n)).count();
             let entry = types.entry(short(t)).or_default();
-            entry.subscribed = names.iter().cloned().collect();
+            if copy_names {
+                entry.subscribed = names.iter().cloned().collect();
+            }
             entry.held = held;
         }
+        self.reported_names = Some(self.names_changes);
     }
 
     /// Ends the waits of hosts the running config now answers for.
@@ -315,6 +326,7 @@ impl State {
         let removed: Vec<String> = current.difference(&names).cloned().collect();
         let told_nothing = self.sotw && names.is_empty();
         *current = names;
+        self.names_changes += 1;
         if told_nothing {
             // The server still counts these as ours (see `parked`).
             let saved = self
@@ -781,9 +793,10 @@ fn stream_error(e: &tonic::Status, settings: &XdsSettings) -> StreamError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::on_demand::MAX_ON_DEMAND_HOSTS;
-    use super::{CatchUnwind, OnDemand};
+    use super::{Arc, BTreeSet, CatchUnwind, OnDemand, State, XdsSettings, XdsStatus, type_url};
 
     #[tokio::test]
     async fn on_demand_hosts_are_bounded() {
@@ -798,6 +811,46 @@ mod tests {
             asked += 1;
         }
         assert_eq!(asked, MAX_ON_DEMAND_HOSTS);
+    }
+
+    /// The status shows the subscribed names as they are now, copied only
+    /// when they changed.
+    #[test]
+    fn the_status_follows_subscriptions() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let demand = Arc::new(OnDemand::new(tx, std::time::Duration::from_millis(1)));
+        let settings = XdsSettings::new("http://127.0.0.1:1", "test", vec!["a".into()]);
+        let mut state = State::new(&settings, demand);
+        let status = XdsStatus::default();
+        let subscribed = |status: &XdsStatus| {
+            status.resources.lock().unwrap()["Listener"]
+                .subscribed
+                .clone()
+        };
+        state.report(&status);
+        assert_eq!(subscribed(&status), ["a"]);
+        let names = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert!(state.resubscribe(type_url::LISTENER, names).is_some());
+        state.report(&status);
+        assert_eq!(subscribed(&status), ["a", "b"]);
+        // Unchanged names are not copied again, and stay shown.
+        status
+            .resources
+            .lock()
+            .unwrap()
+            .get_mut("Listener")
+            .unwrap()
+            .subscribed
+            .push("marker".into());
+        state.report(&status);
+        assert_eq!(subscribed(&status), ["a", "b", "marker"]);
+        assert!(
+            state
+                .resubscribe(type_url::LISTENER, BTreeSet::from(["b".to_owned()]))
+                .is_some()
+        );
+        state.report(&status);
+        assert_eq!(subscribed(&status), ["b"]);
     }
 
     #[tokio::test]

@@ -1,26 +1,53 @@
 //! A held resource: kept as the control plane encoded it, decoded when a
-//! config is built from it.
+//! config is built from it, with the names it refers to read once when it
+//! is held.
 //!
 //! Decoded, the Envoy messages are large whatever they hold (a `Cluster` is
 //! over 3 KiB of mostly empty fields, a `Listener` over 2 KiB); encoded, a
 //! typical cluster is a few hundred bytes. A client subscribed to 10,000
-//! services holds tens of thousands of them, so it holds the encoding.
+//! services holds tens of thousands of them, so it holds the encoding. What
+//! to subscribe to next (the names resources refer to) is asked after every
+//! response, so those names are kept beside the encoding.
 
 use prost::Message;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// A resource of type `M`, held encoded (shared, so copies for a NACK's
-/// rollback cost a reference count).
+/// rollback cost a reference count), with the names it refers to.
 pub struct Held<M> {
     bytes: Arc<[u8]>,
+    refers: Arc<Refers>,
     kind: PhantomData<fn() -> M>,
+}
+
+/// The names a resource refers to, as [`wanted`](super::wanted) follows
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Refers {
+    /// Nothing (an assignment; a listener with no usable routes).
+    #[default]
+    Nothing,
+    /// A listener's route configuration, by RDS.
+    Rds(String),
+    /// The clusters a route configuration names (a listener's own inline
+    /// one, or an RDS one).
+    Clusters(Box<[String]>),
+    /// An EDS cluster's assignment.
+    Eds(String),
+}
+
+/// How a resource type tells what it refers to.
+pub trait Refer {
+    /// The names this resource refers to.
+    fn refers(&self) -> Refers;
 }
 
 impl<M> Clone for Held<M> {
     fn clone(&self) -> Self {
         Self {
             bytes: self.bytes.clone(),
+            refers: self.refers.clone(),
             kind: PhantomData,
         }
     }
@@ -43,28 +70,33 @@ impl<M> Held<M> {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The names the resource refers to (read when it was held).
+    pub fn refers(&self) -> &Refers {
+        &self.refers
+    }
 }
 
-impl<M: Message + Default> Held<M> {
+impl<M: Message + Default + Refer> Held<M> {
     /// Holds `m`, encoded.
     pub fn new(m: &M) -> Self {
         Self {
             bytes: m.encode_to_vec().into(),
+            refers: Arc::new(m.refers()),
             kind: PhantomData,
         }
     }
 
-    /// Holds an encoding already known to decode as an `M` (checked by the
-    /// caller); the resource is returned decoded too.
+    /// Holds an encoding if it decodes as an `M`; the resource is returned
+    /// decoded too.
     pub fn decoded(bytes: &[u8]) -> Result<(Self, M), prost::DecodeError> {
         let m = M::decode(bytes)?;
-        Ok((
-            Self {
-                bytes: bytes.into(),
-                kind: PhantomData,
-            },
-            m,
-        ))
+        let held = Self {
+            bytes: bytes.into(),
+            refers: Arc::new(m.refers()),
+            kind: PhantomData,
+        };
+        Ok((held, m))
     }
 
     /// The resource. Its encoding was checked when it was held, so this

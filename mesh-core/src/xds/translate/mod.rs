@@ -33,7 +33,7 @@ mod reverse;
 mod reverse_rbac;
 mod routes;
 
-pub use held::Held;
+pub use held::{Held, Refer, Refers};
 pub use rbac::{INBOUND_PREFIX, inbound_of};
 pub use reverse::{envoy_listener, from_config};
 pub use reverse_rbac::inbound_listener;
@@ -108,7 +108,7 @@ macro_rules! with_map {
 }
 
 /// The name a resource is known by.
-trait Named: Message + Default {
+trait Named: Message + Default + Refer {
     fn name(&self) -> &str;
 }
 impl Named for Listener {
@@ -342,55 +342,94 @@ fn route_source(l: &Listener) -> Result<RouteSource, XdsError> {
     }
 }
 
-/// The names the held resources refer to.
+/// The names the held resources refer to (read when each was held: nothing
+/// is decoded here).
 pub fn wanted(r: &Resources) -> Wanted {
     let mut w = Wanted::default();
-    // One route configuration decoded at a time: a client may hold
-    // thousands.
-    let mut clusters_of = |rc: &RouteConfiguration| {
-        for vh in &rc.virtual_hosts {
-            for route in &vh.routes {
-                if let Some(route::Action::Route(a)) = &route.action {
-                    for m in &a.request_mirror_policies {
-                        w.clusters.insert(m.cluster.clone());
-                    }
-                    match &a.cluster_specifier {
-                        Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                            w.clusters.insert(c.clone());
-                        }
-                        Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
-                            for c in &wc.clusters {
-                                w.clusters.insert(c.name.clone());
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+    let mut clusters = |refers: &Refers| {
+        if let Refers::Clusters(names) = refers {
+            w.clusters.extend(names.iter().cloned());
         }
     };
     let mut rds = BTreeSet::new();
     for l in r.listeners.values() {
-        match route_source(&l.get()) {
-            Ok(RouteSource::Rds(name)) => {
-                if let Some(rc) = r.routes.get(&name) {
-                    clusters_of(&rc.get());
+        match l.refers() {
+            Refers::Rds(name) => {
+                if let Some(rc) = r.routes.get(name) {
+                    clusters(rc.refers());
                 }
-                rds.insert(name);
+                rds.insert(name.clone());
             }
-            Ok(RouteSource::Inline(rc)) => clusters_of(&rc),
-            Err(_) => {}
+            inline => clusters(inline),
         }
     }
     w.routes = rds;
     for name in &w.clusters {
-        if let Some(c) = r.clusters.get(name).map(Held::get)
-            && is_eds(&c)
-        {
-            w.endpoints.insert(eds_name(&c));
+        if let Some(Refers::Eds(eds)) = r.clusters.get(name).map(Held::refers) {
+            w.endpoints.insert(eds.clone());
         }
     }
     w
+}
+
+/// The clusters a route configuration's routes (and their mirrors) name.
+fn clusters_named(rc: &RouteConfiguration) -> Vec<String> {
+    let mut out = Vec::new();
+    for route in rc.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
+        if let Some(route::Action::Route(a)) = &route.action {
+            out.extend(a.request_mirror_policies.iter().map(|m| m.cluster.clone()));
+            match &a.cluster_specifier {
+                Some(route_action::ClusterSpecifier::Cluster(c)) => out.push(c.clone()),
+                Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
+                    out.extend(wc.clusters.iter().map(|c| c.name.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+impl Refer for Listener {
+    fn refers(&self) -> Refers {
+        match route_source(self) {
+            Ok(RouteSource::Rds(name)) => Refers::Rds(name),
+            Ok(RouteSource::Inline(rc)) => Refers::Clusters(clusters_named(&rc).into()),
+            Err(_) => Refers::Nothing,
+        }
+    }
+}
+
+impl Refer for RouteConfiguration {
+    fn refers(&self) -> Refers {
+        Refers::Clusters(clusters_named(self).into())
+    }
+}
+
+impl Refer for Cluster {
+    fn refers(&self) -> Refers {
+        if is_eds(self) {
+            Refers::Eds(eds_name(self))
+        } else {
+            Refers::Nothing
+        }
+    }
+}
+
+impl Refer for ClusterLoadAssignment {
+    fn refers(&self) -> Refers {
+        Refers::Nothing
+    }
+}
+
+/// Whether the cluster `name` is held with its endpoints (an EDS cluster's
+/// assignment held too).
+fn cluster_complete(r: &Resources, name: &str) -> bool {
+    match r.clusters.get(name).map(Held::refers) {
+        Some(Refers::Eds(eds)) => r.endpoints.contains_key(eds),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// The most retries a route may make (attempts are at most 10, the first
@@ -523,13 +562,7 @@ fn service_of(
         }
         routes.push(route);
     }
-    let held = |c: &String| {
-        r.clusters
-            .get(c)
-            .map(Held::get)
-            .is_some_and(|c| !is_eds(&c) || r.endpoints.contains_key(&eds_name(&c)))
-    };
-    if !uses.iter().all(held) {
+    if !uses.iter().all(|c| cluster_complete(r, c)) {
         return Ok(None);
     }
     let service = Service {
