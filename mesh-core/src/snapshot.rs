@@ -60,12 +60,25 @@ pub struct Snapshot {
 pub struct ServiceEntry {
     pub(crate) name: Arc<str>,
     pub(crate) routes: Vec<RouteEntry>,
+    /// Its hosts as `Host` header values, made once: a request addressed
+    /// to one of them is sent with a copy that shares the bytes.
+    pub(crate) host_values: Box<[http::HeaderValue]>,
 }
 
 impl ServiceEntry {
     /// The service name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The `Host` header value for `authority` when it is one of the
+    /// service's hosts as written in the config (no allocation: the value
+    /// shares the bytes made when the snapshot was compiled).
+    pub fn host_value(&self, authority: &str) -> Option<http::HeaderValue> {
+        self.host_values
+            .iter()
+            .find(|v| v.as_bytes() == authority.as_bytes())
+            .cloned()
     }
     /// Its routes, in match order.
     pub fn routes(&self) -> &[RouteEntry] {
@@ -342,9 +355,25 @@ impl Snapshot {
                         }),
                     })
                     .collect();
+            let names = if s.hosts.is_empty() {
+                std::slice::from_ref(&s.name)
+            } else {
+                s.hosts.as_slice()
+            };
+            let host_values = names
+                .iter()
+                .filter_map(|h| {
+                    let shared = http::HeaderValue::from_str(h).ok()?;
+                    // Its bytes become shared at the first copy: made here,
+                    // so that a request's copy only counts a reference.
+                    let _ = shared.clone();
+                    Some(shared)
+                })
+                .collect();
             services.push(ServiceEntry {
                 name: Arc::from(s.name.as_str()),
                 routes,
+                host_values,
             });
         }
         Self {
@@ -495,5 +524,22 @@ mod tests {
         assert_eq!(t.pick(edge + (1 << 20)), Some(9));
         assert_eq!(t.items().collect::<Vec<_>>(), vec![(7, 90), (9, 10)]);
         assert_eq!(WeightTable::new([(1, 0)]).pick(5), None);
+    }
+
+    #[test]
+    fn a_service_host_value_is_made_once_and_shared() {
+        let cfg = Config::from_yaml(
+            "services: [{ name: a, routes: [{ to: [b] }] }, { name: c, hosts: [c.ns, c], routes: [{ to: [b] }] }]\n\
+             backends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let snap = Snapshot::compile(cfg, 1, Source::Code).unwrap();
+        let (a, c) = (snap.service(0).unwrap(), snap.service(1).unwrap());
+        assert_eq!(a.host_value("a").unwrap(), "a");
+        assert_eq!(c.host_value("c.ns").unwrap(), "c.ns");
+        assert_eq!(c.host_value("c").unwrap(), "c");
+        // Anything else is the caller's to make (a port, another case).
+        assert!(c.host_value("c:80").is_none() && c.host_value("C").is_none());
+        assert!(a.host_value("c").is_none());
     }
 }

@@ -25,6 +25,7 @@ use http::uri::Authority;
 use http::{Request, Response, Uri};
 use proxyless_core::policy::Outcome;
 use proxyless_core::policy::breaker::Slot;
+use proxyless_core::snapshot::ServiceEntry;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -118,11 +119,21 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
 /// Points `req` at `endpoint`, keeping the addressed authority as `Host`.
 /// Mutual-TLS backends get `https`: the transport then connects with TLS
 /// and checks the endpoint's identity.
-fn retarget<B>(req: &mut Request<B>, endpoint: &Authority, tls: bool) -> Result<(), BoxError> {
+fn retarget<B>(
+    req: &mut Request<B>,
+    service: Option<&ServiceEntry>,
+    endpoint: &Authority,
+    tls: bool,
+) -> Result<(), BoxError> {
     if !req.headers().contains_key(http::header::HOST)
         && let Some(a) = req.uri().authority()
     {
-        let v = http::HeaderValue::from_str(a.as_str())?;
+        // The service's own value when the request names one of its hosts
+        // as configured (no allocation), else one made from the URI.
+        let v = match service.and_then(|s| s.host_value(a.as_str())) {
+            Some(v) => v,
+            None => http::HeaderValue::from_str(a.as_str())?,
+        };
         req.headers_mut().insert(http::header::HOST, v);
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
@@ -156,11 +167,11 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         set_deadline_header(&mut req);
-        let target = req
-            .extensions()
-            .get::<Routed>()
-            .and_then(|r| Some((r.snapshot().clone(), r.backend_entry()?.0)));
-        let Some((snap, index)) = target else {
+        let target = req.extensions().get::<Routed>().and_then(|r| {
+            let service = r.indexes().map(|(s, _, _)| s);
+            Some((r.snapshot().clone(), r.backend_entry()?.0, service))
+        });
+        let Some((snap, index, service_index)) = target else {
             // Passthrough, or no route layer above: send as addressed.
             return ResponseFuture::direct(self.inner.call(req));
         };
@@ -200,8 +211,9 @@ where
             Err(PickError::NoHealthyEndpoint(e)) => return fail(e.into()),
         };
         let endpoint = backend.endpoints[index].address.clone();
+        let service = service_index.and_then(|i| snap.service(i));
         let retargeted = match &backend.endpoints[index].authority {
-            Some(a) => retarget(&mut req, a, backend.mutual_tls),
+            Some(a) => retarget(&mut req, service, a, backend.mutual_tls),
             None => Err(format!("endpoint `{endpoint}` is not a valid authority").into()),
         };
         if let Err(e) = retargeted {
