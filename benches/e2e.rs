@@ -126,11 +126,7 @@ fn median(mut rounds: Vec<Round>) -> Round {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mesh::free_port().unwrap()
 }
 
 /// Starts the Envoy sidecar pair; returns the client sidecar's port.

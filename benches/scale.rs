@@ -52,11 +52,7 @@ fn live_bytes(region: &Region<'_, System>) -> i64 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mesh::free_port().unwrap()
 }
 
 /// Resident memory of this process, in KiB.

@@ -17,11 +17,7 @@ use proxyless_core::xds::XdsSettings;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mesh::free_port().unwrap()
 }
 
 fn split(a: std::net::SocketAddr, b: std::net::SocketAddr, wa: u32, wb: u32) -> String {

@@ -9,7 +9,8 @@
 //! - [`certs`]: a development CA for SPIFFE identities;
 //! - [`control_plane`]: the development xDS control plane;
 //! - [`greeter`]: the demo's gRPC service; [`tally`]: outcome counting for the demo, `load` and tests;
-//! - [`spans`]: spans collected in process by an OpenTelemetry SDK, as an application's pipeline would.
+//! - [`spans`]: spans collected in process by an OpenTelemetry SDK, as an application's pipeline would;
+//! - [`free_port`]: a loopback port for a test's server.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,14 @@ pub use proxyless_core as core;
 pub use proxyless_hyper as hyper;
 pub use proxyless_tonic as tonic;
 pub use proxyless_tower as tower;
+
+/// A loopback port that was free a moment ago (for tests and benches that
+/// start servers; another process may take it before they bind it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -288,33 +288,47 @@ backends:
     );
 }
 
+/// OpenTelemetry's defaults: the no-op tracer provider, no propagator.
+fn without_a_provider() {
+    global::set_tracer_provider(opentelemetry::trace::noop::NoopTracerProvider::new());
+    global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+        vec![],
+    ));
+}
+
+/// Sends `req` (addressed to `http://{name}/`) through a mesh routing
+/// `name` to an echo server of that name; what the server was sent.
+async fn echoed(
+    name: &'static str,
+    req: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> serde_json::Value {
+    let b = echo(name).await;
+    let m = mesh(&format!(
+        "services: [{{ name: {name}, routes: [{{ to: [{name}] }}] }}]\nbackends: [{{ name: {name}, endpoints: ['{}'] }}]",
+        b.addr()
+    ));
+    let resp = Client::new(&m).request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// With no tracer provider (OpenTelemetry's no-op) and no propagator, the
 /// caller's trace context still passes through the mesh to the next hop,
 /// unchanged, in W3C headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_provider_the_callers_context_passes_through() {
     let _turn = OTEL_TURN.lock().await;
-    global::set_tracer_provider(opentelemetry::trace::noop::NoopTracerProvider::new());
-    global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
-        vec![],
-    ));
-    let b = echo("np-b").await;
-    let m = mesh(&format!(
-        "services: [{{ name: np-b, routes: [{{ to: [np-b] }}] }}]\nbackends: [{{ name: np-b, endpoints: ['{}'] }}]",
-        b.addr()
-    ));
+    without_a_provider();
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let req = http::Request::get("http://np-b/")
         .header("traceparent", tp)
         .header("baggage", "tenant=t1")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    let resp = Client::new(&m).request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let echoed = echoed("np-b", req).await;
     assert_eq!(echoed["headers"]["traceparent"], tp);
     assert_eq!(echoed["headers"]["baggage"], "tenant=t1");
 }
@@ -327,31 +341,18 @@ async fn without_a_provider_the_callers_context_passes_through() {
 async fn without_a_provider_the_callers_span_is_neither_replaced_nor_ended() {
     use opentelemetry::trace::TracerProvider as _;
     let _turn = OTEL_TURN.lock().await;
-    global::set_tracer_provider(opentelemetry::trace::noop::NoopTracerProvider::new());
-    global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
-        vec![],
-    ));
+    without_a_provider();
     let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
     let own = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
     let app = own.tracer("app").start("app work");
     let cx = Context::new().with_span(app);
-    let b = echo("np-c").await;
-    let m = mesh(&format!(
-        "services: [{{ name: np-c, routes: [{{ to: [np-c] }}] }}]\nbackends: [{{ name: np-c, endpoints: ['{}'] }}]",
-        b.addr()
-    ));
     let mut req = http::Request::get("http://np-c/")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     req.extensions_mut().insert(cx.clone());
-    let resp = Client::new(&m).request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let echoed = echoed("np-c", req).await;
     let sc = cx.span().span_context().clone();
     assert_eq!(
         echoed["headers"]["traceparent"],

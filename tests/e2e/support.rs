@@ -123,11 +123,7 @@ pub fn peers_python() -> std::path::PathBuf {
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mesh::free_port().unwrap()
 }
 
 /// Runs a peer script with `args`; fails the test, with its error output,
