@@ -63,22 +63,11 @@ fn rpc_attributes<B>(req: &Request<B>, out: &mut Vec<KeyValue>) -> Option<String
 
 /// The method as a span attribute: the standard ones without a copy.
 fn method_value(m: &http::Method) -> opentelemetry::Value {
-    let known = [
-        http::Method::GET,
-        http::Method::POST,
-        http::Method::PUT,
-        http::Method::DELETE,
-        http::Method::HEAD,
-        http::Method::OPTIONS,
-        http::Method::PATCH,
-        http::Method::CONNECT,
-        http::Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
+    const STANDARD: [&str; 9] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
     ];
-    match known.iter().position(|k| k == m) {
-        Some(i) => NAMES[i].into(),
+    match STANDARD.into_iter().find(|name| *name == m.as_str()) {
+        Some(name) => name.into(),
         None => m.as_str().to_owned().into(),
     }
 }
