@@ -32,57 +32,63 @@ fn config(n: usize) -> Config {
         };
         let mut headers = BTreeMap::new();
         headers.insert("x-user".to_owned(), StringMatch::Exact("tester".to_owned()));
-        cfg.services.push(Service {
-            name: format!("svc{i}"),
-            hosts: vec![
-                format!("svc{i}"),
-                format!("svc{i}.default.svc.cluster.local"),
-            ],
-            routes: vec![
-                Route {
-                    name: Some("testers".into()),
-                    matches: vec![RouteMatch {
-                        headers,
+        cfg.services.push(
+            Service {
+                name: format!("svc{i}"),
+                hosts: vec![
+                    format!("svc{i}"),
+                    format!("svc{i}.default.svc.cluster.local"),
+                ],
+                routes: vec![
+                    Route {
+                        name: Some("testers".into()),
+                        matches: vec![RouteMatch {
+                            headers,
+                            ..Default::default()
+                        }],
+                        to: vec![to(&v2, 1)],
                         ..Default::default()
-                    }],
-                    to: vec![to(&v2, 1)],
-                    ..Default::default()
-                },
-                Route {
-                    name: Some("admin".into()),
-                    matches: vec![path("/admin")],
-                    to: vec![to(&v1, 1)],
-                    ..Default::default()
-                },
-                Route {
-                    name: Some("static".into()),
-                    matches: vec![path("/static")],
-                    to: vec![to(&v1, 1)],
-                    ..Default::default()
-                },
-                Route {
-                    name: Some("api".into()),
-                    matches: vec![path("/api")],
-                    to: vec![to(&v1, 1)],
-                    ..Default::default()
-                },
-                Route {
-                    name: Some("default".into()),
-                    to: vec![to(&v1, 90), to(&v2, 10)],
-                    ..Default::default()
-                },
-            ],
-        });
+                    },
+                    Route {
+                        name: Some("admin".into()),
+                        matches: vec![path("/admin")],
+                        to: vec![to(&v1, 1)],
+                        ..Default::default()
+                    },
+                    Route {
+                        name: Some("static".into()),
+                        matches: vec![path("/static")],
+                        to: vec![to(&v1, 1)],
+                        ..Default::default()
+                    },
+                    Route {
+                        name: Some("api".into()),
+                        matches: vec![path("/api")],
+                        to: vec![to(&v1, 1)],
+                        ..Default::default()
+                    },
+                    Route {
+                        name: Some("default".into()),
+                        to: vec![to(&v1, 90), to(&v2, 10)],
+                        ..Default::default()
+                    },
+                ],
+            }
+            .into(),
+        );
         for (k, b) in [v1, v2].into_iter().enumerate() {
-            cfg.backends.push(Backend {
-                name: b,
-                endpoints: vec![Endpoint::new(format!(
-                    "10.0.{}.{}:8080",
-                    i / 250,
-                    (i % 250) * 2 + k
-                ))],
-                ..Default::default()
-            });
+            cfg.backends.push(
+                Backend {
+                    name: b,
+                    endpoints: vec![Endpoint::new(format!(
+                        "10.0.{}.{}:8080",
+                        i / 250,
+                        (i % 250) * 2 + k
+                    ))],
+                    ..Default::default()
+                }
+                .into(),
+            );
         }
     }
     cfg

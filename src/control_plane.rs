@@ -128,9 +128,11 @@ pub async fn serve_with_shutdown(
 #[derive(Debug)]
 struct Served {
     snapshot: Arc<Snapshot>,
+    /// The resources, as held (kept to tell what the next snapshot shares).
+    resources: translate::Resources,
     /// Per type, every resource encoded once, with its version (a hash of
     /// the encoding), in name order.
-    encoded: BTreeMap<&'static str, Vec<Encoded>>,
+    encoded: BTreeMap<&'static str, Vec<Arc<Encoded>>>,
     wildcard_listeners: Option<BTreeSet<String>>,
 }
 
@@ -141,17 +143,62 @@ struct Encoded {
     version: String,
 }
 
+/// Held resources of one type, by name.
+type HeldMap<M> = BTreeMap<String, translate::Held<M>>;
+
+/// The resources of one type encoded, in name order; those `before` held
+/// as the same holding (its resources, and their encodings in name order)
+/// are taken from it.
+fn encode<M: prost::Name>(
+    now: &HeldMap<M>,
+    before: Option<(&HeldMap<M>, &[Arc<Encoded>])>,
+) -> Vec<Arc<Encoded>> {
+    now.iter()
+        .map(|(name, held)| {
+            let kept = before.and_then(|(was, encoded)| {
+                if !translate::Held::same(was.get(name)?, held) {
+                    return None;
+                }
+                let i = encoded.binary_search_by(|e| e.name.cmp(name)).ok()?;
+                encoded.get(i).cloned()
+            });
+            kept.unwrap_or_else(|| {
+                let any = envoy_types::pb::google::protobuf::Any {
+                    type_url: M::type_url(),
+                    value: held.bytes().to_vec(),
+                };
+                Arc::new(Encoded {
+                    version: version_of(&any),
+                    name: name.clone(),
+                    any,
+                })
+            })
+        })
+        .collect()
+}
+
 impl Served {
-    fn of(snapshot: Arc<Snapshot>, envoy: Option<SocketAddr>) -> Self {
-        let mut resources = translate::from_config(snapshot.config());
+    /// What `snapshot` serves. What it shares with `before`'s snapshot
+    /// (services and backends, see `proxyless_core::config::Shared`) is
+    /// taken from `before` rather than translated and encoded again.
+    fn of(snapshot: Arc<Snapshot>, envoy: Option<SocketAddr>, before: Option<&Served>) -> Self {
+        let was = before.map(|b| (b.snapshot.config(), &b.resources));
+        let mut resources = translate::from_config_since(snapshot.config(), was);
         let wildcard_listeners = envoy.map(|addr| {
             let (l, rc) = translate::envoy_listener(&resources, ENVOY_LISTENER, addr);
-            resources
-                .listeners
-                .insert(l.name.clone(), translate::Held::new(&l));
-            resources
-                .routes
-                .insert(rc.name.clone(), translate::Held::new(&rc));
+            for (t, value) in [
+                (type_url::LISTENER, prost::Message::encode_to_vec(&l)),
+                (type_url::ROUTE, prost::Message::encode_to_vec(&rc)),
+            ] {
+                let any = envoy_types::pb::google::protobuf::Any {
+                    type_url: t.to_owned(),
+                    value,
+                };
+                // Made here, from messages that decode: never refused.
+                if let Err(e) = resources.insert(t, &any) {
+                    tracing::warn!("the Envoy listener: {e}");
+                }
+            }
             BTreeSet::from([ENVOY_LISTENER.to_owned()])
         });
         let encoded = [
@@ -162,20 +209,20 @@ impl Served {
         ]
         .into_iter()
         .map(|t| {
-            let all = resources
-                .encoded(t, |_| true)
-                .into_iter()
-                .map(|(name, any)| Encoded {
-                    version: version_of(&any),
-                    name,
-                    any,
-                })
-                .collect();
+            let old = before.and_then(|b| Some((&b.resources, b.encoded.get(t)?.as_slice())));
+            let r = &resources;
+            let all = match t {
+                type_url::LISTENER => encode(r.listeners(), old.map(|(w, e)| (w.listeners(), e))),
+                type_url::ROUTE => encode(r.routes(), old.map(|(w, e)| (w.routes(), e))),
+                type_url::CLUSTER => encode(r.clusters(), old.map(|(w, e)| (w.clusters(), e))),
+                _ => encode(r.endpoints(), old.map(|(w, e)| (w.endpoints(), e))),
+            };
             (t, all)
         })
         .collect();
         Self {
             snapshot,
+            resources,
             encoded,
             wildcard_listeners,
         }
@@ -193,6 +240,7 @@ impl Served {
             .map(|v| v.as_slice())
             .unwrap_or_default()
             .iter()
+            .map(|e| &**e)
             .filter(move |e| self.covers(t, wildcard, names, &e.name))
     }
 
@@ -249,7 +297,8 @@ impl Current {
         {
             return s.clone();
         }
-        let served = Arc::new(Served::of(snapshot, envoy));
+        // The translation before, for what the snapshot shares with it.
+        let served = Arc::new(Served::of(snapshot, envoy, cache.as_deref()));
         // Never replace a newer translation with an older one.
         if cache
             .as_ref()
@@ -309,7 +358,7 @@ impl DeltaSub {
         let mut resources = Vec::new();
         let mut present = BTreeSet::new();
         for e in served.covered(t, self.wildcard, &self.names) {
-            present.insert(e.name.clone());
+            present.insert(e.name.as_str());
             if self.sent.get(&e.name).and_then(Option::as_ref) != Some(&e.version) {
                 self.sent.insert(e.name.clone(), Some(e.version.clone()));
                 resources.push(Resource {
@@ -322,7 +371,7 @@ impl DeltaSub {
         }
         let mut removed = Vec::new();
         self.sent.retain(|name, v| {
-            if present.contains(name) || v.is_none() {
+            if present.contains(name.as_str()) || v.is_none() {
                 return true;
             }
             removed.push(name.clone());
@@ -330,7 +379,7 @@ impl DeltaSub {
         });
         // Named but not served: say so once, so the client need not wait.
         for name in &self.names {
-            if !present.contains(name) && !self.sent.contains_key(name) {
+            if !present.contains(name.as_str()) && !self.sent.contains_key(name) {
                 self.sent.insert(name.clone(), None);
                 removed.push(name.clone());
             }

@@ -23,7 +23,13 @@ fuzz_target!(|data: &[u8]| {
 fn exercise(cfg: Config) {
     let resources = proxyless_core::xds::translate::from_config(&cfg);
     let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
-    let _ = proxyless_core::xds::translate::to_config(&resources, names.iter(), &mut Vec::new());
+    let _ = proxyless_core::xds::translate::to_config(
+        &resources,
+        names.iter(),
+        &Default::default(),
+        &mut Vec::new(),
+        &mut Default::default(),
+    );
     let Ok(snap) = Snapshot::compile(cfg, 1, Source::Code) else {
         return;
     };

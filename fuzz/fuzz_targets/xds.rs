@@ -6,13 +6,12 @@
 //! is refused.
 #![no_main]
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 use proxyless_core::snapshot::{Snapshot, Source};
-use proxyless_core::xds::translate::{Held, Resources, to_config, wanted};
+use proxyless_core::xds::translate::{Kept, Resources, to_config, type_url, wanted};
 
 /// The next length-prefixed chunk (a u16, little-endian).
 fn chunk<'a>(data: &mut &'a [u8]) -> &'a [u8] {
@@ -28,25 +27,44 @@ fn chunk<'a>(data: &mut &'a [u8]) -> &'a [u8] {
 fuzz_target!(|data: &[u8]| {
     let mut data = data;
     let mut r = Resources::default();
-    // Held as the client holds them: encoded, decoded again on use.
-    if let Ok((held, l)) = Held::<Listener>::decoded(chunk(&mut data)) {
-        let mut warnings = Vec::new();
-        let _ = proxyless_core::xds::translate::inbound_of(&l, "svc", &mut warnings);
-        r.listeners.insert(l.name.clone(), held);
+    // Held as the client holds them (encoded, decoded again on use), and
+    // through the journal the client keeps.
+    let types = [type_url::LISTENER, type_url::ROUTE, type_url::CLUSTER];
+    for t in types {
+        let value = chunk(&mut data).to_vec();
+        if t == type_url::LISTENER
+            && let Ok(l) = Listener::decode(value.as_slice())
+        {
+            let _ = proxyless_core::xds::translate::inbound_of(&l, "svc", &mut Vec::new());
+        }
+        let _ = r.insert(
+            t,
+            &Any {
+                type_url: t.to_owned(),
+                value,
+            },
+        );
     }
-    if let Ok((held, rc)) = Held::<RouteConfiguration>::decoded(chunk(&mut data)) {
-        r.routes.insert(rc.name, held);
-    }
-    if let Ok((held, c)) = Held::<Cluster>::decoded(chunk(&mut data)) {
-        r.clusters.insert(c.name, held);
-    }
-    if let Ok((held, cla)) = Held::<ClusterLoadAssignment>::decoded(data) {
-        r.endpoints.insert(cla.cluster_name, held);
-    }
+    let value = data.to_vec();
+    let _ = r.insert(
+        type_url::ENDPOINTS,
+        &Any {
+            type_url: type_url::ENDPOINTS.to_owned(),
+            value,
+        },
+    );
     let _ = wanted(&r);
-    let names: Vec<String> = r.listeners.keys().cloned().collect();
+    let names: Vec<String> = r.listeners().keys().cloned().collect();
     let mut warnings = Vec::new();
-    if let Ok(built) = to_config(&r, names.iter(), &mut warnings) {
+    let mut kept = Kept::default();
+    let changes = r.take_changes();
+    if let Ok(built) = to_config(&r, names.iter(), &changes, &mut warnings, &mut kept) {
+        // What is kept from a build stands for a fresh translation.
+        let mut again = Vec::new();
+        let none = r.take_changes();
+        let rebuilt = to_config(&r, names.iter(), &none, &mut again, &mut kept);
+        assert_eq!(rebuilt.ok().as_ref(), Some(&built));
+        assert_eq!(again, warnings);
         if built.config.validate().is_ok() {
             let _ = Snapshot::compile(built.config, 1, Source::Code);
         }

@@ -1,6 +1,6 @@
 //! The `Mesh` handle: the live snapshot, its updates, and their sources.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Shared};
 use crate::snapshot::{Snapshot, Source};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,8 +188,17 @@ impl Mesh {
     /// Validates, compiles and publishes `config`; returns the new version.
     /// On error the current snapshot keeps serving, and the rejection is
     /// counted and logged.
-    pub fn update(&self, config: Config, source: Source) -> Result<u64, ConfigError> {
-        if let Err(e) = config.validate() {
+    ///
+    /// Services and backends shared with the running config (the same
+    /// [`Shared`](crate::config::Shared) parts, as when the config was
+    /// cloned from [`Snapshot::config`] and changed) are validated and
+    /// compiled only for how they fit the rest, and their runtime state is
+    /// kept by identity: a change costs what it touches.
+    pub fn update(&self, mut config: Config, source: Source) -> Result<u64, ConfigError> {
+        // Anything a published snapshot holds has passed validation.
+        let running = self.snapshot();
+        share_unchanged(&mut config, running.config());
+        if let Err(e) = config.validate_since(Some(running.config())) {
             let e = match &source {
                 Source::File(p) => e.in_file(p),
                 _ => e,
@@ -204,7 +213,14 @@ impl Mesh {
             .unwrap_or_else(PoisonError::into_inner);
         let version = *last + 1;
         // Validated above: compiled without validating again.
-        let snap = Arc::new(Snapshot::compile_validated(config, version, source));
+        let current = self.inner.current.load();
+        let snap = Arc::new(Snapshot::compile_from(
+            Arc::new(config),
+            version,
+            source,
+            Some(&current),
+        ));
+        drop(current);
         *last = version;
         // Counters first, so whoever sees the new snapshot sees them too.
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
@@ -387,4 +403,31 @@ impl Subscription {
     pub fn current(&self) -> Arc<Snapshot> {
         self.rx.borrow().clone()
     }
+}
+
+/// Makes the services and backends of `config` that equal the running
+/// config's (by name and value) the running config's own [`Shared`] parts,
+/// so that a config read afresh (a file edited, a config built in code)
+/// costs what changed, as one built from the running config does.
+///
+/// [`Shared`]: crate::config::Shared
+fn share_unchanged(config: &mut Config, running: &Config) {
+    fn share<T: PartialEq>(new: &mut [Shared<T>], old: &[Shared<T>], name: impl Fn(&T) -> &str) {
+        let mut by_name: Option<std::collections::HashMap<&str, &Shared<T>>> = None;
+        for (i, n) in new.iter_mut().enumerate() {
+            // Configs built from the running one keep their order.
+            if old.get(i).is_some_and(|o| Shared::same(n, o)) {
+                continue;
+            }
+            let by_name = by_name.get_or_insert_with(|| old.iter().map(|o| (name(o), o)).collect());
+            if let Some(o) = by_name.get(name(n))
+                && !Shared::same(n, o)
+                && **n == ***o
+            {
+                *n = (*o).clone();
+            }
+        }
+    }
+    share(&mut config.services, &running.services, |s| s.name.as_str());
+    share(&mut config.backends, &running.backends, |b| b.name.as_str());
 }

@@ -7,8 +7,8 @@
 
 use crate::config::regex::compile_regex;
 use crate::config::{
-    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, StringMatch,
-    UnknownHosts,
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, Service, Shared,
+    StringMatch, UnknownHosts,
 };
 use regex::Regex;
 use std::collections::HashMap;
@@ -49,9 +49,9 @@ pub struct Snapshot {
     pub(crate) created: SystemTime,
     pub(crate) config: Arc<Config>,
     /// Lowercase host -> index into `services`.
-    pub(crate) hosts: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    pub(crate) services: Vec<ServiceEntry>,
-    pub(crate) backends: Vec<BackendEntry>,
+    pub(crate) hosts: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    pub(crate) services: Vec<Arc<ServiceEntry>>,
+    pub(crate) backends: Vec<Arc<BackendEntry>>,
     pub(crate) backend_index: HashMap<Arc<str>, u32>,
 }
 
@@ -60,9 +60,85 @@ pub struct Snapshot {
 pub struct ServiceEntry {
     pub(crate) name: Arc<str>,
     pub(crate) routes: Vec<RouteEntry>,
+    /// Its hosts in lower case: its keys in the snapshot's host table.
+    pub(crate) keys: Box<[Arc<str>]>,
     /// Its hosts as `Host` header values, made once: a request addressed
     /// to one of them is sent with a copy that shares the bytes.
     pub(crate) host_values: Box<[http::HeaderValue]>,
+}
+
+/// The (backend index, weight) pairs of a route's split, as indexed by
+/// `backend_index` (names validation found; any other is skipped).
+fn split_of<'a>(
+    r: &'a crate::config::Route,
+    backend_index: &'a HashMap<Arc<str>, u32>,
+) -> impl Iterator<Item = (u32, u32)> + 'a {
+    r.to.iter()
+        .filter_map(|wb| Some((*backend_index.get(wb.backend.as_str())?, wb.weight)))
+}
+
+/// A route's mirror: its backend's index and the percentage mirrored.
+fn mirror_of(
+    r: &crate::config::Route,
+    backend_index: &HashMap<Arc<str>, u32>,
+) -> Option<(u32, f64)> {
+    let m = r.mirror.as_ref()?;
+    Some((*backend_index.get(m.backend.as_str())?, m.percent))
+}
+
+impl ServiceEntry {
+    fn compile(s: &Service, config: &Config, backend_index: &HashMap<Arc<str>, u32>) -> Self {
+        let routes = s
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| RouteEntry {
+                name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                matches: r.matches.iter().filter_map(compile_match).collect(),
+                split: WeightTable::new(split_of(r, backend_index)),
+                timeout: r.timeout.unwrap_or(config.defaults.timeout),
+                retry: r.retry.clone(),
+                fault: r.fault.clone(),
+                mirror: mirror_of(r, backend_index),
+            })
+            .collect();
+        let names = if s.hosts.is_empty() {
+            std::slice::from_ref(&s.name)
+        } else {
+            s.hosts.as_slice()
+        };
+        let host_values = names
+            .iter()
+            .filter_map(|h| {
+                let shared = http::HeaderValue::from_str(h).ok()?;
+                // Its bytes become shared at the first copy: made here,
+                // so that a request's copy only counts a reference.
+                let _ = shared.clone();
+                Some(shared)
+            })
+            .collect();
+        Self {
+            name: Arc::from(s.name.as_str()),
+            routes,
+            keys: names
+                .iter()
+                .map(|h| Arc::from(h.to_ascii_lowercase()))
+                .collect(),
+            host_values,
+        }
+    }
+
+    /// Whether this entry, compiled from `s`, indexes the same backends as
+    /// `backend_index` would (backends added or removed before them move
+    /// their indexes).
+    fn same_backends(&self, s: &Service, backend_index: &HashMap<Arc<str>, u32>) -> bool {
+        self.routes.len() == s.routes.len()
+            && self.routes.iter().zip(&s.routes).all(|(e, r)| {
+                let split = split_of(r, backend_index).filter(|&(_, w)| w > 0);
+                e.split.items().eq(split.map(|(i, w)| (i, u64::from(w))))
+                    && e.mirror == mirror_of(r, backend_index)
+            })
+    }
 }
 
 impl ServiceEntry {
@@ -130,7 +206,7 @@ impl RouteEntry {
 #[derive(Debug)]
 pub struct BackendEntry {
     pub(crate) name: Arc<str>,
-    pub(crate) config: Backend,
+    pub(crate) config: Shared<Backend>,
     pub(crate) endpoints: Vec<EndpointEntry>,
     pub(crate) upstream_tls: Option<Arc<UpstreamTls>>,
 }
@@ -161,6 +237,22 @@ impl UpstreamTls {
 }
 
 impl BackendEntry {
+    fn compile(b: &Shared<Backend>) -> Self {
+        BackendEntry {
+            name: Arc::from(b.name.as_str()),
+            config: b.clone(),
+            endpoints: b
+                .endpoints
+                .iter()
+                .map(|e| EndpointEntry {
+                    address: Arc::from(e.address.as_str()),
+                    weight: e.weight,
+                })
+                .collect(),
+            upstream_tls: UpstreamTls::of(b).map(Arc::new),
+        }
+    }
+
     /// The backend name: also its key for runtime state.
     pub fn name(&self) -> &Arc<str> {
         &self.name
@@ -285,12 +377,6 @@ impl Snapshot {
         Ok(Self::compile_valid(Arc::new(config), version, source))
     }
 
-    /// Compiles `config`, which the caller has just validated (so it is
-    /// not validated twice).
-    pub(crate) fn compile_validated(config: Config, version: u64, source: Source) -> Self {
-        Self::compile_valid(Arc::new(config), version, source)
-    }
-
     /// The empty snapshot: no services, every request passes through.
     pub fn empty(version: u64) -> Self {
         Self::compile_valid(Arc::new(Config::default()), version, Source::Empty)
@@ -304,77 +390,65 @@ impl Snapshot {
     /// Compiles a config that has passed validation. Anything validation
     /// would have refused is skipped rather than panicking.
     fn compile_valid(config: Arc<Config>, version: u64, source: Source) -> Self {
+        Self::compile_from(config, version, source, None)
+    }
+
+    /// Compiles a validated `config`, sharing with `previous` the compiled
+    /// services and backends whose config is shared with it (the same
+    /// [`Shared`](crate::config::Shared) allocation): what did not change
+    /// is not compiled again, and keeps its identity, by which the data
+    /// path keeps its runtime state.
+    pub(crate) fn compile_from(
+        config: Arc<Config>,
+        version: u64,
+        source: Source,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
+        let old_backends: HashMap<usize, &Arc<BackendEntry>> = previous
+            .map(|p| {
+                let cfg = p.config.backends.iter().map(Shared::addr);
+                cfg.zip(&p.backends).collect()
+            })
+            .unwrap_or_default();
         let mut backend_index = HashMap::with_capacity(config.backends.len());
-        let backends: Vec<BackendEntry> = config
+        let backends: Vec<Arc<BackendEntry>> = config
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let name: Arc<str> = Arc::from(b.name.as_str());
-                backend_index.insert(name.clone(), i as u32);
-                BackendEntry {
-                    name,
-                    config: b.clone(),
-                    endpoints: b
-                        .endpoints
-                        .iter()
-                        .map(|e| EndpointEntry {
-                            address: Arc::from(e.address.as_str()),
-                            weight: e.weight,
-                        })
-                        .collect(),
-                    upstream_tls: UpstreamTls::of(b).map(Arc::new),
-                }
+                let entry = match old_backends.get(&Shared::addr(b)) {
+                    Some(&old) => old.clone(),
+                    None => Arc::new(BackendEntry::compile(b)),
+                };
+                backend_index.insert(entry.name.clone(), i as u32);
+                entry
             })
             .collect();
 
-        let mut hosts = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        // A compiled service is kept when its routes' backends keep their
+        // indexes and the default timeout its routes may take is the same.
+        let old_services: HashMap<usize, &Arc<ServiceEntry>> = previous
+            .filter(|p| p.config.defaults.timeout == config.defaults.timeout)
+            .map(|p| {
+                let cfg = p.config.services.iter().map(Shared::addr);
+                cfg.zip(&p.services).collect()
+            })
+            .unwrap_or_default();
+        let mut hosts = HashMap::with_capacity_and_hasher(
+            config.services.len(),
+            foldhash::fast::RandomState::default(),
+        );
         let mut services = Vec::with_capacity(config.services.len());
         for (si, s) in config.services.iter().enumerate() {
-            if s.hosts.is_empty() {
-                hosts.insert(s.name.to_ascii_lowercase().into_boxed_str(), si as u32);
-            }
-            for h in &s.hosts {
-                hosts.insert(h.to_ascii_lowercase().into_boxed_str(), si as u32);
-            }
-            let routes =
-                s.routes
-                    .iter()
-                    .enumerate()
-                    .map(|(ri, r)| RouteEntry {
-                        name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
-                        matches: r.matches.iter().filter_map(compile_match).collect(),
-                        split: WeightTable::new(r.to.iter().filter_map(|wb| {
-                            Some((*backend_index.get(wb.backend.as_str())?, wb.weight))
-                        })),
-                        timeout: r.timeout.unwrap_or(config.defaults.timeout),
-                        retry: r.retry.clone(),
-                        fault: r.fault.clone(),
-                        mirror: r.mirror.as_ref().and_then(|m| {
-                            Some((*backend_index.get(m.backend.as_str())?, m.percent))
-                        }),
-                    })
-                    .collect();
-            let names = if s.hosts.is_empty() {
-                std::slice::from_ref(&s.name)
-            } else {
-                s.hosts.as_slice()
+            let entry = match old_services.get(&Shared::addr(s)) {
+                Some(&old) if old.same_backends(s, &backend_index) => old.clone(),
+                _ => Arc::new(ServiceEntry::compile(s, &config, &backend_index)),
             };
-            let host_values = names
-                .iter()
-                .filter_map(|h| {
-                    let shared = http::HeaderValue::from_str(h).ok()?;
-                    // Its bytes become shared at the first copy: made here,
-                    // so that a request's copy only counts a reference.
-                    let _ = shared.clone();
-                    Some(shared)
-                })
-                .collect();
-            services.push(ServiceEntry {
-                name: Arc::from(s.name.as_str()),
-                routes,
-                host_values,
-            });
+            for h in &entry.keys {
+                hosts.insert(h.clone(), si as u32);
+            }
+            services.push(entry);
         }
         Self {
             version,
@@ -419,19 +493,22 @@ impl Snapshot {
         self.config.defaults.unknown_hosts
     }
 
-    /// The services.
-    pub fn services(&self) -> &[ServiceEntry] {
+    /// The services. An entry is shared with the snapshot before when its
+    /// config did not change (`Arc::ptr_eq` tells).
+    pub fn services(&self) -> &[Arc<ServiceEntry>] {
         &self.services
     }
 
-    /// The backends.
-    pub fn backends(&self) -> &[BackendEntry] {
+    /// The backends. An entry is shared with the snapshot before when its
+    /// config did not change (`Arc::ptr_eq` tells): state kept per backend
+    /// can be kept by identity.
+    pub fn backends(&self) -> &[Arc<BackendEntry>] {
         &self.backends
     }
 
     /// A backend by index (as held by route split tables).
     pub fn backend(&self, index: u32) -> Option<&BackendEntry> {
-        self.backends.get(index as usize)
+        self.backends.get(index as usize).map(|b| &**b)
     }
 
     /// A backend by name.
@@ -452,7 +529,7 @@ impl Snapshot {
 
     /// A service by index.
     pub fn service(&self, index: u32) -> Option<&ServiceEntry> {
-        self.services.get(index as usize)
+        self.services.get(index as usize).map(|s| &**s)
     }
 
     /// The service that claims `host` and its index.
@@ -467,7 +544,7 @@ impl Snapshot {
         } else {
             self.hosts.get(host)
         };
-        idx.and_then(|&i| Some((i, self.services.get(i as usize)?)))
+        idx.and_then(|&i| Some((i, &**self.services.get(i as usize)?)))
     }
 }
 

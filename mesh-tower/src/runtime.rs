@@ -22,8 +22,9 @@ use proxyless_core::policy::breaker::Breaker;
 use proxyless_core::policy::budget::RetryBudget;
 use proxyless_core::policy::ewma::PeakEwma;
 use proxyless_core::policy::outlier::{Health, OutlierState};
-use proxyless_core::snapshot::Snapshot;
+use proxyless_core::snapshot::{BackendEntry, ServiceEntry, Snapshot};
 use proxyless_core::state::{BackendKey, EndpointKey, StateMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -128,7 +129,7 @@ impl Runtime {
         if let Some(b) = slot.get() {
             return Some(b.clone());
         }
-        let entry = snap.backend(index)?;
+        let entry = snap.backends().get(index as usize)?;
         Some(
             slot.get_or_init(|| Arc::new(self.resolve_backend(entry)))
                 .clone(),
@@ -151,20 +152,7 @@ impl Runtime {
         {
             return r.clone();
         }
-        let mut offsets = Vec::with_capacity(snap.services().len());
-        let mut total = 0u32;
-        for s in snap.services() {
-            offsets.push(total);
-            total += s.routes().len() as u32;
-        }
-        let fresh = Arc::new(Resolved {
-            version: snap.version(),
-            backends: (0..snap.backends().len())
-                .map(|_| OnceLock::new())
-                .collect(),
-            route_offsets: offsets.into(),
-            routes: (0..total).map(|_| OnceLock::new()).collect(),
-        });
+        let fresh = Arc::new(Resolved::carrying(snap, current.as_deref()));
         // A request still on an older snapshot gets a private resolution;
         // only a newer one replaces the shared one and prunes state.
         if current.as_ref().is_none_or(|r| r.version < snap.version()) {
@@ -193,10 +181,16 @@ impl Runtime {
         };
         let snap = routed.snapshot();
         let resolved = self.resolved_for(snap);
-        let slot = resolved
-            .route_offsets
-            .get(service as usize)
-            .and_then(|o| resolved.routes.get((o + route) as usize));
+        let routes = resolved.services.get(service as usize).and_then(|slot| {
+            let entry = snap.services().get(service as usize)?;
+            Some(slot.get_or_init(|| {
+                Arc::new(ServiceRoutes {
+                    entry: entry.clone(),
+                    routes: entry.routes().iter().map(|_| OnceLock::new()).collect(),
+                })
+            }))
+        });
+        let slot = routes.and_then(|s| s.routes.get(route as usize));
         let svc = snap.service(service);
         let r = svc.and_then(|s| s.routes().get(route as usize));
         let (Some(slot), Some(svc), Some(r)) = (slot, svc, r) else {
@@ -233,7 +227,7 @@ impl Runtime {
         }
     }
 
-    fn resolve_backend(&self, entry: &proxyless_core::snapshot::BackendEntry) -> ResolvedBackend {
+    fn resolve_backend(&self, entry: &Arc<BackendEntry>) -> ResolvedBackend {
         let cfg = entry.config();
         let cb = cfg.circuit_breaker.clone().unwrap_or_default();
         let state = self
@@ -282,6 +276,7 @@ impl Runtime {
             _ => Picker::P2c,
         };
         let resolved = ResolvedBackend {
+            entry: entry.clone(),
             name: entry.name().clone(),
             state,
             endpoints,
@@ -296,13 +291,59 @@ impl Runtime {
     }
 }
 
-/// Per-version view of the backends and routes, each resolved on first use.
+/// Per-version view of the backends and routes, each resolved on first use
+/// or carried over from the version before when the snapshot shares its
+/// compiled entry (the config did not change it).
 #[derive(Debug)]
 struct Resolved {
     version: u64,
     backends: Box<[OnceLock<Arc<ResolvedBackend>>]>,
-    /// Index of each service's first route in `routes`.
-    route_offsets: Box<[u32]>,
+    services: Box<[OnceLock<Arc<ServiceRoutes>>]>,
+}
+
+impl Resolved {
+    /// The view of `snap`, with what `before` resolved for the entries the
+    /// two snapshots share.
+    fn carrying(snap: &Snapshot, before: Option<&Resolved>) -> Self {
+        fn carried<T>(
+            before: &[OnceLock<Arc<T>>],
+            entry: impl Fn(&T) -> usize,
+        ) -> HashMap<usize, Arc<T>> {
+            let resolved = before.iter().filter_map(OnceLock::get);
+            resolved.map(|r| (entry(r), r.clone())).collect()
+        }
+        fn slots<E, T>(
+            entries: &[Arc<E>],
+            carried: &HashMap<usize, Arc<T>>,
+        ) -> Box<[OnceLock<Arc<T>>]> {
+            entries
+                .iter()
+                .map(|e| match carried.get(&(Arc::as_ptr(e) as usize)) {
+                    Some(r) => OnceLock::from(r.clone()),
+                    None => OnceLock::new(),
+                })
+                .collect()
+        }
+        let (backends, services) = match before {
+            Some(b) => (
+                carried(&b.backends, |r| Arc::as_ptr(&r.entry) as usize),
+                carried(&b.services, |r| Arc::as_ptr(&r.entry) as usize),
+            ),
+            None => Default::default(),
+        };
+        Self {
+            version: snap.version(),
+            backends: slots(snap.backends(), &backends),
+            services: slots(snap.services(), &services),
+        }
+    }
+}
+
+/// The metric handles of one service's routes.
+#[derive(Debug)]
+struct ServiceRoutes {
+    /// The compiled service they belong to (held: its identity is the key).
+    entry: Arc<ServiceEntry>,
     routes: Box<[OnceLock<RouteHandles>]>,
 }
 
@@ -385,6 +426,9 @@ enum HashTable {
 /// A backend as one snapshot sees it, with the state behind it.
 #[derive(Debug)]
 pub struct ResolvedBackend {
+    /// The compiled backend it was resolved from (held: its identity
+    /// carries the resolution over to the next snapshot that shares it).
+    entry: Arc<BackendEntry>,
     /// The backend name.
     pub name: Arc<str>,
     /// Its lasting state.

@@ -15,6 +15,7 @@ use proxyless_tower::body::MeshBody;
 use proxyless_tower::error::ErrorKind;
 use proxyless_tower::ext::{DEADLINE_HEADER, Routed, Served};
 use proxyless_tower::{BoxError, MeshLayer};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
@@ -626,6 +627,51 @@ async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
             .to_string();
         assert_ne!(ep, "127.0.0.1:1", "the ejection was lost in the swap");
     }
+}
+
+/// A backend the new config does not change keeps its resolution (the
+/// same endpoint states, breaker and balancer table, by identity); a changed
+/// one is resolved again.
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_backend_keeps_its_resolution_across_a_swap() {
+    let m = mesh(
+        "services: [{ name: a, routes: [{ to: [a1] }] }, { name: b, routes: [{ to: [b1] }] }]\n\
+         backends:\n\
+         - { name: a1, load_balancer: { maglev: { header: x-user } }, endpoints: ['127.0.0.1:1', '127.0.0.1:2'] }\n\
+         - { name: b1, endpoints: ['127.0.0.1:3'] }\n",
+    );
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let layer = MeshLayer::new(m.clone());
+    let svc = layer.layer(svc);
+    serve(handle, |_| Ok(status(200)));
+    for host in ["a", "b"] {
+        let req = get(&format!("http://{host}/"));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    let before = m.snapshot();
+    let rt = layer.runtime();
+    let (a1, b1) = (
+        rt.backend(&before, 0).unwrap(),
+        rt.backend(&before, 1).unwrap(),
+    );
+
+    let mut cfg = before.config().clone();
+    cfg.backends[1]
+        .endpoints
+        .push(proxyless_core::config::Endpoint::new("127.0.0.1:4"));
+    m.update(cfg, proxyless_core::snapshot::Source::Code)
+        .unwrap();
+    let after = m.snapshot();
+    let (a1_now, b1_now) = (
+        rt.backend(&after, 0).unwrap(),
+        rt.backend(&after, 1).unwrap(),
+    );
+    assert!(Arc::ptr_eq(&a1, &a1_now), "a1 did not change: kept");
+    assert!(!Arc::ptr_eq(&b1, &b1_now), "b1 changed: resolved again");
+    assert_eq!(b1_now.endpoints.len(), 2);
+    // What lasts across configs is the same either way.
+    assert!(Arc::ptr_eq(&b1.state, &b1_now.state));
+    assert!(Arc::ptr_eq(&b1.endpoints[0], &b1_now.endpoints[0]));
 }
 
 /// Every config that validates serves requests without a panic, however

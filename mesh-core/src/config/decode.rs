@@ -279,6 +279,16 @@ impl<T: Decode> Decode for Vec<T> {
     }
 }
 
+impl<T: Decode> Decode for super::Shared<T> {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        T::decode(n, path, cx).map(Self::new)
+    }
+
+    fn fallback() -> Option<Self> {
+        T::fallback().map(Self::new)
+    }
+}
+
 impl<T: Decode> Decode for BTreeMap<String, T> {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let Value::Map(entries) = &n.value else {

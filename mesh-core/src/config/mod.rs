@@ -30,11 +30,13 @@ mod error;
 mod model;
 mod node;
 pub(crate) mod regex;
+mod shared;
 pub(crate) mod validate;
 
 pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
+pub use shared::Shared;
 
 use node::Node;
 use std::path::Path;
@@ -89,7 +91,7 @@ impl Config {
         // echo that problem, so those are left out.
         let mut problems = cx.problems;
         let decoded = problems.len();
-        for p in validate::validate(&cfg, &cx.lines) {
+        for p in validate::validate(&cfg, &cx.lines, None) {
             if !problems[..decoded]
                 .iter()
                 .any(|d| related(&d.path, &p.path))
@@ -123,7 +125,13 @@ impl Config {
 
     /// Checks a config built in code (or changed since it was read).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let problems = validate::validate(self, &Default::default());
+        self.validate_since(None)
+    }
+
+    /// Checks a config that may share services and backends with `known`,
+    /// a config that passed: those are checked only against the rest.
+    pub(crate) fn validate_since(&self, known: Option<&Config>) -> Result<(), ConfigError> {
+        let problems = validate::validate(self, &Default::default(), known);
         if problems.is_empty() {
             Ok(())
         } else {

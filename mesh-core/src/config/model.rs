@@ -5,6 +5,7 @@
 //! [`Config::from_json`]; writing one back is plain serde serialization.
 
 use super::duration::serde_human;
+use super::shared::Shared;
 use crate::identity::SpiffeId;
 pub use crate::path::{EscapedSlashes, PathNormalization, Semicolons};
 use proxyless_core_derive::Decode;
@@ -23,9 +24,9 @@ pub struct Config {
     /// Mesh-wide defaults.
     pub defaults: Defaults,
     /// The services clients address, each with its routes.
-    pub services: Vec<Service>,
+    pub services: Vec<Shared<Service>>,
     /// The backends routes send to.
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Shared<Backend>>,
     /// Inbound (server-side) policies, per service.
     pub inbound: Vec<InboundPolicy>,
     /// This workload's identity files (`MESH_TLS_CERT`, `MESH_TLS_KEY` and

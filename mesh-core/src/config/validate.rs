@@ -4,7 +4,9 @@
 use super::decode::child;
 use super::error::{Problem, ProblemKind, suggestion};
 use super::model::*;
+use super::shared::Shared;
 use crate::identity::{SpiffeId, validate_trust_domain};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -74,7 +76,14 @@ fn last_line(s: &str) -> &str {
 }
 
 /// Checks `cfg`; `lines` maps field paths to source lines where known.
-pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Problem> {
+/// Services and backends shared with `known` (a config that passed, see
+/// [`Shared`]) are checked only for what involves the rest of the config:
+/// unique names and hosts, and the backends their routes name.
+pub(crate) fn validate(
+    cfg: &Config,
+    lines: &HashMap<String, u32>,
+    known: Option<&Config>,
+) -> Vec<Problem> {
     let mut v = V {
         lines,
         problems: Vec::new(),
@@ -97,58 +106,90 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
     }
     defaults(&mut v, &cfg.defaults);
 
+    let known_services: HashSet<usize> = known
+        .map(|k| k.services.iter().map(Shared::addr).collect())
+        .unwrap_or_default();
+    let known_backends: HashSet<usize> = known
+        .map(|k| k.backends.iter().map(Shared::addr).collect())
+        .unwrap_or_default();
     let backend_names = Names::new(cfg.backends.iter().map(|b| b.name.as_str()));
     let service_names = Names::new(cfg.services.iter().map(|s| s.name.as_str()));
 
-    let mut seen_services = HashSet::new();
-    let mut host_owner: HashMap<String, &str> = HashMap::new();
+    let mut seen_services = HashSet::with_capacity(cfg.services.len());
+    let mut host_owner: HashMap<Cow<'_, str>, &str> = HashMap::with_capacity(cfg.services.len());
     for (i, s) in cfg.services.iter().enumerate() {
-        let at = format!("services[{i}]");
+        let at = || format!("services[{i}]");
         let before = v.problems.len();
         name(
             &mut v,
-            &child(&at, "name"),
+            || child(&at(), "name"),
             &s.name,
             &mut seen_services,
             "service",
         );
         // A duplicate service already says so; its hosts would only repeat it.
         let duplicate = v.problems.len() > before;
-        let hosts: Vec<&str> = if s.hosts.is_empty() {
-            vec![s.name.as_str()]
+        let hosts = if s.hosts.is_empty() {
+            std::slice::from_ref(&s.name)
         } else {
-            s.hosts.iter().map(String::as_str).collect()
+            s.hosts.as_slice()
+        };
+        let host_path = |j: usize| {
+            if s.hosts.is_empty() {
+                child(&at(), "name")
+            } else {
+                format!("{}.hosts[{j}]", at())
+            }
         };
         for (j, h) in hosts.iter().enumerate().filter(|_| !duplicate) {
-            let hp = if s.hosts.is_empty() {
-                child(&at, "name")
-            } else {
-                format!("{at}.hosts[{j}]")
-            };
             if !is_hostname(h) {
                 let msg =
                     format!("`{h}` is not a host name (letters, digits, `-` and `.`; no port)");
-                v.add(ProblemKind::InvalidAddress, &hp, msg);
+                v.add(ProblemKind::InvalidAddress, &host_path(j), msg);
                 continue;
             }
-            let key = h.to_ascii_lowercase();
+            let key = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(h.as_str())
+            };
             match host_owner.get(&key) {
                 Some(owner) if *owner == s.name => {
-                    v.add(
-                        ProblemKind::DuplicateName,
-                        &hp,
-                        format!("host `{h}` is listed twice"),
-                    );
+                    let msg = format!("host `{h}` is listed twice");
+                    v.add(ProblemKind::DuplicateName, &host_path(j), msg);
                 }
                 Some(owner) => {
                     let msg = format!("host `{h}` is already claimed by service `{owner}`");
-                    v.add(ProblemKind::ConflictingHost, &hp, msg);
+                    v.add(ProblemKind::ConflictingHost, &host_path(j), msg);
                 }
                 None => {
                     host_owner.insert(key, &s.name);
                 }
             }
         }
+        if known_services.contains(&Shared::addr(s)) {
+            for (j, r) in s.routes.iter().enumerate() {
+                let at = || format!("{}.routes[{j}]", at());
+                for (k, wb) in r.to.iter().enumerate() {
+                    reference(
+                        &mut v,
+                        || format!("{}.to[{k}].backend", at()),
+                        &wb.backend,
+                        &backend_names,
+                    );
+                }
+                if let Some(m) = &r.mirror {
+                    reference(
+                        &mut v,
+                        || format!("{}.mirror.backend", at()),
+                        &m.backend,
+                        &backend_names,
+                    );
+                }
+            }
+            continue;
+        }
+        let at = at();
         let mut route_names = HashSet::new();
         for (j, r) in s.routes.iter().enumerate() {
             route(
@@ -161,9 +202,20 @@ pub(crate) fn validate(cfg: &Config, lines: &HashMap<String, u32>) -> Vec<Proble
         }
     }
 
-    let mut seen_backends = HashSet::new();
+    let mut seen_backends = HashSet::with_capacity(cfg.backends.len());
     for (i, b) in cfg.backends.iter().enumerate() {
-        backend(&mut v, &format!("backends[{i}]"), b, &mut seen_backends);
+        let at = format!("backends[{i}]");
+        if known_backends.contains(&Shared::addr(b)) {
+            name(
+                &mut v,
+                || child(&at, "name"),
+                &b.name,
+                &mut seen_backends,
+                "backend",
+            );
+            continue;
+        }
+        backend(&mut v, &at, b, &mut seen_backends);
     }
 
     let mut seen_inbound = HashSet::new();
@@ -219,19 +271,20 @@ fn defaults(v: &mut V<'_>, d: &Defaults) {
     v.positive("defaults.retry_budget.ttl", b.ttl);
 }
 
-fn name<'a>(v: &mut V<'_>, path: &str, name: &'a str, seen: &mut HashSet<&'a str>, what: &str) {
+/// A name that must be given and unique; `path` is made only for a problem.
+fn name<'a>(
+    v: &mut V<'_>,
+    path: impl FnOnce() -> String,
+    name: &'a str,
+    seen: &mut HashSet<&'a str>,
+    what: &str,
+) {
     if name.is_empty() {
-        v.add(
-            ProblemKind::InvalidValue,
-            path,
-            format!("a {what} name may not be empty"),
-        );
+        let msg = format!("a {what} name may not be empty");
+        v.add(ProblemKind::InvalidValue, &path(), msg);
     } else if !seen.insert(name) {
-        v.add(
-            ProblemKind::DuplicateName,
-            path,
-            format!("{what} `{name}` is defined twice"),
-        );
+        let msg = format!("{what} `{name}` is defined twice");
+        v.add(ProblemKind::DuplicateName, &path(), msg);
     }
 }
 
@@ -243,7 +296,7 @@ fn route<'a>(
     seen: &mut HashSet<&'a str>,
 ) {
     if let Some(n) = &r.name {
-        name(v, &child(at, "name"), n, seen, "route");
+        name(v, || child(at, "name"), n, seen, "route");
     }
     for (k, m) in r.matches.iter().enumerate() {
         let mp = if r.matches.len() == 1 {
@@ -301,8 +354,7 @@ fn route<'a>(
     }
     let mut total: u64 = 0;
     for (j, wb) in r.to.iter().enumerate() {
-        let bp = format!("{at}.to[{j}].backend");
-        reference(v, &bp, &wb.backend, backends);
+        reference(v, || format!("{at}.to[{j}].backend"), &wb.backend, backends);
         total += u64::from(wb.weight);
     }
     if !r.to.is_empty() && total == 0 {
@@ -367,7 +419,7 @@ fn route<'a>(
     }
     if let Some(m) = &r.mirror {
         let p = child(at, "mirror");
-        reference(v, &child(&p, "backend"), &m.backend, backends);
+        reference(v, || child(&p, "backend"), &m.backend, backends);
         v.percent(&child(&p, "percent"), m.percent);
     }
 }
@@ -387,18 +439,19 @@ impl<'a> Names<'a> {
     }
 }
 
-fn reference(v: &mut V<'_>, path: &str, name: &str, backends: &Names<'_>) {
+/// A reference to a backend; `path` is made only when it names none.
+fn reference(v: &mut V<'_>, path: impl FnOnce() -> String, name: &str, backends: &Names<'_>) {
     if !backends.set.contains(name) {
         let msg = format!(
             "no backend named `{name}`{}",
             suggestion(name, backends.list.iter().copied())
         );
-        v.add(ProblemKind::UndefinedReference, path, msg);
+        v.add(ProblemKind::UndefinedReference, &path(), msg);
     }
 }
 
 fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a str>) {
-    name(v, &child(at, "name"), &b.name, seen, "backend");
+    name(v, || child(at, "name"), &b.name, seen, "backend");
     let mut addrs = HashSet::new();
     for (j, ep) in b.endpoints.iter().enumerate() {
         let ep_at = format!("{at}.endpoints[{j}]");

@@ -9,6 +9,7 @@
 
 mod config_files;
 mod environment;
+mod incremental;
 mod round_trip;
 mod routing;
 mod watch;

@@ -277,8 +277,8 @@ fn config() -> impl Strategy<Value = Config> {
                                 .collect(),
                         })
                         .collect(),
-                    services,
-                    backends,
+                    services: services.into_iter().map(Into::into).collect(),
+                    backends: backends.into_iter().map(Into::into).collect(),
                 },
             )
     })

@@ -108,6 +108,11 @@ pub(super) struct State {
     /// Incremental: the accepted version of each resource, per type.
     resource_versions: BTreeMap<&'static str, BTreeMap<String, String>>,
     resources: Resources,
+    /// What the last published config was translated from.
+    kept: translate::Kept,
+    /// The resources' `refers_generation` when their names were last
+    /// followed.
+    followed: Option<u64>,
     /// State of the world: resources of a type whose subscription emptied.
     /// The server was told nothing (an empty list would be a wildcard), so
     /// it still counts them as ours and will not send them again if they
@@ -154,6 +159,8 @@ impl State {
             nonce: BTreeMap::new(),
             resource_versions: BTreeMap::new(),
             resources: Resources::default(),
+            kept: translate::Kept::default(),
+            followed: None,
             names_changes: 0,
             reported_names: None,
             parked: Resources::default(),
@@ -213,14 +220,23 @@ impl State {
     /// An error is the reason to NACK.
     fn publish(&mut self, mesh: &Mesh, status: &XdsStatus, label: String) -> Result<(), XdsError> {
         let mut warnings = Vec::new();
+        let changes = self.resources.take_changes();
+        let mut kept = std::mem::take(&mut self.kept);
         let inbound = self.inbound.as_ref();
         let services = self
             .names(type_url::LISTENER)
             .iter()
             .filter(|n| inbound.is_none_or(|i| i.listener != **n));
-        let built = translate::to_config(&self.resources, services, &mut warnings);
+        let built = translate::to_config(
+            &self.resources,
+            services,
+            &changes,
+            &mut warnings,
+            &mut kept,
+        );
+        self.kept = kept;
         let policy = match inbound
-            .and_then(|i| Some((i, self.resources.listeners.get(&i.listener)?)))
+            .and_then(|i| Some((i, self.resources.listeners().get(&i.listener)?)))
         {
             Some((i, l)) => translate::inbound_of(&l.get(), &i.service, &mut warnings).map(Some),
             None => Ok(None),
@@ -283,7 +299,7 @@ impl State {
     /// Ends the waits of hosts the running config now answers for.
     fn settle(&self, mesh: &Mesh, listener_response: bool) {
         let snap = mesh.snapshot();
-        let held = &self.resources.listeners;
+        let held = self.resources.listeners();
         let subscribed = self.names(type_url::LISTENER);
         self.demand.settle(|host| {
             snap.service_for_host(crate::route::host_of(host)).is_some()
@@ -295,6 +311,10 @@ impl State {
     /// subscribe to and to drop (dropped resources are forgotten).
     fn follow(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
+        // What the held resources name changes only when they do.
+        if self.followed == Some(self.resources.refers_generation()) {
+            return out;
+        }
         // Parked resources that come back can name more: follow until
         // nothing changes (a listener names routes, routes clusters,
         // clusters endpoints: a few rounds at most).
@@ -314,6 +334,7 @@ impl State {
                 break;
             }
         }
+        self.followed = Some(self.resources.refers_generation());
         out
     }
 

@@ -61,26 +61,31 @@ impl Variant for Sotw {
             state.parked.clear(t);
         }
         let mut applied = Ok(());
+        // Of the resources held before, how many the response carries.
+        let mut carried = 0;
         for any in &resp.resources {
             if let Err(e) = state.within_size(t, any) {
                 applied = Err(e);
                 break;
             }
-            match state.resources.insert(t, any) {
+            match state.resources.insert_replacing(t, any, Some(&saved)) {
                 // State of the world may carry more than was asked for;
                 // while the server was told nothing, it is what we parked.
-                Ok(name) if !state.names(t).contains(&name) => {
+                Ok((name, _)) if !state.names(t).contains(&name) => {
                     state.resources.remove(t, &name);
                     if told_nothing {
                         let _ = state.parked.insert(t, any);
                     }
                 }
-                Ok(_) => {}
+                Ok((_, held_before)) => carried += usize::from(held_before),
                 Err(e) => {
                     applied = Err(e);
                     break;
                 }
             }
+        }
+        if applied.is_ok() {
+            state.resources.replaced(t, &saved, carried);
         }
         let label = format!("version {} of {}", resp.version_info, short(t));
         let outcome = applied.and_then(|()| state.publish(mesh, status, label));

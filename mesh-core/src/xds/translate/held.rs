@@ -71,6 +71,12 @@ impl<M> Held<M> {
         &self.bytes
     }
 
+    /// Whether `a` and `b` are the same holding (not only equal bytes):
+    /// what was translated from one stands for the other.
+    pub fn same(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.bytes, &b.bytes)
+    }
+
     /// The names the resource refers to (read when it was held).
     pub fn refers(&self) -> &Refers {
         &self.refers

@@ -13,9 +13,7 @@
 //! `rbac.rs` inbound listeners; `reverse.rs` and `reverse_rbac.rs` go the
 //! other way, model to resources, for the development control plane.
 
-use crate::config::{
-    Config, Service,
-};
+use crate::config::Service;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -23,23 +21,27 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+mod build;
 mod cluster;
 mod held;
 mod rbac;
+mod resources;
 mod reverse;
 mod reverse_rbac;
 mod routes;
 
+pub use build::{Built, Kept, to_config};
 pub use held::{Held, Refer, Refers};
 pub use rbac::{INBOUND_PREFIX, inbound_of};
-pub use reverse::{envoy_listener, from_config};
+pub use resources::{Changes, Resources, Saved};
+pub use reverse::{envoy_listener, from_config, from_config_since};
 pub use reverse_rbac::inbound_listener;
 
 use crate::xds::error::{XdsError, at};
-use cluster::{backend_of, eds_name, is_eds};
+use cluster::{eds_name, is_eds};
 use routes::{faults_in, hcm_fault, route_of};
 
 /// Type URLs of the resources the client subscribes to.
@@ -55,239 +57,6 @@ pub mod type_url {
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     /// HttpConnectionManager (inside an API listener).
     pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-}
-
-/// The resources a client holds, by name.
-#[derive(Debug, Default, Clone)]
-pub struct Resources {
-    /// Listeners.
-    pub listeners: BTreeMap<String, Held<Listener>>,
-    /// Route configurations.
-    pub routes: BTreeMap<String, Held<RouteConfiguration>>,
-    /// Clusters.
-    pub clusters: BTreeMap<String, Held<Cluster>>,
-    /// Endpoint assignments.
-    pub endpoints: BTreeMap<String, Held<ClusterLoadAssignment>>,
-}
-
-/// One type's held resources, saved to put back if a response is NACKed.
-#[derive(Debug, Clone)]
-pub enum Saved {
-    /// Listeners.
-    Listeners(BTreeMap<String, Held<Listener>>),
-    /// Route configurations.
-    Routes(BTreeMap<String, Held<RouteConfiguration>>),
-    /// Clusters.
-    Clusters(BTreeMap<String, Held<Cluster>>),
-    /// Endpoint assignments.
-    Endpoints(BTreeMap<String, Held<ClusterLoadAssignment>>),
-}
-
-/// Runs `$body` with `$map` bound to the map of type URL `$t`.
-macro_rules! with_map {
-    ($r:expr, $t:expr, |$map:ident| $body:expr) => {
-        match $t {
-            type_url::LISTENER => {
-                let $map = &mut $r.listeners;
-                $body
-            }
-            type_url::ROUTE => {
-                let $map = &mut $r.routes;
-                $body
-            }
-            type_url::CLUSTER => {
-                let $map = &mut $r.clusters;
-                $body
-            }
-            _ => {
-                let $map = &mut $r.endpoints;
-                $body
-            }
-        }
-    };
-}
-
-/// The name a resource is known by.
-trait Named: Message + Default + Refer {
-    fn name(&self) -> &str;
-}
-impl Named for Listener {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for RouteConfiguration {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for Cluster {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for ClusterLoadAssignment {
-    fn name(&self) -> &str {
-        &self.cluster_name
-    }
-}
-
-fn decode_as<M: Named>(
-    map: &mut BTreeMap<String, Held<M>>,
-    any: &envoy_types::pb::google::protobuf::Any,
-) -> Result<String, XdsError> {
-    let (held, v) = Held::<M>::decoded(any.value.as_slice())
-        .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
-    let name = v.name().to_owned();
-    map.insert(name.clone(), held);
-    Ok(name)
-}
-
-impl Resources {
-    /// Decodes `any` as a resource of type `t` and holds it (replacing one
-    /// of the same name); returns its name.
-    pub fn insert(
-        &mut self,
-        t: &str,
-        any: &envoy_types::pb::google::protobuf::Any,
-    ) -> Result<String, XdsError> {
-        if any.type_url != t {
-            return Err(XdsError::new(format!(
-                "a {} in a response of type {t}",
-                any.type_url
-            )));
-        }
-        with_map!(self, t, |map| decode_as(map, any))
-    }
-
-    /// Whether the resource `name` of type `t` is held.
-    pub fn holds(&self, t: &str, name: &str) -> bool {
-        match t {
-            type_url::LISTENER => self.listeners.contains_key(name),
-            type_url::ROUTE => self.routes.contains_key(name),
-            type_url::CLUSTER => self.clusters.contains_key(name),
-            _ => self.endpoints.contains_key(name),
-        }
-    }
-
-    /// Drops the resource `name` of type `t`.
-    pub fn remove(&mut self, t: &str, name: &str) {
-        with_map!(self, t, |map| {
-            map.remove(name);
-        })
-    }
-
-    /// Keeps only the resources of type `t` that `keep` accepts.
-    pub fn retain(&mut self, t: &str, keep: impl Fn(&str) -> bool) {
-        with_map!(self, t, |map| map.retain(|k, _| keep(k)))
-    }
-
-    /// Drops every resource of type `t`.
-    pub fn clear(&mut self, t: &str) {
-        self.retain(t, |_| false);
-    }
-
-    /// A copy of the resources of type `t`.
-    pub fn save(&self, t: &str) -> Saved {
-        match t {
-            type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
-            type_url::ROUTE => Saved::Routes(self.routes.clone()),
-            type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
-            _ => Saved::Endpoints(self.endpoints.clone()),
-        }
-    }
-
-    /// Moves the resources of type `t` out (leaving none), to put back with
-    /// [`restore`](Self::restore): what a state-of-the-world response,
-    /// which replaces them all, saves without copying.
-    pub fn take(&mut self, t: &str) -> Saved {
-        match t {
-            type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
-            type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
-            type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
-            _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
-        }
-    }
-
-    /// A copy of the resources of type `t` named in `names` (those held),
-    /// to put back with [`restore_only`](Self::restore_only): what an
-    /// incremental response, which touches only these, saves.
-    pub fn save_only<'a>(&self, t: &str, names: impl IntoIterator<Item = &'a str>) -> Saved {
-        fn pick<'a, M: Clone>(
-            map: &BTreeMap<String, M>,
-            names: impl IntoIterator<Item = &'a str>,
-        ) -> BTreeMap<String, M> {
-            names
-                .into_iter()
-                .filter_map(|n| Some((n.to_owned(), map.get(n)?.clone())))
-                .collect()
-        }
-        match t {
-            type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
-            type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
-            type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
-            _ => Saved::Endpoints(pick(&self.endpoints, names)),
-        }
-    }
-
-    /// Undoes changes to `names` of type `t`: drops them, then puts back
-    /// what [`save_only`](Self::save_only) copied.
-    pub fn restore_only<'a>(
-        &mut self,
-        t: &str,
-        names: impl IntoIterator<Item = &'a str>,
-        saved: Saved,
-    ) {
-        for n in names {
-            self.remove(t, n);
-        }
-        match saved {
-            Saved::Listeners(m) => self.listeners.extend(m),
-            Saved::Routes(m) => self.routes.extend(m),
-            Saved::Clusters(m) => self.clusters.extend(m),
-            Saved::Endpoints(m) => self.endpoints.extend(m),
-        }
-    }
-
-    /// Puts back what [`save`](Self::save) copied.
-    pub fn restore(&mut self, saved: Saved) {
-        match saved {
-            Saved::Listeners(m) => self.listeners = m,
-            Saved::Routes(m) => self.routes = m,
-            Saved::Clusters(m) => self.clusters = m,
-            Saved::Endpoints(m) => self.endpoints = m,
-        }
-    }
-
-    /// The encoded resources of type `t` whose names `pick` accepts, by name.
-    pub fn encoded(
-        &self,
-        t: &str,
-        pick: impl Fn(&str) -> bool,
-    ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
-        fn enc<M: Message + prost::Name>(
-            map: &BTreeMap<String, Held<M>>,
-            pick: impl Fn(&str) -> bool,
-        ) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
-            map.iter()
-                .filter(|(k, _)| pick(k))
-                .map(|(k, v)| {
-                    let any = envoy_types::pb::google::protobuf::Any {
-                        type_url: M::type_url(),
-                        value: v.bytes().to_vec(),
-                    };
-                    (k.clone(), any)
-                })
-                .collect()
-        }
-        match t {
-            type_url::LISTENER => enc(&self.listeners, pick),
-            type_url::ROUTE => enc(&self.routes, pick),
-            type_url::CLUSTER => enc(&self.clusters, pick),
-            type_url::ENDPOINTS => enc(&self.endpoints, pick),
-            _ => Vec::new(),
-        }
-    }
 }
 
 /// What the held resources refer to: the names to subscribe to next.
@@ -424,7 +193,7 @@ impl Refer for ClusterLoadAssignment {
 
 /// Whether the cluster `name` is held with its endpoints (an EDS cluster's
 /// assignment held too).
-fn cluster_complete(r: &Resources, name: &str) -> bool {
+pub(super) fn cluster_complete(r: &Resources, name: &str) -> bool {
     match r.clusters.get(name).map(Held::refers) {
         Some(Refers::Eds(eds)) => r.endpoints.contains_key(eds),
         Some(_) => true,
@@ -447,67 +216,10 @@ pub(super) fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Op
     })
 }
 
-/// What the held resources describe for the subscribed listeners.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Built {
-    /// The services whose listener and everything it references are held,
-    /// and the backends they use.
-    pub config: Config,
-    /// Listeners held whose route configuration, clusters or endpoints
-    /// have not all arrived yet.
-    pub incomplete: Vec<String>,
-    /// Subscribed listeners the control plane has not sent (not yet, or
-    /// they do not exist).
-    pub missing: Vec<String>,
-}
-
-/// The config the held resources describe, for the listeners `services`.
-/// A service goes in only when everything it references is held; the
-/// others are named in [`Built::incomplete`] and [`Built::missing`].
-/// Warnings list what was ignored; an error names what cannot be honoured.
-pub fn to_config<'a>(
-    r: &Resources,
-    services: impl IntoIterator<Item = &'a String>,
-    warnings: &mut Vec<String>,
-) -> Result<Built, XdsError> {
-    let mut built = Built::default();
-    let mut clusters_used = BTreeSet::new();
-    for name in services {
-        let Some(l) = r.listeners.get(name).map(Held::get) else {
-            built.missing.push(name.clone());
-            continue;
-        };
-        match service_of(r, name, &l, warnings)? {
-            Some((service, uses)) => {
-                clusters_used.extend(uses);
-                built.config.services.push(service);
-            }
-            None => built.incomplete.push(name.clone()),
-        }
-    }
-    built.config.backends.reserve_exact(clusters_used.len());
-    for name in &clusters_used {
-        let Some(c) = r.clusters.get(name).map(Held::get) else {
-            continue; // held: service_of checked
-        };
-        let cla = if is_eds(&c) {
-            r.endpoints
-                .get(&eds_name(&c))
-                .map(Held::get)
-                .unwrap_or_default()
-        } else {
-            c.load_assignment.clone().unwrap_or_default()
-        };
-        let backend = backend_of(&c, &cla, warnings).map_err(|e| e.in_resource("Cluster", name))?;
-        built.config.backends.push(backend);
-    }
-    Ok(built)
-}
-
 /// The service listener `l` (subscribed as `name`) describes, and the
 /// clusters it uses; `None` while its route configuration, clusters or
 /// endpoints have not all arrived.
-fn service_of(
+pub(super) fn service_of(
     r: &Resources,
     name: &str,
     l: &Listener,
@@ -578,6 +290,7 @@ fn service_of(
 mod tests {
     use super::cluster::{UPSTREAM_TLS, tls_socket, upstream_tls};
     use super::*;
+    use crate::config::Config;
 
     /// model -> xDS -> model is the identity over what xDS carries.
     #[test]
@@ -813,7 +526,14 @@ backends:
         let resources = from_config(&cfg);
         let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
         let mut warnings = Vec::new();
-        let built = to_config(&resources, &services, &mut warnings).unwrap();
+        let built = to_config(
+            &resources,
+            &services,
+            &Changes::default(),
+            &mut warnings,
+            &mut Kept::default(),
+        )
+        .unwrap();
         assert!(built.incomplete.is_empty() && built.missing.is_empty());
         let back = built.config;
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -843,9 +563,15 @@ backends:
             rc.virtual_hosts[0].routes[0].action =
                 Some(route::Action::Redirect(Default::default()));
         });
-        let err = to_config(&r, &["s".into()], &mut Vec::new())
-            .unwrap_err()
-            .to_string();
+        let err = to_config(
+            &r,
+            &["s".into()],
+            &Changes::default(),
+            &mut Vec::new(),
+            &mut Kept::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("redirect"), "{err}");
         assert!(
             err.starts_with("RouteConfiguration `s`: virtual_hosts[0].routes[0].action: "),
@@ -855,7 +581,14 @@ backends:
         // the service is named as incomplete, not served half-built.
         let mut r = from_config(&cfg);
         r.endpoints.clear();
-        let built = to_config(&r, &["s".into(), "t".into()], &mut Vec::new()).unwrap();
+        let built = to_config(
+            &r,
+            &["s".into(), "t".into()],
+            &Changes::default(),
+            &mut Vec::new(),
+            &mut Kept::default(),
+        )
+        .unwrap();
         assert!(built.config.services.is_empty() && built.config.backends.is_empty());
         assert_eq!(built.incomplete, ["s"]);
         assert_eq!(built.missing, ["t"]);
@@ -895,7 +628,14 @@ backends:
             );
         });
         let mut warnings = Vec::new();
-        let built = to_config(&r, &["s".into()], &mut warnings).unwrap();
+        let built = to_config(
+            &r,
+            &["s".into()],
+            &Changes::default(),
+            &mut warnings,
+            &mut Kept::default(),
+        )
+        .unwrap();
         let fault = built.config.services[0].routes[0].fault.clone().unwrap();
         let a = fault.abort.unwrap();
         assert_eq!((a.status, a.percent), (503, 25.0));
@@ -919,7 +659,14 @@ backends:
             );
         });
         let mut warnings = Vec::new();
-        to_config(&r, &["s".into()], &mut warnings).unwrap();
+        to_config(
+            &r,
+            &["s".into()],
+            &Changes::default(),
+            &mut warnings,
+            &mut Kept::default(),
+        )
+        .unwrap();
         let all = warnings.join("\n");
         assert!(all.contains("gRPC status"), "{all}");
         assert!(all.contains("envoy.filters.http.cors"), "{all}");

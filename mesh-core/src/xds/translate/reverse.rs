@@ -2,8 +2,9 @@
 
 use crate::config::{
     Backend, Config, Fault, LoadBalancer, PathMatch, RetryPolicy, Route, RouteMatch, Service,
-    StringMatch,
+    Shared, StringMatch,
 };
+use std::collections::HashSet;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -44,20 +45,49 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value}
 /// with RDS), per service a route configuration, per backend an EDS cluster
 /// and its assignment, per inbound policy a socket listener.
 pub fn from_config(cfg: &Config) -> Resources {
+    from_config_since(cfg, None)
+}
+
+/// [`from_config`], taking from `before` (the resources of an earlier
+/// config) those of the services and backends `cfg` shares with it (the
+/// same [`Shared`](crate::config::Shared) parts): one change among 10,000
+/// services translates one service.
+pub fn from_config_since(cfg: &Config, before: Option<(&Config, &Resources)>) -> Resources {
     let mut r = Resources::default();
+    let shared_services: HashSet<usize> = before
+        .map(|(c, _)| c.services.iter().map(Shared::addr).collect())
+        .unwrap_or_default();
+    let shared_backends: HashSet<usize> = before
+        .map(|(c, _)| c.backends.iter().map(Shared::addr).collect())
+        .unwrap_or_default();
+    let empty = Resources::default();
+    let was = before.map_or(&empty, |(_, r)| r);
     for s in &cfg.services {
-        let hosts: Vec<String> = if s.hosts.is_empty() {
-            vec![s.name.clone()]
+        let hosts = if s.hosts.is_empty() {
+            std::slice::from_ref(&s.name)
         } else {
-            s.hosts.clone()
+            s.hosts.as_slice()
         };
+        if shared_services.contains(&Shared::addr(s))
+            && let Some(rc) = was.routes.get(&s.name)
+            && let Some(listeners) = hosts
+                .iter()
+                .map(|h| Some((h.clone(), was.listeners.get(h)?.clone())))
+                .collect::<Option<Vec<_>>>()
+        {
+            r.listeners.extend(listeners);
+            r.routes.insert(s.name.clone(), rc.clone());
+            continue;
+        }
         let hcm = hcm_of(s);
-        for h in &hosts {
+        for h in hosts {
             r.listeners
                 .insert(h.clone(), Held::new(&api_listener(h, &hcm)));
         }
-        r.routes
-            .insert(s.name.clone(), Held::new(&route_config_of(s, hosts)));
+        r.routes.insert(
+            s.name.clone(),
+            Held::new(&route_config_of(s, hosts.to_vec())),
+        );
     }
     for p in &cfg.inbound {
         let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
@@ -65,6 +95,13 @@ pub fn from_config(cfg: &Config) -> Resources {
             .insert(name.clone(), Held::new(&super::inbound_listener(p, &name)));
     }
     for b in &cfg.backends {
+        if shared_backends.contains(&Shared::addr(b))
+            && let (Some(c), Some(e)) = (was.clusters.get(&b.name), was.endpoints.get(&b.name))
+        {
+            r.clusters.insert(b.name.clone(), c.clone());
+            r.endpoints.insert(b.name.clone(), e.clone());
+            continue;
+        }
         r.clusters.insert(b.name.clone(), Held::new(&cluster_of(b)));
         r.endpoints
             .insert(b.name.clone(), Held::new(&assignment_of(b)));

@@ -1,0 +1,579 @@
+//! Building the config the held resources describe, again after each
+//! response, at the cost of what the response changed: what the last build
+//! translated is kept, and the resources' journal ([`Changes`]) says which
+//! of it is out of date.
+
+use super::cluster::{backend_of, is_eds};
+use super::{Changes, Held, Refers, Resources, cluster_complete, service_of, type_url};
+use crate::config::{Backend, Config, Service, Shared};
+use crate::xds::XdsError;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// What the held resources describe for the subscribed listeners.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    /// The services whose listener and everything it references are held,
+    /// and the backends they use.
+    pub config: Config,
+    /// Listeners held whose route configuration, clusters or endpoints
+    /// have not all arrived yet.
+    pub incomplete: Vec<String>,
+    /// Subscribed listeners the control plane has not sent (not yet, or
+    /// they do not exist).
+    pub missing: Vec<String>,
+}
+
+/// What the last build translated, and from which holdings. A service or
+/// backend none of whose resources changed since is not translated again
+/// but shared, as a [`Shared`] config part, with the config built before
+/// (which lets the mesh skip validating and compiling it again).
+#[derive(Debug, Default)]
+pub struct Kept {
+    services: HashMap<String, KeptService, foldhash::fast::RandomState>,
+    /// By cluster name, in name order (the order of the config's backends).
+    backends: Vec<(String, KeptBackend)>,
+    /// Counts builds, to tell the services the last one saw.
+    build: u64,
+}
+
+#[derive(Debug, Clone)]
+struct KeptService {
+    listener: Held<Listener>,
+    /// Its route configuration by RDS (name and holding), if not inline.
+    routes: Option<(String, Held<RouteConfiguration>)>,
+    /// The clusters it uses, and the assignments of those that are EDS.
+    uses: Arc<[String]>,
+    eds: Arc<[String]>,
+    service: Shared<Service>,
+    warnings: Arc<[String]>,
+    seen: u64,
+}
+
+#[derive(Debug, Clone)]
+struct KeptBackend {
+    cluster: Held<Cluster>,
+    endpoints: Option<(String, Held<ClusterLoadAssignment>)>,
+    backend: Shared<Backend>,
+    warnings: Arc<[String]>,
+}
+
+impl KeptService {
+    /// Whether its own resources (listener, route configuration) are
+    /// unchanged by the journal.
+    fn own_untouched(&self, name: &str, c: &Changes) -> bool {
+        !c.everything()
+            && !c.touched(type_url::LISTENER, name)
+            && self
+                .routes
+                .as_ref()
+                .is_none_or(|(n, _)| !c.touched(type_url::ROUTE, n))
+    }
+
+    /// Whether what it uses (clusters, their assignments) is unchanged by
+    /// the journal.
+    fn uses_untouched(&self, c: &Changes) -> bool {
+        self.uses.iter().all(|u| !c.touched(type_url::CLUSTER, u))
+            && self.eds.iter().all(|e| !c.touched(type_url::ENDPOINTS, e))
+    }
+
+    /// Whether its own resources are the same holdings as `r` holds
+    /// (looked up: what a build does when the journal cannot tell).
+    fn same_holdings(&self, r: &Resources, l: &Held<Listener>) -> bool {
+        let routes = match l.refers() {
+            Refers::Rds(n) => r.routes.get(n),
+            _ => None,
+        };
+        Held::same(&self.listener, l) && same_held(self.routes.as_ref().map(|(_, h)| h), routes)
+    }
+
+    /// Whether everything it uses is still held; brings the names of the
+    /// assignments it depends on up to date. (Its translation does not
+    /// depend on what the clusters say, only on their being complete.)
+    fn still_complete(&mut self, r: &Resources) -> bool {
+        if !self.uses.iter().all(|c| cluster_complete(r, c)) {
+            return false;
+        }
+        let eds = eds_of(r, &self.uses);
+        if *self.eds != *eds {
+            self.eds = eds;
+        }
+        true
+    }
+}
+
+/// The assignments the EDS clusters among `uses` name.
+fn eds_of(r: &Resources, uses: &[String]) -> Arc<[String]> {
+    let mut eds = BTreeSet::new();
+    for c in uses {
+        if let Some(Refers::Eds(e)) = r.clusters.get(c).map(Held::refers) {
+            eds.insert(e.clone());
+        }
+    }
+    eds.into_iter().collect()
+}
+
+impl KeptBackend {
+    /// Whether its cluster and assignment are unchanged by the journal.
+    fn untouched(&self, name: &str, c: &Changes) -> bool {
+        !c.everything()
+            && !c.touched(type_url::CLUSTER, name)
+            && self
+                .endpoints
+                .as_ref()
+                .is_none_or(|(n, _)| !c.touched(type_url::ENDPOINTS, n))
+    }
+
+    /// Whether its cluster and assignment are the holdings given.
+    fn same_holdings(
+        &self,
+        c: &Held<Cluster>,
+        endpoints: Option<&Held<ClusterLoadAssignment>>,
+    ) -> bool {
+        Held::same(&self.cluster, c)
+            && same_held(self.endpoints.as_ref().map(|(_, h)| h), endpoints)
+    }
+}
+
+/// Whether two optional holdings are both absent or the same holding.
+fn same_held<M>(a: Option<&Held<M>>, b: Option<&Held<M>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Held::same(a, b),
+        _ => false,
+    }
+}
+
+/// The config the held resources describe, for the listeners `services`.
+/// A service goes in only when everything it references is held; the
+/// others are named in [`Built::incomplete`] and [`Built::missing`].
+/// Warnings list what was ignored; an error names what cannot be honoured.
+///
+/// `kept` is what the last build translated, and `changes` what changed in
+/// `r` since (its journal, [`Resources::take_changes`]): what did not
+/// change is taken from `kept` and shared with the last config. `kept` then
+/// holds this build; after an error it is emptied, so the next build
+/// translates everything. Give a `Kept::default()` to translate everything.
+pub fn to_config<'a>(
+    r: &Resources,
+    services: impl IntoIterator<Item = &'a String>,
+    changes: &Changes,
+    warnings: &mut Vec<String>,
+    kept: &mut Kept,
+) -> Result<Built, XdsError> {
+    let built = build(r, services, changes, warnings, kept);
+    if built.is_err() {
+        *kept = Kept::default();
+    }
+    built
+}
+
+fn build<'a>(
+    r: &Resources,
+    services: impl IntoIterator<Item = &'a String>,
+    changes: &Changes,
+    warnings: &mut Vec<String>,
+    kept: &mut Kept,
+) -> Result<Built, XdsError> {
+    kept.build += 1;
+    let this = kept.build;
+    let mut built = Built::default();
+    // Whether the set of clusters the services use may have changed.
+    let mut uses_changed = false;
+    let mut seen = 0;
+    for name in services {
+        let Some(k) = service(
+            r,
+            name,
+            changes,
+            kept,
+            &mut uses_changed,
+            warnings,
+            &mut built,
+        )?
+        else {
+            continue;
+        };
+        k.seen = this;
+        seen += 1;
+        built.config.services.push(k.service.clone());
+    }
+    if kept.services.len() != seen {
+        // Services gone, or incomplete again: what they used may go too.
+        kept.services.retain(|_, k| k.seen == this);
+        uses_changed = true;
+    }
+    if uses_changed || changes.everything() {
+        let used: BTreeSet<&str> = kept
+            .services
+            .values()
+            .flat_map(|k| k.uses.iter().map(String::as_str))
+            .collect();
+        let mut old = std::mem::take(&mut kept.backends).into_iter().peekable();
+        let mut now = Vec::with_capacity(used.len());
+        for name in used {
+            // Both in name order: the old entry of this name, if any.
+            while old.next_if(|(n, _)| n.as_str() < name).is_some() {}
+            let prev = old.next_if(|(n, _)| n == name).map(|(_, k)| k);
+            if let Some(k) = backend(r, name, prev, changes, warnings)? {
+                now.push((name.to_owned(), k));
+            }
+        }
+        kept.backends = now;
+    } else {
+        let mut gone = false;
+        for (name, k) in &mut kept.backends {
+            match backend(r, name, Some(k.clone()), changes, warnings)? {
+                Some(now) => *k = now,
+                None => gone = true,
+            }
+        }
+        if gone {
+            kept.backends
+                .retain(|(name, _)| r.clusters.contains_key(name));
+        }
+    }
+    built.config.backends = kept
+        .backends
+        .iter()
+        .map(|(_, k)| k.backend.clone())
+        .collect();
+    Ok(built)
+}
+
+/// The kept service `name`, brought up to date with `r`: as it was when
+/// none of its resources changed, translated again when its own did.
+/// `None` when it is missing or incomplete (said so in `built`).
+fn service<'k>(
+    r: &Resources,
+    name: &String,
+    changes: &Changes,
+    kept: &'k mut Kept,
+    uses_changed: &mut bool,
+    warnings: &mut Vec<String>,
+    built: &mut Built,
+) -> Result<Option<&'k mut KeptService>, XdsError> {
+    let old = kept.services.get(name.as_str());
+    let own_same = match old {
+        Some(k) if k.own_untouched(name, changes) => true,
+        _ => {
+            let Some(l) = r.listeners.get(name) else {
+                built.missing.push(name.clone());
+                return Ok(None);
+            };
+            if !old.is_some_and(|k| changes.everything() && k.same_holdings(r, l)) {
+                let Some(fresh) = translate_service(r, name, l, warnings)? else {
+                    built.incomplete.push(name.clone());
+                    return Ok(None);
+                };
+                let old = kept.services.insert(name.clone(), fresh);
+                let uses = |k: &KeptService| k.uses.clone();
+                let now = kept.services.get_mut(name.as_str());
+                *uses_changed |= old.as_ref().map(uses) != now.as_deref().map(uses);
+                return Ok(now);
+            }
+            true
+        }
+    };
+    let Some(k) = kept.services.get_mut(name.as_str()).filter(|_| own_same) else {
+        return Ok(None);
+    };
+    if (changes.everything() || !k.uses_untouched(changes)) && !k.still_complete(r) {
+        built.incomplete.push(name.clone());
+        return Ok(None);
+    }
+    warnings.extend(k.warnings.iter().cloned());
+    Ok(Some(k))
+}
+
+/// The service of listener `l` (subscribed as `name`), translated; `None`
+/// while incomplete.
+fn translate_service(
+    r: &Resources,
+    name: &str,
+    l: &Held<Listener>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<KeptService>, XdsError> {
+    let mut own = Vec::new();
+    let translated = service_of(r, name, &l.get(), &mut own);
+    warnings.extend(own.iter().cloned());
+    let Some((service, uses)) = translated? else {
+        return Ok(None);
+    };
+    let routes = match l.refers() {
+        Refers::Rds(n) => r.routes.get(n).map(|h| (n.clone(), h.clone())),
+        _ => None,
+    };
+    let uses: Arc<[String]> = uses.into_iter().collect();
+    Ok(Some(KeptService {
+        listener: l.clone(),
+        routes,
+        eds: eds_of(r, &uses),
+        uses,
+        service: service.into(),
+        warnings: own.into(),
+        seen: 0,
+    }))
+}
+
+/// The backend of cluster `name`: `prev` when none of its resources
+/// changed, else translated afresh; `None` when the cluster is not held.
+fn backend(
+    r: &Resources,
+    name: &str,
+    prev: Option<KeptBackend>,
+    changes: &Changes,
+    warnings: &mut Vec<String>,
+) -> Result<Option<KeptBackend>, XdsError> {
+    if let Some(k) = prev.as_ref().filter(|k| k.untouched(name, changes)) {
+        warnings.extend(k.warnings.iter().cloned());
+        return Ok(prev);
+    }
+    let Some(c) = r.clusters.get(name) else {
+        return Ok(None);
+    };
+    let endpoints = match c.refers() {
+        Refers::Eds(eds) => r.endpoints.get(eds).map(|h| (eds.clone(), h.clone())),
+        _ => None,
+    };
+    if let Some(k) = prev.filter(|k| k.same_holdings(c, endpoints.as_ref().map(|(_, h)| h))) {
+        warnings.extend(k.warnings.iter().cloned());
+        return Ok(Some(k));
+    }
+    let cluster = c.get();
+    let cla = match &endpoints {
+        Some((_, e)) => e.get(),
+        None if is_eds(&cluster) => ClusterLoadAssignment::default(),
+        None => cluster.load_assignment.clone().unwrap_or_default(),
+    };
+    let mut own = Vec::new();
+    let backend =
+        backend_of(&cluster, &cla, &mut own).map_err(|e| e.in_resource("Cluster", name))?;
+    warnings.extend(own.iter().cloned());
+    Ok(Some(KeptBackend {
+        cluster: c.clone(),
+        endpoints,
+        backend: backend.into(),
+        warnings: own.into(),
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{Saved, from_config};
+    use super::*;
+    use envoy_types::pb::google::protobuf::Any;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const A: &str = "
+services:
+  - { name: s, routes: [{ to: [b] }] }
+  - { name: t, routes: [{ timeout: 2s, to: [b, c] }] }
+  - { name: u, routes: [{ to: [c] }] }
+backends:
+  - { name: b, endpoints: ['127.0.0.1:1'] }
+  - { name: c, endpoints: ['127.0.0.1:2'] }
+  - { name: d, endpoints: ['127.0.0.1:3'] }
+";
+    /// The same names, other content: c's endpoints, t's timeout, u's
+    /// backend (what u uses changes).
+    const B: &str = "
+services:
+  - { name: s, routes: [{ to: [b] }] }
+  - { name: t, routes: [{ timeout: 3s, to: [b, c] }] }
+  - { name: u, routes: [{ to: [d] }] }
+backends:
+  - { name: b, endpoints: ['127.0.0.1:1'] }
+  - { name: c, endpoints: ['127.0.0.1:9'] }
+  - { name: d, endpoints: ['127.0.0.1:3'] }
+";
+    const TYPES: [&str; 4] = [
+        type_url::LISTENER,
+        type_url::ROUTE,
+        type_url::CLUSTER,
+        type_url::ENDPOINTS,
+    ];
+    const NAMES: [&str; 6] = ["s", "t", "u", "b", "c", "d"];
+
+    /// The resource `name` of type `t` in version `v` (0: A, 1: B), if any.
+    fn resource(v: usize, t: &str, name: &str) -> Option<Any> {
+        let cfg = crate::config::Config::from_yaml(if v == 0 { A } else { B }).unwrap();
+        let r = from_config(&cfg);
+        let pick = |n: &str| n == name;
+        r.encoded(t, pick).into_iter().next().map(|(_, a)| a)
+    }
+
+    fn names() -> Vec<String> {
+        ["s", "t", "u", "v"].map(String::from).to_vec()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize, usize, usize),
+        Remove(usize, usize),
+        /// A state-of-the-world response: per name, absent or a version.
+        Replace(usize, [Option<usize>; 6]),
+        /// A response rolled back whole.
+        Rollback(usize, usize, usize),
+        /// An incremental response rolled back.
+        RollbackOnly(usize, usize, usize),
+        /// The rest of a sequence without telling the journal.
+        Build,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, 0..6usize, 0..2usize).prop_map(|(t, n, v)| Op::Insert(t, n, v)),
+            (0..4usize, 0..6usize).prop_map(|(t, n)| Op::Remove(t, n)),
+            (
+                0..4usize,
+                proptest::array::uniform6(proptest::option::of(0..2usize))
+            )
+                .prop_map(|(t, vs)| Op::Replace(t, vs)),
+            (0..4usize, 0..6usize, 0..2usize).prop_map(|(t, n, v)| Op::Rollback(t, n, v)),
+            (0..4usize, 0..6usize, 0..2usize).prop_map(|(t, n, v)| Op::RollbackOnly(t, n, v)),
+            Just(Op::Build),
+        ]
+    }
+
+    fn apply(r: &mut Resources, op: &Op) {
+        let insert = |r: &mut Resources, t: &str, n: &str, v: usize| {
+            if let Some(any) = resource(v, t, n) {
+                r.insert(t, &any).unwrap();
+            }
+        };
+        match *op {
+            Op::Insert(t, n, v) => insert(r, TYPES[t], NAMES[n], v),
+            Op::Remove(t, n) => r.remove(TYPES[t], NAMES[n]),
+            Op::Replace(t, vs) => {
+                let t = TYPES[t];
+                let before = r.take(t);
+                let mut carried = 0;
+                for (n, v) in NAMES.iter().zip(vs) {
+                    if let Some(any) = v.and_then(|v| resource(v, t, n)) {
+                        let (_, held) = r.insert_replacing(t, &any, Some(&before)).unwrap();
+                        carried += usize::from(held);
+                    }
+                }
+                r.replaced(t, &before, carried);
+            }
+            Op::Rollback(t, n, v) => {
+                let saved: Saved = r.take(TYPES[t]);
+                insert(r, TYPES[t], NAMES[n], v);
+                r.restore(saved);
+            }
+            Op::RollbackOnly(t, n, v) => {
+                let saved = r.save_only(TYPES[t], [NAMES[n]]);
+                insert(r, TYPES[t], NAMES[n], v);
+                r.restore_only(TYPES[t], [NAMES[n]], saved);
+            }
+            Op::Build => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// However resources come and go, a build from what was kept and
+        /// the journal equals a build from nothing.
+        #[test]
+        fn a_kept_build_equals_a_fresh_one(ops in proptest::collection::vec(op(), 1..24)) {
+            let mut r = Resources::default();
+            for t in TYPES {
+                for n in NAMES {
+                    if let Some(any) = resource(0, t, n) {
+                        r.insert(t, &any).unwrap();
+                    }
+                }
+            }
+            let mut kept = Kept::default();
+            let changes = r.take_changes();
+            let start = to_config(&r, &names(), &changes, &mut Vec::new(), &mut kept).unwrap();
+            prop_assert_eq!(start.config.services.len(), 3);
+            for op in &ops {
+                apply(&mut r, op);
+                let changes = r.take_changes();
+                let (mut w1, mut w2) = (Vec::new(), Vec::new());
+                let kept_build = to_config(&r, &names(), &changes, &mut w1, &mut kept).unwrap();
+                let fresh = Changes::default();
+                let fresh = to_config(&r, &names(), &fresh, &mut w2, &mut Kept::default()).unwrap();
+                prop_assert_eq!(&kept_build, &fresh, "after {:?}", op);
+                prop_assert_eq!(w1, w2);
+            }
+        }
+    }
+
+    #[test]
+    fn only_what_changed_is_translated_again() {
+        let mut r = Resources::default();
+        for t in TYPES {
+            for n in NAMES {
+                if let Some(any) = resource(0, t, n) {
+                    r.insert(t, &any).unwrap();
+                }
+            }
+        }
+        let mut kept = Kept::default();
+        let mut build = |r: &mut Resources| {
+            let changes = r.take_changes();
+            to_config(r, &names(), &changes, &mut Vec::new(), &mut kept).unwrap()
+        };
+        let same = |a: &Built, b: &Built| {
+            let s = a.config.services.iter().zip(&b.config.services);
+            let k = a.config.backends.iter().zip(&b.config.backends);
+            (
+                s.map(|(x, y)| Shared::same(x, y)).collect::<Vec<_>>(),
+                k.map(|(x, y)| Shared::same(x, y)).collect::<Vec<_>>(),
+            )
+        };
+        let one = build(&mut r);
+        assert_eq!(one.missing, ["v"]);
+        let two = build(&mut r);
+        assert_eq!(same(&one, &two), (vec![true; 3], vec![true; 2]));
+
+        // c's endpoints: backend c only; the services that use it are kept.
+        let cla = resource(1, type_url::ENDPOINTS, "c").unwrap();
+        r.insert(type_url::ENDPOINTS, &cla).unwrap();
+        let three = build(&mut r);
+        assert_eq!(same(&two, &three), (vec![true; 3], vec![true, false]));
+        assert_eq!(three.config.backends[1].endpoints[0].address, "127.0.0.1:9");
+
+        // t's route configuration: service t only.
+        let rc = resource(1, type_url::ROUTE, "t").unwrap();
+        r.insert(type_url::ROUTE, &rc).unwrap();
+        let four = build(&mut r);
+        assert_eq!(
+            same(&three, &four),
+            (vec![true, false, true], vec![true, true])
+        );
+
+        // u moves from c to d: d joins the backends, in name order.
+        let rc = resource(1, type_url::ROUTE, "u").unwrap();
+        r.insert(type_url::ROUTE, &rc).unwrap();
+        let five = build(&mut r);
+        let backends: Vec<&str> = five
+            .config
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(backends, ["b", "c", "d"]);
+        assert!(Shared::same(
+            &five.config.backends[0],
+            &four.config.backends[0]
+        ));
+
+        // The same bytes again change nothing at all.
+        let rc = resource(1, type_url::ROUTE, "u").unwrap();
+        r.insert(type_url::ROUTE, &rc).unwrap();
+        let six = build(&mut r);
+        assert_eq!(same(&five, &six), (vec![true; 3], vec![true; 3]));
+        let _ = rc.encode_to_vec();
+    }
+}

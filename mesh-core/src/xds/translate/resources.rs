@@ -1,0 +1,588 @@
+//! The resources a client holds, by type and name, and a journal of what
+//! changed in them: what lets a config be built again from only what a
+//! response touched.
+
+use super::type_url;
+use super::{Held, Refer};
+use crate::xds::XdsError;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::collections::{BTreeMap, HashSet};
+
+/// Names, hashed fast (they come from a control plane, and a table of them
+/// is only ever probed by this process: foldhash is seeded per process).
+pub(super) type NameSet = HashSet<String, foldhash::fast::RandomState>;
+
+/// The resources a client holds, by name. Every change made through these
+/// methods is written in a journal ([`take_changes`](Self::take_changes)).
+#[derive(Debug, Default, Clone)]
+pub struct Resources {
+    pub(super) listeners: BTreeMap<String, Held<Listener>>,
+    pub(super) routes: BTreeMap<String, Held<RouteConfiguration>>,
+    pub(super) clusters: BTreeMap<String, Held<Cluster>>,
+    pub(super) endpoints: BTreeMap<String, Held<ClusterLoadAssignment>>,
+    journal: Changes,
+    /// Bumped whenever what the held listeners, routes and clusters refer
+    /// to may have changed (one was added, dropped, or refers elsewhere).
+    refers_generation: u64,
+}
+
+/// What changed in [`Resources`] since the journal was last taken: per
+/// type, the names of resources held anew, replaced by other bytes, or
+/// dropped.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Listeners, route configurations, clusters, assignments (in
+    /// [`KINDS`] order).
+    names: [NameSet; 4],
+    /// Changes too wide to list (a rolled-back response): anything may have.
+    everything: bool,
+}
+
+/// The types in the order [`Changes`] keeps them.
+const KINDS: [&str; 4] = [
+    type_url::LISTENER,
+    type_url::ROUTE,
+    type_url::CLUSTER,
+    type_url::ENDPOINTS,
+];
+
+fn kind(t: &str) -> usize {
+    KINDS.iter().position(|k| *k == t).unwrap_or(3)
+}
+
+impl Changes {
+    /// Whether the resource `name` of type `t` may have changed.
+    pub fn touched(&self, t: &str, name: &str) -> bool {
+        self.everything || self.names.get(kind(t)).is_some_and(|s| s.contains(name))
+    }
+
+    /// Whether nothing is known to be unchanged (everything is to be
+    /// looked at).
+    pub fn everything(&self) -> bool {
+        self.everything
+    }
+
+    fn note(&mut self, t: &str, name: &str) {
+        if let Some(s) = self.names.get_mut(kind(t))
+            && !s.contains(name)
+        {
+            s.insert(name.to_owned());
+        }
+    }
+}
+
+/// One type's held resources, saved to put back if a response is NACKed.
+#[derive(Debug, Clone)]
+pub enum Saved {
+    /// Listeners.
+    Listeners(BTreeMap<String, Held<Listener>>),
+    /// Route configurations.
+    Routes(BTreeMap<String, Held<RouteConfiguration>>),
+    /// Clusters.
+    Clusters(BTreeMap<String, Held<Cluster>>),
+    /// Endpoint assignments.
+    Endpoints(BTreeMap<String, Held<ClusterLoadAssignment>>),
+}
+
+impl Saved {
+    fn names(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match self {
+            Saved::Listeners(m) => Box::new(m.keys()),
+            Saved::Routes(m) => Box::new(m.keys()),
+            Saved::Clusters(m) => Box::new(m.keys()),
+            Saved::Endpoints(m) => Box::new(m.keys()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Saved::Listeners(m) => m.len(),
+            Saved::Routes(m) => m.len(),
+            Saved::Clusters(m) => m.len(),
+            Saved::Endpoints(m) => m.len(),
+        }
+    }
+}
+
+/// Runs `$body` with `$map` bound to the map of type URL `$t` and `$saved`
+/// to the same type's map in a `&Saved` (or `None`).
+macro_rules! with_map {
+    ($r:expr, $t:expr, $before:expr, |$map:ident, $saved:ident| $body:expr) => {
+        match $t {
+            type_url::LISTENER => {
+                let $map = &mut $r.listeners;
+                let $saved = match $before {
+                    Some(Saved::Listeners(m)) => Some(m),
+                    _ => None,
+                };
+                $body
+            }
+            type_url::ROUTE => {
+                let $map = &mut $r.routes;
+                let $saved = match $before {
+                    Some(Saved::Routes(m)) => Some(m),
+                    _ => None,
+                };
+                $body
+            }
+            type_url::CLUSTER => {
+                let $map = &mut $r.clusters;
+                let $saved = match $before {
+                    Some(Saved::Clusters(m)) => Some(m),
+                    _ => None,
+                };
+                $body
+            }
+            _ => {
+                let $map = &mut $r.endpoints;
+                let $saved = match $before {
+                    Some(Saved::Endpoints(m)) => Some(m),
+                    _ => None,
+                };
+                $body
+            }
+        }
+    };
+}
+
+/// The name a resource is known by.
+trait Named: Message + Default + Refer {
+    fn name(&self) -> &str;
+}
+impl Named for Listener {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for RouteConfiguration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for Cluster {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for ClusterLoadAssignment {
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+/// The first field 1 of a protobuf message, if it is a UTF-8 string: the
+/// name of each of the four resource types (`name`, or an assignment's
+/// `cluster_name`). Only a guess, to find a held resource whose bytes may
+/// be these: equal bytes decode to the same name, so a guess that finds
+/// one is right, and any other is decoded in full.
+fn peek_name(mut b: &[u8]) -> Option<&str> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    // Within the first few fields (encoders write fields in order).
+    for _ in 0..8 {
+        let key = varint(&mut b)?;
+        let len = match key & 7 {
+            0 => {
+                varint(&mut b)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut b)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        let (field, rest) = (b.get(..len)?, b.get(len..)?);
+        if key == (1 << 3) | 2 {
+            return std::str::from_utf8(field).ok();
+        }
+        b = rest;
+    }
+    None
+}
+
+/// Holds `any` in `map`; what it replaced or held before is written in
+/// `journal`. `before` is the same type's resources a state-of-the-world
+/// response replaces: a resource sent again with the same bytes keeps its
+/// holding from there (or from `map`), without being decoded. Returns the
+/// name, and whether `before` had one of that name.
+fn hold<M: Named>(
+    map: &mut BTreeMap<String, Held<M>>,
+    before: Option<&BTreeMap<String, Held<M>>>,
+    any: &Any,
+    journal: &mut Changes,
+    refers_generation: &mut u64,
+    t: &str,
+) -> Result<(String, bool), XdsError> {
+    let bytes = any.value.as_slice();
+    let known = |name: &str| {
+        before
+            .and_then(|b| b.get(name))
+            .or_else(|| map.get(name))
+            .filter(|h| h.bytes() == bytes)
+            .cloned()
+    };
+    if let Some(name) = peek_name(bytes)
+        && let Some(held) = known(name)
+    {
+        let name = name.to_owned();
+        let was_before = before.is_some_and(|b| b.contains_key(&name));
+        map.insert(name.clone(), held);
+        return Ok((name, was_before));
+    }
+    let (held, v) = Held::<M>::decoded(bytes)
+        .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
+    let name = v.name().to_owned();
+    let old = before.and_then(|b| b.get(&name)).or_else(|| map.get(&name));
+    if old.is_none_or(|o| o.refers() != held.refers()) && t != type_url::ENDPOINTS {
+        *refers_generation += 1;
+    }
+    let was_before = before.is_some_and(|b| b.contains_key(&name));
+    match old {
+        // The same bytes again keep the holding, and with it what was
+        // translated from it.
+        Some(o) if *o == held => {
+            let o = o.clone();
+            map.insert(name.clone(), o);
+        }
+        _ => {
+            journal.note(t, &name);
+            map.insert(name.clone(), held);
+        }
+    }
+    Ok((name, was_before))
+}
+
+impl Resources {
+    /// Listeners.
+    pub fn listeners(&self) -> &BTreeMap<String, Held<Listener>> {
+        &self.listeners
+    }
+
+    /// Route configurations.
+    pub fn routes(&self) -> &BTreeMap<String, Held<RouteConfiguration>> {
+        &self.routes
+    }
+
+    /// Clusters.
+    pub fn clusters(&self) -> &BTreeMap<String, Held<Cluster>> {
+        &self.clusters
+    }
+
+    /// Endpoint assignments.
+    pub fn endpoints(&self) -> &BTreeMap<String, Held<ClusterLoadAssignment>> {
+        &self.endpoints
+    }
+
+    /// What changed since the last call (the journal starts empty again).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// A count that changes whenever what the held listeners, route
+    /// configurations and clusters name may have (see
+    /// [`wanted`](super::wanted)).
+    pub fn refers_generation(&self) -> u64 {
+        self.refers_generation
+    }
+
+    /// Decodes `any` as a resource of type `t` and holds it (replacing one
+    /// of the same name); returns its name.
+    pub fn insert(&mut self, t: &str, any: &Any) -> Result<String, XdsError> {
+        self.insert_replacing(t, any, None).map(|(name, _)| name)
+    }
+
+    /// [`insert`](Self::insert) for a state-of-the-world response, which
+    /// replaces `before` (what [`take`](Self::take) moved out): a resource
+    /// sent again unchanged keeps its holding. Returns the name, and
+    /// whether `before` held one of that name.
+    pub fn insert_replacing(
+        &mut self,
+        t: &str,
+        any: &Any,
+        before: Option<&Saved>,
+    ) -> Result<(String, bool), XdsError> {
+        if any.type_url != t {
+            return Err(XdsError::new(format!(
+                "a {} in a response of type {t}",
+                any.type_url
+            )));
+        }
+        let (journal, generation) = (&mut self.journal, &mut self.refers_generation);
+        with_map!(self, t, before, |map, saved| hold(
+            map, saved, any, journal, generation, t
+        ))
+    }
+
+    /// Ends a state-of-the-world replacement of type `t`: what `before`
+    /// held and the response did not carry is written in the journal as
+    /// dropped. `carried` counts the names the response carried that
+    /// `before` held.
+    pub fn replaced(&mut self, t: &str, before: &Saved, carried: usize) {
+        if carried == before.len() {
+            return;
+        }
+        let gone: Vec<&String> = before.names().filter(|n| !self.holds(t, n)).collect();
+        if !gone.is_empty() && t != type_url::ENDPOINTS {
+            self.refers_generation += 1;
+        }
+        for n in gone {
+            self.journal.note(t, n);
+        }
+    }
+
+    /// Whether the resource `name` of type `t` is held.
+    pub fn holds(&self, t: &str, name: &str) -> bool {
+        match t {
+            type_url::LISTENER => self.listeners.contains_key(name),
+            type_url::ROUTE => self.routes.contains_key(name),
+            type_url::CLUSTER => self.clusters.contains_key(name),
+            _ => self.endpoints.contains_key(name),
+        }
+    }
+
+    /// Drops the resource `name` of type `t`.
+    pub fn remove(&mut self, t: &str, name: &str) {
+        let removed = with_map!(self, t, None::<&Saved>, |map, _s| map
+            .remove(name)
+            .is_some());
+        if removed {
+            self.dropped(t, name);
+        }
+    }
+
+    fn dropped(&mut self, t: &str, name: &str) {
+        self.journal.note(t, name);
+        if t != type_url::ENDPOINTS {
+            self.refers_generation += 1;
+        }
+    }
+
+    /// Keeps only the resources of type `t` that `keep` accepts.
+    pub fn retain(&mut self, t: &str, keep: impl Fn(&str) -> bool) {
+        let mut gone = Vec::new();
+        with_map!(self, t, None::<&Saved>, |map, _s| map.retain(|k, _| {
+            let stays = keep(k);
+            if !stays {
+                gone.push(k.clone());
+            }
+            stays
+        }));
+        for name in gone {
+            self.dropped(t, &name);
+        }
+    }
+
+    /// Drops every resource of type `t`.
+    pub fn clear(&mut self, t: &str) {
+        self.retain(t, |_| false);
+    }
+
+    /// A copy of the resources of type `t`.
+    pub fn save(&self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
+            type_url::ROUTE => Saved::Routes(self.routes.clone()),
+            type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
+            _ => Saved::Endpoints(self.endpoints.clone()),
+        }
+    }
+
+    /// Moves the resources of type `t` out (leaving none), to put back with
+    /// [`restore`](Self::restore): what a state-of-the-world response,
+    /// which replaces them all, saves without copying. Follow it with
+    /// [`insert_replacing`](Self::insert_replacing) and
+    /// [`replaced`](Self::replaced), or with `restore`.
+    pub fn take(&mut self, t: &str) -> Saved {
+        match t {
+            type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
+            type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
+            type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
+            _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
+        }
+    }
+
+    /// A copy of the resources of type `t` named in `names` (those held),
+    /// to put back with [`restore_only`](Self::restore_only): what an
+    /// incremental response, which touches only these, saves.
+    pub fn save_only<'a>(&self, t: &str, names: impl IntoIterator<Item = &'a str>) -> Saved {
+        fn pick<'a, M: Clone>(
+            map: &BTreeMap<String, M>,
+            names: impl IntoIterator<Item = &'a str>,
+        ) -> BTreeMap<String, M> {
+            names
+                .into_iter()
+                .filter_map(|n| Some((n.to_owned(), map.get(n)?.clone())))
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
+            type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
+            type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
+            _ => Saved::Endpoints(pick(&self.endpoints, names)),
+        }
+    }
+
+    /// Undoes changes to `names` of type `t`: drops them, then puts back
+    /// what [`save_only`](Self::save_only) copied.
+    pub fn restore_only<'a>(
+        &mut self,
+        t: &str,
+        names: impl IntoIterator<Item = &'a str>,
+        saved: Saved,
+    ) {
+        for n in names {
+            self.remove(t, n);
+        }
+        for n in saved.names() {
+            self.dropped(t, n);
+        }
+        match saved {
+            Saved::Listeners(m) => self.listeners.extend(m),
+            Saved::Routes(m) => self.routes.extend(m),
+            Saved::Clusters(m) => self.clusters.extend(m),
+            Saved::Endpoints(m) => self.endpoints.extend(m),
+        }
+    }
+
+    /// Puts back what [`save`](Self::save) copied (or
+    /// [`take`](Self::take) moved out).
+    pub fn restore(&mut self, saved: Saved) {
+        self.journal.everything = true;
+        self.refers_generation += 1;
+        match saved {
+            Saved::Listeners(m) => self.listeners = m,
+            Saved::Routes(m) => self.routes = m,
+            Saved::Clusters(m) => self.clusters = m,
+            Saved::Endpoints(m) => self.endpoints = m,
+        }
+    }
+
+    /// The encoded resources of type `t` whose names `pick` accepts, by name.
+    pub fn encoded(&self, t: &str, pick: impl Fn(&str) -> bool) -> Vec<(String, Any)> {
+        fn enc<M: Message + prost::Name>(
+            map: &BTreeMap<String, Held<M>>,
+            pick: impl Fn(&str) -> bool,
+        ) -> Vec<(String, Any)> {
+            map.iter()
+                .filter(|(k, _)| pick(k))
+                .map(|(k, v)| {
+                    let any = Any {
+                        type_url: M::type_url(),
+                        value: v.bytes().to_vec(),
+                    };
+                    (k.clone(), any)
+                })
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => enc(&self.listeners, pick),
+            type_url::ROUTE => enc(&self.routes, pick),
+            type_url::CLUSTER => enc(&self.clusters, pick),
+            type_url::ENDPOINTS => enc(&self.endpoints, pick),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn any<M: Message + prost::Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn cluster(name: &str, eds: bool) -> Any {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType,
+        };
+        any(&Cluster {
+            name: name.into(),
+            cluster_discovery_type: eds
+                .then_some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_name_is_peeked_without_decoding_and_never_trusted() {
+        let bytes = cluster("reviews", false).value;
+        assert_eq!(peek_name(&bytes), Some("reviews"));
+        assert_eq!(peek_name(&[]), None);
+        assert_eq!(peek_name(&[0x0a, 0xff]), None, "a length past the end");
+        assert_eq!(peek_name(&[0x0b]), None, "a group");
+        // Two names: prost keeps the last; the peek finds the first, and
+        // the held one (stored by its decoded name) has other bytes.
+        let mut r = Resources::default();
+        let mut two = any(&Cluster {
+            name: "a".into(),
+            ..Default::default()
+        });
+        two.value.extend_from_slice(&[0x0a, 0x01, b'b']);
+        assert_eq!(r.insert(type_url::CLUSTER, &two).unwrap(), "b");
+        assert_eq!(r.insert(type_url::CLUSTER, &two).unwrap(), "b");
+        assert!(r.clusters().contains_key("b") && !r.clusters().contains_key("a"));
+    }
+
+    #[test]
+    fn the_journal_lists_what_changed_and_only_that() {
+        let t = type_url::CLUSTER;
+        let mut r = Resources::default();
+        r.insert(t, &cluster("a", false)).unwrap();
+        r.insert(t, &cluster("b", true)).unwrap();
+        let g = r.refers_generation();
+        let changes = r.take_changes();
+        assert!(changes.touched(t, "a") && changes.touched(t, "b"));
+        assert!(!changes.touched(type_url::ENDPOINTS, "a"));
+
+        // The same bytes again: nothing changed, the holding is kept.
+        let held = r.clusters()["a"].clone();
+        r.insert(t, &cluster("a", false)).unwrap();
+        assert!(Held::same(&held, &r.clusters()["a"]));
+        assert!(!r.take_changes().touched(t, "a"));
+        assert_eq!(r.refers_generation(), g);
+
+        // A state-of-the-world response that drops b and resends a.
+        let before = r.take(t);
+        let (name, was) = r
+            .insert_replacing(t, &cluster("a", false), Some(&before))
+            .unwrap();
+        assert_eq!((name.as_str(), was), ("a", true));
+        r.replaced(t, &before, 1);
+        assert!(Held::same(&held, &r.clusters()["a"]));
+        let changes = r.take_changes();
+        assert!(changes.touched(t, "b") && !changes.touched(t, "a"));
+        assert!(r.refers_generation() > g, "b referred to its assignment");
+
+        // A change of what a cluster refers to moves the generation.
+        let g = r.refers_generation();
+        r.insert(t, &cluster("a", true)).unwrap();
+        assert!(r.refers_generation() > g);
+        assert!(r.take_changes().touched(t, "a"));
+
+        // Undoing a response: everything is to be looked at again.
+        let saved = r.save(t);
+        r.restore(saved);
+        assert!(r.take_changes().everything());
+        assert!(!r.take_changes().everything());
+    }
+}
