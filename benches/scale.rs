@@ -256,7 +256,11 @@ async fn push_in_process(api: &str, n: usize, changes: usize) -> Push {
     let (mut took, mut at_cp, mut applied) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..changes {
         let timeout = Duration::from_secs(3 + (i as u64 % 2));
-        let cfg = Config::from_yaml(&many(n, timeout.as_secs())).unwrap();
+        // The control plane changes one service of the config it serves
+        // (the file edit row below reads a whole file again instead).
+        let mut cfg = cp.snapshot().config().clone();
+        let svc0 = cfg.services.iter_mut().find(|s| s.name == "svc0").unwrap();
+        svc0.routes[0].timeout = Some(timeout);
         let t = Instant::now();
         cp.update(cfg, Source::Code).unwrap();
         at_cp.push(t.elapsed());

@@ -415,16 +415,21 @@ fn share_unchanged(config: &mut Config, running: &Config) {
     fn share<T: PartialEq>(new: &mut [Shared<T>], old: &[Shared<T>], name: impl Fn(&T) -> &str) {
         let mut by_name: Option<std::collections::HashMap<&str, &Shared<T>>> = None;
         for (i, n) in new.iter_mut().enumerate() {
-            // Configs built from the running one keep their order.
-            if old.get(i).is_some_and(|o| Shared::same(n, o)) {
-                continue;
-            }
-            let by_name = by_name.get_or_insert_with(|| old.iter().map(|o| (name(o), o)).collect());
-            if let Some(o) = by_name.get(name(n))
-                && !Shared::same(n, o)
-                && **n == ***o
-            {
-                *n = (*o).clone();
+            // Configs read or built again keep their order: the part at
+            // the same place is the one to compare with.
+            let o = match old.get(i) {
+                Some(o) if name(o) == name(n) => o,
+                _ => {
+                    let by_name =
+                        by_name.get_or_insert_with(|| old.iter().map(|o| (name(o), o)).collect());
+                    match by_name.get(name(n)) {
+                        Some(o) => o,
+                        None => continue,
+                    }
+                }
+            };
+            if !Shared::same(n, o) && **n == **o {
+                *n = o.clone();
             }
         }
     }

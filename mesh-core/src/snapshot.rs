@@ -49,10 +49,49 @@ pub struct Snapshot {
     pub(crate) created: SystemTime,
     pub(crate) config: Arc<Config>,
     /// Lowercase host -> index into `services`.
-    pub(crate) hosts: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    pub(crate) hosts: HostTable,
     pub(crate) services: Vec<Arc<ServiceEntry>>,
     pub(crate) backends: Vec<Arc<BackendEntry>>,
-    pub(crate) backend_index: HashMap<Arc<str>, u32>,
+    pub(crate) backend_index: BackendIndex,
+}
+
+/// Hashing for tables this process alone fills and probes (seeded per
+/// process).
+type Fast = foldhash::fast::RandomState;
+/// Lowercase host -> service index.
+type HostTable = HashMap<Arc<str>, u32, Fast>;
+/// Backend name -> backend index.
+type BackendIndex = HashMap<Arc<str>, u32, Fast>;
+
+/// Config parts and the entries compiled from them, place by place.
+type Compiled<'a, T, E> = (&'a [Shared<T>], &'a [Arc<E>]);
+
+/// The compiled entries of the previous snapshot, found by the config part
+/// they were compiled from: at the same place, or (when the lists do not
+/// line up) by its address.
+struct Entries<'a, T, E> {
+    old: Option<Compiled<'a, T, E>>,
+    by_addr: Option<HashMap<usize, &'a Arc<E>, Fast>>,
+}
+
+impl<'a, T, E> Entries<'a, T, E> {
+    fn new(old: Option<Compiled<'a, T, E>>) -> Self {
+        Self { old, by_addr: None }
+    }
+
+    /// The entry compiled from `part` (at place `i` now), if any.
+    fn get(&mut self, i: usize, part: &Shared<T>) -> Option<&'a Arc<E>> {
+        let (parts, entries) = self.old?;
+        if let (Some(p), Some(e)) = (parts.get(i), entries.get(i))
+            && Shared::same(p, part)
+        {
+            return Some(e);
+        }
+        let by_addr = self
+            .by_addr
+            .get_or_insert_with(|| parts.iter().map(Shared::addr).zip(entries).collect());
+        by_addr.get(&Shared::addr(part)).copied()
+    }
 }
 
 /// A compiled service.
@@ -71,23 +110,20 @@ pub struct ServiceEntry {
 /// `backend_index` (names validation found; any other is skipped).
 fn split_of<'a>(
     r: &'a crate::config::Route,
-    backend_index: &'a HashMap<Arc<str>, u32>,
+    backend_index: &'a BackendIndex,
 ) -> impl Iterator<Item = (u32, u32)> + 'a {
     r.to.iter()
         .filter_map(|wb| Some((*backend_index.get(wb.backend.as_str())?, wb.weight)))
 }
 
 /// A route's mirror: its backend's index and the percentage mirrored.
-fn mirror_of(
-    r: &crate::config::Route,
-    backend_index: &HashMap<Arc<str>, u32>,
-) -> Option<(u32, f64)> {
+fn mirror_of(r: &crate::config::Route, backend_index: &BackendIndex) -> Option<(u32, f64)> {
     let m = r.mirror.as_ref()?;
     Some((*backend_index.get(m.backend.as_str())?, m.percent))
 }
 
 impl ServiceEntry {
-    fn compile(s: &Service, config: &Config, backend_index: &HashMap<Arc<str>, u32>) -> Self {
+    fn compile(s: &Service, config: &Config, backend_index: &BackendIndex) -> Self {
         let routes = s
             .routes
             .iter()
@@ -131,7 +167,7 @@ impl ServiceEntry {
     /// Whether this entry, compiled from `s`, indexes the same backends as
     /// `backend_index` would (backends added or removed before them move
     /// their indexes).
-    fn same_backends(&self, s: &Service, backend_index: &HashMap<Arc<str>, u32>) -> bool {
+    fn same_backends(&self, s: &Service, backend_index: &BackendIndex) -> bool {
         self.routes.len() == s.routes.len()
             && self.routes.iter().zip(&s.routes).all(|(e, r)| {
                 let split = split_of(r, backend_index).filter(|&(_, w)| w > 0);
@@ -405,51 +441,54 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Self {
         let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
-        let old_backends: HashMap<usize, &Arc<BackendEntry>> = previous
-            .map(|p| {
-                let cfg = p.config.backends.iter().map(Shared::addr);
-                cfg.zip(&p.backends).collect()
-            })
-            .unwrap_or_default();
-        let mut backend_index = HashMap::with_capacity(config.backends.len());
+        let mut old_backends =
+            Entries::new(previous.map(|p| (&p.config.backends[..], &p.backends[..])));
         let backends: Vec<Arc<BackendEntry>> = config
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                let entry = match old_backends.get(&Shared::addr(b)) {
-                    Some(&old) => old.clone(),
-                    None => Arc::new(BackendEntry::compile(b)),
-                };
-                backend_index.insert(entry.name.clone(), i as u32);
-                entry
+            .map(|(i, b)| match old_backends.get(i, b) {
+                Some(old) => old.clone(),
+                None => Arc::new(BackendEntry::compile(b)),
             })
             .collect();
+        // The same names at the same places: the previous index serves,
+        // and compiled routes keep their backend indexes.
+        let same_indexes = previous.is_some_and(|p| {
+            p.backends.len() == backends.len()
+                && p.backends
+                    .iter()
+                    .zip(&backends)
+                    .all(|(a, b)| a.name == b.name)
+        });
+        let backend_index = match previous {
+            Some(p) if same_indexes => p.backend_index.clone(),
+            _ => {
+                let mut index =
+                    BackendIndex::with_capacity_and_hasher(backends.len(), Fast::default());
+                for (i, b) in backends.iter().enumerate() {
+                    index.insert(b.name.clone(), i as u32);
+                }
+                index
+            }
+        };
 
         // A compiled service is kept when its routes' backends keep their
         // indexes and the default timeout its routes may take is the same.
-        let old_services: HashMap<usize, &Arc<ServiceEntry>> = previous
-            .filter(|p| p.config.defaults.timeout == config.defaults.timeout)
-            .map(|p| {
-                let cfg = p.config.services.iter().map(Shared::addr);
-                cfg.zip(&p.services).collect()
-            })
-            .unwrap_or_default();
-        let mut hosts = HashMap::with_capacity_and_hasher(
-            config.services.len(),
-            foldhash::fast::RandomState::default(),
+        let mut old_services = Entries::new(
+            previous
+                .filter(|p| p.config.defaults.timeout == config.defaults.timeout)
+                .map(|p| (&p.config.services[..], &p.services[..])),
         );
         let mut services = Vec::with_capacity(config.services.len());
-        for (si, s) in config.services.iter().enumerate() {
-            let entry = match old_services.get(&Shared::addr(s)) {
-                Some(&old) if old.same_backends(s, &backend_index) => old.clone(),
+        for (i, s) in config.services.iter().enumerate() {
+            let entry = match old_services.get(i, s) {
+                Some(old) if same_indexes || old.same_backends(s, &backend_index) => old.clone(),
                 _ => Arc::new(ServiceEntry::compile(s, &config, &backend_index)),
             };
-            for h in &entry.keys {
-                hosts.insert(h.clone(), si as u32);
-            }
             services.push(entry);
         }
+        let hosts = Self::host_table(&services, previous);
         Self {
             version,
             source,
@@ -460,6 +499,34 @@ impl Snapshot {
             backends,
             backend_index,
         }
+    }
+
+    /// The host table of `services`: the previous snapshot's with the
+    /// hosts of the services at changed places replaced, when the two have
+    /// as many services; made afresh otherwise.
+    fn host_table(services: &[Arc<ServiceEntry>], previous: Option<&Snapshot>) -> HostTable {
+        if let Some(p) = previous.filter(|p| p.services.len() == services.len()) {
+            let mut hosts = p.hosts.clone();
+            let changed = p.services.iter().zip(services).enumerate();
+            for (i, (old, new)) in changed.filter(|(_, (a, b))| !Arc::ptr_eq(a, b)) {
+                for k in &old.keys {
+                    if hosts.get(k) == Some(&(i as u32)) {
+                        hosts.remove(k);
+                    }
+                }
+                for k in &new.keys {
+                    hosts.insert(k.clone(), i as u32);
+                }
+            }
+            return hosts;
+        }
+        let mut hosts = HostTable::with_capacity_and_hasher(services.len(), Fast::default());
+        for (i, s) in services.iter().enumerate() {
+            for k in &s.keys {
+                hosts.insert(k.clone(), i as u32);
+            }
+        }
+        hosts
     }
 
     /// The version: strictly increasing across the snapshots one `Mesh`

@@ -83,6 +83,12 @@ impl<K: Eq + Hash + Clone, V> StateMap<K, V> {
         map.get(key).cloned()
     }
 
+    /// Drops the state of `key`, if any.
+    pub fn remove(&self, key: &K) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(key);
+    }
+
     /// Keeps only the keys for which `keep` is true (call after a publish
     /// with "is it still in the snapshot").
     pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {

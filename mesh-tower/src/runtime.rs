@@ -157,8 +157,13 @@ impl Runtime {
         // only a newer one replaces the shared one and prunes state.
         if current.as_ref().is_none_or(|r| r.version < snap.version()) {
             self.resolved.store(Some(fresh.clone()));
-            self.backends.retain(|k| snap.has_backend(k));
-            self.endpoints.retain(|k| snap.has_endpoint(k));
+            match &current {
+                Some(before) => before.prune(snap, self),
+                None => {
+                    self.backends.retain(|k| snap.has_backend(k));
+                    self.endpoints.retain(|k| snap.has_endpoint(k));
+                }
+            }
         }
         fresh
     }
@@ -185,7 +190,6 @@ impl Runtime {
             let entry = snap.services().get(service as usize)?;
             Some(slot.get_or_init(|| {
                 Arc::new(ServiceRoutes {
-                    entry: entry.clone(),
                     routes: entry.routes().iter().map(|_| OnceLock::new()).collect(),
                 })
             }))
@@ -227,7 +231,7 @@ impl Runtime {
         }
     }
 
-    fn resolve_backend(&self, entry: &Arc<BackendEntry>) -> ResolvedBackend {
+    fn resolve_backend(&self, entry: &BackendEntry) -> ResolvedBackend {
         let cfg = entry.config();
         let cb = cfg.circuit_breaker.clone().unwrap_or_default();
         let state = self
@@ -276,7 +280,6 @@ impl Runtime {
             _ => Picker::P2c,
         };
         let resolved = ResolvedBackend {
-            entry: entry.clone(),
             name: entry.name().clone(),
             state,
             endpoints,
@@ -297,6 +300,9 @@ impl Runtime {
 #[derive(Debug)]
 struct Resolved {
     version: u64,
+    /// The snapshot's compiled backends and services (shared with it).
+    backend_entries: Box<[Arc<BackendEntry>]>,
+    service_entries: Box<[Arc<ServiceEntry>]>,
     backends: Box<[OnceLock<Arc<ResolvedBackend>>]>,
     services: Box<[OnceLock<Arc<ServiceRoutes>>]>,
 }
@@ -305,45 +311,80 @@ impl Resolved {
     /// The view of `snap`, with what `before` resolved for the entries the
     /// two snapshots share.
     fn carrying(snap: &Snapshot, before: Option<&Resolved>) -> Self {
-        fn carried<T>(
-            before: &[OnceLock<Arc<T>>],
-            entry: impl Fn(&T) -> usize,
-        ) -> HashMap<usize, Arc<T>> {
-            let resolved = before.iter().filter_map(OnceLock::get);
-            resolved.map(|r| (entry(r), r.clone())).collect()
-        }
-        fn slots<E, T>(
-            entries: &[Arc<E>],
-            carried: &HashMap<usize, Arc<T>>,
-        ) -> Box<[OnceLock<Arc<T>>]> {
-            entries
-                .iter()
-                .map(|e| match carried.get(&(Arc::as_ptr(e) as usize)) {
-                    Some(r) => OnceLock::from(r.clone()),
-                    None => OnceLock::new(),
-                })
-                .collect()
-        }
-        let (backends, services) = match before {
-            Some(b) => (
-                carried(&b.backends, |r| Arc::as_ptr(&r.entry) as usize),
-                carried(&b.services, |r| Arc::as_ptr(&r.entry) as usize),
-            ),
-            None => Default::default(),
-        };
         Self {
             version: snap.version(),
-            backends: slots(snap.backends(), &backends),
-            services: slots(snap.services(), &services),
+            backends: carried(
+                snap.backends(),
+                before.map(|b| (&*b.backend_entries, &*b.backends)),
+            ),
+            services: carried(
+                snap.services(),
+                before.map(|b| (&*b.service_entries, &*b.services)),
+            ),
+            backend_entries: snap.backends().into(),
+            service_entries: snap.services().into(),
         }
     }
+
+    /// Drops the state of what `snap` (newer) no longer names.
+    fn prune(&self, snap: &Snapshot, runtime: &Runtime) {
+        let now = snap.backends();
+        let before = &self.backend_entries;
+        let aligned =
+            before.len() == now.len() && before.iter().zip(now).all(|(a, b)| a.name() == b.name());
+        if !aligned {
+            runtime.backends.retain(|k| snap.has_backend(k));
+            runtime.endpoints.retain(|k| snap.has_endpoint(k));
+            return;
+        }
+        // The same backends at the same places: only the endpoints of
+        // those that changed can have gone.
+        for (a, b) in before.iter().zip(now).filter(|(a, b)| !Arc::ptr_eq(a, b)) {
+            for e in a.endpoints() {
+                if !b.endpoints().iter().any(|n| n.address == e.address) {
+                    runtime
+                        .endpoints
+                        .remove(&EndpointKey::new(a.name().clone(), e.address.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Compiled entries and the slots resolved for them, place by place.
+type Slots<'a, E, T> = (&'a [Arc<E>], &'a [OnceLock<Arc<T>>]);
+
+/// The slots of `entries`, with the resolutions `before` (the entries of
+/// an older view and their slots) made for the same entries: found at the
+/// same place when the lists are as long, by address otherwise.
+fn carried<E, T>(entries: &[Arc<E>], before: Option<Slots<'_, E, T>>) -> Box<[OnceLock<Arc<T>>]> {
+    let addr = |e: &Arc<E>| Arc::as_ptr(e) as usize;
+    let by_addr: Option<HashMap<usize, &OnceLock<Arc<T>>>> = before
+        .filter(|(old, _)| old.len() != entries.len())
+        .map(|(old, slots)| old.iter().map(addr).zip(slots).collect());
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let slot = match (&by_addr, before) {
+                (Some(map), _) => map.get(&addr(e)).copied(),
+                (None, Some((old, slots))) => old
+                    .get(i)
+                    .filter(|o| Arc::ptr_eq(o, e))
+                    .and_then(|_| slots.get(i)),
+                (None, None) => None,
+            };
+            match slot.and_then(OnceLock::get) {
+                Some(r) => OnceLock::from(r.clone()),
+                None => OnceLock::new(),
+            }
+        })
+        .collect()
 }
 
 /// The metric handles of one service's routes.
 #[derive(Debug)]
 struct ServiceRoutes {
-    /// The compiled service they belong to (held: its identity is the key).
-    entry: Arc<ServiceEntry>,
     routes: Box<[OnceLock<RouteHandles>]>,
 }
 
@@ -426,9 +467,6 @@ enum HashTable {
 /// A backend as one snapshot sees it, with the state behind it.
 #[derive(Debug)]
 pub struct ResolvedBackend {
-    /// The compiled backend it was resolved from (held: its identity
-    /// carries the resolution over to the next snapshot that shares it).
-    entry: Arc<BackendEntry>,
     /// The backend name.
     pub name: Arc<str>,
     /// Its lasting state.

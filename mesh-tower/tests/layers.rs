@@ -629,6 +629,46 @@ async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
     }
 }
 
+/// An endpoint removed by a push loses its state: back in a later push, it
+/// starts afresh (its ejection forgotten), whatever else changed.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_removed_and_added_back_starts_afresh() {
+    let m = mesh(OUTLIER);
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let layer = MeshLayer::new(m.clone());
+    let svc = layer.layer(svc);
+    serve(handle, |req| {
+        let failing = req.uri().authority().unwrap().as_str() == "127.0.0.1:1";
+        Ok(status(if failing { 503 } else { 200 }))
+    });
+    for _ in 0..9 {
+        let _ = svc.clone().oneshot(get("http://api/")).await.unwrap();
+    }
+    let ejected = |m: &Mesh| {
+        let snap = m.snapshot();
+        let b = layer.runtime().backend(&snap, 0).unwrap();
+        b.is_ejected(0, tokio::time::Instant::now().into_std())
+    };
+    assert!(ejected(&m), "three 503s eject 127.0.0.1:1");
+    let push = |f: &dyn Fn(&mut Vec<proxyless_core::config::Endpoint>)| {
+        let mut cfg = m.snapshot().config().clone();
+        f(&mut cfg.backends[0].endpoints);
+        m.update(cfg, proxyless_core::snapshot::Source::Code)
+            .unwrap();
+        // A request resolves the new snapshot (and prunes what it dropped).
+        svc.clone().oneshot(get("http://api/"))
+    };
+    push(&|e| {
+        e.remove(0);
+    })
+    .await
+    .unwrap();
+    push(&|e| e.insert(0, proxyless_core::config::Endpoint::new("127.0.0.1:1")))
+        .await
+        .unwrap();
+    assert!(!ejected(&m), "the ejection went with the endpoint");
+}
+
 /// A backend the new config does not change keeps its resolution (the
 /// same endpoint states, breaker and balancer table, by identity); a changed
 /// one is resolved again.

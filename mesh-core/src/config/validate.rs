@@ -106,17 +106,13 @@ pub(crate) fn validate(
     }
     defaults(&mut v, &cfg.defaults);
 
-    let known_services: HashSet<usize> = known
-        .map(|k| k.services.iter().map(Shared::addr).collect())
-        .unwrap_or_default();
-    let known_backends: HashSet<usize> = known
-        .map(|k| k.backends.iter().map(Shared::addr).collect())
-        .unwrap_or_default();
+    let known_services = Known::new(known.map(|k| k.services.as_slice()), &cfg.services);
+    let known_backends = Known::new(known.map(|k| k.backends.as_slice()), &cfg.backends);
     let backend_names = Names::new(cfg.backends.iter().map(|b| b.name.as_str()));
-    let service_names = Names::new(cfg.services.iter().map(|s| s.name.as_str()));
 
-    let mut seen_services = HashSet::with_capacity(cfg.services.len());
-    let mut host_owner: HashMap<Cow<'_, str>, &str> = HashMap::with_capacity(cfg.services.len());
+    let mut seen_services = FastSet::with_capacity_and_hasher(cfg.services.len(), Fast::default());
+    let mut host_owner: FastMap<Cow<'_, str>, &str> =
+        FastMap::with_capacity_and_hasher(cfg.services.len(), Fast::default());
     for (i, s) in cfg.services.iter().enumerate() {
         let at = || format!("services[{i}]");
         let before = v.problems.len();
@@ -141,8 +137,9 @@ pub(crate) fn validate(
                 format!("{}.hosts[{j}]", at())
             }
         };
+        let known = known_services.has(i, s);
         for (j, h) in hosts.iter().enumerate().filter(|_| !duplicate) {
-            if !is_hostname(h) {
+            if !known && !is_hostname(h) {
                 let msg =
                     format!("`{h}` is not a host name (letters, digits, `-` and `.`; no port)");
                 v.add(ProblemKind::InvalidAddress, &host_path(j), msg);
@@ -167,7 +164,7 @@ pub(crate) fn validate(
                 }
             }
         }
-        if known_services.contains(&Shared::addr(s)) {
+        if known {
             for (j, r) in s.routes.iter().enumerate() {
                 let at = || format!("{}.routes[{j}]", at());
                 for (k, wb) in r.to.iter().enumerate() {
@@ -202,22 +199,27 @@ pub(crate) fn validate(
         }
     }
 
-    let mut seen_backends = HashSet::with_capacity(cfg.backends.len());
+    let mut seen_backends = FastSet::with_capacity_and_hasher(cfg.backends.len(), Fast::default());
     for (i, b) in cfg.backends.iter().enumerate() {
-        let at = format!("backends[{i}]");
-        if known_backends.contains(&Shared::addr(b)) {
+        let at = || format!("backends[{i}]");
+        if known_backends.has(i, b) {
             name(
                 &mut v,
-                || child(&at, "name"),
+                || child(&at(), "name"),
                 &b.name,
                 &mut seen_backends,
                 "backend",
             );
             continue;
         }
-        backend(&mut v, &at, b, &mut seen_backends);
+        backend(&mut v, &at(), b, &mut seen_backends);
     }
 
+    let service_names = if cfg.inbound.is_empty() {
+        Names::new(std::iter::empty())
+    } else {
+        Names::new(cfg.services.iter().map(|s| s.name.as_str()))
+    };
     let mut seen_inbound = HashSet::new();
     for (i, p) in cfg.inbound.iter().enumerate() {
         let at = format!("inbound[{i}]");
@@ -272,11 +274,11 @@ fn defaults(v: &mut V<'_>, d: &Defaults) {
 }
 
 /// A name that must be given and unique; `path` is made only for a problem.
-fn name<'a>(
+fn name<'a, S: std::hash::BuildHasher>(
     v: &mut V<'_>,
     path: impl FnOnce() -> String,
     name: &'a str,
-    seen: &mut HashSet<&'a str>,
+    seen: &mut HashSet<&'a str, S>,
     what: &str,
 ) {
     if name.is_empty() {
@@ -424,11 +426,43 @@ fn route<'a>(
     }
 }
 
+/// Hashing for tables this process alone fills and probes (seeded per
+/// process), faster than the standard one.
+type Fast = foldhash::fast::RandomState;
+type FastSet<T> = HashSet<T, Fast>;
+type FastMap<K, V> = HashMap<K, V, Fast>;
+
+/// The parts of a config that a known-good config shares.
+struct Known<'a, T> {
+    known: &'a [Shared<T>],
+    /// When the two lists do not line up: the shared parts' addresses.
+    unaligned: Option<FastSet<usize>>,
+}
+
+impl<'a, T> Known<'a, T> {
+    fn new(known: Option<&'a [Shared<T>]>, parts: &[Shared<T>]) -> Self {
+        let known = known.unwrap_or_default();
+        // A config made from the known one by changing parts keeps their
+        // places; otherwise look the parts up.
+        let unaligned = (known.len() != parts.len() && !known.is_empty())
+            .then(|| known.iter().map(Shared::addr).collect());
+        Self { known, unaligned }
+    }
+
+    /// Whether `part`, at index `i`, is shared with the known config.
+    fn has(&self, i: usize, part: &Shared<T>) -> bool {
+        match &self.unaligned {
+            Some(set) => set.contains(&Shared::addr(part)),
+            None => self.known.get(i).is_some_and(|k| Shared::same(k, part)),
+        }
+    }
+}
+
 /// Names defined in a config: looked up by hash (a config may define
 /// 100,000), listed in order for suggestions.
 struct Names<'a> {
     list: Vec<&'a str>,
-    set: HashSet<&'a str>,
+    set: FastSet<&'a str>,
 }
 
 impl<'a> Names<'a> {
@@ -450,7 +484,7 @@ fn reference(v: &mut V<'_>, path: impl FnOnce() -> String, name: &str, backends:
     }
 }
 
-fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut HashSet<&'a str>) {
+fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a str>) {
     name(v, || child(at, "name"), &b.name, seen, "backend");
     let mut addrs = HashSet::new();
     for (j, ep) in b.endpoints.iter().enumerate() {

@@ -174,3 +174,35 @@ fn what_a_new_config_shares_is_still_checked_against_the_rest() {
         &running.services[0]
     ));
 }
+
+#[test]
+fn hosts_that_move_between_services_are_found_where_they_went() {
+    let m = mesh();
+    let name_of = |m: &Mesh, host: &str| {
+        let snap = m.snapshot();
+        snap.service_for_host(host).map(|s| s.name().to_string())
+    };
+    assert_eq!(name_of(&m, "c.ns").as_deref(), Some("c"));
+    // c.ns moves from c to a.
+    let mut next = m.snapshot().config().clone();
+    next.services[2].hosts.retain(|h| h != "c.ns");
+    next.services[0].hosts = vec!["a".into(), "c.ns".into()];
+    m.update(next, Source::Code).unwrap();
+    assert_eq!(name_of(&m, "c.ns").as_deref(), Some("a"));
+    assert_eq!(name_of(&m, "c").as_deref(), Some("c"));
+    assert_eq!(name_of(&m, "a").as_deref(), Some("a"));
+    // The services change places.
+    let mut next = m.snapshot().config().clone();
+    next.services.swap(0, 2);
+    m.update(next, Source::Code).unwrap();
+    let snap = m.snapshot();
+    assert_eq!(snap.service(0).unwrap().name().as_ref(), "c");
+    for (host, service) in [("c.ns", "a"), ("c", "c"), ("a", "a"), ("b", "b")] {
+        assert_eq!(name_of(&m, host).as_deref(), Some(service), "{host}");
+    }
+    // A host dropped is no longer claimed.
+    let mut next = m.snapshot().config().clone();
+    next.services[2].hosts = vec!["a".into()];
+    m.update(next, Source::Code).unwrap();
+    assert_eq!(name_of(&m, "c.ns"), None);
+}

@@ -37,7 +37,7 @@ pub use build::{Built, Kept, to_config};
 pub use held::{Held, Refer, Refers};
 pub use rbac::{INBOUND_PREFIX, inbound_of};
 pub use resources::{Changes, Resources, Saved};
-pub use reverse::{envoy_listener, from_config, from_config_since};
+pub use reverse::{Part, envoy_listener, from_config, part_resources};
 pub use reverse_rbac::inbound_listener;
 
 use crate::xds::error::{XdsError, at};

@@ -1,10 +1,9 @@
 //! The model -> xDS resources, for the development control plane.
 
 use crate::config::{
-    Backend, Config, Fault, LoadBalancer, PathMatch, RetryPolicy, Route, RouteMatch, Service,
-    Shared, StringMatch,
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, Route,
+    RouteMatch, Service, StringMatch,
 };
-use std::collections::HashSet;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -45,41 +44,10 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value}
 /// with RDS), per service a route configuration, per backend an EDS cluster
 /// and its assignment, per inbound policy a socket listener.
 pub fn from_config(cfg: &Config) -> Resources {
-    from_config_since(cfg, None)
-}
-
-/// [`from_config`], taking from `before` (the resources of an earlier
-/// config) those of the services and backends `cfg` shares with it (the
-/// same [`Shared`](crate::config::Shared) parts): one change among 10,000
-/// services translates one service.
-pub fn from_config_since(cfg: &Config, before: Option<(&Config, &Resources)>) -> Resources {
     let mut r = Resources::default();
-    let shared_services: HashSet<usize> = before
-        .map(|(c, _)| c.services.iter().map(Shared::addr).collect())
-        .unwrap_or_default();
-    let shared_backends: HashSet<usize> = before
-        .map(|(c, _)| c.backends.iter().map(Shared::addr).collect())
-        .unwrap_or_default();
-    let empty = Resources::default();
-    let was = before.map_or(&empty, |(_, r)| r);
     for s in &cfg.services {
-        let hosts = if s.hosts.is_empty() {
-            std::slice::from_ref(&s.name)
-        } else {
-            s.hosts.as_slice()
-        };
-        if shared_services.contains(&Shared::addr(s))
-            && let Some(rc) = was.routes.get(&s.name)
-            && let Some(listeners) = hosts
-                .iter()
-                .map(|h| Some((h.clone(), was.listeners.get(h)?.clone())))
-                .collect::<Option<Vec<_>>>()
-        {
-            r.listeners.extend(listeners);
-            r.routes.insert(s.name.clone(), rc.clone());
-            continue;
-        }
         let hcm = hcm_of(s);
+        let hosts = hosts_of(s);
         for h in hosts {
             r.listeners
                 .insert(h.clone(), Held::new(&api_listener(h, &hcm)));
@@ -90,23 +58,67 @@ pub fn from_config_since(cfg: &Config, before: Option<(&Config, &Resources)>) ->
         );
     }
     for p in &cfg.inbound {
-        let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
+        let name = inbound_name(p);
         r.listeners
             .insert(name.clone(), Held::new(&super::inbound_listener(p, &name)));
     }
     for b in &cfg.backends {
-        if shared_backends.contains(&Shared::addr(b))
-            && let (Some(c), Some(e)) = (was.clusters.get(&b.name), was.endpoints.get(&b.name))
-        {
-            r.clusters.insert(b.name.clone(), c.clone());
-            r.endpoints.insert(b.name.clone(), e.clone());
-            continue;
-        }
         r.clusters.insert(b.name.clone(), Held::new(&cluster_of(b)));
         r.endpoints
             .insert(b.name.clone(), Held::new(&assignment_of(b)));
     }
     r
+}
+
+/// One part of a config (a service, a backend or an inbound policy) as the
+/// resources [`from_config`] makes of it, each encoded, with its name.
+pub fn part_resources(part: Part<'_>) -> Vec<(String, Any)> {
+    match part {
+        Part::Service(s) => {
+            let hcm = hcm_of(s);
+            let hosts = hosts_of(s);
+            let mut out: Vec<(String, Any)> = hosts
+                .iter()
+                .map(|h| (h.clone(), any(&api_listener(h, &hcm))))
+                .collect();
+            out.push((s.name.clone(), any(&route_config_of(s, hosts.to_vec()))));
+            out
+        }
+        Part::Backend(b) => vec![
+            (b.name.clone(), any(&cluster_of(b))),
+            (b.name.clone(), any(&assignment_of(b))),
+        ],
+        Part::Inbound(p) => {
+            let name = inbound_name(p);
+            let l = super::inbound_listener(p, &name);
+            vec![(name, any(&l))]
+        }
+    }
+}
+
+/// A part of a config that [`part_resources`] translates on its own.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Part<'a> {
+    /// A service: its listeners and route configuration.
+    Service(&'a Service),
+    /// A backend: its cluster and endpoint assignment.
+    Backend(&'a Backend),
+    /// An inbound policy: its socket listener.
+    Inbound(&'a InboundPolicy),
+}
+
+/// The hosts a service is served under (its name when it lists none).
+fn hosts_of(s: &Service) -> &[String] {
+    if s.hosts.is_empty() {
+        std::slice::from_ref(&s.name)
+    } else {
+        s.hosts.as_slice()
+    }
+}
+
+fn inbound_name(p: &InboundPolicy) -> String {
+    format!("{}{}", super::INBOUND_PREFIX, p.service)
 }
 
 fn any<M: Message + prost::Name>(m: &M) -> Any {

@@ -27,9 +27,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use proxyless_core::Mesh;
 use proxyless_core::snapshot::Snapshot;
-use proxyless_core::xds::translate::{self, type_url};
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+
+mod served;
+use served::Served;
 
 /// The name of the socket listener (and its route configuration) served
 /// to Envoy.
@@ -123,145 +124,6 @@ pub async fn serve_with_shutdown(
         .await
 }
 
-/// What one snapshot serves: its resources, translated once, and the
-/// names a wildcard subscription gets per type.
-#[derive(Debug)]
-struct Served {
-    snapshot: Arc<Snapshot>,
-    /// The resources, as held (kept to tell what the next snapshot shares).
-    resources: translate::Resources,
-    /// Per type, every resource encoded once, with its version (a hash of
-    /// the encoding), in name order.
-    encoded: BTreeMap<&'static str, Vec<Arc<Encoded>>>,
-    wildcard_listeners: Option<BTreeSet<String>>,
-}
-
-#[derive(Debug)]
-struct Encoded {
-    name: String,
-    any: envoy_types::pb::google::protobuf::Any,
-    version: String,
-}
-
-/// Held resources of one type, by name.
-type HeldMap<M> = BTreeMap<String, translate::Held<M>>;
-
-/// The resources of one type encoded, in name order; those `before` held
-/// as the same holding (its resources, and their encodings in name order)
-/// are taken from it.
-fn encode<M: prost::Name>(
-    now: &HeldMap<M>,
-    before: Option<(&HeldMap<M>, &[Arc<Encoded>])>,
-) -> Vec<Arc<Encoded>> {
-    now.iter()
-        .map(|(name, held)| {
-            let kept = before.and_then(|(was, encoded)| {
-                if !translate::Held::same(was.get(name)?, held) {
-                    return None;
-                }
-                let i = encoded.binary_search_by(|e| e.name.cmp(name)).ok()?;
-                encoded.get(i).cloned()
-            });
-            kept.unwrap_or_else(|| {
-                let any = envoy_types::pb::google::protobuf::Any {
-                    type_url: M::type_url(),
-                    value: held.bytes().to_vec(),
-                };
-                Arc::new(Encoded {
-                    version: version_of(&any),
-                    name: name.clone(),
-                    any,
-                })
-            })
-        })
-        .collect()
-}
-
-impl Served {
-    /// What `snapshot` serves. What it shares with `before`'s snapshot
-    /// (services and backends, see `proxyless_core::config::Shared`) is
-    /// taken from `before` rather than translated and encoded again.
-    fn of(snapshot: Arc<Snapshot>, envoy: Option<SocketAddr>, before: Option<&Served>) -> Self {
-        let was = before.map(|b| (b.snapshot.config(), &b.resources));
-        let mut resources = translate::from_config_since(snapshot.config(), was);
-        let wildcard_listeners = envoy.map(|addr| {
-            let (l, rc) = translate::envoy_listener(&resources, ENVOY_LISTENER, addr);
-            for (t, value) in [
-                (type_url::LISTENER, prost::Message::encode_to_vec(&l)),
-                (type_url::ROUTE, prost::Message::encode_to_vec(&rc)),
-            ] {
-                let any = envoy_types::pb::google::protobuf::Any {
-                    type_url: t.to_owned(),
-                    value,
-                };
-                // Made here, from messages that decode: never refused.
-                if let Err(e) = resources.insert(t, &any) {
-                    tracing::warn!("the Envoy listener: {e}");
-                }
-            }
-            BTreeSet::from([ENVOY_LISTENER.to_owned()])
-        });
-        let encoded = [
-            type_url::LISTENER,
-            type_url::ROUTE,
-            type_url::CLUSTER,
-            type_url::ENDPOINTS,
-        ]
-        .into_iter()
-        .map(|t| {
-            let old = before.and_then(|b| Some((&b.resources, b.encoded.get(t)?.as_slice())));
-            let r = &resources;
-            let all = match t {
-                type_url::LISTENER => encode(r.listeners(), old.map(|(w, e)| (w.listeners(), e))),
-                type_url::ROUTE => encode(r.routes(), old.map(|(w, e)| (w.routes(), e))),
-                type_url::CLUSTER => encode(r.clusters(), old.map(|(w, e)| (w.clusters(), e))),
-                _ => encode(r.endpoints(), old.map(|(w, e)| (w.endpoints(), e))),
-            };
-            (t, all)
-        })
-        .collect();
-        Self {
-            snapshot,
-            resources,
-            encoded,
-            wildcard_listeners,
-        }
-    }
-
-    /// The resources of type `t` a subscription covers.
-    fn covered<'a>(
-        &'a self,
-        t: &'a str,
-        wildcard: bool,
-        names: &'a BTreeSet<String>,
-    ) -> impl Iterator<Item = &'a Encoded> + 'a {
-        self.encoded
-            .get(t)
-            .map(|v| v.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .map(|e| &**e)
-            .filter(move |e| self.covers(t, wildcard, names, &e.name))
-    }
-
-    /// Whether a subscription to `names` (a wildcard when `wildcard`) of
-    /// type `t` covers the resource `name`.
-    fn covers(&self, t: &str, wildcard: bool, names: &BTreeSet<String>, name: &str) -> bool {
-        if !wildcard {
-            return names.contains(name);
-        }
-        match (&self.wildcard_listeners, t) {
-            // Envoy's wildcard gets the socket listener, not API listeners.
-            (Some(only), type_url::LISTENER) => only.contains(name),
-            _ => true,
-        }
-    }
-
-    fn version(&self) -> String {
-        self.snapshot.version().to_string()
-    }
-}
-
 /// A stream's view of the served snapshot, refreshed when it changes.
 struct Current {
     mesh: Mesh,
@@ -343,31 +205,89 @@ struct DeltaSub {
     /// What the client holds: the version of each resource sent, or `None`
     /// for a name it was told does not exist.
     sent: BTreeMap<String, Option<String>>,
-}
-
-fn version_of(any: &envoy_types::pb::google::protobuf::Any) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    any.value.hash(&mut h);
-    format!("{:016x}", h.finish())
+    /// The snapshot version the client was last brought up to.
+    diffed: Option<u64>,
 }
 
 impl DeltaSub {
     /// What changed for this subscription since the client last heard:
     /// new or changed resources, and names removed or never there.
     fn diff(&mut self, served: &Served, t: &str, nonce: String) -> Option<DeltaDiscoveryResponse> {
+        // From the snapshot it last heard of: only the names that changed.
+        let (resources, removed) = match self.diffed.and_then(|v| served.changed_since(v, t)) {
+            Some(names) => self.changes(served, t, names),
+            None => self.everything(served, t),
+        };
+        self.diffed = Some(served.snapshot.version());
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(DeltaDiscoveryResponse {
+            system_version_info: served.version(),
+            resources,
+            type_url: t.to_owned(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// What to send for the resources `names` of type `t` (those that
+    /// changed): the covered ones the client does not hold as they are,
+    /// and the names it holds or asked for that are gone.
+    fn changes(
+        &mut self,
+        served: &Served,
+        t: &str,
+        names: &BTreeSet<String>,
+    ) -> (Vec<Resource>, Vec<String>) {
+        let (mut resources, mut removed) = (Vec::new(), Vec::new());
+        for name in names {
+            let covered = served.covers(t, self.wildcard, &self.names, name);
+            match served.get(t, name).filter(|_| covered) {
+                Some(e) => Self::send(&mut self.sent, e, &mut resources),
+                None => {
+                    let held = matches!(self.sent.get(name), Some(Some(_)));
+                    let named = self.names.contains(name);
+                    if held || (named && !self.sent.contains_key(name)) {
+                        removed.push(name.clone());
+                        if named {
+                            self.sent.insert(name.clone(), None);
+                        } else {
+                            self.sent.remove(name);
+                        }
+                    }
+                }
+            }
+        }
+        (resources, removed)
+    }
+
+    /// Adds `e` to `resources` unless the client holds it as it is.
+    fn send(
+        sent: &mut BTreeMap<String, Option<String>>,
+        e: &served::Encoded,
+        resources: &mut Vec<Resource>,
+    ) {
+        if sent.get(&e.name).and_then(Option::as_ref) != Some(&e.version) {
+            sent.insert(e.name.clone(), Some(e.version.clone()));
+            resources.push(Resource {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                resource: Some(e.any.clone()),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// What to send for every resource of type `t` the subscription
+    /// covers, compared with what the client holds.
+    fn everything(&mut self, served: &Served, t: &str) -> (Vec<Resource>, Vec<String>) {
         let mut resources = Vec::new();
         let mut present = BTreeSet::new();
         for e in served.covered(t, self.wildcard, &self.names) {
             present.insert(e.name.as_str());
-            if self.sent.get(&e.name).and_then(Option::as_ref) != Some(&e.version) {
-                self.sent.insert(e.name.clone(), Some(e.version.clone()));
-                resources.push(Resource {
-                    name: e.name.clone(),
-                    version: e.version.clone(),
-                    resource: Some(e.any.clone()),
-                    ..Default::default()
-                });
-            }
+            Self::send(&mut self.sent, e, &mut resources);
         }
         let mut removed = Vec::new();
         self.sent.retain(|name, v| {
@@ -384,17 +304,7 @@ impl DeltaSub {
                 removed.push(name.clone());
             }
         }
-        if resources.is_empty() && removed.is_empty() {
-            return None;
-        }
-        Some(DeltaDiscoveryResponse {
-            system_version_info: served.version(),
-            resources,
-            type_url: t.to_owned(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        })
+        (resources, removed)
     }
 }
 
@@ -491,6 +401,8 @@ fn serve_stream<V: Variant>(
 #[derive(Default)]
 struct Sotw {
     subscribed: BTreeMap<String, Vec<String>>,
+    /// The snapshot version last sent on this stream.
+    sent: Option<u64>,
 }
 
 impl Variant for Sotw {
@@ -512,8 +424,15 @@ impl Variant for Sotw {
     }
 
     fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<DiscoveryResponse> {
+        let before = self.sent.replace(served.snapshot.version());
         self.subscribed
             .iter()
+            // A type with nothing changed since the last snapshot sent is
+            // not sent again (every response carries all of a type).
+            .filter(|(t, _)| {
+                let changed = before.and_then(|v| served.changed_since(v, t));
+                changed.is_none_or(|names| !names.is_empty())
+            })
             .map(|(t, names)| respond(served, t, names, cp.next_nonce()))
             .collect()
     }
@@ -562,6 +481,8 @@ impl Variant for Delta {
         if !changed {
             return Vec::new();
         }
+        // What the subscription covers changed: compare everything.
+        sub.diffed = None;
         match sub.diff(served, &req.type_url, cp.next_nonce()) {
             Some(resp) => vec![resp],
             // The first answer is sent even when empty: Envoy waits for it
@@ -608,5 +529,88 @@ impl AggregatedDiscoveryService for DevControlPlane {
             self.clone(),
             request.into_inner(),
         )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proxyless_core::config::{Config, Endpoint};
+    use proxyless_core::snapshot::Source;
+
+    /// What a response says, in a form to compare: names and versions
+    /// sent, names removed.
+    fn said(r: Option<DeltaDiscoveryResponse>) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+        let r = r.unwrap_or_default();
+        let sent = r
+            .resources
+            .into_iter()
+            .map(|x| (x.name, x.version))
+            .collect();
+        (sent, r.removed_resources.into_iter().collect())
+    }
+
+    #[test]
+    fn an_incremental_diff_says_what_a_full_one_says() {
+        let yaml = "services: [{ name: a, routes: [{ to: [x] }] }, { name: b, routes: [{ to: [y] }] }]\n\
+                    backends: [{ name: x, endpoints: ['127.0.0.1:1'] }, { name: y, endpoints: ['127.0.0.1:2'] }]";
+        let mut cfg = Config::from_yaml(yaml).unwrap();
+        let snap =
+            |cfg: &Config, v| Arc::new(Snapshot::compile(cfg.clone(), v, Source::Code).unwrap());
+        let mut served = Served::of(snap(&cfg, 1), None, None);
+        let t = served::TYPES[3];
+        let mut subs: Vec<(DeltaSub, DeltaSub)> = vec![
+            // A wildcard, and one naming x, y and a name never served.
+            (
+                DeltaSub {
+                    wildcard: true,
+                    ..Default::default()
+                },
+                DeltaSub {
+                    wildcard: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                DeltaSub {
+                    names: ["x", "y", "z"].map(String::from).into(),
+                    ..Default::default()
+                },
+                DeltaSub {
+                    names: ["x", "y", "z"].map(String::from).into(),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let steps: [fn(&mut Config); 4] = [
+            |c| c.backends[0].endpoints.push(Endpoint::new("127.0.0.1:3")),
+            |c| {
+                c.backends.remove(1);
+                c.services.remove(1);
+            },
+            |c| {
+                let mut y = (*c.backends[0]).clone();
+                y.name = "y".into();
+                c.backends.push(y.into());
+            },
+            |c| c.backends[1].endpoints[0] = Endpoint::new("127.0.0.1:4"),
+        ];
+        for (v, step) in (2..).zip(steps.iter().map(Some).chain([None])) {
+            for (inc, full) in &mut subs {
+                full.diffed = None;
+                let (a, b) = (
+                    inc.diff(&served, t, "n".into()),
+                    full.diff(&served, t, "n".into()),
+                );
+                assert_eq!(said(a), said(b), "at version {}", v - 1);
+                assert_eq!(inc.sent, full.sent);
+            }
+            if let Some(step) = step {
+                step(&mut cfg);
+                served = Served::of(snap(&cfg, v), None, Some(&served));
+                assert!(served.since.is_some());
+            }
+        }
     }
 }
