@@ -233,9 +233,10 @@ fn control_plane_process(file: &str, port: u16) {
 }
 
 /// One change at a control plane in this process, pushed to a client in
-/// this process: the xDS path alone (no file poll). Also how long of it
-/// the control plane's own update took (validating and compiling the
-/// whole config it serves, before it sends anything).
+/// this process: the xDS path alone (no file poll). The control plane
+/// changes one service of the config it serves, as an incremental control
+/// plane does; how long its own update took (validating and compiling
+/// what changed, before it sends anything) is reported apart.
 async fn push_in_process(api: &str, n: usize, changes: usize) -> Push {
     let cp = Mesh::from_config(Config::from_yaml(&many(n, 2)).unwrap()).unwrap();
     let port = free_port();
@@ -279,7 +280,7 @@ async fn push_in_process(api: &str, n: usize, changes: usize) -> Push {
 #[derive(Debug, Clone, Copy)]
 struct Push {
     total: Duration,
-    /// The control plane validating and compiling its whole config.
+    /// The control plane validating and compiling the change.
     control_plane_update: Duration,
     /// The client applying the response (its `last_apply_micros`).
     client_apply: Duration,
