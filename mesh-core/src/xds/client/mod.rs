@@ -286,7 +286,14 @@ impl State {
             .unwrap_or_else(PoisonError::into_inner);
         for t in TYPES {
             let names = self.names(t);
-            let held = names.iter().filter(|n| self.resources.holds(t, n)).count();
+            // Only subscribed names are held (others are dropped or
+            // parked as they come), so the count is the map's size.
+            let held = self.resources.count(t);
+            debug_assert_eq!(
+                held,
+                names.iter().filter(|n| self.resources.holds(t, n)).count(),
+                "only subscribed {t} resources are held"
+            );
             let entry = types.entry(short(t)).or_default();
             if copy_names {
                 entry.subscribed = names.iter().cloned().collect();

@@ -345,6 +345,16 @@ impl Resources {
         }
     }
 
+    /// How many resources of type `t` are held.
+    pub fn count(&self, t: &str) -> usize {
+        match t {
+            type_url::LISTENER => self.listeners.len(),
+            type_url::ROUTE => self.routes.len(),
+            type_url::CLUSTER => self.clusters.len(),
+            _ => self.endpoints.len(),
+        }
+    }
+
     /// Whether the resource `name` of type `t` is held.
     pub fn holds(&self, t: &str, name: &str) -> bool {
         match t {
