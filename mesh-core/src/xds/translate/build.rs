@@ -66,12 +66,8 @@ impl KeptService {
     /// Whether its own resources (listener, route configuration) are
     /// unchanged by the journal.
     fn own_untouched(&self, name: &str, c: &Changes) -> bool {
-        !c.everything()
-            && !c.touched(type_url::LISTENER, name)
-            && self
-                .routes
-                .as_ref()
-                .is_none_or(|(n, _)| !c.touched(type_url::ROUTE, n))
+        let routes = self.routes.as_ref().map(|(n, _)| n.as_str());
+        untouched(c, (type_url::LISTENER, name), (type_url::ROUTE, routes))
     }
 
     /// Whether what it uses (clusters, their assignments) is unchanged by
@@ -120,12 +116,12 @@ fn eds_of(r: &Resources, uses: &[String]) -> Arc<[String]> {
 impl KeptBackend {
     /// Whether its cluster and assignment are unchanged by the journal.
     fn untouched(&self, name: &str, c: &Changes) -> bool {
-        !c.everything()
-            && !c.touched(type_url::CLUSTER, name)
-            && self
-                .endpoints
-                .as_ref()
-                .is_none_or(|(n, _)| !c.touched(type_url::ENDPOINTS, n))
+        let endpoints = self.endpoints.as_ref().map(|(n, _)| n.as_str());
+        untouched(
+            c,
+            (type_url::CLUSTER, name),
+            (type_url::ENDPOINTS, endpoints),
+        )
     }
 
     /// Whether its cluster and assignment are the holdings given.
@@ -137,6 +133,12 @@ impl KeptBackend {
         Held::same(&self.cluster, c)
             && same_held(self.endpoints.as_ref().map(|(_, h)| h), endpoints)
     }
+}
+
+/// Whether a resource (type and name) and the one it reads, if any, are
+/// unchanged by the journal.
+fn untouched(c: &Changes, (t, name): (&str, &str), (dt, dep): (&str, Option<&str>)) -> bool {
+    !c.everything() && !c.touched(t, name) && dep.is_none_or(|d| !c.touched(dt, d))
 }
 
 /// Whether two optional holdings are both absent or the same holding.
@@ -409,6 +411,19 @@ backends:
         r.encoded(t, pick).into_iter().next().map(|(_, a)| a)
     }
 
+    /// Every resource of version A, held.
+    fn held_a() -> Resources {
+        let mut r = Resources::default();
+        for t in TYPES {
+            for n in NAMES {
+                if let Some(any) = resource(0, t, n) {
+                    r.insert(t, &any).unwrap();
+                }
+            }
+        }
+        r
+    }
+
     fn names() -> Vec<String> {
         ["s", "t", "u", "v"].map(String::from).to_vec()
     }
@@ -423,7 +438,7 @@ backends:
         Rollback(usize, usize, usize),
         /// An incremental response rolled back.
         RollbackOnly(usize, usize, usize),
-        /// The rest of a sequence without telling the journal.
+        /// Nothing changes: a build again from an empty journal.
         Build,
     }
 
@@ -484,14 +499,7 @@ backends:
         /// the journal equals a build from nothing.
         #[test]
         fn a_kept_build_equals_a_fresh_one(ops in proptest::collection::vec(op(), 1..24)) {
-            let mut r = Resources::default();
-            for t in TYPES {
-                for n in NAMES {
-                    if let Some(any) = resource(0, t, n) {
-                        r.insert(t, &any).unwrap();
-                    }
-                }
-            }
+            let mut r = held_a();
             let mut kept = Kept::default();
             let changes = r.take_changes();
             let start = to_config(&r, &names(), &changes, &mut Vec::new(), &mut kept).unwrap();
@@ -511,14 +519,7 @@ backends:
 
     #[test]
     fn only_what_changed_is_translated_again() {
-        let mut r = Resources::default();
-        for t in TYPES {
-            for n in NAMES {
-                if let Some(any) = resource(0, t, n) {
-                    r.insert(t, &any).unwrap();
-                }
-            }
-        }
+        let mut r = held_a();
         let mut kept = Kept::default();
         let mut build = |r: &mut Resources| {
             let changes = r.take_changes();

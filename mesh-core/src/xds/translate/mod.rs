@@ -292,6 +292,21 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// The config `r` describes for `services`, translated from nothing.
+    fn fresh<'a>(
+        r: &Resources,
+        services: impl IntoIterator<Item = &'a String>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Built, XdsError> {
+        to_config(
+            r,
+            services,
+            &Changes::default(),
+            warnings,
+            &mut Kept::default(),
+        )
+    }
+
     /// model -> xDS -> model is the identity over what xDS carries.
     #[test]
     fn upstream_tls_is_mutual_tls_to_the_named_spiffe_id_or_refused() {
@@ -526,14 +541,7 @@ backends:
         let resources = from_config(&cfg);
         let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
         let mut warnings = Vec::new();
-        let built = to_config(
-            &resources,
-            &services,
-            &Changes::default(),
-            &mut warnings,
-            &mut Kept::default(),
-        )
-        .unwrap();
+        let built = fresh(&resources, &services, &mut warnings).unwrap();
         assert!(built.incomplete.is_empty() && built.missing.is_empty());
         let back = built.config;
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -563,15 +571,9 @@ backends:
             rc.virtual_hosts[0].routes[0].action =
                 Some(route::Action::Redirect(Default::default()));
         });
-        let err = to_config(
-            &r,
-            &["s".into()],
-            &Changes::default(),
-            &mut Vec::new(),
-            &mut Kept::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = fresh(&r, &["s".into()], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("redirect"), "{err}");
         assert!(
             err.starts_with("RouteConfiguration `s`: virtual_hosts[0].routes[0].action: "),
@@ -581,14 +583,7 @@ backends:
         // the service is named as incomplete, not served half-built.
         let mut r = from_config(&cfg);
         r.endpoints.clear();
-        let built = to_config(
-            &r,
-            &["s".into(), "t".into()],
-            &Changes::default(),
-            &mut Vec::new(),
-            &mut Kept::default(),
-        )
-        .unwrap();
+        let built = fresh(&r, &["s".into(), "t".into()], &mut Vec::new()).unwrap();
         assert!(built.config.services.is_empty() && built.config.backends.is_empty());
         assert_eq!(built.incomplete, ["s"]);
         assert_eq!(built.missing, ["t"]);
@@ -628,14 +623,7 @@ backends:
             );
         });
         let mut warnings = Vec::new();
-        let built = to_config(
-            &r,
-            &["s".into()],
-            &Changes::default(),
-            &mut warnings,
-            &mut Kept::default(),
-        )
-        .unwrap();
+        let built = fresh(&r, &["s".into()], &mut warnings).unwrap();
         let fault = built.config.services[0].routes[0].fault.clone().unwrap();
         let a = fault.abort.unwrap();
         assert_eq!((a.status, a.percent), (503, 25.0));
@@ -659,14 +647,7 @@ backends:
             );
         });
         let mut warnings = Vec::new();
-        to_config(
-            &r,
-            &["s".into()],
-            &Changes::default(),
-            &mut warnings,
-            &mut Kept::default(),
-        )
-        .unwrap();
+        fresh(&r, &["s".into()], &mut warnings).unwrap();
         let all = warnings.join("\n");
         assert!(all.contains("gRPC status"), "{all}");
         assert!(all.contains("envoy.filters.http.cors"), "{all}");
