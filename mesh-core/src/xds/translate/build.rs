@@ -160,6 +160,40 @@ fn same_held<M>(a: Option<&Held<M>>, b: Option<&Held<M>>) -> bool {
 /// change is taken from `kept` and shared with the last config. `kept` then
 /// holds this build; after an error it is emptied, so the next build
 /// translates everything. Give a `Kept::default()` to translate everything.
+///
+/// ```
+/// use proxyless_core::config::{Config, Shared};
+/// use proxyless_core::xds::translate::{Kept, Resources, from_config, to_config, type_url};
+///
+/// let cfg = Config::from_yaml(
+///     "services: [{ name: a, routes: [{ to: [x] }] }, { name: b, routes: [{ to: [y] }] }]\n\
+///      backends: [{ name: x, endpoints: ['10.0.0.1:80'] }, { name: y, endpoints: ['10.0.0.2:80'] }]",
+/// )?;
+/// // Held as a client holds what a control plane sent.
+/// let mut r = Resources::default();
+/// let served = from_config(&cfg);
+/// for t in [type_url::LISTENER, type_url::ROUTE, type_url::CLUSTER, type_url::ENDPOINTS] {
+///     for (_, any) in served.encoded(t, |_| true) {
+///         r.insert(t, &any)?;
+///     }
+/// }
+/// let names = ["a".to_owned(), "b".to_owned()];
+/// let mut kept = Kept::default();
+/// let changes = r.take_changes();
+/// let first = to_config(&r, &names, &changes, &mut Vec::new(), &mut kept)?;
+///
+/// // y's endpoints change: only backend y is translated again.
+/// let mut next = cfg.clone();
+/// next.backends[1].endpoints[0].address = "10.0.0.3:80".into();
+/// let (_, any) = from_config(&next).encoded(type_url::ENDPOINTS, |n| n == "y").remove(0);
+/// r.insert(type_url::ENDPOINTS, &any)?;
+/// let changes = r.take_changes();
+/// let second = to_config(&r, &names, &changes, &mut Vec::new(), &mut kept)?;
+/// assert!(Shared::same(&first.config.services[1], &second.config.services[1]));
+/// assert!(Shared::same(&first.config.backends[0], &second.config.backends[0]));
+/// assert!(!Shared::same(&first.config.backends[1], &second.config.backends[1]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn to_config<'a>(
     r: &Resources,
     services: impl IntoIterator<Item = &'a String>,
