@@ -93,19 +93,7 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
     if let Some(d) = deadline_of(req) {
         let left = d.saturating_duration_since(Instant::now());
         let ms = u64::try_from(left.as_millis().max(1)).unwrap_or(u64::MAX);
-        // Formatted on the stack: one allocation for the value, not two.
-        let mut buf = [0u8; 20];
-        let mut at = buf.len();
-        let mut n = ms;
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if let Ok(v) = http::HeaderValue::from_bytes(&buf[at..]) {
+        if let Some(v) = deadline_value(ms) {
             req.headers_mut().insert(DEADLINE_HEADER, v);
         }
         // A gRPC server learns its budget from grpc-timeout.
@@ -114,6 +102,49 @@ fn set_deadline_header<B>(req: &mut Request<B>) {
                 .insert(crate::grpc::GRPC_TIMEOUT, crate::grpc::timeout_value(left));
         }
     }
+}
+
+thread_local! {
+    /// The last deadline value made on this thread. Requests on one route
+    /// leave with the same milliseconds left (their route's timeout, less
+    /// under a millisecond), so most reuse it: a copy counts a reference
+    /// instead of allocating (as hyper keeps its `Date` value).
+    static LAST_DEADLINE: std::cell::RefCell<Option<(u64, http::HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `ms` as an `x-mesh-timeout-ms` value.
+fn deadline_value(ms: u64) -> Option<http::HeaderValue> {
+    let cached = LAST_DEADLINE.with(|last| {
+        let last = last.try_borrow().ok()?;
+        last.as_ref()
+            .filter(|(m, _)| *m == ms)
+            .map(|(_, v)| v.clone())
+    });
+    if cached.is_some() {
+        return cached;
+    }
+    // Formatted on the stack: one allocation for the value, not two.
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = ms;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let v = http::HeaderValue::from_bytes(&buf[at..]).ok()?;
+    LAST_DEADLINE.with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            // Its bytes become shared at the first copy: made here, so
+            // that the copies after it only count a reference.
+            *last = Some((ms, v.clone()));
+        }
+    });
+    Some(v)
 }
 
 /// Points `req` at `endpoint`, keeping the addressed authority as `Host`.
@@ -437,5 +468,27 @@ impl AttemptSpan {
             }
         }
         span.end();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::deadline_value;
+
+    #[test]
+    fn a_deadline_value_is_made_once_and_shared_while_it_repeats() {
+        let a = deadline_value(15_000).unwrap();
+        let b = deadline_value(15_000).unwrap();
+        assert_eq!(a, "15000");
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr(), "shared");
+        let c = deadline_value(7).unwrap();
+        assert_eq!(c, "7");
+        assert_ne!(c.as_bytes().as_ptr(), a.as_bytes().as_ptr());
+        assert_eq!(
+            deadline_value(u64::MAX).unwrap(),
+            u64::MAX.to_string().as_str()
+        );
+        assert_eq!(deadline_value(15_000).unwrap(), "15000");
     }
 }
