@@ -294,28 +294,24 @@ fn service<'k>(
     built: &mut Built,
 ) -> Result<Option<&'k mut KeptService>, XdsError> {
     let old = kept.services.get(name.as_str());
-    let own_same = match old {
-        Some(k) if k.own_untouched(name, changes) => true,
-        _ => {
-            let Some(l) = r.listeners.get(name) else {
-                built.missing.push(name.clone());
+    if !old.is_some_and(|k| k.own_untouched(name, changes)) {
+        let Some(l) = r.listeners.get(name) else {
+            built.missing.push(name.clone());
+            return Ok(None);
+        };
+        if !old.is_some_and(|k| changes.everything() && k.same_holdings(r, l)) {
+            let Some(fresh) = translate_service(r, name, l, warnings)? else {
+                built.incomplete.push(name.clone());
                 return Ok(None);
             };
-            if !old.is_some_and(|k| changes.everything() && k.same_holdings(r, l)) {
-                let Some(fresh) = translate_service(r, name, l, warnings)? else {
-                    built.incomplete.push(name.clone());
-                    return Ok(None);
-                };
-                let old = kept.services.insert(name.clone(), fresh);
-                let uses = |k: &KeptService| k.uses.clone();
-                let now = kept.services.get_mut(name.as_str());
-                *uses_changed |= old.as_ref().map(uses) != now.as_deref().map(uses);
-                return Ok(now);
-            }
-            true
+            let old = kept.services.insert(name.clone(), fresh);
+            let uses = |k: &KeptService| k.uses.clone();
+            let now = kept.services.get_mut(name.as_str());
+            *uses_changed |= old.as_ref().map(uses) != now.as_deref().map(uses);
+            return Ok(now);
         }
-    };
-    let Some(k) = kept.services.get_mut(name.as_str()).filter(|_| own_same) else {
+    }
+    let Some(k) = kept.services.get_mut(name.as_str()) else {
         return Ok(None);
     };
     if (changes.everything() || !k.uses_untouched(changes)) && !k.still_complete(r) {
