@@ -413,18 +413,20 @@ backends:
   - { name: c, endpoints: ['127.0.0.1:2'] }
   - { name: d, endpoints: ['127.0.0.1:3'] }
 ";
-    /// The same names, other content: c's endpoints, t's timeout, u's
-    /// backend (what u uses changes).
-    const B: &str = "
-services:
-  - { name: s, routes: [{ to: [b] }] }
-  - { name: t, routes: [{ timeout: 3s, to: [b, c] }] }
-  - { name: u, routes: [{ to: [d] }] }
-backends:
-  - { name: b, endpoints: ['127.0.0.1:1'] }
-  - { name: c, endpoints: ['127.0.0.1:9'] }
-  - { name: d, endpoints: ['127.0.0.1:3'] }
-";
+    /// Version `v` of the config: 0 is `A`; 1 has the same names and other
+    /// content (c's endpoints, t's timeout, u's backend: what u uses
+    /// changes).
+    fn version(v: usize) -> String {
+        if v == 0 {
+            return A.to_owned();
+        }
+        A.replace("127.0.0.1:2", "127.0.0.1:9")
+            .replace("timeout: 2s", "timeout: 3s")
+            .replace(
+                "name: u, routes: [{ to: [c] }]",
+                "name: u, routes: [{ to: [d] }]",
+            )
+    }
     const TYPES: [&str; 4] = [
         type_url::LISTENER,
         type_url::ROUTE,
@@ -433,9 +435,9 @@ backends:
     ];
     const NAMES: [&str; 6] = ["s", "t", "u", "b", "c", "d"];
 
-    /// The resource `name` of type `t` in version `v` (0: A, 1: B), if any.
+    /// The resource `name` of type `t` in version `v`, if any.
     fn resource(v: usize, t: &str, name: &str) -> Option<Any> {
-        let cfg = crate::config::Config::from_yaml(if v == 0 { A } else { B }).unwrap();
+        let cfg = crate::config::Config::from_yaml(&version(v)).unwrap();
         let r = from_config(&cfg);
         let pick = |n: &str| n == name;
         r.encoded(t, pick).into_iter().next().map(|(_, a)| a)
