@@ -138,11 +138,7 @@ impl ServiceEntry {
                 mirror: mirror_of(r, backend_index),
             })
             .collect();
-        let names = if s.hosts.is_empty() {
-            std::slice::from_ref(&s.name)
-        } else {
-            s.hosts.as_slice()
-        };
+        let names = s.host_names();
         let host_values = names
             .iter()
             .filter_map(|h| {

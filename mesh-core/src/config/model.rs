@@ -143,6 +143,18 @@ pub struct Service {
     pub routes: Vec<Route>,
 }
 
+impl Service {
+    /// The host names that address it: its `hosts`, or its name when it
+    /// lists none.
+    pub fn host_names(&self) -> &[String] {
+        if self.hosts.is_empty() {
+            std::slice::from_ref(&self.name)
+        } else {
+            &self.hosts
+        }
+    }
+}
+
 /// A route: when a request matches, where it goes and under which policies.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
 #[decode(fallback)]

@@ -125,11 +125,7 @@ pub(crate) fn validate(
         );
         // A duplicate service already says so; its hosts would only repeat it.
         let duplicate = v.problems.len() > before;
-        let hosts = if s.hosts.is_empty() {
-            std::slice::from_ref(&s.name)
-        } else {
-            s.hosts.as_slice()
-        };
+        let hosts = s.host_names();
         let host_path = |j: usize| {
             if s.hosts.is_empty() {
                 child(&at(), "name")

@@ -473,6 +473,10 @@ impl State {
 /// For services still arriving, the running config's version of them and
 /// the backends they use, so they keep serving meanwhile.
 fn carry_over(cfg: &mut Config, running: &Config, incomplete: &[String]) {
+    if incomplete.is_empty() {
+        return;
+    }
+    let mut have: BTreeSet<String> = cfg.backends.iter().map(|b| b.name.clone()).collect();
     for name in incomplete {
         let host = crate::route::host_of(name);
         let Some(s) = running.services.iter().find(|s| s.name == host) else {
@@ -488,7 +492,7 @@ fn carry_over(cfg: &mut Config, running: &Config, incomplete: &[String]) {
             })
             .collect();
         for b in &running.backends {
-            if used.contains(b.name.as_str()) && !cfg.backends.iter().any(|x| x.name == b.name) {
+            if used.contains(b.name.as_str()) && have.insert(b.name.clone()) {
                 cfg.backends.push(b.clone());
             }
         }

@@ -45,27 +45,26 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value}
 /// and its assignment, per inbound policy a socket listener.
 pub fn from_config(cfg: &Config) -> Resources {
     let mut r = Resources::default();
-    for s in &cfg.services {
-        let hcm = hcm_of(s);
-        let hosts = hosts_of(s);
-        for h in hosts {
-            r.listeners
-                .insert(h.clone(), Held::new(&api_listener(h, &hcm)));
+    let parts = (cfg.services.iter().map(|s| Part::Service(s)))
+        .chain(cfg.inbound.iter().map(Part::Inbound))
+        .chain(cfg.backends.iter().map(|b| Part::Backend(b)));
+    for part in parts {
+        for (name, made) in made_of(part) {
+            match made {
+                Made::Listener(l) => {
+                    r.listeners.insert(name, Held::new(&l));
+                }
+                Made::Route(rc) => {
+                    r.routes.insert(name, Held::new(&rc));
+                }
+                Made::Cluster(c) => {
+                    r.clusters.insert(name, Held::new(&c));
+                }
+                Made::Endpoints(e) => {
+                    r.endpoints.insert(name, Held::new(&e));
+                }
+            }
         }
-        r.routes.insert(
-            s.name.clone(),
-            Held::new(&route_config_of(s, hosts.to_vec())),
-        );
-    }
-    for p in &cfg.inbound {
-        let name = inbound_name(p);
-        r.listeners
-            .insert(name.clone(), Held::new(&super::inbound_listener(p, &name)));
-    }
-    for b in &cfg.backends {
-        r.clusters.insert(b.name.clone(), Held::new(&cluster_of(b)));
-        r.endpoints
-            .insert(b.name.clone(), Held::new(&assignment_of(b)));
     }
     r
 }
@@ -73,27 +72,14 @@ pub fn from_config(cfg: &Config) -> Resources {
 /// One part of a config (a service, a backend or an inbound policy) as the
 /// resources [`from_config`] makes of it, each encoded, with its name.
 pub fn part_resources(part: Part<'_>) -> Vec<(String, Any)> {
-    match part {
-        Part::Service(s) => {
-            let hcm = hcm_of(s);
-            let hosts = hosts_of(s);
-            let mut out: Vec<(String, Any)> = hosts
-                .iter()
-                .map(|h| (h.clone(), any(&api_listener(h, &hcm))))
-                .collect();
-            out.push((s.name.clone(), any(&route_config_of(s, hosts.to_vec()))));
-            out
-        }
-        Part::Backend(b) => vec![
-            (b.name.clone(), any(&cluster_of(b))),
-            (b.name.clone(), any(&assignment_of(b))),
-        ],
-        Part::Inbound(p) => {
-            let name = inbound_name(p);
-            let l = super::inbound_listener(p, &name);
-            vec![(name, any(&l))]
-        }
-    }
+    let encoded = |made| match made {
+        Made::Listener(l) => any(&l),
+        Made::Route(rc) => any(&rc),
+        Made::Cluster(c) => any(&c),
+        Made::Endpoints(e) => any(&e),
+    };
+    let made = made_of(part).into_iter();
+    made.map(|(name, m)| (name, encoded(m))).collect()
 }
 
 /// A part of a config that [`part_resources`] translates on its own.
@@ -108,17 +94,39 @@ pub enum Part<'a> {
     Inbound(&'a InboundPolicy),
 }
 
-/// The hosts a service is served under (its name when it lists none).
-fn hosts_of(s: &Service) -> &[String] {
-    if s.hosts.is_empty() {
-        std::slice::from_ref(&s.name)
-    } else {
-        s.hosts.as_slice()
-    }
+/// A resource made from a part of a config.
+enum Made {
+    Listener(Listener),
+    Route(RouteConfiguration),
+    Cluster(Cluster),
+    Endpoints(ClusterLoadAssignment),
 }
 
-fn inbound_name(p: &InboundPolicy) -> String {
-    format!("{}{}", super::INBOUND_PREFIX, p.service)
+/// The resources `part` is served as, with their names: per service host a
+/// listener (API listener with RDS) and per service a route configuration;
+/// per backend an EDS cluster and its assignment; per inbound policy a
+/// socket listener.
+fn made_of(part: Part<'_>) -> Vec<(String, Made)> {
+    match part {
+        Part::Service(s) => {
+            let hcm = hcm_of(s);
+            let hosts = s.host_names();
+            let listeners = hosts
+                .iter()
+                .map(|h| (h.clone(), Made::Listener(api_listener(h, &hcm))));
+            let routes = Made::Route(route_config_of(s, hosts.to_vec()));
+            listeners.chain([(s.name.clone(), routes)]).collect()
+        }
+        Part::Backend(b) => vec![
+            (b.name.clone(), Made::Cluster(cluster_of(b))),
+            (b.name.clone(), Made::Endpoints(assignment_of(b))),
+        ],
+        Part::Inbound(p) => {
+            let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
+            let l = super::inbound_listener(p, &name);
+            vec![(name, Made::Listener(l))]
+        }
+    }
 }
 
 fn any<M: Message + prost::Name>(m: &M) -> Any {
