@@ -52,16 +52,16 @@ pub fn from_config(cfg: &Config) -> Resources {
         for (name, made) in made_of(part) {
             match made {
                 Made::Listener(l) => {
-                    r.listeners.insert(name, Held::new(&l));
+                    r.listeners.insert(name, Held::new(&*l));
                 }
                 Made::Route(rc) => {
-                    r.routes.insert(name, Held::new(&rc));
+                    r.routes.insert(name, Held::new(&*rc));
                 }
                 Made::Cluster(c) => {
-                    r.clusters.insert(name, Held::new(&c));
+                    r.clusters.insert(name, Held::new(&*c));
                 }
                 Made::Endpoints(e) => {
-                    r.endpoints.insert(name, Held::new(&e));
+                    r.endpoints.insert(name, Held::new(&*e));
                 }
             }
         }
@@ -73,10 +73,10 @@ pub fn from_config(cfg: &Config) -> Resources {
 /// resources [`from_config`] makes of it, each encoded, with its name.
 pub fn part_resources(part: Part<'_>) -> Vec<(String, Any)> {
     let encoded = |made| match made {
-        Made::Listener(l) => any(&l),
-        Made::Route(rc) => any(&rc),
-        Made::Cluster(c) => any(&c),
-        Made::Endpoints(e) => any(&e),
+        Made::Listener(l) => any(&*l),
+        Made::Route(rc) => any(&*rc),
+        Made::Cluster(c) => any(&*c),
+        Made::Endpoints(e) => any(&*e),
     };
     let made = made_of(part).into_iter();
     made.map(|(name, m)| (name, encoded(m))).collect()
@@ -95,11 +95,12 @@ pub enum Part<'a> {
 }
 
 /// A resource made from a part of a config.
+/// (Envoy's messages are large and of very different sizes: boxed.)
 enum Made {
-    Listener(Listener),
-    Route(RouteConfiguration),
-    Cluster(Cluster),
-    Endpoints(ClusterLoadAssignment),
+    Listener(Box<Listener>),
+    Route(Box<RouteConfiguration>),
+    Cluster(Box<Cluster>),
+    Endpoints(Box<ClusterLoadAssignment>),
 }
 
 /// The resources `part` is served as, with their names: per service host a
@@ -113,18 +114,18 @@ fn made_of(part: Part<'_>) -> Vec<(String, Made)> {
             let hosts = s.host_names();
             let listeners = hosts
                 .iter()
-                .map(|h| (h.clone(), Made::Listener(api_listener(h, &hcm))));
-            let routes = Made::Route(route_config_of(s, hosts.to_vec()));
+                .map(|h| (h.clone(), Made::Listener(Box::new(api_listener(h, &hcm)))));
+            let routes = Made::Route(Box::new(route_config_of(s, hosts.to_vec())));
             listeners.chain([(s.name.clone(), routes)]).collect()
         }
         Part::Backend(b) => vec![
-            (b.name.clone(), Made::Cluster(cluster_of(b))),
-            (b.name.clone(), Made::Endpoints(assignment_of(b))),
+            (b.name.clone(), Made::Cluster(Box::new(cluster_of(b)))),
+            (b.name.clone(), Made::Endpoints(Box::new(assignment_of(b)))),
         ],
         Part::Inbound(p) => {
             let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
             let l = super::inbound_listener(p, &name);
-            vec![(name, Made::Listener(l))]
+            vec![(name, Made::Listener(Box::new(l)))]
         }
     }
 }
