@@ -20,7 +20,11 @@
 //! 5. `config`: a bad edit is refused with every problem named, and the
 //!    last good config keeps serving;
 //! 6. `observability`: a few Prometheus metrics from the admin server, and
-//!    one trace across two meshed hops (client -> frontend -> reviews).
+//!    one trace across two meshed hops (client -> frontend -> reviews);
+//! 7. `locality`: a caller in one zone keeps its traffic there, spills a
+//!    share to the next zone as the overprovisioning factor says when a
+//!    local endpoint is ejected, and takes it back when the endpoint
+//!    returns.
 //!
 //! `--scene NAME` runs one scene; `--keep-running` leaves everything up with
 //! the addresses printed, for poking with curl. Ends by itself otherwise.
@@ -465,6 +469,7 @@ async fn main() {
         "security",
         "config",
         "observability",
+        "locality",
     ];
     // Metrics handles are resolved when clients and servers are made: the
     // recorder goes in first.
@@ -520,6 +525,9 @@ async fn main() {
     if wants("observability") {
         observability(&mesh, &client).await;
     }
+    if wants("locality") {
+        locality().await;
+    }
     println!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
     if keep_running {
         println!("\nstill running; the config is {}", app.file.display());
@@ -539,6 +547,77 @@ async fn main() {
         println!(
             "next: cargo run --example meshctl -- check <your mesh.yaml>; the README's quick start."
         );
+    }
+}
+
+async fn locality() {
+    title(
+        7,
+        "locality",
+        "the caller is in us-east1-b; two endpoints there, two in us-east1-c",
+    );
+    let quiet = Mesh::empty();
+    let mut servers = Vec::new();
+    for name in ["b-1", "b-2", "c-1", "c-2"] {
+        servers.push(Echo::new(name).start(&quiet, "127.0.0.1:0").await.unwrap());
+    }
+    let zone = |i: usize| {
+        if i < 2 {
+            "us-east1/us-east1-b"
+        } else {
+            "us-east1/us-east1-c"
+        }
+    };
+    let endpoints: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{{ address: \"{}\", locality: {} }}", s.addr(), zone(i)))
+        .collect();
+    let yaml = format!(
+        r#"
+services: [{{ name: details, routes: [{{ to: [details] }}] }}]
+backends:
+  - name: details
+    endpoints: [{}]
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection: 2s, max_ejection_percent: 100 }}
+"#,
+        endpoints.join(", ")
+    );
+    let config = proxyless_core::config::Config::from_yaml(&yaml).unwrap();
+    let mesh = Mesh::from_config(config)
+        .unwrap()
+        .with_locality("us-east1/us-east1-b".parse().unwrap());
+    let client = Client::new(&mesh);
+    println!(
+        "{:<34} {:>8} {:>12} {:>8}",
+        "phase", "ok", "us-east1-b", "us-east1-c"
+    );
+    let phase = |name: &str, t: &Tally| {
+        let b = t.get("b-1") + t.get("b-2");
+        let c = t.get("c-1") + t.get("c-2");
+        println!("{name:<34} {:>8} {b:>12} {c:>8}", t.ok);
+    };
+    phase(
+        "both local endpoints healthy",
+        &send(&client, "http://details/", 1000, 8).await,
+    );
+    // b-1 fails once and is ejected for two seconds.
+    servers[0].set_fail_rate(1.0);
+    for _ in 0..1000 {
+        if servers[0].failed() > 0 {
+            break;
+        }
+        let _ = client.get("http://details/").await;
+    }
+    servers[0].set_fail_rate(0.0);
+    phase(
+        "b-1 ejected: 1/2 x 1.4 = 70% stay",
+        &send(&client, "http://details/", 1000, 8).await,
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    phase("b-1 back", &send(&client, "http://details/", 1000, 8).await);
+    for s in servers {
+        s.stop().await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `Mesh` handle: the live snapshot, its updates, and their sources.
 
-use crate::config::{Config, ConfigError, Shared};
+use crate::config::{Config, ConfigError, Locality, Shared};
 use crate::snapshot::{Snapshot, Source};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -297,6 +297,55 @@ impl Mesh {
     #[must_use]
     pub fn with_service(self, service: &str) -> Self {
         self.set_service(Some(service));
+        self
+    }
+
+    /// Where this workload runs, if known: its clients prefer endpoints
+    /// near it (see [`LocalityLb`](crate::config::LocalityLb)).
+    /// [`Mesh::from_env`] sets it from `MESH_LOCALITY`
+    /// (`region/zone/subzone`), or else from the xDS bootstrap's
+    /// `node.locality`.
+    pub fn locality(&self) -> Option<Locality> {
+        self.snapshot().locality().cloned()
+    }
+
+    /// Sets where this workload runs (or clears it with `None`). It takes
+    /// effect at once: the current config is published again, as a new
+    /// version, with the new locality.
+    ///
+    /// ```
+    /// use proxyless_core::{Mesh, config::Locality};
+    /// let mesh = Mesh::empty();
+    /// mesh.set_locality(Some("us-east1/us-east1-b".parse().unwrap()));
+    /// assert_eq!(mesh.locality().unwrap().zone, "us-east1-b");
+    /// ```
+    pub fn set_locality(&self, locality: Option<Locality>) {
+        let locality = locality.filter(|l| !l.is_empty()).map(Arc::new);
+        let mut last = self
+            .inner
+            .publish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.inner.current.load_full();
+        if current.locality == locality {
+            return;
+        }
+        // A mesh still waiting for its first config stays waiting.
+        let version = match current.version() {
+            0 => 0,
+            v => v + 1,
+        };
+        let snap = Arc::new(current.relocated(version, locality));
+        *last = version;
+        self.inner.current.store(snap.clone());
+        self.inner.tx.send_replace(snap);
+        tracing::info!(version, locality = ?self.snapshot().locality().map(ToString::to_string), "workload locality set");
+    }
+
+    /// This mesh with its locality set (see [`Mesh::set_locality`]).
+    #[must_use]
+    pub fn with_locality(self, locality: Locality) -> Self {
+        self.set_locality(Some(locality));
         self
     }
 

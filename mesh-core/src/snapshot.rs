@@ -7,8 +7,8 @@
 
 use crate::config::regex::compile_regex;
 use crate::config::{
-    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, Service, Shared,
-    StringMatch, UnknownHosts,
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, Locality, PathMatch, RetryPolicy, Service,
+    Shared, StringMatch, UnknownHosts,
 };
 use regex::Regex;
 use std::collections::HashMap;
@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub(crate) services: Vec<Arc<ServiceEntry>>,
     pub(crate) backends: Vec<Arc<BackendEntry>>,
     pub(crate) backend_index: BackendIndex,
+    /// Where the caller runs, if known (see [`Mesh::set_locality`](crate::Mesh::set_locality)).
+    pub(crate) locality: Option<Arc<Locality>>,
 }
 
 /// Hashing for tables this process alone fills and probes (seeded per
@@ -436,6 +438,7 @@ impl Snapshot {
         source: Source,
         previous: Option<&Snapshot>,
     ) -> Self {
+        let locality = previous.and_then(|p| p.locality.clone());
         let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
         let mut old_backends =
             Entries::new(previous.map(|p| (&p.config.backends[..], &p.backends[..])));
@@ -494,7 +497,30 @@ impl Snapshot {
             services,
             backends,
             backend_index,
+            locality,
         }
+    }
+
+    /// This snapshot as `version`, for a caller in `locality`: the same
+    /// compiled config, shared.
+    pub(crate) fn relocated(&self, version: u64, locality: Option<Arc<Locality>>) -> Self {
+        Self {
+            version,
+            source: self.source.clone(),
+            created: SystemTime::now(),
+            config: self.config.clone(),
+            hosts: self.hosts.clone(),
+            services: self.services.clone(),
+            backends: self.backends.clone(),
+            backend_index: self.backend_index.clone(),
+            locality,
+        }
+    }
+
+    /// Where the caller runs, if known: endpoints are preferred by their
+    /// distance from it (see [`LocalityLb`](crate::config::LocalityLb)).
+    pub fn locality(&self) -> Option<&Locality> {
+        self.locality.as_deref()
     }
 
     /// The host table of `services`: the previous snapshot's with the

@@ -7,7 +7,7 @@
 //! | `/ready` | 200 once a config is serving (`ready, degraded: ...` when the config source's task failed and was restarted), else 503 |
 //! | `/live` | 200 |
 //! | `/config_dump` | the serving config as JSON, with version, source and update counters |
-//! | `/clusters` | each backend's endpoints: health, ejection, latency estimate, requests in flight |
+//! | `/clusters` | each backend's endpoints: health, ejection, locality and level, latency estimate, requests in flight; each level's share of requests |
 //! | `/xds` | for a mesh fed by a control plane: connection, subscriptions, versions, last ACK and NACK |
 //!
 //! Key material is never shown: the config names identity files, and the
@@ -157,16 +157,38 @@ impl Admin {
         for (i, b) in snap.backends().iter().enumerate() {
             let mut endpoints = Vec::new();
             let mut active = 0;
+            let mut levels = None;
+            let configured = &b.config().endpoints;
             for rt in &self.runtimes {
                 let Some(rb) = rt.backend(&snap, i as u32) else {
                     continue;
                 };
                 active += rb.state.breaker.active_requests();
+                let loads = rb.level_loads(now);
+                if !loads.is_empty() {
+                    levels.get_or_insert_with(|| {
+                        let loads = loads.iter().map(|(level, load)| {
+                            serde_json::json!({ "level": level, "load_percent": load })
+                        });
+                        loads.collect::<Vec<_>>()
+                    });
+                }
                 for (j, ep) in rb.endpoints.iter().enumerate() {
+                    let health = if !rb.is_healthy(j) {
+                        "unhealthy"
+                    } else if rb.is_ejected(j, now) {
+                        "ejected"
+                    } else {
+                        "healthy"
+                    };
+                    let cfg = configured.get(j);
                     endpoints.push(serde_json::json!({
                         "address": &*ep.address,
                         "weight": b.endpoints().get(j).map_or(1, |e| e.weight),
-                        "health": if rb.is_ejected(j, now) { "ejected" } else { "healthy" },
+                        "health": health,
+                        "locality": cfg.and_then(|e| e.locality.as_ref()).map(ToString::to_string),
+                        "priority": cfg.map_or(0, |e| e.priority),
+                        "level": rb.level_of(j),
                         "latency_ewma_ms": ep.latency().as_secs_f64() * 1000.0,
                         "in_flight": ep.inflight(),
                     }));
@@ -184,10 +206,15 @@ impl Admin {
                 "load_balancer": serde_json::to_value(b.load_balancer()).unwrap_or_default(),
                 "requests_in_flight": active,
                 "mutual_tls_identity": b.upstream_tls().map(|t| t.identities.as_ref().map_or_else(|| "(none valid)".to_owned(), ToString::to_string)),
+                "levels": levels,
                 "endpoints": endpoints,
             }));
         }
-        serde_json::json!({ "version": snap.version(), "backends": backends })
+        serde_json::json!({
+            "version": snap.version(),
+            "locality": snap.locality().map(ToString::to_string),
+            "backends": backends,
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::{CircuitOpen, CircuitReason, NoHealthyEndpoint};
 use crate::ext::Routed;
 use crate::telemetry::metrics::RouteMetrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use proxyless_core::config::{self, LoadBalancer, OutlierDetection};
+use proxyless_core::config::{self, LoadBalancer, Locality, LocalityLb, OutlierDetection};
 use proxyless_core::policy::Outcome;
 use proxyless_core::policy::balance::{
     Maglev, Ring, RoundRobin, hash_key, pick_two, pick_weighted,
@@ -21,6 +21,7 @@ use proxyless_core::policy::balance::{
 use proxyless_core::policy::breaker::Breaker;
 use proxyless_core::policy::budget::RetryBudget;
 use proxyless_core::policy::ewma::PeakEwma;
+use proxyless_core::policy::locality::{Plan, PlanEndpoint};
 use proxyless_core::policy::outlier::{Health, OutlierState};
 use proxyless_core::snapshot::{BackendEntry, ServiceEntry, Snapshot};
 use proxyless_core::state::{BackendKey, EndpointKey, StateMap};
@@ -131,7 +132,7 @@ impl Runtime {
         }
         let entry = snap.backends().get(index as usize)?;
         Some(
-            slot.get_or_init(|| Arc::new(self.resolve_backend(entry)))
+            slot.get_or_init(|| Arc::new(self.resolve_backend(entry, snap.locality())))
                 .clone(),
         )
     }
@@ -231,7 +232,7 @@ impl Runtime {
         }
     }
 
-    fn resolve_backend(&self, entry: &BackendEntry) -> ResolvedBackend {
+    fn resolve_backend(&self, entry: &BackendEntry, caller: Option<&Locality>) -> ResolvedBackend {
         let cfg = entry.config();
         let cb = cfg.circuit_breaker.clone().unwrap_or_default();
         let state = self
@@ -279,11 +280,28 @@ impl Runtime {
             },
             _ => Picker::P2c,
         };
+        let places: Vec<PlanEndpoint<'_>> = cfg
+            .endpoints
+            .iter()
+            .map(|e| PlanEndpoint {
+                locality: e.locality.as_ref(),
+                priority: e.priority,
+                weight: e.weight,
+            })
+            .collect();
+        let default_lb = LocalityLb::default();
+        let plan = Plan::new(
+            caller,
+            &places,
+            cfg.locality_lb.as_ref().unwrap_or(&default_lb),
+        );
         let resolved = ResolvedBackend {
             name: entry.name().clone(),
             state,
             endpoints,
             weights,
+            healthy: cfg.endpoints.iter().map(|e| e.healthy).collect(),
+            plan,
             picker,
             outlier: cfg.outlier_detection.clone(),
             epoch: self.epoch,
@@ -300,6 +318,8 @@ impl Runtime {
 #[derive(Debug)]
 struct Resolved {
     version: u64,
+    /// The caller's locality the backends were resolved for.
+    locality: Option<Locality>,
     /// The snapshot's compiled backends and services (shared with it).
     backend_entries: Box<[Arc<BackendEntry>]>,
     service_entries: Box<[Arc<ServiceEntry>]>,
@@ -311,8 +331,12 @@ impl Resolved {
     /// The view of `snap`, with what `before` resolved for the entries the
     /// two snapshots share.
     fn carrying(snap: &Snapshot, before: Option<&Resolved>) -> Self {
+        // Backends resolved for another caller locality rank their
+        // endpoints for it: resolved afresh.
+        let before = before.filter(|b| b.locality.as_ref() == snap.locality());
         Self {
             version: snap.version(),
+            locality: snap.locality().cloned(),
             backends: carried(
                 snap.backends(),
                 before.map(|b| (&*b.backend_entries, &*b.backends)),
@@ -474,6 +498,10 @@ pub struct ResolvedBackend {
     /// Its endpoints, in config order.
     pub endpoints: Box<[Arc<EndpointState>]>,
     weights: Box<[u32]>,
+    /// Whether its source lets each endpoint serve.
+    healthy: Box<[bool]>,
+    /// Levels and localities, when the backend has more than one.
+    plan: Option<Plan>,
     picker: Picker,
     outlier: Option<OutlierDetection>,
     epoch: Instant,
@@ -503,6 +531,9 @@ impl ResolvedBackend {
         let Some(ep) = self.endpoints.get(i) else {
             return false;
         };
+        if !self.healthy.get(i).copied().unwrap_or(true) {
+            return false;
+        }
         let until = ep.ejected_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
@@ -511,12 +542,18 @@ impl ResolvedBackend {
             return false;
         }
         let mut o = ep.outlier.lock().unwrap_or_else(PoisonError::into_inner);
-        if o.health(now) == Health::Returned {
+        let returned = o.health(now) == Health::Returned;
+        if returned {
             ep.ejected_until.store(0, Ordering::Release);
             let _ = self
                 .state
                 .ejected
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+        // Unlocked before the gauges look at every endpoint (which may
+        // lock theirs).
+        drop(o);
+        if returned {
             tracing::info!(backend = %self.name, endpoint = %ep.address, "endpoint returns from ejection");
             self.publish_endpoint_gauges();
         }
@@ -539,17 +576,60 @@ impl ResolvedBackend {
         }
         let avoiding = |i: usize| avoid.is_none_or(|a| *self.endpoints[i].address != *a);
         let t = self.nanos_since_epoch(now);
-        let picked = self
-            .pick_among(headers, samples, t, |i| {
-                avoiding(i) && self.available(i, now)
+        // The level (and locality) first, by a sample of its own; then the
+        // balancer within it. A retry that must avoid the only endpoint
+        // there goes anywhere else before it goes back to it.
+        let subset = self.plan.as_ref().and_then(|plan| {
+            let sample =
+                proxyless_core::policy::locality::mix(samples.0 ^ samples.1.rotate_left(32));
+            Some((plan, plan.choose(sample, |i| self.available(i, now))?))
+        });
+        let within = subset.and_then(|(plan, subset)| {
+            self.pick_among(headers, samples, t, |i| {
+                plan.contains(subset, i) && avoiding(i) && self.available(i, now)
+            })
+        });
+        let picked = within
+            .or_else(|| {
+                self.pick_among(headers, samples, t, |i| {
+                    avoiding(i) && self.available(i, now)
+                })
             })
             .or_else(|| self.pick_among(headers, samples, t, |i| self.available(i, now)));
         picked.ok_or_else(|| {
+            if self.healthy.iter().all(|h| !h) {
+                return PickError::NoHealthyEndpoint(NoHealthyEndpoint {
+                    backend: self.name.clone(),
+                });
+            }
             PickError::CircuitOpen(CircuitOpen::new(
                 self.name.clone(),
                 CircuitReason::AllEjected,
             ))
         })
+    }
+
+    /// The share of requests each of its levels takes now, by name
+    /// (`p0-local`, `p0-zone`, ...), in order; empty when the backend has
+    /// one level.
+    pub fn level_loads(&self, now: Instant) -> Vec<(String, u32)> {
+        let Some(plan) = &self.plan else {
+            return Vec::new();
+        };
+        let loads = plan.loads(|i| self.available(i, now));
+        plan.level_names().map(str::to_owned).zip(loads).collect()
+    }
+
+    /// The level endpoint `i` is in, when the backend has several.
+    pub fn level_of(&self, i: usize) -> Option<&str> {
+        let plan = self.plan.as_ref()?;
+        let level = plan.level_of(i)?;
+        plan.level_names().nth(level as usize)
+    }
+
+    /// Whether its source lets endpoint `i` serve (EDS health).
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.healthy.get(i).copied().unwrap_or(false)
     }
 
     fn pick_among(
@@ -647,6 +727,9 @@ impl ResolvedBackend {
             let until = o.eject(cfg, now);
             ep.ejected_until
                 .store(self.nanos_since_epoch(until), Ordering::Release);
+            let ejections = o.ejections();
+            // Unlocked before the gauges look at every endpoint.
+            drop(o);
             stats.ejections.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::telemetry::metrics::EJECTIONS, "backend" => self.name.to_string())
                 .increment(1);
@@ -654,22 +737,33 @@ impl ResolvedBackend {
             tracing::warn!(
                 backend = %self.name,
                 endpoint = %ep.address,
-                ejections = o.ejections(),
+                ejections,
                 for_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "endpoint ejected by outlier detection"
             );
         }
     }
 
-    /// Sets `mesh_endpoints{backend, state}`.
+    /// Sets `mesh_endpoints{backend, state}` (`healthy`, `ejected`,
+    /// `unhealthy`) and `mesh_locality_load_percent{backend, level}`.
     pub fn publish_endpoint_gauges(&self) {
-        let total = self.endpoints.len() as f64;
-        let ejected = f64::from(self.state.ejected.load(Ordering::Acquire));
+        use crate::telemetry::metrics::{ENDPOINTS, LEVEL_LOAD};
+        let total = self.endpoints.len();
+        let ejected = self.state.ejected.load(Ordering::Acquire) as usize;
+        let unhealthy = self.healthy.iter().filter(|h| !**h).count();
+        let serving = total.saturating_sub(ejected).saturating_sub(unhealthy);
         let name = self.name.to_string();
-        metrics::gauge!(crate::telemetry::metrics::ENDPOINTS, "backend" => name.clone(), "state" => "ejected")
-            .set(ejected);
-        metrics::gauge!(crate::telemetry::metrics::ENDPOINTS, "backend" => name, "state" => "healthy")
-            .set(total - ejected);
+        for (state, n) in [
+            ("ejected", ejected),
+            ("unhealthy", unhealthy),
+            ("healthy", serving),
+        ] {
+            metrics::gauge!(ENDPOINTS, "backend" => name.clone(), "state" => state).set(n as f64);
+        }
+        for (level, load) in self.level_loads(now()) {
+            metrics::gauge!(LEVEL_LOAD, "backend" => name.clone(), "level" => level)
+                .set(f64::from(load));
+        }
     }
 
     /// Whether endpoint `i` is ejected now.

@@ -16,6 +16,7 @@ mod data_path;
 mod grpc;
 mod hostile;
 mod interop;
+mod locality;
 mod otel;
 mod refusals;
 mod security;

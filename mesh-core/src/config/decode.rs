@@ -38,6 +38,12 @@ impl Cx {
         T::decode(n, path, self)
     }
 
+    /// Decodes `n` as a `T` found at `path`.
+    #[cfg(feature = "xds")]
+    pub(crate) fn decode_at<T: Decode>(&mut self, n: &Node, path: &str) -> Option<T> {
+        self.decode(n, path)
+    }
+
     fn invalid(&mut self, n: &Node, path: &str, expected: &str) {
         let msg = format!("expected {expected}, found {}", n.kind());
         self.problem(ProblemKind::InvalidValue, path, n.line(), msg);
@@ -508,10 +514,28 @@ impl Decode for Endpoint {
         if let Value::Str(s) = &n.value {
             return Some(Endpoint::new(s.clone()));
         }
-        let f = Fields::of(n, path, cx, &["address", "weight"])?;
-        let address = f.req("address", cx);
-        let weight = f.or("weight", 1u32, cx);
-        Some(Endpoint { address, weight })
+        let keys = ["address", "weight", "locality", "priority", "healthy"];
+        let f = Fields::of(n, path, cx, &keys)?;
+        Some(Endpoint {
+            address: f.req("address", cx),
+            weight: f.or("weight", 1u32, cx),
+            locality: f.opt("locality", cx),
+            priority: f.or("priority", 0u32, cx),
+            healthy: f.or("healthy", true, cx),
+        })
+    }
+}
+
+impl Decode for Locality {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let s: String = String::decode(n, path, cx)?;
+        match s.parse() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                cx.problem(ProblemKind::InvalidValue, path, n.line(), e.to_string());
+                None
+            }
+        }
     }
 }
 

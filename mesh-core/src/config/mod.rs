@@ -226,6 +226,25 @@ fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
     }
 }
 
+/// Reads one part of the model from JSON (a control plane's extension
+/// data), or says what was wrong with it, at `path`.
+#[cfg(feature = "xds")]
+pub(crate) fn part_from_json<T: decode::Decode>(text: &str, path: &str) -> Result<T, Problem> {
+    let root = parse_tree(text, Format::Json)?;
+    let mut cx = decode::Cx::default();
+    let part = cx.decode_at::<T>(&root, path);
+    match (part, cx.problems.into_iter().next()) {
+        (Some(part), None) => Ok(part),
+        (_, Some(p)) => Err(p),
+        (None, None) => Err(Problem::new(
+            ProblemKind::InvalidValue,
+            path,
+            None,
+            "could not be read",
+        )),
+    }
+}
+
 /// Whether one field path lies within the other (or they are equal).
 fn related(a: &str, b: &str) -> bool {
     let within = |inner: &str, outer: &str| {

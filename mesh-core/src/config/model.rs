@@ -443,6 +443,11 @@ pub struct Backend {
     /// TLS toward the endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTls>,
+    /// How endpoints are preferred by locality and priority; absent: the
+    /// defaults of [`LocalityLb`] (the caller's zone first, then its
+    /// region, then the rest, as capacity allows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality_lb: Option<LocalityLb>,
 }
 
 /// One endpoint of a backend.
@@ -452,30 +457,306 @@ pub struct Endpoint {
     pub address: String,
     /// Relative weight for load balancing (default 1).
     pub weight: u32,
+    /// Where it runs, if known.
+    pub locality: Option<Locality>,
+    /// Its priority: 0 (the default) is used first; a higher one takes
+    /// traffic as the healthy capacity before it falls short (Envoy's
+    /// priority levels).
+    pub priority: u32,
+    /// Whether its source says it may serve (EDS health; `true` unless a
+    /// control plane said otherwise). An unhealthy endpoint is never
+    /// picked, but counts in its locality's and priority's capacity.
+    pub healthy: bool,
 }
 
 impl Endpoint {
-    /// An endpoint of weight 1.
+    /// A healthy endpoint of weight 1, priority 0, with no locality.
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
             weight: 1,
+            locality: None,
+            priority: 0,
+            healthy: true,
         }
+    }
+
+    /// This endpoint in `locality`.
+    #[must_use]
+    pub fn in_locality(mut self, locality: Locality) -> Self {
+        self.locality = Some(locality);
+        self
     }
 }
 
 impl Serialize for Endpoint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        if self.weight == 1 {
-            s.serialize_str(&self.address)
-        } else {
-            let mut m = s.serialize_map(Some(2))?;
-            m.serialize_entry("address", &self.address)?;
+        let plain =
+            self.weight == 1 && self.locality.is_none() && self.priority == 0 && self.healthy;
+        if plain {
+            return s.serialize_str(&self.address);
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("address", &self.address)?;
+        if self.weight != 1 {
             m.serialize_entry("weight", &self.weight)?;
-            m.end()
+        }
+        if let Some(l) = &self.locality {
+            m.serialize_entry("locality", l)?;
+        }
+        if self.priority != 0 {
+            m.serialize_entry("priority", &self.priority)?;
+        }
+        if !self.healthy {
+            m.serialize_entry("healthy", &false)?;
+        }
+        m.end()
+    }
+}
+
+/// Where a workload runs: region, zone and sub-zone (Envoy's `Locality`),
+/// written `region/zone/subzone` (trailing parts may be left out:
+/// `us-east1/us-east1-b`). The caller's own comes from `MESH_LOCALITY` or
+/// the xDS bootstrap's `node.locality`.
+///
+/// ```
+/// use proxyless_core::config::Locality;
+/// let l: Locality = "us-east1/us-east1-b".parse().unwrap();
+/// assert_eq!(l.zone, "us-east1-b");
+/// assert_eq!(l.to_string(), "us-east1/us-east1-b");
+/// assert!("a/b/c/d".parse::<Locality>().is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    /// The region.
+    pub region: String,
+    /// The zone within the region.
+    pub zone: String,
+    /// The sub-zone within the zone.
+    pub subzone: String,
+}
+
+/// The longest part of a locality, in bytes.
+pub const MAX_LOCALITY_PART: usize = 128;
+
+impl Locality {
+    /// A locality of its three parts.
+    pub fn new(region: &str, zone: &str, subzone: &str) -> Self {
+        Self {
+            region: region.to_owned(),
+            zone: zone.to_owned(),
+            subzone: subzone.to_owned(),
         }
     }
+
+    /// Whether no part is set.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+
+    /// How far `other` is from this locality: 0 in the same sub-zone, 1
+    /// in the same zone, 2 in the same region, 3 elsewhere.
+    pub fn distance(&self, other: &Locality) -> u32 {
+        if self.region != other.region {
+            3
+        } else if self.zone != other.zone {
+            2
+        } else if self.subzone != other.subzone {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Why a text is not a locality, or not a locality pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalityError {
+    /// More than `region/zone/subzone`.
+    #[error("`{0}` has more than three parts; a locality is `region/zone/subzone`")]
+    TooManyParts(String),
+    /// A part over [`MAX_LOCALITY_PART`] bytes.
+    #[error("a part of `{0}` is longer than {MAX_LOCALITY_PART} bytes")]
+    PartTooLong(String),
+    /// A space, a control character, or a `*` where a locality belongs.
+    #[error("`{0}` has a space, a control character or `*` (a pattern, not a locality)")]
+    BadCharacter(String),
+    /// A `*` that is not the last part on its own.
+    #[error("`{0}`: `*` must stand alone as the last part (`region/*`)")]
+    MisplacedStar(String),
+    /// Nothing at all.
+    #[error("an empty locality")]
+    Empty,
+}
+
+impl std::str::FromStr for Locality {
+    type Err = LocalityError;
+
+    fn from_str(s: &str) -> Result<Self, LocalityError> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if parts.len() > 3 {
+            return Err(LocalityError::TooManyParts(s.to_owned()));
+        }
+        for p in &parts {
+            if p.len() > MAX_LOCALITY_PART {
+                return Err(LocalityError::PartTooLong(s.to_owned()));
+            }
+            if p.chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '*')
+            {
+                return Err(LocalityError::BadCharacter(s.to_owned()));
+            }
+        }
+        let part = |i: usize| parts.get(i).copied().unwrap_or("");
+        Ok(Self::new(part(0), part(1), part(2)))
+    }
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.region)?;
+        if !self.zone.is_empty() || !self.subzone.is_empty() {
+            write!(f, "/{}", self.zone)?;
+        }
+        if !self.subzone.is_empty() {
+            write!(f, "/{}", self.subzone)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Locality {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Locality-aware load balancing for one backend, after Envoy's priority
+/// levels and Istio's `localityLbSetting`.
+///
+/// Endpoints are ranked into levels: by priority, then (with
+/// `prefer_local`) by how far their locality is from the caller's: the
+/// same sub-zone, zone, region, a `failover` region, anywhere else. A level
+/// takes all traffic while its healthy share times `overprovisioning` is
+/// at least 1; below that, the rest spills to the next levels (a level
+/// with 2 of 3 endpoints healthy takes 93%). Within a level, localities
+/// share traffic by `weights` when any are given (each weight scaled by
+/// its locality's healthy share the same way), or in proportion to their
+/// endpoints' weights otherwise.
+///
+/// `distribute` replaces the ranking by distance for callers in a given
+/// locality: it names where their traffic goes, in percent.
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
+pub struct LocalityLb {
+    /// Rank endpoints by distance from the caller (default `true`). With
+    /// `false`, or when the caller's locality is unknown, only priorities
+    /// rank.
+    #[decode(default = true)]
+    pub prefer_local: bool,
+    /// Envoy's overprovisioning factor: how much healthy capacity a level
+    /// is assumed to have to spare (default 1.4; 1.0 to 10.0).
+    #[decode(default = 1.4)]
+    pub overprovisioning: f64,
+    /// Which region a caller's region fails over to before any other.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Fixed shares for callers in given localities.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Locality weights (`region/zone/subzone` -> weight; EDS's
+    /// `load_balancing_weight` of a locality).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Default for LocalityLb {
+    fn default() -> Self {
+        Self {
+            prefer_local: true,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
+            failover: Vec::new(),
+            distribute: Vec::new(),
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+/// Envoy's default overprovisioning factor.
+pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
+
+/// A region's failover target (Istio's `failover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
+pub struct LocalityFailover {
+    /// The caller's region.
+    #[decode(required)]
+    pub from: String,
+    /// The region its traffic goes to when its own cannot take it.
+    #[decode(required)]
+    pub to: String,
+}
+
+/// The most rules in a backend's `locality_lb` lists and maps.
+pub const MAX_LOCALITY_RULES: usize = 256;
+/// The highest endpoint priority.
+pub const MAX_PRIORITY: u32 = 127;
+
+/// Whether `pattern` (a locality whose last part may be `*`, or `*`)
+/// covers `l`. A pattern without `*` covers its locality exactly.
+///
+/// ```
+/// use proxyless_core::config::{Locality, locality_pattern_matches};
+/// let l = Locality::new("eu", "eu-1", "");
+/// assert!(locality_pattern_matches("eu/*", &l));
+/// assert!(locality_pattern_matches("eu/eu-1", &l));
+/// assert!(!locality_pattern_matches("eu", &l));
+/// ```
+pub fn locality_pattern_matches(pattern: &str, l: &Locality) -> bool {
+    let parts = [&l.region, &l.zone, &l.subzone];
+    let mut given = pattern.split('/');
+    for part in parts {
+        match given.next() {
+            Some("*") => return true,
+            Some(p) if p == part => {}
+            Some(_) => return false,
+            None => return part.is_empty(),
+        }
+    }
+    given.next().is_none_or(|p| p == "*")
+}
+
+/// Why `pattern` is not a locality pattern, if it is not.
+pub fn check_locality_pattern(pattern: &str) -> Result<(), LocalityError> {
+    let body = match pattern.strip_suffix('*') {
+        Some("") => return Ok(()),
+        Some(rest) => rest
+            .strip_suffix('/')
+            .ok_or_else(|| LocalityError::MisplacedStar(pattern.to_owned()))?,
+        None => pattern,
+    };
+    let l: Locality = body.parse()?;
+    if l.is_empty() {
+        return Err(LocalityError::Empty);
+    }
+    if pattern.ends_with('*') && body.split('/').count() >= 3 {
+        return Err(LocalityError::TooManyParts(pattern.to_owned()));
+    }
+    Ok(())
+}
+
+/// Where the traffic of callers in one locality goes (Istio's
+/// `distribute`). Patterns are localities whose last part may be `*`
+/// (`us-east1/*`, `us-east1/us-east1-b/*`), or `*` alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
+pub struct LocalityDistribute {
+    /// The callers it applies to (a pattern).
+    #[decode(required)]
+    pub from: String,
+    /// Pattern -> percent of their traffic; the percents add up to 100.
+    /// Endpoints that no pattern matches take none.
+    #[decode(required)]
+    pub to: BTreeMap<String, u32>,
 }
 
 /// The protocol spoken to a backend's endpoints.

@@ -505,6 +505,16 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
                 "an endpoint weight must be at least 1",
             );
         }
+        if ep.priority > MAX_PRIORITY {
+            let msg = format!(
+                "{} is above the highest priority, {MAX_PRIORITY}",
+                ep.priority
+            );
+            v.add(ProblemKind::OutOfRange, &child(&ep_at, "priority"), msg);
+        }
+    }
+    if let Some(lb) = &b.locality_lb {
+        locality_lb(v, &child(at, "locality_lb"), lb);
     }
     if let LoadBalancer::RingHash { header } | LoadBalancer::Maglev { header } = &b.load_balancer
         && http::HeaderName::from_bytes(header.as_bytes()).is_err()
@@ -565,6 +575,87 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
         {
             let msg = format!("`{sni}` is not a DNS name");
             v.add(ProblemKind::InvalidValue, &child(&at, "sni"), msg);
+        }
+    }
+}
+
+fn locality_lb(v: &mut V<'_>, at: &str, lb: &LocalityLb) {
+    if !(1.0..=10.0).contains(&lb.overprovisioning) {
+        let msg = format!("{} is outside 1.0 to 10.0", lb.overprovisioning);
+        v.add(ProblemKind::OutOfRange, &child(at, "overprovisioning"), msg);
+    }
+    for (field, len) in [
+        ("failover", lb.failover.len()),
+        ("distribute", lb.distribute.len()),
+        ("weights", lb.weights.len()),
+    ] {
+        if len > MAX_LOCALITY_RULES {
+            let msg = format!("{len} entries; at most {MAX_LOCALITY_RULES}");
+            v.add(ProblemKind::OutOfRange, &child(at, field), msg);
+        }
+    }
+    let mut from_regions = HashSet::new();
+    for (i, f) in lb.failover.iter().enumerate() {
+        let p = format!("{at}.failover[{i}]");
+        for (field, region) in [("from", &f.from), ("to", &f.to)] {
+            if region.is_empty() || region.contains(['/', '*']) || region.len() > MAX_LOCALITY_PART
+            {
+                let msg = format!("`{region}` is not a region name");
+                v.add(ProblemKind::InvalidValue, &child(&p, field), msg);
+            }
+        }
+        if f.from == f.to {
+            v.add(
+                ProblemKind::InvalidValue,
+                &p,
+                "a region cannot fail over to itself",
+            );
+        }
+        if !from_regions.insert(f.from.as_str()) {
+            let msg = format!("region `{}` has two failover targets", f.from);
+            v.add(ProblemKind::DuplicateName, &child(&p, "from"), msg);
+        }
+    }
+    if !lb.distribute.is_empty() && !lb.failover.is_empty() {
+        let msg = "`distribute` and `failover` exclude each other (as in Istio)";
+        v.add(ProblemKind::InvalidValue, at, msg);
+    }
+    for (i, d) in lb.distribute.iter().enumerate() {
+        let p = format!("{at}.distribute[{i}]");
+        if let Err(e) = check_locality_pattern(&d.from) {
+            v.add(ProblemKind::InvalidValue, &child(&p, "from"), e.to_string());
+        }
+        if d.to.len() > MAX_LOCALITY_RULES {
+            let msg = format!("{} entries; at most {MAX_LOCALITY_RULES}", d.to.len());
+            v.add(ProblemKind::OutOfRange, &child(&p, "to"), msg);
+        }
+        let mut sum = 0u64;
+        for (pattern, percent) in &d.to {
+            if let Err(e) = check_locality_pattern(pattern) {
+                v.add(
+                    ProblemKind::InvalidValue,
+                    &format!("{p}.to.{pattern}"),
+                    e.to_string(),
+                );
+            }
+            sum += u64::from(*percent);
+        }
+        if sum != 100 {
+            let msg = format!("the percents add up to {sum}, not 100");
+            v.add(ProblemKind::OutOfRange, &child(&p, "to"), msg);
+        }
+    }
+    for (key, weight) in &lb.weights {
+        let p = format!("{at}.weights.{key}");
+        if let Err(e) = key.parse::<Locality>() {
+            v.add(ProblemKind::InvalidValue, &p, e.to_string());
+        }
+        if *weight == 0 {
+            v.add(
+                ProblemKind::ZeroWeight,
+                &p,
+                "a locality weight must be at least 1",
+            );
         }
     }
 }

@@ -6,12 +6,14 @@
 //! - [`breaker`]: circuit-breaker thresholds per backend;
 //! - [`outlier`]: consecutive-failure ejection per endpoint;
 //! - [`ewma`]: peak-EWMA latency per endpoint;
-//! - [`balance`]: endpoint choice (p2c, round robin, random, ring hash, Maglev).
+//! - [`balance`]: endpoint choice (p2c, round robin, random, ring hash, Maglev);
+//! - [`locality`]: which priority level and locality a request goes to.
 
 pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod ewma;
+pub mod locality;
 pub mod outlier;
 
 /// What an attempt to an endpoint came to, as the policies see it.

@@ -45,6 +45,7 @@ impl Mesh {
     /// (feature `xds`; needs a tokio runtime). With nothing set the mesh is
     /// empty (every request passes through), which is said in one log line.
     /// `MESH_SERVICE` names this workload's [service](Mesh::service);
+    /// `MESH_LOCALITY` (`region/zone/subzone`) says where it runs ([`Mesh::locality`]);
     /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_CA` its identity.
     ///
     /// This and [`Mesh::from_env_ready`] are the only constructors that
@@ -54,6 +55,20 @@ impl Mesh {
         let mesh = Self::from_env_sources()?;
         if let Some(service) = std::env::var("MESH_SERVICE").ok().filter(|s| !s.is_empty()) {
             mesh.set_service(Some(&service));
+        }
+        if let Some(l) = std::env::var("MESH_LOCALITY")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            let locality = l.parse().map_err(|e: crate::config::LocalityError| {
+                ConfigError::new(vec![crate::config::Problem::new(
+                    crate::config::ProblemKind::InvalidValue,
+                    "",
+                    None,
+                    format!("MESH_LOCALITY: {e}"),
+                )])
+            })?;
+            mesh.set_locality(Some(locality));
         }
         Ok(mesh)
     }

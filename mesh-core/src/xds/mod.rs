@@ -267,6 +267,11 @@ impl Mesh {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SettingsError::NoRuntime)?;
         let mesh = Mesh::waiting(Source::Xds(settings.server.clone()));
+        // The node's locality is the workload's: its clients prefer
+        // endpoints near it.
+        if let Some([region, zone, subzone]) = &settings.node_locality {
+            mesh.set_locality(Some(crate::config::Locality::new(region, zone, subzone)));
+        }
         let status = Arc::new(XdsStatus {
             server: settings.server.clone(),
             api: settings.api,

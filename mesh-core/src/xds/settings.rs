@@ -132,6 +132,8 @@ impl XdsSettings {
     /// from `MESH_XDS_SERVICES` (comma-separated); the node id from
     /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name;
     /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
+    /// the node's locality from `MESH_LOCALITY` (`region/zone/subzone`,
+    /// over the bootstrap's);
     /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
     /// `2s`, the default, or `off`).
     pub fn from_env() -> Result<Option<Self>, SettingsError> {
@@ -162,6 +164,13 @@ impl XdsSettings {
                     SettingsError::variable(k, &v, "expected a number of bytes above zero")
                 })?;
             }
+        }
+        if let Some(l) = var("MESH_LOCALITY") {
+            let l: crate::config::Locality =
+                l.parse().map_err(|e: crate::config::LocalityError| {
+                    SettingsError::variable("MESH_LOCALITY", &l, e)
+                })?;
+            s.node_locality = Some([l.region, l.zone, l.subzone]);
         }
         if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
             s.on_demand = match wait.as_str() {

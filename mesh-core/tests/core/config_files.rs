@@ -281,3 +281,60 @@ fn an_alias_bomb_and_an_oversized_text_are_refused() {
     let err = Config::from_yaml(&huge).unwrap_err().to_string();
     assert!(err.contains("over the limit"), "{err}");
 }
+
+#[test]
+fn locality_settings_are_checked_and_each_problem_named() {
+    let err = Config::from_yaml(
+        r#"
+backends:
+  - name: b
+    endpoints:
+      - { address: "10.0.0.1:80", locality: "a/b/c/d" }
+      - { address: "10.0.0.2:80", locality: "us east", priority: 128 }
+    locality_lb:
+      overprovisioning: 0.5
+      failover: [{ from: r1, to: r1 }, { from: r1, to: "r2/z" }]
+      distribute: [{ from: "r1/*/x", to: { "r1/*": 60, "r2/*": 30 } }]
+      weights: { "r1/a": 0, "r1/*": 2 }
+"#,
+    )
+    .unwrap_err();
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    let expect = [
+        "backends[0].endpoints[0].locality: `a/b/c/d` has more than three parts",
+        "backends[0].endpoints[1].locality: `us east` has a space",
+        "backends[0].endpoints[1].priority: 128 is above the highest priority, 127",
+        "backends[0].locality_lb.overprovisioning: 0.5 is outside 1.0 to 10.0",
+        "backends[0].locality_lb.failover[0]: a region cannot fail over to itself",
+        "backends[0].locality_lb.failover[1].from: region `r1` has two failover targets",
+        "backends[0].locality_lb.failover[1].to: `r2/z` is not a region name",
+        "backends[0].locality_lb: `distribute` and `failover` exclude each other",
+        "backends[0].locality_lb.distribute[0].from: `r1/*/x` has a space, a control character or `*`",
+        "backends[0].locality_lb.distribute[0].to: the percents add up to 90, not 100",
+        "backends[0].locality_lb.weights.r1/a: a locality weight must be at least 1",
+        "backends[0].locality_lb.weights.r1/*: `r1/*` has a space, a control character or `*`",
+    ];
+    for e in expect {
+        assert!(
+            problems.iter().any(|p| p.contains(e)),
+            "missing `{e}` in:\n{}",
+            problems.join("\n")
+        );
+    }
+    // Valid settings pass, and a locality reads back as written.
+    let cfg = Config::from_yaml(
+        r#"
+backends:
+  - name: b
+    endpoints: [{ address: "10.0.0.1:80", locality: us-east1/us-east1-b, priority: 1, healthy: false }]
+    locality_lb: { distribute: [{ from: "*", to: { "us-east1/*": 100 } }], weights: { us-east1/us-east1-b: 2 } }
+"#,
+    )
+    .unwrap();
+    let e = &cfg.backends[0].endpoints[0];
+    assert_eq!(
+        e.locality.as_ref().unwrap().to_string(),
+        "us-east1/us-east1-b"
+    );
+    assert_eq!((e.priority, e.healthy), (1, false));
+}

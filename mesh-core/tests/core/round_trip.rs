@@ -131,39 +131,93 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
         prop::option::of((1u32..5000, 1u32..5000, 0u32..10)),
         prop::option::of((0u32..10, 0u32..10, 0u32..10, 1u64..60, 1u64..10, 0u32..=100)),
         prop::option::of("[a-z]{1,8}"),
+        (
+            prop::collection::vec(
+                (
+                    prop::option::of(prop::sample::select(vec!["r1/a", "r1/b", "r2/c/s"])),
+                    0u32..3,
+                    any::<bool>(),
+                ),
+                4,
+            ),
+            prop::option::of(locality_lb()),
+        ),
     )
         .prop_map(
-            move |(ports, weight, protocol, load_balancer, cb, od, tls)| Backend {
-                name: format!("b{i}"),
-                endpoints: ports
-                    .into_iter()
-                    .map(|p| Endpoint {
-                        address: format!("127.0.0.1:{p}"),
-                        weight,
-                    })
-                    .collect(),
-                protocol,
-                load_balancer,
-                circuit_breaker: cb.map(|(r, p, x)| CircuitBreaker {
-                    max_requests: r,
-                    max_pending: p,
-                    max_retries: x,
-                }),
-                outlier_detection: od.map(|(a, b, c, base, mult, pct)| OutlierDetection {
-                    consecutive_5xx: a,
-                    consecutive_gateway_errors: b,
-                    consecutive_connect_failures: c,
-                    base_ejection: Duration::from_secs(base),
-                    max_ejection: Duration::from_secs(base * mult),
-                    max_ejection_percent: pct,
-                }),
-                tls: tls.map(|sa| {
-                    BackendTls::mutual(
-                        SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap(),
-                    )
-                }),
+            move |(ports, weight, protocol, load_balancer, cb, od, tls, (places, locality_lb))| {
+                Backend {
+                    name: format!("b{i}"),
+                    endpoints: ports
+                        .into_iter()
+                        .zip(places)
+                        .map(|(p, (locality, priority, healthy))| Endpoint {
+                            address: format!("127.0.0.1:{p}"),
+                            weight,
+                            locality: locality.map(|l| l.parse().unwrap()),
+                            priority,
+                            healthy,
+                        })
+                        .collect(),
+                    locality_lb,
+                    protocol,
+                    load_balancer,
+                    circuit_breaker: cb.map(|(r, p, x)| CircuitBreaker {
+                        max_requests: r,
+                        max_pending: p,
+                        max_retries: x,
+                    }),
+                    outlier_detection: od.map(|(a, b, c, base, mult, pct)| OutlierDetection {
+                        consecutive_5xx: a,
+                        consecutive_gateway_errors: b,
+                        consecutive_connect_failures: c,
+                        base_ejection: Duration::from_secs(base),
+                        max_ejection: Duration::from_secs(base * mult),
+                        max_ejection_percent: pct,
+                    }),
+                    tls: tls.map(|sa| {
+                        BackendTls::mutual(
+                            SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap(),
+                        )
+                    }),
+                }
             },
         )
+}
+
+fn locality_lb() -> impl Strategy<Value = LocalityLb> {
+    (
+        any::<bool>(),
+        prop::sample::select(vec![1.0, 1.4, 3.5]),
+        any::<bool>(),
+        prop::collection::btree_map(
+            prop::sample::select(vec!["r1/a", "r1/b", "r2/c/s"]).prop_map(str::to_owned),
+            1u32..10,
+            0..3,
+        ),
+    )
+        .prop_map(|(prefer_local, overprovisioning, failover, weights)| {
+            let (failover, distribute) = if failover {
+                let f = LocalityFailover {
+                    from: "r1".into(),
+                    to: "r2".into(),
+                };
+                (vec![f], vec![])
+            } else {
+                let to = [("r1/*".to_owned(), 60), ("r2/c/s".to_owned(), 40)];
+                let d = LocalityDistribute {
+                    from: "*".into(),
+                    to: to.into_iter().collect(),
+                };
+                (vec![], vec![d])
+            };
+            LocalityLb {
+                prefer_local,
+                overprovisioning,
+                failover,
+                distribute,
+                weights,
+            }
+        })
 }
 
 fn config() -> impl Strategy<Value = Config> {

@@ -43,6 +43,9 @@ pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 pub const EJECTIONS: &str = "mesh_outlier_ejections_total";
 /// `mesh_endpoints`.
 pub const ENDPOINTS: &str = "mesh_endpoints";
+/// Gauge: the share of a backend's requests, in percent, that each of its
+/// locality and priority levels takes (backends with more than one level).
+pub const LEVEL_LOAD: &str = "mesh_locality_load_percent";
 /// `mesh_authz_denied_total`.
 pub const AUTHZ_DENIED: &str = "mesh_authz_denied_total";
 /// `mesh_tls_handshake_failures_total`.

@@ -524,7 +524,24 @@ services:
   - name: ratings
     routes:
       - { name: all, match: { path: { regex: "/r/[0-9]+" } }, to: [ratings] }
+  - name: zonal
+    routes:
+      - { name: all, to: [zonal, weighted, shares] }
 backends:
+  - name: zonal
+    endpoints:
+      - { address: "127.0.0.1:9201", locality: r1/a }
+      - { address: "127.0.0.1:9202", locality: r1/a, healthy: false, weight: 2 }
+      - { address: "127.0.0.1:9203", locality: r1/b }
+      - { address: "127.0.0.1:9204", locality: r2/c/s1, priority: 1 }
+      - { address: "127.0.0.1:9205", priority: 1 }
+    locality_lb: { overprovisioning: 2.0, failover: [{ from: r1, to: r2 }] }
+  - name: weighted
+    endpoints: [{ address: "127.0.0.1:9301", locality: r1/a }, { address: "127.0.0.1:9302", locality: r1/b }]
+    locality_lb: { prefer_local: false, weights: { r1/a: 3, r1/b: 1 } }
+  - name: shares
+    endpoints: [{ address: "127.0.0.1:9401", locality: r1/a }, { address: "127.0.0.1:9402", locality: r1/b }]
+    locality_lb: { weights: { r1/a: 1, r1/b: 2 }, distribute: [{ from: "r1/*", to: { "r1/a/*": 70, "r1/b/*": 30 } }] }
   - name: ratings
     endpoints: [{ address: "127.0.0.1:9100", weight: 3 }, "10.0.0.2:80"]
     protocol: http2
@@ -555,9 +572,9 @@ backends:
         assert_eq!(back.backends, want.backends);
         // And what the client subscribes to follows what the listeners name.
         let w = wanted(&resources);
-        assert_eq!(w.routes.len(), 2);
-        assert_eq!(w.clusters.len(), 4);
-        assert_eq!(w.endpoints.len(), 4);
+        assert_eq!(w.routes.len(), 3);
+        assert_eq!(w.clusters.len(), 7);
+        assert_eq!(w.endpoints.len(), 7);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The model -> xDS resources, for the development control plane.
 
 use crate::config::{
-    Backend, Config, Fault, InboundPolicy, LoadBalancer, PathMatch, RetryPolicy, Route,
-    RouteMatch, Service, StringMatch,
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, LocalityLb, PathMatch, RetryPolicy,
+    Route, RouteMatch, Service, StringMatch,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
@@ -22,11 +22,11 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, OutlierDetection as XOutlier, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source,
-    socket_address,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, SocketAddress, address,
+    config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    Endpoint as XEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    Endpoint as XEndpoint, LbEndpoint, LocalityLbEndpoints, cluster_load_assignment, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::ApiListener;
 use envoy_types::pb::envoy::config::route::v3::{
@@ -302,6 +302,7 @@ fn mirror_of(m: &crate::config::Mirror) -> RequestMirrorPolicy {
 /// A backend's EDS cluster: balancer, limits, outlier detection, HTTP/2,
 /// upstream mTLS.
 fn cluster_of(b: &Backend) -> Cluster {
+    let locality_lb = b.locality_lb.clone().unwrap_or_default();
     let lb_policy = match b.load_balancer {
         LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
         LoadBalancer::Random => LbPolicy::Random,
@@ -341,8 +342,72 @@ fn cluster_of(b: &Backend) -> Cluster {
             .as_ref()
             .filter(|t| t.mode == crate::config::BackendTlsMode::Mutual)
             .map(tls_socket),
+        common_lb_config: locality_specifier(&locality_lb).map(|specifier| {
+            cluster::CommonLbConfig {
+                locality_config_specifier: Some(specifier),
+                ..Default::default()
+            }
+        }),
+        metadata: locality_metadata(&locality_lb),
         ..Default::default()
     }
+}
+
+/// Locality-weighted balancing when the backend gives locality weights,
+/// zone-aware (the caller's zone first) when it prefers the caller's
+/// locality; Envoy's cluster holds one or the other.
+fn locality_specifier(
+    lb: &LocalityLb,
+) -> Option<cluster::common_lb_config::LocalityConfigSpecifier> {
+    use cluster::common_lb_config::{
+        LocalityConfigSpecifier, LocalityWeightedLbConfig, ZoneAwareLbConfig,
+    };
+    if !lb.weights.is_empty() {
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+            LocalityWeightedLbConfig::default(),
+        ))
+    } else if lb.prefer_local {
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(
+            ZoneAwareLbConfig::default(),
+        ))
+    } else {
+        None
+    }
+}
+
+/// What the cluster has no field for (see `cluster::LOCALITY_METADATA`).
+fn locality_metadata(lb: &LocalityLb) -> Option<Metadata> {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    // Zone-aware and locality-weighted exclude each other in Envoy's
+    // cluster: preferring the caller's zone with weights needs the metadata.
+    let native = lb.failover.is_empty()
+        && lb.distribute.is_empty()
+        && (!lb.prefer_local || lb.weights.is_empty());
+    if native {
+        return None;
+    }
+    let rules = LocalityLb {
+        weights: Default::default(),
+        ..lb.clone()
+    };
+    let json = serde_json::to_string(&rules).ok()?;
+    let fields = [(
+        "json".to_owned(),
+        Value {
+            kind: Some(Kind::StringValue(json)),
+        },
+    )];
+    Some(Metadata {
+        filter_metadata: [(
+            super::cluster::LOCALITY_METADATA.to_owned(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
 }
 
 /// HTTP/2 to the endpoints, for `http2` and `grpc` backends.
@@ -373,45 +438,77 @@ fn protocol_options_of(b: &Backend) -> std::collections::HashMap<String, Any> {
     options
 }
 
-/// A backend's endpoints, in one locality.
+/// A backend's endpoints, grouped by locality and priority. An endpoint
+/// with no locality goes in an empty one (gRPC's client needs one on
+/// every group, and a weight). Priorities are numbered from 0 without
+/// gaps, as Envoy and gRPC require; their order is the config's.
 fn assignment_of(b: &Backend) -> ClusterLoadAssignment {
-    let lb_endpoints = b
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let (host, port) = e.address.rsplit_once(':')?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Some(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(XEndpoint {
-                    address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: host.to_owned(),
-                            port_specifier: Some(socket_address::PortSpecifier::PortValue(
-                                port.parse().ok()?,
-                            )),
-                            ..Default::default()
-                        })),
+    let lb = b.locality_lb.clone().unwrap_or_default();
+    let mut priorities: Vec<u32> = b.endpoints.iter().map(|e| e.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
+    let mut keys: Vec<(Option<&crate::config::Locality>, u32)> = Vec::new();
+    for e in &b.endpoints {
+        let Some(lb_endpoint) = lb_endpoint_of(e) else {
+            continue;
+        };
+        let priority = priorities.binary_search(&e.priority).unwrap_or(0) as u32;
+        let key = (e.locality.as_ref(), priority);
+        let g = match keys.iter().position(|k| *k == key) {
+            Some(g) => g,
+            None => {
+                let locality = e.locality.clone().unwrap_or_default();
+                let weight = lb.weights.get(&locality.to_string()).copied().unwrap_or(1);
+                keys.push(key);
+                groups.push(LocalityLbEndpoints {
+                    locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                        region: locality.region,
+                        zone: locality.zone,
+                        sub_zone: locality.subzone,
                     }),
+                    load_balancing_weight: u32v(weight),
+                    priority,
                     ..Default::default()
-                })),
-                load_balancing_weight: u32v(e.weight),
-                ..Default::default()
-            })
-        })
-        .collect();
+                });
+                groups.len() - 1
+            }
+        };
+        groups[g].lb_endpoints.push(lb_endpoint);
+    }
+    let factor = (lb.overprovisioning * 100.0).round() as u32;
     ClusterLoadAssignment {
         cluster_name: b.name.clone(),
-        endpoints: vec![LocalityLbEndpoints {
-            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
-                zone: "mesh".into(),
-                ..Default::default()
-            }),
-            lb_endpoints,
-            load_balancing_weight: u32v(1),
+        endpoints: groups,
+        policy: (factor != 140).then(|| cluster_load_assignment::Policy {
+            overprovisioning_factor: u32v(factor),
             ..Default::default()
-        }],
+        }),
         ..Default::default()
     }
+}
+
+fn lb_endpoint_of(e: &crate::config::Endpoint) -> Option<LbEndpoint> {
+    let (host, port) = e.address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(XEndpoint {
+            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: host.to_owned(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                        port.parse().ok()?,
+                    )),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        load_balancing_weight: u32v(e.weight),
+        // UNHEALTHY: never picked, counted in its locality's capacity.
+        health_status: if e.healthy { 0 } else { 2 },
+        ..Default::default()
+    })
 }
 
 /// A socket listener on `addr` for Envoy (which cannot take API
