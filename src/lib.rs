@@ -7,6 +7,7 @@
 //! - `tonic` ([`proxyless_tonic`]): gRPC;
 //! - [`echo`]: an echo backend on a real socket;
 //! - [`certs`]: a development CA for SPIFFE identities;
+//! - [`dns_server`]: a DNS server on loopback whose records change while it runs;
 //! - [`control_plane`]: the development xDS control plane;
 //! - [`greeter`]: the demo's gRPC service; [`tally`]: outcome counting for the demo, `load` and tests;
 //! - [`spans`]: spans collected in process by an OpenTelemetry SDK, as an application's pipeline would;
@@ -16,6 +17,7 @@
 
 pub mod certs;
 pub mod control_plane;
+pub mod dns_server;
 pub mod echo;
 pub mod greeter;
 pub mod spans;

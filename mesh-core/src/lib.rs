@@ -16,7 +16,9 @@
 //! - [`Mesh`]: the handle that holds the live snapshot (`arc-swap`),
 //!   publishes new ones and lets others subscribe;
 //! - `source` (feature `fs`, on by default): the watched config file and
-//!   `MESH_CONFIG`.
+//!   `MESH_CONFIG`;
+//! - DNS discovery (feature `dns`): the names of backends with `dns`,
+//!   looked up and followed by their TTLs.
 //!
 //! The model and decision modules do no I/O and take time and randomness as
 //! arguments; `cargo build -p mesh-core --no-default-features` builds them
@@ -54,6 +56,10 @@
 
 pub mod authz;
 pub mod config;
+#[cfg(feature = "dns")]
+mod dns;
+#[cfg(feature = "dns")]
+pub use snapshot::LookupError;
 pub mod identity;
 mod mesh;
 pub mod path;
@@ -65,6 +71,8 @@ pub mod state;
 #[cfg(feature = "xds")]
 pub mod xds;
 
+#[cfg(feature = "dns")]
+pub use mesh::DnsLookup;
 pub use mesh::{DemandWait, Mesh, Subscription, UpdateStatus};
 #[cfg(feature = "fs")]
 pub use source::file::ReadyError;

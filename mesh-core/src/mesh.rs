@@ -43,6 +43,32 @@ pub(crate) struct Inner {
     /// The config source attached (the xDS client, or one of the
     /// application's), if any.
     source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
+    /// The DNS names of DNS backends, followed once a config has some and
+    /// a tokio runtime is at hand.
+    #[cfg(feature = "dns")]
+    dns: std::sync::OnceLock<Arc<dyn Follower>>,
+}
+
+/// A lookup of a DNS backend's name, from [`Mesh::lookup`].
+#[cfg(feature = "dns")]
+pub type DnsLookup = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Vec<std::net::IpAddr>, crate::snapshot::LookupError>,
+            > + Send,
+    >,
+>;
+
+/// What follows the DNS names of the config's DNS backends for a mesh
+/// (feature `dns`).
+#[cfg(feature = "dns")]
+pub(crate) trait Follower: crate::snapshot::DnsView + Send + Sync + std::fmt::Debug {
+    /// Follows the names `config` uses (and drops the others).
+    fn follow(self: Arc<Self>, config: &Config);
+    /// The addresses of `host` for a connection, if a DNS backend names it.
+    fn lookup(&self, host: &str) -> Option<DnsLookup>;
+    /// Every followed name and how its lookups went.
+    fn status(&self) -> serde_json::Value;
 }
 
 /// A wait for a host's config, from [`Mesh::demand`].
@@ -109,6 +135,8 @@ impl Mesh {
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
                 source: std::sync::OnceLock::new(),
+                #[cfg(feature = "dns")]
+                dns: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -131,7 +159,9 @@ impl Mesh {
         let snap = Snapshot::compile(config, 1, Source::Code).map_err(|e| match e {
             crate::snapshot::CompileError::Invalid(e) => e,
         })?;
-        Ok(Self::with_snapshot(snap))
+        let mesh = Self::with_snapshot(snap);
+        mesh.follow_dns(mesh.snapshot().config());
+        Ok(mesh)
     }
 
     /// The current snapshot: one lock-free load. Hold it for one request,
@@ -219,6 +249,7 @@ impl Mesh {
             version,
             source,
             Some(&current),
+            self.dns_view(),
         ));
         drop(current);
         *last = version;
@@ -233,7 +264,101 @@ impl Mesh {
         self.inner.tx.send_replace(snap.clone());
         drop(last);
         tracing::info!(version, source = %snap.source(), services = snap.services().len(), "mesh config published");
+        self.follow_dns(snap.config());
         Ok(version)
+    }
+
+    /// What DNS answered so far, for compiling snapshots.
+    fn dns_view(&self) -> &dyn crate::snapshot::DnsView {
+        #[cfg(feature = "dns")]
+        if let Some(r) = self.inner.dns.get() {
+            return &**r;
+        }
+        &crate::snapshot::NoDns
+    }
+
+    #[cfg(feature = "dns")]
+    pub(crate) fn dns_slot(&self) -> &std::sync::OnceLock<Arc<dyn Follower>> {
+        &self.inner.dns
+    }
+
+    /// Follows the DNS names of `config`'s DNS backends (feature `dns`;
+    /// needs a tokio runtime, else it starts with the first lookup a
+    /// connection asks for).
+    fn follow_dns(&self, config: &Config) {
+        #[cfg(feature = "dns")]
+        {
+            if self.inner.dns.get().is_none() && !config.backends.iter().any(|b| b.dns.is_some()) {
+                return;
+            }
+            if let Some(f) = self.dns_follower() {
+                f.follow(config);
+            }
+        }
+        #[cfg(not(feature = "dns"))]
+        if config.backends.iter().any(|b| b.dns.is_some()) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("backends with `dns` need proxyless-core's `dns` feature; their names are looked up by the system per connection");
+            });
+        }
+    }
+
+    /// Publishes the running config again with what DNS answers now (the
+    /// DNS task, when an answer changed): only backends whose answers
+    /// changed are compiled again.
+    #[cfg(feature = "dns")]
+    pub(crate) fn republish_dns(&self) {
+        let mut last = self
+            .inner
+            .publish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.inner.current.load_full();
+        let snap = Snapshot::compile_from(
+            current.config.clone(),
+            *last + 1,
+            current.source().clone(),
+            Some(&current),
+            self.dns_view(),
+        );
+        let same = snap.backends.len() == current.backends.len()
+            && snap
+                .backends
+                .iter()
+                .zip(&current.backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        *last = snap.version();
+        let snap = Arc::new(snap);
+        self.inner.current.store(snap.clone());
+        self.inner.tx.send_replace(snap.clone());
+        tracing::debug!(
+            version = snap.version(),
+            "mesh config published again with new DNS answers"
+        );
+    }
+
+    /// The addresses of `host` when a DNS backend of the current config
+    /// names it (feature `dns`): the last answer, or the first once it
+    /// comes. `None` when no DNS backend names it (or without a tokio
+    /// runtime), so the caller resolves it as it would otherwise. The
+    /// mesh's HTTP connector asks this for every host it connects to.
+    #[cfg(feature = "dns")]
+    pub fn lookup(&self, host: &str) -> Option<DnsLookup> {
+        self.dns_follower()?.lookup(host)
+    }
+
+    /// Every DNS name the mesh follows and how its lookups went (feature
+    /// `dns`), for the admin server.
+    #[cfg(feature = "dns")]
+    pub fn dns_status(&self) -> serde_json::Value {
+        self.inner
+            .dns
+            .get()
+            .map_or(serde_json::Value::Array(Vec::new()), |r| r.status())
     }
 
     /// Records a rejected update (by a source that could not even decode
@@ -422,12 +547,12 @@ impl Mesh {
         weak.upgrade().map(|inner| Mesh { inner })
     }
 
-    #[cfg(feature = "fs")]
+    #[cfg(any(feature = "fs", feature = "dns"))]
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
 
-    #[cfg(feature = "fs")]
+    #[cfg(any(feature = "fs", feature = "dns"))]
     pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Mesh> {
         weak.upgrade().map(|inner| Mesh { inner })
     }

@@ -243,6 +243,55 @@ pub struct BackendEntry {
     pub(crate) config: Shared<Backend>,
     pub(crate) endpoints: Vec<EndpointEntry>,
     pub(crate) upstream_tls: Option<Arc<UpstreamTls>>,
+    /// For a `strict` DNS backend: each name's addresses it was compiled
+    /// with (`None`: not looked up yet, the name stands as its endpoint).
+    pub(crate) resolved: Box<[Option<Addresses>]>,
+}
+
+/// The addresses a DNS name had at one lookup; a lookup with the same
+/// answer keeps the same allocation, so identity says "unchanged".
+pub type Addresses = Arc<[std::net::IpAddr]>;
+
+/// Why a name has no addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DNS lookup of `{host}`: {reason}")]
+pub struct LookupError {
+    /// The name.
+    pub host: String,
+    /// What went wrong (the resolver's words, or no answer in time).
+    pub reason: String,
+}
+
+#[cfg(feature = "dns")]
+impl LookupError {
+    pub(crate) fn new(host: &str, reason: impl Into<String>) -> Self {
+        Self {
+            host: host.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What DNS answered so far, as snapshot compilation reads it.
+pub(crate) trait DnsView {
+    /// The addresses of `host` as `dns` looks it up, once known.
+    fn addresses(&self, dns: &crate::config::Dns, host: &str) -> Option<Addresses>;
+}
+
+/// No DNS: names stand as their endpoints.
+pub(crate) struct NoDns;
+
+impl DnsView for NoDns {
+    fn addresses(&self, _: &crate::config::Dns, _: &str) -> Option<Addresses> {
+        None
+    }
+}
+
+/// The host of `host:port` (without an IPv6 literal's brackets) and the port.
+pub(crate) fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host, port.parse().ok()?))
 }
 
 /// How connections to a backend's endpoints are secured: with the
@@ -271,20 +320,79 @@ impl UpstreamTls {
 }
 
 impl BackendEntry {
-    fn compile(b: &Shared<Backend>) -> Self {
+    fn compile(b: &Shared<Backend>, dns: &dyn DnsView) -> Self {
+        let strict = b
+            .dns
+            .as_ref()
+            .filter(|d| d.mode == crate::config::DnsMode::Strict);
+        let mut endpoints = Vec::with_capacity(b.endpoints.len());
+        let mut resolved = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (origin, e) in b.endpoints.iter().enumerate() {
+            let origin = origin as u32;
+            let found = strict.and_then(|d| {
+                let (host, port) = split_host_port(&e.address)?;
+                Some((dns.addresses(d, host)?, port))
+            });
+            if strict.is_some() {
+                resolved.push(found.as_ref().map(|(a, _)| a.clone()));
+            }
+            let Some((addresses, port)) = found else {
+                endpoints.push(EndpointEntry {
+                    address: Arc::from(e.address.as_str()),
+                    weight: e.weight,
+                    origin,
+                });
+                continue;
+            };
+            // Two names with one address give one endpoint.
+            for ip in addresses.iter().take(crate::config::MAX_DNS_ADDRESSES) {
+                let address: Arc<str> = std::net::SocketAddr::new(*ip, port).to_string().into();
+                if seen.insert(address.clone()) {
+                    endpoints.push(EndpointEntry {
+                        address,
+                        weight: e.weight,
+                        origin,
+                    });
+                }
+            }
+        }
         BackendEntry {
             name: Arc::from(b.name.as_str()),
             config: b.clone(),
-            endpoints: b
-                .endpoints
-                .iter()
-                .map(|e| EndpointEntry {
-                    address: Arc::from(e.address.as_str()),
-                    weight: e.weight,
-                })
-                .collect(),
+            endpoints,
             upstream_tls: UpstreamTls::of(b).map(Arc::new),
+            resolved: resolved.into(),
         }
+    }
+
+    /// Whether DNS still answers what this entry was compiled with.
+    fn same_answers(&self, dns: &dyn DnsView) -> bool {
+        let Some(d) = &self.config.dns else {
+            return true;
+        };
+        if self.resolved.is_empty() {
+            return true;
+        }
+        self.config
+            .endpoints
+            .iter()
+            .zip(self.resolved.iter())
+            .all(|(e, before)| {
+                let now = split_host_port(&e.address).and_then(|(h, _)| dns.addresses(d, h));
+                match (before, &now) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                }
+            })
+    }
+
+    /// The config endpoint compiled endpoint `i` comes from (for a DNS
+    /// backend, the name it was looked up from).
+    pub fn origin(&self, i: usize) -> Option<&crate::config::Endpoint> {
+        let e = self.endpoints.get(i)?;
+        self.config.endpoints.get(e.origin as usize)
     }
 
     /// The backend name: also its key for runtime state.
@@ -317,6 +425,9 @@ pub struct EndpointEntry {
     pub address: Arc<str>,
     /// Relative weight.
     pub weight: u32,
+    /// The index of the config endpoint it comes from (see
+    /// [`BackendEntry::origin`]).
+    pub origin: u32,
 }
 
 /// A cumulative weight table for weighted choice.
@@ -424,7 +535,7 @@ impl Snapshot {
     /// Compiles a config that has passed validation. Anything validation
     /// would have refused is skipped rather than panicking.
     fn compile_valid(config: Arc<Config>, version: u64, source: Source) -> Self {
-        Self::compile_from(config, version, source, None)
+        Self::compile_from(config, version, source, None, &NoDns)
     }
 
     /// Compiles a validated `config`, sharing with `previous` the compiled
@@ -437,6 +548,7 @@ impl Snapshot {
         version: u64,
         source: Source,
         previous: Option<&Snapshot>,
+        dns: &dyn DnsView,
     ) -> Self {
         let locality = previous.and_then(|p| p.locality.clone());
         let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
@@ -447,8 +559,8 @@ impl Snapshot {
             .iter()
             .enumerate()
             .map(|(i, b)| match old_backends.get(i, b) {
-                Some(old) => old.clone(),
-                None => Arc::new(BackendEntry::compile(b)),
+                Some(old) if old.same_answers(dns) => old.clone(),
+                _ => Arc::new(BackendEntry::compile(b, dns)),
             })
             .collect();
         // The same names at the same places: the previous index serves,
@@ -677,6 +789,67 @@ fn compile_string(m: &StringMatch) -> Option<CompiledString> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// DNS answers from a table.
+    struct Answers(Vec<(&'static str, Addresses)>);
+
+    impl DnsView for Answers {
+        fn addresses(&self, _: &crate::config::Dns, host: &str) -> Option<Addresses> {
+            self.0
+                .iter()
+                .find(|(h, _)| *h == host)
+                .map(|(_, a)| a.clone())
+        }
+    }
+
+    fn ips(list: &[&str]) -> Addresses {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_strict_dns_backend_has_one_endpoint_per_address_and_recompiles_on_new_answers() {
+        let cfg = Config::from_yaml(
+            r#"
+backends:
+  - name: b
+    endpoints: ["a.test:80", { address: "b.test:80", weight: 3 }, "c.test:80"]
+    dns: { mode: strict }
+"#,
+        )
+        .unwrap();
+        let b = &cfg.backends[0];
+        let many: Vec<String> = (0..100).map(|i| format!("10.1.0.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let answers = Answers(vec![
+            ("a.test", ips(&["10.0.0.1", "fd00::1"])),
+            // An address two names share is one endpoint.
+            ("b.test", ips(&["10.0.0.1", "10.0.0.2"])),
+            ("c.test", ips(&many)),
+        ]);
+        let entry = BackendEntry::compile(b, &answers);
+        let addrs: Vec<&str> = entry.endpoints.iter().map(|e| &*e.address).collect();
+        assert_eq!(&addrs[..3], ["10.0.0.1:80", "[fd00::1]:80", "10.0.0.2:80"]);
+        assert_eq!(
+            addrs.len(),
+            3 + crate::config::MAX_DNS_ADDRESSES,
+            "a name gives at most the first 64"
+        );
+        // Each endpoint keeps its name's weight, found through its origin.
+        assert_eq!(entry.endpoints[2].weight, 3);
+        assert_eq!(entry.origin(2).unwrap().address, "b.test:80");
+        assert!(entry.same_answers(&answers));
+        // A name not looked up yet stands as its endpoint.
+        let partial = Answers(vec![("a.test", ips(&["10.0.0.1"]))]);
+        let entry2 = BackendEntry::compile(b, &partial);
+        let addrs: Vec<&str> = entry2.endpoints.iter().map(|e| &*e.address).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "b.test:80", "c.test:80"]);
+        assert!(!entry.same_answers(&partial));
+        // The same answers in new allocations are new answers (the
+        // resolver keeps the allocation while an answer is unchanged).
+        let again = Answers(vec![("a.test", ips(&["10.0.0.1"]))]);
+        assert!(!entry2.same_answers(&again));
+        assert!(entry2.same_answers(&partial));
+    }
 
     #[test]
     fn weight_table_picks_in_proportion_at_the_edges() {

@@ -158,7 +158,6 @@ impl Admin {
             let mut endpoints = Vec::new();
             let mut active = 0;
             let mut levels = None;
-            let configured = &b.config().endpoints;
             for rt in &self.runtimes {
                 let Some(rb) = rt.backend(&snap, i as u32) else {
                     continue;
@@ -181,7 +180,7 @@ impl Admin {
                     } else {
                         "healthy"
                     };
-                    let cfg = configured.get(j);
+                    let cfg = b.origin(j);
                     endpoints.push(serde_json::json!({
                         "address": &*ep.address,
                         "weight": b.endpoints().get(j).map_or(1, |e| e.weight),
@@ -210,10 +209,15 @@ impl Admin {
                 "endpoints": endpoints,
             }));
         }
+        #[cfg(feature = "dns")]
+        let dns = self.mesh.dns_status();
+        #[cfg(not(feature = "dns"))]
+        let dns = serde_json::Value::Null;
         serde_json::json!({
             "version": snap.version(),
             "locality": snap.locality().map(ToString::to_string),
             "backends": backends,
+            "dns": dns,
         })
     }
 }

@@ -87,6 +87,47 @@ impl Service<http::Uri> for MeshConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let host = uri
+            .host()
+            .unwrap_or("mesh.invalid")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        // A name a DNS backend follows: the mesh's last answer (the first
+        // connection to it waits for the first lookup).
+        #[cfg(feature = "dns")]
+        if let Some(lookup) = self.mesh.lookup(&host) {
+            let mut this = self.clone();
+            return Box::pin(async move {
+                let addresses = lookup.await?;
+                let first = addresses
+                    .first()
+                    .ok_or_else(|| TlsConnectError::UnknownEndpoint(host.clone()))?;
+                let port = uri.port_u16().unwrap_or(80);
+                let mut parts = uri.into_parts();
+                parts.authority = Some(
+                    std::net::SocketAddr::new(*first, port)
+                        .to_string()
+                        .parse()
+                        .map_err(|_| TlsConnectError::UnknownEndpoint(host.clone()))?,
+                );
+                let uri = http::Uri::from_parts(parts)
+                    .map_err(|_| TlsConnectError::UnknownEndpoint(host.clone()))?;
+                this.connect(uri, host).await
+            });
+        }
+        self.connect(uri, host)
+    }
+}
+
+impl MeshConnector {
+    /// Connects to `uri`; `host` is the name it was addressed by (for SNI
+    /// when the backend sets none).
+    fn connect(
+        &mut self,
+        uri: http::Uri,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = Result<MaybeTls, BoxError>> + Send>> {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let authority = || {
             uri.authority()
@@ -121,12 +162,7 @@ impl Service<http::Uri> for MeshConnector {
             let tcp = connect.await?.into_inner();
             // The name only feeds SNI (and is not sent for IP addresses):
             // the verifier checks the SPIFFE ID, not the name.
-            let host = uri
-                .host()
-                .unwrap_or("mesh.invalid")
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = tls.sni.as_deref().unwrap_or(host);
+            let name = tls.sni.as_deref().unwrap_or(&host);
             let name = ServerName::try_from(name.to_owned())
                 .or_else(|_| ServerName::try_from("mesh.invalid".to_owned()))?;
             let tls = tokio_rustls::TlsConnector::from(config)

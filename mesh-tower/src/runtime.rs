@@ -280,8 +280,11 @@ impl Runtime {
             },
             _ => Picker::P2c,
         };
-        let places: Vec<PlanEndpoint<'_>> = cfg
-            .endpoints
+        // A DNS name's addresses take its place, locality and health.
+        let origins: Vec<&config::Endpoint> = (0..entry.endpoints().len())
+            .filter_map(|i| entry.origin(i))
+            .collect();
+        let places: Vec<PlanEndpoint<'_>> = origins
             .iter()
             .map(|e| PlanEndpoint {
                 locality: e.locality.as_ref(),
@@ -300,7 +303,7 @@ impl Runtime {
             state,
             endpoints,
             weights,
-            healthy: cfg.endpoints.iter().map(|e| e.healthy).collect(),
+            healthy: origins.iter().map(|e| e.healthy).collect(),
             plan,
             picker,
             outlier: cfg.outlier_detection.clone(),

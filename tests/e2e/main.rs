@@ -13,6 +13,7 @@ mod support;
 
 mod chaos;
 mod data_path;
+mod dns;
 mod grpc;
 mod hostile;
 mod interop;

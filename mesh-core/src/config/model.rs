@@ -448,6 +448,84 @@ pub struct Backend {
     /// region, then the rest, as capacity allows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_lb: Option<LocalityLb>,
+    /// DNS discovery: the endpoints name hosts, looked up by the mesh and
+    /// looked up again as their records' TTLs say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+}
+
+/// DNS discovery for a backend whose endpoints name hosts (`name:port`),
+/// after Envoy's `STRICT_DNS` and `LOGICAL_DNS` clusters. Each name is
+/// looked up (A and AAAA) when the config arrives and again when its
+/// records' TTL runs out, within `min_refresh` and `max_refresh`; a failed
+/// lookup keeps the last addresses and is tried again sooner, backing off
+/// up to `max_refresh`. Only the first request to a name ever waits for a
+/// lookup.
+///
+/// ```
+/// use proxyless_core::config::{Config, DnsMode};
+/// let cfg = Config::from_yaml(r#"
+/// backends:
+///   - name: ratings
+///     endpoints: ["ratings.internal:9080"]
+///     dns: { mode: strict, min_refresh: 5s }
+/// "#).unwrap();
+/// assert_eq!(cfg.backends[0].dns.as_ref().unwrap().mode, DnsMode::Strict);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Decode)]
+pub struct Dns {
+    /// `strict` (the default): every address is an endpoint; `logical`:
+    /// the one endpoint is one host, whose connections go to the first
+    /// address of its latest lookup.
+    pub mode: DnsMode,
+    /// Name servers (`ip:port`, at most 8); none: the system's
+    /// (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// The least time between two lookups of a name, whatever its TTL
+    /// (default 1s).
+    #[serde(with = "serde_human")]
+    #[decode(default = DEFAULT_DNS_MIN_REFRESH)]
+    pub min_refresh: Duration,
+    /// The most time between two lookups of a name (default 60s), and the
+    /// longest wait before one is tried again after failing.
+    #[serde(with = "serde_human")]
+    #[decode(default = DEFAULT_DNS_MAX_REFRESH)]
+    pub max_refresh: Duration,
+}
+
+/// The default [`Dns::min_refresh`].
+pub const DEFAULT_DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The default [`Dns::max_refresh`].
+pub const DEFAULT_DNS_MAX_REFRESH: Duration = Duration::from_secs(60);
+/// The most name servers a backend's `dns` lists.
+pub const MAX_DNS_SERVERS: usize = 8;
+/// The most addresses one name gives a `strict` backend (the first ones,
+/// in order, are kept; a lookup that returns more says so in a warning).
+pub const MAX_DNS_ADDRESSES: usize = 64;
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            mode: DnsMode::Strict,
+            servers: Vec::new(),
+            min_refresh: DEFAULT_DNS_MIN_REFRESH,
+            max_refresh: DEFAULT_DNS_MAX_REFRESH,
+        }
+    }
+}
+
+/// How a DNS backend's names become endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Decode)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DnsMode {
+    /// Every address a name has is an endpoint (Envoy's `STRICT_DNS`).
+    #[default]
+    Strict,
+    /// The name is one endpoint; new connections go to the first address
+    /// of its latest lookup (Envoy's `LOGICAL_DNS`).
+    Logical,
 }
 
 /// One endpoint of a backend.

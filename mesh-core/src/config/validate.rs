@@ -516,6 +516,9 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
     if let Some(lb) = &b.locality_lb {
         locality_lb(v, &child(at, "locality_lb"), lb);
     }
+    if let Some(dns) = &b.dns {
+        dns_discovery(v, at, b, dns);
+    }
     if let LoadBalancer::RingHash { header } | LoadBalancer::Maglev { header } = &b.load_balancer
         && http::HeaderName::from_bytes(header.as_bytes()).is_err()
     {
@@ -575,6 +578,47 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
         {
             let msg = format!("`{sni}` is not a DNS name");
             v.add(ProblemKind::InvalidValue, &child(&at, "sni"), msg);
+        }
+    }
+}
+
+fn dns_discovery(v: &mut V<'_>, at: &str, b: &Backend, dns: &Dns) {
+    let p = child(at, "dns");
+    if dns.mode == DnsMode::Logical && b.endpoints.len() != 1 {
+        let msg = format!(
+            "a `logical` DNS backend has exactly one endpoint (it has {})",
+            b.endpoints.len()
+        );
+        v.add(ProblemKind::OutOfRange, &child(at, "endpoints"), msg);
+    }
+    if dns.servers.len() > MAX_DNS_SERVERS {
+        let msg = format!("{} servers; at most {MAX_DNS_SERVERS}", dns.servers.len());
+        v.add(ProblemKind::OutOfRange, &child(&p, "servers"), msg);
+    }
+    for (i, s) in dns.servers.iter().enumerate() {
+        if s.parse::<std::net::SocketAddr>().is_err() {
+            let msg = format!("`{s}` is not `ip:port`");
+            v.add(
+                ProblemKind::InvalidAddress,
+                &format!("{p}.servers[{i}]"),
+                msg,
+            );
+        }
+    }
+    v.positive(&child(&p, "min_refresh"), dns.min_refresh);
+    v.at_most_max(&child(&p, "max_refresh"), dns.max_refresh);
+    if dns.max_refresh < dns.min_refresh {
+        let msg = "is shorter than `min_refresh`";
+        v.add(ProblemKind::OutOfRange, &child(&p, "max_refresh"), msg);
+    }
+    for (j, ep) in b.endpoints.iter().enumerate() {
+        if !ep.healthy {
+            let msg = "a DNS backend's endpoints are its names; health comes from the lookups";
+            v.add(
+                ProblemKind::InvalidValue,
+                &format!("{at}.endpoints[{j}].healthy"),
+                msg,
+            );
         }
     }
 }

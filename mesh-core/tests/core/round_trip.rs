@@ -141,24 +141,53 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                 4,
             ),
             prop::option::of(locality_lb()),
+            prop::option::of((any::<bool>(), 1u64..5, 5u64..120)),
         ),
     )
         .prop_map(
-            move |(ports, weight, protocol, load_balancer, cb, od, tls, (places, locality_lb))| {
+            move |(
+                ports,
+                weight,
+                protocol,
+                load_balancer,
+                cb,
+                od,
+                tls,
+                (places, locality_lb, dns),
+            )| {
+                let n = ports.len();
+                // A DNS backend's endpoints are names, healthy; a logical
+                // one has exactly one.
+                let dns = dns.map(|(logical, min, max)| Dns {
+                    mode: if logical && n == 1 {
+                        DnsMode::Logical
+                    } else {
+                        DnsMode::Strict
+                    },
+                    servers: vec!["127.0.0.53:53".into()],
+                    min_refresh: Duration::from_secs(min),
+                    max_refresh: Duration::from_secs(max),
+                });
+                let host = if dns.is_some() {
+                    "ratings.internal"
+                } else {
+                    "127.0.0.1"
+                };
                 Backend {
                     name: format!("b{i}"),
                     endpoints: ports
                         .into_iter()
                         .zip(places)
                         .map(|(p, (locality, priority, healthy))| Endpoint {
-                            address: format!("127.0.0.1:{p}"),
+                            address: format!("{host}:{p}"),
                             weight,
                             locality: locality.map(|l| l.parse().unwrap()),
                             priority,
-                            healthy,
+                            healthy: healthy || dns.is_some(),
                         })
                         .collect(),
                     locality_lb,
+                    dns,
                     protocol,
                     load_balancer,
                     circuit_breaker: cb.map(|(r, p, x)| CircuitBreaker {

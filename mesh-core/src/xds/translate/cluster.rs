@@ -66,7 +66,155 @@ pub(super) fn backend_of(
         outlier_detection: outlier_of(c),
         tls: upstream_tls(c, warnings).map_err(|e| e.at("transport_socket"))?,
         locality_lb: locality_lb_of(c, cla)?,
+        dns: dns_of(c, warnings)?,
     })
+}
+
+/// DNS discovery for `STRICT_DNS` and `LOGICAL_DNS` clusters, in their
+/// classic form (Istio sends it; its fields are deprecated in Envoy's
+/// protos) or as Envoy's DNS cluster extension (`envoy.cluster.dns`, whose
+/// `all_addresses_in_single_endpoint` is logical DNS). With
+/// `respect_dns_ttl`, a name is looked up again at its TTL, from
+/// `dns_min_refresh_rate` (or the failure refresh's base interval) to
+/// `dns_refresh_rate` (Envoy's default 5s); without, every
+/// `dns_refresh_rate`. Name servers come from a c-ares resolver config,
+/// `dns_resolution_config` or `dns_resolvers`.
+#[allow(deprecated)]
+fn dns_of(c: &Cluster, warnings: &mut Vec<String>) -> Result<Option<crate::config::Dns>, XdsError> {
+    use crate::config::DnsMode;
+    use envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster;
+    let (mode, refresh) = match &c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::StrictDns as i32 => {
+            (DnsMode::Strict, classic_refresh(c))
+        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::LogicalDns as i32 => {
+            (DnsMode::Logical, classic_refresh(c))
+        }
+        Some(ClusterDiscoveryType::ClusterType(custom))
+            if custom.typed_config.as_ref().is_some_and(|a| {
+                a.type_url
+                    .ends_with("envoy.extensions.clusters.dns.v3.DnsCluster")
+            }) =>
+        {
+            let any = custom
+                .typed_config
+                .as_ref()
+                .map(|a| a.value.as_slice())
+                .unwrap_or_default();
+            let d = DnsCluster::decode(any)
+                .map_err(|e| at("cluster_type", format!("DnsCluster: {e}")))?;
+            let mode = if d.all_addresses_in_single_endpoint {
+                DnsMode::Logical
+            } else {
+                DnsMode::Strict
+            };
+            let base = dur(&d.dns_min_refresh_rate).or_else(|| {
+                d.dns_failure_refresh_rate
+                    .as_ref()
+                    .and_then(|r| dur(&r.base_interval))
+            });
+            let refresh = refresh_bounds(d.respect_dns_ttl, dur(&d.dns_refresh_rate), base);
+            let mut servers = Vec::new();
+            cares_servers(d.typed_dns_resolver_config.as_ref(), &mut servers)?;
+            return Ok(Some(dns_settings(c, mode, refresh, servers, warnings)));
+        }
+        _ => return Ok(None),
+    };
+    let mut addresses = c.dns_resolvers.clone();
+    if let Some(r) = &c.dns_resolution_config {
+        addresses.extend(r.resolvers.iter().cloned());
+    }
+    cares_servers(c.typed_dns_resolver_config.as_ref(), &mut addresses)?;
+    Ok(Some(dns_settings(c, mode, refresh, addresses, warnings)))
+}
+
+#[allow(deprecated)]
+fn classic_refresh(c: &Cluster) -> (std::time::Duration, std::time::Duration) {
+    let base = c
+        .dns_failure_refresh_rate
+        .as_ref()
+        .and_then(|r| dur(&r.base_interval));
+    refresh_bounds(c.respect_dns_ttl, dur(&c.dns_refresh_rate), base)
+}
+
+/// (min, max) between lookups: the TTL within `base` (or the default) and
+/// `rate` when TTLs are respected, `rate` alone otherwise.
+fn refresh_bounds(
+    respect_ttl: bool,
+    rate: Option<std::time::Duration>,
+    base: Option<std::time::Duration>,
+) -> (std::time::Duration, std::time::Duration) {
+    // Envoy's default refresh rate.
+    let rate = rate.unwrap_or(std::time::Duration::from_secs(5));
+    if respect_ttl {
+        let min = base.unwrap_or(crate::config::DEFAULT_DNS_MIN_REFRESH);
+        (min, rate.max(min))
+    } else {
+        (rate, rate)
+    }
+}
+
+/// The resolvers of a c-ares resolver config, if that is what `typed` is.
+fn cares_servers(
+    typed: Option<&envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig>,
+    out: &mut Vec<envoy_types::pb::envoy::config::core::v3::Address>,
+) -> Result<(), XdsError> {
+    use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+    let Some(any) = typed
+        .and_then(|t| t.typed_config.as_ref())
+        .filter(|a| a.type_url.ends_with("CaresDnsResolverConfig"))
+    else {
+        return Ok(());
+    };
+    let cares = CaresDnsResolverConfig::decode(any.value.as_slice()).map_err(|e| {
+        at(
+            "typed_dns_resolver_config",
+            format!("CaresDnsResolverConfig: {e}"),
+        )
+    })?;
+    out.extend(cares.resolvers);
+    Ok(())
+}
+
+/// The model's DNS settings; a resolver that is not an IP socket address
+/// is named in a warning.
+fn dns_settings(
+    c: &Cluster,
+    mode: crate::config::DnsMode,
+    (min_refresh, max_refresh): (std::time::Duration, std::time::Duration),
+    addresses: Vec<envoy_types::pb::envoy::config::core::v3::Address>,
+    warnings: &mut Vec<String>,
+) -> crate::config::Dns {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    let mut servers = Vec::new();
+    for a in &addresses {
+        let ip = match a.address.as_ref() {
+            Some(address::Address::SocketAddress(sa)) => sa
+                .address
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| (ip, sa.port_specifier.clone())),
+            _ => None,
+        };
+        let Some((ip, port)) = ip else {
+            warnings.push(format!(
+                "cluster `{}`: a DNS resolver that is not an IP socket address is ignored",
+                c.name
+            ));
+            continue;
+        };
+        let port = match port {
+            Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).unwrap_or(0),
+            _ => 53,
+        };
+        servers.push(std::net::SocketAddr::new(ip, port).to_string());
+    }
+    crate::config::Dns {
+        mode,
+        servers,
+        min_refresh,
+        max_refresh,
+    }
 }
 
 /// The key of a cluster's `filter_metadata` that carries what Envoy's

@@ -526,8 +526,12 @@ services:
       - { name: all, match: { path: { regex: "/r/[0-9]+" } }, to: [ratings] }
   - name: zonal
     routes:
-      - { name: all, to: [zonal, weighted, shares] }
+      - { name: all, to: [zonal, weighted, shares, named, single] }
 backends:
+  - name: named
+    endpoints: ["ratings.internal:9080", "ratings-b.internal:9080"]
+    dns: { servers: ["10.0.0.53:53", "[fd00::53]:5353"], min_refresh: 2s, max_refresh: 30s }
+  - { name: single, endpoints: ["one.internal:80"], dns: { mode: logical } }
   - name: zonal
     endpoints:
       - { address: "127.0.0.1:9201", locality: r1/a }
@@ -573,7 +577,8 @@ backends:
         // And what the client subscribes to follows what the listeners name.
         let w = wanted(&resources);
         assert_eq!(w.routes.len(), 3);
-        assert_eq!(w.clusters.len(), 7);
+        assert_eq!(w.clusters.len(), 9);
+        // DNS clusters carry their names inline: no assignment to follow.
         assert_eq!(w.endpoints.len(), 7);
     }
 

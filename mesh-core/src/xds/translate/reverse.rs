@@ -310,7 +310,7 @@ fn cluster_of(b: &Backend) -> Cluster {
         LoadBalancer::Maglev { .. } => LbPolicy::Maglev,
         _ => LbPolicy::LeastRequest,
     };
-    Cluster {
+    let mut c = Cluster {
         name: b.name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(cluster::EdsClusterConfig {
@@ -350,6 +350,60 @@ fn cluster_of(b: &Backend) -> Cluster {
         }),
         metadata: locality_metadata(&locality_lb),
         ..Default::default()
+    };
+    if let Some(dns) = &b.dns {
+        dns_cluster(&mut c, b, dns);
+    }
+    c
+}
+
+/// A DNS backend as a `STRICT_DNS` or `LOGICAL_DNS` cluster with its
+/// names inline: TTLs respected, `dns_refresh_rate` the longest wait,
+/// `dns_failure_refresh_rate` from the shortest to the longest (the
+/// backoff after failures), the name servers as c-ares resolvers. The
+/// classic form, as Istio sends it (its fields are deprecated in Envoy's
+/// protos for the DNS cluster extension, which the client also reads).
+#[allow(deprecated)]
+fn dns_cluster(c: &mut Cluster, b: &Backend, dns: &crate::config::Dns) {
+    use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+    let kind = match dns.mode {
+        crate::config::DnsMode::Logical => DiscoveryType::LogicalDns,
+        _ => DiscoveryType::StrictDns,
+    };
+    c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
+    c.eds_cluster_config = None;
+    c.load_assignment = Some(assignment_of(b));
+    c.respect_dns_ttl = true;
+    c.dns_refresh_rate = Some(pdur(dns.max_refresh));
+    c.dns_failure_refresh_rate = Some(cluster::RefreshRate {
+        base_interval: Some(pdur(dns.min_refresh)),
+        max_interval: Some(pdur(dns.max_refresh)),
+    });
+    let resolvers: Vec<envoy_types::pb::envoy::config::core::v3::Address> = dns
+        .servers
+        .iter()
+        .filter_map(|s| s.parse::<std::net::SocketAddr>().ok())
+        .map(|a| envoy_types::pb::envoy::config::core::v3::Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: a.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    a.port(),
+                ))),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    if !resolvers.is_empty() {
+        let cares = CaresDnsResolverConfig {
+            resolvers,
+            ..Default::default()
+        };
+        c.typed_dns_resolver_config = Some(
+            envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+                name: "envoy.network.dns_resolver.cares".into(),
+                typed_config: Some(any(&cares)),
+            },
+        );
     }
 }
 
