@@ -24,7 +24,6 @@ use proxyless_core::snapshot::{Snapshot, UpstreamTls};
 use proxyless_tower::BoxError;
 use proxyless_tower::body::MeshBody;
 use proxyless_tower::error::{ConnectFailed, ConnectionReset};
-use proxyless_tower::ext::Routed;
 use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -145,7 +144,7 @@ impl Service<Request<MeshBody>> for Transport {
     }
 
     fn call(&mut self, req: Request<MeshBody>) -> Self::Future {
-        let routed = req.extensions().get::<Routed>();
+        let routed = proxyless_tower::ext::routed(&req);
         let backend = routed.and_then(|r| r.backend_entry());
         // gRPC (and any request made as HTTP/2) goes over HTTP/2 whatever
         // the backend says.

@@ -18,7 +18,7 @@ use crate::error::{
     CircuitOpen, CircuitReason, ConnectFailed, ConnectionReset, ErrorKind, NoHealthyEndpoint,
     outcome_of_error,
 };
-use crate::ext::{DEADLINE_HEADER, Routed, Served, deadline_of};
+use crate::ext::{DEADLINE_HEADER, Served, deadline_of};
 use crate::runtime::{InFlight, PickError, ResolvedBackend, Runtime, now};
 use crate::telemetry::trace;
 use http::uri::Authority;
@@ -89,7 +89,7 @@ impl Drop for Recorder {
     }
 }
 
-fn set_deadline_header<B>(req: &mut Request<B>) {
+fn set_deadline_header(req: &mut Request<MeshBody>) {
     if let Some(d) = deadline_of(req) {
         let left = d.saturating_duration_since(Instant::now());
         let ms = u64::try_from(left.as_millis().max(1)).unwrap_or(u64::MAX);
@@ -198,7 +198,7 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         set_deadline_header(&mut req);
-        let target = req.extensions().get::<Routed>().and_then(|r| {
+        let target = crate::ext::routed(&req).and_then(|r| {
             let service = r.indexes().map(|(s, _, _)| s);
             Some((r.snapshot().clone(), r.backend_entry()?.0, service))
         });
@@ -222,10 +222,8 @@ where
                 );
             }
         };
-        let (avoid, attempts) = req
-            .extensions()
-            .get::<Routed>()
-            .map_or((None, 1), |r| (r.avoid().cloned(), r.attempt()));
+        let (avoid, attempts) =
+            crate::ext::routed(&req).map_or((None, 1), |r| (r.avoid().cloned(), r.attempt()));
         let t = now();
         let picked = backend.pick(
             req.headers(),
@@ -254,7 +252,7 @@ where
         // copy gets a client span of its own, child of the request's.
         let mirror = req.extensions().get::<crate::ext::Mirrored>().is_some();
         let attempt_span = if attempts > 1 || mirror {
-            crate::ext::trace_of(req.extensions())
+            crate::ext::trace_of(&req)
                 .cloned()
                 .and_then(|parent| AttemptSpan::start(parent, &backend.name, attempts, mirror))
                 .inspect(|span| trace::inject(&span.cx, req.headers_mut()))

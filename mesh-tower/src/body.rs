@@ -13,10 +13,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// A request body below the mesh's route layer.
+/// A request body below the mesh's route layer. It also carries the
+/// route layer's decision for the request ([`Routed`](crate::ext::Routed)),
+/// which the layers below read through [`ext::routed`](crate::ext::routed):
+/// in the body rather than in the request's extensions, whose first entry
+/// costs three allocations when a request has none.
 #[derive(Debug, Default)]
 pub struct MeshBody {
     kind: Kind,
+    routed: Option<crate::ext::Routed>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +104,7 @@ impl MeshBody {
         } else {
             Self {
                 kind: Kind::Full(Some(bytes)),
+                routed: None,
             }
         }
     }
@@ -111,6 +117,7 @@ impl MeshBody {
     {
         Self {
             kind: Kind::Stream(body.map_err(Into::into).boxed_unsync()),
+            routed: None,
         }
     }
 
@@ -154,6 +161,7 @@ impl MeshBody {
                     overflow: false,
                 })),
             },
+            routed: None,
         }
     }
 
@@ -179,6 +187,28 @@ impl MeshBody {
     /// Whether the body is held in memory (and so can be replayed).
     pub fn is_replayable(&self) -> bool {
         self.replay().is_some()
+    }
+
+    /// The route decision this request carries, if a route layer made one.
+    pub fn routed(&self) -> Option<&crate::ext::Routed> {
+        self.routed.as_ref()
+    }
+
+    /// The route decision, to change (the deadline, the attempt, the trace).
+    pub fn routed_mut(&mut self) -> Option<&mut crate::ext::Routed> {
+        self.routed.as_mut()
+    }
+
+    /// Sets the route decision this request carries.
+    pub fn set_routed(&mut self, routed: crate::ext::Routed) {
+        self.routed = Some(routed);
+    }
+
+    /// This body carrying `routed`.
+    #[must_use]
+    pub fn with_routed(mut self, routed: crate::ext::Routed) -> Self {
+        self.routed = Some(routed);
+        self
     }
 }
 

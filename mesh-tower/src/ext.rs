@@ -1,7 +1,9 @@
-//! What the layers tell each other about a request, carried in its
-//! extensions: the route decision, the deadline, the attempt; and on the
-//! response, the endpoint that served it and how many attempts it took.
+//! What the layers tell each other about a request: the route decision,
+//! the deadline, the attempt (carried in the request's [`MeshBody`], read
+//! with [`routed`]); and on the response, in its extensions, the endpoint
+//! that served it and how many attempts it took ([`Served`]).
 
+use crate::body::MeshBody;
 use proxyless_core::snapshot::{BackendEntry, RouteEntry, ServiceEntry, Snapshot};
 use std::sync::Arc;
 use std::time::Instant;
@@ -202,10 +204,27 @@ pub const DEADLINE_HEADER: http::HeaderName = http::HeaderName::from_static("x-m
 /// The response header that names a mesh refusal.
 pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
 
+/// The route decision a request carries: in its body (where the route
+/// layer puts it), or else in its extensions (a decision made by hand, for
+/// a layer used alone).
+pub fn routed(req: &http::Request<MeshBody>) -> Option<&Routed> {
+    req.body()
+        .routed()
+        .or_else(|| req.extensions().get::<Routed>())
+}
+
+/// The route decision a request carries, to change.
+pub fn routed_mut(req: &mut http::Request<MeshBody>) -> Option<&mut Routed> {
+    if req.body().routed().is_some() {
+        return req.body_mut().routed_mut();
+    }
+    req.extensions_mut().get_mut::<Routed>()
+}
+
 /// The deadline of a request: its route decision's, or a bare
 /// [`RequestDeadline`] when no route layer saw it.
-pub fn deadline_of<B>(req: &http::Request<B>) -> Option<TokioInstant> {
-    match req.extensions().get::<Routed>() {
+pub fn deadline_of(req: &http::Request<MeshBody>) -> Option<TokioInstant> {
+    match routed(req) {
         Some(r) if r.deadline.is_some() => r.deadline,
         _ => req.extensions().get::<RequestDeadline>().map(|d| d.0),
     }
@@ -213,26 +232,26 @@ pub fn deadline_of<B>(req: &http::Request<B>) -> Option<TokioInstant> {
 
 /// The trace context of a request's client span: its route decision's, or
 /// a bare [`opentelemetry::Context`] extension when no route layer saw it.
-pub fn trace_of(extensions: &http::Extensions) -> Option<&opentelemetry::Context> {
-    match extensions.get::<Routed>().and_then(Routed::trace) {
+pub fn trace_of(req: &http::Request<MeshBody>) -> Option<&opentelemetry::Context> {
+    match routed(req).and_then(Routed::trace) {
         Some(cx) => Some(cx),
-        None => extensions.get::<opentelemetry::Context>(),
+        None => req.extensions().get::<opentelemetry::Context>(),
     }
 }
 
 /// Sets the trace context of a request where [`trace_of`] reads it.
-pub fn set_trace(extensions: &mut http::Extensions, cx: opentelemetry::Context) {
-    match extensions.get_mut::<Routed>() {
+pub fn set_trace(req: &mut http::Request<MeshBody>, cx: opentelemetry::Context) {
+    match routed_mut(req) {
         Some(r) => r.set_trace(cx),
         None => {
-            extensions.insert(cx);
+            req.extensions_mut().insert(cx);
         }
     }
 }
 
 /// Sets the deadline of a request where [`deadline_of`] reads it.
-pub fn set_deadline<B>(req: &mut http::Request<B>, deadline: TokioInstant) {
-    match req.extensions_mut().get_mut::<Routed>() {
+pub fn set_deadline(req: &mut http::Request<MeshBody>, deadline: TokioInstant) {
+    match routed_mut(req) {
         Some(r) => r.set_deadline(deadline),
         None => {
             req.extensions_mut().insert(RequestDeadline(deadline));

@@ -5,8 +5,9 @@
 //! requests with an error status without sending them (the route layer
 //! turns [`FaultAbort`] into that response).
 
+use crate::body::MeshBody;
 use crate::error::{Deadline, Elapsed, FaultAbort};
-use crate::ext::{Routed, deadline_of};
+use crate::ext::{deadline_of, routed};
 use crate::future::{Either, MapErr};
 use crate::{BoxError, BoxFuture};
 use http::Request;
@@ -36,12 +37,11 @@ fn hit(percent: f64, sample: f64) -> bool {
     sample * 100.0 < percent
 }
 
-impl<S, B> Service<Request<B>> for Fault<S>
+impl<S> Service<Request<MeshBody>> for Fault<S>
 where
-    S: Service<Request<B>> + Clone + Send + 'static,
+    S: Service<Request<MeshBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -51,8 +51,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let routed = req.extensions().get::<Routed>();
+    fn call(&mut self, req: Request<MeshBody>) -> Self::Future {
+        let routed = routed(&req);
         let fault = routed.and_then(|r| r.route_entry()?.fault().cloned());
         let Some(fault) = fault else {
             return Either::left(MapErr::new(self.inner.call(req)));

@@ -5,7 +5,7 @@
 
 use crate::BoxError;
 use crate::body::MeshBody;
-use crate::ext::{Mirrored, Routed};
+use crate::ext::Mirrored;
 use crate::future::MapErr;
 use crate::runtime::Runtime;
 use http::Request;
@@ -51,12 +51,15 @@ impl<S> Mirror<S> {
         if req.extensions().get::<Mirrored>().is_some() {
             return None;
         }
-        let routed = req.extensions().get::<Routed>()?;
+        let routed = crate::ext::routed(req)?;
         let (backend, percent) = routed.route_entry()?.mirror()?;
         if rand::random::<f64>() * 100.0 >= percent {
             return None;
         }
-        let body = req.body().replay()?;
+        let body = req
+            .body()
+            .replay()?
+            .with_routed(routed.with_backend(backend));
         let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
@@ -68,7 +71,6 @@ impl<S> Mirror<S> {
         if let Ok(v) = http::HeaderValue::from_str(&format!("{host}-shadow")) {
             copy.headers_mut().insert(http::header::HOST, v);
         }
-        copy.extensions_mut().insert(routed.with_backend(backend));
         copy.extensions_mut().insert(Mirrored);
         Some(copy)
     }

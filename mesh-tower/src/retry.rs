@@ -120,7 +120,7 @@ where
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let runtime = &self.runtime;
         runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
-        let routed = req.extensions().get::<Routed>();
+        let routed = crate::ext::routed(&req);
         if let Some(r) = routed {
             runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
         }
@@ -190,8 +190,7 @@ fn head_for_retries(req: &Request<MeshBody>) -> http::request::Parts {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    let only_ours = req.extensions().len() == 1 && req.extensions().get::<Routed>().is_some();
-    if !only_ours {
+    if !req.extensions().is_empty() {
         *copy.extensions_mut() = req.extensions().clone();
     }
     copy.into_parts().0
@@ -317,7 +316,7 @@ where
             let mut attempt = Request::from_parts(self.parts.clone(), body);
             let mut routed = self.routed.clone();
             routed.set_attempt(n, avoid.take());
-            attempt.extensions_mut().insert(routed);
+            attempt.body_mut().set_routed(routed);
             if let Some(t) = self.per_try {
                 shorten_deadline(&mut attempt, t);
             }

@@ -2,8 +2,8 @@
 //! decides the route and the backend (weighted), sets the request's
 //! deadline, and turns the body into a [`MeshBody`] — buffered when the
 //! route may need to send it again (retries, mirroring) and it is small and
-//! of known length. Everything below reads its decision from the request's
-//! [`Routed`] extension.
+//! of known length. Everything below reads its decision from the
+//! [`Routed`] the request's body carries ([`ext::routed`](crate::ext::routed)).
 //!
 //! The path is normalized first ([`proxyless_core::path`]) for hosts the mesh
 //! claims: routes match the normal form and the request is sent with it; a
@@ -152,19 +152,19 @@ where
             deadline = deadline.min(*earlier);
         }
         routed.set_deadline(deadline);
-        let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(routed);
+        let (parts, body) = req.into_parts();
         if body.is_end_stream() {
             // No body to read first: call the readied service right away.
-            let inner = self
-                .inner
-                .call(Request::from_parts(parts, MeshBody::empty()));
+            let body = MeshBody::empty().with_routed(routed);
+            let inner = self.inner.call(Request::from_parts(parts, body));
             return Either::left(Respond { inner });
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::right(Box::pin(async move {
-            let body = MeshBody::from_body(body, buffer_limit).await?;
+            let body = MeshBody::from_body(body, buffer_limit)
+                .await?
+                .with_routed(routed);
             let result = inner.call(Request::from_parts(parts, body)).await;
             respond(result.map_err(Into::into))
         }))

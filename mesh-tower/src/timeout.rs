@@ -6,8 +6,9 @@
 //! request its caller has given up on.
 
 use crate::BoxError;
+use crate::body::MeshBody;
 use crate::error::Deadline;
-use crate::ext::{Routed, deadline_of, set_deadline};
+use crate::ext::{deadline_of, routed, set_deadline};
 use crate::future::TimeoutFuture;
 use http::Request;
 use std::task::{Context, Poll};
@@ -50,12 +51,11 @@ pub struct Timeout<S> {
     default: Duration,
 }
 
-impl<S, B> Service<Request<B>> for Timeout<S>
+impl<S> Service<Request<MeshBody>> for Timeout<S>
 where
-    S: Service<Request<B>> + Clone + Send + 'static,
+    S: Service<Request<MeshBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -65,10 +65,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let timeout = req
-            .extensions()
-            .get::<Routed>()
+    fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
+        let timeout = routed(&req)
             .and_then(|r| r.route_entry())
             .map_or(self.default, |r| r.timeout());
         let deadline = match deadline_of(&req) {

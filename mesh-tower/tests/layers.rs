@@ -13,7 +13,7 @@ use proxyless_core::Mesh;
 use proxyless_core::config::Config;
 use proxyless_tower::body::MeshBody;
 use proxyless_tower::error::ErrorKind;
-use proxyless_tower::ext::{DEADLINE_HEADER, Routed, Served};
+use proxyless_tower::ext::{DEADLINE_HEADER, Served};
 use proxyless_tower::{BoxError, MeshLayer};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,7 +81,7 @@ async fn every_attempt_carries_the_callers_extensions_and_headers() {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
         serve(handle, move |req| {
-            let a = req.extensions().get::<Routed>().unwrap().attempt();
+            let a = proxyless_tower::ext::routed(req).unwrap().attempt();
             log.lock().unwrap().push((
                 a,
                 req.extensions().get::<Tenant>().cloned(),
@@ -112,7 +112,7 @@ async fn retries_a_5xx_on_another_endpoint_until_success() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     serve(handle, move |req| {
-        let a = req.extensions().get::<Routed>().unwrap();
+        let a = proxyless_tower::ext::routed(req).unwrap();
         log.lock()
             .unwrap()
             .push((a.attempt(), req.uri().authority().unwrap().to_string()));
@@ -194,7 +194,7 @@ async fn non_idempotent_methods_are_retried_when_the_route_says_so() {
     let (svc, handle, _) =
         stack(&RETRY.replace("on: [5xx]", "on: [5xx], retry_non_idempotent: true"));
     serve(handle, |req| {
-        let n = req.extensions().get::<Routed>().unwrap().attempt();
+        let n = proxyless_tower::ext::routed(req).unwrap().attempt();
         Ok(status(if n < 2 { 503 } else { 200 }))
     });
     let post = Request::post("http://api/x")
@@ -222,7 +222,7 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
 "#;
     let (svc, handle, _) = stack(yaml);
     serve(handle, |req| {
-        let n = req.extensions().get::<Routed>().unwrap().attempt();
+        let n = proxyless_tower::ext::routed(req).unwrap().attempt();
         match (req.uri().path(), n) {
             ("/conflict", 1) => Ok(status(409)),
             ("/refused", 1) => {

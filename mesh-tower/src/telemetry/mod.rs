@@ -15,7 +15,7 @@ pub mod trace;
 use crate::BoxError;
 use crate::body::MeshBody;
 use crate::error::{ErrorKind, FaultAbort};
-use crate::ext::{Routed, Served};
+use crate::ext::Served;
 use crate::runtime::Runtime;
 use http::{Request, Response};
 use opentelemetry::trace::TraceContextExt;
@@ -71,7 +71,7 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let started = Instant::now();
-        let routed = req.extensions().get::<Routed>();
+        let routed = crate::ext::routed(&req);
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
         let (service, route) = routed
             .and_then(|r| {
@@ -95,7 +95,7 @@ where
         };
         trace::inject(&cx, req.headers_mut());
         // Lower layers make retries and mirror copies children of this span.
-        crate::ext::set_trace(req.extensions_mut(), cx.clone());
+        crate::ext::set_trace(&mut req, cx.clone());
         let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
             Box::new(AccessInfo {
                 method: req.method().clone(),
