@@ -579,6 +579,7 @@ services: [{{ name: details, routes: [{{ to: [details] }}] }}]
 backends:
   - name: details
     endpoints: [{}]
+    load_balancer: round_robin
     outlier_detection: {{ consecutive_5xx: 1, base_ejection: 2s, max_ejection_percent: 100 }}
 "#,
         endpoints.join(", ")

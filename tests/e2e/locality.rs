@@ -42,6 +42,10 @@ services: [{{ name: reviews, routes: [{{ to: [v1] }}] }}]
 backends:
   - name: v1
     endpoints: [{}]
+    # Round robin within a level: every endpoint gets its turn, so the one
+    # made to fail is soon picked (p2c would pass over one whose first
+    # connection was slow until its estimate decays).
+    load_balancer: round_robin
     outlier_detection: {{ consecutive_5xx: 1, base_ejection: 15s, max_ejection_percent: 100 }}
 "#,
         endpoints.join(", ")
