@@ -125,6 +125,21 @@ fn route(args: &[String]) -> Result<ExitCode, String> {
                 let on: Vec<String> = retry.on.iter().map(ToString::to_string).collect();
                 println!("retry    {} attempts, on {}", retry.attempts, on.join(", "));
             }
+            if let Some((limit, _)) = r.rate_limit() {
+                let per = match &limit.per {
+                    Some(proxyless_core::config::RateLimitKey::Header(h)) => {
+                        format!(", per value of `{h}`")
+                    }
+                    Some(proxyless_core::config::RateLimitKey::Path) => ", per path".to_owned(),
+                    _ => String::new(),
+                };
+                println!(
+                    "limit    {} per {}, bursts of {}{per}; refused: 429 / UNAVAILABLE, never retried",
+                    limit.tokens_per_fill,
+                    proxyless_core::config::format_duration(limit.fill_interval),
+                    limit.max_tokens
+                );
+            }
             let total = r.split().total() as f64;
             println!("backends");
             for (idx, weight) in r.split().items() {

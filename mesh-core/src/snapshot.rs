@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub(crate) backend_index: BackendIndex,
     /// Where the caller runs, if known (see [`Mesh::set_locality`](crate::Mesh::set_locality)).
     pub(crate) locality: Option<Arc<Locality>>,
+    /// The buckets of each inbound policy's rate limit, in the config's
+    /// order (kept from the previous snapshot while the limit is the same).
+    pub(crate) inbound_limits: Vec<Option<Arc<crate::policy::ratelimit::Limiter>>>,
 }
 
 /// Hashing for tables this process alone fills and probes (seeded per
@@ -138,6 +141,13 @@ impl ServiceEntry {
                 retry: r.retry.clone(),
                 fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
+                limiter: r.rate_limit.as_ref().map(|l| {
+                    let now = std::time::Instant::now();
+                    (
+                        l.clone(),
+                        Arc::new(crate::policy::ratelimit::Limiter::new(l, now)),
+                    )
+                }),
             })
             .collect();
         let names = s.host_names();
@@ -207,6 +217,12 @@ pub struct RouteEntry {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) fault: Option<Fault>,
     pub(crate) mirror: Option<(u32, f64)>,
+    /// The route's rate limit's buckets (kept while the compiled service
+    /// is).
+    pub(crate) limiter: Option<(
+        crate::config::RateLimit,
+        Arc<crate::policy::ratelimit::Limiter>,
+    )>,
 }
 
 impl RouteEntry {
@@ -233,6 +249,15 @@ impl RouteEntry {
     /// The mirror backend's index and the percentage of requests mirrored.
     pub fn mirror(&self) -> Option<(u32, f64)> {
         self.mirror
+    }
+    /// The route's rate limit and its buckets, if it has one.
+    pub fn rate_limit(
+        &self,
+    ) -> Option<(
+        &crate::config::RateLimit,
+        &crate::policy::ratelimit::Limiter,
+    )> {
+        self.limiter.as_ref().map(|(l, b)| (l, &**b))
     }
 }
 
@@ -276,6 +301,37 @@ impl LookupError {
 pub(crate) trait DnsView {
     /// The addresses of `host` as `dns` looks it up, once known.
     fn addresses(&self, dns: &crate::config::Dns, host: &str) -> Option<Addresses>;
+}
+
+/// The buckets of `config`'s inbound rate limits: `previous`'s for a
+/// service whose limit is the same, new ones otherwise.
+fn inbound_limits(
+    config: &Config,
+    previous: Option<&Snapshot>,
+) -> Vec<Option<Arc<crate::policy::ratelimit::Limiter>>> {
+    config
+        .inbound
+        .iter()
+        .map(|p| {
+            let limit = p.rate_limit.as_ref()?;
+            let kept = previous.and_then(|prev| {
+                let i = prev
+                    .config
+                    .inbound
+                    .iter()
+                    .position(|o| o.service == p.service)?;
+                let same = prev.config.inbound[i].rate_limit.as_ref() == Some(limit);
+                same.then(|| prev.inbound_limits.get(i).cloned().flatten())
+                    .flatten()
+            });
+            Some(kept.unwrap_or_else(|| {
+                Arc::new(crate::policy::ratelimit::Limiter::new(
+                    limit,
+                    std::time::Instant::now(),
+                ))
+            }))
+        })
+        .collect()
 }
 
 /// No DNS: names stand as their endpoints.
@@ -551,6 +607,7 @@ impl Snapshot {
         dns: &dyn DnsView,
     ) -> Self {
         let locality = previous.and_then(|p| p.locality.clone());
+        let inbound_limits = inbound_limits(&config, previous);
         let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
         let mut old_backends =
             Entries::new(previous.map(|p| (&p.config.backends[..], &p.backends[..])));
@@ -610,6 +667,7 @@ impl Snapshot {
             backends,
             backend_index,
             locality,
+            inbound_limits,
         }
     }
 
@@ -626,6 +684,7 @@ impl Snapshot {
             backends: self.backends.clone(),
             backend_index: self.backend_index.clone(),
             locality,
+            inbound_limits: self.inbound_limits.clone(),
         }
     }
 
@@ -720,6 +779,16 @@ impl Snapshot {
     /// The inbound policy of `service`, if the config has one.
     pub fn inbound(&self, service: &str) -> Option<&InboundPolicy> {
         self.config.inbound.iter().find(|p| p.service == service)
+    }
+
+    /// The buckets of `service`'s inbound rate limit, if it has one.
+    pub fn inbound_limiter(&self, service: &str) -> Option<&crate::policy::ratelimit::Limiter> {
+        let i = self
+            .config
+            .inbound
+            .iter()
+            .position(|p| p.service == service)?;
+        self.inbound_limits.get(i)?.as_deref()
     }
 
     /// The service that claims `host` (no port; any ASCII case), without

@@ -136,6 +136,16 @@ pub struct InvalidPath {
     pub source: proxyless_core::path::PathError,
 }
 
+/// A local rate limit refused the request (never retried).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rate limited by {scope}: the next token comes in {}ms", .retry_after.as_millis())]
+pub struct RateLimited {
+    /// Whose limit: `route <service>/<route>` or `service <name>`.
+    pub scope: Arc<str>,
+    /// When the bucket is filled next.
+    pub retry_after: Duration,
+}
+
 /// The kinds of mesh errors, for programs, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -160,6 +170,8 @@ pub enum ErrorKind {
     FaultAbort,
     /// The path was refused by normalization.
     InvalidPath,
+    /// A local rate limit refused the request.
+    RateLimited,
     /// Not a mesh error.
     Other,
 }
@@ -189,6 +201,8 @@ impl ErrorKind {
                 Some(Self::FaultAbort)
             } else if e.is::<InvalidPath>() {
                 Some(Self::InvalidPath)
+            } else if e.is::<RateLimited>() {
+                Some(Self::RateLimited)
             } else {
                 None
             };
@@ -213,6 +227,7 @@ impl ErrorKind {
             Self::Unauthorized => "unauthorized",
             Self::FaultAbort => "fault_abort",
             Self::InvalidPath => "invalid_path",
+            Self::RateLimited => "rate_limited",
             Self::Other => "other",
         }
     }
@@ -226,6 +241,7 @@ impl ErrorKind {
                 | Self::NoHealthyEndpoint
                 | Self::Unauthorized
                 | Self::InvalidPath
+                | Self::RateLimited
         )
     }
 }

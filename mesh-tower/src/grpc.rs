@@ -52,6 +52,11 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// HTTP equivalent of a non-OK trailers-only gRPC status.
 pub fn outcome_of_response<B>(resp: &http::Response<B>) -> proxyless_core::policy::Outcome {
     let http = resp.status().as_u16();
+    // A server's rate limit says nothing of its health (gRPC answers it
+    // with UNAVAILABLE, which would otherwise count as a 503).
+    if crate::response::is_rate_limited(resp.headers()) {
+        return proxyless_core::policy::Outcome::Status(429);
+    }
     match status(resp.headers()) {
         Some(code) if http == 200 && code != 0 => {
             proxyless_core::policy::Outcome::Status(http_equivalent(code))

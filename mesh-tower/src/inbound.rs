@@ -15,7 +15,8 @@
 //! 4. [`Authorize`]: this workload's inbound policy judges the caller (its
 //!    verified SPIFFE ID from [`PeerIdentity`] or [`ConnectionInfo`]) and
 //!    the request; a denial is 403 / `PERMISSION_DENIED` and never reaches
-//!    the application;
+//!    the application; then the policy's rate limit, whose refusal is 429 /
+//!    `UNAVAILABLE` with `retry-after`;
 //! 5. [`Deadline`]: the caller's deadline (`x-mesh-timeout-ms`,
 //!    `grpc-timeout`) bounds the handler and is put in the request's
 //!    extensions for the calls it makes.
@@ -71,6 +72,8 @@ pub struct InboundStats {
     pub requests: AtomicU64,
     /// Requests authorization denied.
     pub denied: AtomicU64,
+    /// Requests the service's rate limit refused.
+    pub rate_limited: AtomicU64,
 }
 
 /// What every inbound layer of one server shares.
@@ -446,6 +449,27 @@ where
                     "request denied: {reason}"
                 );
                 return refused(Unauthorized { reason });
+            }
+        }
+        // The service's rate limit, for what authorization let through.
+        if let Some(service) = self.shared.service.as_deref()
+            && let Some(buckets) = snap.inbound_limiter(service)
+        {
+            let per = policy
+                .and_then(|p| p.rate_limit.as_ref())
+                .and_then(|l| l.per.as_ref());
+            let key = crate::limit::key_of(per, &req, caller.as_ref().map(|c| c.as_str()));
+            let taken = buckets.try_take(key, crate::runtime::now());
+            self.shared.requests.rate_limit(taken.is_ok());
+            if let Err(retry_after) = taken {
+                self.shared
+                    .stats
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                return refused(crate::error::RateLimited {
+                    scope: format!("service {service}").into(),
+                    retry_after,
+                });
             }
         }
         // The application finds the caller in one place, whoever accepted.

@@ -6,6 +6,7 @@
 //! ```text
 //! app -> Route    one snapshot; route match; weighted backend; deadline; body
 //!     -> Telemetry metrics, the OpenTelemetry client span (context out by the propagator), access log
+//!     -> Limit    the route's local rate limit (a refusal is never retried)
 //!     -> Fault    injected delay / abort
 //!     -> Timeout  the request's deadline
 //!     -> Mirror   a share copied to a shadow backend, fire and forget
@@ -26,7 +27,7 @@
 //! Every refusal is a typed error ([`error`]): [`NoRoute`](error::NoRoute),
 //! [`CircuitOpen`](error::CircuitOpen),
 //! [`NoHealthyEndpoint`](error::NoHealthyEndpoint),
-//! [`Elapsed`](error::Elapsed),
+//! [`Elapsed`](error::Elapsed), [`RateLimited`](error::RateLimited),
 //! [`RetryBudgetExhausted`](error::RetryBudgetExhausted); find one in a
 //! chain with [`ErrorKind::of`](error::ErrorKind::of).
 //!
@@ -64,6 +65,7 @@ pub mod fault;
 pub mod future;
 pub mod grpc;
 pub mod inbound;
+pub mod limit;
 pub mod mirror;
 pub mod path;
 pub mod response;
@@ -94,7 +96,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// futures of its own on the common path (no body to buffer, one attempt).
 pub type MeshService<S> = route::Route<
     telemetry::Telemetry<
-        fault::Fault<timeout::Timeout<mirror::Mirror<retry::Retry<backend::Backend<S>>>>>,
+        limit::Limit<
+            fault::Fault<timeout::Timeout<mirror::Mirror<retry::Retry<backend::Backend<S>>>>>,
+        >,
     >,
 >;
 
@@ -148,6 +152,7 @@ where
                 ),
             ),
         );
+        let stack = limit::LimitLayer::new(rt.clone()).layer(stack);
         let stack = telemetry::TelemetryLayer::new(rt.clone()).layer(stack);
         route::RouteLayer::new(self.mesh.clone()).layer(stack)
     }

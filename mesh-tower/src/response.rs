@@ -7,13 +7,15 @@
 //! | `invalid_path` | 400 |
 //! | `no_route` | 404 |
 //! | `unauthorized` | 403 |
+//! | `rate_limited` | 429, with `retry-after` |
 //! | `timeout` | 504 |
 //! | `circuit_open`, `no_healthy_endpoint`, `connect_failed`, `reset`, `retry_budget_exhausted` | 503 |
 //! | anything else | 502 |
 //!
 //! gRPC requests get a trailers-only response instead
 //! ([`grpc_error_response`]): `UNAVAILABLE` for refusals and transport
-//! failures, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, `UNIMPLEMENTED` for
+//! failures (a rate limit too, as Envoy's `local_ratelimit` answers, with
+//! `retry-after`), `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, `UNIMPLEMENTED` for
 //! no route, `INVALID_ARGUMENT` for a refused path.
 
 use crate::body::ResponseBody;
@@ -28,6 +30,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::NoRoute => StatusCode::NOT_FOUND,
         ErrorKind::InvalidPath => StatusCode::BAD_REQUEST,
         ErrorKind::Unauthorized => StatusCode::FORBIDDEN,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::CircuitOpen
         | ErrorKind::NoHealthyEndpoint
@@ -45,7 +48,24 @@ pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Re
     *resp.status_mut() = status_for(kind);
     resp.headers_mut()
         .insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+    retry_after(err, resp.headers_mut());
     resp
+}
+
+/// `retry-after` (whole seconds, at least 1) for a rate-limit refusal.
+fn retry_after(err: &(dyn std::error::Error + 'static), headers: &mut http::HeaderMap) {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<crate::error::RateLimited>() {
+            let secs = r.retry_after.as_millis().div_ceil(1000).max(1);
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+            );
+            return;
+        }
+        cur = e.source();
+    }
 }
 
 /// The gRPC status code for an error kind (the code a gRPC caller expects
@@ -60,7 +80,8 @@ pub fn grpc_code_for(kind: ErrorKind) -> u32 {
         | ErrorKind::NoHealthyEndpoint
         | ErrorKind::ConnectFailed
         | ErrorKind::Reset
-        | ErrorKind::RetryBudgetExhausted => 14, // UNAVAILABLE
+        | ErrorKind::RetryBudgetExhausted
+        | ErrorKind::RateLimited => 14, // UNAVAILABLE
         _ => 2,                       // UNKNOWN
     }
 }
@@ -82,7 +103,17 @@ pub fn grpc_error_response<B>(
         h.insert("grpc-message", v);
     }
     h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+    retry_after(err, h);
     resp
+}
+
+/// Whether a response is a meshed server's rate-limit refusal
+/// (`x-mesh-error: rate_limited`): never retried into the same limit, and
+/// no sign of the server's health.
+pub fn is_rate_limited(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(ERROR_HEADER)
+        .is_some_and(|v| v.as_bytes() == ErrorKind::RateLimited.as_str().as_bytes())
 }
 
 /// Whether a request is gRPC (by its content type).
@@ -104,4 +135,32 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::error::RateLimited;
+
+    #[test]
+    fn a_rate_limit_refusal_is_429_or_unavailable_with_retry_after() {
+        let err = RateLimited {
+            scope: "route reviews/default".into(),
+            retry_after: std::time::Duration::from_millis(1200),
+        };
+        let resp: Response<ResponseBody<()>> = error_response(&err);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()[ERROR_HEADER], "rate_limited");
+        assert!(is_rate_limited(resp.headers()));
+        let grpc: Response<ResponseBody<()>> = grpc_error_response(&err);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(grpc.headers()["retry-after"], "2");
+        // It says nothing of the server's health.
+        assert_eq!(
+            crate::grpc::outcome_of_response(&grpc),
+            proxyless_core::policy::Outcome::Status(429)
+        );
+    }
 }

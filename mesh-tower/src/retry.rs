@@ -242,7 +242,9 @@ where
             ),
             Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
         };
+        let limited = matches!(&result, Ok(r) if crate::response::is_rate_limited(r.headers()));
         let last = n >= policy.attempts
+            || limited
             || !is_retriable(policy, outcome, grpc)
             || !self.replayer.can_replay()
             || self.deadline.is_some_and(|d| Instant::now() >= d);

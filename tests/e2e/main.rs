@@ -19,6 +19,7 @@ mod hostile;
 mod interop;
 mod locality;
 mod otel;
+mod ratelimit;
 mod refusals;
 mod security;
 mod servers;

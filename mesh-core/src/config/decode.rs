@@ -526,6 +526,46 @@ impl Decode for Endpoint {
     }
 }
 
+impl Decode for RateLimit {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let keys = [
+            "max_tokens",
+            "tokens_per_fill",
+            "fill_interval",
+            "per",
+            "max_keys",
+        ];
+        let f = Fields::of(n, path, cx, &keys)?;
+        let max_tokens: u32 = f.req("max_tokens", cx);
+        Some(RateLimit {
+            max_tokens,
+            tokens_per_fill: f.or("tokens_per_fill", max_tokens, cx),
+            fill_interval: f.or("fill_interval", std::time::Duration::from_secs(1), cx),
+            per: f.opt("per", cx),
+            max_keys: f.or("max_keys", DEFAULT_RATE_LIMIT_KEYS, cx),
+        })
+    }
+}
+
+impl Decode for RateLimitKey {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        if let Value::Map(_) = &n.value {
+            let (_, v) = one_of(n, path, cx, &["header"])?;
+            let name: String = String::decode(v, &child(path, "header"), cx)?;
+            return Some(RateLimitKey::Header(name));
+        }
+        #[derive(Clone, Copy)]
+        enum K {
+            Caller,
+            Path,
+        }
+        match keyword(n, path, cx, &[("caller", K::Caller), ("path", K::Path)])? {
+            K::Caller => Some(RateLimitKey::Caller),
+            K::Path => Some(RateLimitKey::Path),
+        }
+    }
+}
+
 impl Decode for Locality {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let s: String = String::decode(n, path, cx)?;

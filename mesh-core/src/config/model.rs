@@ -185,6 +185,75 @@ pub struct Route {
     /// Traffic mirroring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// A local rate limit on this route's requests from this workload
+    /// (protecting the dependency from this caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A local rate limit: a token bucket, as Envoy's `local_ratelimit` filter
+/// has it, optionally one per key. A refused request gets 429 (gRPC:
+/// `UNAVAILABLE`, as Envoy's filter answers), `retry-after` and
+/// `x-mesh-error: rate_limited`, and is never retried.
+///
+/// ```
+/// use proxyless_core::config::{Config, RateLimitKey};
+/// let cfg = Config::from_yaml(r#"
+/// services:
+///   - name: reviews
+///     routes: [{ to: [v1], rate_limit: { max_tokens: 100, fill_interval: 1s, per: { header: x-user } } }]
+/// backends: [{ name: v1, endpoints: ["10.0.0.1:80"] }]
+/// "#).unwrap();
+/// let limit = cfg.services[0].routes[0].rate_limit.as_ref().unwrap();
+/// assert_eq!(limit.tokens_per_fill, 100); // defaults to max_tokens
+/// assert_eq!(limit.per, Some(RateLimitKey::Header("x-user".into())));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    /// The bucket's size: the burst allowed.
+    pub max_tokens: u32,
+    /// Tokens added every `fill_interval` (default: `max_tokens`).
+    pub tokens_per_fill: u32,
+    /// How often the bucket is filled (default 1s; at least 50ms, as Envoy).
+    #[serde(with = "serde_human")]
+    pub fill_interval: Duration,
+    /// One bucket per value of this key, instead of one in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per: Option<RateLimitKey>,
+    /// With `per`, the most keys with a bucket of their own (default
+    /// 10,000); the others share one more.
+    pub max_keys: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            max_tokens: 1,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_secs(1),
+            per: None,
+            max_keys: DEFAULT_RATE_LIMIT_KEYS,
+        }
+    }
+}
+
+/// The default [`RateLimit::max_keys`].
+pub const DEFAULT_RATE_LIMIT_KEYS: u32 = 10_000;
+/// The most [`RateLimit::max_keys`].
+pub const MAX_RATE_LIMIT_KEYS: u32 = 1_000_000;
+
+/// What a rate limit keeps a bucket per.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RateLimitKey {
+    /// The caller's verified SPIFFE ID (inbound only; callers without one
+    /// share a bucket).
+    Caller,
+    /// A request header's value (requests without it share a bucket).
+    Header(String),
+    /// The request's path (normalized).
+    Path,
 }
 
 /// Conditions that must all hold for a request to match.
@@ -1010,6 +1079,10 @@ pub struct InboundPolicy {
     /// Authorization rules; deny rules win, and once any allow rule exists
     /// whatever no rule allows is denied.
     pub rules: Vec<AuthzRule>,
+    /// A local rate limit on the service's requests, applied after
+    /// authorization (a denied request takes no token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The mTLS mode of an inbound listener.

@@ -254,8 +254,51 @@ pub(crate) fn validate(
                 v.method(&format!("{rp}.to.methods[{k}]"), m);
             }
         }
+        if let Some(limit) = &p.rate_limit {
+            rate_limit(&mut v, &child(&at, "rate_limit"), limit, true);
+        }
     }
     v.problems
+}
+
+/// A token bucket and its key; `inbound` allows keying by caller.
+fn rate_limit(v: &mut V<'_>, at: &str, l: &RateLimit, inbound: bool) {
+    for (field, n) in [
+        ("max_tokens", l.max_tokens),
+        ("tokens_per_fill", l.tokens_per_fill),
+        ("max_keys", l.max_keys),
+    ] {
+        if n == 0 {
+            v.add(
+                ProblemKind::OutOfRange,
+                &child(at, field),
+                "must be at least 1",
+            );
+        }
+    }
+    if l.max_keys > MAX_RATE_LIMIT_KEYS {
+        let msg = format!("{} is above the most, {MAX_RATE_LIMIT_KEYS}", l.max_keys);
+        v.add(ProblemKind::OutOfRange, &child(at, "max_keys"), msg);
+    }
+    if l.fill_interval < Duration::from_millis(50) {
+        let msg = format!(
+            "{} is shorter than 50ms (Envoy's least)",
+            super::format_duration(l.fill_interval)
+        );
+        v.add(ProblemKind::OutOfRange, &child(at, "fill_interval"), msg);
+    }
+    v.at_most_max(&child(at, "fill_interval"), l.fill_interval);
+    match &l.per {
+        Some(RateLimitKey::Caller) if !inbound => {
+            let msg = "`caller` keys an inbound limit; a route's limit is this workload's own";
+            v.add(ProblemKind::InvalidValue, &child(at, "per"), msg);
+        }
+        Some(RateLimitKey::Header(h)) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+            let msg = format!("`{h}` is not a valid header name");
+            v.add(ProblemKind::InvalidValue, &child(at, "per"), msg);
+        }
+        _ => {}
+    }
 }
 
 fn defaults(v: &mut V<'_>, d: &Defaults) {
@@ -419,6 +462,9 @@ fn route<'a>(
         let p = child(at, "mirror");
         reference(v, || child(&p, "backend"), &m.backend, backends);
         v.percent(&child(&p, "percent"), m.percent);
+    }
+    if let Some(limit) = &r.rate_limit {
+        rate_limit(v, &child(at, "rate_limit"), limit, false);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod ewma;
 pub mod locality;
 pub mod outlier;
+pub mod ratelimit;
 
 /// What an attempt to an endpoint came to, as the policies see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -338,3 +338,34 @@ backends:
     );
     assert_eq!((e.priority, e.healthy), (1, false));
 }
+
+#[test]
+fn rate_limits_are_checked_and_each_problem_named() {
+    let err = Config::from_yaml(
+        r#"
+services:
+  - name: s
+    routes: [{ to: [b], rate_limit: { max_tokens: 0, fill_interval: 10ms, per: caller } }]
+backends: [{ name: b, endpoints: ["10.0.0.1:80"] }]
+inbound:
+  - service: s
+    rate_limit: { max_tokens: 5, tokens_per_fill: 0, max_keys: 2000000, per: { header: "bad header" } }
+"#,
+    )
+    .unwrap_err();
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    for e in [
+        "services[0].routes[0].rate_limit.max_tokens: must be at least 1",
+        "services[0].routes[0].rate_limit.fill_interval: 10ms is shorter than 50ms",
+        "services[0].routes[0].rate_limit.per: `caller` keys an inbound limit",
+        "inbound[0].rate_limit.tokens_per_fill: must be at least 1",
+        "inbound[0].rate_limit.max_keys: 2000000 is above the most, 1000000",
+        "inbound[0].rate_limit.per: `bad header` is not a valid header name",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(e)),
+            "missing `{e}` in:\n{}",
+            problems.join("\n")
+        );
+    }
+}

@@ -91,29 +91,35 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
             prop::option::of((dur(), percent())),
             prop::option::of((200u16..600, percent())),
         )),
-        prop::option::of((0..n_backends, percent())),
+        (
+            prop::option::of((0..n_backends, percent())),
+            prop::option::of(rate_limit()),
+        ),
     )
-        .prop_map(|(name, matches, to, timeout, retry, fault, mirror)| Route {
-            name,
-            matches,
-            to: to
-                .into_iter()
-                .map(|(b, weight)| WeightedBackend {
+        .prop_map(
+            |(name, matches, to, timeout, retry, fault, (mirror, rate_limit))| Route {
+                rate_limit,
+                name,
+                matches,
+                to: to
+                    .into_iter()
+                    .map(|(b, weight)| WeightedBackend {
+                        backend: format!("b{b}"),
+                        weight,
+                    })
+                    .collect(),
+                timeout,
+                retry,
+                fault: fault.map(|(delay, abort)| Fault {
+                    delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),
+                    abort: abort.map(|(status, percent)| FaultAbort { status, percent }),
+                }),
+                mirror: mirror.map(|(b, percent)| Mirror {
                     backend: format!("b{b}"),
-                    weight,
-                })
-                .collect(),
-            timeout,
-            retry,
-            fault: fault.map(|(delay, abort)| Fault {
-                delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),
-                abort: abort.map(|(status, percent)| FaultAbort { status, percent }),
-            }),
-            mirror: mirror.map(|(b, percent)| Mirror {
-                backend: format!("b{b}"),
-                percent,
-            }),
-        })
+                    percent,
+                }),
+            },
+        )
 }
 
 fn backend(i: usize) -> impl Strategy<Value = Backend> {
@@ -209,6 +215,29 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                         )
                     }),
                 }
+            },
+        )
+}
+
+fn rate_limit() -> impl Strategy<Value = RateLimit> {
+    (
+        1u32..1000,
+        1u32..1000,
+        50u64..10_000,
+        prop_oneof![
+            Just(None),
+            Just(Some(RateLimitKey::Path)),
+            "x-[a-z]{1,5}".prop_map(|h| Some(RateLimitKey::Header(h))),
+        ],
+        1u32..100_000,
+    )
+        .prop_map(
+            |(max_tokens, tokens_per_fill, ms, per, max_keys)| RateLimit {
+                max_tokens,
+                tokens_per_fill,
+                fill_interval: Duration::from_millis(ms),
+                per,
+                max_keys,
             },
         )
 }
@@ -345,6 +374,13 @@ fn config() -> impl Strategy<Value = Config> {
                     inbound: inbound
                         .into_iter()
                         .map(|(mtls, rules)| InboundPolicy {
+                            rate_limit: Some(RateLimit {
+                                max_tokens: 50,
+                                tokens_per_fill: 10,
+                                fill_interval: Duration::from_millis(250),
+                                per: Some(RateLimitKey::Caller),
+                                max_keys: 100,
+                            }),
                             service: "s0".to_owned(),
                             mtls,
                             rules: rules

@@ -43,6 +43,9 @@ pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 pub const EJECTIONS: &str = "mesh_outlier_ejections_total";
 /// `mesh_endpoints`.
 pub const ENDPOINTS: &str = "mesh_endpoints";
+/// Counter: a local rate limit's decisions, by `result` (`admitted`,
+/// `refused`).
+pub const RATE_LIMIT: &str = "mesh_rate_limit_total";
 /// Gauge: the share of a backend's requests, in percent, that each of its
 /// locality and priority levels takes (backends with more than one level).
 pub const LEVEL_LOAD: &str = "mesh_locality_load_percent";
@@ -144,7 +147,7 @@ pub fn lazy_handle<T>(slot: &OnceLock<T>, make: impl FnOnce() -> T) -> Option<&T
 }
 
 /// Outcome classes, each with its own lazily registered series.
-const CLASSES: [(&str, &str); 14] = [
+const CLASSES: [(&str, &str); 15] = [
     ("1xx", "none"),
     ("2xx", "none"),
     ("3xx", "none"),
@@ -158,6 +161,7 @@ const CLASSES: [(&str, &str); 14] = [
     ("error", "retry_budget_exhausted"),
     ("error", "unauthorized"),
     ("error", "no_route"),
+    ("error", "rate_limited"),
     ("error", "other"),
 ];
 
@@ -174,7 +178,8 @@ pub(crate) fn class_of(outcome: Result<u16, crate::error::ErrorKind>) -> usize {
         Err(K::RetryBudgetExhausted) => 10,
         Err(K::Unauthorized) => 11,
         Err(K::NoRoute) => 12,
-        Err(_) => 13,
+        Err(K::RateLimited) => 13,
+        Err(_) => 14,
     }
 }
 
@@ -182,9 +187,10 @@ pub(crate) fn class_of(outcome: Result<u16, crate::error::ErrorKind>) -> usize {
 #[derive(Debug)]
 pub struct RouteMetrics {
     labels: [(&'static str, Arc<str>); 4],
-    slots: [OnceLock<(Counter, Histogram)>; 14],
+    slots: [OnceLock<(Counter, Histogram)>; 15],
     retries: OnceLock<Counter>,
     exhausted: OnceLock<Counter>,
+    limited: [OnceLock<Counter>; 2],
 }
 
 impl RouteMetrics {
@@ -205,6 +211,7 @@ impl RouteMetrics {
             slots: Default::default(),
             retries: OnceLock::new(),
             exhausted: OnceLock::new(),
+            limited: Default::default(),
         }
     }
 
@@ -238,6 +245,24 @@ impl RouteMetrics {
     pub fn retry(&self) {
         if let Some(c) = lazy_handle(&self.retries, || {
             metrics::counter!(RETRIES, &self.owned()[1..])
+        }) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a rate limit's decision on a request: admitted or refused
+    /// (`mesh_rate_limit_total{direction, service, route, result}`).
+    pub fn rate_limit(&self, admitted: bool) {
+        let (i, result) = if admitted {
+            (0, "admitted")
+        } else {
+            (1, "refused")
+        };
+        if let Some(c) = lazy_handle(&self.limited[i], || {
+            let mut labels = self.owned();
+            labels.truncate(3);
+            labels.push(("result", result.to_owned()));
+            metrics::counter!(RATE_LIMIT, &labels)
         }) {
             c.increment(1);
         }

@@ -514,6 +514,7 @@ services:
       - name: exact
         match: { path: { exact: /health } }
         timeout: 250ms
+        rate_limit: { max_tokens: 10, tokens_per_fill: 5, fill_interval: 500ms }
         fault: { delay: { fixed: 50ms, percent: 12.5 }, abort: { status: 503, percent: 0.5 } }
         to: [{ backend: reviews-v1, weight: 3 }]
       - name: default

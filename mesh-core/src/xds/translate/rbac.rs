@@ -85,10 +85,12 @@ pub fn inbound_of(
     for f in rbac.unwrap_or_default() {
         rules.extend(rules_of(&f, &at, warnings)?);
     }
+    let rate_limit = chain_rate_limit(chains[0], &at, warnings)?;
     Ok(InboundPolicy {
         service: service.to_owned(),
         mtls,
         rules,
+        rate_limit,
     })
 }
 
@@ -115,6 +117,37 @@ fn chain_tls(chain: &FilterChain, at: &str) -> Result<Option<bool>, XdsError> {
     Ok(Some(
         ctx.require_client_certificate.is_some_and(|b| b.value),
     ))
+}
+
+/// The local rate limit of a chain's HTTP connection manager, if any.
+fn chain_rate_limit(
+    chain: &FilterChain,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::config::RateLimit>, XdsError> {
+    for f in &chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        if any.type_url != type_url::HCM {
+            continue;
+        }
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+            XdsError::new(format!(
+                "{at}: cannot decode its HttpConnectionManager: {e}"
+            ))
+        })?;
+        for hf in &hcm.http_filters {
+            if let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type
+                && any.type_url == super::routes::LOCAL_RATELIMIT
+            {
+                let where_ = format!("{at}: `{}`", hf.name);
+                return super::routes::rate_limit_of(any, &where_, warnings)
+                    .map_err(|e| XdsError::new(format!("{where_}: {e}")));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The RBAC filters of a chain's HTTP connection manager, in order.
@@ -412,6 +445,7 @@ inbound:
       - from: ["*"]
         to: { paths: ["/health"] }
       - from: ["spiffe://demo.local/ops/*"]
+    rate_limit: { max_tokens: 100, tokens_per_fill: 20, fill_interval: 200ms }
 "#,
         )
         .unwrap();

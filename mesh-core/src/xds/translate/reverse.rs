@@ -174,6 +174,21 @@ fn hcm_of(s: &Service) -> HttpConnectionManager {
             ..Default::default()
         });
     }
+    if s.routes.iter().any(|r| r.rate_limit.is_some()) {
+        // Present with no bucket of its own (no limit but the routes'),
+        // optional: a client without it may go on.
+        http_filters.push(HttpFilter {
+            name: RATELIMIT_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                &envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit {
+                    stat_prefix: "mesh".into(),
+                    ..Default::default()
+                },
+            ))),
+            is_optional: true,
+            ..Default::default()
+        });
+    }
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(&router))),
@@ -247,6 +262,9 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
     if let Some(f) = &route.fault {
         typed_per_filter_config.insert(FAULT_FILTER.to_owned(), any(&http_fault(f)));
     }
+    if let Some(l) = &route.rate_limit {
+        typed_per_filter_config.insert(RATELIMIT_FILTER.to_owned(), local_rate_limit(l));
+    }
     alternatives
         .into_iter()
         .map(|m| XRoute {
@@ -257,6 +275,38 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
             ..Default::default()
         })
         .collect()
+}
+
+/// The name of Envoy's local rate limit filter.
+pub(super) const RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+
+/// A rate limit as Envoy's `LocalRateLimit`: its token bucket, enabled
+/// and enforced for every request. (A key, `per`, has no counterpart: a
+/// descriptor names fixed values, not one bucket per value.)
+pub(super) fn local_rate_limit(l: &crate::config::RateLimit) -> Any {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+    let all = || {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            runtime_key: String::new(),
+        })
+    };
+    any(&LocalRateLimit {
+        stat_prefix: "mesh".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: l.max_tokens,
+            tokens_per_fill: u32v(l.tokens_per_fill),
+            fill_interval: Some(pdur(l.fill_interval)),
+        }),
+        filter_enabled: all(),
+        filter_enforced: all(),
+        ..Default::default()
+    })
 }
 
 fn retry_of(p: &RetryPolicy) -> XRetry {

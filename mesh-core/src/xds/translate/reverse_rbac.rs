@@ -131,11 +131,8 @@ fn policy_of(rule: &AuthzRule) -> Policy {
     }
 }
 
-/// A service's inbound policy as the listener a server subscribes to,
-/// named `name`: deny rules in one RBAC filter, allow rules in the next
-/// (so deny wins, and once any allow rule exists the rest is denied), and
-/// a filter chain per accepted transport.
-pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
+/// The policy's rules as RBAC filters: deny first, then allow.
+fn rbac_filters(p: &InboundPolicy) -> Vec<HttpFilter> {
     let mut http_filters = Vec::new();
     for (action, code) in [(AuthzAction::Deny, 1), (AuthzAction::Allow, 0)] {
         let policies: std::collections::HashMap<String, Policy> = p
@@ -162,6 +159,25 @@ pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
                 if code == 1 { "deny" } else { "allow" }
             ),
             config_type: Some(http_filter::ConfigType::TypedConfig(any(&rbac))),
+            ..Default::default()
+        });
+    }
+    http_filters
+}
+
+/// A service's inbound policy as the listener a server subscribes to,
+/// named `name`: deny rules in one RBAC filter, allow rules in the next
+/// (so deny wins, and once any allow rule exists the rest is denied), and
+/// a filter chain per accepted transport.
+pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
+    let mut http_filters = rbac_filters(p);
+    if let Some(l) = &p.rate_limit {
+        http_filters.push(HttpFilter {
+            name: super::reverse::RATELIMIT_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                super::reverse::local_rate_limit(l),
+            )),
+            is_optional: true,
             ..Default::default()
         });
     }

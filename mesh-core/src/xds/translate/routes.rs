@@ -62,6 +62,8 @@ pub(super) fn route_of(
     });
     let fault = faults_in(&xr.typed_per_filter_config, &where_, warnings)
         .map_err(|e| e.at("typed_per_filter_config"))?;
+    let rate_limit = rate_limit_in(&xr.typed_per_filter_config, &where_, warnings)
+        .map_err(|e| e.at("typed_per_filter_config"))?;
     Ok(Route {
         name: Some(if xr.name.is_empty() {
             format!("route-{i}")
@@ -74,6 +76,7 @@ pub(super) fn route_of(
         retry,
         fault,
         mirror,
+        rate_limit,
     })
 }
 
@@ -309,6 +312,10 @@ pub(super) fn faults_in(
     use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
     let mut fault = None;
     for (name, any) in configs {
+        if any.type_url == LOCAL_RATELIMIT {
+            // Read by `rate_limit_in`.
+            continue;
+        }
         if any.type_url == <HttpFault as prost::Name>::type_url() {
             let hf = HttpFault::decode(any.value.as_slice()).map_err(|e| {
                 at(
@@ -325,6 +332,83 @@ pub(super) fn faults_in(
         }
     }
     Ok(fault)
+}
+
+/// The type URL of Envoy's local rate limit filter's config.
+pub(super) const LOCAL_RATELIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+
+/// A route's local rate limit from its per-filter configs.
+pub(super) fn rate_limit_in(
+    configs: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+    where_: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::config::RateLimit>, XdsError> {
+    let mut out = None;
+    for (name, any) in configs
+        .iter()
+        .filter(|(_, a)| a.type_url == LOCAL_RATELIMIT)
+    {
+        out = rate_limit_of(any, &format!("{where_}: `{name}`"), warnings)
+            .map_err(|e| e.at(format!("[`{name}`]")))?;
+    }
+    Ok(out)
+}
+
+/// Envoy's `LocalRateLimit` as the model's: its token bucket, when the
+/// filter is enabled and enforced (both default to 0% in Envoy: off).
+/// Descriptors, partial percentages and a status other than 429 are named
+/// in warnings.
+pub(super) fn rate_limit_of(
+    any: &envoy_types::pb::google::protobuf::Any,
+    where_: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::config::RateLimit>, XdsError> {
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    let l = LocalRateLimit::decode(any.value.as_slice())
+        .map_err(|e| at("typed_config", format!("LocalRateLimit: {e}")))?;
+    let Some(tb) = &l.token_bucket else {
+        return Ok(None);
+    };
+    let percent =
+        |f: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>| {
+            f.as_ref()
+                .and_then(|f| f.default_value.as_ref())
+                .map_or(0.0, |p| {
+                    let denominator = match p.denominator {
+                        1 => 10_000.0,
+                        2 => 1_000_000.0,
+                        _ => 100.0,
+                    };
+                    f64::from(p.numerator) * 100.0 / denominator
+                })
+        };
+    let (enabled, enforced) = (percent(&l.filter_enabled), percent(&l.filter_enforced));
+    if enabled <= 0.0 || enforced <= 0.0 {
+        warnings.push(format!(
+            "{where_}: a local rate limit that is not enabled and enforced is ignored"
+        ));
+        return Ok(None);
+    }
+    if enabled < 100.0 || enforced < 100.0 {
+        warnings.push(format!(
+            "{where_}: a local rate limit enabled or enforced for part of the requests is enforced for all"
+        ));
+    }
+    if !l.descriptors.is_empty() {
+        warnings.push(format!(
+            "{where_}: local rate limit descriptors are ignored (the route's bucket applies)"
+        ));
+    }
+    if l.status.as_ref().is_some_and(|s| s.code != 429) {
+        warnings.push(format!("{where_}: a refusal is answered with 429"));
+    }
+    Ok(Some(crate::config::RateLimit {
+        max_tokens: tb.max_tokens,
+        tokens_per_fill: tb.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        fill_interval: super::dur(&tb.fill_interval).unwrap_or_default(),
+        ..crate::config::RateLimit::default()
+    }))
 }
 
 /// The fault filter's own config in a connection manager, the default for
