@@ -236,11 +236,7 @@ impl Mesh {
             self.reject(e.clone());
             return Err(e);
         }
-        let mut last = self
-            .inner
-            .publish
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.publishing();
         let version = *last + 1;
         // Validated above: compiled without validating again.
         let current = self.inner.current.load();
@@ -260,12 +256,26 @@ impl Mesh {
             .last_update
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = snap.created();
-        self.inner.current.store(snap.clone());
-        self.inner.tx.send_replace(snap.clone());
+        self.install(snap.clone());
         drop(last);
         tracing::info!(version, source = %snap.source(), services = snap.services().len(), "mesh config published");
         self.follow_dns(snap.config());
         Ok(version)
+    }
+
+    /// The publish lock (the last version published): held while a
+    /// snapshot is made and published, so versions appear in order.
+    fn publishing(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.inner
+            .publish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `snap` the current snapshot and tells subscribers.
+    fn install(&self, snap: Arc<Snapshot>) {
+        self.inner.current.store(snap.clone());
+        self.inner.tx.send_replace(snap);
     }
 
     /// What DNS answered so far, for compiling snapshots.
@@ -309,11 +319,7 @@ impl Mesh {
     /// changed are compiled again.
     #[cfg(feature = "dns")]
     pub(crate) fn republish_dns(&self) {
-        let mut last = self
-            .inner
-            .publish
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.publishing();
         let current = self.inner.current.load_full();
         let snap = Snapshot::compile_from(
             current.config.clone(),
@@ -333,8 +339,7 @@ impl Mesh {
         }
         *last = snap.version();
         let snap = Arc::new(snap);
-        self.inner.current.store(snap.clone());
-        self.inner.tx.send_replace(snap.clone());
+        self.install(snap.clone());
         tracing::debug!(
             version = snap.version(),
             "mesh config published again with new DNS answers"
@@ -446,11 +451,7 @@ impl Mesh {
     /// ```
     pub fn set_locality(&self, locality: Option<Locality>) {
         let locality = locality.filter(|l| !l.is_empty()).map(Arc::new);
-        let mut last = self
-            .inner
-            .publish
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.publishing();
         let current = self.inner.current.load_full();
         if current.locality == locality {
             return;
@@ -462,8 +463,7 @@ impl Mesh {
         };
         let snap = Arc::new(current.relocated(version, locality));
         *last = version;
-        self.inner.current.store(snap.clone());
-        self.inner.tx.send_replace(snap);
+        self.install(snap);
         tracing::info!(version, locality = ?self.snapshot().locality().map(ToString::to_string), "workload locality set");
     }
 

@@ -2,7 +2,7 @@
 //! change while requests flow, echo servers on 127.0.0.1-3 (one port),
 //! from a config in code and over the development control plane.
 
-use crate::support::{mesh, run};
+use crate::support::{mesh, run, wait_for};
 use mesh::dns_server::DnsServer;
 use mesh::echo::{Echo, EchoHandle};
 use proxyless_core::Mesh;
@@ -10,7 +10,7 @@ use proxyless_core::config::Config;
 use proxyless_core::xds::XdsSettings;
 use proxyless_hyper::Client;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NAME: &str = "ratings.mesh.test";
 
@@ -64,14 +64,6 @@ fn endpoints(m: &Mesh) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

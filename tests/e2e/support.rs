@@ -90,6 +90,19 @@ pub fn dev_control_plane(
     (addr, task)
 }
 
+/// Waits until `cond` holds, checking every 20 ms; fails the test after
+/// 15 s, naming `what` it waited for.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A plain GET over loopback (no mesh): the status and the body as text.
 pub async fn http_get(url: &str) -> (u16, String) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -3,7 +3,7 @@
 //! by what it serves, ACKs and NACKs as the protocol says, and serving the
 //! last good snapshot while the control plane is away.
 
-use crate::support::{PeerStop as Stop, echo, free_port, peer, peers, run, run_with};
+use crate::support::{PeerStop as Stop, echo, free_port, peer, peers, run, run_with, wait_for};
 use proxyless_core::Mesh;
 use proxyless_core::xds::{Api, XdsSettings};
 use proxyless_hyper::Client;
@@ -84,14 +84,6 @@ async fn shift_to_xb(admin: u16, (pa, pb): (u16, u16), mesh: &Mesh) {
             .is_some_and(|s| s.routes[0].to[0].weight == 0)
     })
     .await;
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,26 +125,11 @@ fn chain_rate_limit(
     at: &str,
     warnings: &mut Vec<String>,
 ) -> Result<Option<crate::config::RateLimit>, XdsError> {
-    for f in &chain.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            continue;
-        };
-        if any.type_url != type_url::HCM {
-            continue;
-        }
-        let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
-            XdsError::new(format!(
-                "{at}: cannot decode its HttpConnectionManager: {e}"
-            ))
-        })?;
-        for hf in &hcm.http_filters {
-            if let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type
-                && any.type_url == super::routes::LOCAL_RATELIMIT
-            {
-                let where_ = format!("{at}: `{}`", hf.name);
-                return super::routes::rate_limit_of(any, &where_, warnings)
-                    .map_err(|e| XdsError::new(format!("{where_}: {e}")));
-            }
+    for (name, any) in chain_http_filters(chain, at)? {
+        if any.type_url == super::routes::LOCAL_RATELIMIT {
+            let where_ = format!("{at}: `{name}`");
+            return super::routes::rate_limit_of(&any, &where_, warnings)
+                .map_err(|e| XdsError::new(format!("{where_}: {e}")));
         }
     }
     Ok(None)
@@ -152,6 +137,23 @@ fn chain_rate_limit(
 
 /// The RBAC filters of a chain's HTTP connection manager, in order.
 fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, XdsError> {
+    let mut out = Vec::new();
+    for (name, any) in chain_http_filters(chain, at)? {
+        if any.type_url == RBAC_TYPE {
+            out.push(Rbac::decode(any.value.as_slice()).map_err(|e| {
+                XdsError::new(format!("{at}: cannot decode RBAC filter `{name}`: {e}"))
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+/// The HTTP filters (name and typed config) of a chain's HTTP connection
+/// managers, in order.
+fn chain_http_filters(
+    chain: &FilterChain,
+    at: &str,
+) -> Result<Vec<(String, envoy_types::pb::google::protobuf::Any)>, XdsError> {
     let mut out = Vec::new();
     for f in &chain.filters {
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -165,16 +167,9 @@ fn chain_rbac(chain: &FilterChain, at: &str) -> Result<Vec<Rbac>, XdsError> {
                 "{at}: cannot decode its HttpConnectionManager: {e}"
             ))
         })?;
-        for hf in &hcm.http_filters {
-            if let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type
-                && any.type_url == RBAC_TYPE
-            {
-                out.push(Rbac::decode(any.value.as_slice()).map_err(|e| {
-                    XdsError::new(format!(
-                        "{at}: cannot decode RBAC filter `{}`: {e}",
-                        hf.name
-                    ))
-                })?);
+        for hf in hcm.http_filters {
+            if let Some(http_filter::ConfigType::TypedConfig(any)) = hf.config_type {
+                out.push((hf.name, any));
             }
         }
     }
