@@ -125,6 +125,21 @@ fn route(args: &[String]) -> Result<ExitCode, String> {
                 let on: Vec<String> = retry.on.iter().map(ToString::to_string).collect();
                 println!("retry    {} attempts, on {}", retry.attempts, on.join(", "));
             }
+            if let Some((h, _)) = r.hedge() {
+                let delay = match h.delay {
+                    proxyless_core::config::HedgeDelay::Fixed(d) => {
+                        proxyless_core::config::format_duration(d)
+                    }
+                    proxyless_core::config::HedgeDelay::Percentile(p) => {
+                        format!("the route's p{p} latency")
+                    }
+                    _ => "?".to_owned(),
+                };
+                println!(
+                    "hedge    up to {} attempts, the next after {delay}; at most {}% of requests",
+                    h.attempts, h.budget_percent
+                );
+            }
             if let Some((limit, _)) = r.rate_limit() {
                 let per = match &limit.per {
                     Some(proxyless_core::config::RateLimitKey::Header(h)) => {

@@ -141,6 +141,11 @@ impl ServiceEntry {
                 retry: r.retry.clone(),
                 fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
+                hedge: r.hedge.as_ref().map(|h| {
+                    let now = std::time::Instant::now();
+                    let state = crate::policy::hedge::HedgeState::new(h.budget_percent, now);
+                    (h.clone(), Arc::new(state))
+                }),
                 limiter: r.rate_limit.as_ref().map(|l| {
                     let now = std::time::Instant::now();
                     (
@@ -223,6 +228,12 @@ pub struct RouteEntry {
         crate::config::RateLimit,
         Arc<crate::policy::ratelimit::Limiter>,
     )>,
+    /// The route's hedging policy and state (kept while the compiled
+    /// service is).
+    pub(crate) hedge: Option<(
+        crate::config::HedgePolicy,
+        Arc<crate::policy::hedge::HedgeState>,
+    )>,
 }
 
 impl RouteEntry {
@@ -250,6 +261,16 @@ impl RouteEntry {
     pub fn mirror(&self) -> Option<(u32, f64)> {
         self.mirror
     }
+    /// The route's hedging policy and its state, if it has one.
+    pub fn hedge(
+        &self,
+    ) -> Option<(
+        &crate::config::HedgePolicy,
+        &Arc<crate::policy::hedge::HedgeState>,
+    )> {
+        self.hedge.as_ref().map(|(p, s)| (p, s))
+    }
+
     /// The route's rate limit and its buckets, if it has one.
     pub fn rate_limit(
         &self,

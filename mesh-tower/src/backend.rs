@@ -240,6 +240,9 @@ where
             Err(PickError::NoHealthyEndpoint(e)) => return fail(e.into()),
         };
         let endpoint = backend.endpoints[index].address.clone();
+        if let Some(r) = crate::ext::routed(&req) {
+            r.record_pick(&endpoint);
+        }
         let service = service_index.and_then(|i| snap.service(i));
         let retargeted = match &backend.endpoints[index].authority {
             Some(a) => retarget(&mut req, service, a, backend.mutual_tls),

@@ -20,6 +20,8 @@ pub struct Routed {
     attempt: u32,
     avoid: Option<Arc<str>>,
     trace: Option<opentelemetry::Context>,
+    /// For a hedged request: where its latest attempt went.
+    picked: Option<Arc<std::sync::Mutex<Option<Arc<str>>>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,7 @@ impl Routed {
             attempt: 1,
             avoid: None,
             trace: None,
+            picked: None,
         }
     }
 
@@ -58,7 +61,31 @@ impl Routed {
             attempt: 1,
             avoid: None,
             trace: None,
+            picked: None,
         }
+    }
+
+    /// Keeps, from now on, where the attempts of this request go (the
+    /// hedging layer reads it to send the next attempt elsewhere).
+    pub fn track_picks(&mut self) {
+        self.picked = Some(Arc::default());
+    }
+
+    /// Records the endpoint an attempt was sent to (the backend layer),
+    /// when picks are tracked.
+    pub fn record_pick(&self, endpoint: &Arc<str>) {
+        if let Some(p) = &self.picked {
+            *p.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint.clone());
+        }
+    }
+
+    /// Where the latest attempt went, when picks are tracked.
+    pub fn last_pick(&self) -> Option<Arc<str>> {
+        self.picked
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The same route, sent to another backend (a mirror).

@@ -10,7 +10,7 @@
 //!     -> Fault    injected delay / abort
 //!     -> Timeout  the request's deadline
 //!     -> Mirror   a share copied to a shadow backend, fire and forget
-//!     -> Retry    budgeted, per-try timeout, backoff with jitter
+//!     -> Retry    budgeted, per-try timeout, backoff with jitter; or hedging
 //!     -> Backend  breaker admission, load-balanced endpoint, outlier detection
 //!     -> your HTTP client (mesh-hyper's, or any Service<Request<MeshBody>>)
 //! ```
@@ -64,6 +64,7 @@ pub mod ext;
 pub mod fault;
 pub mod future;
 pub mod grpc;
+mod hedge;
 pub mod inbound;
 pub mod limit;
 pub mod mirror;

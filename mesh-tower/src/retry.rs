@@ -124,6 +124,15 @@ where
         if let Some(r) = routed {
             runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
         }
+        if let Some(hedged) = self.hedged(&mut req) {
+            let first = self.inner.call(req);
+            return ResponseFuture {
+                state: State::Again {
+                    inner: Box::pin(hedged.run(first)),
+                },
+            };
+        }
+        let routed = crate::ext::routed(&req);
         // Borrowed from the snapshot, not copied: the retrying future reads
         // the policy again from its own copy of the decision.
         let configured = routed.and_then(|r| r.route_entry()?.retry());
@@ -396,6 +405,40 @@ where
                 .state
                 .set(State::Again { inner: again });
         }
+    }
+}
+
+impl<S> Retry<S> {
+    /// For a request on a route with a hedging policy (of a method it
+    /// hedges, with a body held in memory, not a mirror copy): what its
+    /// hedges need, with the request set to record where attempts go.
+    fn hedged<RB>(&self, req: &mut Request<MeshBody>) -> Option<crate::hedge::Hedged<S>>
+    where
+        S: Service<Request<MeshBody>, Response = Response<RB>> + Clone,
+    {
+        let routed = crate::ext::routed(req)?;
+        let (policy, state) = routed.route_entry()?.hedge()?;
+        state.deposit(now());
+        let allowed = policy.hedge_non_idempotent
+            || idempotent(req.method())
+            || crate::grpc::is_grpc(req.headers());
+        if !allowed || req.extensions().get::<Mirrored>().is_some() {
+            return None;
+        }
+        let replayer = req.body().replayer()?;
+        let (policy, state) = (policy.clone(), state.clone());
+        let routed = crate::ext::routed_mut(req)?;
+        routed.track_picks();
+        let routed = routed.clone();
+        Some(crate::hedge::Hedged {
+            svc: self.inner.clone(),
+            runtime: self.runtime.clone(),
+            parts: head_for_retries(req),
+            routed,
+            replayer,
+            policy,
+            state,
+        })
     }
 }
 

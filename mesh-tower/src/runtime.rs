@@ -74,6 +74,12 @@ pub struct Stats {
     pub mirrored: AtomicU64,
     /// Endpoint ejections by outlier detection.
     pub ejections: AtomicU64,
+    /// Hedged attempts sent (beyond the first).
+    pub hedges: AtomicU64,
+    /// Hedged requests' attempts cancelled when another answered first.
+    pub hedges_cancelled: AtomicU64,
+    /// Hedges wanted but refused by a budget.
+    pub hedges_refused: AtomicU64,
 }
 
 impl Default for Runtime {

@@ -15,6 +15,7 @@ mod chaos;
 mod data_path;
 mod dns;
 mod grpc;
+mod hedge;
 mod hostile;
 mod interop;
 mod locality;

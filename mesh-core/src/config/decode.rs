@@ -547,6 +547,30 @@ impl Decode for RateLimit {
     }
 }
 
+impl Decode for HedgeDelay {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        let s: String = String::decode(n, path, cx)?;
+        if let Some(p) = s.strip_prefix('p') {
+            return match p.parse::<f64>() {
+                Ok(p) if p.is_finite() => Some(HedgeDelay::Percentile(p)),
+                _ => {
+                    let msg = format!("`{s}` is neither a duration nor a percentile (`p95`)");
+                    cx.problem(ProblemKind::InvalidValue, path, n.line(), msg);
+                    None
+                }
+            };
+        }
+        match parse_duration(&s) {
+            Ok(d) => Some(HedgeDelay::Fixed(d)),
+            Err(e) => {
+                let msg = format!("`{s}` is neither a duration nor a percentile (`p95`): {e}");
+                cx.problem(ProblemKind::InvalidDuration, path, n.line(), msg);
+                None
+            }
+        }
+    }
+}
+
 impl Decode for RateLimitKey {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         if let Value::Map(_) = &n.value {

@@ -189,6 +189,87 @@ pub struct Route {
     /// (protecting the dependency from this caller).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Hedging: after a delay, the same request to another endpoint; the
+    /// first good answer wins and the others are cancelled. A route has a
+    /// retry policy or a hedging policy, not both (as in gRPC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgePolicy>,
+}
+
+/// Hedged requests (gRPC's hedging policy, Finagle's backup requests): the
+/// first attempt is sent; if no good answer came after `delay`, another
+/// goes (to another endpoint when there is one), up to `attempts` in all;
+/// the first good answer wins and the attempts still out are cancelled.
+/// Hedges are budgeted: at most `budget_percent` of the route's requests,
+/// and each also draws from the mesh's retry budget, so hedges and
+/// retries together cannot multiply the load.
+///
+/// ```
+/// use proxyless_core::config::{Config, HedgeDelay};
+/// let cfg = Config::from_yaml(r#"
+/// services:
+///   - name: search
+///     routes: [{ to: [v1], hedge: { delay: p95, budget_percent: 10 } }]
+/// backends: [{ name: v1, endpoints: ["10.0.0.1:80", "10.0.0.2:80"] }]
+/// "#).unwrap();
+/// let hedge = cfg.services[0].routes[0].hedge.as_ref().unwrap();
+/// assert_eq!(hedge.delay, HedgeDelay::Percentile(95.0));
+/// assert_eq!(hedge.attempts, 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
+pub struct HedgePolicy {
+    /// Attempts in all, the first included (2 to 5; default 2).
+    #[decode(default = 2)]
+    pub attempts: u32,
+    /// How long to wait for an answer before the next attempt: a duration
+    /// (`20ms`) or a percentile of the route's recent latency (`p90`,
+    /// `p95`, `p99`; from 50 to 99.9). With a percentile, nothing is
+    /// hedged until the route has answered 20 requests.
+    #[decode(required)]
+    pub delay: HedgeDelay,
+    /// Hedges as a share of the route's requests, at most (percent;
+    /// default 5).
+    #[decode(default = 5.0)]
+    pub budget_percent: f64,
+    /// Hedge methods that are not idempotent too (POST, PATCH); gRPC calls
+    /// are hedged whatever their method, as gRPC's design allows.
+    pub hedge_non_idempotent: bool,
+}
+
+impl Default for HedgePolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            delay: HedgeDelay::Fixed(Duration::from_millis(10)),
+            budget_percent: 5.0,
+            hedge_non_idempotent: false,
+        }
+    }
+}
+
+/// When a hedge goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum HedgeDelay {
+    /// After this long.
+    Fixed(Duration),
+    /// After this percentile of the route's recent latency (50 to 99.9).
+    Percentile(f64),
+}
+
+impl Default for HedgeDelay {
+    fn default() -> Self {
+        Self::Fixed(Duration::from_millis(10))
+    }
+}
+
+impl Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Fixed(d) => s.serialize_str(&super::format_duration(*d)),
+            Self::Percentile(p) => s.collect_str(&format_args!("p{p}")),
+        }
+    }
 }
 
 /// A local rate limit: a token bucket, as Envoy's `local_ratelimit` filter

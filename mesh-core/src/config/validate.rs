@@ -466,6 +466,29 @@ fn route<'a>(
     if let Some(limit) = &r.rate_limit {
         rate_limit(v, &child(at, "rate_limit"), limit, false);
     }
+    if let Some(h) = &r.hedge {
+        let p = child(at, "hedge");
+        if !(2..=5).contains(&h.attempts) {
+            let msg = format!("{} attempts; a hedging policy makes 2 to 5", h.attempts);
+            v.add(ProblemKind::OutOfRange, &child(&p, "attempts"), msg);
+        }
+        match h.delay {
+            HedgeDelay::Fixed(d) => v.positive(&child(&p, "delay"), d),
+            HedgeDelay::Percentile(q) if !(50.0..=99.9).contains(&q) => {
+                let msg = format!("p{q} is outside p50 to p99.9");
+                v.add(ProblemKind::OutOfRange, &child(&p, "delay"), msg);
+            }
+            _ => {}
+        }
+        if !(h.budget_percent > 0.0 && h.budget_percent <= 100.0) {
+            let msg = format!("{} is not a percentage above 0", h.budget_percent);
+            v.add(ProblemKind::OutOfRange, &child(&p, "budget_percent"), msg);
+        }
+        if r.retry.is_some() {
+            let msg = "a route has a retry policy or a hedging policy, not both (as in gRPC)";
+            v.add(ProblemKind::InvalidValue, &p, msg);
+        }
+    }
 }
 
 /// Hashing for tables this process alone fills and probes (seeded per

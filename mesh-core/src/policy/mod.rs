@@ -13,6 +13,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod ewma;
+pub mod hedge;
 pub mod locality;
 pub mod outlier;
 pub mod ratelimit;

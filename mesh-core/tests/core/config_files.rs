@@ -369,3 +369,36 @@ inbound:
         );
     }
 }
+
+#[test]
+fn hedging_policies_are_checked_and_each_problem_named() {
+    let err = Config::from_yaml(
+        r#"
+services:
+  - name: s
+    routes:
+      - to: [b]
+        retry: { attempts: 2 }
+        hedge: { attempts: 9, delay: p20, budget_percent: 0 }
+      - { to: [b], hedge: { delay: 0s } }
+      - { to: [b], hedge: { delay: soon } }
+backends: [{ name: b, endpoints: ["10.0.0.1:80"] }]
+"#,
+    )
+    .unwrap_err();
+    let problems: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    for e in [
+        "services[0].routes[0].hedge.attempts: 9 attempts; a hedging policy makes 2 to 5",
+        "services[0].routes[0].hedge.delay: p20 is outside p50 to p99.9",
+        "services[0].routes[0].hedge.budget_percent: 0 is not a percentage above 0",
+        "services[0].routes[0].hedge: a route has a retry policy or a hedging policy, not both",
+        "services[0].routes[1].hedge.delay: must be greater than zero",
+        "services[0].routes[2].hedge.delay: `soon` is neither a duration nor a percentile",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(e)),
+            "missing `{e}` in:\n{}",
+            problems.join("\n")
+        );
+    }
+}

@@ -98,6 +98,13 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
     )
         .prop_map(
             |(name, matches, to, timeout, retry, fault, (mirror, rate_limit))| Route {
+                // With no retry policy, a hedging one.
+                hedge: retry.is_none().then_some(HedgePolicy {
+                    attempts: 3,
+                    delay: HedgeDelay::Percentile(95.0),
+                    budget_percent: 10.0,
+                    hedge_non_idempotent: false,
+                }),
                 rate_limit,
                 name,
                 matches,

@@ -43,6 +43,19 @@ pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 pub const EJECTIONS: &str = "mesh_outlier_ejections_total";
 /// `mesh_endpoints`.
 pub const ENDPOINTS: &str = "mesh_endpoints";
+/// What became of a hedge, for [`RouteMetrics::hedge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeResult {
+    /// A hedged attempt was sent.
+    Sent,
+    /// An attempt was cancelled: another answered first.
+    Cancelled,
+    /// A hedge was wanted but a budget refused it.
+    Refused,
+}
+
+/// Counter: hedged attempts, by `result` (`sent`, `cancelled`, `refused`).
+pub const HEDGES: &str = "mesh_hedges_total";
 /// Counter: a local rate limit's decisions, by `result` (`admitted`,
 /// `refused`).
 pub const RATE_LIMIT: &str = "mesh_rate_limit_total";
@@ -191,6 +204,7 @@ pub struct RouteMetrics {
     retries: OnceLock<Counter>,
     exhausted: OnceLock<Counter>,
     limited: [OnceLock<Counter>; 2],
+    hedges: [OnceLock<Counter>; 3],
 }
 
 impl RouteMetrics {
@@ -212,6 +226,7 @@ impl RouteMetrics {
             retries: OnceLock::new(),
             exhausted: OnceLock::new(),
             limited: Default::default(),
+            hedges: Default::default(),
         }
     }
 
@@ -263,6 +278,24 @@ impl RouteMetrics {
             labels.truncate(3);
             labels.push(("result", result.to_owned()));
             metrics::counter!(RATE_LIMIT, &labels)
+        }) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a hedge: `sent`, `cancelled` (an attempt still out when
+    /// another answered) or `refused` (by a budget)
+    /// (`mesh_hedges_total{service, route, backend, result}`).
+    pub fn hedge(&self, result: HedgeResult) {
+        let (i, name) = match result {
+            HedgeResult::Sent => (0, "sent"),
+            HedgeResult::Cancelled => (1, "cancelled"),
+            HedgeResult::Refused => (2, "refused"),
+        };
+        if let Some(c) = lazy_handle(&self.hedges[i], || {
+            let mut labels = self.owned()[1..].to_vec();
+            labels.push(("result", name.to_owned()));
+            metrics::counter!(HEDGES, &labels)
         }) {
             c.increment(1);
         }

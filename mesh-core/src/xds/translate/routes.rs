@@ -77,6 +77,9 @@ pub(super) fn route_of(
         fault,
         mirror,
         rate_limit,
+        // Envoy's hedge policy hedges on per-try timeouts of its retry
+        // policy; the model keeps the two apart, and does not map it yet.
+        hedge: None,
     })
 }
 

@@ -1,0 +1,181 @@
+//! Hedged requests, for routes with a hedging policy
+//! ([`HedgePolicy`](proxyless_core::config::HedgePolicy)); the retry layer
+//! hands them here. The first attempt is sent at once; while no good answer
+//! has come, another goes after the policy's delay (fixed, or a percentile
+//! of the route's recent latency), to another endpoint than the previous
+//! attempt's when there is one, up to the policy's attempts. The first good
+//! answer wins and the attempts still out are cancelled (dropped: their
+//! connections' requests are reset, their breaker slots freed). A failed
+//! answer waits for the others; with none out, the next hedge goes at once.
+//!
+//! Each hedge needs room in two budgets: the route's (`budget_percent` of
+//! its requests) and the mesh's retry budget, which retries draw from too.
+
+use crate::BoxError;
+use crate::body::{MeshBody, Replayer};
+use crate::ext::Routed;
+use crate::runtime::{Runtime, now};
+use crate::telemetry::metrics::HedgeResult;
+use http::{Request, Response};
+use proxyless_core::config::{HedgeDelay, HedgePolicy};
+use proxyless_core::policy::hedge::HedgeState;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+/// What a hedged request needs after its first attempt.
+pub(crate) struct Hedged<S> {
+    pub(crate) svc: S,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) routed: Routed,
+    pub(crate) parts: http::request::Parts,
+    pub(crate) replayer: Replayer,
+    pub(crate) policy: HedgePolicy,
+    pub(crate) state: Arc<HedgeState>,
+}
+
+/// Whether a result is a good answer: a response that is neither a 5xx
+/// nor a gRPC failure mapped to one.
+fn good<RB>(result: &Result<Response<RB>, BoxError>) -> bool {
+    match result {
+        Ok(resp) => !crate::grpc::outcome_of_response(resp).is_5xx(),
+        Err(_) => false,
+    }
+}
+
+impl<S, RB> Hedged<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    /// The delay before the next attempt, if hedging can go on.
+    fn delay(&self) -> Option<Duration> {
+        match self.policy.delay {
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::Percentile(p) => self.state.latency.percentile(p),
+            _ => None,
+        }
+    }
+
+    /// Takes a hedge from both budgets.
+    fn admit(&self) -> bool {
+        let t = now();
+        let shared = self
+            .runtime
+            .with_budget(self.routed.snapshot(), |b| b.try_withdraw(t));
+        shared && self.state.try_withdraw(t)
+    }
+
+    /// Runs the hedged request from its first attempt, already sent.
+    pub(crate) async fn run(mut self, first: S::Future) -> Result<Response<RB>, BoxError> {
+        let started = Instant::now();
+        let metrics = self.runtime.route_metrics(&self.routed);
+        let mut out: JoinSet<(u32, Result<Response<RB>, BoxError>)> = JoinSet::new();
+        out.spawn(async move { (1, first.await.map_err(Into::into)) });
+        let mut sent = 1u32;
+        let mut first_timed = false;
+        let mut next = self.delay().map(|d| started + d);
+        let mut last: Option<Result<Response<RB>, BoxError>> = None;
+        loop {
+            let more = sent < self.policy.attempts;
+            let wake = next.filter(|_| more);
+            tokio::select! {
+                joined = out.join_next() => {
+                    let Some(joined) = joined else {
+                        return last.unwrap_or_else(|| Err("internal: a hedged request with no attempt".into()));
+                    };
+                    let (n, result) = match joined {
+                        Ok(r) => r,
+                        Err(e) => (0, Err(format!("a hedged attempt ended abnormally: {e}").into())),
+                    };
+                    if n == 1 {
+                        self.state.latency.record(started.elapsed());
+                        first_timed = true;
+                    }
+                    if good(&result) || (out.is_empty() && !more) {
+                        self.finish(&out, first_timed, started, &metrics);
+                        return result;
+                    }
+                    last = Some(result);
+                    if out.is_empty() {
+                        // Nothing out: the next attempt need not wait.
+                        next = Some(Instant::now());
+                    }
+                }
+                () = sleep_until(wake) => {
+                    if self.admit() {
+                        self.send(&mut out, sent + 1).await;
+                        sent += 1;
+                        metrics.hedge(HedgeResult::Sent);
+                        self.runtime.stats().hedges.fetch_add(1, Ordering::Relaxed);
+                        next = self.delay().map(|d| Instant::now() + d);
+                    } else {
+                        metrics.hedge(HedgeResult::Refused);
+                        self.runtime.stats().hedges_refused.fetch_add(1, Ordering::Relaxed);
+                        // No room: this request is not hedged further.
+                        next = None;
+                        if out.is_empty() {
+                            return last.unwrap_or_else(|| Err("internal: a hedged request with no attempt".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends attempt `n`, to another endpoint than the last attempt's.
+    async fn send(&mut self, out: &mut JoinSet<(u32, Result<Response<RB>, BoxError>)>, n: u32) {
+        let Some(body) = self.replayer.replay() else {
+            out.spawn(async move { (n, Err("internal: a hedge without a body copy".into())) });
+            return;
+        };
+        let mut routed = self.routed.clone();
+        routed.set_attempt(n, self.routed.last_pick());
+        let attempt = Request::from_parts(self.parts.clone(), body.with_routed(routed));
+        let ready = self.svc.ready().await.map_err(Into::into);
+        match ready {
+            Ok(svc) => {
+                let fut = svc.call(attempt);
+                out.spawn(async move { (n, fut.await.map_err(Into::into)) });
+            }
+            Err(e) => {
+                out.spawn(async move { (n, Err(e)) });
+            }
+        }
+    }
+
+    /// Counts the attempts still out (cancelled when `out` is dropped),
+    /// and times a first attempt that did not finish (at least this long).
+    fn finish(
+        &self,
+        out: &JoinSet<(u32, Result<Response<RB>, BoxError>)>,
+        first_timed: bool,
+        started: Instant,
+        metrics: &crate::telemetry::metrics::RouteMetrics,
+    ) {
+        if !first_timed {
+            self.state.latency.record(started.elapsed());
+        }
+        for _ in 0..out.len() {
+            metrics.hedge(HedgeResult::Cancelled);
+        }
+        self.runtime
+            .stats()
+            .hedges_cancelled
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
