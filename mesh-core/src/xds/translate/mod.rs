@@ -528,6 +528,10 @@ services:
   - name: zonal
     routes:
       - { name: all, to: [zonal, weighted, shares, named, single] }
+  - name: search
+    routes:
+      - { name: fixed, match: { path: { prefix: /f } }, hedge: { attempts: 3, delay: 20ms }, to: [ratings] }
+      - { name: tail, hedge: { delay: p99, budget_percent: 12.5, hedge_non_idempotent: true }, to: [ratings] }
 backends:
   - name: named
     endpoints: ["ratings.internal:9080", "ratings-b.internal:9080"]
@@ -577,10 +581,55 @@ backends:
         assert_eq!(back.backends, want.backends);
         // And what the client subscribes to follows what the listeners name.
         let w = wanted(&resources);
-        assert_eq!(w.routes.len(), 3);
+        assert_eq!(w.routes.len(), 4);
         assert_eq!(w.clusters.len(), 9);
         // DNS clusters carry their names inline: no assignment to follow.
         assert_eq!(w.endpoints.len(), 7);
+    }
+
+    #[test]
+    fn envoys_hedge_on_per_try_timeout_is_a_fixed_delay_hedge() {
+        use envoy_types::pb::envoy::config::route::v3::{
+            HedgePolicy, RetryPolicy, Route as XRoute, RouteAction, route, route_action,
+            route_match,
+        };
+        let xr = XRoute {
+            r#match: Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("b".into())),
+                retry_policy: Some(RetryPolicy {
+                    retry_on: "5xx".into(),
+                    num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+                    per_try_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                        seconds: 0,
+                        nanos: 30_000_000,
+                    }),
+                    ..Default::default()
+                }),
+                hedge_policy: Some(HedgePolicy {
+                    hedge_on_per_try_timeout: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut warnings = Vec::new();
+        let r = routes::route_of(&xr, 0, "rc", &mut Default::default(), &mut warnings).unwrap();
+        assert!(r.retry.is_none());
+        let h = r.hedge.unwrap();
+        assert_eq!(h.attempts, 3);
+        assert_eq!(
+            h.delay,
+            crate::config::HedgeDelay::Fixed(Duration::from_millis(30))
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("does not also retry")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

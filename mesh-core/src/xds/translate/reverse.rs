@@ -246,13 +246,17 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
             ..Default::default()
         }),
     };
-    let action = RouteAction {
+    let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: route.timeout.map(pdur),
         retry_policy: route.retry.as_ref().map(retry_of),
         request_mirror_policies: route.mirror.iter().map(mirror_of).collect(),
         ..Default::default()
     };
+    let metadata = route
+        .hedge
+        .as_ref()
+        .and_then(|h| hedge_into(h, &mut action));
     let alternatives: Vec<Option<&RouteMatch>> = if route.matches.is_empty() {
         vec![None]
     } else {
@@ -272,9 +276,47 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
             r#match: Some(match_of(m)),
             action: Some(route::Action::Route(action.clone())),
             typed_per_filter_config: typed_per_filter_config.clone(),
+            metadata: metadata.clone(),
             ..Default::default()
         })
         .collect()
+}
+
+/// A hedging policy as Envoy has it, where it can (a fixed delay: the
+/// per-try timeout of a retry policy with no conditions, hedged on), and
+/// whole in the route's metadata for this client (`proxyless.hedge`).
+fn hedge_into(h: &crate::config::HedgePolicy, action: &mut RouteAction) -> Option<Metadata> {
+    use envoy_types::pb::envoy::config::route::v3::HedgePolicy as XHedge;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    if let crate::config::HedgeDelay::Fixed(d) = h.delay {
+        action.retry_policy = Some(XRetry {
+            num_retries: u32v(h.attempts.saturating_sub(1)),
+            per_try_timeout: Some(pdur(d)),
+            ..Default::default()
+        });
+        action.hedge_policy = Some(XHedge {
+            hedge_on_per_try_timeout: true,
+            ..Default::default()
+        });
+    }
+    let json = serde_json::to_string(h).ok()?;
+    let fields = [(
+        "json".to_owned(),
+        Value {
+            kind: Some(Kind::StringValue(json)),
+        },
+    )];
+    Some(Metadata {
+        filter_metadata: [(
+            super::routes::HEDGE_METADATA.to_owned(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
 }
 
 /// The name of Envoy's local rate limit filter.

@@ -64,6 +64,7 @@ pub(super) fn route_of(
         .map_err(|e| e.at("typed_per_filter_config"))?;
     let rate_limit = rate_limit_in(&xr.typed_per_filter_config, &where_, warnings)
         .map_err(|e| e.at("typed_per_filter_config"))?;
+    let (retry, hedge) = hedge_of(xr, action, retry, &where_, warnings)?;
     Ok(Route {
         name: Some(if xr.name.is_empty() {
             format!("route-{i}")
@@ -77,9 +78,7 @@ pub(super) fn route_of(
         fault,
         mirror,
         rate_limit,
-        // Envoy's hedge policy hedges on per-try timeouts of its retry
-        // policy; the model keeps the two apart, and does not map it yet.
-        hedge: None,
+        hedge,
     })
 }
 
@@ -335,6 +334,67 @@ pub(super) fn faults_in(
         }
     }
     Ok(fault)
+}
+
+/// The key of a route's `filter_metadata` that carries its whole hedging
+/// policy as JSON (`{"json": ...}`), which Envoy's hedge policy cannot
+/// express (a percentile delay, the budget); Envoy ignores it.
+pub(super) const HEDGE_METADATA: &str = "proxyless.hedge";
+
+/// A route's hedging policy: the mesh's metadata when present; else
+/// Envoy's `hedge_policy` with `hedge_on_per_try_timeout`, whose retry
+/// policy's per-try timeout is the delay and its retries the hedges. A
+/// hedged route does not retry (as in gRPC): its retry conditions are
+/// named in a warning.
+fn hedge_of(
+    xr: &envoy_types::pb::envoy::config::route::v3::Route,
+    action: &envoy_types::pb::envoy::config::route::v3::RouteAction,
+    retry: Option<crate::config::RetryPolicy>,
+    where_: &str,
+    warnings: &mut Vec<String>,
+) -> Result<
+    (
+        Option<crate::config::RetryPolicy>,
+        Option<crate::config::HedgePolicy>,
+    ),
+    XdsError,
+> {
+    use crate::config::{HedgeDelay, HedgePolicy};
+    let json = xr
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(HEDGE_METADATA))
+        .and_then(|s| s.fields.get("json"))
+        .and_then(|v| match &v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s),
+            _ => None,
+        });
+    if let Some(json) = json {
+        let policy: HedgePolicy = crate::config::part_from_json(json, "hedge")
+            .map_err(|e| at("metadata", format!("{HEDGE_METADATA}: {e}")))?;
+        return Ok((None, Some(policy)));
+    }
+    let Some(h) = &action.hedge_policy else {
+        return Ok((retry, None));
+    };
+    let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+    let (Some(r), Some(delay), true) = (&retry, per_try, h.hedge_on_per_try_timeout) else {
+        warnings.push(format!(
+            "{where_}: a hedge policy is applied only with hedge_on_per_try_timeout and a per-try timeout; ignored"
+        ));
+        return Ok((retry, None));
+    };
+    if !r.on.is_empty() {
+        warnings.push(format!(
+            "{where_}: a route hedged on per-try timeouts does not also retry: its retry conditions are not applied"
+        ));
+    }
+    let hedge = HedgePolicy {
+        attempts: r.attempts.clamp(2, 5),
+        delay: HedgeDelay::Fixed(delay),
+        ..HedgePolicy::default()
+    };
+    Ok((None, Some(hedge)))
 }
 
 /// The type URL of Envoy's local rate limit filter's config.
