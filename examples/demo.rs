@@ -24,7 +24,10 @@
 //! 7. `locality`: a caller in one zone keeps its traffic there, spills a
 //!    share to the next zone as the overprovisioning factor says when a
 //!    local endpoint is ejected, and takes it back when the endpoint
-//!    returns.
+//!    returns;
+//! 8. `hedging`: one slow endpoint in ten sets p99; hedged requests cut it
+//!    to the delay plus a fast answer, within their budget; a route's rate
+//!    limit refuses past its bucket with 429.
 //!
 //! `--scene NAME` runs one scene; `--keep-running` leaves everything up with
 //! the addresses printed, for poking with curl. Ends by itself otherwise.
@@ -470,6 +473,7 @@ async fn main() {
         "config",
         "observability",
         "locality",
+        "hedging",
     ];
     // Metrics handles are resolved when clients and servers are made: the
     // recorder goes in first.
@@ -527,6 +531,9 @@ async fn main() {
     }
     if wants("locality") {
         locality().await;
+    }
+    if wants("hedging") {
+        hedging().await;
     }
     println!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
     if keep_running {
@@ -617,6 +624,78 @@ backends:
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     phase("b-1 back", &send(&client, "http://details/", 1000, 8).await);
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+async fn hedging() {
+    title(
+        8,
+        "hedging",
+        "search has ten endpoints; one answers in 200 ms, nine at once",
+    );
+    let servers = mesh::echo::one_slow(9, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let endpoints: Vec<String> = servers
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let yaml = format!(
+        r#"
+services:
+  - {{ name: search, routes: [{{ to: [search] }}] }}
+  - {{ name: search-hedged, routes: [{{ hedge: {{ delay: 20ms, budget_percent: 20 }}, to: [search] }}] }}
+  - {{ name: search-limited, routes: [{{ rate_limit: {{ max_tokens: 100, fill_interval: 1h }}, to: [search] }}] }}
+backends:
+  - {{ name: search, endpoints: [{}], load_balancer: round_robin }}
+"#,
+        endpoints.join(", ")
+    );
+    let config = proxyless_core::config::Config::from_yaml(&yaml).unwrap();
+    let client = Client::new(&Mesh::from_config(config).unwrap());
+    println!(
+        "{:<24} {:>8} {:>10} {:>10} {:>8}",
+        "route", "ok", "p50", "p99", "hedges"
+    );
+    for (name, url) in [
+        ("not hedged", "http://search/"),
+        ("hedged after 20ms", "http://search-hedged/"),
+    ] {
+        let stats = client.runtime().stats();
+        let before = stats.hedges.load(Ordering::Relaxed);
+        let mut times = Vec::new();
+        for _ in 0..400 {
+            let t = Instant::now();
+            if let Ok(resp) = client.get(url).await {
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                times.push(t.elapsed());
+            }
+        }
+        times.sort();
+        let at = |q: usize| times.get((times.len() * q).div_ceil(100).saturating_sub(1));
+        let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        println!(
+            "{name:<24} {:>8} {:>8.1}ms {:>8.1}ms {:>8}",
+            times.len(),
+            ms(at(50)),
+            ms(at(99)),
+            stats.hedges.load(Ordering::Relaxed) - before
+        );
+    }
+    let t = send(
+        &client.clone().refusals_as_responses(),
+        "http://search-limited/",
+        150,
+        4,
+    )
+    .await;
+    println!(
+        "rate limit of 100: {} ok, {} refused with 429 (rate_limited)",
+        t.ok,
+        t.errors.get("http_429").copied().unwrap_or(0)
+    );
     for s in servers {
         s.stop().await;
     }

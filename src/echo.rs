@@ -238,3 +238,23 @@ impl Drop for EchoHandle {
         }
     }
 }
+
+/// Echo servers on loopback for hedging: `slow`, answering after `delay`,
+/// then `fast` ones (`fast0`, `fast1`, ...) answering at once.
+pub async fn one_slow(fast: usize, delay: Duration) -> std::io::Result<Vec<EchoHandle>> {
+    let quiet = Mesh::empty();
+    let mut servers = vec![
+        Echo::new("slow")
+            .delay(delay)
+            .start(&quiet, "127.0.0.1:0")
+            .await?,
+    ];
+    for i in 0..fast {
+        servers.push(
+            Echo::new(format!("fast{i}"))
+                .start(&quiet, "127.0.0.1:0")
+                .await?,
+        );
+    }
+    Ok(servers)
+}

@@ -3,31 +3,16 @@
 //! their budget, and the slow attempts are cancelled.
 
 use crate::support::mesh;
-use mesh::echo::{Echo, EchoHandle};
-use proxyless_core::Mesh;
+use mesh::echo::EchoHandle;
 use proxyless_hyper::Client;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// One endpoint answering in 200 ms, nine at once.
 async fn one_slow_of_ten() -> Vec<EchoHandle> {
-    let quiet = Mesh::empty();
-    let mut servers = vec![
-        Echo::new("slow")
-            .delay(Duration::from_millis(200))
-            .start(&quiet, "127.0.0.1:0")
-            .await
-            .unwrap(),
-    ];
-    for i in 0..9 {
-        servers.push(
-            Echo::new(format!("fast{i}"))
-                .start(&quiet, "127.0.0.1:0")
-                .await
-                .unwrap(),
-        );
-    }
-    servers
+    mesh::echo::one_slow(9, Duration::from_millis(200))
+        .await
+        .unwrap()
 }
 
 fn yaml(servers: &[EchoHandle], budget_percent: u32) -> String {

@@ -262,16 +262,7 @@ fn locality_lb_of(
             lb.weights.entry(locality.to_string()).or_insert(w.value);
         }
     }
-    let extension = c
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(LOCALITY_METADATA))
-        .and_then(|s| s.fields.get("json"))
-        .and_then(|v| match &v.kind {
-            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s),
-            _ => None,
-        });
-    if let Some(json) = extension {
+    if let Some(json) = super::metadata_json(c.metadata.as_ref(), LOCALITY_METADATA) {
         let rules: LocalityLb = crate::config::part_from_json(json, "locality_lb")
             .map_err(|e| at("metadata", format!("{LOCALITY_METADATA}: {e}")))?;
         lb.prefer_local = rules.prefer_local;

@@ -208,6 +208,43 @@ pub(super) const MAX_RETRIES: u32 = 9;
 
 /// A protobuf duration, clamped to `0..=MAX_DURATION` (negative parts read
 /// as zero), as Envoy and gRPC clamp what a control plane sends.
+/// The JSON this mesh keeps under `key` in a resource's `filter_metadata`
+/// (`{"json": "..."}`): what Envoy's messages have no field for.
+pub(super) fn metadata_json<'a>(
+    metadata: Option<&'a envoy_types::pb::envoy::config::core::v3::Metadata>,
+    key: &str,
+) -> Option<&'a str> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let v = metadata?.filter_metadata.get(key)?.fields.get("json")?;
+    match &v.kind {
+        Some(Kind::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// `value` as JSON under `key` in a `filter_metadata` (read back by
+/// [`metadata_json`]).
+pub(super) fn json_metadata(
+    key: &str,
+    value: &impl serde::Serialize,
+) -> Option<envoy_types::pb::envoy::config::core::v3::Metadata> {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let json = serde_json::to_string(value).ok()?;
+    let fields = [(
+        "json".to_owned(),
+        Value {
+            kind: Some(Kind::StringValue(json)),
+        },
+    )];
+    let data = Struct {
+        fields: fields.into_iter().collect(),
+    };
+    Some(envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: [(key.to_owned(), data)].into_iter().collect(),
+        ..Default::default()
+    })
+}
+
 pub(super) fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
     d.as_ref().map(|d| {
         let secs = u64::try_from(d.seconds).unwrap_or(0);

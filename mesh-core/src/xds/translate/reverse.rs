@@ -287,7 +287,6 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
 /// whole in the route's metadata for this client (`proxyless.hedge`).
 fn hedge_into(h: &crate::config::HedgePolicy, action: &mut RouteAction) -> Option<Metadata> {
     use envoy_types::pb::envoy::config::route::v3::HedgePolicy as XHedge;
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
     if let crate::config::HedgeDelay::Fixed(d) = h.delay {
         action.retry_policy = Some(XRetry {
             num_retries: u32v(h.attempts.saturating_sub(1)),
@@ -299,24 +298,7 @@ fn hedge_into(h: &crate::config::HedgePolicy, action: &mut RouteAction) -> Optio
             ..Default::default()
         });
     }
-    let json = serde_json::to_string(h).ok()?;
-    let fields = [(
-        "json".to_owned(),
-        Value {
-            kind: Some(Kind::StringValue(json)),
-        },
-    )];
-    Some(Metadata {
-        filter_metadata: [(
-            super::routes::HEDGE_METADATA.to_owned(),
-            Struct {
-                fields: fields.into_iter().collect(),
-            },
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    })
+    super::json_metadata(super::routes::HEDGE_METADATA, h)
 }
 
 /// The name of Envoy's local rate limit filter.
@@ -523,7 +505,6 @@ fn locality_specifier(
 
 /// What the cluster has no field for (see `cluster::LOCALITY_METADATA`).
 fn locality_metadata(lb: &LocalityLb) -> Option<Metadata> {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
     // Zone-aware and locality-weighted exclude each other in Envoy's
     // cluster: preferring the caller's zone with weights needs the metadata.
     let native = lb.failover.is_empty()
@@ -536,24 +517,7 @@ fn locality_metadata(lb: &LocalityLb) -> Option<Metadata> {
         weights: Default::default(),
         ..lb.clone()
     };
-    let json = serde_json::to_string(&rules).ok()?;
-    let fields = [(
-        "json".to_owned(),
-        Value {
-            kind: Some(Kind::StringValue(json)),
-        },
-    )];
-    Some(Metadata {
-        filter_metadata: [(
-            super::cluster::LOCALITY_METADATA.to_owned(),
-            Struct {
-                fields: fields.into_iter().collect(),
-            },
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    })
+    super::json_metadata(super::cluster::LOCALITY_METADATA, &rules)
 }
 
 /// HTTP/2 to the endpoints, for `http2` and `grpc` backends.

@@ -360,16 +360,7 @@ fn hedge_of(
     XdsError,
 > {
     use crate::config::{HedgeDelay, HedgePolicy};
-    let json = xr
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(HEDGE_METADATA))
-        .and_then(|s| s.fields.get("json"))
-        .and_then(|v| match &v.kind {
-            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s),
-            _ => None,
-        });
-    if let Some(json) = json {
+    if let Some(json) = super::metadata_json(xr.metadata.as_ref(), HEDGE_METADATA) {
         let policy: HedgePolicy = crate::config::part_from_json(json, "hedge")
             .map_err(|e| at("metadata", format!("{HEDGE_METADATA}: {e}")))?;
         return Ok((None, Some(policy)));
