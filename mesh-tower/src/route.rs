@@ -34,6 +34,9 @@ use tower_service::Service;
 /// Mirrors send a copy of the body, so they buffer up to this much even on
 /// routes without retries.
 const MIRROR_BUFFER_LIMIT: u64 = 64 * 1024;
+/// Hedges send the body again: a hedged route buffers bodies of known
+/// length up to this much (a larger or streamed one is not hedged).
+const HEDGE_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The route layer.
 #[derive(Debug, Clone)]
@@ -137,7 +140,8 @@ where
             Ok(Decision::Route(d)) => {
                 let retry_limit = d.route.retry().map(|r| u64::from(r.max_body_bytes));
                 let mirror_limit = d.route.mirror().map(|_| MIRROR_BUFFER_LIMIT);
-                let limit = retry_limit.max(mirror_limit);
+                let hedge_limit = d.route.hedge().map(|_| HEDGE_BUFFER_LIMIT);
+                let limit = retry_limit.max(mirror_limit).max(hedge_limit);
                 let routed = Routed::route(
                     snap.clone(),
                     d.service_index,

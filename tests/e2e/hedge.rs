@@ -129,3 +129,53 @@ async fn a_small_budget_bounds_the_hedges() {
         "hedges wanted beyond the budget are refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_is_hedged_with_a_copy_of_it() {
+    let servers = one_slow_of_ten().await;
+    let eps: Vec<String> = servers
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let m = mesh(&format!(
+        r#"
+services:
+  - name: search
+    routes: [{{ hedge: {{ delay: 20ms, budget_percent: 50, hedge_non_idempotent: true }}, to: [v1] }}]
+backends: [{{ name: v1, endpoints: [{}], load_balancer: round_robin }}]
+"#,
+        eps.join(", ")
+    ));
+    let client = Client::new(&m);
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let body = format!("query {i}");
+        let req = http::Request::post("http://search/")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let t = Instant::now();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // The echo names the length it was sent; a hedge without its body
+        // copy would fail (the length says otherwise) and leave the slow
+        // attempt to answer, at 200 ms.
+        let echoed = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let length = format!("\"content-length\":\"{}\"", body.len());
+        assert!(String::from_utf8_lossy(&echoed).contains(&length));
+        // The first ten fill the route's budget (a hedge is allowed per
+        // two requests); the slow endpoint's first turn comes before it.
+        if i >= 10 {
+            slowest = slowest.max(t.elapsed());
+        }
+    }
+    let hedges = client.runtime().stats().hedges.load(Ordering::Relaxed);
+    assert!(
+        hedges >= 2,
+        "the slow endpoint's requests were hedged: {hedges}"
+    );
+    assert!(slowest < Duration::from_millis(150), "slowest {slowest:?}");
+}
