@@ -407,10 +407,26 @@ fn rejected(backend: &Arc<str>, reason: &'static str) {
     .increment(1);
 }
 
-/// The span of a retry or a mirror copy, child of the request's span.
+/// The span of a retry, a hedge or a mirror copy, child of the request's
+/// span. One dropped before it finished (a hedge that lost the race, or a
+/// request given up) ends marked `mesh.cancelled`.
 #[derive(Debug)]
 struct AttemptSpan {
     cx: opentelemetry::Context,
+    finished: bool,
+}
+
+impl Drop for AttemptSpan {
+    fn drop(&mut self) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::TraceContextExt;
+        if self.finished {
+            return;
+        }
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("mesh.cancelled", true));
+        span.end();
+    }
 }
 
 impl AttemptSpan {
@@ -445,10 +461,14 @@ impl AttemptSpan {
             }
             span.is_recording()
         };
-        recording.then_some(Self { cx })
+        recording.then_some(Self {
+            cx,
+            finished: false,
+        })
     }
 
-    fn finish(self, outcome: Outcome, endpoint: &str) {
+    fn finish(mut self, outcome: Outcome, endpoint: &str) {
+        self.finished = true;
         use opentelemetry::KeyValue;
         use opentelemetry::trace::{Status, TraceContextExt};
         let span = self.cx.span();

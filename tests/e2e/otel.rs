@@ -502,3 +502,53 @@ async fn opentelemetrys_python_sdk_continues_our_trace() {
         "the SDK continued our trace"
     );
 }
+
+/// A hedge gets a client span of its own under the request's; one that
+/// loses the race ends marked `mesh.cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_loses_the_race_ends_its_span_marked_cancelled() {
+    let _turn = OTEL_TURN.lock().await;
+    let collector = Collector::install();
+    let quiet = Mesh::empty();
+    // Round robin: the first attempt goes to `medium` (answers in 80 ms),
+    // the hedge after 20 ms to `slow` (300 ms), which loses.
+    let medium = Echo::new("medium")
+        .delay(Duration::from_millis(80))
+        .start(&quiet, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let slow = Echo::new("slow")
+        .delay(Duration::from_millis(300))
+        .start(&quiet, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let m = mesh(&format!(
+        r#"
+services: [{{ name: ot-h, routes: [{{ hedge: {{ delay: 20ms, budget_percent: 100 }}, to: [v1] }}] }}]
+backends: [{{ name: v1, endpoints: ["{}", "{}"], load_balancer: round_robin }}]
+"#,
+        medium.addr(),
+        slow.addr()
+    ));
+    let client = Client::new(&m);
+    let resp = client.get("http://ot-h/").await.unwrap();
+    assert_eq!(resp.headers()["x-backend"], "medium");
+    drop(resp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let spans = loop {
+        let spans = collector.finished();
+        if spans.iter().any(|s| s.name == "attempt 2 v1") || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let request = one(&spans, SpanKind::Client, "GET ot-h");
+    let hedge = one(&spans, SpanKind::Client, "attempt 2 v1");
+    assert_eq!(hedge.parent_span_id, request.span_context.span_id());
+    assert_eq!(
+        spans::attribute(hedge, "mesh.cancelled").as_deref(),
+        Some("true"),
+        "{hedge:#?}"
+    );
+    assert_eq!(spans::attribute(request, "mesh.cancelled"), None);
+}
