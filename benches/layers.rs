@@ -10,7 +10,9 @@
 //! - **mesh, one attempt**: a route with a timeout and a 90/10 split over
 //!   two backends with circuit breakers (no retry policy);
 //! - **mesh, retriable**: the same with `retry: { attempts: 2 }`, so the
-//!   request's head is kept for a retry that does not happen.
+//!   request's head is kept for a retry that does not happen;
+//! - **mesh, hedged**: the same with `hedge: { delay: 10ms }`, answered
+//!   before the delay, so no hedge is sent: what a hedged route costs.
 //!
 //! Every request is built the same way in every row (a URI and two headers;
 //! building it is counted in all rows alike). `LAYERS_ROUNDS` (default 7)
@@ -18,7 +20,7 @@
 //!
 //! Instructions, which a noisy machine does not blur: `LAYERS_PROFILE=n`
 //! runs only `n` requests through the retriable stack (`LAYERS_ROW=0` bare,
-//! `1` one attempt), for a profiler:
+//! `1` one attempt, `3` hedged), for a profiler:
 //!
 //! ```text
 //! cargo bench --bench layers --no-run
@@ -50,6 +52,11 @@ services:
       - timeout: 5s
         retry: { attempts: 2, on: [5xx, connect-failure] }
         to: [{ backend: a, weight: 90 }, { backend: b, weight: 10 }]
+  - name: hedged
+    routes:
+      - timeout: 5s
+        hedge: { delay: 10ms, budget_percent: 5 }
+        to: [{ backend: a, weight: 90 }, { backend: b, weight: 10 }]
 backends:
   - { name: a, endpoints: ["127.0.0.1:1", "127.0.0.1:2"], circuit_breaker: { max_requests: 10000 } }
   - { name: b, endpoints: ["127.0.0.1:3"], circuit_breaker: { max_requests: 10000 } }
@@ -78,6 +85,7 @@ type Req = Request<http_body_util::Empty<bytes::Bytes>>;
 fn request(host: &str) -> Req {
     Request::get(match host {
         "plain" => "http://plain/ratings/1",
+        "hedged" => "http://hedged/ratings/1",
         _ => "http://echo/ratings/1",
     })
     .header(http::header::USER_AGENT, "bench")
@@ -100,6 +108,7 @@ type Row = (&'static str, Box<dyn Fn() -> Pending>);
 fn rows() -> Vec<Row> {
     let svc = mesh_stack();
     let retriable = svc.clone();
+    let hedged = svc.clone();
     vec![
         (
             "bare",
@@ -126,6 +135,17 @@ fn rows() -> Vec<Row> {
                     let _ =
                         std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx)).await;
                     drop(svc.call(request("echo")).await.unwrap());
+                })
+            }),
+        ),
+        (
+            "mesh, hedged",
+            Box::new(move || {
+                let mut svc = hedged.clone();
+                Box::pin(async move {
+                    let _ =
+                        std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx)).await;
+                    drop(svc.call(request("hedged")).await.unwrap());
                 })
             }),
         ),
@@ -161,7 +181,7 @@ fn main() {
         .unwrap();
     if let Ok(n) = std::env::var("LAYERS_PROFILE") {
         let n: u64 = n.parse().expect("LAYERS_PROFILE is a number of requests");
-        let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(2);
+        let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(3);
         let rows = rows();
         rt.block_on(async {
             for _ in 0..n {
