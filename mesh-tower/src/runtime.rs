@@ -590,7 +590,7 @@ impl ResolvedBackend {
         // there goes anywhere else before it goes back to it.
         let subset = self.plan.as_ref().and_then(|plan| {
             let sample =
-                proxyless_core::policy::locality::mix(samples.0 ^ samples.1.rotate_left(32));
+                proxyless_core::policy::balance::mix(samples.0 ^ samples.1.rotate_left(32));
             Some((plan, plan.choose(sample, |i| self.available(i, now))?))
         });
         let within = subset.and_then(|(plan, subset)| {

@@ -27,7 +27,9 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
-fn mix(mut z: u64) -> u64 {
+/// A splitmix64 finalizer: spreads a key over the whole range, and gives a
+/// second uniform sample from one, independent of it for choosing.
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -28,6 +28,7 @@
 //! assert_eq!(plan.loads(|i| i != 0), vec![93, 7]);
 //! ```
 
+use super::balance::mix;
 use crate::config::{Locality, LocalityLb, locality_pattern_matches};
 
 /// What a plan needs to know of one endpoint.
@@ -133,7 +134,10 @@ impl Plan {
         // Groups: within a level, one per locality (or per distribute
         // pattern); without weights, one per level.
         let mut groups: Vec<Group> = Vec::new();
-        let mut group_keys: Vec<(u32, String)> = Vec::new();
+        // Found by key, not by a scan: a control plane may send as many
+        // localities as endpoints.
+        let mut group_keys: std::collections::HashMap<(u32, String), usize> =
+            std::collections::HashMap::new();
         let mut group_of = Vec::with_capacity(endpoints.len());
         for (i, e) in endpoints.iter().enumerate() {
             let level = order.binary_search(&keys[i]).unwrap_or(0) as u32;
@@ -157,21 +161,14 @@ impl Plan {
                 }
                 _ => (String::new(), 0),
             };
-            let g = match group_keys
-                .iter()
-                .position(|(lv, k)| *lv == level && *k == key)
-            {
-                Some(g) => g,
-                None => {
-                    group_keys.push((level, key));
-                    groups.push(Group {
-                        level,
-                        weight,
-                        total: 0,
-                    });
-                    groups.len() - 1
-                }
-            };
+            let g = *group_keys.entry((level, key)).or_insert_with(|| {
+                groups.push(Group {
+                    level,
+                    weight,
+                    total: 0,
+                });
+                groups.len() - 1
+            });
             groups[g].total += 1;
             group_of.push(g as u32);
         }
@@ -321,15 +318,6 @@ fn pick_share(shares: impl Iterator<Item = u64> + Clone, sample: u64) -> Option<
         x -= s;
     }
     None
-}
-
-/// A second uniform sample from one, independent of it for choosing
-/// (a splitmix64 finalizer): the level is chosen by one sample and the
-/// endpoint within it by another.
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
