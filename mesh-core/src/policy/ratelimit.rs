@@ -4,9 +4,12 @@
 //! token or is refused, and told when the next fill comes.
 //!
 //! A [`Limiter`] is one bucket, or one bucket per key (the caller's
-//! identity, a header's value, the path) with at most `max_keys` of them:
-//! keys beyond that share one more bucket, so a caller inventing keys
-//! cannot grow memory without bound nor escape the limit.
+//! identity, a header's value, the path) with at most `max_keys` of them.
+//! A key is held as a seeded 64-bit hash, whatever its length, so a caller
+//! inventing long keys cannot grow memory; when the map is full, buckets
+//! that have filled up again (the same as new ones) are dropped, so keys
+//! seen once do not crowd out callers that come later; keys beyond that
+//! share one more bucket, so nobody escapes the limit.
 //!
 //! ```
 //! use proxyless_core::config::RateLimit;
@@ -37,6 +40,15 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Whether the bucket would be full at `now` (then it is the same as
+    /// a new one).
+    fn refilled(&self, p: &Params, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.filled);
+        let fills = since.as_nanos() / p.interval.as_nanos().max(1);
+        let fills = u64::try_from(fills).unwrap_or(u64::MAX);
+        self.tokens.saturating_add(fills.saturating_mul(p.per_fill)) >= p.max
+    }
+
     fn full(max: u64, now: Instant) -> Self {
         Self {
             tokens: max,
@@ -80,7 +92,44 @@ pub struct Limiter {
     params: Params,
     max_keys: usize,
     shared: Mutex<Bucket>,
-    keyed: Mutex<HashMap<Box<str>, Bucket>>,
+    keyed: Mutex<Keyed>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// The per-key buckets, by the key's hash, and when the full ones were
+/// last dropped.
+#[derive(Debug, Default)]
+struct Keyed {
+    buckets: HashMap<u64, Bucket, BuildNoHash>,
+    swept: Option<Instant>,
+}
+
+/// The keys are hashes already: used as they are.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildNoHash;
+
+impl std::hash::BuildHasher for BuildNoHash {
+    type Hasher = NoHash;
+    fn build_hasher(&self) -> NoHash {
+        NoHash(0)
+    }
+}
+
+#[derive(Debug)]
+struct NoHash(u64);
+
+impl std::hash::Hasher for NoHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Limiter {
@@ -93,7 +142,8 @@ impl Limiter {
         };
         Self {
             shared: Mutex::new(Bucket::full(params.max, now)),
-            keyed: Mutex::new(HashMap::new()),
+            keyed: Mutex::new(Keyed::default()),
+            hasher: foldhash::fast::RandomState::default(),
             max_keys: limit.max_keys as usize,
             params,
         }
@@ -104,14 +154,25 @@ impl Limiter {
     /// none), or says how long until the next fill.
     pub fn try_take(&self, key: Option<&str>, now: Instant) -> Result<(), Duration> {
         if let Some(key) = key {
+            let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
             let mut keyed = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(b) = keyed.get_mut(key) {
+            if let Some(b) = keyed.buckets.get_mut(&hash) {
                 return b.take(&self.params, now);
             }
-            if keyed.len() < self.max_keys {
+            // Full: drop the buckets that have filled up again, at most
+            // once per fill interval (the sweep looks at every key).
+            let due = keyed
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.params.interval);
+            if keyed.buckets.len() >= self.max_keys && due {
+                let p = self.params;
+                keyed.buckets.retain(|_, b| !b.refilled(&p, now));
+                keyed.swept = Some(now);
+            }
+            if keyed.buckets.len() < self.max_keys {
                 let mut b = Bucket::full(self.params.max, now);
                 let taken = b.take(&self.params, now);
-                keyed.insert(key.into(), b);
+                keyed.buckets.insert(hash, b);
                 return taken;
             }
         }
@@ -126,6 +187,7 @@ impl Limiter {
         self.keyed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .buckets
             .len()
     }
 }
@@ -176,6 +238,26 @@ mod tests {
         assert!(l.try_take(Some("c"), t0).is_ok());
         assert!(l.try_take(Some("d"), t0).is_err());
         assert_eq!(l.keys(), 2);
+        // Once a and b have filled up again, new keys get buckets of their
+        // own: keys seen once do not crowd later callers out.
+        let later = t0 + Duration::from_secs(1);
+        assert!(l.try_take(Some("e"), later).is_ok());
+        assert!(l.try_take(Some("e"), later).is_err());
+        assert!(l.try_take(Some("f"), later).is_ok());
+        assert_eq!(l.keys(), 2);
+    }
+
+    #[test]
+    fn long_keys_cost_no_more_memory_than_short_ones() {
+        let t0 = Instant::now();
+        let l = Limiter::new(&limit(1, 1, 1000, 100), t0);
+        let long = "k".repeat(64 * 1024);
+        assert!(l.try_take(Some(&long), t0).is_ok());
+        assert!(
+            l.try_take(Some(&long), t0).is_err(),
+            "the same key, the same bucket"
+        );
+        assert!(l.try_take(Some(&long[1..]), t0).is_ok(), "another key");
     }
 
     #[test]
