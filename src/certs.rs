@@ -10,7 +10,7 @@
 //! assert_eq!(reviews.id.as_str(), "spiffe://demo.local/reviews");
 //! let identity = proxyless_core::identity::tls::Identity::from_pem(
 //!     reviews.cert_pem.as_bytes(), reviews.key_pem.as_bytes(), ca.ca_pem().as_bytes()).unwrap();
-//! assert_eq!(identity.spiffe_id(), reviews.id);
+//! assert_eq!(identity.spiffe_id(), Some(reviews.id));
 //! ```
 
 use proxyless_core::identity::SpiffeId;

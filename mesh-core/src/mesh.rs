@@ -173,10 +173,21 @@ impl Mesh {
     /// Whether a config is serving: one has been published, or the mesh
     /// was made empty on purpose. A mesh waiting for its first config from
     /// a control plane is not ready, and its requests pass through to the
-    /// hosts they name meanwhile.
+    /// hosts they name meanwhile. With the `tls` feature, a workload
+    /// identity that is set but has never loaded (a Workload API socket
+    /// that has not answered yet) also keeps the mesh not ready.
     pub fn is_ready(&self) -> bool {
         let snap = self.snapshot();
-        snap.version() > 0 || *snap.source() == Source::Empty
+        let config = snap.version() > 0 || *snap.source() == Source::Empty;
+        #[cfg(feature = "tls")]
+        let config = config
+            && self
+                .inner
+                .identity
+                .load()
+                .as_ref()
+                .is_none_or(|i| i.is_ready());
+        config
     }
 
     /// Waits until [`is_ready`](Self::is_ready); bound it with a timeout of
@@ -201,7 +212,18 @@ impl Mesh {
     pub async fn ready(&self) {
         // Subscribed before looking, so a publish in between is not missed.
         let mut rx = self.inner.tx.subscribe();
-        while !self.is_ready() {
+        loop {
+            #[cfg(feature = "tls")]
+            if let Some(identity) = self.identity() {
+                identity.ready().await;
+            }
+            if self.is_ready() {
+                return;
+            }
+            let snap = self.snapshot();
+            if snap.version() > 0 || *snap.source() == Source::Empty {
+                continue; // ready but for an identity set meanwhile
+            }
             if rx.changed().await.is_err() {
                 return;
             }
@@ -484,7 +506,7 @@ impl Mesh {
     /// made from this mesh from now on).
     #[cfg(feature = "tls")]
     pub fn set_identity(&self, identity: crate::identity::tls::Identity) {
-        tracing::info!(spiffe_id = %identity.spiffe_id(), "workload identity set");
+        tracing::info!(spiffe_id = ?identity.spiffe_id(), "workload identity set");
         self.inner.identity.store(Some(Arc::new(identity)));
     }
 

@@ -94,6 +94,18 @@ impl Admin {
                     text(StatusCode::OK, format!("ready, degraded: {why}\n"))
                 } else if self.mesh.is_ready() {
                     text(StatusCode::OK, "ready\n")
+                } else if let Some(status) = self
+                    .mesh
+                    .identity()
+                    .map(|i| i.status())
+                    .filter(|s| !s.is_ready())
+                {
+                    let why = status.last_error.as_deref().unwrap_or("no answer yet");
+                    let msg = format!(
+                        "no workload identity yet from {}: {why}\n",
+                        status.svid_source
+                    );
+                    text(StatusCode::SERVICE_UNAVAILABLE, msg)
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
                 }
@@ -144,7 +156,17 @@ impl Admin {
                 "rejected": status.rejected,
                 "last_error": status.last_error.map(|e| e.to_string()),
             },
-            "identity": self.mesh.identity().map(|i| i.spiffe_id().to_string()),
+            "identity": self.mesh.identity().map(|i| {
+                let status = i.status();
+                serde_json::json!({
+                    "spiffe_id": status.spiffe_id.map(|id| id.to_string()),
+                    "not_after_unix_seconds": status.not_after,
+                    "trust_domains": status.trust_domains,
+                    "svid_source": status.svid_source,
+                    "trust_source": status.trust_source,
+                    "last_error": status.last_error,
+                })
+            }),
             "service": self.mesh.service().as_deref(),
             "config": config,
         })

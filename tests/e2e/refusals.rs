@@ -84,7 +84,7 @@ pub(crate) fn bad_certs(
                 &format!("spiffe://other.local/{name}"),
                 IssueOptions::default(),
             ),
-            "is not in trust domain demo.local",
+            "no trust bundle for trust domain `other.local`",
         ),
         (
             "a leaf without a URI SAN",

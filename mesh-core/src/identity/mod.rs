@@ -322,3 +322,5 @@ mod tests {
 
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "tls")]
+pub mod x509;
