@@ -135,10 +135,11 @@ impl Acceptor {
             Ok(Err(e)) => return Err(AcceptError::Handshake(e)),
             Err(_) => return Err(AcceptError::HandshakeTimeout(self.handshake_timeout)),
         };
-        let peer =
-            proxyless_core::identity::tls::peer_spiffe_id(tls.get_ref().1.peer_certificates());
+        let chain = tls.get_ref().1.peer_certificates();
+        let peer = proxyless_core::identity::tls::peer_spiffe_id(chain);
+        let guard = crate::tls::TrustGuard::new(&identity, chain);
         let info = ConnectionInfo::tls(remote, local, peer);
-        Ok((MeshStream::Tls(Box::new(tls)), info))
+        Ok((MeshStream::Tls(Box::new(tls), guard), info))
     }
 }
 
@@ -157,8 +158,12 @@ async fn starts_with_tls(stream: &TcpStream, wait: Duration) -> Result<bool, Acc
 pub enum MeshStream {
     /// Plaintext.
     Plain(TcpStream),
-    /// TLS, the caller verified (if it showed a certificate).
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS, the caller verified (if it showed a certificate); closed when
+    /// the caller's CA leaves the trust bundles.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        crate::tls::TrustGuard,
+    ),
 }
 
 impl AsyncRead for MeshStream {
@@ -169,7 +174,10 @@ impl AsyncRead for MeshStream {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(s.as_mut()).poll_read(cx, buf),
+            },
         }
     }
 }
@@ -182,21 +190,24 @@ impl AsyncWrite for MeshStream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(s.as_mut()).poll_write(cx, buf),
+            },
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -207,14 +218,17 @@ impl AsyncWrite for MeshStream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            },
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
+            Self::Tls(s, _) => s.is_write_vectored(),
         }
     }
 }

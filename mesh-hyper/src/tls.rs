@@ -13,9 +13,10 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use proxyless_core::Mesh;
+use proxyless_core::identity::tls::Identity;
 use proxyless_core::snapshot::UpstreamTls;
 use proxyless_tower::BoxError;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -172,7 +173,8 @@ impl MeshConnector {
                     endpoint: authority.clone(),
                     source,
                 })?;
-            Ok(MaybeTls::Tls(Box::new(TokioIo::new(tls))))
+            let guard = TrustGuard::new(&identity, tls.get_ref().1.peer_certificates());
+            Ok(MaybeTls::Tls(Box::new(TokioIo::new(tls)), guard))
         })
     }
 }
@@ -182,15 +184,15 @@ impl MeshConnector {
 pub enum MaybeTls {
     /// Plain TCP.
     Plain(TokioIo<TcpStream>),
-    /// TLS over TCP.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    /// TLS over TCP, closed when its server's CA leaves the trust bundles.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>, TrustGuard),
 }
 
 impl Connection for MaybeTls {
     fn connected(&self) -> Connected {
         match self {
             MaybeTls::Plain(s) => s.connected(),
-            MaybeTls::Tls(s) => {
+            MaybeTls::Tls(s, _) => {
                 let (tcp, conn) = s.inner().get_ref();
                 let connected = tcp.connected();
                 if conn.alpn_protocol() == Some(b"h2") {
@@ -211,7 +213,10 @@ impl Read for MaybeTls {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            MaybeTls::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(&mut **s).poll_read(cx, buf),
+            },
         }
     }
 }
@@ -224,21 +229,24 @@ impl Write for MaybeTls {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            MaybeTls::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(&mut **s).poll_write(cx, buf),
+            },
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            MaybeTls::Tls(s, _) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MaybeTls::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            MaybeTls::Tls(s, _) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -249,14 +257,98 @@ impl Write for MaybeTls {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            MaybeTls::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s, guard) => match guard.poll_revoked(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            },
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
-            MaybeTls::Tls(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s, _) => s.is_write_vectored(),
         }
+    }
+}
+
+/// Closes a mutual-TLS connection once its peer's certificate no longer
+/// verifies against this workload's trust bundles: a bundle change that
+/// removes the CA that vouched for the peer ends the connections it
+/// verified (their next read or write fails with `ConnectionAborted`, and
+/// an idle one is woken to fail), while connections whose CA stays are
+/// untouched. SVID rotations re-check nothing but the peer's chain.
+pub struct TrustGuard {
+    revoked: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    fired: bool,
+}
+
+impl std::fmt::Debug for TrustGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustGuard")
+            .field("watching", &self.revoked.is_some())
+            .field("fired", &self.fired)
+            .finish()
+    }
+}
+
+impl TrustGuard {
+    /// A guard of a connection whose peer presented `chain` (leaf first),
+    /// verified by `identity`; none when the peer presented nothing.
+    pub fn new(identity: &Identity, chain: Option<&[CertificateDer<'_>]>) -> Self {
+        let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+            return Self::none();
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| c.clone().into_owned()).collect();
+        let identity = identity.clone();
+        let mut changes = identity.changes();
+        let revoked = async move {
+            loop {
+                if !changes.changed().await {
+                    // The identity is gone: nothing can change any more.
+                    std::future::pending::<()>().await;
+                }
+                if !identity.still_trusts(&chain) {
+                    let peer = proxyless_core::identity::tls::peer_spiffe_id(Some(&chain));
+                    tracing::info!(
+                        peer = ?peer.map(|p| p.to_string()),
+                        "closing a connection: its peer no longer verifies against the trust bundles"
+                    );
+                    return;
+                }
+            }
+        };
+        Self {
+            revoked: Some(Box::pin(revoked)),
+            fired: false,
+        }
+    }
+
+    /// A guard that never fires.
+    pub fn none() -> Self {
+        Self {
+            revoked: None,
+            fired: false,
+        }
+    }
+
+    /// `Ready(error)` once the peer is no longer trusted; registers the
+    /// task to be woken when that happens.
+    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.fired {
+            let Some(revoked) = self.revoked.as_mut() else {
+                return Poll::Pending;
+            };
+            if revoked.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.fired = true;
+            self.revoked = None;
+        }
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the peer's certificate no longer verifies against the trust bundles",
+        ))
     }
 }

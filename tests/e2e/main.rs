@@ -17,6 +17,7 @@ mod dns;
 mod grpc;
 mod hedge;
 mod hostile;
+mod identity;
 mod interop;
 mod locality;
 mod otel;
