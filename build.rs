@@ -1,5 +1,6 @@
 //! Generates the gRPC code of the examples and tests: the mesh's own
-//! `proto/greeter.proto`, the README's `proto/helloworld.proto`, and the
+//! `proto/greeter.proto`, the README's `proto/helloworld.proto`, the test
+//! SPIFFE agent's `proto/workload.proto` (the Workload API's X.509 half), and the
 //! interop peer's
 //! `tests/peers/grpc/echo.proto` (the grpcio peer serves the same file).
 
@@ -16,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (file, dir) in [
         ("proto/greeter.proto", "proto"),
         ("proto/helloworld.proto", "proto"),
+        ("proto/workload.proto", "proto"),
         ("tests/peers/grpc/echo.proto", "tests/peers/grpc"),
     ] {
         println!("cargo::rerun-if-changed={file}");

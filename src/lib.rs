@@ -11,6 +11,7 @@
 //! - [`control_plane`]: the development xDS control plane;
 //! - [`greeter`]: the demo's gRPC service; [`tally`]: outcome counting for the demo, `load` and tests;
 //! - [`spans`]: spans collected in process by an OpenTelemetry SDK, as an application's pipeline would;
+//! - [`workload_api`]: a SPIFFE agent serving the Workload API on a Unix socket;
 //! - [`free_port`]: a loopback port for a test's server.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod echo;
 pub mod greeter;
 pub mod spans;
 pub mod tally;
+pub mod workload_api;
 
 pub use proxyless_core as core;
 pub use proxyless_hyper as hyper;
@@ -236,7 +238,7 @@ mod tests {
         }
     }
 
-    /// `"MESH_..."`, `"OTEL_..."` and `"GRPC_..."` string literals.
+    /// `"MESH_..."`, `"OTEL_..."`, `"GRPC_..."` and `"SPIFFE_..."` string literals.
     fn quoted_variables(text: &str) -> Vec<&str> {
         let mut out = Vec::new();
         for (i, _) in text.match_indices('"') {
@@ -245,7 +247,7 @@ mod tests {
                 .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
                 .unwrap_or(rest.len());
             let name = &rest[..end];
-            let prefixed = ["MESH_", "OTEL_", "GRPC_"]
+            let prefixed = ["MESH_", "OTEL_", "GRPC_", "SPIFFE_"]
                 .iter()
                 .any(|p| name.starts_with(p));
             if prefixed && rest[end..].starts_with('"') && name.len() > 5 {

@@ -322,5 +322,7 @@ mod tests {
 
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "spiffe")]
+pub mod workload_api;
 #[cfg(feature = "tls")]
 pub mod x509;

@@ -492,6 +492,12 @@ impl Identity {
         ))
     }
 
+    /// A handle that does not keep this identity alive (for a source's
+    /// task, which ends when the identity is dropped).
+    pub fn downgrade(&self) -> WeakIdentity {
+        WeakIdentity(Arc::downgrade(&self.inner))
+    }
+
     /// An identity that presents this one's SVID and verifies peers with
     /// `other`'s bundles, each still following its own source (gRPC's
     /// certificate providers name the two separately).
@@ -750,6 +756,17 @@ impl Identity {
         let config = Arc::new(config);
         cache.insert(key, config.clone());
         config
+    }
+}
+
+/// An [`Identity`] that is not kept alive by this handle.
+#[derive(Clone, Debug)]
+pub struct WeakIdentity(Weak<Inner>);
+
+impl WeakIdentity {
+    /// The identity, unless every [`Identity`] handle on it was dropped.
+    pub fn upgrade(&self) -> Option<Identity> {
+        self.0.upgrade().map(|inner| Identity { inner })
     }
 }
 

@@ -316,7 +316,8 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, last: String) -> Result<(), ConfigE
 
 /// Loads and watches this workload's identity: from `MESH_TLS_CERT`,
 /// `MESH_TLS_KEY` and `MESH_TLS_CA` when set, else from the config's
-/// `identity` (paths relative to the config file's directory).
+/// `identity` (paths relative to the config file's directory), else from
+/// the SPIFFE Workload API at `SPIFFE_ENDPOINT_SOCKET`.
 #[cfg(feature = "tls")]
 fn load_identity(
     mesh: &Mesh,
@@ -336,7 +337,7 @@ fn load_identity(
         })
     });
     let Some(files) = files else {
-        return Ok(());
+        return follow_workload_api(mesh);
     };
     let identity = Identity::load(&files).map_err(|e| {
         ConfigError::new(vec![crate::config::Problem::new(
@@ -349,4 +350,42 @@ fn load_identity(
     identity.watch(files);
     mesh.set_identity(identity);
     Ok(())
+}
+
+/// The identity from the SPIFFE Workload API when `SPIFFE_ENDPOINT_SOCKET`
+/// is set: pending (the mesh is not ready) until the agent delivers.
+#[cfg(feature = "tls")]
+fn follow_workload_api(mesh: &Mesh) -> Result<(), ConfigError> {
+    let Some(endpoint) = std::env::var("SPIFFE_ENDPOINT_SOCKET")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(());
+    };
+    let problem = |message: String| {
+        ConfigError::new(vec![crate::config::Problem::new(
+            crate::config::ProblemKind::Identity,
+            "identity",
+            None,
+            message,
+        )])
+    };
+    #[cfg(feature = "spiffe")]
+    {
+        let identity = crate::identity::tls::Identity::pending(endpoint.as_str());
+        if !crate::identity::workload_api::follow(&identity, &endpoint) {
+            return Err(problem(format!(
+                "SPIFFE_ENDPOINT_SOCKET={endpoint}: the Workload API is followed by a task, which needs a tokio runtime"
+            )));
+        }
+        mesh.set_identity(identity);
+        Ok(())
+    }
+    #[cfg(not(feature = "spiffe"))]
+    {
+        let _ = mesh;
+        Err(problem(format!(
+            "SPIFFE_ENDPOINT_SOCKET={endpoint} is set, but proxyless-core was built without its `spiffe` feature (or set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA)"
+        )))
+    }
 }
