@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     service: Mutex<Option<Arc<str>>>,
     #[cfg(feature = "tls")]
     identity: arc_swap::ArcSwapOption<crate::identity::tls::Identity>,
+    /// Named identity sources (certificate providers, SDS secrets).
+    #[cfg(feature = "tls")]
+    identity_sources: crate::identity::tls::Registry,
     /// The config source attached (the xDS client, or one of the
     /// application's), if any.
     source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
@@ -134,6 +137,8 @@ impl Mesh {
                 service: Mutex::new(None),
                 #[cfg(feature = "tls")]
                 identity: arc_swap::ArcSwapOption::empty(),
+                #[cfg(feature = "tls")]
+                identity_sources: Default::default(),
                 source: std::sync::OnceLock::new(),
                 #[cfg(feature = "dns")]
                 dns: std::sync::OnceLock::new(),
@@ -186,7 +191,13 @@ impl Mesh {
                 .identity
                 .load()
                 .as_ref()
-                .is_none_or(|i| i.is_ready());
+                .is_none_or(|i| i.is_ready())
+            && self
+                .inner
+                .identity_sources
+                .all()
+                .iter()
+                .all(|(_, i)| i.is_ready());
         config
     }
 
@@ -214,8 +225,13 @@ impl Mesh {
         let mut rx = self.inner.tx.subscribe();
         loop {
             #[cfg(feature = "tls")]
-            if let Some(identity) = self.identity() {
-                identity.ready().await;
+            {
+                if let Some(identity) = self.identity() {
+                    identity.ready().await;
+                }
+                for (_, source) in self.identity_sources() {
+                    source.ready().await;
+                }
             }
             if self.is_ready() {
                 return;
@@ -508,6 +524,44 @@ impl Mesh {
     pub fn set_identity(&self, identity: crate::identity::tls::Identity) {
         tracing::info!(spiffe_id = ?identity.spiffe_id(), "workload identity set");
         self.inner.identity.store(Some(Arc::new(identity)));
+        self.inner.identity_sources.forget_made();
+    }
+
+    /// Registers `identity` as the source `name` (a certificate provider
+    /// instance of a gRPC bootstrap, `sds:<secret>` for an SDS secret),
+    /// which backends' and listeners' TLS settings can name
+    /// (`certificate`, `trust`). Until it has loaded, the mesh is not
+    /// ready.
+    #[cfg(feature = "tls")]
+    pub fn set_identity_source(&self, name: &str, identity: crate::identity::tls::Identity) {
+        tracing::info!(source = name, "identity source registered");
+        self.inner.identity_sources.set(name, identity);
+    }
+
+    /// The identity source registered as `name`.
+    #[cfg(feature = "tls")]
+    pub fn identity_source(&self, name: &str) -> Option<crate::identity::tls::Identity> {
+        self.inner.identity_sources.get(name)
+    }
+
+    /// Every registered identity source, by name.
+    #[cfg(feature = "tls")]
+    pub fn identity_sources(&self) -> Vec<(String, crate::identity::tls::Identity)> {
+        self.inner.identity_sources.all()
+    }
+
+    /// The identity a TLS side uses when its settings name `certificate`
+    /// and `trust` sources (see [`BackendTls`](crate::config::BackendTls)):
+    /// this workload's identity when neither is named.
+    #[cfg(feature = "tls")]
+    pub fn identity_for(
+        &self,
+        certificate: Option<&str>,
+        trust: Option<&str>,
+    ) -> Result<crate::identity::tls::Identity, crate::identity::tls::IdentityUnavailable> {
+        self.inner
+            .identity_sources
+            .identity_for(certificate, trust, self.identity())
     }
 
     /// For a host no service claims: asks the config source for it, if the

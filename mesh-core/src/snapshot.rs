@@ -383,6 +383,11 @@ pub struct UpstreamTls {
     pub identities: Option<crate::identity::IdentityMatcher>,
     /// The server name sent in the handshake, if any.
     pub sni: Option<Arc<str>>,
+    /// The identity source whose SVID is presented; the workload's when
+    /// `None` (see [`Mesh::identity_for`](crate::Mesh::identity_for)).
+    pub certificate: Option<Arc<str>>,
+    /// The identity source whose bundles verify the server.
+    pub trust: Option<Arc<str>>,
 }
 
 impl UpstreamTls {
@@ -392,6 +397,8 @@ impl UpstreamTls {
         (tls.mode == crate::config::BackendTlsMode::Mutual).then(|| Self {
             identities: tls.matcher().ok(),
             sni: tls.sni.as_deref().map(Arc::from),
+            certificate: tls.certificate.as_deref().map(Arc::from),
+            trust: tls.trust.as_deref().map(Arc::from),
         })
     }
 }

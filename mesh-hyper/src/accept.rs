@@ -33,6 +33,7 @@
 
 use proxyless_core::Mesh;
 use proxyless_core::config::MtlsMode;
+use proxyless_core::identity::tls::Identity;
 use proxyless_tower::ext::ConnectionInfo;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,9 +52,9 @@ pub enum AcceptError {
     /// A plaintext connection under strict mTLS.
     #[error("plaintext connection refused: strict mTLS")]
     PlaintextRefused,
-    /// A TLS connection, but this workload has no identity to present.
-    #[error("TLS connection, but this workload has no identity to present")]
-    NoIdentity,
+    /// A TLS connection, but the identity the listener names is missing.
+    #[error("TLS connection, but {0}")]
+    NoIdentity(proxyless_core::identity::tls::IdentityUnavailable),
     /// The TLS handshake failed (no, untrusted or expired certificate, ...).
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
@@ -109,6 +110,19 @@ impl Acceptor {
         }
     }
 
+    /// The identity this listener presents and verifies callers with: the
+    /// sources its inbound policy names, else the workload's.
+    fn identity(&self) -> Result<Identity, AcceptError> {
+        let snap = self.mesh.snapshot();
+        let policy = self.service.as_deref().and_then(|s| snap.inbound(s));
+        let (certificate, trust) = policy.map_or((None, None), |p| {
+            (p.certificate.as_deref(), p.trust.as_deref())
+        });
+        self.mesh
+            .identity_for(certificate, trust)
+            .map_err(AcceptError::NoIdentity)
+    }
+
     /// Accepts `stream` as the mode says.
     pub async fn accept(
         &self,
@@ -127,7 +141,7 @@ impl Acceptor {
             let info = ConnectionInfo::plaintext(remote, local);
             return Ok((MeshStream::Plain(stream), info));
         }
-        let identity = self.mesh.identity().ok_or(AcceptError::NoIdentity)?;
+        let identity = self.identity()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(true));
         let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await
         {

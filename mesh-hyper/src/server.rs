@@ -345,7 +345,7 @@ where
                         stats.plaintext_refused.fetch_add(1, Ordering::Relaxed);
                         metrics.plaintext_refused();
                     }
-                    AcceptError::NoIdentity
+                    AcceptError::NoIdentity(_)
                     | AcceptError::Handshake(_)
                     | AcceptError::HandshakeTimeout(_) => {
                         stats.handshake_failures.fetch_add(1, Ordering::Relaxed);

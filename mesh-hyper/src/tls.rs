@@ -35,11 +35,14 @@ pub enum TlsConnectError {
     /// An `https` request that no mutual-TLS backend routed.
     #[error("no mutual-TLS backend names endpoint `{0}` (https outside the mesh is not supported)")]
     UnknownEndpoint(String),
-    /// A backend wants mutual TLS, but this workload has no identity.
-    #[error(
-        "endpoint `{0}` needs mutual TLS, but this workload has no identity (set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA)"
-    )]
-    NoIdentity(String),
+    /// A backend wants mutual TLS, but the identity it names is missing.
+    #[error("endpoint `{endpoint}` needs mutual TLS, but {reason}")]
+    NoIdentity {
+        /// The endpoint.
+        endpoint: String,
+        /// Which identity is missing.
+        reason: proxyless_core::identity::tls::IdentityUnavailable,
+    },
     /// The backend's config names no valid identity to verify.
     #[error("endpoint `{0}`: its backend names no valid SPIFFE ID to verify; refused")]
     NoExpectedIdentity(String),
@@ -149,7 +152,9 @@ impl MeshConnector {
             }
         };
         let authority = authority();
-        let identity = self.mesh.identity();
+        let identity = self
+            .mesh
+            .identity_for(tls.certificate.as_deref(), tls.trust.as_deref());
         let h2 = self.h2;
         let connect = self.http.call(uri.clone());
         Box::pin(async move {
@@ -157,8 +162,10 @@ impl MeshConnector {
                 .identities
                 .as_ref()
                 .ok_or_else(|| TlsConnectError::NoExpectedIdentity(authority.clone()))?;
-            let identity =
-                identity.ok_or_else(|| TlsConnectError::NoIdentity(authority.clone()))?;
+            let identity = identity.map_err(|reason| TlsConnectError::NoIdentity {
+                endpoint: authority.clone(),
+                reason,
+            })?;
             let config = identity.client_config(expected, h2);
             let tcp = connect.await?.into_inner();
             // The name only feeds SNI (and is not sent for IP addresses):

@@ -390,3 +390,174 @@ mod workload_api {
         }
     }
 }
+
+mod certificate_providers {
+    use super::*;
+    use proxyless_core::xds::XdsSettings;
+
+    /// Writes `issued` and `ca`'s bundle where istio-agent would.
+    fn write_files(dir: &std::path::Path, issued: &Issued, ca: &DevCa) {
+        // Written to a side file and renamed in, as agents do, so a reader
+        // never sees half a file.
+        for (name, text) in [
+            ("cert-chain.pem", issued.cert_pem.as_str()),
+            ("key.pem", issued.key_pem.as_str()),
+            ("root-cert.pem", &ca.ca_pem()),
+        ] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+    }
+
+    /// An istio-agent-style bootstrap: the control plane, and one
+    /// `file_watcher` instance `default` over the files in `dir`.
+    fn bootstrap(cp: std::net::SocketAddr, node: &str, dir: &std::path::Path) -> String {
+        let file = |n: &str| dir.join(n).display().to_string();
+        serde_json::json!({
+            "xds_servers": [{ "server_uri": cp.to_string(), "channel_creds": [{ "type": "insecure" }] }],
+            "node": { "id": node, "cluster": "default" },
+            "certificate_providers": {
+                "default": {
+                    "plugin_name": "file_watcher",
+                    "config": {
+                        "certificate_file": file("cert-chain.pem"),
+                        "private_key_file": file("key.pem"),
+                        "ca_certificate_file": file("root-cert.pem"),
+                        "refresh_interval": "0.1s"
+                    }
+                }
+            }
+        })
+        .to_string()
+    }
+
+    /// What the control plane serves: the reviews cluster and the reviews
+    /// server's listener, both naming the provider instance `default`.
+    fn served(reviews: std::net::SocketAddr, instance: &str) -> String {
+        format!(
+            r#"
+services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]
+backends:
+  - name: reviews
+    endpoints: ["{reviews}"]
+    tls: {{ mode: mutual, identity: "{REVIEWS}", certificate: {instance}, trust: {instance} }}
+inbound:
+  - service: reviews
+    mtls: strict
+    certificate: default
+    trust: default
+    rules:
+      - from: ["spiffe://home.test/client"]
+"#
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clusters_and_listeners_naming_bootstrap_providers_do_mtls_and_rotate_with_no_failed_request()
+     {
+        let ca = DevCa::new(HOME).unwrap();
+        let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_files(server_dir.path(), &ca.issue_for("reviews").unwrap(), &ca);
+        write_files(client_dir.path(), &ca.issue_for("client").unwrap(), &ca);
+        // The server's port first, so the served config can name it.
+        let port = mesh::free_port().unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let control = mesh(&served(addr, "default"));
+        let (cp, cp_task) = crate::support::dev_control_plane(&control);
+
+        // Neither workload has an identity of its own: only the providers.
+        let settings =
+            XdsSettings::from_bootstrap(&bootstrap(cp, "reviews-1", server_dir.path()), Vec::new())
+                .unwrap()
+                .serving("reviews");
+        let (server_mesh, _server_xds) =
+            proxyless_core::Mesh::from_control_plane(settings).unwrap();
+        assert!(server_mesh.identity().is_none());
+        tokio::time::timeout(Duration::from_secs(10), server_mesh.ready())
+            .await
+            .expect("the server's config and provider");
+        let server = Echo::new("reviews")
+            .service("reviews")
+            .start(&server_mesh, &addr.to_string())
+            .await
+            .unwrap();
+        let settings = XdsSettings::from_bootstrap(
+            &bootstrap(cp, "client-1", client_dir.path()),
+            vec!["reviews".into()],
+        )
+        .unwrap();
+        let (client_mesh, client_xds) = proxyless_core::Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client_mesh.ready())
+            .await
+            .expect("the client's config and provider");
+        let client = Client::new(&client_mesh);
+        assert_eq!(status(&client).await, Ok(200));
+
+        // Both agents rotate their files while requests flow; each rotation
+        // waits until both providers have picked it up.
+        let load = tokio::spawn({
+            let client = client.clone();
+            async move { run(&client, "http://reviews/ratings/1", 6000, 8).await }
+        });
+        let (server_source, me) = (
+            server_mesh.identity_source("default").unwrap(),
+            client_mesh.identity_source("default").unwrap(),
+        );
+        let leaf_of = |issued: &Issued| {
+            Svid::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                .unwrap()
+                .chain()[0]
+                .clone()
+        };
+        let (mut during_load, mut last) = (0, None);
+        for _ in 0..3 {
+            let (next, next_client) = (
+                ca.issue_for("reviews").unwrap(),
+                ca.issue_for("client").unwrap(),
+            );
+            write_files(server_dir.path(), &next, &ca);
+            write_files(client_dir.path(), &next_client, &ca);
+            let (want, want_client) = (leaf_of(&next), leaf_of(&next_client));
+            crate::support::wait_for("both providers to pick the rotation up", || {
+                server_source.svid().is_some_and(|s| s.chain()[0] == want)
+                    && me.svid().is_some_and(|s| s.chain()[0] == want_client)
+            })
+            .await;
+            during_load += usize::from(!load.is_finished());
+            last = Some(want);
+        }
+        let t = load.await.unwrap();
+        assert_eq!(t.ok, 6000, "failed during rotation: {t:?}");
+        assert!(
+            during_load >= 2,
+            "only {during_load} rotations landed during the load"
+        );
+
+        // New handshakes present the last certificate.
+        let want = last.unwrap();
+        let tls = raw_connection(&server, &me).await;
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(
+            presented, want,
+            "new handshakes use the rotated certificate"
+        );
+
+        // A cluster naming an instance the bootstrap does not declare is
+        // refused, and the running config keeps serving.
+        control
+            .update(
+                proxyless_core::config::Config::from_yaml(&served(addr, "missing")).unwrap(),
+                proxyless_core::snapshot::Source::Code,
+            )
+            .unwrap();
+        crate::support::wait_for("the NACK", || {
+            let status = client_xds.status();
+            let nack = status.last_nack.lock().unwrap().clone();
+            nack.is_some_and(|e| e.contains("certificate provider instance `missing`"))
+        })
+        .await;
+        assert_eq!(status(&client).await, Ok(200));
+        cp_task.abort();
+    }
+}

@@ -1110,6 +1110,15 @@ pub struct BackendTls {
     /// (the SPIFFE ID, not the name, is what is verified).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// The identity source whose SVID these connections present: a gRPC
+    /// bootstrap's certificate provider instance (`default`), or an SDS
+    /// secret (`sds:default`); this workload's identity when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The identity source whose trust bundles verify the endpoints (named
+    /// as `certificate` is); this workload's identity's when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
 }
 
 impl BackendTls {
@@ -1120,6 +1129,8 @@ impl BackendTls {
             identity: Some(identity),
             identities: Vec::new(),
             sni: None,
+            certificate: None,
+            trust: None,
         }
     }
 
@@ -1164,6 +1175,15 @@ pub struct InboundPolicy {
     /// authorization (a denied request takes no token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The identity source whose SVID the listener presents (a certificate
+    /// provider instance, or `sds:<secret>`); this workload's identity
+    /// when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The identity source whose trust bundles verify callers; this
+    /// workload's identity's when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
 }
 
 /// The mTLS mode of an inbound listener.

@@ -257,6 +257,7 @@ pub(crate) fn validate(
         if let Some(limit) = &p.rate_limit {
             rate_limit(&mut v, &child(&at, "rate_limit"), limit, true);
         }
+        identity_sources(&mut v, &at, p.certificate.as_deref(), p.trust.as_deref());
     }
     v.problems
 }
@@ -647,6 +648,25 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
         {
             let msg = format!("`{sni}` is not a DNS name");
             v.add(ProblemKind::InvalidValue, &child(&at, "sni"), msg);
+        }
+        identity_sources(v, &at, tls.certificate.as_deref(), tls.trust.as_deref());
+    }
+}
+
+/// The longest identity source name.
+const MAX_IDENTITY_SOURCE: usize = 256;
+
+/// Names of identity sources (`certificate`, `trust`): 1 to 256 printable
+/// characters.
+fn identity_sources(v: &mut V<'_>, at: &str, certificate: Option<&str>, trust: Option<&str>) {
+    for (field, name) in [("certificate", certificate), ("trust", trust)] {
+        let Some(name) = name else { continue };
+        if name.is_empty() || name.len() > MAX_IDENTITY_SOURCE || name.chars().any(char::is_control)
+        {
+            let msg = format!(
+                "an identity source name is 1 to {MAX_IDENTITY_SOURCE} printable characters (a certificate provider instance, or `sds:<secret>`)"
+            );
+            v.add(ProblemKind::InvalidValue, &child(at, field), msg);
         }
     }
 }

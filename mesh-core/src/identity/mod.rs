@@ -321,6 +321,8 @@ mod tests {
 }
 
 #[cfg(feature = "tls")]
+pub mod provider;
+#[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "spiffe")]
 pub mod workload_api;

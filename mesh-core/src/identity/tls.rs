@@ -261,6 +261,8 @@ fn unix_now() -> u64 {
 #[derive(Clone, Default)]
 pub struct TrustBundles {
     domains: BTreeMap<String, Arc<Bundle>>,
+    /// CAs not tied to a trust domain (see [`TrustBundles::set_any_domain`]).
+    any: Option<Arc<Bundle>>,
 }
 
 struct Bundle {
@@ -271,7 +273,8 @@ struct Bundle {
 impl fmt::Debug for TrustBundles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.domains.iter().map(|(d, b)| (d, b.der.len())))
+            .entries(self.domains.iter().map(|(d, b)| (d.as_str(), b.der.len())))
+            .entries(self.any.iter().map(|b| ("*", b.der.len())))
             .finish()
     }
 }
@@ -279,6 +282,7 @@ impl fmt::Debug for TrustBundles {
 impl PartialEq for TrustBundles {
     fn eq(&self, other: &Self) -> bool {
         self.domains.len() == other.domains.len()
+            && self.any.as_ref().map(|b| &b.der) == other.any.as_ref().map(|b| &b.der)
             && self
                 .domains
                 .iter()
@@ -300,55 +304,51 @@ impl TrustBundles {
         trust_domain: &str,
         certificates: Vec<CertificateDer<'static>>,
     ) -> Result<(), IdentityError> {
-        let what = || format!("trust bundle for `{trust_domain}`");
+        let what = format!("trust bundle for `{trust_domain}`");
         SpiffeId::new(&format!("spiffe://{trust_domain}"))
-            .map_err(|e| IdentityError::material(what(), format!("not a trust domain: {e}")))?;
-        if certificates.is_empty() {
-            return Err(IdentityError::material(what(), "holds no certificate"));
-        }
-        if certificates.len() > MAX_CERTIFICATES {
-            let problem = format!(
-                "{} certificates (at most {MAX_CERTIFICATES})",
-                certificates.len()
-            );
-            return Err(IdentityError::material(what(), problem));
-        }
+            .map_err(|e| IdentityError::material(&what, format!("not a trust domain: {e}")))?;
         if !self.domains.contains_key(trust_domain) && self.domains.len() >= MAX_CERTIFICATES {
             let problem = format!("more than {MAX_CERTIFICATES} trust domains");
-            return Err(IdentityError::material(what(), problem));
+            return Err(IdentityError::material(&what, problem));
         }
-        let roots = certificates
-            .iter()
-            .map(|c| {
-                webpki::anchor_from_trusted_cert(c)
-                    .map(|a| a.to_owned())
-                    .map_err(|e| IdentityError::material(what(), format!("{e:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let bundle = Bundle {
-            der: certificates,
-            roots,
-        };
+        let bundle = bundle(&what, certificates)?;
         self.domains
             .insert(trust_domain.to_owned(), Arc::new(bundle));
         Ok(())
     }
 
+    /// Sets CAs that are not tied to a trust domain: they verify peers of
+    /// any domain without a bundle of its own. This is what a bare CA file
+    /// means (a gRPC certificate provider's `ca_certificate_file`, an SDS
+    /// validation context, Istio's root certificate): the CA is trusted
+    /// for whatever it signs, and the SPIFFE IDs the backend expects or the
+    /// authorization rules still decide who is accepted.
+    pub fn set_any_domain(
+        &mut self,
+        certificates: Vec<CertificateDer<'static>>,
+    ) -> Result<(), IdentityError> {
+        self.any = Some(Arc::new(bundle("CA certificates", certificates)?));
+        Ok(())
+    }
+
+    /// [`set_any_domain`](Self::set_any_domain) from PEM text.
+    pub fn set_any_domain_pem(&mut self, pem: &[u8]) -> Result<(), IdentityError> {
+        let certificates = pem_certificates(pem, "CA certificates")?;
+        self.set_any_domain(certificates)
+    }
+
     /// Sets `trust_domain`'s bundle from PEM text.
     pub fn insert_pem(&mut self, trust_domain: &str, pem: &[u8]) -> Result<(), IdentityError> {
-        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-            .take(MAX_CERTIFICATES + 1)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                let what = format!("trust bundle for `{trust_domain}`");
-                IdentityError::material(what, format!("not PEM certificates: {e}"))
-            })?;
+        let certificates = pem_certificates(pem, &format!("trust bundle for `{trust_domain}`"))?;
         self.insert_der(trust_domain, certificates)
     }
 
-    /// The trust domains with a bundle.
+    /// The trust domains with a bundle (`*` for CAs of any domain).
     pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
-        self.domains.keys().map(String::as_str)
+        self.domains
+            .keys()
+            .map(String::as_str)
+            .chain(self.any.iter().map(|_| "*"))
     }
 
     /// The CA certificates of `trust_domain`'s bundle.
@@ -356,19 +356,57 @@ impl TrustBundles {
         self.domains.get(trust_domain).map(|b| b.der.as_slice())
     }
 
-    /// How many trust domains have a bundle.
+    /// How many bundles there are (CAs of any domain count as one).
     pub fn len(&self) -> usize {
-        self.domains.len()
+        self.domains.len() + usize::from(self.any.is_some())
     }
 
-    /// Whether no trust domain has a bundle.
+    /// Whether there is no bundle at all.
     pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
+        self.domains.is_empty() && self.any.is_none()
     }
 
+    /// The anchors that verify a peer of `trust_domain`: its own bundle,
+    /// else the CAs of any domain.
     fn roots(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
-        self.domains.get(trust_domain).map(|b| b.roots.as_slice())
+        self.domains
+            .get(trust_domain)
+            .or(self.any.as_ref())
+            .map(|b| b.roots.as_slice())
     }
+}
+
+fn pem_certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    CertificateDer::pem_slice_iter(pem)
+        .take(MAX_CERTIFICATES + 1)
+        .collect::<Result<_, _>>()
+        .map_err(|e| IdentityError::material(what, format!("not PEM certificates: {e}")))
+}
+
+/// A bundle of `certificates`, each usable as a trust anchor.
+fn bundle(what: &str, certificates: Vec<CertificateDer<'static>>) -> Result<Bundle, IdentityError> {
+    if certificates.is_empty() {
+        return Err(IdentityError::material(what, "holds no certificate"));
+    }
+    if certificates.len() > MAX_CERTIFICATES {
+        let problem = format!(
+            "{} certificates (at most {MAX_CERTIFICATES})",
+            certificates.len()
+        );
+        return Err(IdentityError::material(what, problem));
+    }
+    let roots = certificates
+        .iter()
+        .map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .map(|a| a.to_owned())
+                .map_err(|e| IdentityError::material(what, format!("{e:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bundle {
+        der: certificates,
+        roots,
+    })
 }
 
 /// One part of an identity (the SVID, or the trust bundles) as its source
@@ -377,6 +415,9 @@ impl TrustBundles {
 #[derive(Debug)]
 struct Slot<T> {
     current: ArcSwapOption<T>,
+    /// Whether its source delivers this part at all (a certificate
+    /// provider with only a CA file delivers no SVID).
+    expected: bool,
     origin: Mutex<String>,
     error: Mutex<Option<String>>,
     changes: watch::Sender<u64>,
@@ -384,12 +425,22 @@ struct Slot<T> {
 
 impl<T> Slot<T> {
     fn new(origin: &str, value: Option<T>) -> Arc<Self> {
+        Self::expecting(origin, value, true)
+    }
+
+    fn expecting(origin: &str, value: Option<T>, expected: bool) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwapOption::new(value.map(Arc::new)),
+            expected,
             origin: Mutex::new(origin.to_owned()),
             error: Mutex::new(None),
             changes: watch::Sender::new(0),
         })
+    }
+
+    /// Loaded, or never to be loaded by its source.
+    fn ready(&self) -> bool {
+        !self.expected || self.current.load().is_some()
     }
 
     fn store(&self, value: T) {
@@ -425,13 +476,15 @@ pub struct IdentityStatus {
     pub trust_domains: Vec<String>,
     /// The last error of either source since its last good delivery.
     pub last_error: Option<String>,
+    /// Whether what its sources deliver has loaded.
+    pub ready: bool,
 }
 
 impl IdentityStatus {
     /// Whether both an SVID and bundles have loaded (the last good ones
     /// serve even while a source reports errors).
     pub fn is_ready(&self) -> bool {
-        self.spiffe_id.is_some() && !self.trust_domains.is_empty()
+        self.ready
     }
 }
 
@@ -480,6 +533,18 @@ impl Identity {
     pub fn pending(source: impl Into<String>) -> Self {
         let source = source.into();
         Self::from_slots(Slot::new(&source, None), Slot::new(&source, None))
+    }
+
+    /// An identity waiting for `source` to deliver only the parts it says:
+    /// an SVID (`svid`), trust bundles (`trust`), or both. A part it does
+    /// not deliver does not hold readiness back; such an identity is meant
+    /// to be combined ([`with_trust_of`](Self::with_trust_of)).
+    pub fn pending_parts(source: impl Into<String>, svid: bool, trust: bool) -> Self {
+        let source = source.into();
+        Self::from_slots(
+            Slot::expecting(&source, None, svid),
+            Slot::expecting(&source, None, trust),
+        )
     }
 
     /// An identity of `svid`, trusting `bundles`, which must hold the SVID's
@@ -542,7 +607,7 @@ impl Identity {
 
     /// Whether an SVID and bundles have loaded.
     pub fn is_ready(&self) -> bool {
-        self.inner.svid.current.load().is_some() && self.inner.trust.current.load().is_some()
+        self.inner.svid.ready() && self.inner.trust.ready()
     }
 
     /// What this identity holds, where from, and its sources' last errors.
@@ -562,6 +627,7 @@ impl Identity {
                 .map(|b| b.trust_domains().map(str::to_owned).collect())
                 .unwrap_or_default(),
             last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+            ready: self.is_ready(),
         }
     }
 
@@ -767,6 +833,100 @@ impl WeakIdentity {
     /// The identity, unless every [`Identity`] handle on it was dropped.
     pub fn upgrade(&self) -> Option<Identity> {
         self.0.upgrade().map(|inner| Identity { inner })
+    }
+}
+
+/// Why no identity could be made for a TLS side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityUnavailable {
+    /// No source named, and this workload has no identity.
+    #[error(
+        "this workload has no identity (set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_CA, or SPIFFE_ENDPOINT_SOCKET)"
+    )]
+    NoWorkloadIdentity,
+    /// A source the config names is not registered (a certificate provider
+    /// instance the bootstrap does not declare, an SDS secret not
+    /// subscribed).
+    #[error("identity source `{0}` is not known to this workload")]
+    UnknownSource(String),
+}
+
+/// The identity sources a mesh knows by name (certificate provider
+/// instances, SDS secrets), and the identities made of them, kept so a
+/// pair of names always gives the same identity (and its cached client
+/// configs).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sources: Mutex<BTreeMap<String, Identity>>,
+    made: Mutex<HashMap<SourcePair, Identity>>,
+}
+
+/// The (certificate, trust) source names an identity was made of.
+type SourcePair = (Option<String>, Option<String>);
+
+/// The most identities made of named sources a mesh keeps (configs name
+/// pairs; a control plane naming ever new ones cannot grow it unbounded).
+const MADE_IDENTITIES: usize = 256;
+
+impl Registry {
+    pub(crate) fn set(&self, name: &str, identity: Identity) {
+        lock(&self.sources).insert(name.to_owned(), identity);
+        lock(&self.made).clear();
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Identity> {
+        lock(&self.sources).get(name).cloned()
+    }
+
+    pub(crate) fn all(&self) -> Vec<(String, Identity)> {
+        lock(&self.sources)
+            .iter()
+            .map(|(n, i)| (n.clone(), i.clone()))
+            .collect()
+    }
+
+    /// The workload identity changed: identities made with it are stale.
+    pub(crate) fn forget_made(&self) {
+        lock(&self.made).clear();
+    }
+
+    /// The identity presenting `certificate`'s SVID and trusting `trust`'s
+    /// bundles (each: a named source, or `workload`); a named certificate
+    /// source without a named trust source brings its own bundles.
+    pub(crate) fn identity_for(
+        &self,
+        certificate: Option<&str>,
+        trust: Option<&str>,
+        workload: Option<Identity>,
+    ) -> Result<Identity, IdentityUnavailable> {
+        if certificate.is_none() && trust.is_none() {
+            return workload.ok_or(IdentityUnavailable::NoWorkloadIdentity);
+        }
+        let key = (certificate.map(str::to_owned), trust.map(str::to_owned));
+        if let Some(made) = lock(&self.made).get(&key) {
+            return Ok(made.clone());
+        }
+        let find = |name: Option<&str>| match name {
+            Some(n) => self
+                .get(n)
+                .ok_or_else(|| IdentityUnavailable::UnknownSource(n.to_owned())),
+            None => workload
+                .clone()
+                .ok_or(IdentityUnavailable::NoWorkloadIdentity),
+        };
+        let presented = find(certificate)?;
+        let made = match (certificate, trust) {
+            (Some(c), Some(t)) if c == t => presented,
+            (Some(_), None) => presented,
+            _ => presented.with_trust_of(&find(trust)?),
+        };
+        let mut cache = lock(&self.made);
+        if cache.len() >= MADE_IDENTITIES {
+            cache.clear();
+        }
+        cache.insert(key, made.clone());
+        Ok(made)
     }
 }
 

@@ -267,6 +267,11 @@ impl Mesh {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SettingsError::NoRuntime)?;
         let mesh = Mesh::waiting(Source::Xds(settings.server.clone()));
+        // The bootstrap's certificate providers, each an identity source
+        // that clusters and listeners name.
+        for (name, provider) in &settings.certificate_providers {
+            mesh.set_identity_source(name, provider.start(name));
+        }
         // The node's locality is the workload's: its clients prefer
         // endpoints near it.
         if let Some([region, zone, subzone]) = &settings.node_locality {
@@ -417,5 +422,66 @@ mod tests {
             .to_string();
         assert!(none.contains("server_uri"), "{none}");
         assert!(XdsSettings::from_bootstrap("{", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn an_istio_bootstraps_certificate_providers_are_read_and_bad_ones_refused_by_name() {
+        let with = |providers: &str| {
+            XdsSettings::from_bootstrap(
+                &format!(
+                    r#"{{"xds_servers": [{{"server_uri": "unix:///etc/istio/proxy/XDS"}}],
+                       "certificate_providers": {providers}}}"#
+                ),
+                Vec::new(),
+            )
+        };
+        let s = with(
+            r#"{"default": {"plugin_name": "file_watcher", "config": {
+                  "certificate_file": "/var/lib/istio/data/cert-chain.pem",
+                  "private_key_file": "/var/lib/istio/data/key.pem",
+                  "ca_certificate_file": "/var/lib/istio/data/root-cert.pem",
+                  "refresh_interval": "900s"}},
+                "roots": {"plugin_name": "file_watcher", "config": {"ca_certificate_file": "/ca.pem"}}}"#,
+        )
+        .unwrap();
+        let default = &s.certificate_providers["default"];
+        assert_eq!(
+            default.certificate_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/istio/data/cert-chain.pem"))
+        );
+        assert_eq!(
+            default.refresh_interval,
+            std::time::Duration::from_secs(900)
+        );
+        let roots = &s.certificate_providers["roots"];
+        assert_eq!(roots.certificate_file, None);
+        assert_eq!(
+            roots.refresh_interval,
+            crate::identity::provider::DEFAULT_REFRESH
+        );
+        for (bad, says) in [
+            (
+                r#"{"x": {"plugin_name": "meshca", "config": {}}}"#,
+                "plugin `meshca`",
+            ),
+            (
+                r#"{"x": {"plugin_name": "file_watcher", "config": {"certificate_file": "/c"}}}"#,
+                "go together",
+            ),
+            (
+                r#"{"x": {"plugin_name": "file_watcher", "config": {"ca_certificate_file": "/c", "refresh_interval": 5}}}"#,
+                "refresh_interval",
+            ),
+            (
+                r#"{"sds:x": {"plugin_name": "file_watcher", "config": {"ca_certificate_file": "/c"}}}"#,
+                "sds:",
+            ),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("certificate_providers.") && e.contains(says),
+                "{e}"
+            );
+        }
     }
 }

@@ -43,6 +43,13 @@ pub struct XdsSettings {
     /// 4 MiB is too small for large meshes). A larger message ends the
     /// stream, which reconnects with backoff.
     pub max_message_bytes: usize,
+    /// The bootstrap's `certificate_providers` (gRPC A29): `file_watcher`
+    /// instances by name, which clusters' and listeners' TLS contexts name
+    /// (`tls_certificate_provider_instance`,
+    /// `ca_certificate_provider_instance`). Each becomes an identity source
+    /// of the mesh ([`Mesh::set_identity_source`](crate::Mesh::set_identity_source)).
+    pub certificate_providers:
+        std::collections::BTreeMap<String, crate::identity::provider::FileWatcher>,
 }
 
 /// The default of [`XdsSettings::max_resource_bytes`].
@@ -106,6 +113,7 @@ impl XdsSettings {
             server_listener_template: None,
             max_resource_bytes: MAX_RESOURCE_BYTES,
             max_message_bytes: MAX_MESSAGE_BYTES,
+            certificate_providers: Default::default(),
         }
     }
 
@@ -266,6 +274,7 @@ impl XdsSettings {
         s.node_metadata = node.metadata.map(serde_json::Value::Object);
         s.node_locality = node.locality.map(|l| [l.region, l.zone, l.sub_zone]);
         s.server_listener_template = b.server_listener_resource_name_template;
+        s.certificate_providers = certificate_providers(b.certificate_providers)?;
         Ok(s)
     }
 }
@@ -278,6 +287,84 @@ struct Bootstrap {
     xds_servers: Vec<BootstrapServer>,
     node: Option<BootstrapNode>,
     server_listener_resource_name_template: Option<String>,
+    #[serde(default)]
+    certificate_providers: std::collections::BTreeMap<String, BootstrapProvider>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BootstrapProvider {
+    plugin_name: String,
+    #[serde(default)]
+    config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The most certificate provider instances a bootstrap may declare.
+const MAX_CERTIFICATE_PROVIDERS: usize = 64;
+
+/// The bootstrap's provider instances, each checked; an instance this
+/// client cannot run (another plugin, a config it cannot read) refuses the
+/// bootstrap by name rather than leaving clusters that name it without
+/// their certificates.
+fn certificate_providers(
+    declared: std::collections::BTreeMap<String, BootstrapProvider>,
+) -> Result<std::collections::BTreeMap<String, crate::identity::provider::FileWatcher>, SettingsError>
+{
+    use crate::identity::provider::{DEFAULT_REFRESH, FileWatcher, parse_json_duration};
+    if declared.len() > MAX_CERTIFICATE_PROVIDERS {
+        return Err(SettingsError::bootstrap(
+            "bootstrap",
+            format!("certificate_providers: more than {MAX_CERTIFICATE_PROVIDERS} instances"),
+        ));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (name, p) in declared {
+        let at = format!("certificate_providers.{name}");
+        let refuse =
+            |problem: String| SettingsError::bootstrap("bootstrap", format!("{at}: {problem}"));
+        if name.is_empty()
+            || name.starts_with(crate::xds::translate::SDS_PREFIX)
+            || name.len() > 256
+        {
+            return Err(refuse(
+                "an instance name is 1 to 256 characters, not starting with `sds:`".into(),
+            ));
+        }
+        if p.plugin_name != "file_watcher" {
+            return Err(refuse(format!(
+                "plugin `{}` is not supported (only `file_watcher`)",
+                p.plugin_name
+            )));
+        }
+        let path = |key: &str| -> Result<Option<std::path::PathBuf>, SettingsError> {
+            match p.config.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.into())),
+                Some(other) => Err(refuse(format!("config.{key} must be a path, not {other}"))),
+            }
+        };
+        let refresh_interval = match p.config.get("refresh_interval") {
+            None => DEFAULT_REFRESH,
+            Some(serde_json::Value::String(s)) => parse_json_duration(s).ok_or_else(|| {
+                refuse(format!(
+                    "config.refresh_interval `{s}` is not a duration such as `600s`"
+                ))
+            })?,
+            Some(other) => {
+                return Err(refuse(format!(
+                    "config.refresh_interval must be a string such as `600s`, not {other}"
+                )));
+            }
+        };
+        let watcher = FileWatcher {
+            certificate_file: path("certificate_file")?,
+            private_key_file: path("private_key_file")?,
+            ca_certificate_file: path("ca_certificate_file")?,
+            refresh_interval,
+        };
+        watcher.check(&name).map_err(|e| refuse(e.problem))?;
+        out.insert(name, watcher);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -390,6 +390,8 @@ fn config() -> impl Strategy<Value = Config> {
                             }),
                             service: "s0".to_owned(),
                             mtls,
+                            certificate: refuse.then(|| "default".to_owned()),
+                            trust: refuse.then(|| "sds:ROOTCA".to_owned()),
                             rules: rules
                                 .into_iter()
                                 .map(|(action, from, paths, methods)| AuthzRule {

@@ -134,6 +134,39 @@ pub(super) struct State {
     demand: Arc<OnDemand>,
     /// A server's inbound listener.
     inbound: Option<super::Inbound>,
+    /// The bootstrap's certificate provider instances.
+    providers: BTreeSet<String>,
+}
+
+/// A cluster or listener that names a certificate provider instance the
+/// bootstrap does not declare is refused (as gRPC does): it could never
+/// present or verify a certificate.
+fn unknown_providers(cfg: &Config, providers: &BTreeSet<String>) -> Result<(), XdsError> {
+    let named = |what: String, names: [Option<&String>; 2]| {
+        for name in names.into_iter().flatten() {
+            if !name.starts_with(translate::SDS_PREFIX) && !providers.contains(name) {
+                return Err(XdsError::new(format!(
+                    "{what} names certificate provider instance `{name}`, which the bootstrap does not declare"
+                )));
+            }
+        }
+        Ok(())
+    };
+    for b in &cfg.backends {
+        if let Some(tls) = &b.tls {
+            named(
+                format!("cluster `{}`", b.name),
+                [tls.certificate.as_ref(), tls.trust.as_ref()],
+            )?;
+        }
+    }
+    for p in &cfg.inbound {
+        named(
+            format!("the inbound listener of `{}`", p.service),
+            [p.certificate.as_ref(), p.trust.as_ref()],
+        )?;
+    }
+    Ok(())
 }
 
 impl State {
@@ -173,6 +206,7 @@ impl State {
             server: settings.server.clone(),
             demand,
             inbound: settings.inbound.clone(),
+            providers: settings.certificate_providers.keys().cloned().collect(),
         }
     }
 
@@ -244,6 +278,7 @@ impl State {
         record_warnings(status, warnings);
         let (mut built, policy) = (built?, policy?);
         built.config.inbound.extend(policy);
+        unknown_providers(&built.config, &self.providers)?;
         // The first config waits for every service named at start-up that
         // exists; later ones do not wait for a half-arrived service (it
         // keeps its running config until the rest arrives).

@@ -461,6 +461,10 @@ pub(super) fn upstream_tls(
     if !ctx.sni.is_empty() {
         tls.sni = Some(ctx.sni);
     }
+    let (certificate, trust) = super::sources::sources_of(ctx.common_tls_context.as_ref())
+        .map_err(|e| at("typed_config.common_tls_context", e.to_string()))?;
+    tls.certificate = certificate;
+    tls.trust = trust;
     Ok(Some(tls))
 }
 
@@ -515,7 +519,6 @@ pub(super) fn tls_socket(
     use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket::ConfigType};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
-        common_tls_context::ValidationContextType,
     };
     use envoy_types::pb::envoy::r#type::matcher::v3::{
         StringMatcher, string_matcher::MatchPattern,
@@ -531,22 +534,25 @@ pub(super) fn tls_socket(
         }),
         ..Default::default()
     };
+    let validation = CertificateValidationContext {
+        match_typed_subject_alt_names: tls
+            .identity
+            .iter()
+            .map(|i| i.as_str())
+            .chain(tls.identities.iter().map(String::as_str))
+            .map(san)
+            .collect(),
+        ..Default::default()
+    };
+    let mut common = CommonTlsContext::default();
+    super::sources::name_sources(
+        &mut common,
+        tls.certificate.as_deref(),
+        tls.trust.as_deref(),
+        validation,
+    );
     let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    match_typed_subject_alt_names: tls
-                        .identity
-                        .iter()
-                        .map(|i| i.as_str())
-                        .chain(tls.identities.iter().map(String::as_str))
-                        .map(san)
-                        .collect(),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
+        common_tls_context: Some(common),
         sni: tls.sni.clone().unwrap_or_default(),
         ..Default::default()
     };

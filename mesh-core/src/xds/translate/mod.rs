@@ -32,6 +32,7 @@ mod resources;
 mod reverse;
 mod reverse_rbac;
 mod routes;
+mod sources;
 
 pub use build::{Built, Kept, to_config};
 pub use held::{Held, Refer, Refers};
@@ -39,6 +40,7 @@ pub use rbac::{INBOUND_PREFIX, inbound_of};
 pub use resources::{Changes, Resources, Saved};
 pub use reverse::{Part, envoy_listener, from_config, part_resources};
 pub use reverse_rbac::inbound_listener;
+pub use sources::{SDS_PREFIX, sources_of};
 
 use crate::xds::error::{XdsError, at};
 use cluster::{eds_name, is_eds};
@@ -597,7 +599,7 @@ backends:
     circuit_breaker: { max_requests: 100, max_pending: 10, max_retries: 5 }
     outlier_detection: { consecutive_5xx: 4, consecutive_gateway_errors: 2, consecutive_connect_failures: 1, base_ejection: 5s, max_ejection: 1m, max_ejection_percent: 30 }
   - { name: reviews-v2, endpoints: ["127.0.0.1:9003"], load_balancer: round_robin }
-  - { name: shadow, endpoints: ["127.0.0.1:9009"], tls: { mode: mutual, identity: "spiffe://demo.local/shadow" } }
+  - { name: shadow, endpoints: ["127.0.0.1:9009"], tls: { mode: mutual, identity: "spiffe://demo.local/shadow", certificate: default, trust: default } }
 "#,
         )
         .unwrap();

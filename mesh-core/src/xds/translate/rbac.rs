@@ -53,10 +53,22 @@ pub fn inbound_of(
     }
     let mut tls = 0;
     let mut rbac: Option<Vec<Rbac>> = None;
+    let mut sources: Option<super::sources::Sources> = None;
     for chain in &chains {
         match chain_tls(chain, &at)? {
-            Some(true) => tls += 1,
-            Some(false) => {
+            Some((true, named)) => {
+                tls += 1;
+                match &sources {
+                    None => sources = Some(named),
+                    Some(first) if *first == named => {}
+                    Some(_) => {
+                        return Err(XdsError::new(format!(
+                            "{at}: TLS filter chains that name different identity sources are not supported"
+                        )));
+                    }
+                }
+            }
+            Some((false, _)) => {
                 return Err(XdsError::new(format!(
                     "{at}: TLS without client certificates is not supported (mTLS strict or permissive)"
                 )));
@@ -86,17 +98,23 @@ pub fn inbound_of(
         rules.extend(rules_of(&f, &at, warnings)?);
     }
     let rate_limit = chain_rate_limit(chains[0], &at, warnings)?;
+    let (certificate, trust) = sources.unwrap_or_default();
     Ok(InboundPolicy {
         service: service.to_owned(),
         mtls,
         rules,
         rate_limit,
+        certificate,
+        trust,
     })
 }
 
 /// Whether a chain is TLS, and if so whether client certificates are
-/// required.
-fn chain_tls(chain: &FilterChain, at: &str) -> Result<Option<bool>, XdsError> {
+/// required and which identity sources it names.
+fn chain_tls(
+    chain: &FilterChain,
+    at: &str,
+) -> Result<Option<(bool, super::sources::Sources)>, XdsError> {
     let Some(ts) = &chain.transport_socket else {
         return Ok(None);
     };
@@ -114,9 +132,12 @@ fn chain_tls(chain: &FilterChain, at: &str) -> Result<Option<bool>, XdsError> {
     }
     let ctx = DownstreamTlsContext::decode(any.value.as_slice())
         .map_err(|e| XdsError::new(format!("{at}: cannot decode its DownstreamTlsContext: {e}")))?;
-    Ok(Some(
+    let sources = super::sources::sources_of(ctx.common_tls_context.as_ref())
+        .map_err(|e| XdsError::new(format!("{at}: {e}")))?;
+    Ok(Some((
         ctx.require_client_certificate.is_some_and(|b| b.value),
-    ))
+        sources,
+    )))
 }
 
 /// The local rate limit of a chain's HTTP connection manager, if any.
@@ -452,6 +473,11 @@ inbound:
         for mtls in [MtlsMode::Strict, MtlsMode::Permissive, MtlsMode::Disabled] {
             let mut p = policy();
             p.mtls = mtls;
+            if mtls != MtlsMode::Disabled {
+                // The listener's TLS names where its identity comes from.
+                p.certificate = Some("default".into());
+                p.trust = Some("sds:ROOTCA".into());
+            }
             let l = inbound_listener(&p, "mesh/inbound/reviews");
             let mut warnings = Vec::new();
             let back = inbound_of(&l, "reviews", &mut warnings).unwrap();

@@ -203,6 +203,7 @@ pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(
                 &DownstreamTlsContext {
                     require_client_certificate: Some(BoolValue { value: true }),
+                    common_tls_context: named_sources(p),
                     ..Default::default()
                 },
             ))),
@@ -226,4 +227,22 @@ pub fn inbound_listener(p: &InboundPolicy, name: &str) -> Listener {
         filter_chains,
         ..Default::default()
     }
+}
+
+/// The listener's TLS context naming the policy's identity sources, if it
+/// names any.
+fn named_sources(
+    p: &InboundPolicy,
+) -> Option<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext> {
+    if p.certificate.is_none() && p.trust.is_none() {
+        return None;
+    }
+    let mut common = Default::default();
+    super::sources::name_sources(
+        &mut common,
+        p.certificate.as_deref(),
+        p.trust.as_deref(),
+        Default::default(),
+    );
+    Some(common)
 }
