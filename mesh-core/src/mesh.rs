@@ -538,6 +538,13 @@ impl Mesh {
         self.inner.identity_sources.set(name, identity);
     }
 
+    /// Forgets the identity source `name` (the config no longer names it).
+    #[cfg(feature = "tls")]
+    pub fn remove_identity_source(&self, name: &str) {
+        tracing::info!(source = name, "identity source dropped");
+        self.inner.identity_sources.remove(name);
+    }
+
     /// The identity source registered as `name`.
     #[cfg(feature = "tls")]
     pub fn identity_source(&self, name: &str) -> Option<crate::identity::tls::Identity> {

@@ -36,7 +36,10 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+mod secrets;
 mod served;
+use proxyless_core::xds::translate::type_url;
+pub use secrets::Secrets;
 use served::Served;
 
 /// The name of the socket listener (and its route configuration) served
@@ -52,6 +55,8 @@ pub struct DevControlPlane {
     envoy: Option<SocketAddr>,
     /// The newest snapshot's resources, translated once for every stream.
     served: Arc<std::sync::Mutex<Option<Arc<Served>>>>,
+    /// SDS secrets, served over ADS and over the Secret Discovery Service.
+    secrets: Secrets,
 }
 
 impl DevControlPlane {
@@ -68,7 +73,24 @@ impl DevControlPlane {
             stop,
             envoy: None,
             served: Arc::default(),
+            secrets: Secrets::new(),
         }
+    }
+
+    /// Serves `secrets` too (SDS over ADS, and [`into_sds_service`](Self::into_sds_service)).
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The Secret Discovery Service on its own, over the same secrets (a
+    /// node agent's SDS socket).
+    pub fn into_sds_service(
+        self,
+    ) -> envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer<Self>
+    {
+        envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(self)
     }
 
     /// Serves a wildcard listener subscription (Envoy's) a socket listener
@@ -322,6 +344,15 @@ trait Variant: Default + Send + 'static {
     ) -> Vec<Self::Response>;
     /// What to send for a new snapshot.
     fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<Self::Response>;
+    /// What to send for a request for secrets.
+    fn secret_request(
+        &mut self,
+        cp: &DevControlPlane,
+        secrets: &secrets::Served,
+        req: Self::Request,
+    ) -> Vec<Self::Response>;
+    /// What to send when the secrets change.
+    fn secrets(&mut self, cp: &DevControlPlane, secrets: &secrets::Served) -> Vec<Self::Response>;
 }
 
 /// What the server reads of either variant's requests.
@@ -330,6 +361,8 @@ trait AdsRequest {
     fn node_id(&self) -> Option<&str>;
     /// The type and the reason, when the request is a NACK.
     fn nack(&self) -> Option<(&str, &str)>;
+    /// The type asked for.
+    fn type_url(&self) -> &str;
 }
 
 macro_rules! ads_request {
@@ -341,6 +374,9 @@ macro_rules! ads_request {
             fn nack(&self) -> Option<(&str, &str)> {
                 let e = self.error_detail.as_ref()?;
                 Some((&self.type_url, &e.message))
+            }
+            fn type_url(&self) -> &str {
+                &self.type_url
             }
         }
     )*};
@@ -359,6 +395,7 @@ fn serve_stream<V: Variant>(
     tokio::spawn(async move {
         let mut state = V::default();
         let mut updates = cp.mesh.subscribe();
+        let mut secrets = cp.secrets.subscribe();
         let mut stop = cp.stop.clone();
         let mut node = String::new();
         let mut current = Current::new(&cp);
@@ -379,7 +416,16 @@ fn serve_stream<V: Variant>(
                     if let Some((t, reason)) = req.nack() {
                         tracing::warn!(%node, type_url = %t, "NACK: {reason}");
                     }
-                    state.request(&cp, &current.served, req)
+                    if req.type_url() == type_url::SECRET {
+                        let now = secrets.borrow_and_update().clone();
+                        state.secret_request(&cp, &now, req)
+                    } else {
+                        state.request(&cp, &current.served, req)
+                    }
+                }
+                Ok(()) = secrets.changed() => {
+                    let now = secrets.borrow_and_update().clone();
+                    state.secrets(&cp, &now)
                 }
                 next = updates.next() => {
                     let Some(next) = next else { return };
@@ -427,6 +473,7 @@ impl Variant for Sotw {
         let before = self.sent.replace(served.snapshot.version());
         self.subscribed
             .iter()
+            .filter(|(t, _)| *t != type_url::SECRET)
             // A type with nothing changed since the last snapshot sent is
             // not sent again (every response carries all of a type).
             .filter(|(t, _)| {
@@ -434,6 +481,31 @@ impl Variant for Sotw {
                 changed.is_none_or(|names| !names.is_empty())
             })
             .map(|(t, names)| respond(served, t, names, cp.next_nonce()))
+            .collect()
+    }
+
+    fn secret_request(
+        &mut self,
+        cp: &DevControlPlane,
+        secrets: &secrets::Served,
+        req: DiscoveryRequest,
+    ) -> Vec<DiscoveryResponse> {
+        let changed = self.subscribed.get(&req.type_url) != Some(&req.resource_names);
+        let first = req.response_nonce.is_empty();
+        let out = (first || changed).then(|| secrets.respond(&req.resource_names, cp.next_nonce()));
+        self.subscribed.insert(req.type_url, req.resource_names);
+        out.into_iter().collect()
+    }
+
+    fn secrets(
+        &mut self,
+        cp: &DevControlPlane,
+        secrets: &secrets::Served,
+    ) -> Vec<DiscoveryResponse> {
+        self.subscribed
+            .get(type_url::SECRET)
+            .map(|names| secrets.respond(names, cp.next_nonce()))
+            .into_iter()
             .collect()
     }
 }
@@ -454,6 +526,82 @@ impl Variant for Delta {
         served: &Served,
         req: DeltaDiscoveryRequest,
     ) -> Vec<DeltaDiscoveryResponse> {
+        let (first, changed) = self.subscribe(&req);
+        let Some(sub) = self.subs.get_mut(&req.type_url) else {
+            return Vec::new();
+        };
+        if !changed {
+            return Vec::new();
+        }
+        // What the subscription covers changed: compare everything.
+        sub.diffed = None;
+        match sub.diff(served, &req.type_url, cp.next_nonce()) {
+            Some(resp) => vec![resp],
+            // The first answer is sent even when empty: Envoy waits for it
+            // before serving.
+            None if first => vec![empty_delta(served.version(), req.type_url, cp)],
+            None => Vec::new(),
+        }
+    }
+
+    fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<DeltaDiscoveryResponse> {
+        self.subs
+            .iter_mut()
+            .filter(|(t, _)| *t != type_url::SECRET)
+            .filter_map(|(t, sub)| sub.diff(served, t, cp.next_nonce()))
+            .collect()
+    }
+
+    fn secret_request(
+        &mut self,
+        cp: &DevControlPlane,
+        secrets: &secrets::Served,
+        req: DeltaDiscoveryRequest,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let (first, changed) = self.subscribe(&req);
+        let Some(sub) = self.subs.get_mut(&req.type_url).filter(|_| changed) else {
+            return Vec::new();
+        };
+        match secrets.diff(sub.wildcard, &sub.names, &mut sub.sent, cp.next_nonce()) {
+            Some(resp) => vec![resp],
+            None if first => vec![empty_delta(
+                secrets.generation.to_string(),
+                req.type_url,
+                cp,
+            )],
+            None => Vec::new(),
+        }
+    }
+
+    fn secrets(
+        &mut self,
+        cp: &DevControlPlane,
+        secrets: &secrets::Served,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let Some(sub) = self.subs.get_mut(type_url::SECRET) else {
+            return Vec::new();
+        };
+        secrets
+            .diff(sub.wildcard, &sub.names, &mut sub.sent, cp.next_nonce())
+            .into_iter()
+            .collect()
+    }
+}
+
+/// An empty incremental response (a first answer is sent even when empty).
+fn empty_delta(version: String, t: String, cp: &DevControlPlane) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        system_version_info: version,
+        type_url: t,
+        nonce: cp.next_nonce(),
+        ..Default::default()
+    }
+}
+
+impl Delta {
+    /// Applies a request's subscription changes: whether it is the type's
+    /// first request, and whether what the subscription covers changed.
+    fn subscribe(&mut self, req: &DeltaDiscoveryRequest) -> (bool, bool) {
         let first = !self.subs.contains_key(&req.type_url);
         let sub = self.subs.entry(req.type_url.clone()).or_default();
         if first {
@@ -478,30 +626,7 @@ impl Variant for Delta {
             changed |= sub.names.remove(name);
             sub.sent.remove(name);
         }
-        if !changed {
-            return Vec::new();
-        }
-        // What the subscription covers changed: compare everything.
-        sub.diffed = None;
-        match sub.diff(served, &req.type_url, cp.next_nonce()) {
-            Some(resp) => vec![resp],
-            // The first answer is sent even when empty: Envoy waits for it
-            // before serving.
-            None if first => vec![DeltaDiscoveryResponse {
-                system_version_info: served.version(),
-                type_url: req.type_url,
-                nonce: cp.next_nonce(),
-                ..Default::default()
-            }],
-            None => Vec::new(),
-        }
-    }
-
-    fn snapshot(&mut self, cp: &DevControlPlane, served: &Served) -> Vec<DeltaDiscoveryResponse> {
-        self.subs
-            .iter_mut()
-            .filter_map(|(t, sub)| sub.diff(served, t, cp.next_nonce()))
-            .collect()
+        (first, changed)
     }
 }
 
@@ -529,6 +654,42 @@ impl AggregatedDiscoveryService for DevControlPlane {
             self.clone(),
             request.into_inner(),
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService
+    for DevControlPlane
+{
+    type StreamSecretsStream = Outgoing<DiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        Ok(Response::new(serve_stream::<Sotw>(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    type DeltaSecretsStream = Outgoing<DeltaDiscoveryResponse>;
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Ok(Response::new(serve_stream::<Delta>(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented("secrets are streamed: use StreamSecrets or DeltaSecrets"))
     }
 }
 

@@ -561,3 +561,177 @@ inbound:
         cp_task.abort();
     }
 }
+
+mod sds {
+    use super::*;
+    use mesh::control_plane::{DevControlPlane, Secrets};
+    use proxyless_core::xds::{Api, XdsSettings};
+
+    /// A development control plane serving `control`'s config and `secrets`.
+    fn control_plane(
+        control: &Mesh,
+        secrets: &Secrets,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let cp = DevControlPlane::new(control.clone()).with_secrets(secrets.clone());
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(cp.into_service())
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        (addr, task)
+    }
+
+    fn served(reviews: std::net::SocketAddr) -> String {
+        format!(
+            r#"
+services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]
+backends:
+  - name: reviews
+    endpoints: ["{reviews}"]
+    tls: {{ mode: mutual, identity: "{REVIEWS}", certificate: "sds:default", trust: "sds:ROOTCA" }}
+inbound:
+  - service: reviews
+    mtls: strict
+    certificate: "sds:default"
+    trust: "sds:ROOTCA"
+    rules:
+      - from: ["spiffe://home.test/client"]
+"#
+        )
+    }
+
+    fn leaf(issued: &Issued) -> rustls::pki_types::CertificateDer<'static> {
+        Svid::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap()
+            .chain()[0]
+            .clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_over_ads_give_both_sides_their_identity_and_rotate_with_no_failed_request() {
+        let ca = DevCa::new(HOME).unwrap();
+        let port = mesh::free_port().unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let control = mesh(&served(addr));
+        // Each workload's agent: its own certificate under the same name.
+        // The server's trust comes through Envoy's SPIFFE validator (a
+        // bundle per trust domain), the client's as a plain trusted CA.
+        let (server_secrets, client_secrets) = (Secrets::new(), Secrets::new());
+        let first = ca.issue_for("reviews").unwrap();
+        server_secrets.set_certificate("default", &first.cert_pem, &first.key_pem);
+        server_secrets.set_spiffe_bundles("ROOTCA", &[(HOME, &ca.ca_pem())]);
+        let me = ca.issue_for("client").unwrap();
+        client_secrets.set_certificate("default", &me.cert_pem, &me.key_pem);
+        client_secrets.set_trusted_ca("ROOTCA", &ca.ca_pem());
+        let (server_cp, server_task) = control_plane(&control, &server_secrets);
+        let (client_cp, client_task) = control_plane(&control, &client_secrets);
+
+        let (server_mesh, _server_xds) = Mesh::from_control_plane(
+            XdsSettings::new(&format!("http://{server_cp}"), "reviews-1", Vec::new())
+                .serving("reviews"),
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server_mesh.ready())
+            .await
+            .expect("the server's config and secrets");
+        assert!(server_mesh.identity().is_none());
+        let server = Echo::new("reviews")
+            .service("reviews")
+            .start(&server_mesh, &addr.to_string())
+            .await
+            .unwrap();
+        // The client over the incremental variant, the server over the
+        // state of the world.
+        let settings = XdsSettings::new(
+            &format!("http://{client_cp}"),
+            "client-1",
+            vec!["reviews".into()],
+        )
+        .delta();
+        assert_eq!(settings.api, Api::Delta);
+        let (client_mesh, client_xds) = Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client_mesh.ready())
+            .await
+            .expect("the client's config and secrets");
+        let client = Client::new(&client_mesh);
+        assert_eq!(status(&client).await, Ok(200));
+
+        // The agents rotate both certificates while requests flow.
+        let load = tokio::spawn({
+            let client = client.clone();
+            async move { run(&client, "http://reviews/ratings/1", 6000, 8).await }
+        });
+        let (server_source, client_source) = (
+            server_mesh.identity_source("sds:default").unwrap(),
+            client_mesh.identity_source("sds:default").unwrap(),
+        );
+        let (mut during_load, mut last) = (0, None);
+        for _ in 0..3 {
+            let (next, next_client) = (
+                ca.issue_for("reviews").unwrap(),
+                ca.issue_for("client").unwrap(),
+            );
+            server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
+            client_secrets.set_certificate("default", &next_client.cert_pem, &next_client.key_pem);
+            let (want, want_client) = (leaf(&next), leaf(&next_client));
+            crate::support::wait_for("both sides to receive the rotation", || {
+                server_source.svid().is_some_and(|s| s.chain()[0] == want)
+                    && client_source
+                        .svid()
+                        .is_some_and(|s| s.chain()[0] == want_client)
+            })
+            .await;
+            during_load += usize::from(!load.is_finished());
+            last = Some(want);
+        }
+        let t = load.await.unwrap();
+        assert_eq!(t.ok, 6000, "failed during rotation: {t:?}");
+        assert!(
+            during_load >= 2,
+            "only {during_load} rotations landed during the load"
+        );
+        let tls = raw_connection(
+            &server,
+            &client_mesh
+                .identity_for(Some("sds:default"), Some("sds:ROOTCA"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            tls.get_ref().1.peer_certificates().unwrap()[0],
+            last.unwrap(),
+            "new handshakes use the rotated certificate"
+        );
+
+        // An expired certificate is NACKed by name; the last good one stays.
+        let now = time::OffsetDateTime::now_utc();
+        let expired = ca
+            .issue(
+                &"spiffe://home.test/client".parse().unwrap(),
+                &mesh::certs::IssueOptions {
+                    not_before: now - time::Duration::days(30),
+                    not_after: now - time::Duration::days(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let good = client_source.svid().unwrap().chain()[0].clone();
+        client_secrets.set_certificate("default", &expired.cert_pem, &expired.key_pem);
+        crate::support::wait_for("the NACK of the expired secret", || {
+            let status = client_xds.status();
+            let nack = status.last_nack.lock().unwrap().clone();
+            nack.is_some_and(|e| e.contains("Secret `default`") && e.contains("not valid now"))
+        })
+        .await;
+        assert_eq!(client_source.svid().unwrap().chain()[0], good);
+        let error = client_source.status().last_error.unwrap_or_default();
+        assert!(error.contains("SDS secret `default`"), "{error}");
+        assert_eq!(status(&client).await, Ok(200));
+        server_task.abort();
+        client_task.abort();
+    }
+}

@@ -875,6 +875,11 @@ impl Registry {
         lock(&self.made).clear();
     }
 
+    pub(crate) fn remove(&self, name: &str) {
+        lock(&self.sources).remove(name);
+        lock(&self.made).clear();
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<Identity> {
         lock(&self.sources).get(name).cloned()
     }

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 mod delta;
 mod on_demand;
+mod secrets;
 mod sotw;
 
 use delta::Delta;
@@ -28,11 +29,12 @@ pub(crate) use on_demand::OnDemand;
 use sotw::Sotw;
 
 /// The resource types, in the order a client follows them.
-pub(super) const TYPES: [&str; 4] = [
+pub(super) const TYPES: [&str; 5] = [
     type_url::LISTENER,
     type_url::ROUTE,
     type_url::CLUSTER,
     type_url::ENDPOINTS,
+    type_url::SECRET,
 ];
 
 fn known(t: &str) -> Option<&'static str> {
@@ -136,6 +138,8 @@ pub(super) struct State {
     inbound: Option<super::Inbound>,
     /// The bootstrap's certificate provider instances.
     providers: BTreeSet<String>,
+    /// The SDS secrets the last built config names, with their uses.
+    secrets: BTreeMap<String, secrets::Uses>,
 }
 
 /// A cluster or listener that names a certificate provider instance the
@@ -207,6 +211,7 @@ impl State {
             demand,
             inbound: settings.inbound.clone(),
             providers: settings.certificate_providers.keys().cloned().collect(),
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -279,6 +284,10 @@ impl State {
         let (mut built, policy) = (built?, policy?);
         built.config.inbound.extend(policy);
         unknown_providers(&built.config, &self.providers)?;
+        let named = secrets::named(&built.config);
+        secrets::register(mesh, &self.secrets, &named);
+        self.secrets = named;
+        secrets::apply(mesh, &self.resources, &changes)?;
         // The first config waits for every service named at start-up that
         // exists; later ones do not wait for a half-arrived service (it
         // keeps its running config until the rest arrives).
@@ -353,6 +362,9 @@ impl State {
     /// subscribe to and to drop (dropped resources are forgotten).
     fn follow(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
+        // The secrets the config names (few; compared every time).
+        let secrets = self.secrets.keys().cloned().collect();
+        out.extend(self.resubscribe(type_url::SECRET, secrets));
         // What the held resources name changes only when they do.
         if self.followed == Some(self.resources.refers_generation()) {
             return out;

@@ -57,6 +57,8 @@ pub mod type_url {
     /// ClusterLoadAssignment.
     pub const ENDPOINTS: &str =
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// Secret (SDS): a certificate and key, or a validation context.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     /// HttpConnectionManager (inside an API listener).
     pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 }
@@ -188,6 +190,12 @@ impl Refer for Cluster {
 }
 
 impl Refer for ClusterLoadAssignment {
+    fn refers(&self) -> Refers {
+        Refers::Nothing
+    }
+}
+
+impl Refer for envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
     fn refers(&self) -> Refers {
         Refers::Nothing
     }

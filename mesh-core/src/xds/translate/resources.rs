@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
@@ -25,6 +26,9 @@ pub struct Resources {
     pub(super) routes: BTreeMap<String, Held<RouteConfiguration>>,
     pub(super) clusters: BTreeMap<String, Held<Cluster>>,
     pub(super) endpoints: BTreeMap<String, Held<ClusterLoadAssignment>>,
+    /// SDS secrets (certificates and trust for identity sources; they
+    /// feed no config).
+    pub(super) secrets: BTreeMap<String, Held<Secret>>,
     journal: Changes,
     /// Bumped whenever what the held listeners, routes and clusters refer
     /// to may have changed (one was added, dropped, or refers elsewhere).
@@ -36,19 +40,20 @@ pub struct Resources {
 /// dropped.
 #[derive(Debug, Default, Clone)]
 pub struct Changes {
-    /// Listeners, route configurations, clusters, assignments (in
+    /// Listeners, route configurations, clusters, assignments, secrets (in
     /// [`KINDS`] order).
-    names: [NameSet; 4],
+    names: [NameSet; 5],
     /// Changes too wide to list (a rolled-back response): anything may have.
     everything: bool,
 }
 
 /// The types in the order [`Changes`] keeps them.
-const KINDS: [&str; 4] = [
+const KINDS: [&str; 5] = [
     type_url::LISTENER,
     type_url::ROUTE,
     type_url::CLUSTER,
     type_url::ENDPOINTS,
+    type_url::SECRET,
 ];
 
 fn kind(t: &str) -> usize {
@@ -87,6 +92,8 @@ pub enum Saved {
     Clusters(BTreeMap<String, Held<Cluster>>),
     /// Endpoint assignments.
     Endpoints(BTreeMap<String, Held<ClusterLoadAssignment>>),
+    /// SDS secrets.
+    Secrets(BTreeMap<String, Held<Secret>>),
 }
 
 impl Saved {
@@ -96,6 +103,7 @@ impl Saved {
             Saved::Routes(m) => Box::new(m.keys()),
             Saved::Clusters(m) => Box::new(m.keys()),
             Saved::Endpoints(m) => Box::new(m.keys()),
+            Saved::Secrets(m) => Box::new(m.keys()),
         }
     }
 
@@ -105,6 +113,7 @@ impl Saved {
             Saved::Routes(m) => m.len(),
             Saved::Clusters(m) => m.len(),
             Saved::Endpoints(m) => m.len(),
+            Saved::Secrets(m) => m.len(),
         }
     }
 }
@@ -134,6 +143,14 @@ macro_rules! with_map {
                 let $map = &mut $r.clusters;
                 let $saved = match $before {
                     Some(Saved::Clusters(m)) => Some(m),
+                    _ => None,
+                };
+                $body
+            }
+            type_url::SECRET => {
+                let $map = &mut $r.secrets;
+                let $saved = match $before {
+                    Some(Saved::Secrets(m)) => Some(m),
                     _ => None,
                 };
                 $body
@@ -172,6 +189,11 @@ impl Named for Cluster {
 impl Named for ClusterLoadAssignment {
     fn name(&self) -> &str {
         &self.cluster_name
+    }
+}
+impl Named for Secret {
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -248,7 +270,7 @@ fn hold<M: Named>(
         .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
     let name = v.name().to_owned();
     let old = before.and_then(|b| b.get(&name)).or_else(|| map.get(&name));
-    if old.is_none_or(|o| o.refers() != held.refers()) && t != type_url::ENDPOINTS {
+    if old.is_none_or(|o| o.refers() != held.refers()) && refers_anything(t) {
         *refers_generation += 1;
     }
     let was_before = before.is_some_and(|b| b.contains_key(&name));
@@ -265,6 +287,12 @@ fn hold<M: Named>(
         }
     }
     Ok((name, was_before))
+}
+
+/// Whether resources of type `t` name others (assignments and secrets
+/// name nothing, so they never change what is followed).
+fn refers_anything(t: &str) -> bool {
+    t != type_url::ENDPOINTS && t != type_url::SECRET
 }
 
 impl Resources {
@@ -286,6 +314,11 @@ impl Resources {
     /// Endpoint assignments.
     pub fn endpoints(&self) -> &BTreeMap<String, Held<ClusterLoadAssignment>> {
         &self.endpoints
+    }
+
+    /// SDS secrets.
+    pub fn secrets(&self) -> &BTreeMap<String, Held<Secret>> {
+        &self.secrets
     }
 
     /// What changed since the last call (the journal starts empty again).
@@ -337,7 +370,7 @@ impl Resources {
             return;
         }
         let gone: Vec<&String> = before.names().filter(|n| !self.holds(t, n)).collect();
-        if !gone.is_empty() && t != type_url::ENDPOINTS {
+        if !gone.is_empty() && refers_anything(t) {
             self.refers_generation += 1;
         }
         for n in gone {
@@ -351,6 +384,7 @@ impl Resources {
             type_url::LISTENER => self.listeners.len(),
             type_url::ROUTE => self.routes.len(),
             type_url::CLUSTER => self.clusters.len(),
+            type_url::SECRET => self.secrets.len(),
             _ => self.endpoints.len(),
         }
     }
@@ -361,6 +395,7 @@ impl Resources {
             type_url::LISTENER => self.listeners.contains_key(name),
             type_url::ROUTE => self.routes.contains_key(name),
             type_url::CLUSTER => self.clusters.contains_key(name),
+            type_url::SECRET => self.secrets.contains_key(name),
             _ => self.endpoints.contains_key(name),
         }
     }
@@ -377,7 +412,7 @@ impl Resources {
 
     fn dropped(&mut self, t: &str, name: &str) {
         self.journal.note(t, name);
-        if t != type_url::ENDPOINTS {
+        if refers_anything(t) {
             self.refers_generation += 1;
         }
     }
@@ -408,6 +443,7 @@ impl Resources {
             type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
             type_url::ROUTE => Saved::Routes(self.routes.clone()),
             type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
+            type_url::SECRET => Saved::Secrets(self.secrets.clone()),
             _ => Saved::Endpoints(self.endpoints.clone()),
         }
     }
@@ -422,6 +458,7 @@ impl Resources {
             type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
             type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
             type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
+            type_url::SECRET => Saved::Secrets(std::mem::take(&mut self.secrets)),
             _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
         }
     }
@@ -443,6 +480,7 @@ impl Resources {
             type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
             type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
             type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
+            type_url::SECRET => Saved::Secrets(pick(&self.secrets, names)),
             _ => Saved::Endpoints(pick(&self.endpoints, names)),
         }
     }
@@ -466,6 +504,7 @@ impl Resources {
             Saved::Routes(m) => self.routes.extend(m),
             Saved::Clusters(m) => self.clusters.extend(m),
             Saved::Endpoints(m) => self.endpoints.extend(m),
+            Saved::Secrets(m) => self.secrets.extend(m),
         }
     }
 
@@ -479,6 +518,7 @@ impl Resources {
             Saved::Routes(m) => self.routes = m,
             Saved::Clusters(m) => self.clusters = m,
             Saved::Endpoints(m) => self.endpoints = m,
+            Saved::Secrets(m) => self.secrets = m,
         }
     }
 
@@ -504,6 +544,7 @@ impl Resources {
             type_url::ROUTE => enc(&self.routes, pick),
             type_url::CLUSTER => enc(&self.clusters, pick),
             type_url::ENDPOINTS => enc(&self.endpoints, pick),
+            type_url::SECRET => enc(&self.secrets, pick),
             _ => Vec::new(),
         }
     }
