@@ -185,17 +185,18 @@ impl Served {
         };
         for name in covered {
             match self.by_name.get(name) {
-                Some((any, version)) => {
-                    if sent.get(name).and_then(Option::as_ref) != Some(version) {
-                        sent.insert(name.clone(), Some(version.clone()));
-                        resources.push(Resource {
-                            name: name.clone(),
-                            version: version.clone(),
-                            resource: Some(any.clone()),
-                            ..Default::default()
-                        });
-                    }
+                Some((any, version))
+                    if sent.get(name).and_then(Option::as_ref) != Some(version) =>
+                {
+                    sent.insert(name.clone(), Some(version.clone()));
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: version.clone(),
+                        resource: Some(any.clone()),
+                        ..Default::default()
+                    });
                 }
+                Some(_) => {}
                 None if sent.get(name) != Some(&None) => {
                     sent.insert(name.clone(), None);
                     removed.push(name.clone());
