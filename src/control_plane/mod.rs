@@ -77,6 +77,14 @@ impl DevControlPlane {
         }
     }
 
+    /// Ends every stream once `stop` turns true (for a server run by
+    /// hand, as on a Unix socket).
+    #[must_use]
+    pub fn stop_on(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// Serves `secrets` too (SDS over ADS, and [`into_sds_service`](Self::into_sds_service)).
     #[must_use]
     pub fn with_secrets(mut self, secrets: Secrets) -> Self {

@@ -585,7 +585,7 @@ mod sds {
         (addr, task)
     }
 
-    fn served(reviews: std::net::SocketAddr) -> String {
+    pub(super) fn served_config(reviews: std::net::SocketAddr) -> String {
         format!(
             r#"
 services: [{{ name: reviews, routes: [{{ to: [reviews] }}] }}]
@@ -604,7 +604,7 @@ inbound:
         )
     }
 
-    fn leaf(issued: &Issued) -> rustls::pki_types::CertificateDer<'static> {
+    pub(super) fn leaf(issued: &Issued) -> rustls::pki_types::CertificateDer<'static> {
         Svid::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
             .unwrap()
             .chain()[0]
@@ -616,7 +616,7 @@ inbound:
         let ca = DevCa::new(HOME).unwrap();
         let port = mesh::free_port().unwrap();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let control = mesh(&served(addr));
+        let control = mesh(&served_config(addr));
         // Each workload's agent: its own certificate under the same name.
         // The server's trust comes through Envoy's SPIFFE validator (a
         // bundle per trust domain), the client's as a plain trusted CA.
@@ -733,5 +733,141 @@ inbound:
         assert_eq!(status(&client).await, Ok(200));
         server_task.abort();
         client_task.abort();
+    }
+}
+
+mod sds_socket {
+    use super::*;
+    use mesh::control_plane::{DevControlPlane, Secrets};
+    use proxyless_core::xds::XdsSettings;
+
+    /// A node agent: the Secret Discovery Service alone on a Unix socket.
+    /// Stops when the returned sender is dropped or sent `true`.
+    fn agent(path: &std::path::Path, secrets: &Secrets) -> tokio::sync::watch::Sender<bool> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // The agent serves no config: its mesh is empty.
+        let sds = DevControlPlane::new(Mesh::empty())
+            .with_secrets(secrets.clone())
+            .stop_on(stopped.clone())
+            .into_sds_service();
+        let mut until = stopped;
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(sds)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+        });
+        stop
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_from_node_agents_sds_sockets_rotate_and_survive_an_agent_restart() {
+        let ca = DevCa::new(HOME).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = mesh::free_port().unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        // The control plane serves config only; the agents serve secrets.
+        let control = mesh(&super::sds::served_config(addr));
+        let (cp, cp_task) = crate::support::dev_control_plane(&control);
+        let (server_secrets, client_secrets) = (Secrets::new(), Secrets::new());
+        let first = ca.issue_for("reviews").unwrap();
+        server_secrets.set_certificate("default", &first.cert_pem, &first.key_pem);
+        server_secrets.set_trusted_ca("ROOTCA", &ca.ca_pem());
+        let me = ca.issue_for("client").unwrap();
+        client_secrets.set_certificate("default", &me.cert_pem, &me.key_pem);
+        client_secrets.set_trusted_ca("ROOTCA", &ca.ca_pem());
+        let (server_sock, client_sock) =
+            (dir.path().join("server-sds"), dir.path().join("client-sds"));
+        let _server_agent = agent(&server_sock, &server_secrets);
+        let client_agent = agent(&client_sock, &client_secrets);
+
+        let mut settings =
+            XdsSettings::new(&format!("http://{cp}"), "reviews-1", Vec::new()).serving("reviews");
+        settings.sds_server = Some(format!("unix://{}", server_sock.display()));
+        let (server_mesh, _sx) = Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server_mesh.ready())
+            .await
+            .expect("the server's config and its agent's secrets");
+        let _server = Echo::new("reviews")
+            .service("reviews")
+            .start(&server_mesh, &addr.to_string())
+            .await
+            .unwrap();
+        let mut settings =
+            XdsSettings::new(&format!("http://{cp}"), "client-1", vec!["reviews".into()]);
+        settings.sds_server = Some(format!("unix://{}", client_sock.display()));
+        let (client_mesh, _cx) = Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client_mesh.ready())
+            .await
+            .expect("the client's config and its agent's secrets");
+        let client = Client::new(&client_mesh);
+        assert_eq!(status(&client).await, Ok(200));
+
+        // Rotation through the agents while requests flow.
+        let load = tokio::spawn({
+            let client = client.clone();
+            async move { run(&client, "http://reviews/ratings/1", 4000, 8).await }
+        });
+        let client_source = client_mesh.identity_source("sds:default").unwrap();
+        let server_source = server_mesh.identity_source("sds:default").unwrap();
+        let mut during_load = 0;
+        for _ in 0..2 {
+            let (next, next_client) = (
+                ca.issue_for("reviews").unwrap(),
+                ca.issue_for("client").unwrap(),
+            );
+            server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
+            client_secrets.set_certificate("default", &next_client.cert_pem, &next_client.key_pem);
+            let (want, want_client) = (super::sds::leaf(&next), super::sds::leaf(&next_client));
+            crate::support::wait_for("both agents' rotation", || {
+                server_source.svid().is_some_and(|s| s.chain()[0] == want)
+                    && client_source
+                        .svid()
+                        .is_some_and(|s| s.chain()[0] == want_client)
+            })
+            .await;
+            during_load += usize::from(!load.is_finished());
+        }
+        let t = load.await.unwrap();
+        assert_eq!(t.ok, 4000, "failed during rotation: {t:?}");
+        assert!(during_load >= 1, "no rotation landed during the load");
+
+        // The client's agent goes away: the identity keeps serving, the
+        // failure is reported; the agent comes back and rotation resumes.
+        client_agent.send_replace(true);
+        std::fs::remove_file(&client_sock).unwrap();
+        let before = client_source.svid().unwrap().chain()[0].clone();
+        crate::support::wait_for("the lost agent to be reported", || {
+            client_source
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("SDS server"))
+        })
+        .await;
+        assert_eq!(
+            status(&client).await,
+            Ok(200),
+            "the last good identity serves"
+        );
+        assert_eq!(client_source.svid().unwrap().chain()[0], before);
+        // The agent rotated while it was away.
+        let rotated = ca.issue_for("client").unwrap();
+        client_secrets.set_certificate("default", &rotated.cert_pem, &rotated.key_pem);
+        let _client_agent = agent(&client_sock, &client_secrets);
+        let want = super::sds::leaf(&rotated);
+        crate::support::wait_for("the agent's return", || {
+            client_source.svid().is_some_and(|s| s.chain()[0] == want)
+        })
+        .await;
+        let status_now = client_source.status();
+        assert_eq!(status_now.last_error, None, "{status_now:?}");
+        assert_eq!(status(&client).await, Ok(200));
+        cp_task.abort();
     }
 }

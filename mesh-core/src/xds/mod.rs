@@ -296,6 +296,15 @@ impl Mesh {
         let _ = mesh.attach_source(Arc::new(source));
         let mut state = client::State::new(&settings, demand);
         state.publish_if_empty(&mesh);
+        if let Some(sds) = &settings.sds_server {
+            let names = state.secrets_to();
+            runtime.spawn(client::sds::run(
+                mesh.downgrade_xds(),
+                sds.clone(),
+                client::node_of(&settings),
+                names,
+            ));
+        }
         runtime.spawn(client::run(
             mesh.downgrade_xds(),
             settings,

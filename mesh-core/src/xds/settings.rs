@@ -50,6 +50,11 @@ pub struct XdsSettings {
     /// of the mesh ([`Mesh::set_identity_source`](crate::Mesh::set_identity_source)).
     pub certificate_providers:
         std::collections::BTreeMap<String, crate::identity::provider::FileWatcher>,
+    /// An SDS server of its own (a node agent's socket, `unix:///path`, or
+    /// `http://host:port`): the secrets clusters and listeners name are
+    /// fetched from it over the Secret Discovery Service rather than over
+    /// the ADS stream (`MESH_SDS_SERVER`).
+    pub sds_server: Option<String>,
 }
 
 /// The default of [`XdsSettings::max_resource_bytes`].
@@ -114,6 +119,7 @@ impl XdsSettings {
             max_resource_bytes: MAX_RESOURCE_BYTES,
             max_message_bytes: MAX_MESSAGE_BYTES,
             certificate_providers: Default::default(),
+            sds_server: None,
         }
     }
 
@@ -141,7 +147,8 @@ impl XdsSettings {
     /// `MESH_NODE_ID`, the bootstrap, or `MESH_SERVICE` and the host name;
     /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
     /// the node's locality from `MESH_LOCALITY` (`region/zone/subzone`,
-    /// over the bootstrap's);
+    /// over the bootstrap's); an SDS server of its own from
+    /// `MESH_SDS_SERVER`;
     /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
     /// `2s`, the default, or `off`).
     pub fn from_env() -> Result<Option<Self>, SettingsError> {
@@ -172,6 +179,14 @@ impl XdsSettings {
                     SettingsError::variable(k, &v, "expected a number of bytes above zero")
                 })?;
             }
+        }
+        if let Some(sds) = var("MESH_SDS_SERVER") {
+            refuse_tls("MESH_SDS_SERVER", &sds)?;
+            s.sds_server = Some(if sds.contains("://") || sds.starts_with("unix:") {
+                sds
+            } else {
+                format!("http://{sds}")
+            });
         }
         if let Some(l) = var("MESH_LOCALITY") {
             let l: crate::config::Locality =

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 mod delta;
 mod on_demand;
+pub(super) mod sds;
 mod secrets;
 mod sotw;
 
@@ -140,6 +141,9 @@ pub(super) struct State {
     providers: BTreeSet<String>,
     /// The SDS secrets the last built config names, with their uses.
     secrets: BTreeMap<String, secrets::Uses>,
+    /// With an SDS server of its own: where the secrets' names go (they
+    /// are not subscribed to over ADS then).
+    sds: Option<tokio::sync::watch::Sender<BTreeSet<String>>>,
 }
 
 /// A cluster or listener that names a certificate provider instance the
@@ -212,6 +216,7 @@ impl State {
             inbound: settings.inbound.clone(),
             providers: settings.certificate_providers.keys().cloned().collect(),
             secrets: BTreeMap::new(),
+            sds: None,
         }
     }
 
@@ -246,6 +251,14 @@ impl State {
 
     /// Publishes an empty config when nothing is subscribed yet: an
     /// on-demand client is ready at once, its hosts come as they are called.
+    /// Sends the secrets' names to an SDS stream of their own instead of
+    /// subscribing to them over ADS; returns the names to follow.
+    pub(super) fn secrets_to(&mut self) -> tokio::sync::watch::Receiver<BTreeSet<String>> {
+        let (tx, rx) = tokio::sync::watch::channel(BTreeSet::new());
+        self.sds = Some(tx);
+        rx
+    }
+
     pub(super) fn publish_if_empty(&mut self, mesh: &Mesh) {
         if self.names(type_url::LISTENER).is_empty() && !self.published {
             let source = Source::Xds("nothing subscribed yet (on demand)".into());
@@ -362,9 +375,19 @@ impl State {
     /// subscribe to and to drop (dropped resources are forgotten).
     fn follow(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
-        // The secrets the config names (few; compared every time).
-        let secrets = self.secrets.keys().cloned().collect();
-        out.extend(self.resubscribe(type_url::SECRET, secrets));
+        // The secrets the config names (few; compared every time), over
+        // ADS or to the SDS stream.
+        let secrets: BTreeSet<String> = self.secrets.keys().cloned().collect();
+        match &self.sds {
+            Some(sds) => {
+                sds.send_if_modified(|names| {
+                    let changed = *names != secrets;
+                    *names = secrets;
+                    changed
+                });
+            }
+            None => out.extend(self.resubscribe(type_url::SECRET, secrets)),
+        }
         // What the held resources name changes only when they do.
         if self.followed == Some(self.resources.refers_generation()) {
             return out;

@@ -77,19 +77,32 @@ enum Material {
     Bundles(TrustBundles),
 }
 
-/// Loads every secret the response changed and, if all load, hands each
-/// to its identity source; the first that does not load is the NACK's
-/// reason (recorded on its source too).
+/// Loads every secret the response changed (or whose identity source is
+/// new) and, if all load, hands each to its identity source.
 pub(super) fn apply(mesh: &Mesh, resources: &Resources, changes: &Changes) -> Result<(), XdsError> {
-    let mut loaded = Vec::new();
+    let mut changed = Vec::new();
     for (name, held) in resources.secrets() {
         let source = format!("{SDS_PREFIX}{name}");
         // A changed secret, or one whose source was registered anew.
         let fresh = mesh.identity_source(&source).is_some_and(|i| !i.is_ready());
-        if !fresh && !changes.touched(type_url::SECRET, name) {
-            continue;
+        if fresh || changes.touched(type_url::SECRET, name) {
+            changed.push((name.as_str(), held.get()));
         }
-        match material(&held.get()) {
+    }
+    apply_list(mesh, changed.iter().map(|(n, s)| (*n, s)))
+}
+
+/// Loads `secrets` and, if all load, hands each to its identity source;
+/// the first that does not load is the NACK's reason (recorded on its
+/// source too).
+pub(super) fn apply_list<'a>(
+    mesh: &Mesh,
+    secrets: impl Iterator<Item = (&'a str, &'a Secret)>,
+) -> Result<(), XdsError> {
+    let mut loaded = Vec::new();
+    for (name, secret) in secrets {
+        let source = format!("{SDS_PREFIX}{name}");
+        match material(secret) {
             Ok(m) => loaded.push((source, m)),
             Err(e) => {
                 if let Some(identity) = mesh.identity_source(&source) {
