@@ -32,6 +32,7 @@ mod resources;
 mod reverse;
 mod reverse_rbac;
 mod routes;
+mod secret;
 mod sources;
 
 pub use build::{Built, Kept, to_config};
@@ -40,6 +41,7 @@ pub use rbac::{INBOUND_PREFIX, inbound_of};
 pub use resources::{Changes, Resources, Saved};
 pub use reverse::{Part, envoy_listener, from_config, part_resources};
 pub use reverse_rbac::inbound_listener;
+pub use secret::{SecretMaterial, secret_material};
 pub use sources::{SDS_PREFIX, sources_of};
 
 use crate::xds::error::{XdsError, at};
