@@ -260,6 +260,19 @@ mod workload_api {
                 .contains("no identity issued"),
             "{waiting:?}"
         );
+        // The admin server says why it is not ready, naming the socket.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let admin_task =
+            tokio::spawn(proxyless_hyper::admin::Admin::new(&server_mesh).serve(listener));
+        let (code, body) = crate::telemetry::get(admin, "/ready").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("no workload identity yet from")
+                && body.contains(&server_agent.endpoint())
+                && body.contains("no identity issued"),
+            "{body}"
+        );
 
         server_agent.deliver(Delivery::of(&ca.issue_for("reviews").unwrap(), &ca).unwrap());
         client_agent.deliver(Delivery::of(&ca.issue_for("client").unwrap(), &ca).unwrap());
@@ -267,6 +280,15 @@ mod workload_api {
         ready_within(&server_identity, 10).await;
         ready_within(&client_identity, 10).await;
         assert!(server_mesh.is_ready());
+        assert_eq!(crate::telemetry::get(admin, "/ready").await.0, 200);
+        let (_, dump) = crate::telemetry::get(admin, "/config_dump").await;
+        let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(dump["identity"]["spiffe_id"], "spiffe://home.test/reviews");
+        assert_eq!(
+            dump["identity"]["svid_source"],
+            server_agent.endpoint().as_str()
+        );
+        admin_task.abort();
 
         let client = client_of(&server, client_identity.clone());
         let load = tokio::spawn({

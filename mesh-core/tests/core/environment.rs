@@ -73,3 +73,47 @@ fn from_env_names_the_service_and_fails_on_a_missing_file() {
     let err = Mesh::from_env().unwrap_err().to_string();
     assert!(err.contains("cannot read the file"), "{err}");
 }
+
+/// `SPIFFE_ENDPOINT_SOCKET` without identity files: the Workload API is
+/// followed, and until it answers the mesh is not ready and the identity
+/// says which socket it waits for and why.
+#[cfg(feature = "spiffe")]
+#[test]
+fn from_env_follows_the_workload_api_and_is_not_ready_until_it_answers() {
+    let name = "environment::from_env_follows_the_workload_api_and_is_not_ready_until_it_answers";
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("unix://{}", dir.path().join("agent.sock").display());
+    if !in_child(name, &[("SPIFFE_ENDPOINT_SOCKET", &socket)]) {
+        return;
+    }
+    // Outside a runtime: refused by name.
+    let err = Mesh::from_env().unwrap_err().to_string();
+    assert!(
+        err.contains("SPIFFE_ENDPOINT_SOCKET") && err.contains("runtime"),
+        "{err}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mesh = Mesh::from_env().unwrap();
+        let identity = mesh.identity().expect("an identity waiting for the agent");
+        assert!(!mesh.is_ready(), "ready without an identity");
+        let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let error = loop {
+            if let Some(e) = identity.status().last_error {
+                break e;
+            }
+            assert!(std::time::Instant::now() < deadline, "no error recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(
+            error.starts_with(&endpoint) && error.contains("cannot connect"),
+            "{error}"
+        );
+        assert_eq!(identity.status().svid_source, endpoint);
+        assert!(!mesh.is_ready());
+    });
+}
