@@ -10,6 +10,10 @@
 //!
 //! Each hedge needs room in two budgets: the route's (`budget_percent` of
 //! its requests) and the mesh's retry budget, which retries draw from too.
+//!
+//! The attempts are polled by the request's own task (at most the policy's
+//! attempts, five by the limit), not spawned: no task, join handle or
+//! scheduling per attempt, and dropping the request drops them all.
 
 use crate::BoxError;
 use crate::body::{MeshBody, Replayer};
@@ -19,10 +23,12 @@ use crate::telemetry::metrics::HedgeResult;
 use http::{Request, Response};
 use proxyless_core::config::{HedgeDelay, HedgePolicy};
 use proxyless_core::policy::hedge::HedgeState;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -36,6 +42,83 @@ pub(crate) struct Hedged<S> {
     pub(crate) replayer: Replayer,
     pub(crate) policy: HedgePolicy,
     pub(crate) state: Arc<HedgeState>,
+}
+
+/// One attempt out: its future, or the error it failed with before it
+/// could be sent.
+enum Attempt<F> {
+    Sent(Pin<Box<F>>),
+    Failed(Option<BoxError>),
+}
+
+/// An attempt's number and result.
+type Finished<RB> = (u32, Result<Response<RB>, BoxError>);
+
+/// The most attempts a hedged request makes (the policy's limit).
+const MAX_ATTEMPTS: usize = 5;
+
+/// The attempts out, each with its number, in place (no allocation but
+/// each attempt's future).
+struct Out<F> {
+    slots: [Option<(u32, Attempt<F>)>; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl<F, RB, E> Out<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    fn new() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| None),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds an attempt. The caller sends at most [`MAX_ATTEMPTS`], so a
+    /// slot is always free (were none, the attempt would be dropped: its
+    /// request cancelled, never answered wrongly).
+    fn push(&mut self, n: u32, attempt: Attempt<F>) {
+        let free = self.slots.iter_mut().find(|s| s.is_none());
+        debug_assert!(free.is_some(), "more than {MAX_ATTEMPTS} hedged attempts");
+        if let Some(slot) = free {
+            *slot = Some((n, attempt));
+            self.len += 1;
+        }
+    }
+
+    /// The next attempt to finish, with its number; `None` with none out.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished<RB>>> {
+        if self.len == 0 {
+            return Poll::Ready(None);
+        }
+        for slot in &mut self.slots {
+            let Some((n, attempt)) = slot else { continue };
+            let ready = match attempt {
+                Attempt::Sent(f) => match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => r.map_err(Into::into),
+                    Poll::Pending => continue,
+                },
+                Attempt::Failed(e) => Err(e
+                    .take()
+                    .unwrap_or_else(|| "internal: a hedged attempt failed twice".into())),
+            };
+            let n = *n;
+            *slot = None;
+            self.len -= 1;
+            return Poll::Ready(Some((n, ready)));
+        }
+        Poll::Pending
+    }
 }
 
 /// Whether a result is a good answer: a response that is neither a 5xx
@@ -76,23 +159,19 @@ where
     pub(crate) async fn run(mut self, first: S::Future) -> Result<Response<RB>, BoxError> {
         let started = Instant::now();
         let metrics = self.runtime.route_metrics(&self.routed);
-        let mut out: JoinSet<(u32, Result<Response<RB>, BoxError>)> = JoinSet::new();
-        out.spawn(async move { (1, first.await.map_err(Into::into)) });
+        let mut out = Out::new();
+        out.push(1, Attempt::Sent(Box::pin(first)));
         let mut sent = 1u32;
         let mut first_timed = false;
         let mut next = self.delay().map(|d| started + d);
         let mut last: Option<Result<Response<RB>, BoxError>> = None;
         loop {
-            let more = sent < self.policy.attempts;
+            let more = sent < self.policy.attempts.min(MAX_ATTEMPTS as u32);
             let wake = next.filter(|_| more);
             tokio::select! {
-                joined = out.join_next() => {
-                    let Some(joined) = joined else {
+                finished = std::future::poll_fn(|cx| out.poll_next(cx)) => {
+                    let Some((n, result)) = finished else {
                         return last.unwrap_or_else(|| Err("internal: a hedged request with no attempt".into()));
-                    };
-                    let (n, result) = match joined {
-                        Ok(r) => r,
-                        Err(e) => (0, Err(format!("a hedged attempt ended abnormally: {e}").into())),
                     };
                     if n == 1 {
                         self.state.latency.record(started.elapsed());
@@ -130,9 +209,12 @@ where
     }
 
     /// Sends attempt `n`, to another endpoint than the last attempt's.
-    async fn send(&mut self, out: &mut JoinSet<(u32, Result<Response<RB>, BoxError>)>, n: u32) {
+    async fn send(&mut self, out: &mut Out<S::Future>, n: u32) {
         let Some(body) = self.replayer.replay() else {
-            out.spawn(async move { (n, Err("internal: a hedge without a body copy".into())) });
+            out.push(
+                n,
+                Attempt::Failed(Some("internal: a hedge without a body copy".into())),
+            );
             return;
         };
         let mut routed = self.routed.clone();
@@ -140,13 +222,8 @@ where
         let attempt = Request::from_parts(self.parts.clone(), body.with_routed(routed));
         let ready = self.svc.ready().await.map_err(Into::into);
         match ready {
-            Ok(svc) => {
-                let fut = svc.call(attempt);
-                out.spawn(async move { (n, fut.await.map_err(Into::into)) });
-            }
-            Err(e) => {
-                out.spawn(async move { (n, Err(e)) });
-            }
+            Ok(svc) => out.push(n, Attempt::Sent(Box::pin(svc.call(attempt)))),
+            Err(e) => out.push(n, Attempt::Failed(Some(e))),
         }
     }
 
@@ -154,7 +231,7 @@ where
     /// and times a first attempt that did not finish (at least this long).
     fn finish(
         &self,
-        out: &JoinSet<(u32, Result<Response<RB>, BoxError>)>,
+        out: &Out<S::Future>,
         first_timed: bool,
         started: Instant,
         metrics: &crate::telemetry::metrics::RouteMetrics,
