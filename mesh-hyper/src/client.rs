@@ -57,6 +57,14 @@ impl Client {
         self
     }
 
+    /// Every response carries `proxyless_tower::ext::Served` (the backend
+    /// and endpoint that answered); see `MeshLayer::with_served`.
+    #[must_use]
+    pub fn with_served(self) -> Self {
+        self.layer.runtime().set_served_extension(true);
+        self
+    }
+
     /// The runtime state behind the client (counters, breakers, endpoints).
     pub fn runtime(&self) -> &Arc<Runtime> {
         self.layer.runtime()

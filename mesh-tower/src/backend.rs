@@ -222,8 +222,9 @@ where
                 );
             }
         };
-        let (avoid, attempts) =
-            crate::ext::routed(&req).map_or((None, 1), |r| (r.avoid().cloned(), r.attempt()));
+        let (avoid, attempts, served) = crate::ext::routed(&req).map_or((None, 1, false), |r| {
+            (r.avoid().cloned(), r.attempt(), r.wants_served())
+        });
         let t = now();
         let picked = backend.pick(
             req.headers(),
@@ -275,6 +276,7 @@ where
             },
             endpoint,
             attempts,
+            served,
         };
         ResponseFuture {
             state: State::Sent {
@@ -294,6 +296,8 @@ struct Sent {
     recorder: Recorder,
     endpoint: Arc<str>,
     attempts: u32,
+    /// Whether the response carries [`Served`].
+    served: bool,
 }
 
 impl std::fmt::Debug for Sent {
@@ -366,11 +370,13 @@ where
                 drop((sent.in_flight, sent.admission));
                 Poll::Ready(match result {
                     Ok(mut resp) => {
-                        resp.extensions_mut().insert(Served {
-                            backend: sent.recorder.backend.name.clone(),
-                            endpoint: sent.endpoint,
-                            attempts: sent.attempts,
-                        });
+                        if sent.served {
+                            resp.extensions_mut().insert(Served {
+                                backend: sent.recorder.backend.name.clone(),
+                                endpoint: sent.endpoint,
+                                attempts: sent.attempts,
+                            });
+                        }
                         Ok(resp)
                     }
                     Err(e) => Err(name_endpoint(e, outcome, sent.endpoint)),

@@ -22,6 +22,8 @@ pub struct Routed {
     trace: Option<opentelemetry::Context>,
     /// For a hedged request: where its latest attempt went.
     picked: Option<Arc<std::sync::Mutex<Option<Arc<str>>>>>,
+    /// Whether the response is to carry [`Served`].
+    served: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +51,7 @@ impl Routed {
             avoid: None,
             trace: None,
             picked: None,
+            served: false,
         }
     }
 
@@ -62,6 +65,7 @@ impl Routed {
             avoid: None,
             trace: None,
             picked: None,
+            served: false,
         }
     }
 
@@ -110,6 +114,19 @@ impl Routed {
     /// Which attempt this is (1 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// Asks for [`Served`] on the response (a layer above that reads the
+    /// endpoint, or an application that asked for it with
+    /// `MeshLayer::with_served`). Without it the backend layer adds none: a
+    /// response's first extension costs three allocations.
+    pub fn want_served(&mut self) {
+        self.served = true;
+    }
+
+    /// Whether [`Served`] is wanted on the response.
+    pub fn wants_served(&self) -> bool {
+        self.served
     }
 
     /// An endpoint this attempt should avoid if another is available (the
@@ -213,7 +230,9 @@ pub fn deadline_after(d: std::time::Duration) -> TokioInstant {
 pub struct Mirrored;
 
 /// On a response: the backend and endpoint that served it, and how many
-/// attempts it took.
+/// attempts it took. Present when the layer was built
+/// [`with_served`](crate::MeshLayer::with_served) (and whenever the mesh's
+/// own layers need it: a recording span, the access log, a retrying route).
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The backend.

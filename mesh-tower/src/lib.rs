@@ -119,6 +119,22 @@ impl MeshLayer {
         }
     }
 
+    /// Every response carries [`ext::Served`] (the backend and endpoint
+    /// that answered, and the attempts it took). Off by default: the first
+    /// extension of a response costs three allocations, and the mesh's
+    /// own layers ask for it only when they read it.
+    ///
+    /// ```
+    /// # use tower::Layer;
+    /// let layer = proxyless_tower::MeshLayer::new(proxyless_core::Mesh::empty()).with_served();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_served(self) -> Self {
+        self.runtime.set_served_extension(true);
+        self
+    }
+
     /// The runtime state (breakers, endpoints, counters) behind this layer.
     pub fn runtime(&self) -> &Arc<runtime::Runtime> {
         &self.runtime

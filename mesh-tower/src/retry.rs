@@ -147,6 +147,11 @@ where
             })
             .is_some()
             && req.extensions().get::<Mirrored>().is_none();
+        if retrying && let Some(r) = crate::ext::routed_mut(&mut req) {
+            // Judging a retry reads the endpoint that answered.
+            r.want_served();
+        }
+        let routed = crate::ext::routed(&req);
         let replayer = req.body().replayer().filter(|_| retrying);
         let retry = replayer.and_then(|replayer| {
             let routed = routed?.clone();

@@ -51,6 +51,8 @@ pub struct Runtime {
     epoch: Instant,
     stats: Stats,
     passthrough: OnceLock<Arc<RouteMetrics>>,
+    /// Whether every response carries [`Served`](crate::ext::Served).
+    served: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,17 @@ impl Default for Runtime {
 }
 
 impl Runtime {
+    /// Puts [`Served`](crate::ext::Served) on every response (or not:
+    /// then only where the mesh's own layers read it).
+    pub fn set_served_extension(&self, on: bool) {
+        self.served.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether every response carries [`Served`](crate::ext::Served).
+    pub fn served_extension(&self) -> bool {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Empty state.
     pub fn new() -> Self {
         let epoch = now();
@@ -105,6 +118,7 @@ impl Runtime {
             epoch,
             stats: Stats::default(),
             passthrough: OnceLock::new(),
+            served: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

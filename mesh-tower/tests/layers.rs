@@ -30,7 +30,7 @@ fn mesh(yaml: &str) -> Mesh {
 
 fn stack(yaml: &str) -> (proxyless_tower::MeshService<Mock>, Handle, MeshLayer) {
     let (svc, handle): (Mock, Handle) = mock::pair();
-    let layer = MeshLayer::new(mesh(yaml));
+    let layer = MeshLayer::new(mesh(yaml)).with_served();
     (layer.layer(svc), handle, layer)
 }
 
@@ -580,7 +580,7 @@ async fn a_config_swap_changes_the_split_for_the_next_request() {
         "services: [{ name: api, routes: [{ to: [a] }] }]\nbackends: [{ name: a, endpoints: ['127.0.0.1:1'] }, { name: c, endpoints: ['127.0.0.1:2'] }]",
     );
     let (svc, handle): (Mock, Handle) = mock::pair();
-    let svc = MeshLayer::new(m.clone()).layer(svc);
+    let svc = MeshLayer::new(m.clone()).with_served().layer(svc);
     serve(handle, |_| Ok(status(200)));
     let backend = |r: &Response<_>| r.extensions().get::<Served>().unwrap().backend.to_string();
     assert_eq!(
@@ -601,7 +601,7 @@ async fn a_config_swap_changes_the_split_for_the_next_request() {
 async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
     let m = mesh(OUTLIER);
     let (svc, handle): (Mock, Handle) = mock::pair();
-    let svc = MeshLayer::new(m.clone()).layer(svc);
+    let svc = MeshLayer::new(m.clone()).with_served().layer(svc);
     serve(handle, |req| {
         let failing = req.uri().authority().unwrap().as_str() == "127.0.0.1:1";
         Ok(status(if failing { 503 } else { 200 }))
@@ -635,7 +635,7 @@ async fn runtime_state_survives_a_config_swap_for_unchanged_endpoints() {
 async fn an_endpoint_removed_and_added_back_starts_afresh() {
     let m = mesh(OUTLIER);
     let (svc, handle): (Mock, Handle) = mock::pair();
-    let layer = MeshLayer::new(m.clone());
+    let layer = MeshLayer::new(m.clone()).with_served();
     let svc = layer.layer(svc);
     serve(handle, |req| {
         let failing = req.uri().authority().unwrap().as_str() == "127.0.0.1:1";
@@ -681,7 +681,7 @@ async fn an_unchanged_backend_keeps_its_resolution_across_a_swap() {
          - { name: b1, endpoints: ['127.0.0.1:3'] }\n",
     );
     let (svc, handle): (Mock, Handle) = mock::pair();
-    let layer = MeshLayer::new(m.clone());
+    let layer = MeshLayer::new(m.clone()).with_served();
     let svc = layer.layer(svc);
     serve(handle, |_| Ok(status(200)));
     for host in ["a", "b"] {
@@ -818,7 +818,7 @@ backends:
                         }
                     }
                 });
-                let svc = MeshLayer::new(mesh).layer(svc);
+                let svc = MeshLayer::new(mesh).with_served().layer(svc);
                 for user in ["a", "b", "c", "d"] {
                     let req = Request::get("http://s/x")
                         .header("x-user", user)
@@ -829,5 +829,69 @@ backends:
                 }
             });
         }
+    }
+}
+
+/// `Served` costs a response its first extension (three allocations): it
+/// is there when asked for, and a retrying route still finds the endpoint
+/// that failed without it being asked for.
+#[tokio::test]
+async fn served_is_on_responses_when_asked_for_and_retries_find_the_failed_endpoint_without_it() {
+    const RETRYING: &str = r#"
+services: [{ name: api, routes: [{ to: [b], retry: { attempts: 2, on: [5xx], backoff: { base: 1ms } } }] }]
+backends:
+  - name: b
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2"]
+    load_balancer: { ring_hash: { header: x-user } }
+"#;
+    const PLAIN: &str = r#"
+services: [{ name: api, routes: [{ to: [b] }] }]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#;
+    // Not asked for: none on a plain route's response.
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let svc = MeshLayer::new(mesh(PLAIN)).layer(svc);
+    serve(handle, |_| Ok(status(200)));
+    let resp = svc.oneshot(get("http://api/")).await.unwrap();
+    assert!(resp.extensions().get::<Served>().is_none());
+
+    // Asked for: there, naming the endpoint.
+    let (svc, handle, _layer) = stack(PLAIN);
+    serve(handle, |_| Ok(status(200)));
+    let resp = svc.oneshot(get("http://api/")).await.unwrap();
+    assert_eq!(
+        &*resp.extensions().get::<Served>().unwrap().endpoint,
+        "127.0.0.1:1"
+    );
+
+    // Not asked for, on a retrying route: the retry avoids the endpoint
+    // that failed, every time (the hash would send it back there).
+    let (svc, handle): (Mock, Handle) = mock::pair();
+    let svc = MeshLayer::new(mesh(RETRYING)).layer(svc);
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = hits.clone();
+    serve(handle, move |req| {
+        let ep = req.uri().authority().unwrap().as_str().to_owned();
+        let mut seen = seen.lock().unwrap();
+        // The first attempt of each request fails, wherever it went.
+        let first = seen.len() % 2 == 0;
+        seen.push(ep);
+        Ok(status(if first { 503 } else { 200 }))
+    });
+    for _ in 0..10 {
+        let req = Request::get("http://api/")
+            .header("x-user", "alice")
+            .body(String::new())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let hits = hits.lock().unwrap();
+    assert_eq!(hits.len(), 20);
+    for pair in hits.chunks(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "a retry went back to the endpoint that failed: {hits:?}"
+        );
     }
 }

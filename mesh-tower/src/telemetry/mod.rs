@@ -86,7 +86,8 @@ where
         // A span that records nothing and carries its parent's identity (no
         // tracer provider installed) adds nothing to the parent's context:
         // the parent goes on as it is, and nothing is allocated for it.
-        let own_span = opentelemetry::trace::Span::is_recording(&span)
+        let recording = opentelemetry::trace::Span::is_recording(&span);
+        let own_span = recording
             || opentelemetry::trace::Span::span_context(&span) != parent.span().span_context();
         let cx = if own_span {
             parent.with_span(span)
@@ -105,6 +106,12 @@ where
                 route,
             })
         });
+        // The span's attributes and the access log name the endpoint.
+        if (recording || access.is_some() || self.runtime.served_extension())
+            && let Some(r) = crate::ext::routed_mut(&mut req)
+        {
+            r.want_served();
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             started,
