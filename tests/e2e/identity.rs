@@ -142,6 +142,53 @@ async fn answers(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream
     }
 }
 
+/// The leaf certificate of `issued`.
+fn leaf(issued: &Issued) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM")
+}
+
+/// Sends `n` requests through `client` while `rounds` rotations happen:
+/// each round `rotate` issues and hands out a new server and client SVID,
+/// and waits until `server` and `client_source` both present them. Returns
+/// the requests' tally, how many rotations landed while requests were in
+/// flight, and the server's last leaf certificate.
+async fn rotations_under_load(
+    client: &Client,
+    n: u32,
+    rounds: usize,
+    (server, client_source): (&Identity, &Identity),
+    mut rotate: impl FnMut() -> (Issued, Issued),
+) -> (
+    crate::support::Tally,
+    usize,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let load = tokio::spawn({
+        let client = client.clone();
+        async move { run(&client, "http://reviews/ratings/1", n, 8).await }
+    });
+    let (mut during_load, mut last) = (0, None);
+    for _ in 0..rounds {
+        let (next, next_client) = rotate();
+        let (want, want_client) = (leaf(&next), leaf(&next_client));
+        crate::support::wait_for("both sides to take the rotation", || {
+            server.svid().is_some_and(|s| s.chain()[0] == want)
+                && client_source
+                    .svid()
+                    .is_some_and(|s| s.chain()[0] == want_client)
+        })
+        .await;
+        during_load += usize::from(!load.is_finished());
+        last = Some(want);
+    }
+    let tally = load.await.unwrap();
+    (tally, during_load, last.expect("at least one round"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_removed_from_the_servers_bundles_closes_the_connections_it_verified() {
     let (home, partner) = (DevCa::new(HOME).unwrap(), DevCa::new(PARTNER).unwrap());
@@ -230,15 +277,6 @@ mod workload_api {
             .unwrap_or_else(|_| panic!("not ready: {:?}", identity.status()));
     }
 
-    fn leaf(issued: &Issued) -> Vec<u8> {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap()
-            .to_vec()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn svids_rotated_by_the_agent_mid_traffic_fail_no_request() {
         let ca = DevCa::new(HOME).unwrap();
@@ -313,7 +351,7 @@ mod workload_api {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let tls = raw_connection(&server, &client_identity).await;
-            if tls.get_ref().1.peer_certificates().unwrap()[0].as_ref() == last.as_slice() {
+            if tls.get_ref().1.peer_certificates().unwrap()[0] == last {
                 break;
             }
             assert!(
@@ -367,7 +405,7 @@ mod workload_api {
         agent.deliver(Delivery::of(&expired, &home).unwrap());
         let error = wait_for_error(&identity, "not valid now").await;
         assert!(error.starts_with(&agent.endpoint()), "{error}");
-        assert_eq!(identity.svid().unwrap().chain()[0].as_ref(), leaf(&first));
+        assert_eq!(identity.svid().unwrap().chain()[0], leaf(&first));
 
         // The agent goes away: the stream's end is reported, the identity
         // keeps serving.
@@ -381,7 +419,7 @@ mod workload_api {
         let second = home.issue_for("reviews").unwrap();
         agent.deliver(Delivery::of(&second, &home).unwrap());
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while identity.svid().unwrap().chain()[0].as_ref() != leaf(&second) {
+        while identity.svid().unwrap().chain()[0] != leaf(&second) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{:?}",
@@ -518,38 +556,21 @@ inbound:
 
         // Both agents rotate their files while requests flow; each rotation
         // waits until both providers have picked it up.
-        let load = tokio::spawn({
-            let client = client.clone();
-            async move { run(&client, "http://reviews/ratings/1", 6000, 8).await }
-        });
         let (server_source, me) = (
             server_mesh.identity_source("default").unwrap(),
             client_mesh.identity_source("default").unwrap(),
         );
-        let leaf_of = |issued: &Issued| {
-            Svid::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-                .unwrap()
-                .chain()[0]
-                .clone()
-        };
-        let (mut during_load, mut last) = (0, None);
-        for _ in 0..3 {
-            let (next, next_client) = (
-                ca.issue_for("reviews").unwrap(),
-                ca.issue_for("client").unwrap(),
-            );
-            write_files(server_dir.path(), &next, &ca);
-            write_files(client_dir.path(), &next_client, &ca);
-            let (want, want_client) = (leaf_of(&next), leaf_of(&next_client));
-            crate::support::wait_for("both providers to pick the rotation up", || {
-                server_source.svid().is_some_and(|s| s.chain()[0] == want)
-                    && me.svid().is_some_and(|s| s.chain()[0] == want_client)
+        let (t, during_load, last) =
+            rotations_under_load(&client, 6000, 3, (&server_source, &me), || {
+                let (next, next_client) = (
+                    ca.issue_for("reviews").unwrap(),
+                    ca.issue_for("client").unwrap(),
+                );
+                write_files(server_dir.path(), &next, &ca);
+                write_files(client_dir.path(), &next_client, &ca);
+                (next, next_client)
             })
             .await;
-            during_load += usize::from(!load.is_finished());
-            last = Some(want);
-        }
-        let t = load.await.unwrap();
         assert_eq!(t.ok, 6000, "failed during rotation: {t:?}");
         assert!(
             during_load >= 2,
@@ -557,7 +578,7 @@ inbound:
         );
 
         // New handshakes present the last certificate.
-        let want = last.unwrap();
+        let want = last;
         let tls = raw_connection(&server, &me).await;
         let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         assert_eq!(
@@ -626,13 +647,6 @@ inbound:
         )
     }
 
-    pub(super) fn leaf(issued: &Issued) -> rustls::pki_types::CertificateDer<'static> {
-        Svid::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-            .unwrap()
-            .chain()[0]
-            .clone()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn secrets_over_ads_give_both_sides_their_identity_and_rotate_with_no_failed_request() {
         let ca = DevCa::new(HOME).unwrap();
@@ -683,34 +697,25 @@ inbound:
         assert_eq!(status(&client).await, Ok(200));
 
         // The agents rotate both certificates while requests flow.
-        let load = tokio::spawn({
-            let client = client.clone();
-            async move { run(&client, "http://reviews/ratings/1", 6000, 8).await }
-        });
         let (server_source, client_source) = (
             server_mesh.identity_source("sds:default").unwrap(),
             client_mesh.identity_source("sds:default").unwrap(),
         );
-        let (mut during_load, mut last) = (0, None);
-        for _ in 0..3 {
-            let (next, next_client) = (
-                ca.issue_for("reviews").unwrap(),
-                ca.issue_for("client").unwrap(),
-            );
-            server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
-            client_secrets.set_certificate("default", &next_client.cert_pem, &next_client.key_pem);
-            let (want, want_client) = (leaf(&next), leaf(&next_client));
-            crate::support::wait_for("both sides to receive the rotation", || {
-                server_source.svid().is_some_and(|s| s.chain()[0] == want)
-                    && client_source
-                        .svid()
-                        .is_some_and(|s| s.chain()[0] == want_client)
+        let (t, during_load, last) =
+            rotations_under_load(&client, 6000, 3, (&server_source, &client_source), || {
+                let (next, next_client) = (
+                    ca.issue_for("reviews").unwrap(),
+                    ca.issue_for("client").unwrap(),
+                );
+                server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
+                client_secrets.set_certificate(
+                    "default",
+                    &next_client.cert_pem,
+                    &next_client.key_pem,
+                );
+                (next, next_client)
             })
             .await;
-            during_load += usize::from(!load.is_finished());
-            last = Some(want);
-        }
-        let t = load.await.unwrap();
         assert_eq!(t.ok, 6000, "failed during rotation: {t:?}");
         assert!(
             during_load >= 2,
@@ -725,7 +730,7 @@ inbound:
         .await;
         assert_eq!(
             tls.get_ref().1.peer_certificates().unwrap()[0],
-            last.unwrap(),
+            last,
             "new handshakes use the rotated certificate"
         );
 
@@ -832,31 +837,23 @@ mod sds_socket {
         assert_eq!(status(&client).await, Ok(200));
 
         // Rotation through the agents while requests flow.
-        let load = tokio::spawn({
-            let client = client.clone();
-            async move { run(&client, "http://reviews/ratings/1", 4000, 8).await }
-        });
         let client_source = client_mesh.identity_source("sds:default").unwrap();
         let server_source = server_mesh.identity_source("sds:default").unwrap();
-        let mut during_load = 0;
-        for _ in 0..2 {
-            let (next, next_client) = (
-                ca.issue_for("reviews").unwrap(),
-                ca.issue_for("client").unwrap(),
-            );
-            server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
-            client_secrets.set_certificate("default", &next_client.cert_pem, &next_client.key_pem);
-            let (want, want_client) = (super::sds::leaf(&next), super::sds::leaf(&next_client));
-            crate::support::wait_for("both agents' rotation", || {
-                server_source.svid().is_some_and(|s| s.chain()[0] == want)
-                    && client_source
-                        .svid()
-                        .is_some_and(|s| s.chain()[0] == want_client)
+        let (t, during_load, _) =
+            rotations_under_load(&client, 4000, 2, (&server_source, &client_source), || {
+                let (next, next_client) = (
+                    ca.issue_for("reviews").unwrap(),
+                    ca.issue_for("client").unwrap(),
+                );
+                server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
+                client_secrets.set_certificate(
+                    "default",
+                    &next_client.cert_pem,
+                    &next_client.key_pem,
+                );
+                (next, next_client)
             })
             .await;
-            during_load += usize::from(!load.is_finished());
-        }
-        let t = load.await.unwrap();
         assert_eq!(t.ok, 4000, "failed during rotation: {t:?}");
         assert!(during_load >= 1, "no rotation landed during the load");
 
@@ -882,7 +879,7 @@ mod sds_socket {
         let rotated = ca.issue_for("client").unwrap();
         client_secrets.set_certificate("default", &rotated.cert_pem, &rotated.key_pem);
         let _client_agent = agent(&client_sock, &client_secrets);
-        let want = super::sds::leaf(&rotated);
+        let want = leaf(&rotated);
         crate::support::wait_for("the agent's return", || {
             client_source.svid().is_some_and(|s| s.chain()[0] == want)
         })

@@ -1299,14 +1299,20 @@ mod tests {
         Identity::new(ca.issue(id, -1..30), bundles, "test").unwrap()
     }
 
-    #[test]
-    fn a_federated_domain_is_verified_by_its_own_bundle_only() {
+    /// Two CAs, and `spiffe://home.test/me` trusting both domains.
+    fn federated() -> (Ca, Ca, Identity) {
         let (home, partner) = (Ca::new(), Ca::new());
         let mut bundles = home.bundle("home.test");
         bundles
             .insert_der("partner.test", vec![partner.der.clone()])
             .unwrap();
         let me = identity(&home, "spiffe://home.test/me", bundles);
+        (home, partner, me)
+    }
+
+    #[test]
+    fn a_federated_domain_is_verified_by_its_own_bundle_only() {
+        let (home, partner, me) = federated();
         let trusted = |svid: &Svid| me.still_trusts(svid.chain());
         assert!(trusted(&home.issue("spiffe://home.test/peer", -1..30)));
         assert!(trusted(
@@ -1323,12 +1329,7 @@ mod tests {
 
     #[test]
     fn a_bundle_change_that_drops_a_ca_is_seen_by_still_trusts() {
-        let (home, partner) = (Ca::new(), Ca::new());
-        let mut bundles = home.bundle("home.test");
-        bundles
-            .insert_der("partner.test", vec![partner.der.clone()])
-            .unwrap();
-        let me = identity(&home, "spiffe://home.test/me", bundles);
+        let (home, partner, me) = federated();
         let peer = partner.issue("spiffe://partner.test/peer", -1..30);
         assert!(me.still_trusts(peer.chain()));
         let mut changes = me.changes();
