@@ -614,10 +614,18 @@ impl Identity {
     pub fn status(&self) -> IdentityStatus {
         let svid = self.svid();
         let bundles = self.bundles();
-        let errors: Vec<String> = [&self.inner.svid.error, &self.inner.trust.error]
-            .into_iter()
-            .filter_map(|e| lock(e).clone())
-            .collect();
+        // The errors of the parts the sources deliver (one error recorded
+        // on both parts of one source is shown once).
+        let (svid_slot, trust_slot) = (&self.inner.svid, &self.inner.trust);
+        let mut errors: Vec<String> = [
+            svid_slot.expected.then(|| lock(&svid_slot.error).clone()),
+            trust_slot.expected.then(|| lock(&trust_slot.error).clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+        errors.dedup();
         IdentityStatus {
             svid_source: lock(&self.inner.svid.origin).clone(),
             trust_source: lock(&self.inner.trust.origin).clone(),
@@ -665,7 +673,15 @@ impl Identity {
     /// reports the error until the next good delivery.
     pub fn record_error(&self, error: &IdentityError) {
         tracing::error!("workload identity not updated, the last good one keeps serving: {error}");
-        self.inner.svid.fail(error.to_string());
+        // On each part the source delivers: the next good delivery of that
+        // part clears it.
+        let (svid, trust) = (&self.inner.svid, &self.inner.trust);
+        if svid.expected || !trust.expected {
+            svid.fail(error.to_string());
+        }
+        if trust.expected {
+            trust.fail(error.to_string());
+        }
     }
 
     /// Renames the sources (shown in [`status`](Self::status)).
@@ -1419,6 +1435,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(me.status().last_error, None);
+    }
+
+    #[test]
+    fn a_sources_error_clears_with_its_next_good_delivery_of_the_part_it_delivers() {
+        let ca = Ca::new();
+        let roots = Identity::pending_parts("SDS secret `ROOTCA`", false, true);
+        roots.record_error(&IdentityError::material("trusted_ca", "not PEM"));
+        assert!(roots.status().last_error.is_some());
+        roots.set_bundles(ca.bundle("home.test")).unwrap();
+        assert_eq!(roots.status().last_error, None, "{:?}", roots.status());
+        let certificate = Identity::pending_parts("SDS secret `default`", true, false);
+        certificate.record_error(&IdentityError::material("tls_certificate", "expired"));
+        certificate.set_svid(ca.issue("spiffe://home.test/me", -1..30));
+        assert_eq!(certificate.status().last_error, None);
+        // A source of both parts: shown once, cleared by a whole delivery.
+        let both = Identity::pending("unix:///agent.sock");
+        both.record_error(&IdentityError::material(
+            "the Workload API",
+            "no identity issued",
+        ));
+        let error = both.status().last_error.unwrap();
+        assert_eq!(error.matches("no identity issued").count(), 1, "{error}");
+        both.set(
+            ca.issue("spiffe://home.test/me", -1..30),
+            ca.bundle("home.test"),
+        )
+        .unwrap();
+        assert_eq!(both.status().last_error, None);
     }
 
     #[test]
