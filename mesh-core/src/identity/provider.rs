@@ -38,7 +38,7 @@
 //! println!("{:?}", identity.status());
 //! ```
 
-use super::tls::{Identity, IdentityError, Svid, TrustBundles, WeakIdentity};
+use super::tls::{Identity, IdentityError, Svid, TrustBundles};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -107,14 +107,16 @@ impl FileWatcher {
             self.certificate_file.is_some(),
             self.ca_certificate_file.is_some(),
         );
-        let mut last = self.stamp();
         self.load(&identity, &origin);
-        let weak = identity.downgrade();
+        let paths = self.files().cloned().collect();
         let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("mesh-provider-{instance}"))
-            .spawn(move || this.follow(&weak, &origin, &mut last));
-        if let Err(e) = spawned {
+        let watch = identity.poll_files(
+            &format!("mesh-provider-{instance}"),
+            paths,
+            self.refresh_interval,
+            move |identity| this.load(identity, &origin),
+        );
+        if let Err(e) = watch {
             let e = IdentityError::Material {
                 what: "its file watcher".into(),
                 problem: e.to_string(),
@@ -122,36 +124,6 @@ impl FileWatcher {
             identity.record_error(&e.from_source(format!("certificate provider `{instance}`")));
         }
         identity
-    }
-
-    fn follow(&self, weak: &WeakIdentity, origin: &str, last: &mut Option<Vec<u8>>) {
-        loop {
-            std::thread::sleep(self.refresh_interval);
-            let Some(identity) = weak.upgrade() else {
-                return;
-            };
-            let now = self.stamp();
-            if now == *last && identity.is_ready() {
-                continue;
-            }
-            // Let a writer finish every file.
-            std::thread::sleep(self.refresh_interval.min(Duration::from_millis(200)) / 4);
-            if self.stamp() != now {
-                continue;
-            }
-            self.load(&identity, origin);
-            *last = now;
-        }
-    }
-
-    /// The files' bytes, to tell a change (`None` when one is unreadable).
-    fn stamp(&self) -> Option<Vec<u8>> {
-        let mut all = Vec::new();
-        for p in self.files() {
-            all.extend(std::fs::read(p).ok()?);
-            all.push(0);
-        }
-        Some(all)
     }
 
     fn files(&self) -> impl Iterator<Item = &PathBuf> {

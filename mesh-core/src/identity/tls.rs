@@ -751,40 +751,57 @@ impl Identity {
 
     /// [`watch`](Self::watch) with a chosen interval.
     pub fn watch_every(&self, files: IdentityFiles, interval: Duration) {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let stamp = |f: &IdentityFiles| -> Option<Vec<u8>> {
+        let paths = vec![files.cert.clone(), files.key.clone(), files.ca.clone()];
+        // A refusal is recorded (and logged) by `reload`.
+        let load = move |identity: &Identity| drop(identity.reload(&files));
+        if let Err(e) = self.poll_files("mesh-identity-watch", paths, interval, load) {
+            tracing::error!("cannot watch the identity files: {e}");
+        }
+    }
+
+    /// Polls `paths` every `interval` on a thread of its own until this
+    /// identity is dropped, and calls `load` when their bytes changed and
+    /// then held still for a moment (a writer finishing several files), or
+    /// while the identity has not loaded yet. The one file watcher of the
+    /// file source and of gRPC's `file_watcher` certificate provider.
+    pub(crate) fn poll_files(
+        &self,
+        thread: &str,
+        paths: Vec<PathBuf>,
+        interval: Duration,
+        load: impl Fn(&Identity) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let weak = self.downgrade();
+        let stamp = move || -> Option<Vec<u8>> {
             let mut all = Vec::new();
-            for p in [&f.cert, &f.key, &f.ca] {
+            for p in &paths {
                 all.extend(std::fs::read(p).ok()?);
                 all.push(0);
             }
             Some(all)
         };
-        let mut last = stamp(&files);
-        let spawned = std::thread::Builder::new()
-            .name("mesh-identity-watch".into())
+        let mut last = stamp();
+        std::thread::Builder::new()
+            .name(thread.to_owned())
             .spawn(move || {
                 loop {
                     std::thread::sleep(interval);
-                    let Some(inner) = weak.upgrade() else { return };
-                    let now = stamp(&files);
-                    if now.is_none() || now == last {
+                    let Some(identity) = weak.upgrade() else {
+                        return;
+                    };
+                    let now = stamp();
+                    if now == last && identity.is_ready() {
                         continue;
                     }
-                    // Let writers finish all three files.
-                    std::thread::sleep(interval / 4);
-                    let settled = stamp(&files);
-                    if settled != now {
+                    std::thread::sleep(interval.min(Duration::from_millis(500)) / 4);
+                    if stamp() != now {
                         continue;
                     }
-                    // A refusal is recorded (and logged) by `reload`.
-                    let _ = Identity { inner }.reload(&files);
-                    last = settled;
+                    load(&identity);
+                    last = now;
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot watch the identity files: {e}");
-        }
+            })
+            .map(drop)
     }
 
     /// A server config: presents this identity, verifies callers against the
