@@ -192,12 +192,7 @@ impl Mesh {
                 .load()
                 .as_ref()
                 .is_none_or(|i| i.is_ready())
-            && self
-                .inner
-                .identity_sources
-                .all()
-                .iter()
-                .all(|(_, i)| i.is_ready());
+            && self.inner.identity_sources.all_ready();
         config
     }
 

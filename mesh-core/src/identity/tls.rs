@@ -917,6 +917,11 @@ impl Registry {
         lock(&self.sources).get(name).cloned()
     }
 
+    /// Whether every registered source has loaded (no copies made).
+    pub(crate) fn all_ready(&self) -> bool {
+        lock(&self.sources).values().all(Identity::is_ready)
+    }
+
     pub(crate) fn all(&self) -> Vec<(String, Identity)> {
         lock(&self.sources)
             .iter()
