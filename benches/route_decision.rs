@@ -73,6 +73,7 @@ fn config(n: usize) -> Config {
                         ..Default::default()
                     },
                 ],
+                classifier: None,
             }
             .into(),
         );

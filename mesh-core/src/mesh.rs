@@ -161,6 +161,7 @@ impl Mesh {
     /// A mesh serving `config`, validated first.
     pub fn from_config(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
+        unregistered_classifiers(&config)?;
         let snap = Snapshot::compile(config, 1, Source::Code).map_err(|e| match e {
             crate::snapshot::CompileError::Invalid(e) => e,
         })?;
@@ -261,7 +262,10 @@ impl Mesh {
         // Anything a published snapshot holds has passed validation.
         let running = self.snapshot();
         share_unchanged(&mut config, running.config());
-        if let Err(e) = config.validate_since(Some(running.config())) {
+        let valid = config
+            .validate_since(Some(running.config()))
+            .and_then(|()| unregistered_classifiers(&config));
+        if let Err(e) = valid {
             let e = match &source {
                 Source::File(p) => e.in_file(p),
                 _ => e,
@@ -687,4 +691,46 @@ fn share_unchanged(config: &mut Config, running: &Config) {
     }
     share(&mut config.services, &running.services, |s| s.name.as_str());
     share(&mut config.backends, &running.backends, |b| b.name.as_str());
+}
+
+/// Refuses a config naming a classifier no code registered (the names
+/// are the process's, not the config's: `meshctl check` cannot know them,
+/// so this is checked where a mesh takes the config).
+fn unregistered_classifiers(config: &Config) -> Result<(), ConfigError> {
+    use crate::config::{Problem, ProblemKind};
+    use crate::policy::classify;
+    let mut problems = Vec::new();
+    for (si, s) in config.services.iter().enumerate() {
+        let named = std::iter::once((format!("services[{si}].classifier"), &s.classifier)).chain(
+            s.routes.iter().enumerate().map(|(ri, r)| {
+                (
+                    format!("services[{si}].routes[{ri}].classifier"),
+                    &r.classifier,
+                )
+            }),
+        );
+        for (path, name) in named {
+            let Some(name) = name else { continue };
+            if classify::registered(name).is_none() {
+                let shown: String = name.chars().take(80).collect();
+                let known = classify::names();
+                let known = if known.is_empty() {
+                    "none is".to_owned()
+                } else {
+                    format!("registered: {}", known.join(", "))
+                };
+                problems.push(Problem::new(
+                    ProblemKind::UndefinedReference,
+                    path,
+                    None,
+                    format!("names classifier `{shown}`, which no code registered ({known})"),
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::new(problems))
+    }
 }

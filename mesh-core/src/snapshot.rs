@@ -141,6 +141,11 @@ impl ServiceEntry {
                 retry: r.retry.clone(),
                 fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
+                classifier: r
+                    .classifier
+                    .as_deref()
+                    .or(s.classifier.as_deref())
+                    .and_then(crate::policy::classify::registered),
                 hedge: r.hedge.as_ref().map(|h| {
                     let now = std::time::Instant::now();
                     let state = crate::policy::hedge::HedgeState::new(h.budget_percent, now);
@@ -234,6 +239,8 @@ pub struct RouteEntry {
         crate::config::HedgePolicy,
         Arc<crate::policy::hedge::HedgeState>,
     )>,
+    /// The classifier the route (or its service) names.
+    pub(crate) classifier: Option<crate::policy::classify::Classifier>,
 }
 
 impl RouteEntry {
@@ -260,6 +267,12 @@ impl RouteEntry {
     /// The mirror backend's index and the percentage of requests mirrored.
     pub fn mirror(&self) -> Option<(u32, f64)> {
         self.mirror
+    }
+    /// The classifier the route (or its service) names, if any: it
+    /// decides what is retried, hedged again and counted against an
+    /// endpoint.
+    pub fn classifier(&self) -> Option<&crate::policy::classify::Classifier> {
+        self.classifier.as_ref()
     }
     /// The route's hedging policy and its state, if it has one.
     pub fn hedge(

@@ -222,9 +222,16 @@ where
                 );
             }
         };
-        let (avoid, attempts, served) = crate::ext::routed(&req).map_or((None, 1, false), |r| {
-            (r.avoid().cloned(), r.attempt(), r.wants_served())
-        });
+        let (avoid, attempts, served, classifier) =
+            crate::ext::routed(&req).map_or((None, 1, false, None), |r| {
+                let classifier = r.route_entry().and_then(|e| e.classifier().cloned());
+                (
+                    r.avoid().cloned(),
+                    r.attempt(),
+                    r.wants_served(),
+                    classifier,
+                )
+            });
         let t = now();
         let picked = backend.pick(
             req.headers(),
@@ -277,6 +284,7 @@ where
             endpoint,
             attempts,
             served,
+            classifier,
         };
         ResponseFuture {
             state: State::Sent {
@@ -298,6 +306,8 @@ struct Sent {
     attempts: u32,
     /// Whether the response carries [`Served`].
     served: bool,
+    /// The route's classifier, which judges the response for the endpoint.
+    classifier: Option<proxyless_core::policy::classify::Classifier>,
 }
 
 impl std::fmt::Debug for Sent {
@@ -362,6 +372,10 @@ where
                 let outcome = match &result {
                     Ok(resp) => crate::grpc::outcome_of_response(resp),
                     Err(e) => outcome_of_error(&**e),
+                };
+                let outcome = match &sent.classifier {
+                    Some(c) => crate::classify::outcome_for_endpoint(c, &result, outcome),
+                    None => outcome,
                 };
                 sent.recorder.record(outcome);
                 if let Some(s) = sent.attempt_span.take() {
@@ -484,6 +498,15 @@ impl AttemptSpan {
                 span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
                 if s >= 500 {
                     span.set_status(Status::error(""));
+                }
+            }
+            Outcome::Classified { status, failed } => {
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                if failed {
+                    span.set_status(Status::error("classified as a failure"));
                 }
             }
             other => {

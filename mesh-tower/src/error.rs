@@ -87,6 +87,104 @@ pub struct RetryBudgetExhausted {
     pub source: BoxError,
 }
 
+/// Which attempt the mesh did not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkippedAttempt {
+    /// A retry after a failed attempt.
+    Retry,
+    /// A hedge beside attempts still out.
+    Hedge,
+}
+
+impl SkippedAttempt {
+    /// `retry` or `hedge`, as in metrics and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Hedge => "hedge",
+        }
+    }
+}
+
+/// A retry or hedge the mesh did not send because the request's deadline
+/// would pass before it could answer: what was left of the deadline (after
+/// the backoff) was less than the least an attempt has been taking on the
+/// endpoints it could go to. The caller gets the last real result at once
+/// instead of a timeout later.
+///
+/// On a response it is an extension
+/// (`response.extensions().get::<RetrySkipped>()`); on an error it is in
+/// the chain as [`RetrySkippedError`], whose [`ErrorKind`] is its source's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySkipped {
+    /// A retry or a hedge.
+    pub attempt: SkippedAttempt,
+    /// Attempts made.
+    pub attempts: u32,
+    /// What was left of the deadline when the attempt would have gone.
+    pub remaining: Duration,
+    /// The least an attempt has been taking.
+    pub expected: Duration,
+}
+
+impl fmt::Display for RetrySkipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} skipped after {} attempt(s): {:?} of the deadline left, an attempt takes {:?}",
+            self.attempt.as_str(),
+            self.attempts,
+            self.remaining,
+            self.expected
+        )
+    }
+}
+
+/// The last attempt's error, with the retry that was not sent because it
+/// could not have answered in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{skipped}")]
+pub struct RetrySkippedError {
+    /// What was skipped.
+    pub skipped: RetrySkipped,
+    /// The last attempt's error.
+    #[source]
+    pub source: BoxError,
+}
+
+/// The skipped retry recorded on `result`, if any.
+pub fn retry_skipped<RB>(result: &Result<http::Response<RB>, BoxError>) -> Option<RetrySkipped> {
+    match result {
+        Ok(r) => r.extensions().get::<RetrySkipped>().copied(),
+        Err(e) => {
+            let mut cur: Option<&(dyn StdError + 'static)> = Some(&**e);
+            while let Some(e) = cur {
+                if let Some(s) = e.downcast_ref::<RetrySkippedError>() {
+                    return Some(s.skipped);
+                }
+                cur = e.source();
+            }
+            None
+        }
+    }
+}
+
+/// Records `skipped` on `result`: an extension on a response, a wrapper
+/// around an error.
+pub(crate) fn mark_skipped<RB>(
+    result: Result<http::Response<RB>, BoxError>,
+    skipped: RetrySkipped,
+) -> Result<http::Response<RB>, BoxError> {
+    match result {
+        Ok(mut r) => {
+            r.extensions_mut().insert(skipped);
+            Ok(r)
+        }
+        Err(source) => Err(RetrySkippedError { skipped, source }.into()),
+    }
+}
+
 /// A fault injected by the route's `fault.abort` policy. The route layer
 /// turns it into a response with this status.
 #[derive(Debug, Clone, thiserror::Error)]

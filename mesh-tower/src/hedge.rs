@@ -17,11 +17,13 @@
 
 use crate::BoxError;
 use crate::body::{MeshBody, Replayer};
+use crate::error::{RetrySkipped, SkippedAttempt, mark_skipped};
 use crate::ext::Routed;
 use crate::runtime::{Runtime, now};
 use crate::telemetry::metrics::HedgeResult;
 use http::{Request, Response};
 use proxyless_core::config::{HedgeDelay, HedgePolicy};
+use proxyless_core::policy::classify::Class;
 use proxyless_core::policy::hedge::HedgeState;
 use std::future::Future;
 use std::pin::Pin;
@@ -121,9 +123,13 @@ where
     }
 }
 
-/// Whether a result is a good answer: a response that is neither a 5xx
-/// nor a gRPC failure mapped to one.
-fn good<RB>(result: &Result<Response<RB>, BoxError>) -> bool {
+/// Whether a result is a good answer: what the route's classifier calls a
+/// success, or without one a response that is neither a 5xx nor a gRPC
+/// failure mapped to one.
+fn good<RB>(result: &Result<Response<RB>, BoxError>, routed: &Routed) -> bool {
+    if let Some(c) = routed.route_entry().and_then(|r| r.classifier()) {
+        return crate::classify::class_of(c, result) == Class::Success;
+    }
     match result {
         Ok(resp) => !crate::grpc::outcome_of_response(resp).is_5xx(),
         Err(_) => false,
@@ -146,6 +152,29 @@ where
         }
     }
 
+    /// Whether another attempt, after `sent`, could not answer before the
+    /// deadline: what is left of it is less than the least an attempt has
+    /// been taking on the endpoints the hedge could go to.
+    fn hopeless(&self, sent: u32) -> Option<RetrySkipped> {
+        let deadline = self.routed.deadline()?;
+        let t = Instant::now();
+        let remaining = deadline.saturating_duration_since(t);
+        let backend = self
+            .routed
+            .backend_entry()
+            .and_then(|(i, _)| self.runtime.backend(self.routed.snapshot(), i));
+        let avoid = self.routed.last_pick();
+        let expected = backend
+            .and_then(|b| b.expected_latency(avoid.as_deref(), now()))
+            .unwrap_or(Duration::ZERO);
+        (t >= deadline || remaining < expected).then_some(RetrySkipped {
+            attempt: SkippedAttempt::Hedge,
+            attempts: sent,
+            remaining,
+            expected,
+        })
+    }
+
     /// Takes a hedge from both budgets.
     fn admit(&self) -> bool {
         let t = now();
@@ -165,6 +194,7 @@ where
         let mut first_timed = false;
         let mut next = self.delay().map(|d| started + d);
         let mut last: Option<Result<Response<RB>, BoxError>> = None;
+        let mut skipped: Option<RetrySkipped> = None;
         loop {
             let more = sent < self.policy.attempts.min(MAX_ATTEMPTS as u32);
             let wake = next.filter(|_| more);
@@ -177,9 +207,12 @@ where
                         self.state.latency.record(started.elapsed());
                         first_timed = true;
                     }
-                    if good(&result) || (out.is_empty() && !more) {
+                    if good(&result, &self.routed) || (out.is_empty() && (!more || skipped.is_some())) {
                         self.finish(&out, first_timed, started, &metrics);
-                        return result;
+                        return match skipped {
+                            Some(s) => mark_skipped(result, s),
+                            None => result,
+                        };
                     }
                     last = Some(result);
                     if out.is_empty() {
@@ -188,7 +221,19 @@ where
                     }
                 }
                 () = sleep_until(wake) => {
-                    if self.admit() {
+                    if let Some(s) = self.hopeless(sent) {
+                        // Too late for another attempt to answer: no more
+                        // hedges; the attempts out (if any) may still.
+                        metrics.skipped(s.attempt);
+                        self.runtime.stats().hopeless_skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(skipped = %s, "hedge would miss the deadline; not sent");
+                        skipped = Some(s);
+                        next = None;
+                        if out.is_empty() {
+                            let last = last.unwrap_or_else(|| Err("internal: a hedged request with no attempt".into()));
+                            return mark_skipped(last, s);
+                        }
+                    } else if self.admit() {
                         self.send(&mut out, sent + 1).await;
                         sent += 1;
                         metrics.hedge(HedgeResult::Sent);

@@ -333,7 +333,7 @@ where
                 .as_ref()
                 .ok()
                 .and_then(|r| crate::grpc::status(r.headers()));
-            span::finish(&cx, span::Side::Server, outcome, grpc_status, None);
+            span::finish(&cx, span::Side::Server, outcome, grpc_status, None, None);
             if let Some(info) = access {
                 let (method, path, caller) = *info;
                 tracing::debug!(

@@ -59,6 +59,7 @@
 
 pub mod backend;
 pub mod body;
+mod classify;
 pub mod error;
 pub mod ext;
 pub mod fault;

@@ -17,7 +17,10 @@
 //! response, or its error wrapped in [`RetryBudgetExhausted`].
 
 use crate::body::MeshBody;
-use crate::error::{Deadline, Elapsed, RetryBudgetExhausted, failed_endpoint, outcome_of_error};
+use crate::error::{
+    Deadline, Elapsed, RetryBudgetExhausted, RetrySkipped, SkippedAttempt, failed_endpoint,
+    mark_skipped, outcome_of_error,
+};
 use crate::ext::{Mirrored, Routed, Served, deadline_of, set_deadline};
 use crate::future::{Either, MapErr, TimeoutFuture};
 use crate::runtime::{Runtime, now};
@@ -25,6 +28,7 @@ use crate::{BoxError, BoxFuture};
 use http::{Method, Request, Response};
 use proxyless_core::config::{RetryOn, RetryPolicy};
 use proxyless_core::policy::Outcome;
+use proxyless_core::policy::classify::Class;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -257,13 +261,32 @@ where
             Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
         };
         let limited = matches!(&result, Ok(r) if crate::response::is_rate_limited(r.headers()));
+        let retriable = match self.routed.route_entry().and_then(|r| r.classifier()) {
+            Some(c) => crate::classify::class_of(c, &result) == Class::RetryableFailure,
+            None => is_retriable(policy, outcome, grpc),
+        };
         let last = n >= policy.attempts
             || limited
-            || !is_retriable(policy, outcome, grpc)
+            || !retriable
             || !self.replayer.can_replay()
             || self.deadline.is_some_and(|d| Instant::now() >= d);
         if last {
             return Next::Done(result);
+        }
+        // Whether the retry could answer in time is judged before it takes
+        // anything from the budget or the breaker: a hopeless retry only
+        // adds load to a backend that is struggling already.
+        let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
+        if let Some(skipped) = self.hopeless(n, wake, endpoint.as_deref()) {
+            self.runtime
+                .stats()
+                .hopeless_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            self.runtime
+                .route_metrics(&self.routed)
+                .skipped(skipped.attempt);
+            tracing::debug!(%skipped, "retry would miss the deadline; not sent");
+            return Next::Done(mark_skipped(result, skipped));
         }
         let runtime = &self.runtime;
         if !runtime.with_budget(self.routed.snapshot(), |b| b.try_withdraw(now())) {
@@ -292,22 +315,31 @@ where
             Some(Ok(slot)) => Some(slot),
             None => None,
         };
-        let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
-        if self.deadline.is_some_and(|d| wake >= d) {
-            return Next::Done(Err(Elapsed {
-                deadline: Deadline::Overall,
-                timeout: self
-                    .routed
-                    .route_entry()
-                    .map_or(Duration::ZERO, |r| r.timeout()),
-            }
-            .into()));
-        }
         Next::Again {
             avoid: endpoint,
             slot,
             wake,
         }
+    }
+
+    /// Whether a retry sent at `wake`, after `n` attempts, could not
+    /// answer before the deadline: the backoff runs past it, or what is
+    /// left of it is less than the least an attempt has been taking on the
+    /// endpoints the retry could go to (`avoid` is the one that failed).
+    fn hopeless(&self, n: u32, wake: Instant, avoid: Option<&str>) -> Option<RetrySkipped> {
+        let deadline = self.deadline?;
+        let remaining = deadline.saturating_duration_since(wake);
+        let expected = self
+            .backend
+            .as_ref()
+            .and_then(|b| b.expected_latency(avoid, now()))
+            .unwrap_or(Duration::ZERO);
+        (wake >= deadline || remaining < expected).then_some(RetrySkipped {
+            attempt: SkippedAttempt::Retry,
+            attempts: n,
+            remaining,
+            expected,
+        })
     }
 
     /// The attempts after the first, from the backoff before attempt 2.

@@ -82,6 +82,9 @@ pub struct Stats {
     pub hedges_cancelled: AtomicU64,
     /// Hedges wanted but refused by a budget.
     pub hedges_refused: AtomicU64,
+    /// Retries and hedges not sent because the request's deadline would
+    /// pass before they could answer.
+    pub hopeless_skipped: AtomicU64,
 }
 
 impl Default for Runtime {
@@ -463,6 +466,11 @@ pub struct EndpointState {
     ewma_nanos: AtomicU64,
     ewma_stamp: AtomicU64,
     ewma: Mutex<PeakEwma>,
+    /// A plain moving average of the attempts' latencies, as f64
+    /// nanoseconds (0: none observed yet): what an attempt is expected to
+    /// take, for deadline-aware retries. Unlike the peak EWMA it neither
+    /// jumps to peaks nor counts failures as slow.
+    observed_nanos: AtomicU64,
     outlier: Mutex<OutlierState>,
     /// Nanoseconds since the runtime's epoch until which it is ejected (0: not).
     ejected_until: AtomicU64,
@@ -478,6 +486,7 @@ impl EndpointState {
             ewma_nanos: AtomicU64::new(ewma.nanos().to_bits()),
             ewma_stamp: AtomicU64::new(0),
             ewma: Mutex::new(ewma),
+            observed_nanos: AtomicU64::new(0),
             outlier: Mutex::new(OutlierState::default()),
             ejected_until: AtomicU64::new(0),
         }
@@ -492,7 +501,32 @@ impl EndpointState {
     pub fn latency(&self) -> Duration {
         Duration::from_nanos(f64::from_bits(self.ewma_nanos.load(Ordering::Relaxed)) as u64)
     }
+
+    /// What an attempt to it has been taking (a moving average of its
+    /// observed latencies, failures included at their real length), or
+    /// `None` before its first answer.
+    pub fn observed_latency(&self) -> Option<Duration> {
+        let nanos = f64::from_bits(self.observed_nanos.load(Ordering::Relaxed));
+        (nanos > 0.0).then(|| Duration::from_nanos(nanos as u64))
+    }
+
+    /// Folds `rtt` into [`observed_latency`](Self::observed_latency).
+    /// Called under the EWMA's lock, so updates do not race.
+    fn observe_plain(&self, rtt: Duration) {
+        let rtt = (rtt.as_nanos() as f64).max(1.0);
+        let was = f64::from_bits(self.observed_nanos.load(Ordering::Relaxed));
+        let now = if was > 0.0 {
+            was + OBSERVED_WEIGHT * (rtt - was)
+        } else {
+            rtt
+        };
+        self.observed_nanos.store(now.to_bits(), Ordering::Relaxed);
+    }
 }
+
+/// The weight of a new observation in an endpoint's plain moving average
+/// of latency: about the last ten attempts count.
+const OBSERVED_WEIGHT: f64 = 0.2;
 
 #[derive(Debug)]
 enum Picker {
@@ -729,6 +763,7 @@ impl ResolvedBackend {
             ep.ewma_nanos.store(e.nanos().to_bits(), Ordering::Relaxed);
             ep.ewma_stamp
                 .store(self.nanos_since_epoch(e.stamp()), Ordering::Relaxed);
+            ep.observe_plain(rtt);
         }
         let Some(cfg) = &self.outlier else {
             return;
@@ -789,6 +824,32 @@ impl ResolvedBackend {
         }
     }
 
+    /// What another attempt is expected to take at the least: the lowest
+    /// [`observed_latency`](EndpointState::observed_latency) among the
+    /// endpoints it could go to (healthy, not ejected, other than `avoid`
+    /// when there are others). `None` when one of them has never answered
+    /// (it may be fast) or there is none: then nothing is known.
+    pub fn expected_latency(&self, avoid: Option<&str>, now: Instant) -> Option<Duration> {
+        let eligible =
+            |i: usize| self.healthy.get(i).copied().unwrap_or(true) && !self.is_ejected(i, now);
+        for avoiding in [true, false] {
+            let mut best: Option<Duration> = None;
+            let mut any = false;
+            for (i, ep) in self.endpoints.iter().enumerate() {
+                if !eligible(i) || (avoiding && avoid.is_some_and(|a| *ep.address == *a)) {
+                    continue;
+                }
+                any = true;
+                let seen = ep.observed_latency()?;
+                best = Some(best.map_or(seen, |b| b.min(seen)));
+            }
+            if any {
+                return best;
+            }
+        }
+        None
+    }
+
     /// Whether endpoint `i` is ejected now.
     pub fn is_ejected(&self, i: usize, now: Instant) -> bool {
         self.endpoints.get(i).is_some_and(|ep| {
@@ -807,5 +868,53 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.ep.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proxyless_core::Mesh;
+    use proxyless_core::config::Config;
+
+    #[test]
+    fn an_attempt_is_expected_to_take_the_least_observed_on_the_endpoints_it_could_reach() {
+        let yaml = "
+services: [{ name: s, routes: [{ to: [b] }] }]
+backends: [{ name: b, endpoints: ['127.0.0.1:1', '127.0.0.1:2'] }]
+";
+        let m = Mesh::from_config(Config::from_yaml(yaml).unwrap()).unwrap();
+        let rt = Runtime::new();
+        let b = rt.backend(&m.snapshot(), 0).unwrap();
+        let (t, ms) = (now(), Duration::from_millis);
+        let (one, two) = (Some("127.0.0.1:1"), Some("127.0.0.1:2"));
+        assert_eq!(b.expected_latency(None, t), None, "nothing observed yet");
+        b.record(0, Outcome::Status(503), ms(200), t, rt.stats());
+        // The other endpoint has never answered: it may be fast.
+        assert_eq!(b.expected_latency(None, t), None);
+        assert_eq!(b.expected_latency(one, t), None);
+        b.record(1, Outcome::Status(200), ms(50), t, rt.stats());
+        assert_eq!(b.expected_latency(None, t), Some(ms(50)));
+        // Avoiding the fast one leaves the slow one; a failure counts at
+        // its real length (the balancer's peak EWMA would triple it).
+        assert_eq!(b.expected_latency(two, t), Some(ms(200)));
+        // A moving average: 200 ms then 100 ms is about 180 ms.
+        b.record(0, Outcome::Status(200), ms(100), t, rt.stats());
+        let seen = b.endpoints[0].observed_latency().unwrap();
+        assert!(
+            seen.abs_diff(ms(180)) < Duration::from_micros(1),
+            "{seen:?}"
+        );
+        // With the other endpoint ejected, the retry goes back to the one
+        // avoided: its average counts.
+        b.endpoints[1]
+            .ejected_until
+            .store(u64::MAX, Ordering::Release);
+        let back = b.expected_latency(one, t).unwrap();
+        assert!(
+            back.abs_diff(ms(180)) < Duration::from_micros(1),
+            "{back:?}"
+        );
     }
 }

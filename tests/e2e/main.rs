@@ -23,6 +23,7 @@ mod locality;
 mod otel;
 mod ratelimit;
 mod refusals;
+mod resilience;
 mod security;
 mod servers;
 mod telemetry;

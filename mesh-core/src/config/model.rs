@@ -141,6 +141,11 @@ pub struct Service {
     pub hosts: Vec<String>,
     /// Routes, tried in order; the first that matches wins.
     pub routes: Vec<Route>,
+    /// The classifier, registered in code by this name
+    /// (`proxyless_core::policy::classify::register`), for
+    /// routes that name none of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
 }
 
 impl Service {
@@ -194,6 +199,13 @@ pub struct Route {
     /// retry policy or a hedging policy, not both (as in gRPC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hedge: Option<HedgePolicy>,
+    /// The classifier, registered in code by this name
+    /// (`proxyless_core::policy::classify::register`), that
+    /// decides what this route's attempts came to: what is retried or
+    /// hedged again and what counts against an endpoint. Without one, the
+    /// retry policy's `on` list and 5xx-or-no-response do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
 }
 
 /// Hedged requests (gRPC's hedging policy, Finagle's backup requests): the

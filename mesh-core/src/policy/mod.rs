@@ -4,6 +4,7 @@
 //!
 //! - [`budget`]: the retry budget (a ratio of requests plus a floor per second);
 //! - [`breaker`]: circuit-breaker thresholds per backend;
+//! - [`classify`]: response classification by code registered by name;
 //! - [`outlier`]: consecutive-failure ejection per endpoint;
 //! - [`ewma`]: peak-EWMA latency per endpoint;
 //! - [`balance`]: endpoint choice (p2c, round robin, random, ring hash, Maglev);
@@ -12,6 +13,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod classify;
 pub mod ewma;
 pub mod hedge;
 pub mod locality;
@@ -32,6 +34,14 @@ pub enum Outcome {
     Timeout,
     /// Another error.
     Error,
+    /// A response its route's classifier judged: a failure or not,
+    /// whatever its status.
+    Classified {
+        /// The HTTP status.
+        status: u16,
+        /// Whether the classifier called it a failure.
+        failed: bool,
+    },
 }
 
 impl Outcome {
@@ -40,6 +50,7 @@ impl Outcome {
     pub fn is_5xx(self) -> bool {
         match self {
             Outcome::Status(s) => (500..600).contains(&s),
+            Outcome::Classified { failed, .. } => failed,
             _ => true,
         }
     }
@@ -48,6 +59,7 @@ impl Outcome {
     pub fn is_gateway_error(self) -> bool {
         match self {
             Outcome::Status(s) => matches!(s, 502..=504),
+            Outcome::Classified { status, failed } => failed && matches!(status, 502..=504),
             _ => true,
         }
     }

@@ -125,6 +125,7 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
                     backend: format!("b{b}"),
                     percent,
                 }),
+                classifier: timeout.map(|_| "overloaded".to_owned()),
             },
         )
 }
@@ -308,6 +309,7 @@ fn config() -> impl Strategy<Value = Config> {
                             name: format!("s{i}"),
                             hosts,
                             routes,
+                            classifier: (i % 2 == 0).then(|| "by-status".to_owned()),
                         }
                     })
             })

@@ -9,6 +9,7 @@
 //! | `mesh_request_duration_seconds` | histogram | direction, service, route, backend, status_class, error_kind |
 //! | `mesh_retries_total` | counter | service, route, backend |
 //! | `mesh_retry_budget_exhausted_total` | counter | service, route, backend |
+//! | `mesh_attempts_skipped_total` | counter | service, route, backend, attempt (`retry`, `hedge`), reason (`deadline`) |
 //! | `mesh_circuit_breaker_rejections_total` | counter | backend, reason |
 //! | `mesh_outlier_ejections_total` | counter | backend |
 //! | `mesh_endpoints` | gauge | backend, state (`healthy`, `ejected`) |
@@ -37,6 +38,9 @@ pub const DURATION: &str = "mesh_request_duration_seconds";
 pub const RETRIES: &str = "mesh_retries_total";
 /// `mesh_retry_budget_exhausted_total`.
 pub const BUDGET_EXHAUSTED: &str = "mesh_retry_budget_exhausted_total";
+/// `mesh_attempts_skipped_total`: retries and hedges not sent because the
+/// deadline would pass before they could answer.
+pub const ATTEMPTS_SKIPPED: &str = "mesh_attempts_skipped_total";
 /// `mesh_circuit_breaker_rejections_total`.
 pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 /// `mesh_outlier_ejections_total`.
@@ -94,6 +98,11 @@ pub fn describe() {
         "Request duration through the mesh, to response headers."
     );
     describe_counter!(RETRIES, Unit::Count, "Retries sent.");
+    describe_counter!(
+        ATTEMPTS_SKIPPED,
+        Unit::Count,
+        "Retries and hedges not sent: the deadline would pass before they could answer."
+    );
     describe_counter!(
         BUDGET_EXHAUSTED,
         Unit::Count,
@@ -205,6 +214,7 @@ pub struct RouteMetrics {
     exhausted: OnceLock<Counter>,
     limited: [OnceLock<Counter>; 2],
     hedges: [OnceLock<Counter>; 3],
+    skipped: [OnceLock<Counter>; 2],
 }
 
 impl RouteMetrics {
@@ -227,6 +237,7 @@ impl RouteMetrics {
             exhausted: OnceLock::new(),
             limited: Default::default(),
             hedges: Default::default(),
+            skipped: Default::default(),
         }
     }
 
@@ -296,6 +307,21 @@ impl RouteMetrics {
             let mut labels = self.owned()[1..].to_vec();
             labels.push(("result", name.to_owned()));
             metrics::counter!(HEDGES, &labels)
+        }) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a retry or hedge not sent because the deadline would pass
+    /// before it could answer
+    /// (`mesh_attempts_skipped_total{service, route, backend, attempt, reason="deadline"}`).
+    pub fn skipped(&self, attempt: crate::error::SkippedAttempt) {
+        let i = usize::from(attempt == crate::error::SkippedAttempt::Hedge);
+        if let Some(c) = lazy_handle(&self.skipped[i], || {
+            let mut labels = self.owned()[1..].to_vec();
+            labels.push(("attempt", attempt.as_str().to_owned()));
+            labels.push(("reason", "deadline".to_owned()));
+            metrics::counter!(ATTEMPTS_SKIPPED, &labels)
         }) {
             c.increment(1);
         }

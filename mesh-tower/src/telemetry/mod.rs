@@ -179,7 +179,15 @@ where
             .ok()
             .and_then(|r| crate::grpc::status(r.headers()));
         if *this.own_span {
-            span::finish(this.cx, span::Side::Client, outcome, grpc_status, served);
+            let skipped = crate::error::retry_skipped(&result);
+            span::finish(
+                this.cx,
+                span::Side::Client,
+                outcome,
+                grpc_status,
+                served,
+                skipped,
+            );
         }
         if let Some(info) = this.access.take() {
             access_log(&info, outcome, elapsed, served, this.cx);

@@ -146,6 +146,7 @@ pub(crate) fn finish(
     outcome: Result<u16, ErrorKind>,
     grpc_status: Option<u32>,
     served: Option<&Served>,
+    skipped: Option<crate::error::RetrySkipped>,
 ) {
     let span = cx.span();
     if !span.is_recording() {
@@ -176,6 +177,14 @@ pub(crate) fn finish(
         attributes.push(KeyValue::new("mesh.backend", s.backend.clone()));
         attributes.push(KeyValue::new("mesh.endpoint", s.endpoint.clone()));
         attributes.push(KeyValue::new("mesh.attempts", i64::from(s.attempts)));
+    }
+    if let Some(s) = skipped {
+        // A retry or hedge not sent: the deadline would have passed first.
+        attributes.push(KeyValue::new("mesh.skipped_attempt", s.attempt.as_str()));
+        attributes.push(KeyValue::new("mesh.skipped_reason", "deadline"));
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        attributes.push(KeyValue::new("mesh.deadline_left_ms", ms(s.remaining)));
+        attributes.push(KeyValue::new("mesh.attempt_expected_ms", ms(s.expected)));
     }
     span.set_attributes(attributes);
     if failed {

@@ -330,6 +330,7 @@ pub(super) fn service_of(
         name: host.to_owned(),
         hosts: vec![host.to_owned()],
         routes,
+        classifier: None,
     };
     Ok(Some((service, uses)))
 }

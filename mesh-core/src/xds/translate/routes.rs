@@ -79,6 +79,7 @@ pub(super) fn route_of(
         mirror,
         rate_limit,
         hedge,
+        classifier: None,
     })
 }
 

@@ -1,0 +1,43 @@
+//! A route's classifier run on an attempt's result (see
+//! [`proxyless_core::policy::classify`]).
+
+use crate::BoxError;
+use crate::error::outcome_of_error;
+use http::Response;
+use proxyless_core::policy::Outcome;
+use proxyless_core::policy::classify::{Attempt, Class, Classifier};
+
+/// What `classifier` says `result` came to.
+pub(crate) fn class_of<RB>(
+    classifier: &Classifier,
+    result: &Result<Response<RB>, BoxError>,
+) -> Class {
+    match result {
+        Ok(r) => classifier.classify(&Attempt::Response {
+            status: r.status(),
+            headers: r.headers(),
+            grpc_status: crate::grpc::status(r.headers()),
+        }),
+        Err(e) => classifier.classify(&Attempt::Error {
+            outcome: outcome_of_error(&**e),
+            error: &**e,
+        }),
+    }
+}
+
+/// How an attempt counts for the endpoint's outlier detection and latency:
+/// a response as its route's classifier judged it; an error (no response)
+/// as it is, whatever the classifier says of retrying it.
+pub(crate) fn outcome_for_endpoint<RB>(
+    classifier: &Classifier,
+    result: &Result<Response<RB>, BoxError>,
+    outcome: Outcome,
+) -> Outcome {
+    match result {
+        Ok(r) => Outcome::Classified {
+            status: r.status().as_u16(),
+            failed: class_of(classifier, result).is_failure(),
+        },
+        Err(_) => outcome,
+    }
+}

@@ -1,0 +1,225 @@
+//! Resilience beyond the peers, over real sockets: deadline-aware retries
+//! and classification in code.
+
+use crate::support::mesh;
+use mesh::echo::Echo;
+use proxyless_core::Mesh;
+use proxyless_core::policy::classify::{self, Attempt, Class};
+use proxyless_hyper::Client;
+use proxyless_tower::error::{RetrySkipped, SkippedAttempt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A route to `addr` with `timeout`, retrying 5xx up to three attempts
+/// with a backoff of a millisecond.
+fn retrying(addr: &str, timeout: &str) -> String {
+    format!(
+        r#"
+services:
+  - name: ratings
+    routes:
+      - timeout: {timeout}
+        retry: {{ attempts: 3, on: [5xx], backoff: {{ base: 1ms, max: 1ms }} }}
+        to: [slow]
+backends:
+  - {{ name: slow, endpoints: ["{addr}"] }}
+"#
+    )
+}
+
+/// A backend that fails every request after 200 ms. With 300 ms of
+/// deadline the first attempt fails at about 200 ms and a retry (which
+/// takes 200 ms) cannot answer in the 100 ms left: it is not sent, and the
+/// caller gets the 503 at once instead of a timeout at 300 ms. With 1 s the
+/// retries are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_cannot_answer_before_the_deadline_is_not_sent() {
+    let slow = Echo::new("slow")
+        .delay(Duration::from_millis(200))
+        .fail_rate(1.0)
+        .start(&Mesh::empty(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = slow.addr().to_string();
+
+    let short = Client::new(&mesh(&retrying(&addr, "300ms")));
+    let started = Instant::now();
+    let resp = short
+        .request(
+            http::Request::get("http://ratings/x")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503, "the last real result");
+    assert_eq!(slow.served(), 1, "one attempt reached the backend");
+    assert!(
+        took < Duration::from_millis(300),
+        "answered before the deadline: {took:?}"
+    );
+    let skipped = resp.extensions().get::<RetrySkipped>().copied();
+    let skipped = skipped.expect("the response says a retry was skipped");
+    assert_eq!(skipped.attempt, SkippedAttempt::Retry);
+    assert_eq!(skipped.attempts, 1);
+    assert!(
+        skipped.expected >= Duration::from_millis(190),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.remaining < Duration::from_millis(110),
+        "{skipped:?}"
+    );
+    let stats = short.runtime().stats();
+    assert_eq!(stats.hopeless_skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.retries.load(Ordering::Relaxed), 0);
+
+    let long = Client::new(&mesh(&retrying(&addr, "1s")));
+    let resp = long
+        .request(
+            http::Request::get("http://ratings/x")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(slow.served(), 1 + 3, "all three attempts were sent");
+    assert!(resp.extensions().get::<RetrySkipped>().is_none());
+    let stats = long.runtime().stats();
+    assert_eq!(stats.retries.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.hopeless_skipped.load(Ordering::Relaxed), 0);
+}
+
+/// A server that answers every request 200, with `x-overloaded: 1` when
+/// `overloaded`; it counts what it answers.
+async fn answering(overloaded: bool) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+            if overloaded {
+                resp.headers_mut()
+                    .insert("x-overloaded", http::HeaderValue::from_static("1"));
+            }
+            Ok::<_, proxyless_tower::BoxError>(resp)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = proxyless_hyper::Server::new(&Mesh::empty());
+    tokio::spawn(async move { server.serve(listener, handler).await });
+    (addr, count)
+}
+
+/// The issue's test: a backend endpoint that answers 200 with
+/// `x-overloaded: 1`; a classifier registered in code marks that
+/// retryable; a route names it in config. Retries go to the other
+/// endpoint, and outlier detection ejects the overloaded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classifier_in_code_drives_retries_and_ejection() {
+    classify::register("e2e-overloaded", |a: &Attempt<'_>| match a {
+        Attempt::Response { headers, .. } if headers.contains_key("x-overloaded") => {
+            Class::RetryableFailure
+        }
+        a => a.default_class(),
+    })
+    .unwrap();
+    let (hot, hot_count) = answering(true).await;
+    let (cool, cool_count) = answering(false).await;
+    let yaml = |classifier: &str| {
+        format!(
+            r#"
+services:
+  - name: ratings
+    routes:
+      - retry: {{ attempts: 3, backoff: {{ base: 1ms, max: 1ms }} }}
+        {classifier}
+        to: [pool]
+backends:
+  - name: pool
+    load_balancer: round_robin
+    endpoints: ["{hot}", "{cool}"]
+    outlier_detection: {{ consecutive_5xx: 3, base_ejection: 30s, max_ejection_percent: 50 }}
+"#
+        )
+    };
+    let client = Client::new(&mesh(&yaml("classifier: e2e-overloaded")));
+    let mut overloaded = 0;
+    for _ in 0..200 {
+        let resp = client
+            .request(
+                http::Request::get("http://ratings/x")
+                    .body(String::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        overloaded += u32::from(resp.headers().contains_key("x-overloaded"));
+    }
+    assert_eq!(
+        overloaded, 0,
+        "every overloaded answer was retried elsewhere"
+    );
+    let stats = client.runtime().stats();
+    assert!(stats.retries.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        stats.ejections.load(Ordering::Relaxed),
+        1,
+        "the overloaded endpoint is ejected"
+    );
+    // Ejected after three overloaded answers: the hot endpoint saw a few
+    // requests, the cool one the rest.
+    let hot_seen = hot_count.load(Ordering::Relaxed);
+    assert!((3..=6).contains(&hot_seen), "hot endpoint saw {hot_seen}");
+    assert_eq!(cool_count.load(Ordering::Relaxed), 200);
+
+    // The default classification (no classifier): a 200 is a success,
+    // whatever its headers, as before.
+    let plain = Client::new(&mesh(&yaml("")));
+    let mut overloaded = 0;
+    for _ in 0..20 {
+        let resp = plain
+            .request(
+                http::Request::get("http://ratings/x")
+                    .body(String::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        overloaded += u32::from(resp.headers().contains_key("x-overloaded"));
+    }
+    assert_eq!(overloaded, 10, "round robin: half from each, none retried");
+    assert_eq!(plain.runtime().stats().retries.load(Ordering::Relaxed), 0);
+}
+
+/// A config naming a classifier no code registered is refused by name,
+/// and the running config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_naming_an_unregistered_classifier_is_refused() {
+    let yaml = r#"
+services:
+  - name: ratings
+    classifier: e2e-nobody-registered-this
+    routes: [{ to: [b] }]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#;
+    let cfg = proxyless_core::config::Config::from_yaml(yaml).unwrap();
+    let err = Mesh::from_config(cfg.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("services[0].classifier") && err.contains("e2e-nobody-registered-this"),
+        "{err}"
+    );
+    let m = Mesh::empty();
+    let before = m.snapshot().version();
+    assert!(
+        m.update(cfg, proxyless_core::snapshot::Source::Code)
+            .is_err()
+    );
+    assert_eq!(m.snapshot().version(), before, "the running config stays");
+}
