@@ -180,11 +180,16 @@ impl Admin {
             let mut endpoints = Vec::new();
             let mut active = 0;
             let mut levels = None;
+            let mut adaptive = None;
             for rt in &self.runtimes {
                 let Some(rb) = rt.backend(&snap, i as u32) else {
                     continue;
                 };
                 active += rb.state.breaker.active_requests();
+                if let Some(limit) = rb.state.adaptive_limit() {
+                    // Per client stack: each learns its own.
+                    adaptive.get_or_insert_with(Vec::new).push(limit);
+                }
                 let loads = rb.level_loads(now);
                 if !loads.is_empty() {
                     levels.get_or_insert_with(|| {
@@ -226,6 +231,7 @@ impl Admin {
                 "name": &**b.name(),
                 "load_balancer": serde_json::to_value(b.load_balancer()).unwrap_or_default(),
                 "requests_in_flight": active,
+                "adaptive_concurrency_limit": adaptive,
                 "mutual_tls_identity": b.upstream_tls().map(|t| t.identities.as_ref().map_or_else(|| "(none valid)".to_owned(), ToString::to_string)),
                 "levels": levels,
                 "endpoints": endpoints,

@@ -222,6 +222,16 @@ where
                 );
             }
         };
+        let adaptive = match backend.state.admit_adaptive() {
+            Ok(slot) => slot,
+            Err(limit) => {
+                rejected(&backend.name, "adaptive_concurrency");
+                return fail(
+                    CircuitOpen::new(backend.name.clone(), CircuitReason::AdaptiveLimit(limit))
+                        .into(),
+                );
+            }
+        };
         let (avoid, attempts, served, classifier) =
             crate::ext::routed(&req).map_or((None, 1, false, None), |r| {
                 let classifier = r.route_entry().and_then(|e| e.classifier().cloned());
@@ -285,6 +295,7 @@ where
             attempts,
             served,
             classifier,
+            adaptive,
         };
         ResponseFuture {
             state: State::Sent {
@@ -308,6 +319,8 @@ struct Sent {
     served: bool,
     /// The route's classifier, which judges the response for the endpoint.
     classifier: Option<proxyless_core::policy::classify::Classifier>,
+    /// Its place under the backend's adaptive concurrency limit.
+    adaptive: Option<crate::runtime::AdaptiveSlot>,
 }
 
 impl std::fmt::Debug for Sent {
@@ -381,7 +394,7 @@ where
                 if let Some(s) = sent.attempt_span.take() {
                     s.finish(outcome, &sent.endpoint);
                 }
-                drop((sent.in_flight, sent.admission));
+                drop((sent.in_flight, sent.admission, sent.adaptive));
                 Poll::Ready(match result {
                     Ok(mut resp) => {
                         if sent.served {

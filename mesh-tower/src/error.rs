@@ -26,6 +26,9 @@ pub enum CircuitReason {
     Limit(Limit),
     /// Outlier detection has ejected every endpoint.
     AllEjected,
+    /// The backend's adaptive concurrency limit (this many in flight) is
+    /// full: the backend is queueing, and the excess is shed.
+    AdaptiveLimit(u32),
 }
 
 /// The backend refused the request without sending it.
@@ -33,6 +36,7 @@ pub enum CircuitReason {
 #[error("circuit open for backend `{backend}`: {}", match .reason {
     CircuitReason::Limit(l) => format!("{} reached", l.field()),
     CircuitReason::AllEjected => "every endpoint is ejected".to_owned(),
+    CircuitReason::AdaptiveLimit(n) => format!("adaptive concurrency limit of {n} reached"),
 })]
 pub struct CircuitOpen {
     /// The backend.

@@ -20,6 +20,7 @@ use proxyless_core::policy::balance::{
 };
 use proxyless_core::policy::breaker::Breaker;
 use proxyless_core::policy::budget::RetryBudget;
+use proxyless_core::policy::concurrency::AdaptiveLimit;
 use proxyless_core::policy::ewma::PeakEwma;
 use proxyless_core::policy::locality::{Plan, PlanEndpoint};
 use proxyless_core::policy::outlier::{Health, OutlierState};
@@ -264,10 +265,14 @@ impl Runtime {
                 breaker: Breaker::new(cb.max_requests, cb.max_pending, cb.max_retries),
                 ejected: AtomicU32::new(0),
                 turn: AtomicUsize::new(0),
+                adaptive: Mutex::new(None),
+                adaptive_limit: AtomicU32::new(0),
+                adaptive_in_flight: Arc::new(AtomicU32::new(0)),
             });
         state
             .breaker
             .set_limits(cb.max_requests, cb.max_pending, cb.max_retries);
+        state.configure_adaptive(cfg.adaptive_concurrency.as_deref(), entry.name());
         let endpoints: Box<[Arc<EndpointState>]> = entry
             .endpoints()
             .iter()
@@ -451,6 +456,93 @@ pub struct BackendState {
     pub breaker: Breaker,
     ejected: AtomicU32,
     turn: AtomicUsize,
+    /// Its adaptive concurrency limit, when the config asks for one.
+    adaptive: Mutex<Option<AdaptiveLimit>>,
+    /// The adaptive limit now (0: none), read without the lock.
+    adaptive_limit: AtomicU32,
+    /// Requests in flight under the adaptive limit.
+    adaptive_in_flight: Arc<AtomicU32>,
+}
+
+impl BackendState {
+    /// Starts, keeps or ends the adaptive limit as `cfg` says: kept while
+    /// its settings stay the same (a config push does not reset what it
+    /// learned).
+    fn configure_adaptive(&self, cfg: Option<&config::AdaptiveConcurrency>, name: &Arc<str>) {
+        let mut adaptive = self.adaptive.lock().unwrap_or_else(PoisonError::into_inner);
+        match cfg {
+            None if adaptive.is_none() => return,
+            None => *adaptive = None,
+            Some(c) if adaptive.as_ref().is_some_and(|a| a.config() == c) => return,
+            Some(c) => *adaptive = Some(AdaptiveLimit::new(c, now())),
+        }
+        // 0 when the config no longer asks for one.
+        let limit = adaptive.as_ref().map_or(0, AdaptiveLimit::limit);
+        self.adaptive_limit.store(limit, Ordering::Relaxed);
+        drop(adaptive);
+        publish_adaptive_limit(name, limit);
+    }
+
+    /// The adaptive limit now, if the backend has one.
+    pub fn adaptive_limit(&self) -> Option<u32> {
+        let limit = self.adaptive_limit.load(Ordering::Relaxed);
+        (limit > 0).then_some(limit)
+    }
+
+    /// Admits a request under the adaptive limit: a slot held until it is
+    /// answered (`None` without a limit), or the limit that refused it.
+    pub fn admit_adaptive(&self) -> Result<Option<AdaptiveSlot>, u32> {
+        let limit = self.adaptive_limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(None);
+        }
+        self.adaptive_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| limit)?;
+        Ok(Some(AdaptiveSlot {
+            in_flight: self.adaptive_in_flight.clone(),
+        }))
+    }
+
+    /// Folds an answer's latency into the adaptive limit.
+    fn sample_adaptive(&self, rtt: Duration, t: Instant, name: &Arc<str>) {
+        if self.adaptive_limit.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let in_flight = self.adaptive_in_flight.load(Ordering::Relaxed);
+        let mut adaptive = self.adaptive.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(a) = adaptive.as_mut() else { return };
+        if a.on_sample(rtt, in_flight.max(1), t) {
+            let limit = a.limit();
+            self.adaptive_limit.store(limit, Ordering::Relaxed);
+            drop(adaptive);
+            publish_adaptive_limit(name, limit);
+        }
+    }
+}
+
+/// `mesh_adaptive_concurrency_limit{backend}`.
+fn publish_adaptive_limit(backend: &Arc<str>, limit: u32) {
+    metrics::gauge!(
+        crate::telemetry::metrics::ADAPTIVE_LIMIT,
+        "backend" => backend.to_string()
+    )
+    .set(f64::from(limit));
+}
+
+/// A request admitted under a backend's adaptive limit, until it is
+/// answered.
+#[derive(Debug)]
+pub struct AdaptiveSlot {
+    in_flight: Arc<AtomicU32>,
+}
+
+impl Drop for AdaptiveSlot {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// State of one endpoint that outlives snapshots.
@@ -765,6 +857,7 @@ impl ResolvedBackend {
                 .store(self.nanos_since_epoch(e.stamp()), Ordering::Relaxed);
             ep.observe_plain(rtt);
         }
+        self.state.sample_adaptive(rtt, now, &self.name);
         let Some(cfg) = &self.outlier else {
             return;
         };

@@ -223,3 +223,125 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
     );
     assert_eq!(m.snapshot().version(), before, "the running config stays");
 }
+
+/// A server of eight workers that each take 10 ms: beyond eight requests
+/// at once, the rest queue, and latency grows with concurrency.
+async fn eight_workers() -> std::net::SocketAddr {
+    let workers = Arc::new(tokio::sync::Semaphore::new(8));
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let workers = workers.clone();
+        async move {
+            let _worker = workers.acquire().await?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, proxyless_tower::BoxError>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::new(),
+            )))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = proxyless_hyper::Server::new(&Mesh::empty());
+    tokio::spawn(async move { server.serve(listener, handler).await });
+    addr
+}
+
+/// 48 callers for `run`; the latencies of the answers after `settle`, and
+/// the refusals.
+async fn load(client: &Client, run: Duration, settle: Duration) -> (Vec<Duration>, u64) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut answered, mut refused) = (Vec::new(), 0u64);
+            while started.elapsed() < run {
+                let t = Instant::now();
+                let req = http::Request::get("http://slow/x")
+                    .body(String::new())
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        if started.elapsed() > settle {
+                            answered.push(t.elapsed());
+                        }
+                    }
+                    _ => {
+                        refused += 1;
+                        // Shed: the caller backs off a little.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+            (answered, refused)
+        }));
+    }
+    let (mut all, mut refused) = (Vec::new(), 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        all.extend(a);
+        refused += r;
+    }
+    all.sort();
+    (all, refused)
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+/// The issue's test: a backend whose latency grows with concurrency (eight
+/// workers of 10 ms) under 48 callers. With an adaptive limit the limit
+/// settles near the knee (the theory: about 13) and p99 stays near the
+/// service time; with the fixed default limit every caller queues and p99
+/// grows to about 48 / 8 x 10 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_finds_the_knee_and_bounds_p99_where_a_fixed_one_does_not() {
+    let addr = eight_workers().await;
+    let yaml = |adaptive: &str| {
+        format!(
+            r#"
+services: [{{ name: slow, routes: [{{ timeout: 5s, to: [pool] }}] }}]
+backends:
+  - name: pool
+    endpoints: ["{addr}"]
+    {adaptive}
+"#
+        )
+    };
+    let (run, settle) = (Duration::from_millis(2500), Duration::from_millis(1200));
+
+    let fixed = Client::new(&mesh(&yaml("")));
+    let (fixed_lat, fixed_refused) = load(&fixed, run, settle).await;
+    assert_eq!(fixed_refused, 0, "nothing is shed under the fixed limit");
+
+    let m = mesh(&yaml(
+        "adaptive_concurrency: { window: 50ms, probe_interval: 1h }",
+    ));
+    let adaptive = Client::new(&m);
+    let (lat, refused) = load(&adaptive, run, settle).await;
+    let backend = adaptive.runtime().backend(&m.snapshot(), 0).unwrap();
+    let limit = backend.state.adaptive_limit().unwrap();
+    assert!((6..=24).contains(&limit), "the limit settled at {limit}");
+    assert!(refused > 0, "the excess was shed");
+    let (p99_fixed, p99_adaptive) = (p99(&fixed_lat), p99(&lat));
+    assert!(
+        p99_fixed >= Duration::from_millis(40),
+        "fixed p99 {p99_fixed:?}"
+    );
+    assert!(
+        p99_adaptive * 2 < p99_fixed,
+        "adaptive p99 {p99_adaptive:?} against fixed {p99_fixed:?} (limit {limit})"
+    );
+    // Both served: the adaptive run is not faster by serving nothing.
+    assert!(
+        lat.len() * 2 > fixed_lat.len(),
+        "{} against {}",
+        lat.len(),
+        fixed_lat.len()
+    );
+    eprintln!(
+        "adaptive limit {limit}; p99 {p99_adaptive:?} (fixed {p99_fixed:?}); answered {} (fixed {}); shed {refused}",
+        lat.len(),
+        fixed_lat.len()
+    );
+}

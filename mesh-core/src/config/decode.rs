@@ -295,6 +295,16 @@ impl<T: Decode> Decode for super::Shared<T> {
     }
 }
 
+impl<T: Decode> Decode for Box<T> {
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        T::decode(n, path, cx).map(Box::new)
+    }
+
+    fn fallback() -> Option<Self> {
+        T::fallback().map(Box::new)
+    }
+}
+
 impl<T: Decode> Decode for BTreeMap<String, T> {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         let Value::Map(entries) = &n.value else {

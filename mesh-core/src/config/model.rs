@@ -614,6 +614,66 @@ pub struct Backend {
     /// looked up again as their records' TTLs say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    /// A limit on requests in flight that finds itself from the latencies
+    /// the backend answers with (boxed: most backends have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<Box<AdaptiveConcurrency>>,
+}
+
+/// An adaptive concurrency limit for a backend (see
+/// `proxyless_core::policy::concurrency`): requests beyond it are refused
+/// at once (`ConcurrencyLimited`), not queued.
+///
+/// ```
+/// use proxyless_core::config::Config;
+/// let cfg = Config::from_yaml(r#"
+/// services: [{ name: search, routes: [{ to: [v1] }] }]
+/// backends:
+///   - name: v1
+///     endpoints: ["10.0.0.1:80"]
+///     adaptive_concurrency: { max_limit: 200 }
+/// "#).unwrap();
+/// let a = cfg.backends[0].adaptive_concurrency.as_ref().unwrap();
+/// assert_eq!((a.min_limit, a.max_limit), (3, 200));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Decode)]
+pub struct AdaptiveConcurrency {
+    /// The floor (the limit keeps a headroom of its square root, so under
+    /// a latency collapse it settles a little above), and the limit while
+    /// the no-load latency is measured.
+    #[decode(default = 3)]
+    pub min_limit: u32,
+    /// The most it rises to.
+    #[decode(default = 1000)]
+    pub max_limit: u32,
+    /// Where it starts once the first probe is done.
+    #[decode(default = 20)]
+    pub initial_limit: u32,
+    /// How much above the no-load latency a window's mean latency may be
+    /// before the limit falls (1.1: 10% above).
+    #[decode(default = 1.1)]
+    pub tolerance: f64,
+    /// How often the limit is adjusted (a window of answers).
+    #[serde(with = "serde_human")]
+    #[decode(default = Duration::from_millis(100))]
+    pub window: Duration,
+    /// How often the no-load latency is measured again.
+    #[serde(with = "serde_human")]
+    #[decode(default = Duration::from_secs(60))]
+    pub probe_interval: Duration,
+}
+
+impl Default for AdaptiveConcurrency {
+    fn default() -> Self {
+        Self {
+            min_limit: 3,
+            max_limit: 1000,
+            initial_limit: 20,
+            tolerance: 1.1,
+            window: Duration::from_millis(100),
+            probe_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// DNS discovery for a backend whose endpoints name hosts (`name:port`),

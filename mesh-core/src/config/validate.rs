@@ -626,6 +626,9 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
             );
         }
     }
+    if let Some(a) = &b.adaptive_concurrency {
+        adaptive_concurrency(v, &child(at, "adaptive_concurrency"), a);
+    }
     if let Some(tls) = &b.tls
         && tls.mode == BackendTlsMode::Mutual
     {
@@ -650,6 +653,64 @@ fn backend<'a>(v: &mut V<'_>, at: &str, b: &'a Backend, seen: &mut FastSet<&'a s
             v.add(ProblemKind::InvalidValue, &child(&at, "sni"), msg);
         }
         identity_sources(v, &at, tls.certificate.as_deref(), tls.trust.as_deref());
+    }
+}
+
+/// The most requests an adaptive limit lets out at once.
+pub(crate) const MAX_ADAPTIVE_LIMIT: u32 = 100_000;
+
+/// An adaptive concurrency limit's bounds: 1 <= min <= initial <= max <=
+/// 100,000; a tolerance of 1 to 10; a window of 1 ms to 1 min; a probe
+/// interval of 1 s to 1 day.
+fn adaptive_concurrency(v: &mut V<'_>, at: &str, a: &super::AdaptiveConcurrency) {
+    if a.min_limit == 0 {
+        v.add(
+            ProblemKind::OutOfRange,
+            &child(at, "min_limit"),
+            "must be at least 1",
+        );
+    }
+    if a.max_limit > MAX_ADAPTIVE_LIMIT || a.max_limit < a.min_limit {
+        let msg = format!(
+            "{} is not between `min_limit` ({}) and {MAX_ADAPTIVE_LIMIT}",
+            a.max_limit, a.min_limit
+        );
+        v.add(ProblemKind::OutOfRange, &child(at, "max_limit"), msg);
+    }
+    if !(a.min_limit..=a.max_limit).contains(&a.initial_limit) {
+        let msg = format!(
+            "{} is not between `min_limit` ({}) and `max_limit` ({})",
+            a.initial_limit, a.min_limit, a.max_limit
+        );
+        v.add(ProblemKind::OutOfRange, &child(at, "initial_limit"), msg);
+    }
+    if !(1.0..=10.0).contains(&a.tolerance) {
+        let msg = format!("{} is not between 1 and 10", a.tolerance);
+        v.add(ProblemKind::OutOfRange, &child(at, "tolerance"), msg);
+    }
+    for (f, d, lo, hi) in [
+        (
+            "window",
+            a.window,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        ),
+        (
+            "probe_interval",
+            a.probe_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        ),
+    ] {
+        if !(lo..=hi).contains(&d) {
+            let msg = format!(
+                "{} is not between {} and {}",
+                super::format_duration(d),
+                super::format_duration(lo),
+                super::format_duration(hi)
+            );
+            v.add(ProblemKind::OutOfRange, &child(at, f), msg);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`budget`]: the retry budget (a ratio of requests plus a floor per second);
 //! - [`breaker`]: circuit-breaker thresholds per backend;
 //! - [`classify`]: response classification by code registered by name;
+//! - [`concurrency`]: the adaptive concurrency limit per backend;
 //! - [`outlier`]: consecutive-failure ejection per endpoint;
 //! - [`ewma`]: peak-EWMA latency per endpoint;
 //! - [`balance`]: endpoint choice (p2c, round robin, random, ring hash, Maglev);
@@ -14,6 +15,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod classify;
+pub mod concurrency;
 pub mod ewma;
 pub mod hedge;
 pub mod locality;

@@ -199,6 +199,37 @@ fn a_hash_balancer_without_a_key_is_refused() {
     assert!(err.to_string().contains("needs a key"), "{err}");
 }
 
+/// An adaptive concurrency limit's bounds are checked, each by its path.
+#[test]
+fn an_adaptive_limit_out_of_its_bounds_is_refused_by_field() {
+    let err = Config::from_yaml(
+        "backends: [{ name: b, endpoints: ['127.0.0.1:1'], adaptive_concurrency: { min_limit: 0, max_limit: 200000, initial_limit: 300000, tolerance: 0.5, window: 0s, probe_interval: 2d } }]",
+    )
+    .unwrap_err()
+    .to_string();
+    for field in [
+        "min_limit",
+        "max_limit",
+        "initial_limit",
+        "tolerance",
+        "window",
+        "probe_interval",
+    ] {
+        assert!(
+            err.contains(&format!("backends[0].adaptive_concurrency.{field}")),
+            "{field}: {err}"
+        );
+    }
+    let ok = Config::from_yaml(
+        "backends: [{ name: b, endpoints: ['127.0.0.1:1'], adaptive_concurrency: {} }]",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.backends[0].adaptive_concurrency.as_deref(),
+        Some(&proxyless_core::config::AdaptiveConcurrency::default())
+    );
+}
+
 /// `grpc` is a protocol of its own name (HTTP/2 on the wire) and `h2c` is
 /// read as `http2`, as users of Istio and Kuma write them; an unknown one
 /// is refused with the list.

@@ -222,6 +222,18 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                             SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap(),
                         )
                     }),
+                    // Derived from the breaker's draw: a limit between its
+                    // bounds, a window in whole milliseconds.
+                    adaptive_concurrency: cb.map(|(r, _, _)| {
+                        Box::new(proxyless_core::config::AdaptiveConcurrency {
+                            min_limit: 1,
+                            max_limit: r.max(1),
+                            initial_limit: 1,
+                            tolerance: 1.25,
+                            window: Duration::from_millis(u64::from(r % 1000 + 1)),
+                            probe_interval: Duration::from_secs(90),
+                        })
+                    }),
                 }
             },
         )

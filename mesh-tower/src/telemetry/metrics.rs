@@ -11,6 +11,7 @@
 //! | `mesh_retry_budget_exhausted_total` | counter | service, route, backend |
 //! | `mesh_attempts_skipped_total` | counter | service, route, backend, attempt (`retry`, `hedge`), reason (`deadline`) |
 //! | `mesh_circuit_breaker_rejections_total` | counter | backend, reason |
+//! | `mesh_adaptive_concurrency_limit` | gauge | backend |
 //! | `mesh_outlier_ejections_total` | counter | backend |
 //! | `mesh_endpoints` | gauge | backend, state (`healthy`, `ejected`) |
 //! | `mesh_authz_denied_total` | counter | service |
@@ -41,6 +42,9 @@ pub const BUDGET_EXHAUSTED: &str = "mesh_retry_budget_exhausted_total";
 /// `mesh_attempts_skipped_total`: retries and hedges not sent because the
 /// deadline would pass before they could answer.
 pub const ATTEMPTS_SKIPPED: &str = "mesh_attempts_skipped_total";
+/// `mesh_adaptive_concurrency_limit`: a backend's adaptive concurrency
+/// limit now.
+pub const ADAPTIVE_LIMIT: &str = "mesh_adaptive_concurrency_limit";
 /// `mesh_circuit_breaker_rejections_total`.
 pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 /// `mesh_outlier_ejections_total`.
@@ -119,6 +123,11 @@ pub fn describe() {
         "Endpoints ejected by outlier detection."
     );
     describe_gauge!(ENDPOINTS, Unit::Count, "Endpoints per backend, by state.");
+    describe_gauge!(
+        ADAPTIVE_LIMIT,
+        Unit::Count,
+        "A backend's adaptive concurrency limit: requests it is sent at once."
+    );
     describe_counter!(
         AUTHZ_DENIED,
         Unit::Count,

@@ -67,6 +67,8 @@ pub(super) fn backend_of(
         tls: upstream_tls(c, warnings).map_err(|e| e.at("transport_socket"))?,
         locality_lb: locality_lb_of(c, cla)?,
         dns: dns_of(c, warnings)?,
+        // Envoy configures it as an HTTP filter, not on a cluster.
+        adaptive_concurrency: None,
     })
 }
 
