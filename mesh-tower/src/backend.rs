@@ -246,7 +246,7 @@ where
         let picked = backend.pick(
             req.headers(),
             avoid.as_deref(),
-            (rand::random(), rand::random()),
+            (crate::runtime::random(), crate::runtime::random()),
             t,
         );
         let index = match picked {

@@ -64,9 +64,11 @@ where
             .map_or(Duration::ZERO, |r| r.timeout());
         let delay = fault
             .delay
-            .filter(|d| hit(d.percent, rand::random()))
+            .filter(|d| hit(d.percent, crate::runtime::random()))
             .map(|d| d.fixed);
-        let abort = fault.abort.filter(|a| hit(a.percent, rand::random()));
+        let abort = fault
+            .abort
+            .filter(|a| hit(a.percent, crate::runtime::random()));
         let deadline = deadline_of(&req);
         Either::right(Box::pin(async move {
             if let Some(delay) = delay {

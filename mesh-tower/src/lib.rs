@@ -75,6 +75,8 @@ pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timeout;
 
 use body::MeshBody;

@@ -53,7 +53,7 @@ impl<S> Mirror<S> {
         }
         let routed = crate::ext::routed(req)?;
         let (backend, percent) = routed.route_entry()?.mirror()?;
-        if rand::random::<f64>() * 100.0 >= percent {
+        if crate::runtime::random::<f64>() * 100.0 >= percent {
             return None;
         }
         let body = req

@@ -276,7 +276,7 @@ where
         // Whether the retry could answer in time is judged before it takes
         // anything from the budget or the breaker: a hopeless retry only
         // adds load to a backend that is struggling already.
-        let wake = crate::ext::deadline_after(backoff(policy, n, rand::random()));
+        let wake = crate::ext::deadline_after(backoff(policy, n, crate::runtime::random()));
         if let Some(skipped) = self.hopeless(n, wake, endpoint.as_deref()) {
             self.runtime
                 .stats()

@@ -100,7 +100,12 @@ where
                 return Either::right(Box::pin(std::future::ready(Err(e.into()))));
             }
         }
-        let decision = decide_in(&snap, found, &RequestParts::of(&req), rand::random());
+        let decision = decide_in(
+            &snap,
+            found,
+            &RequestParts::of(&req),
+            crate::runtime::random(),
+        );
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {
                 if let Some(c) = no_route_counter() {

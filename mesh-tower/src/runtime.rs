@@ -36,6 +36,37 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the latency estimate forgets (Linkerd's default).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
+#[cfg(feature = "testing")]
+thread_local! {
+    /// The mesh's draws on this thread, when a test seeded them.
+    static SEEDED: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The mesh's randomness: `rand`'s thread generator, or (feature
+/// `testing`) a seeded one when a test asked for it on this thread.
+pub(crate) fn random<T>() -> T
+where
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
+    #[cfg(feature = "testing")]
+    {
+        use rand::Rng;
+        let seeded = SEEDED.with(|s| s.try_borrow_mut().ok()?.as_mut().map(|r| r.random()));
+        if let Some(v) = seeded {
+            return v;
+        }
+    }
+    rand::random()
+}
+
+/// Seeds the mesh's draws on this thread.
+#[cfg(feature = "testing")]
+pub(crate) fn seed_this_thread(seed: u64) {
+    use rand::SeedableRng;
+    SEEDED.with(|s| *s.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+}
+
 /// The mesh's clock: tokio's, so paused-time tests drive it too.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
