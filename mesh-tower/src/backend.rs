@@ -387,7 +387,12 @@ where
                     Err(e) => outcome_of_error(&**e),
                 };
                 let outcome = match &sent.classifier {
-                    Some(c) => crate::classify::outcome_for_endpoint(c, &result, outcome),
+                    Some(c) => crate::classify::outcome_for_endpoint(
+                        c,
+                        &result,
+                        outcome,
+                        &sent.recorder.backend.name,
+                    ),
                     None => outcome,
                 };
                 sent.recorder.record(outcome);

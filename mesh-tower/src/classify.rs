@@ -27,17 +27,34 @@ pub(crate) fn class_of<RB>(
 
 /// How an attempt counts for the endpoint's outlier detection and latency:
 /// a response as its route's classifier judged it; an error (no response)
-/// as it is, whatever the classifier says of retrying it.
+/// as it is, whatever the classifier says of retrying it. A response the
+/// classifier judges otherwise than the default would is counted
+/// (`mesh_reclassified_total{backend, as}`).
 pub(crate) fn outcome_for_endpoint<RB>(
     classifier: &Classifier,
     result: &Result<Response<RB>, BoxError>,
     outcome: Outcome,
+    backend: &str,
 ) -> Outcome {
-    match result {
-        Ok(r) => Outcome::Classified {
-            status: r.status().as_u16(),
-            failed: class_of(classifier, result).is_failure(),
-        },
-        Err(_) => outcome,
+    let Ok(r) = result else { return outcome };
+    let grpc_status = crate::grpc::status(r.headers());
+    let attempt = Attempt::Response {
+        status: r.status(),
+        headers: r.headers(),
+        grpc_status,
+    };
+    let failed = classifier.classify(&attempt).is_failure();
+    if failed != attempt.default_class().is_failure() {
+        let judged = if failed { "failure" } else { "success" };
+        metrics::counter!(
+            crate::telemetry::metrics::RECLASSIFIED,
+            "backend" => backend.to_owned(),
+            "as" => judged
+        )
+        .increment(1);
+    }
+    Outcome::Classified {
+        status: r.status().as_u16(),
+        failed,
     }
 }

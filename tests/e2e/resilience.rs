@@ -345,3 +345,80 @@ backends:
         fixed_lat.len()
     );
 }
+
+/// The metrics of all three, from one run under the testing kit (paused
+/// time, a recorder local to this thread): a skipped hopeless retry, the
+/// responses a classifier judged otherwise than the default, the adaptive
+/// limit and its refusals.
+#[tokio::test(start_paused = true)]
+async fn skips_reclassifications_and_the_adaptive_limit_are_in_the_metrics() {
+    use proxyless_tower::testing::{Endpoint, Latency, Sim};
+    classify::register("e2e-metrics-overloaded", |a: &Attempt<'_>| match a {
+        Attempt::Response { status, .. } if status.as_u16() == 429 => Class::RetryableFailure,
+        a => a.default_class(),
+    })
+    .unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let ms = Duration::from_millis;
+    let sim = Sim::new(4)
+        .endpoint(
+            "10.0.0.1:80",
+            Endpoint::new().latency(Latency::Fixed(ms(200))).errors(1.0),
+        )
+        .endpoint(
+            "10.0.0.2:80",
+            Endpoint::new()
+                .errors(1.0)
+                .error_status(http::StatusCode::TOO_MANY_REQUESTS),
+        )
+        .endpoint(
+            "10.0.0.3:80",
+            Endpoint::new().latency(Latency::Fixed(ms(10))).workers(2),
+        );
+    let m = mesh(
+        r#"
+services:
+  - name: slow
+    routes: [{ name: r, timeout: 250ms, retry: { attempts: 3, on: [5xx], backoff: { base: 1ms, max: 1ms } }, to: [slow] }]
+  - name: shedding
+    classifier: e2e-metrics-overloaded
+    routes: [{ name: r, retry: { attempts: 2 }, to: [shedding] }]
+  - name: small
+    routes: [{ name: r, timeout: 5s, to: [small] }]
+backends:
+  - { name: slow, endpoints: ["10.0.0.1:80"] }
+  - { name: shedding, endpoints: ["10.0.0.2:80"] }
+  - name: small
+    endpoints: ["10.0.0.3:80"]
+    adaptive_concurrency: { window: 20ms, min_limit: 1, initial_limit: 2 }
+"#,
+    );
+    let client = sim.client(&m).pause_after_refusal(ms(1));
+    client.run(2, 1, |_| "http://slow/").await;
+    client.run(3, 1, |_| "http://shedding/").await;
+    client.run(500, 8, |_| "http://small/").await;
+    let text = handle.render();
+    let has = |line: &str| text.lines().any(|l| l.starts_with(line));
+    assert!(
+        has(
+            r#"mesh_attempts_skipped_total{service="slow",route="r",backend="slow",attempt="retry",reason="deadline"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"mesh_reclassified_total{backend="shedding",as="failure"} 6"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"mesh_adaptive_concurrency_limit{backend="small"}"#),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"mesh_circuit_breaker_rejections_total{backend="small",reason="adaptive_concurrency"}"#
+        ),
+        "{text}"
+    );
+}

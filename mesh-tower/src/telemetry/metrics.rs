@@ -12,6 +12,7 @@
 //! | `mesh_attempts_skipped_total` | counter | service, route, backend, attempt (`retry`, `hedge`), reason (`deadline`) |
 //! | `mesh_circuit_breaker_rejections_total` | counter | backend, reason |
 //! | `mesh_adaptive_concurrency_limit` | gauge | backend |
+//! | `mesh_reclassified_total` | counter | backend, as (`failure`, `success`) |
 //! | `mesh_outlier_ejections_total` | counter | backend |
 //! | `mesh_endpoints` | gauge | backend, state (`healthy`, `ejected`) |
 //! | `mesh_authz_denied_total` | counter | service |
@@ -45,6 +46,10 @@ pub const ATTEMPTS_SKIPPED: &str = "mesh_attempts_skipped_total";
 /// `mesh_adaptive_concurrency_limit`: a backend's adaptive concurrency
 /// limit now.
 pub const ADAPTIVE_LIMIT: &str = "mesh_adaptive_concurrency_limit";
+/// `mesh_reclassified_total`: responses a route's classifier judged
+/// otherwise than the default would (a 2xx or 4xx called a failure, a 5xx
+/// called a success), by backend and `as` (`failure`, `success`).
+pub const RECLASSIFIED: &str = "mesh_reclassified_total";
 /// `mesh_circuit_breaker_rejections_total`.
 pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 /// `mesh_outlier_ejections_total`.
@@ -123,6 +128,11 @@ pub fn describe() {
         "Endpoints ejected by outlier detection."
     );
     describe_gauge!(ENDPOINTS, Unit::Count, "Endpoints per backend, by state.");
+    describe_counter!(
+        RECLASSIFIED,
+        Unit::Count,
+        "Responses a route's classifier judged otherwise than the default would."
+    );
     describe_gauge!(
         ADAPTIVE_LIMIT,
         Unit::Count,
