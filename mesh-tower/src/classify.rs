@@ -7,21 +7,41 @@ use http::Response;
 use proxyless_core::policy::Outcome;
 use proxyless_core::policy::classify::{Attempt, Class, Classifier};
 
+/// What `classifier` says `attempt` came to. A classifier is the
+/// application's code: one that panics is reported and the attempt is
+/// classified by default, rather than the panic taking the request (or the
+/// connection task polling it) down.
+fn run(classifier: &Classifier, attempt: &Attempt<'_>) -> Class {
+    let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        classifier.classify(attempt)
+    }));
+    judged.unwrap_or_else(|_| {
+        tracing::error!("a response classifier panicked; the attempt is classified by default");
+        attempt.default_class()
+    })
+}
+
 /// What `classifier` says `result` came to.
 pub(crate) fn class_of<RB>(
     classifier: &Classifier,
     result: &Result<Response<RB>, BoxError>,
 ) -> Class {
     match result {
-        Ok(r) => classifier.classify(&Attempt::Response {
-            status: r.status(),
-            headers: r.headers(),
-            grpc_status: crate::grpc::status(r.headers()),
-        }),
-        Err(e) => classifier.classify(&Attempt::Error {
-            outcome: outcome_of_error(&**e),
-            error: &**e,
-        }),
+        Ok(r) => run(
+            classifier,
+            &Attempt::Response {
+                status: r.status(),
+                headers: r.headers(),
+                grpc_status: crate::grpc::status(r.headers()),
+            },
+        ),
+        Err(e) => run(
+            classifier,
+            &Attempt::Error {
+                outcome: outcome_of_error(&**e),
+                error: &**e,
+            },
+        ),
     }
 }
 
@@ -43,7 +63,7 @@ pub(crate) fn outcome_for_endpoint<RB>(
         headers: r.headers(),
         grpc_status,
     };
-    let failed = classifier.classify(&attempt).is_failure();
+    let failed = run(classifier, &attempt).is_failure();
     if failed != attempt.default_class().is_failure() {
         let judged = if failed { "failure" } else { "success" };
         metrics::counter!(

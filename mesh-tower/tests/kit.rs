@@ -243,3 +243,26 @@ backends: [{{ name: b, endpoints: ["10.0.0.1:80"] }}]
     assert_eq!(sim.answered("10.0.0.1:80"), 1 + 3, "three attempts");
     assert_eq!(long.runtime().stats().retries.load(Ordering::Relaxed), 2);
 }
+
+/// A classifier that panics is the application's bug, not the request's
+/// end: the attempt is classified by default and the call is answered.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_classifier_falls_back_to_the_default() {
+    use proxyless_core::policy::classify::{self, Attempt, Class};
+    classify::register("kit-panics", |_: &Attempt<'_>| -> Class {
+        panic!("a classifier bug")
+    })
+    .unwrap();
+    let sim = Sim::new(2)
+        .endpoint("10.0.0.1:80", Endpoint::new().errors(1.0))
+        .endpoint("10.0.0.2:80", Endpoint::new());
+    let m = mesh(
+        r#"
+services: [{ name: s, classifier: kit-panics, routes: [{ retry: { attempts: 3, on: [5xx] }, to: [b] }] }]
+backends: [{ name: b, load_balancer: round_robin, endpoints: ["10.0.0.1:80", "10.0.0.2:80"] }]
+"#,
+    );
+    let report = sim.client(&m).run(20, 1, |_| "http://s/").await;
+    // By default a 503 is retryable-failure: retried on the other endpoint.
+    assert_eq!(report.success_rate(), 1.0, "{report}");
+}
