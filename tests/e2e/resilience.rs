@@ -339,6 +339,19 @@ backends:
         lat.len(),
         fixed_lat.len()
     );
+    // The admin server's /clusters shows the limit.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    let admin = proxyless_hyper::admin::Admin::new(&m).with_client(&adaptive);
+    tokio::spawn(admin.serve(listener));
+    let (status, clusters) = crate::telemetry::get(admin_addr, "/clusters").await;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    assert_eq!(
+        clusters["backends"][0]["adaptive_concurrency_limit"],
+        serde_json::json!([limit]),
+        "{clusters}"
+    );
     eprintln!(
         "adaptive limit {limit}; p99 {p99_adaptive:?} (fixed {p99_fixed:?}); answered {} (fixed {}); shed {refused}",
         lat.len(),
