@@ -139,7 +139,7 @@ impl ServiceEntry {
                 split: WeightTable::new(split_of(r, backend_index)),
                 timeout: r.timeout.unwrap_or(config.defaults.timeout),
                 retry: r.retry.clone(),
-                fault: r.fault.clone(),
+                fault: r.fault.as_deref().cloned(),
                 mirror: mirror_of(r, backend_index),
                 classifier: r
                     .classifier
@@ -149,12 +149,12 @@ impl ServiceEntry {
                 hedge: r.hedge.as_ref().map(|h| {
                     let now = std::time::Instant::now();
                     let state = crate::policy::hedge::HedgeState::new(h.budget_percent, now);
-                    (h.clone(), Arc::new(state))
+                    ((**h).clone(), Arc::new(state))
                 }),
                 limiter: r.rate_limit.as_ref().map(|l| {
                     let now = std::time::Instant::now();
                     (
-                        l.clone(),
+                        (**l).clone(),
                         Arc::new(crate::policy::ratelimit::Limiter::new(l, now)),
                     )
                 }),

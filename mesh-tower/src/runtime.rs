@@ -355,7 +355,7 @@ impl Runtime {
         let plan = Plan::new(
             caller,
             &places,
-            cfg.locality_lb.as_ref().unwrap_or(&default_lb),
+            cfg.locality_lb.as_deref().unwrap_or(&default_lb),
         );
         let resolved = ResolvedBackend {
             name: entry.name().clone(),
@@ -365,7 +365,7 @@ impl Runtime {
             healthy: origins.iter().map(|e| e.healthy).collect(),
             plan,
             picker,
-            outlier: cfg.outlier_detection.clone(),
+            outlier: cfg.outlier_detection.as_deref().cloned(),
             epoch: self.epoch,
             mutual_tls: entry.upstream_tls().is_some(),
         };

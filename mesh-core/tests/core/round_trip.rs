@@ -99,13 +99,15 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
         .prop_map(
             |(name, matches, to, timeout, retry, fault, (mirror, rate_limit))| Route {
                 // With no retry policy, a hedging one.
-                hedge: retry.is_none().then_some(HedgePolicy {
-                    attempts: 3,
-                    delay: HedgeDelay::Percentile(95.0),
-                    budget_percent: 10.0,
-                    hedge_non_idempotent: false,
+                hedge: retry.is_none().then(|| {
+                    Box::new(HedgePolicy {
+                        attempts: 3,
+                        delay: HedgeDelay::Percentile(95.0),
+                        budget_percent: 10.0,
+                        hedge_non_idempotent: false,
+                    })
                 }),
-                rate_limit,
+                rate_limit: rate_limit.map(Box::new),
                 name,
                 matches,
                 to: to
@@ -117,13 +119,17 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
                     .collect(),
                 timeout,
                 retry,
-                fault: fault.map(|(delay, abort)| Fault {
-                    delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),
-                    abort: abort.map(|(status, percent)| FaultAbort { status, percent }),
+                fault: fault.map(|(delay, abort)| {
+                    Box::new(Fault {
+                        delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),
+                        abort: abort.map(|(status, percent)| FaultAbort { status, percent }),
+                    })
                 }),
-                mirror: mirror.map(|(b, percent)| Mirror {
-                    backend: format!("b{b}"),
-                    percent,
+                mirror: mirror.map(|(b, percent)| {
+                    Box::new(Mirror {
+                        backend: format!("b{b}"),
+                        percent,
+                    })
                 }),
                 classifier: timeout.map(|_| "overloaded".to_owned()),
             },
@@ -200,8 +206,8 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                             healthy: healthy || dns.is_some(),
                         })
                         .collect(),
-                    locality_lb,
-                    dns,
+                    locality_lb: locality_lb.map(Box::new),
+                    dns: dns.map(Box::new),
                     protocol,
                     load_balancer,
                     circuit_breaker: cb.map(|(r, p, x)| CircuitBreaker {
@@ -209,18 +215,20 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                         max_pending: p,
                         max_retries: x,
                     }),
-                    outlier_detection: od.map(|(a, b, c, base, mult, pct)| OutlierDetection {
-                        consecutive_5xx: a,
-                        consecutive_gateway_errors: b,
-                        consecutive_connect_failures: c,
-                        base_ejection: Duration::from_secs(base),
-                        max_ejection: Duration::from_secs(base * mult),
-                        max_ejection_percent: pct,
+                    outlier_detection: od.map(|(a, b, c, base, mult, pct)| {
+                        Box::new(OutlierDetection {
+                            consecutive_5xx: a,
+                            consecutive_gateway_errors: b,
+                            consecutive_connect_failures: c,
+                            base_ejection: Duration::from_secs(base),
+                            max_ejection: Duration::from_secs(base * mult),
+                            max_ejection_percent: pct,
+                        })
                     }),
                     tls: tls.map(|sa| {
-                        BackendTls::mutual(
+                        Box::new(BackendTls::mutual(
                             SpiffeId::new(&format!("spiffe://demo.local/sa/{sa}")).unwrap(),
-                        )
+                        ))
                     }),
                     // Derived from the breaker's draw: a limit between its
                     // bounds, a window in whole milliseconds.

@@ -63,10 +63,12 @@ pub(super) fn backend_of(
         protocol,
         load_balancer,
         circuit_breaker: breaker_of(c),
-        outlier_detection: outlier_of(c),
-        tls: upstream_tls(c, warnings).map_err(|e| e.at("transport_socket"))?,
-        locality_lb: locality_lb_of(c, cla)?,
-        dns: dns_of(c, warnings)?,
+        outlier_detection: outlier_of(c).map(Box::new),
+        tls: upstream_tls(c, warnings)
+            .map_err(|e| e.at("transport_socket"))?
+            .map(Box::new),
+        locality_lb: locality_lb_of(c, cla)?.map(Box::new),
+        dns: dns_of(c, warnings)?.map(Box::new),
         // Envoy configures it as an HTTP filter, not on a cluster.
         adaptive_concurrency: None,
     })

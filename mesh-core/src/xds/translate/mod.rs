@@ -319,7 +319,7 @@ pub(super) fn service_of(
             )
         })?;
         if route.fault.is_none() {
-            route.fault.clone_from(&inherited);
+            route.fault = inherited.clone().map(Box::new);
         }
         routes.push(route);
     }

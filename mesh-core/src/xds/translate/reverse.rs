@@ -250,7 +250,7 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
         cluster_specifier: Some(cluster_specifier),
         timeout: route.timeout.map(pdur),
         retry_policy: route.retry.as_ref().map(retry_of),
-        request_mirror_policies: route.mirror.iter().map(mirror_of).collect(),
+        request_mirror_policies: route.mirror.iter().map(|m| mirror_of(m)).collect(),
         ..Default::default()
     };
     let metadata = route
@@ -415,7 +415,7 @@ fn cluster_of(b: &Backend) -> Cluster {
             .tls
             .as_ref()
             .filter(|t| t.mode == crate::config::BackendTlsMode::Mutual)
-            .map(tls_socket),
+            .map(|t| tls_socket(t)),
         common_lb_config: locality_specifier(&locality_lb).map(|specifier| {
             cluster::CommonLbConfig {
                 locality_config_specifier: Some(specifier),

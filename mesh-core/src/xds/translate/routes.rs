@@ -75,10 +75,10 @@ pub(super) fn route_of(
         to,
         timeout,
         retry,
-        fault,
-        mirror,
-        rate_limit,
-        hedge,
+        fault: fault.map(Box::new),
+        mirror: mirror.map(Box::new),
+        rate_limit: rate_limit.map(Box::new),
+        hedge: hedge.map(Box::new),
         classifier: None,
     })
 }
