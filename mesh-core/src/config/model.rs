@@ -590,7 +590,7 @@ pub struct Mirror {
 ///
 /// Settings most backends leave out are boxed: absent, each costs a
 /// pointer's 8 bytes instead of its whole size (a backend is 144 bytes
-/// rather than 432, which at 10,000 services is about 6 MB).
+/// rather than 440, which at 10,000 services is about 6 MB).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Decode)]
 #[decode(fallback)]
 pub struct Backend {

@@ -143,8 +143,8 @@ pub struct XdsStatus {
 /// One resource type's subscription, for the admin server.
 #[derive(Debug, Default, Clone)]
 pub struct TypeStatus {
-    /// The names subscribed to.
-    pub subscribed: Vec<String>,
+    /// The names subscribed to (the client's own set, shared).
+    pub subscribed: Arc<std::collections::BTreeSet<String>>,
     /// How many of them are held.
     pub held: usize,
     /// The last version accepted (state of the world: the response's;
@@ -173,7 +173,7 @@ impl XdsStatus {
                 (
                     t.to_owned(),
                     serde_json::json!({
-                        "subscribed": s.subscribed,
+                        "subscribed": s.subscribed.iter().collect::<Vec<_>>(),
                         "held": s.held,
                         "version": s.version,
                     }),

@@ -100,11 +100,9 @@ fn json_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value
 /// What survives reconnects: subscriptions, accepted versions, and the
 /// resources accepted so far.
 pub(super) struct State {
-    /// Subscribed names per type.
-    names: BTreeMap<&'static str, BTreeSet<String>>,
-    /// Changes to `names` so far, and the count the status last showed.
-    names_changes: u64,
-    reported_names: Option<u64>,
+    /// Subscribed names per type, shared with the status (a client may
+    /// subscribe to tens of thousands: they are held once).
+    names: BTreeMap<&'static str, Arc<BTreeSet<String>>>,
     /// State of the world: the accepted version and last nonce per type.
     version: BTreeMap<&'static str, String>,
     nonce: BTreeMap<&'static str, String>,
@@ -195,15 +193,13 @@ impl State {
                 .insert(inbound.listener.clone());
         }
         Self {
-            names,
+            names: names.into_iter().map(|(t, n)| (t, Arc::new(n))).collect(),
             version: BTreeMap::new(),
             nonce: BTreeMap::new(),
             resource_versions: BTreeMap::new(),
             resources: Resources::default(),
             kept: translate::Kept::default(),
             followed: None,
-            names_changes: 0,
-            reported_names: None,
             parked: Resources::default(),
             sotw: settings.api == Api::Sotw,
             max_resource_bytes: settings.max_resource_bytes,
@@ -246,7 +242,7 @@ impl State {
 
     fn names(&self, t: &str) -> &BTreeSet<String> {
         static NONE: BTreeSet<String> = BTreeSet::new();
-        self.names.get(t).unwrap_or(&NONE)
+        self.names.get(t).map_or(&NONE, |n| &**n)
     }
 
     /// Publishes an empty config when nothing is subscribed yet: an
@@ -333,10 +329,8 @@ impl State {
     }
 
     /// Writes what is subscribed and held into `status`. The names are
-    /// copied only when they changed since the last report (a client may
-    /// subscribe to tens of thousands).
+    /// shared, not copied (a client may subscribe to tens of thousands).
     fn report(&mut self, status: &XdsStatus) {
-        let copy_names = self.reported_names != Some(self.names_changes);
         let mut types = status
             .resources
             .lock()
@@ -352,12 +346,13 @@ impl State {
                 "only subscribed {t} resources are held"
             );
             let entry = types.entry(short(t)).or_default();
-            if copy_names {
-                entry.subscribed = names.iter().cloned().collect();
+            if let Some(shared) = self.names.get(t)
+                && !Arc::ptr_eq(shared, &entry.subscribed)
+            {
+                entry.subscribed = shared.clone();
             }
             entry.held = held;
         }
-        self.reported_names = Some(self.names_changes);
     }
 
     /// Ends the waits of hosts the running config now answers for.
@@ -417,14 +412,13 @@ impl State {
 
     fn resubscribe(&mut self, t: &'static str, names: BTreeSet<String>) -> Option<Change> {
         let current = self.names.entry(t).or_default();
-        if *current == names {
+        if **current == names {
             return None;
         }
         let added: Vec<String> = names.difference(current).cloned().collect();
         let removed: Vec<String> = current.difference(&names).cloned().collect();
         let told_nothing = self.sotw && names.is_empty();
-        *current = names;
-        self.names_changes += 1;
+        *current = Arc::new(names);
         if told_nothing {
             // The server still counts these as ours (see `parked`).
             let saved = self
@@ -915,8 +909,8 @@ mod tests {
         assert_eq!(asked, MAX_ON_DEMAND_HOSTS);
     }
 
-    /// The status shows the subscribed names as they are now, copied only
-    /// when they changed.
+    /// The status shows the subscribed names as they are now, sharing the
+    /// client's set.
     #[test]
     fn the_status_follows_subscriptions() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -924,10 +918,12 @@ mod tests {
         let settings = XdsSettings::new("http://127.0.0.1:1", "test", vec!["a".into()]);
         let mut state = State::new(&settings, demand);
         let status = XdsStatus::default();
-        let subscribed = |status: &XdsStatus| {
+        let subscribed = |status: &XdsStatus| -> Vec<String> {
             status.resources.lock().unwrap()["Listener"]
                 .subscribed
-                .clone()
+                .iter()
+                .cloned()
+                .collect()
         };
         state.report(&status);
         assert_eq!(subscribed(&status), ["a"]);
@@ -935,17 +931,11 @@ mod tests {
         assert!(state.resubscribe(type_url::LISTENER, names).is_some());
         state.report(&status);
         assert_eq!(subscribed(&status), ["a", "b"]);
-        // Unchanged names are not copied again, and stay shown.
-        status
-            .resources
-            .lock()
-            .unwrap()
-            .get_mut("Listener")
-            .unwrap()
+        // The status shares the client's set: no copy of the names.
+        let shared = status.resources.lock().unwrap()["Listener"]
             .subscribed
-            .push("marker".into());
-        state.report(&status);
-        assert_eq!(subscribed(&status), ["a", "b", "marker"]);
+            .clone();
+        assert!(Arc::ptr_eq(&shared, &state.names[type_url::LISTENER]));
         assert!(
             state
                 .resubscribe(type_url::LISTENER, BTreeSet::from(["b".to_owned()]))

@@ -110,7 +110,18 @@ fn eds_of(r: &Resources, uses: &[String]) -> Arc<[String]> {
             eds.insert(e.clone());
         }
     }
-    eds.into_iter().collect()
+    list(eds.into_iter().collect())
+}
+
+/// `names` shared; an empty list is one shared allocation, not one per
+/// kept service or backend (most have no warnings, many no EDS).
+fn list(names: Vec<String>) -> Arc<[String]> {
+    static EMPTY: std::sync::LazyLock<Arc<[String]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    if names.is_empty() {
+        EMPTY.clone()
+    } else {
+        names.into()
+    }
 }
 
 impl KeptBackend {
@@ -347,7 +358,7 @@ fn translate_service(
         eds: eds_of(r, &uses),
         uses,
         service: service.into(),
-        warnings: own.into(),
+        warnings: list(own),
         seen: 0,
     }))
 }
@@ -390,7 +401,7 @@ fn backend(
         cluster: c.clone(),
         endpoints,
         backend: backend.into(),
-        warnings: own.into(),
+        warnings: list(own),
     }))
 }
 
