@@ -139,7 +139,7 @@ impl ServiceEntry {
                 split: WeightTable::new(split_of(r, backend_index)),
                 timeout: r.timeout.unwrap_or(config.defaults.timeout),
                 retry: r.retry.clone(),
-                fault: r.fault.as_deref().cloned(),
+                fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
                 classifier: r
                     .classifier
@@ -149,14 +149,14 @@ impl ServiceEntry {
                 hedge: r.hedge.as_ref().map(|h| {
                     let now = std::time::Instant::now();
                     let state = crate::policy::hedge::HedgeState::new(h.budget_percent, now);
-                    ((**h).clone(), Arc::new(state))
+                    Box::new(((**h).clone(), Arc::new(state)))
                 }),
                 limiter: r.rate_limit.as_ref().map(|l| {
                     let now = std::time::Instant::now();
-                    (
+                    Box::new((
                         (**l).clone(),
                         Arc::new(crate::policy::ratelimit::Limiter::new(l, now)),
-                    )
+                    ))
                 }),
             })
             .collect();
@@ -225,20 +225,26 @@ pub struct RouteEntry {
     pub(crate) split: WeightTable,
     pub(crate) timeout: Duration,
     pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) fault: Option<Fault>,
+    /// Boxed, as the policies below: most routes have none, and absent
+    /// each costs a pointer.
+    pub(crate) fault: Option<Box<Fault>>,
     pub(crate) mirror: Option<(u32, f64)>,
     /// The route's rate limit's buckets (kept while the compiled service
     /// is).
-    pub(crate) limiter: Option<(
-        crate::config::RateLimit,
-        Arc<crate::policy::ratelimit::Limiter>,
-    )>,
+    pub(crate) limiter: Option<
+        Box<(
+            crate::config::RateLimit,
+            Arc<crate::policy::ratelimit::Limiter>,
+        )>,
+    >,
     /// The route's hedging policy and state (kept while the compiled
     /// service is).
-    pub(crate) hedge: Option<(
-        crate::config::HedgePolicy,
-        Arc<crate::policy::hedge::HedgeState>,
-    )>,
+    pub(crate) hedge: Option<
+        Box<(
+            crate::config::HedgePolicy,
+            Arc<crate::policy::hedge::HedgeState>,
+        )>,
+    >,
     /// The classifier the route (or its service) names.
     pub(crate) classifier: Option<crate::policy::classify::Classifier>,
 }
@@ -258,7 +264,7 @@ impl RouteEntry {
     }
     /// Fault injection, if any.
     pub fn fault(&self) -> Option<&Fault> {
-        self.fault.as_ref()
+        self.fault.as_deref()
     }
     /// The weighted backends, as (backend index, weight).
     pub fn split(&self) -> &WeightTable {
@@ -281,7 +287,7 @@ impl RouteEntry {
         &crate::config::HedgePolicy,
         &Arc<crate::policy::hedge::HedgeState>,
     )> {
-        self.hedge.as_ref().map(|(p, s)| (p, s))
+        self.hedge.as_deref().map(|(p, s)| (p, s))
     }
 
     /// The route's rate limit and its buckets, if it has one.
@@ -291,7 +297,7 @@ impl RouteEntry {
         &crate::config::RateLimit,
         &crate::policy::ratelimit::Limiter,
     )> {
-        self.limiter.as_ref().map(|(l, b)| (l, &**b))
+        self.limiter.as_deref().map(|(l, b)| (l, &**b))
     }
 }
 
