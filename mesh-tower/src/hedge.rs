@@ -157,22 +157,18 @@ where
     /// been taking on the endpoints the hedge could go to.
     fn hopeless(&self, sent: u32) -> Option<RetrySkipped> {
         let deadline = self.routed.deadline()?;
-        let t = Instant::now();
-        let remaining = deadline.saturating_duration_since(t);
         let backend = self
             .routed
             .backend_entry()
             .and_then(|(i, _)| self.runtime.backend(self.routed.snapshot(), i));
         let avoid = self.routed.last_pick();
-        let expected = backend
-            .and_then(|b| b.expected_latency(avoid.as_deref(), now()))
-            .unwrap_or(Duration::ZERO);
-        (t >= deadline || remaining < expected).then_some(RetrySkipped {
-            attempt: SkippedAttempt::Hedge,
-            attempts: sent,
-            remaining,
-            expected,
-        })
+        crate::retry::hopeless(
+            (SkippedAttempt::Hedge, sent),
+            deadline,
+            Instant::now(),
+            backend.as_deref(),
+            avoid.as_deref(),
+        )
     }
 
     /// Takes a hedge from both budgets.

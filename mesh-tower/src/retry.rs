@@ -327,19 +327,14 @@ where
     /// left of it is less than the least an attempt has been taking on the
     /// endpoints the retry could go to (`avoid` is the one that failed).
     fn hopeless(&self, n: u32, wake: Instant, avoid: Option<&str>) -> Option<RetrySkipped> {
-        let deadline = self.deadline?;
-        let remaining = deadline.saturating_duration_since(wake);
-        let expected = self
-            .backend
-            .as_ref()
-            .and_then(|b| b.expected_latency(avoid, now()))
-            .unwrap_or(Duration::ZERO);
-        (wake >= deadline || remaining < expected).then_some(RetrySkipped {
-            attempt: SkippedAttempt::Retry,
-            attempts: n,
-            remaining,
-            expected,
-        })
+        let attempt = (SkippedAttempt::Retry, n);
+        hopeless(
+            attempt,
+            self.deadline?,
+            wake,
+            self.backend.as_deref(),
+            avoid,
+        )
     }
 
     /// The attempts after the first, from the backoff before attempt 2.
@@ -477,6 +472,31 @@ impl<S> Retry<S> {
             state,
         })
     }
+}
+
+/// Whether an attempt (a retry or a hedge, after `attempts`) sent at `at`
+/// could not answer before `deadline`: `at` is past it, or what is left is
+/// less than the least an attempt has been taking on the endpoints of
+/// `backend` it could go to (other than `avoid` when there are others).
+/// An endpoint never heard from may be fast: then only the deadline
+/// itself counts.
+pub(crate) fn hopeless(
+    (attempt, attempts): (SkippedAttempt, u32),
+    deadline: Instant,
+    at: Instant,
+    backend: Option<&crate::runtime::ResolvedBackend>,
+    avoid: Option<&str>,
+) -> Option<RetrySkipped> {
+    let remaining = deadline.saturating_duration_since(at);
+    let expected = backend
+        .and_then(|b| b.expected_latency(avoid, now()))
+        .unwrap_or(Duration::ZERO);
+    (at >= deadline || remaining < expected).then_some(RetrySkipped {
+        attempt,
+        attempts,
+        remaining,
+        expected,
+    })
 }
 
 /// Bounds the request's deadline by `per_try` from now.

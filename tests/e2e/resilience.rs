@@ -45,14 +45,7 @@ async fn a_retry_that_cannot_answer_before_the_deadline_is_not_sent() {
 
     let short = Client::new(&mesh(&retrying(&addr, "300ms")));
     let started = Instant::now();
-    let resp = short
-        .request(
-            http::Request::get("http://ratings/x")
-                .body(String::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = short.request(get("http://ratings/x")).await.unwrap();
     let took = started.elapsed();
     assert_eq!(resp.status(), 503, "the last real result");
     assert_eq!(slow.served(), 1, "one attempt reached the backend");
@@ -77,14 +70,7 @@ async fn a_retry_that_cannot_answer_before_the_deadline_is_not_sent() {
     assert_eq!(stats.retries.load(Ordering::Relaxed), 0);
 
     let long = Client::new(&mesh(&retrying(&addr, "1s")));
-    let resp = long
-        .request(
-            http::Request::get("http://ratings/x")
-                .body(String::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = long.request(get("http://ratings/x")).await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(slow.served(), 1 + 3, "all three attempts were sent");
     assert!(resp.extensions().get::<RetrySkipped>().is_none());
@@ -114,6 +100,22 @@ async fn answering(overloaded: bool) -> (std::net::SocketAddr, Arc<AtomicU64>) {
     let server = proxyless_hyper::Server::new(&Mesh::empty());
     tokio::spawn(async move { server.serve(listener, handler).await });
     (addr, count)
+}
+
+/// Sends `n` GETs to `http://ratings/x` one after another; each must be a
+/// 200. How many carried `x-overloaded`.
+async fn overloaded_answers(client: &Client, n: u32) -> u32 {
+    let mut overloaded = 0;
+    for _ in 0..n {
+        let resp = client.request(get("http://ratings/x")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        overloaded += u32::from(resp.headers().contains_key("x-overloaded"));
+    }
+    overloaded
+}
+
+fn get(url: &str) -> http::Request<String> {
+    http::Request::get(url).body(String::new()).unwrap()
 }
 
 /// The test: a backend endpoint that answers 200 with
@@ -149,21 +151,9 @@ backends:
         )
     };
     let client = Client::new(&mesh(&yaml("classifier: e2e-overloaded")));
-    let mut overloaded = 0;
-    for _ in 0..200 {
-        let resp = client
-            .request(
-                http::Request::get("http://ratings/x")
-                    .body(String::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        overloaded += u32::from(resp.headers().contains_key("x-overloaded"));
-    }
     assert_eq!(
-        overloaded, 0,
+        overloaded_answers(&client, 200).await,
+        0,
         "every overloaded answer was retried elsewhere"
     );
     let stats = client.runtime().stats();
@@ -182,19 +172,11 @@ backends:
     // The default classification (no classifier): a 200 is a success,
     // whatever its headers, as before.
     let plain = Client::new(&mesh(&yaml("")));
-    let mut overloaded = 0;
-    for _ in 0..20 {
-        let resp = plain
-            .request(
-                http::Request::get("http://ratings/x")
-                    .body(String::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        overloaded += u32::from(resp.headers().contains_key("x-overloaded"));
-    }
-    assert_eq!(overloaded, 10, "round robin: half from each, none retried");
+    assert_eq!(
+        overloaded_answers(&plain, 20).await,
+        10,
+        "round robin: half from each, none retried"
+    );
     assert_eq!(plain.runtime().stats().retries.load(Ordering::Relaxed), 0);
 }
 
@@ -256,10 +238,7 @@ async fn load(client: &Client, run: Duration, settle: Duration) -> (Vec<Duration
             let (mut answered, mut refused) = (Vec::new(), 0u64);
             while started.elapsed() < run {
                 let t = Instant::now();
-                let req = http::Request::get("http://slow/x")
-                    .body(String::new())
-                    .unwrap();
-                match client.request(req).await {
+                match client.request(get("http://slow/x")).await {
                     Ok(r) if r.status() == 200 => {
                         if started.elapsed() > settle {
                             answered.push(t.elapsed());
