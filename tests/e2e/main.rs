@@ -20,6 +20,7 @@ mod hostile;
 mod identity;
 mod interop;
 mod locality;
+mod operations;
 mod otel;
 mod ratelimit;
 mod refusals;

@@ -29,7 +29,8 @@ mod error;
 mod settings;
 pub use error::XdsError;
 pub use settings::{
-    Api, Inbound, MAX_MESSAGE_BYTES, MAX_RESOURCE_BYTES, ON_DEMAND_WAIT, SettingsError, XdsSettings,
+    Api, Inbound, MAX_MESSAGE_BYTES, MAX_RESOURCE_BYTES, MAX_STATE_WAIT, ON_DEMAND_WAIT,
+    STATE_WAIT, SettingsError, XdsSettings,
 };
 
 pub mod translate;
@@ -51,6 +52,9 @@ pub mod metric_names {
     pub const STREAMS: &str = "mesh_xds_streams_total";
     /// Gauge: 1 while a stream is open, else 0.
     pub const CONNECTED: &str = "mesh_xds_connected";
+    /// Gauge: 1 while the last known good config from disk serves, before
+    /// the control plane's replaces it.
+    pub const STALE: &str = "mesh_xds_stale";
     /// Counter: distinct fields or filters the client accepted but does not
     /// honour (each named once in the log and in `/xds`'s `warnings`).
     pub const IGNORED: &str = "mesh_xds_ignored_fields_total";
@@ -111,6 +115,16 @@ pub(crate) fn describe_metrics() {
 pub struct XdsStatus {
     /// Whether a stream is open now.
     pub connected: AtomicBool,
+    /// Serving the last known good config from disk, not from the control
+    /// plane: what it is (the file, when it was written), until the
+    /// control plane's first config replaces it.
+    pub stale: Mutex<Option<String>>,
+    /// The last known good file's last failure to be written or read.
+    pub state_error: Mutex<Option<String>>,
+    /// Whether the control plane's own config has been published; held
+    /// while either the client or the last known good publishes, so the
+    /// file never replaces what the control plane sent.
+    pub live: Mutex<bool>,
     /// Responses ACKed.
     pub acks: AtomicU64,
     /// Responses NACKed.
@@ -195,6 +209,8 @@ impl XdsStatus {
             "last_nack": lock(&self.last_nack),
             "failures": self.failures.load(std::sync::atomic::Ordering::Relaxed),
             "degraded": lock(&self.last_failure),
+            "stale": lock(&self.stale),
+            "state_error": lock(&self.state_error),
             "warnings": lock(&self.warnings),
             "resources": types,
         })
@@ -219,11 +235,19 @@ impl crate::mesh::ConfigSource for XdsSource {
     }
 
     fn degraded(&self) -> Option<String> {
-        self.status
+        let failure = self
+            .status
             .last_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .clone();
+        failure.or_else(|| {
+            self.status
+                .stale
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
     }
 }
 
@@ -303,6 +327,21 @@ impl Mesh {
                 sds.clone(),
                 client::node_of(&settings),
                 names,
+            ));
+        }
+        if let Some(path) = settings.state_file() {
+            let (saver, configs) = tokio::sync::watch::channel(None);
+            state.save_to(saver);
+            runtime.spawn(client::save_loop(
+                configs,
+                path.clone(),
+                Arc::downgrade(&status),
+            ));
+            runtime.spawn(client::restore(
+                mesh.downgrade_xds(),
+                status.clone(),
+                settings.clone(),
+                path,
             ));
         }
         runtime.spawn(client::run(

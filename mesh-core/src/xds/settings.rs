@@ -55,7 +55,21 @@ pub struct XdsSettings {
     /// fetched from it over the Secret Discovery Service rather than over
     /// the ADS stream (`MESH_SDS_SERVER`).
     pub sds_server: Option<String>,
+    /// Where the last known good config is kept (`MESH_STATE_DIR`; off
+    /// when `None`): each config published from the control plane is
+    /// written there, and a client that starts while its control plane is
+    /// down serves it (marked stale) after [`state_wait`](Self::state_wait).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// How long a starting client waits for its control plane before it
+    /// serves the last known good config (`MESH_STATE_WAIT`, default 3 s).
+    pub state_wait: Duration,
 }
+
+/// The default of [`XdsSettings::state_wait`].
+pub const STATE_WAIT: Duration = Duration::from_secs(3);
+
+/// The longest [`XdsSettings::state_wait`].
+pub const MAX_STATE_WAIT: Duration = Duration::from_secs(600);
 
 /// The default of [`XdsSettings::max_resource_bytes`].
 pub const MAX_RESOURCE_BYTES: usize = 16 * 1024 * 1024;
@@ -120,6 +134,8 @@ impl XdsSettings {
             max_message_bytes: MAX_MESSAGE_BYTES,
             certificate_providers: Default::default(),
             sds_server: None,
+            state_dir: None,
+            state_wait: STATE_WAIT,
         }
     }
 
@@ -132,6 +148,17 @@ impl XdsSettings {
             listener: format!("{}{service}", super::translate::INBOUND_PREFIX),
         });
         self
+    }
+
+    /// The file the last known good config is kept in, with a state
+    /// directory: `xds-<hash of the server and node id>.state` in it.
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        let dir = self.state_dir.as_ref()?;
+        Some(super::client::persist::path(
+            dir,
+            &self.server,
+            &self.node_id,
+        ))
     }
 
     /// The same settings over the incremental (delta) variant.
@@ -148,7 +175,8 @@ impl XdsSettings {
     /// the variant from `MESH_XDS_API` (`sotw`, the default, or `delta`);
     /// the node's locality from `MESH_LOCALITY` (`region/zone/subzone`,
     /// over the bootstrap's); an SDS server of its own from
-    /// `MESH_SDS_SERVER`;
+    /// `MESH_SDS_SERVER`; the last known good config's directory and wait
+    /// from `MESH_STATE_DIR` and `MESH_STATE_WAIT`;
     /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
     /// `2s`, the default, or `off`).
     pub fn from_env() -> Result<Option<Self>, SettingsError> {
@@ -194,6 +222,17 @@ impl XdsSettings {
                     SettingsError::variable("MESH_LOCALITY", &l, e)
                 })?;
             s.node_locality = Some([l.region, l.zone, l.subzone]);
+        }
+        if let Some(dir) = var("MESH_STATE_DIR") {
+            s.state_dir = Some(dir.into());
+        }
+        if let Some(w) = var("MESH_STATE_WAIT") {
+            s.state_wait = crate::config::duration::parse_duration(&w)
+                .ok()
+                .filter(|d| *d <= MAX_STATE_WAIT)
+                .ok_or_else(|| {
+                    SettingsError::variable("MESH_STATE_WAIT", &w, "expected a duration up to 10m")
+                })?;
         }
         if let Some(wait) = var("MESH_XDS_ON_DEMAND") {
             s.on_demand = match wait.as_str() {

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 mod delta;
 mod on_demand;
+pub(super) mod persist;
 pub(super) mod sds;
 mod secrets;
 mod sotw;
@@ -142,6 +143,11 @@ pub(super) struct State {
     /// With an SDS server of its own: where the secrets' names go (they
     /// are not subscribed to over ADS then).
     sds: Option<tokio::sync::watch::Sender<BTreeSet<String>>>,
+    /// With a state directory: where each published config's resources go
+    /// to be written (the last known good), and the node id they are
+    /// written for.
+    saver: Option<tokio::sync::watch::Sender<Option<Arc<Vec<u8>>>>>,
+    node_id: String,
 }
 
 /// A cluster or listener that names a certificate provider instance the
@@ -213,6 +219,28 @@ impl State {
             providers: settings.certificate_providers.keys().cloned().collect(),
             secrets: BTreeMap::new(),
             sds: None,
+            saver: None,
+            node_id: settings.node_id.clone(),
+        }
+    }
+
+    /// Sends each published config's resources to `saver`.
+    pub(super) fn save_to(&mut self, saver: tokio::sync::watch::Sender<Option<Arc<Vec<u8>>>>) {
+        self.saver = Some(saver);
+    }
+
+    /// Hands the held resources to the writer of the last known good (the
+    /// latest wins: a burst of configs is written once).
+    fn save(&self) {
+        if let Some(saver) = &self.saver {
+            let resources: Vec<_> = self.resources.all_encoded().collect();
+            let bytes = persist::encode(
+                &self.server,
+                &self.node_id,
+                std::time::SystemTime::now(),
+                &resources,
+            );
+            saver.send_replace(Some(Arc::new(bytes)));
         }
     }
 
@@ -309,9 +337,25 @@ impl State {
         if self.published && cfg == *running.config() {
             return Ok(());
         }
+        // Under the lock the last known good publishes under: once the
+        // control plane's config serves, the file never replaces it.
+        let mut live = status.live.lock().unwrap_or_else(PoisonError::into_inner);
         mesh.update(cfg, Source::Xds(label))
             .map_err(|e| XdsError::new(format!("the resulting config is invalid: {e}")))?;
+        *live = true;
+        drop(live);
         self.published = true;
+        if status
+            .stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some()
+        {
+            tracing::info!(server = %self.server, "the control plane's config replaces the last known good");
+            metrics::gauge!(metric_names::STALE, "control_plane" => self.server.clone()).set(0.0);
+        }
+        self.save();
         Ok(())
     }
 
@@ -886,6 +930,134 @@ fn stream_error(e: &tonic::Status, settings: &XdsSettings) -> StreamError {
     } else {
         format!("stream error: {e}").into()
     }
+}
+
+/// Writes the last known good to `path` as the client publishes, the
+/// latest config each time (off the runtime's threads); a failure is
+/// logged and shown on the status, and the next config tries again.
+pub(super) async fn save_loop(
+    mut configs: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+    path: std::path::PathBuf,
+    status: Weak<XdsStatus>,
+) {
+    while configs.changed().await.is_ok() {
+        let Some(bytes) = configs.borrow_and_update().clone() else {
+            continue;
+        };
+        let to = path.clone();
+        let written = tokio::task::spawn_blocking(move || persist::write(&to, &bytes)).await;
+        let Some(status) = status.upgrade() else {
+            return;
+        };
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("cannot write {}: {e}", path.display())),
+            Err(e) => Some(format!("writing {} failed: {e}", path.display())),
+        };
+        if let Some(e) = &error {
+            tracing::warn!("xDS last known good: {e}");
+        }
+        *status
+            .state_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
+}
+
+/// After `wait`, if the control plane's config is not serving yet, serves
+/// the last known good from `path`, marked stale until the control
+/// plane's replaces it. A file that does not load is refused with why
+/// (on the status and in the log) and nothing is served from it.
+pub(super) async fn restore(
+    mesh: Weak<crate::mesh::Inner>,
+    status: Arc<XdsStatus>,
+    settings: XdsSettings,
+    path: std::path::PathBuf,
+) {
+    tokio::time::sleep(settings.state_wait).await;
+    if *status.live.lock().unwrap_or_else(PoisonError::into_inner) {
+        return;
+    }
+    let file = path.clone();
+    let (server, node) = (settings.server.clone(), settings.node_id.clone());
+    let loaded = tokio::task::spawn_blocking(move || persist::load(&file, &server, &node)).await;
+    let refused = |why: String| {
+        tracing::error!(server = %settings.server, "xDS last known good not served: {why}");
+        *status
+            .state_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(why);
+    };
+    let loaded = match loaded {
+        Ok(Ok(l)) => l,
+        Ok(Err(persist::PersistError::Read { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return;
+        }
+        Ok(Err(e)) => return refused(e.to_string()),
+        Err(e) => return refused(format!("reading {} failed: {e}", path.display())),
+    };
+    let Some(m) = Mesh::upgrade_xds(&mesh) else {
+        return;
+    };
+    let config = match last_known_good(&settings, &loaded) {
+        Ok(c) => c,
+        Err(e) => return refused(format!("{} is refused: {e}", path.display())),
+    };
+    let ago = loaded.written.elapsed().unwrap_or_default().as_secs();
+    let what = format!(
+        "serving the last known good config from {} (written {ago} s ago): the control plane has not answered",
+        path.display()
+    );
+    let live = status.live.lock().unwrap_or_else(PoisonError::into_inner);
+    if *live {
+        return;
+    }
+    let source = Source::Xds(format!("last known good from {}", path.display()));
+    if let Err(e) = m.update(config, source) {
+        drop(live);
+        return refused(format!("{} is refused: {e}", path.display()));
+    }
+    drop(live);
+    tracing::warn!(server = %settings.server, "xDS: {what}");
+    metrics::gauge!(metric_names::STALE, "control_plane" => settings.server.clone()).set(1.0);
+    *status.stale.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
+}
+
+/// The config the resources of a state file make, as the client makes one
+/// from its control plane's.
+fn last_known_good(settings: &XdsSettings, loaded: &persist::Loaded) -> Result<Config, XdsError> {
+    let mut resources = Resources::default();
+    for any in &loaded.resources {
+        let t = known(&any.type_url)
+            .filter(|t| *t != type_url::SECRET)
+            .ok_or_else(|| XdsError::new(format!("a resource of type `{}`", any.type_url)))?;
+        resources.insert(t, any)?;
+    }
+    let inbound = settings.inbound.as_ref();
+    let services: Vec<&String> = resources
+        .listeners()
+        .keys()
+        .filter(|n| inbound.is_none_or(|i| i.listener != **n))
+        .collect();
+    let mut warnings = Vec::new();
+    let built = translate::to_config(
+        &resources,
+        services,
+        &translate::Changes::default(),
+        &mut warnings,
+        &mut translate::Kept::default(),
+    )?;
+    let mut config = built.config;
+    if let Some(i) = inbound
+        && let Some(l) = resources.listeners().get(&i.listener)
+    {
+        config
+            .inbound
+            .push(translate::inbound_of(&l.get(), &i.service, &mut warnings)?);
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

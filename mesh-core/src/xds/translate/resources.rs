@@ -378,6 +378,24 @@ impl Resources {
         }
     }
 
+    /// Every listener, route configuration, cluster and assignment held,
+    /// as received (secrets are left out: they carry private keys).
+    pub fn all_encoded(&self) -> impl Iterator<Item = Any> + '_ {
+        fn each<'a, M>(
+            t: &'static str,
+            map: &'a BTreeMap<String, Held<M>>,
+        ) -> impl Iterator<Item = Any> + 'a {
+            map.values().map(move |h| Any {
+                type_url: t.to_owned(),
+                value: h.bytes().to_vec(),
+            })
+        }
+        each(type_url::LISTENER, &self.listeners)
+            .chain(each(type_url::ROUTE, &self.routes))
+            .chain(each(type_url::CLUSTER, &self.clusters))
+            .chain(each(type_url::ENDPOINTS, &self.endpoints))
+    }
+
     /// How many resources of type `t` are held.
     pub fn count(&self, t: &str) -> usize {
         match t {

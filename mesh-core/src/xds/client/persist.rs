@@ -1,0 +1,310 @@
+//! The last known good config, kept on disk (`MESH_STATE_DIR`): the
+//! resources of each config the client published from its control plane,
+//! as received, so that a client that starts while its control plane is
+//! down can serve what it served last instead of nothing.
+//!
+//! One file per (control plane, node), written whole to a temporary name,
+//! synced and renamed over the old one, so a reader sees the old file or
+//! the new one, never half of one. Layout:
+//!
+//! ```text
+//! "MESHLKG1"                  magic and format version
+//! u32 LE, header              JSON: server, node, written (Unix seconds)
+//! u64 LE, body                length-delimited google.protobuf.Any, one per resource
+//! u32 LE                      CRC-32 of everything before it
+//! ```
+//!
+//! A file that is truncated, corrupt (its checksum does not match), of
+//! another format version, or written for another control plane or node is
+//! refused with what was wrong, and never served. Secrets are not written
+//! (they carry private keys); identities come from their own sources.
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 8] = b"MESHLKG1";
+
+/// The largest state file read (a client at its message limits holds far
+/// less).
+pub(crate) const MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why a state file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum PersistError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not a state file of this format, or is cut short or
+    /// corrupt.
+    #[error("{path} is refused: {why}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A state file read back.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// The resources, as received.
+    pub(crate) resources: Vec<Any>,
+    /// When it was written.
+    pub(crate) written: SystemTime,
+}
+
+/// The state file of `server` and `node` in `dir`.
+pub(crate) fn path(dir: &Path, server: &str, node: &str) -> PathBuf {
+    // FNV-1a: a stable name across runs and builds (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in server.bytes().chain([0]).chain(node.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    dir.join(format!("xds-{h:016x}.state"))
+}
+
+/// The file's bytes for `resources`.
+pub(crate) fn encode(server: &str, node: &str, written: SystemTime, resources: &[Any]) -> Vec<u8> {
+    let secs = written
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header = serde_json::json!({ "server": server, "node": node, "written": secs }).to_string();
+    let mut body = Vec::new();
+    for r in resources {
+        // Writing into a Vec cannot fail.
+        let _ = r.encode_length_delimited(&mut body);
+    }
+    let mut out = Vec::with_capacity(body.len() + header.len() + 24);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it,
+/// synced, then renamed over it.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("state.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    // The rename itself is durable once the directory is synced.
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads the state file at `path`, written for `server` and `node`.
+pub(crate) fn load(path: &Path, server: &str, node: &str) -> Result<Loaded, PersistError> {
+    let bad = |why: String| PersistError::Invalid {
+        path: path.to_owned(),
+        why,
+    };
+    let read = |source| PersistError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_STATE_BYTES {
+        return Err(bad(format!(
+            "{len} bytes, over the limit of {MAX_STATE_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    decode(&bytes, server, node).map_err(|d| bad(d.0))
+}
+
+/// The checks and the parse of [`load`], on bytes.
+pub(crate) fn decode(bytes: &[u8], server: &str, node: &str) -> Result<Loaded, Damage> {
+    decode_checked(bytes, server, node)
+}
+
+/// What is wrong with a state file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage(pub(crate) String);
+
+fn decode_checked(bytes: &[u8], server: &str, node: &str) -> Result<Loaded, Damage> {
+    let short = || Damage("truncated".to_owned());
+    if bytes.len() < MAGIC.len() + 4 + 8 + 4 {
+        return Err(short());
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return if bytes.starts_with(b"MESHLKG") {
+            Err(Damage("written in another format version".to_owned()))
+        } else {
+            Err(Damage("not a state file".to_owned()))
+        };
+    }
+    let (content, crc) = bytes.split_at(bytes.len() - 4);
+    let mut rest = &content[MAGIC.len()..];
+    let header_len = take_u32(&mut rest).ok_or_else(short)? as usize;
+    let header = take(&mut rest, header_len).ok_or_else(short)?;
+    let body_len = take_u64(&mut rest).ok_or_else(short)?;
+    let body_len = usize::try_from(body_len).map_err(|_| short())?;
+    let body = take(&mut rest, body_len).ok_or_else(short)?;
+    if !rest.is_empty() {
+        return Err(Damage(format!("{} bytes after its end", rest.len())));
+    }
+    let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(content) != want {
+        return Err(Damage("its checksum does not match: corrupt".to_owned()));
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| Damage(format!("its header: {e}")))?;
+    let field = |k: &str| {
+        header
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    };
+    if field("server") != server || field("node") != node {
+        return Err(Damage(format!(
+            "written for control plane `{}` and node `{}`, not `{server}` and `{node}`",
+            field("server"),
+            field("node")
+        )));
+    }
+    let secs = header
+        .get("written")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| Damage("its header has no `written` time".to_owned()))?;
+    let mut resources = Vec::new();
+    let mut body = body;
+    while !body.is_empty() {
+        let any = Any::decode_length_delimited(&mut body)
+            .map_err(|e| Damage(format!("resource {}: {e}", resources.len())))?;
+        resources.push(any);
+    }
+    Ok(Loaded {
+        resources,
+        written: UNIX_EPOCH + Duration::from_secs(secs),
+    })
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if rest.len() < n {
+        return None;
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Some(head)
+}
+
+fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let b = take(rest, 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn take_u64(rest: &mut &[u8]) -> Option<u64> {
+    let b = take(rest, 8)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Some(u64::from_le_bytes(a))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Any> {
+        vec![
+            Any {
+                type_url: "t/one".into(),
+                value: vec![1, 2, 3],
+            },
+            Any {
+                type_url: "t/two".into(),
+                value: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_file_reads_back_and_every_kind_of_damage_is_refused_by_name() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let bytes = encode("http://cp:18000", "node-a", t, &sample());
+        let back = decode(&bytes, "http://cp:18000", "node-a").unwrap();
+        assert_eq!((back.resources, back.written), (sample(), t));
+        // Every cut is refused, none panics.
+        for n in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..n], "http://cp:18000", "node-a").is_err(),
+                "{n}"
+            );
+        }
+        // Every flipped byte is refused.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(decode(&b, "http://cp:18000", "node-a").is_err(), "{i}");
+        }
+        let mut b = bytes.clone();
+        b[20] ^= 1;
+        assert!(
+            decode(&b, "http://cp:18000", "node-a")
+                .unwrap_err()
+                .0
+                .contains("checksum")
+        );
+        let err = decode(&bytes, "http://cp:18000", "node-b").unwrap_err().0;
+        assert!(err.contains("node `node-a`"), "{err}");
+        let mut b = bytes.clone();
+        b[7] = b'2';
+        assert!(
+            decode(&b, "x", "y")
+                .unwrap_err()
+                .0
+                .contains("format version")
+        );
+        assert_eq!(
+            decode(b"hello there, this is not a state file", "x", "y")
+                .unwrap_err()
+                .0,
+            "not a state file"
+        );
+    }
+
+    #[test]
+    fn the_file_name_is_stable_and_per_server_and_node() {
+        let dir = Path::new("/state");
+        let a = path(dir, "http://cp:18000", "node-a");
+        assert_eq!(a, path(dir, "http://cp:18000", "node-a"));
+        assert_ne!(a, path(dir, "http://cp:18000", "node-b"));
+        assert_ne!(a, path(dir, "http://cp:18001", "node-a"));
+        assert!(a.to_string_lossy().starts_with("/state/xds-"));
+    }
+
+    #[test]
+    fn writes_replace_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "s", "n");
+        write(&p, b"first").unwrap();
+        write(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        assert!(!p.with_extension("state.tmp").exists());
+    }
+}
