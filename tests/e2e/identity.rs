@@ -610,6 +610,22 @@ mod sds {
     use mesh::control_plane::{DevControlPlane, Secrets};
     use proxyless_core::xds::{Api, XdsSettings};
 
+    /// New SVIDs for the server (`reviews`) and the client, served as the
+    /// `default` secret of each side's secret store.
+    pub(super) fn rotate_default_secrets(
+        ca: &DevCa,
+        server: &Secrets,
+        client: &Secrets,
+    ) -> (Issued, Issued) {
+        let (next, next_client) = (
+            ca.issue_for("reviews").unwrap(),
+            ca.issue_for("client").unwrap(),
+        );
+        server.set_certificate("default", &next.cert_pem, &next.key_pem);
+        client.set_certificate("default", &next_client.cert_pem, &next_client.key_pem);
+        (next, next_client)
+    }
+
     /// A development control plane serving `control`'s config and `secrets`.
     fn control_plane(
         control: &Mesh,
@@ -703,17 +719,7 @@ inbound:
         );
         let (t, during_load, last) =
             rotations_under_load(&client, 6000, 3, (&server_source, &client_source), || {
-                let (next, next_client) = (
-                    ca.issue_for("reviews").unwrap(),
-                    ca.issue_for("client").unwrap(),
-                );
-                server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
-                client_secrets.set_certificate(
-                    "default",
-                    &next_client.cert_pem,
-                    &next_client.key_pem,
-                );
-                (next, next_client)
+                rotate_default_secrets(&ca, &server_secrets, &client_secrets)
             })
             .await;
         assert_eq!(t.ok, 6000, "failed during rotation: {t:?}");
@@ -764,6 +770,7 @@ inbound:
 }
 
 mod sds_socket {
+    use super::sds::rotate_default_secrets;
     use super::*;
     use mesh::control_plane::{DevControlPlane, Secrets};
     use proxyless_core::xds::XdsSettings;
@@ -841,17 +848,7 @@ mod sds_socket {
         let server_source = server_mesh.identity_source("sds:default").unwrap();
         let (t, during_load, _) =
             rotations_under_load(&client, 4000, 2, (&server_source, &client_source), || {
-                let (next, next_client) = (
-                    ca.issue_for("reviews").unwrap(),
-                    ca.issue_for("client").unwrap(),
-                );
-                server_secrets.set_certificate("default", &next.cert_pem, &next.key_pem);
-                client_secrets.set_certificate(
-                    "default",
-                    &next_client.cert_pem,
-                    &next_client.key_pem,
-                );
-                (next, next_client)
+                rotate_default_secrets(&ca, &server_secrets, &client_secrets)
             })
             .await;
         assert_eq!(t.ok, 4000, "failed during rotation: {t:?}");
