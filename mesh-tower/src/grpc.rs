@@ -18,20 +18,7 @@ pub fn status(headers: &http::HeaderMap) -> Option<u32> {
 /// The HTTP status a gRPC status stands for (Envoy's mapping), so outlier
 /// detection treats `UNAVAILABLE` like a 503.
 pub fn http_equivalent(code: u32) -> u16 {
-    match code {
-        0 => 200,
-        1 => 499,
-        3 | 9 | 11 => 400,
-        4 => 504,
-        5 => 404,
-        6 | 10 => 409,
-        7 => 403,
-        8 => 429,
-        12 => 501,
-        14 => 503,
-        16 => 401,
-        _ => 500,
-    }
+    proxyless_core::policy::classify::grpc_http_equivalent(code)
 }
 
 /// `grpc-timeout` for `d` (milliseconds, at least 1).

@@ -91,7 +91,7 @@ impl Attempt<'_> {
                 ..
             } => {
                 status.is_server_error()
-                    || grpc_status.is_some_and(|c| !matches!(c, 0 | 1 | 3 | 5..=11 | 16))
+                    || grpc_status.is_some_and(|c| grpc_http_equivalent(c) >= 500)
             }
             Self::Error { .. } => true,
         };
@@ -100,6 +100,25 @@ impl Attempt<'_> {
         } else {
             Class::Success
         }
+    }
+}
+
+/// The HTTP status a gRPC status stands for (Envoy's mapping), so a
+/// gRPC `UNAVAILABLE` counts as a 503 wherever a 5xx counts.
+pub fn grpc_http_equivalent(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
     }
 }
 
