@@ -298,29 +298,17 @@ impl State {
         let mut warnings = Vec::new();
         let changes = self.resources.take_changes();
         let mut kept = std::mem::take(&mut self.kept);
-        let inbound = self.inbound.as_ref();
-        let services = self
-            .names(type_url::LISTENER)
-            .iter()
-            .filter(|n| inbound.is_none_or(|i| i.listener != **n));
-        let built = translate::to_config(
+        let built = build_config(
             &self.resources,
-            services,
-            &changes,
+            self.names(type_url::LISTENER),
+            self.inbound.as_ref(),
+            &self.providers,
+            (&changes, &mut kept),
             &mut warnings,
-            &mut kept,
         );
         self.kept = kept;
-        let policy = match inbound
-            .and_then(|i| Some((i, self.resources.listeners().get(&i.listener)?)))
-        {
-            Some((i, l)) => translate::inbound_of(&l.get(), &i.service, &mut warnings).map(Some),
-            None => Ok(None),
-        };
         record_warnings(status, warnings);
-        let (mut built, policy) = (built?, policy?);
-        built.config.inbound.extend(policy);
-        unknown_providers(&built.config, &self.providers)?;
+        let built = built?;
         let named = secrets::named(&built.config);
         secrets::register(mesh, &self.secrets, &named);
         self.secrets = named;
@@ -1035,29 +1023,47 @@ fn last_known_good(settings: &XdsSettings, loaded: &persist::Loaded) -> Result<C
             .ok_or_else(|| XdsError::new(format!("a resource of type `{}`", any.type_url)))?;
         resources.insert(t, any)?;
     }
-    let inbound = settings.inbound.as_ref();
-    let services: Vec<&String> = resources
-        .listeners()
-        .keys()
-        .filter(|n| inbound.is_none_or(|i| i.listener != **n))
-        .collect();
-    let mut warnings = Vec::new();
-    let built = translate::to_config(
+    let names: BTreeSet<String> = resources.listeners().keys().cloned().collect();
+    let providers = settings.certificate_providers.keys().cloned().collect();
+    let built = build_config(
         &resources,
-        services,
-        &translate::Changes::default(),
-        &mut warnings,
-        &mut translate::Kept::default(),
+        &names,
+        settings.inbound.as_ref(),
+        &providers,
+        (
+            &translate::Changes::default(),
+            &mut translate::Kept::default(),
+        ),
+        &mut Vec::new(),
     )?;
-    let mut config = built.config;
-    if let Some(i) = inbound
-        && let Some(l) = resources.listeners().get(&i.listener)
-    {
-        config
-            .inbound
-            .push(translate::inbound_of(&l.get(), &i.service, &mut warnings)?);
-    }
-    Ok(config)
+    Ok(built.config)
+}
+
+/// The config the held `resources` make for the listeners `names`: the
+/// services (all but a server's inbound listener), the server's inbound
+/// policy, and the check that every certificate provider instance named
+/// is declared. What the client publishes and what the last known good
+/// serves are made the same way.
+fn build_config(
+    resources: &Resources,
+    names: &BTreeSet<String>,
+    inbound: Option<&super::Inbound>,
+    providers: &BTreeSet<String>,
+    (changes, kept): (&translate::Changes, &mut translate::Kept),
+    warnings: &mut Vec<String>,
+) -> Result<translate::Built, XdsError> {
+    let services = names
+        .iter()
+        .filter(|n| inbound.is_none_or(|i| i.listener != **n));
+    let built = translate::to_config(resources, services, changes, warnings, kept);
+    let policy = match inbound.and_then(|i| Some((i, resources.listeners().get(&i.listener)?))) {
+        Some((i, l)) => translate::inbound_of(&l.get(), &i.service, warnings).map(Some),
+        None => Ok(None),
+    };
+    let (mut built, policy) = (built?, policy?);
+    built.config.inbound.extend(policy);
+    unknown_providers(&built.config, providers)?;
+    Ok(built)
 }
 
 #[cfg(test)]
