@@ -146,7 +146,7 @@ pub(super) struct State {
     /// With a state directory: where each published config's resources go
     /// to be written (the last known good), and the node id they are
     /// written for.
-    saver: Option<tokio::sync::watch::Sender<Option<Arc<Vec<u8>>>>>,
+    saver: Option<tokio::sync::watch::Sender<Option<Arc<ToSave>>>>,
     node_id: String,
 }
 
@@ -225,22 +225,21 @@ impl State {
     }
 
     /// Sends each published config's resources to `saver`.
-    pub(super) fn save_to(&mut self, saver: tokio::sync::watch::Sender<Option<Arc<Vec<u8>>>>) {
+    pub(super) fn save_to(&mut self, saver: tokio::sync::watch::Sender<Option<Arc<ToSave>>>) {
         self.saver = Some(saver);
     }
 
     /// Hands the held resources to the writer of the last known good (the
-    /// latest wins: a burst of configs is written once).
+    /// latest wins: a burst of configs is written once). Their encodings
+    /// are shared; the file is made and written off the client's task.
     fn save(&self) {
         if let Some(saver) = &self.saver {
-            let resources: Vec<_> = self.resources.all_encoded().collect();
-            let bytes = persist::encode(
-                &self.server,
-                &self.node_id,
-                std::time::SystemTime::now(),
-                &resources,
-            );
-            saver.send_replace(Some(Arc::new(bytes)));
+            saver.send_replace(Some(Arc::new(ToSave {
+                server: self.server.clone(),
+                node: self.node_id.clone(),
+                written: std::time::SystemTime::now(),
+                resources: self.resources.all_encoded().collect(),
+            })));
         }
     }
 
@@ -920,20 +919,42 @@ fn stream_error(e: &tonic::Status, settings: &XdsSettings) -> StreamError {
     }
 }
 
+/// A published config's resources, for the writer of the last known good.
+#[derive(Debug)]
+pub(super) struct ToSave {
+    server: String,
+    node: String,
+    written: std::time::SystemTime,
+    resources: Vec<(&'static str, Arc<[u8]>)>,
+}
+
 /// Writes the last known good to `path` as the client publishes, the
-/// latest config each time (off the runtime's threads); a failure is
-/// logged and shown on the status, and the next config tries again.
+/// latest config each time (made and written off the runtime's threads);
+/// a failure is logged and shown on the status, and the next config tries
+/// again.
 pub(super) async fn save_loop(
-    mut configs: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+    mut configs: tokio::sync::watch::Receiver<Option<Arc<ToSave>>>,
     path: std::path::PathBuf,
     status: Weak<XdsStatus>,
 ) {
     while configs.changed().await.is_ok() {
-        let Some(bytes) = configs.borrow_and_update().clone() else {
+        let Some(save) = configs.borrow_and_update().clone() else {
             continue;
         };
         let to = path.clone();
-        let written = tokio::task::spawn_blocking(move || persist::write(&to, &bytes)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            let resources: Vec<envoy_types::pb::google::protobuf::Any> = save
+                .resources
+                .iter()
+                .map(|(t, bytes)| envoy_types::pb::google::protobuf::Any {
+                    type_url: (*t).to_owned(),
+                    value: bytes.to_vec(),
+                })
+                .collect();
+            let bytes = persist::encode(&save.server, &save.node, save.written, &resources);
+            persist::write(&to, &bytes)
+        })
+        .await;
         let Some(status) = status.upgrade() else {
             return;
         };

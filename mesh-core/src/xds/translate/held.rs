@@ -71,6 +71,11 @@ impl<M> Held<M> {
         &self.bytes
     }
 
+    /// The encoding, shared.
+    pub fn shared_bytes(&self) -> Arc<[u8]> {
+        self.bytes.clone()
+    }
+
     /// Whether `a` and `b` are the same holding (not only equal bytes):
     /// what was translated from one stands for the other.
     pub fn same(a: &Self, b: &Self) -> bool {

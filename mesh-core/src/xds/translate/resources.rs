@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// Names, hashed fast (they come from a control plane, and a table of them
 /// is only ever probed by this process: foldhash is seeded per process).
@@ -379,16 +380,14 @@ impl Resources {
     }
 
     /// Every listener, route configuration, cluster and assignment held,
-    /// as received (secrets are left out: they carry private keys).
-    pub fn all_encoded(&self) -> impl Iterator<Item = Any> + '_ {
+    /// as received, with its type: the encodings shared, not copied
+    /// (secrets are left out: they carry private keys).
+    pub fn all_encoded(&self) -> impl Iterator<Item = (&'static str, Arc<[u8]>)> + '_ {
         fn each<'a, M>(
             t: &'static str,
             map: &'a BTreeMap<String, Held<M>>,
-        ) -> impl Iterator<Item = Any> + 'a {
-            map.values().map(move |h| Any {
-                type_url: t.to_owned(),
-                value: h.bytes().to_vec(),
-            })
+        ) -> impl Iterator<Item = (&'static str, Arc<[u8]>)> + 'a {
+            map.values().map(move |h| (t, h.shared_bytes()))
         }
         each(type_url::LISTENER, &self.listeners)
             .chain(each(type_url::ROUTE, &self.routes))
