@@ -98,16 +98,26 @@ pub(crate) fn encode(server: &str, node: &str, written: SystemTime, resources: &
     out
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it,
-/// synced, then renamed over it.
+/// Writes `bytes` to `path` atomically: a temporary file beside it (of
+/// this process and write alone, so two writers never share one), synced,
+/// then renamed over it. The directory is made if it is missing.
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("state.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("state.{}.{n}.tmp", std::process::id()));
+    let written = write_synced(&tmp, bytes);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     // The rename itself is durable once the directory is synced.
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
@@ -115,6 +125,13 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+fn write_synced(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Reads the state file at `path`, written for `server` and `node`.
@@ -299,12 +316,31 @@ mod tests {
     }
 
     #[test]
-    fn writes_replace_the_file_whole() {
+    fn writes_replace_the_file_whole_and_leave_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = path(dir.path(), "s", "n");
+        // A directory that does not exist yet is made.
+        let p = path(&dir.path().join("new"), "s", "n");
         write(&p, b"first").unwrap();
         write(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
-        assert!(!p.with_extension("state.tmp").exists());
+        // Writers at once (two clients of one node in a process) each use
+        // a temporary file of their own: the file is one of theirs, whole.
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || write(&p, &vec![i; 100_000]).unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let last = std::fs::read(&p).unwrap();
+        assert!(last.len() == 100_000 && last.iter().all(|b| *b == last[0]));
+        let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the state file is left");
+        // A directory that cannot be made is an error, not a panic.
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, b"").unwrap();
+        assert!(write(&path(&blocked, "s", "n"), b"x").is_err());
     }
 }
