@@ -190,7 +190,7 @@ struct Running {
 }
 
 struct Shared {
-    endpoints: HashMap<String, Running>,
+    endpoints: HashMap<String, Arc<Running>>,
     rng: Mutex<StdRng>,
     started: Mutex<Option<Instant>>,
     seed: u64,
@@ -224,25 +224,21 @@ impl Sim {
     }
 
     /// Adds (or replaces) the endpoint at `address` (`ip:port` or
-    /// `name:port`, as the config names it).
+    /// `name:port`, as the config names it). On a simulation a client
+    /// already uses, the result is a new simulation whose other endpoints
+    /// are the same ones (their counts and queues shared); the client
+    /// keeps the old one.
     #[must_use]
     pub fn endpoint(self, address: &str, endpoint: Endpoint) -> Self {
-        let mut shared = match Arc::try_unwrap(self.shared) {
-            Ok(s) => s,
-            Err(arc) => Shared {
-                endpoints: arc
-                    .endpoints
-                    .iter()
-                    .map(|(k, r)| (k.clone(), Running::new(r.behaviour.clone())))
-                    .collect(),
-                rng: Mutex::new(StdRng::seed_from_u64(arc.seed)),
-                started: Mutex::new(None),
-                seed: arc.seed,
-            },
-        };
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
+            endpoints: arc.endpoints.clone(),
+            rng: Mutex::new(StdRng::seed_from_u64(arc.seed)),
+            started: Mutex::new(None),
+            seed: arc.seed,
+        });
         shared
             .endpoints
-            .insert(address.to_owned(), Running::new(endpoint));
+            .insert(address.to_owned(), Arc::new(Running::new(endpoint)));
         Self {
             shared: Arc::new(shared),
         }

@@ -266,3 +266,28 @@ backends: [{ name: b, load_balancer: round_robin, endpoints: ["10.0.0.1:80", "10
     // By default a 503 is retryable-failure: retried on the other endpoint.
     assert_eq!(report.success_rate(), 1.0, "{report}");
 }
+
+/// An endpoint added to a simulation a client already uses makes a new
+/// simulation that shares the other endpoints (their counts go on).
+#[tokio::test(start_paused = true)]
+async fn adding_an_endpoint_later_keeps_the_others_counts() {
+    let sim = Sim::new(6).endpoint("10.0.0.1:80", Endpoint::new());
+    let m = mesh(
+        r#"
+services: [{ name: s, routes: [{ retry: { attempts: 3 }, to: [b] }] }]
+backends: [{ name: b, endpoints: ["10.0.0.1:80", "10.0.0.2:80"] }]
+"#,
+    );
+    let first = sim.client(&m);
+    let bigger = sim.clone().endpoint("10.0.0.2:80", Endpoint::new());
+    let r = first.run(20, 1, |_| "http://s/").await;
+    // The first client's simulation has no 10.0.0.2: its share is refused
+    // there and retried (connect failures) on 10.0.0.1.
+    assert_eq!(r.success_rate(), 1.0, "{r}");
+    let one = sim.answered("10.0.0.1:80");
+    assert_eq!(bigger.answered("10.0.0.1:80"), one);
+    bigger.client(&m).run(20, 1, |_| "http://s/").await;
+    assert!(sim.answered("10.0.0.1:80") > one, "counts are shared");
+    assert!(bigger.answered("10.0.0.2:80") > 0);
+    assert_eq!(sim.answered("10.0.0.2:80"), 0);
+}
