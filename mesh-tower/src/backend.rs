@@ -418,8 +418,24 @@ where
     }
 }
 
-/// Types an untyped connect failure or reset, naming the endpoint.
+/// Names the endpoint on a connect failure or reset: typed already by the
+/// client below without one (it does not know which endpoint the mesh
+/// picked), or untyped. A retry reads the name to try another endpoint.
 fn name_endpoint(e: BoxError, outcome: Outcome, endpoint: Arc<str>) -> BoxError {
+    let e = match e.downcast::<ConnectFailed>() {
+        Ok(mut c) => {
+            c.endpoint.get_or_insert(endpoint);
+            return c;
+        }
+        Err(e) => e,
+    };
+    let e = match e.downcast::<ConnectionReset>() {
+        Ok(mut r) => {
+            r.endpoint.get_or_insert(endpoint);
+            return r;
+        }
+        Err(e) => e,
+    };
     match (ErrorKind::of(&*e), outcome) {
         (ErrorKind::Other, Outcome::ConnectFailure) => ConnectFailed {
             endpoint: Some(endpoint),

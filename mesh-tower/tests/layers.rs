@@ -895,3 +895,50 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
         );
     }
 }
+
+/// A client below the mesh that reports a connect failure without naming
+/// the endpoint (hyper's does not know the mesh's pick): the backend layer
+/// names it, so the retry goes to another endpoint, every time.
+#[tokio::test(start_paused = true)]
+async fn a_connect_failure_the_client_types_without_an_endpoint_is_retried_elsewhere() {
+    let yaml = r#"
+services: [{ name: api, routes: [{ retry: { attempts: 2, on: [connect-failure], backoff: { base: 1ms, max: 1ms } }, to: [b] }] }]
+backends: [{ name: b, load_balancer: { ring_hash: { header: x-user } }, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
+"#;
+    let (svc, handle, _) = stack(yaml);
+    let first_tries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = first_tries.clone();
+    serve(handle, move |req| {
+        let to = req.uri().authority().unwrap().to_string();
+        if proxyless_tower::ext::routed(req).unwrap().attempt() == 1 {
+            seen.lock().unwrap().push(to.clone());
+        }
+        if to == "127.0.0.1:1" {
+            Err(proxyless_tower::error::ConnectFailed {
+                endpoint: None,
+                source: "refused".into(),
+            }
+            .into())
+        } else {
+            Ok(status(200))
+        }
+    });
+    // A hash balancer sends a key to the same endpoint every time: only
+    // the named failure steers its retry elsewhere.
+    for user in 0..20u32 {
+        let mut req = get("http://api/x");
+        req.headers_mut()
+            .insert("x-user", http::HeaderValue::from(user));
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "user {user}: the retry avoided the endpoint that failed"
+        );
+    }
+    let firsts = first_tries.lock().unwrap();
+    assert!(
+        firsts.iter().any(|a| a == "127.0.0.1:1"),
+        "some keys hash to the failing endpoint"
+    );
+}
