@@ -12,7 +12,12 @@
 //! - **mesh, retriable**: the same with `retry: { attempts: 2 }`, so the
 //!   request's head is kept for a retry that does not happen;
 //! - **mesh, hedged**: the same with `hedge: { delay: 10ms }`, answered
-//!   before the delay, so no hedge is sent: what a hedged route costs.
+//!   before the delay, so no hedge is sent: what a hedged route costs;
+//! - **mesh, one attempt, candidate**: the one-attempt row with a candidate
+//!   config loaded for shadow evaluation (the same config, so every request
+//!   is decided twice and nothing differs): what shadow evaluation costs.
+//!   With no candidate the route layer only tests that the snapshot has
+//!   none, which the one-attempt row includes.
 //!
 //! Every request is built the same way in every row (a URI and two headers;
 //! building it is counted in all rows alike). `LAYERS_ROUNDS` (default 7)
@@ -20,7 +25,8 @@
 //!
 //! Instructions, which a noisy machine does not blur: `LAYERS_PROFILE=n`
 //! runs only `n` requests through the retriable stack (`LAYERS_ROW=0` bare,
-//! `1` one attempt, `3` hedged), for a profiler:
+//! `1` one attempt, `3` hedged, `4` one attempt with a candidate), for a
+//! profiler:
 //!
 //! ```text
 //! cargo bench --bench layers --no-run
@@ -99,6 +105,15 @@ fn mesh_stack() -> proxyless_tower::MeshService<Noop> {
     MeshLayer::new(mesh).layer(Noop)
 }
 
+/// The stack with the same config loaded as its candidate.
+fn shadowed_stack() -> proxyless_tower::MeshService<Noop> {
+    let mesh = Mesh::from_config(Config::from_yaml(CONFIG).unwrap()).unwrap();
+    let candidate = Config::from_yaml(CONFIG).unwrap();
+    mesh.set_candidate(candidate, proxyless_core::snapshot::Source::Code)
+        .unwrap();
+    MeshLayer::new(mesh).layer(Noop)
+}
+
 /// One request's future.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
@@ -109,6 +124,7 @@ fn rows() -> Vec<Row> {
     let svc = mesh_stack();
     let retriable = svc.clone();
     let hedged = svc.clone();
+    let shadowed = shadowed_stack();
     vec![
         (
             "bare",
@@ -149,6 +165,17 @@ fn rows() -> Vec<Row> {
                 })
             }),
         ),
+        (
+            "mesh, one attempt, candidate",
+            Box::new(move || {
+                let mut svc = shadowed.clone();
+                Box::pin(async move {
+                    let _ =
+                        std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx)).await;
+                    drop(svc.call(request("plain")).await.unwrap());
+                })
+            }),
+        ),
     ]
 }
 
@@ -181,7 +208,7 @@ fn main() {
         .unwrap();
     if let Ok(n) = std::env::var("LAYERS_PROFILE") {
         let n: u64 = n.parse().expect("LAYERS_PROFILE is a number of requests");
-        let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(3);
+        let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(4);
         let rows = rows();
         rt.block_on(async {
             for _ in 0..n {

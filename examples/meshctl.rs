@@ -5,6 +5,7 @@
 //! cargo run --example meshctl -- check mesh.yaml
 //! cargo run --example meshctl -- route mesh.yaml GET http://reviews/ratings/1 -H x-user:tester
 //! cargo run --example meshctl -- certs --trust-domain demo.local --out ./certs reviews productpage
+//! cargo run --example meshctl -- shadow 127.0.0.1:9901
 //! ```
 //!
 //! `check` exits 0 with a one-line summary when the file is valid, and 1 with
@@ -14,7 +15,12 @@
 //! `certs` makes a development CA and, per named workload, `NAME.pem` (its
 //! chain, SPIFFE ID `spiffe://TRUST-DOMAIN/NAME` unless `--id NAME=ID` says
 //! otherwise) and `NAME-key.pem`, next to the trust bundle `ca.pem`; each
-//! run makes a new CA, so issue every workload in one run.
+//! run makes a new CA, so issue every workload in one run. `shadow` reads
+//! a running workload's shadow evaluation from its admin server (`/shadow`):
+//! how many requests its candidate config would route differently, by
+//! service and route, with the newest such requests; it exits 0 when none
+//! would, 1 when some would (a gate before promoting the candidate), and 2
+//! when the report cannot be read or no candidate is loaded.
 
 #![allow(clippy::print_stdout)]
 
@@ -26,7 +32,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   meshctl check FILE
   meshctl route FILE METHOD URL [-H name:value]...
-  meshctl certs --trust-domain TD --out DIR [--id NAME=spiffe://...]... NAME...";
+  meshctl certs --trust-domain TD --out DIR [--id NAME=spiffe://...]... NAME...
+  meshctl shadow ADMIN_ADDR";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +41,7 @@ fn main() -> ExitCode {
         Some("check") => check(&args[1..]),
         Some("route") => route(&args[1..]),
         Some("certs") => certs(&args[1..]),
+        Some("shadow") => shadow(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -221,4 +229,120 @@ fn certs(args: &[String]) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn shadow(args: &[String]) -> Result<ExitCode, String> {
+    let [admin] = args else {
+        return Err(USAGE.to_owned());
+    };
+    let addr = admin.trim_start_matches("http://").trim_end_matches('/');
+    let (status, body) = get(addr, "/shadow")?;
+    if status != 200 {
+        return Err(format!("{addr}/shadow answered {status}: {}", body.trim()));
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{addr}/shadow: not JSON: {e}"))?;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (evaluated, differing) = (n(&r["evaluated"]), n(&r["differing"]));
+    let c = &r["candidate"];
+    println!(
+        "candidate  {} ({} services)",
+        c["source"].as_str().unwrap_or("?"),
+        n(&c["services"])
+    );
+    let share = if evaluated == 0 {
+        0.0
+    } else {
+        differing as f64 * 100.0 / evaluated as f64
+    };
+    println!(
+        "evaluated  {evaluated} requests; {differing} ({share:.1}%) would be routed differently"
+    );
+    let differences = r["differences"].as_array().cloned().unwrap_or_default();
+    if !differences.is_empty() {
+        println!(
+            "\n{:>9}  {:<16} {:<36} candidate",
+            "requests", "service", "live"
+        );
+        for d in &differences {
+            let service = d["live"]["service"]
+                .as_str()
+                .or(d["candidate"]["service"].as_str())
+                .unwrap_or("-");
+            println!(
+                "{:>9}  {:<16} {:<36} {}",
+                n(&d["requests"]),
+                service,
+                outcome(&d["live"]),
+                outcome(&d["candidate"])
+            );
+        }
+    }
+    let other = n(&r["other_differences"]);
+    if other > 0 {
+        println!("{other:>9}  (differences of further kinds, counted together)");
+    }
+    let samples = r["samples"].as_array().cloned().unwrap_or_default();
+    if !samples.is_empty() {
+        println!("\nnewest differing requests");
+        for s in samples.iter().rev().take(10) {
+            println!(
+                "  {} {}{}: {} | {}",
+                s["method"].as_str().unwrap_or("?"),
+                s["authority"].as_str().unwrap_or("?"),
+                s["path"].as_str().unwrap_or("?"),
+                outcome(&s["live"]),
+                outcome(&s["candidate"])
+            );
+        }
+    }
+    Ok(if differing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// An outcome from `/shadow`, in a line.
+fn outcome(o: &serde_json::Value) -> String {
+    let s = |k: &str| o[k].as_str().unwrap_or("?").to_owned();
+    match o["outcome"].as_str() {
+        Some("routed") => format!("{} -> {}", s("route"), s("backend")),
+        Some("passthrough") => "passthrough".to_owned(),
+        Some("unknown_host") => "refused: unknown host".to_owned(),
+        Some("no_matching_route") => "refused: no route".to_owned(),
+        Some("no_backend") => format!("{}: no backend", s("route")),
+        _ => "?".to_owned(),
+    }
+}
+
+/// `GET path` from the admin server at `addr` (HTTP/1.0, bounded in time
+/// and size): its status and body.
+fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let sock: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| format!("admin address `{addr}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("admin address `{addr}` resolves to nothing"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut raw = Vec::new();
+    conn.take(16 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    Ok((status, body.to_owned()))
 }

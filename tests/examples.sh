@@ -64,6 +64,38 @@ out=$(MESH_CONTROL_PLANE="http://127.0.0.1:$cp" MESH_XDS_API=delta \
   "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 8 2>>"$work/log")
 check "load over incremental xDS, reviews subscribed on its first call" "$out" "$split"
 
+# Shadow evaluation: `load` under the 50/50 file, with the control plane's
+# copy of a candidate that sends everything to v2 evaluated beside it (never
+# sent); `meshctl shadow` reads the report from load's admin server while it
+# runs and exits 1 because the candidate would route some requests
+# differently. Then the same with the candidate as a file.
+sed 's/to: \[{ backend: v1, weight: 50 }, /to: [/' \
+  "$work/mesh.yaml" >"$work/candidate.yaml"
+ccp=$(free_port)
+start "$bin/control_plane" --config "$work/candidate.yaml" --listen "127.0.0.1:$ccp"
+listening "$ccp"
+shadow_run() {
+  local ap; ap=$(free_port)
+  env "$@" MESH_CONFIG="$work/mesh.yaml" MESH_ADMIN_ADDR="127.0.0.1:$ap" MESH_XDS_SERVICES=reviews \
+    "$bin/load" --service reviews --path /ratings/1 --requests 400 --concurrency 2 --rate 100 \
+    >"$work/shadow-load.json" 2>>"$work/log" &
+  local lp=$! rc=0 report=""
+  listening "$ap"
+  for _ in $(seq 80); do
+    rc=0; report=$("$bin/meshctl" shadow "127.0.0.1:$ap" 2>&1) || rc=$?
+    if [ "$rc" = 1 ] && grep -q 'route-0 -> v1 *route-0 -> v2' <<<"$report"; then break; fi
+    sleep 0.1
+  done
+  wait "$lp"
+  echo "$report"
+  if [ "$rc" != 1 ] || ! grep -q 'route-0 -> v1 *route-0 -> v2' <<<"$report"; then
+    echo "FAILED: meshctl shadow ($*): exit $rc"; cat "$work/log"; exit 1
+  fi
+  check "load with a candidate ($1): all sent by the live config" "$(cat "$work/shadow-load.json")" "$split"
+}
+shadow_run MESH_SHADOW_CONTROL_PLANE="http://127.0.0.1:$ccp"
+shadow_run MESH_SHADOW_CONFIG="$work/candidate.yaml"
+
 g1=$(free_port); g2=$(free_port)
 start "$bin/greeter_server" --listen "127.0.0.1:$g1" --name v1
 start "$bin/greeter_server" --listen "127.0.0.1:$g2" --name v2

@@ -65,6 +65,7 @@ mod mesh;
 pub mod path;
 pub mod policy;
 pub mod route;
+pub mod shadow;
 pub mod snapshot;
 pub mod source;
 pub mod state;

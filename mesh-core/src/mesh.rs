@@ -504,6 +504,98 @@ impl Mesh {
         tracing::info!(version, locality = ?self.snapshot().locality().map(ToString::to_string), "workload locality set");
     }
 
+    /// Loads `config` as a candidate beside the live config, for shadow
+    /// evaluation ([`crate::shadow`]): every request the live config
+    /// decides is also decided under the candidate, with the same random
+    /// draw, and where the two differ the difference is counted in the
+    /// candidate's [report](crate::shadow::Report) (see
+    /// [`Mesh::candidate`]). Nothing is ever sent by the candidate's
+    /// decision, and the live config is untouched.
+    ///
+    /// An invalid candidate is refused with every problem, and a candidate
+    /// already loaded stays. A candidate from the same `source` with the
+    /// same services as the one loaded (a control plane's endpoint update,
+    /// say) keeps its report; any other starts a new one. Replaces the
+    /// candidate from any other source.
+    ///
+    /// ```
+    /// use proxyless_core::{Mesh, config::Config, snapshot::Source};
+    ///
+    /// let live = r#"
+    /// services: [{ name: web, routes: [{ to: [web-v1] }] }]
+    /// backends: [{ name: web-v1, endpoints: ["127.0.0.1:8080"] }, { name: web-v2, endpoints: ["127.0.0.1:8081"] }]
+    /// "#;
+    /// let mesh = Mesh::from_config(Config::from_yaml(live).unwrap()).unwrap();
+    /// let candidate = Config::from_yaml(&live.replace("to: [web-v1]", "to: [web-v2]")).unwrap();
+    /// mesh.set_candidate(candidate, Source::Code).unwrap();
+    /// assert_eq!(mesh.candidate().unwrap().report().source(), "code");
+    /// ```
+    pub fn set_candidate(&self, config: Config, source: Source) -> Result<(), ConfigError> {
+        if let Err(e) = config
+            .validate()
+            .and_then(|()| unregistered_classifiers(&config))
+        {
+            let e = match &source {
+                Source::File(p) => e.in_file(p),
+                _ => e,
+            };
+            tracing::warn!(%source, "candidate config refused; the candidate loaded before (if any) stays: {e}");
+            return Err(e);
+        }
+        let compiled = Snapshot::compile_from(Arc::new(config), 0, source, None, self.dns_view());
+        let mut last = self.publishing();
+        let current = self.inner.current.load_full();
+        let report = match current.candidate() {
+            Some(old)
+                if old.snapshot.source == compiled.source
+                    && old.snapshot.config.services == compiled.config.services =>
+            {
+                old.report.clone()
+            }
+            _ => Arc::new(crate::shadow::Report::new(compiled.source.to_string())),
+        };
+        let services = compiled.services.len();
+        let candidate = crate::snapshot::Candidate {
+            snapshot: compiled,
+            report,
+        };
+        let version = match current.version() {
+            0 => 0,
+            v => v + 1,
+        };
+        let snap = current.with_candidate(version, Some(Arc::new(candidate)));
+        *last = version;
+        self.install(Arc::new(snap));
+        tracing::info!(
+            version,
+            services,
+            "candidate config loaded for shadow evaluation"
+        );
+        Ok(())
+    }
+
+    /// Unloads the candidate config, if any, and returns it with its final
+    /// report.
+    pub fn clear_candidate(&self) -> Option<Arc<crate::snapshot::Candidate>> {
+        let mut last = self.publishing();
+        let current = self.inner.current.load_full();
+        let was = current.candidate().cloned()?;
+        let version = match current.version() {
+            0 => 0,
+            v => v + 1,
+        };
+        *last = version;
+        self.install(Arc::new(current.with_candidate(version, None)));
+        tracing::info!(version, "candidate config unloaded");
+        Some(was)
+    }
+
+    /// The candidate config loaded beside the live one, with its report,
+    /// if any (see [`Mesh::set_candidate`]).
+    pub fn candidate(&self) -> Option<Arc<crate::snapshot::Candidate>> {
+        self.snapshot().candidate().cloned()
+    }
+
     /// This mesh with its locality set (see [`Mesh::set_locality`]).
     #[must_use]
     pub fn with_locality(self, locality: Locality) -> Self {

@@ -28,8 +28,10 @@
 //! ```
 
 use crate::config::UnknownHosts;
+use crate::shadow::{Outcome, Seen};
 use crate::snapshot::{
-    BackendEntry, CompiledMatch, CompiledPath, CompiledString, RouteEntry, ServiceEntry, Snapshot,
+    BackendEntry, Candidate, CompiledMatch, CompiledPath, CompiledString, RouteEntry, ServiceEntry,
+    Snapshot,
 };
 use std::sync::Arc;
 
@@ -191,6 +193,65 @@ pub fn decide_in<'s>(
         route_index: route_index as u32,
         backend_index,
     }))
+}
+
+/// Decides `req` under `candidate` as well, with the same `sample`, and
+/// files the result against the `live` decision in the candidate's report
+/// (see [`crate::shadow`]). Returns the two outcomes when they differ.
+/// Nothing is allocated when they agree.
+pub fn shadow(
+    candidate: &Candidate,
+    live: &Result<Decision<'_>, NoRoute>,
+    req: &RequestParts<'_>,
+    sample: u64,
+) -> Option<(Outcome, Outcome)> {
+    let cand = decide(&candidate.snapshot, req, sample);
+    if alike(live, &cand) {
+        candidate.report.same();
+        return None;
+    }
+    let (live, cand) = (outcome(live), outcome(&cand));
+    let seen = Seen {
+        method: req.method,
+        authority: req.authority,
+        path: req.path,
+    };
+    candidate.report.differ(seen, live.clone(), cand.clone());
+    Some((live, cand))
+}
+
+/// Whether two decisions (under different snapshots) send the request to
+/// the same place, by names.
+fn alike(a: &Result<Decision<'_>, NoRoute>, b: &Result<Decision<'_>, NoRoute>) -> bool {
+    match (a, b) {
+        (Ok(Decision::Route(a)), Ok(Decision::Route(b))) => {
+            a.service.name == b.service.name
+                && a.route.name == b.route.name
+                && a.backend.name == b.backend.name
+        }
+        (Ok(Decision::Passthrough), Ok(Decision::Passthrough)) => true,
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn outcome(d: &Result<Decision<'_>, NoRoute>) -> Outcome {
+    match d {
+        Ok(Decision::Route(d)) => Outcome::Routed {
+            service: d.service.name.clone(),
+            route: d.route.name.clone(),
+            backend: d.backend.name.clone(),
+        },
+        Ok(Decision::Passthrough) => Outcome::Passthrough,
+        Err(NoRoute::UnknownHost(_)) => Outcome::UnknownHost,
+        Err(NoRoute::NoMatchingRoute(service)) => Outcome::NoMatchingRoute {
+            service: service.clone(),
+        },
+        Err(NoRoute::NoBackend { service, route }) => Outcome::NoBackend {
+            service: service.clone(),
+            route: route.clone(),
+        },
+    }
 }
 
 /// The first route of `service` that matches `req`.

@@ -58,6 +58,30 @@ pub struct Snapshot {
     /// The buckets of each inbound policy's rate limit, in the config's
     /// order (kept from the previous snapshot while the limit is the same).
     pub(crate) inbound_limits: Vec<Option<Arc<crate::policy::ratelimit::Limiter>>>,
+    /// A candidate config evaluated beside this one, if one is loaded
+    /// (kept from the previous snapshot; see [`crate::shadow`]).
+    pub(crate) candidate: Option<Arc<Candidate>>,
+}
+
+/// A candidate config loaded beside the live one: compiled, never sent
+/// to; every request the live config decides is also decided under it and
+/// the differences are counted in its [report](crate::shadow::Report).
+#[derive(Debug)]
+pub struct Candidate {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) report: Arc<crate::shadow::Report>,
+}
+
+impl Candidate {
+    /// The candidate, compiled.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// What it would have done differently so far.
+    pub fn report(&self) -> &crate::shadow::Report {
+        &self.report
+    }
 }
 
 /// Hashing for tables this process alone fills and probes (seeded per
@@ -654,6 +678,7 @@ impl Snapshot {
         dns: &dyn DnsView,
     ) -> Self {
         let locality = previous.and_then(|p| p.locality.clone());
+        let candidate = previous.and_then(|p| p.candidate.clone());
         let inbound_limits = inbound_limits(&config, previous);
         let previous = previous.filter(|p| !p.services.is_empty() || !p.backends.is_empty());
         let mut old_backends =
@@ -715,6 +740,7 @@ impl Snapshot {
             backend_index,
             locality,
             inbound_limits,
+            candidate,
         }
     }
 
@@ -732,7 +758,23 @@ impl Snapshot {
             backend_index: self.backend_index.clone(),
             locality,
             inbound_limits: self.inbound_limits.clone(),
+            candidate: self.candidate.clone(),
         }
+    }
+
+    /// This snapshot as `version`, with `candidate` evaluated beside it:
+    /// the same compiled config, shared.
+    pub(crate) fn with_candidate(&self, version: u64, candidate: Option<Arc<Candidate>>) -> Self {
+        let mut snap = self.relocated(version, self.locality.clone());
+        snap.candidate = candidate;
+        snap
+    }
+
+    /// The candidate config evaluated beside this one, if one is loaded
+    /// (see [`Mesh::set_candidate`](crate::Mesh::set_candidate)).
+    #[inline]
+    pub fn candidate(&self) -> Option<&Arc<Candidate>> {
+        self.candidate.as_ref()
     }
 
     /// Where the caller runs, if known: endpoints are preferred by their

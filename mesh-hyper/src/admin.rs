@@ -9,6 +9,7 @@
 //! | `/config_dump` | the serving config as JSON, with version, source and update counters |
 //! | `/clusters` | each backend's endpoints: health, ejection, locality and level, latency estimate, requests in flight; each level's share of requests |
 //! | `/xds` | for a mesh fed by a control plane: connection, subscriptions, versions, last ACK and NACK |
+//! | `/shadow` | with a candidate config loaded ([`Mesh::set_candidate`]): requests evaluated under it, the differences by (service, live route and backend, candidate route and backend), the newest differing requests; 404 otherwise |
 //!
 //! Key material is never shown: the config names identity files, and the
 //! dump adds only this workload's SPIFFE ID.
@@ -119,9 +120,20 @@ impl Admin {
                     "this mesh is not fed by a control plane\n",
                 ),
             },
+            "/shadow" => match self.mesh.candidate() {
+                Some(c) => {
+                    let mut report = c.report().to_json();
+                    report["candidate"]["services"] = c.snapshot().services().len().into();
+                    json(&report)
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no candidate config is loaded (MESH_SHADOW_CONFIG, MESH_SHADOW_CONTROL_PLANE or Mesh::set_candidate)\n",
+                ),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /metrics /ready /live /config_dump /clusters /xds\n",
+                "try /metrics /ready /live /config_dump /clusters /xds /shadow\n",
             ),
         }
     }

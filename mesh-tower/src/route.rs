@@ -28,6 +28,7 @@ use http_body::Body;
 use proxyless_core::Mesh;
 use proxyless_core::config::EscapedSlashes;
 use proxyless_core::route::{Decision, RequestParts, decide_in};
+use proxyless_core::snapshot::Candidate;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -100,12 +101,15 @@ where
                 return Either::right(Box::pin(std::future::ready(Err(e.into()))));
             }
         }
-        let decision = decide_in(
-            &snap,
-            found,
-            &RequestParts::of(&req),
-            crate::runtime::random(),
-        );
+        let sample = crate::runtime::random();
+        let decision = decide_in(&snap, found, &RequestParts::of(&req), sample);
+        // A passthrough is evaluated once the source was asked for its
+        // host (below), so a request decided twice is counted once.
+        if let Some(candidate) = snap.candidate()
+            && !matches!(decision, Ok(Decision::Passthrough))
+        {
+            shadow(candidate, &decision, &RequestParts::of(&req), sample);
+        }
         let (mut routed, timeout, buffer_limit) = match decision {
             Err(no_route) => {
                 if let Some(c) = no_route_counter() {
@@ -138,6 +142,10 @@ where
                         let _ = tokio::time::timeout_at(bound, wait).await;
                         readied.call(req).await
                     }));
+                }
+                if let Some(candidate) = snap.candidate() {
+                    let parts = RequestParts::of(&req);
+                    shadow(candidate, &Ok(Decision::Passthrough), &parts, sample);
                 }
                 let t = snap.config().defaults.timeout;
                 (Routed::passthrough(snap.clone()), t, None)
@@ -229,6 +237,40 @@ fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
 struct Demanded;
 
 /// `mesh_requests_total` for requests refused before any route matched.
+/// Decides the request under the candidate config too (shadow
+/// evaluation), and counts the outcome. Out of line: a mesh with no
+/// candidate never comes here.
+#[cold]
+#[inline(never)]
+fn shadow(
+    candidate: &Candidate,
+    live: &Result<Decision<'_>, proxyless_core::route::NoRoute>,
+    req: &RequestParts<'_>,
+    sample: u64,
+) {
+    static EVALUATED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    let differs = proxyless_core::route::shadow(candidate, live, req, sample);
+    if let Some(c) = crate::telemetry::metrics::lazy_handle(&EVALUATED, || {
+        metrics::counter!(crate::telemetry::metrics::SHADOW_REQUESTS)
+    }) {
+        c.increment(1);
+    }
+    if let Some((live, cand)) = differs
+        && crate::telemetry::metrics::recorder_installed()
+    {
+        let service = live.service().or(cand.service()).unwrap_or("");
+        metrics::counter!(
+            crate::telemetry::metrics::SHADOW_DIFFERENCES,
+            "service" => service.to_owned(),
+            "live_route" => live.route_label().to_owned(),
+            "live_backend" => live.backend_label().to_owned(),
+            "candidate_route" => cand.route_label().to_owned(),
+            "candidate_backend" => cand.backend_label().to_owned()
+        )
+        .increment(1);
+    }
+}
+
 fn no_route_counter() -> Option<&'static metrics::Counter> {
     static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
     crate::telemetry::metrics::lazy_handle(&COUNTER, || {

@@ -27,5 +27,6 @@ mod refusals;
 mod resilience;
 mod security;
 mod servers;
+mod shadow;
 mod telemetry;
 mod xds;

@@ -35,8 +35,21 @@ impl Mesh {
         #[cfg(feature = "tls")]
         load_identity(&mesh, config.identity.as_ref(), path.parent())?;
         mesh.update(config, Source::File(path.clone()))?;
-        spawn_watcher(&mesh, path, text)?;
+        spawn_watcher(&mesh, path, text, Target::Live)?;
         Ok(mesh)
+    }
+
+    /// Loads the config in `path` as this mesh's candidate for shadow
+    /// evaluation ([`Mesh::set_candidate`]) and watches it: a valid change
+    /// replaces the candidate, an invalid one is logged and the candidate
+    /// loaded before stays. Fails if the file cannot be read or is
+    /// invalid. `MESH_SHADOW_CONFIG` does this in [`Mesh::from_env`].
+    pub fn watch_candidate_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let text = read(&path)?;
+        let config = parse(&text, &path)?;
+        self.set_candidate(config, Source::File(path.clone()))?;
+        spawn_watcher(self, path, text, Target::Candidate)
     }
 
     /// A mesh configured by the environment: `MESH_CONFIG` names a watched
@@ -46,7 +59,9 @@ impl Mesh {
     /// empty (every request passes through), which is said in one log line.
     /// `MESH_SERVICE` names this workload's [service](Mesh::service);
     /// `MESH_LOCALITY` (`region/zone/subzone`) says where it runs ([`Mesh::locality`]);
-    /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_CA` its identity.
+    /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_CA` its identity;
+    /// `MESH_SHADOW_CONFIG` a candidate config file to evaluate beside the
+    /// live one ([`Mesh::watch_candidate_file`]).
     ///
     /// This and [`Mesh::from_env_ready`] are the only constructors that
     /// read the environment: [`Mesh::from_config`] and [`Mesh::from_file`]
@@ -69,6 +84,9 @@ impl Mesh {
                 )])
             })?;
             mesh.set_locality(Some(locality));
+        }
+        if let Some(path) = std::env::var_os("MESH_SHADOW_CONFIG").filter(|v| !v.is_empty()) {
+            mesh.watch_candidate_file(PathBuf::from(path))?;
         }
         Ok(mesh)
     }
@@ -95,6 +113,38 @@ impl Mesh {
     }
 
     fn from_env_sources() -> Result<Mesh, ConfigError> {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if set("MESH_SHADOW_CONFIG") && set("MESH_SHADOW_CONTROL_PLANE") {
+            return Err(ConfigError::new(vec![crate::config::Problem::new(
+                crate::config::ProblemKind::Syntax,
+                "",
+                None,
+                "MESH_SHADOW_CONFIG and MESH_SHADOW_CONTROL_PLANE are both set: a mesh evaluates one candidate".to_owned(),
+            )]));
+        }
+        let mesh = Self::from_env_live()?;
+        #[cfg(feature = "xds")]
+        {
+            let refused = |e: &dyn std::fmt::Display| {
+                ConfigError::new(vec![crate::config::Problem::new(
+                    crate::config::ProblemKind::Syntax,
+                    "",
+                    None,
+                    format!("MESH_SHADOW_CONTROL_PLANE: {e}"),
+                )])
+            };
+            let settings =
+                crate::xds::XdsSettings::candidate_from_env().map_err(|e| refused(&e))?;
+            if let Some(settings) = settings {
+                mesh.candidate_from_control_plane(settings)
+                    .map_err(|e| refused(&e))?;
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// The live config's source.
+    fn from_env_live() -> Result<Mesh, ConfigError> {
         #[cfg(not(feature = "xds"))]
         for var in [
             "MESH_CONTROL_PLANE",
@@ -251,7 +301,21 @@ const RACY: Duration = Duration::from_secs(2);
 /// Every this many polls the file is read even if its stamp is unchanged.
 const FULL_READ_EVERY: u32 = 50;
 
-fn spawn_watcher(mesh: &Mesh, path: PathBuf, last: String) -> Result<(), ConfigError> {
+/// What a watched file configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The live config.
+    Live,
+    /// The candidate evaluated beside it.
+    Candidate,
+}
+
+fn spawn_watcher(
+    mesh: &Mesh,
+    path: PathBuf,
+    last: String,
+    target: Target,
+) -> Result<(), ConfigError> {
     let weak = mesh.downgrade();
     let name = format!("mesh-config-watch:{}", path.display());
     let mut last = last.into_bytes();
@@ -301,11 +365,19 @@ fn spawn_watcher(mesh: &Mesh, path: PathBuf, last: String) -> Result<(), ConfigE
                     _ => continue,
                 }
                 last_stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
-                match text_of(bytes.clone(), &path).and_then(|t| parse(&t, &path)) {
-                    Ok(cfg) => {
+                let parsed = text_of(bytes.clone(), &path).and_then(|t| parse(&t, &path));
+                match (parsed, target) {
+                    (Ok(cfg), Target::Live) => {
                         let _ = mesh.update(cfg, Source::File(path.clone()));
                     }
-                    Err(e) => mesh.reject(e),
+                    (Err(e), Target::Live) => mesh.reject(e),
+                    // Refusals are logged by `set_candidate`.
+                    (Ok(cfg), Target::Candidate) => {
+                        let _ = mesh.set_candidate(cfg, Source::File(path.clone()));
+                    }
+                    (Err(e), Target::Candidate) => {
+                        tracing::warn!(file = %path.display(), "candidate config refused; the candidate loaded before stays: {e}");
+                    }
                 }
                 last = bytes;
             }

@@ -283,6 +283,53 @@ impl XdsHandle {
 }
 
 impl Mesh {
+    /// Evaluates what a second control plane serves as this mesh's
+    /// candidate config ([`Mesh::set_candidate`], shadow evaluation): a
+    /// client of `settings.server` runs beside this mesh's own source, and
+    /// each config it would serve is loaded as the candidate, never served.
+    /// While its config is the same (an endpoint update), the report goes
+    /// on counting. Only the services named in `settings.services` are
+    /// asked for (hosts this mesh fetches on demand are not). Needs a
+    /// tokio runtime; the client stops once this mesh is dropped.
+    /// `MESH_SHADOW_CONTROL_PLANE` does this in [`Mesh::from_env`]
+    /// (see [`XdsSettings::candidate_from_env`]).
+    pub fn candidate_from_control_plane(
+        &self,
+        settings: XdsSettings,
+    ) -> Result<XdsHandle, SettingsError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SettingsError::NoRuntime)?;
+        let server = settings.server.clone();
+        let (candidate, handle) = Mesh::from_control_plane(settings)?;
+        let weak = self.downgrade();
+        let keep = handle.clone();
+        runtime.spawn(async move {
+            // Holds the candidate's mesh (its client holds it weakly).
+            let _client = keep;
+            let mut configs = candidate.subscribe();
+            let mut next = Some(configs.current());
+            loop {
+                let Some(mesh) = Mesh::upgrade(&weak) else {
+                    return;
+                };
+                if let Some(snap) = next.take().filter(|s| s.version() > 0) {
+                    let config = snap.config().clone();
+                    // A refusal is logged by `set_candidate`.
+                    let _ = mesh.set_candidate(config, Source::Xds(server.clone()));
+                }
+                drop(mesh);
+                // Woken now and then to see whether this mesh is gone.
+                match tokio::time::timeout(std::time::Duration::from_secs(1), configs.next()).await
+                {
+                    Ok(Some(snap)) => next = Some(snap),
+                    Ok(None) => return,
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(handle)
+    }
+
     /// A mesh fed by a control plane. Needs a tokio runtime. It is ready
     /// once the services in `settings.services` have arrived (or the
     /// control plane said it has none of them); with none listed it is

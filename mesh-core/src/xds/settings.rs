@@ -180,9 +180,41 @@ impl XdsSettings {
     /// the on-demand wait from `MESH_XDS_ON_DEMAND` (a duration such as
     /// `2s`, the default, or `off`).
     pub fn from_env() -> Result<Option<Self>, SettingsError> {
-        let Some(mut s) = Self::from_env_sources()? else {
+        let Some(s) = Self::from_env_sources()? else {
             return Ok(None);
         };
+        s.with_env().map(Some)
+    }
+
+    /// The settings for a candidate config's control plane, when
+    /// `MESH_SHADOW_CONTROL_PLANE` names one (see
+    /// [`Mesh::candidate_from_control_plane`](crate::Mesh::candidate_from_control_plane)):
+    /// those of [`XdsSettings::from_env`] (or, without a control plane of
+    /// the live config's, the node and services the environment names)
+    /// with that server, no inbound listener and no last known good.
+    pub fn candidate_from_env() -> Result<Option<Self>, SettingsError> {
+        let Some(server) = env_var("MESH_SHADOW_CONTROL_PLANE") else {
+            return Ok(None);
+        };
+        refuse_tls("MESH_SHADOW_CONTROL_PLANE", &server)?;
+        let mut s = match Self::from_env_sources()? {
+            Some(s) => s,
+            None => {
+                let id = env_var("MESH_NODE_ID").unwrap_or_else(default_node_id);
+                Self::new(&server, &id, services_from_env())
+            }
+        }
+        .with_env()?;
+        s.server = server;
+        s.inbound = None;
+        s.state_dir = None;
+        Ok(Some(s))
+    }
+
+    /// These settings with what the environment's `MESH_*` variables say
+    /// beyond the server and node.
+    fn with_env(mut self) -> Result<Self, SettingsError> {
+        let s = &mut self;
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(api) = var("MESH_XDS_API") {
             s.api = api.parse()?;
@@ -193,7 +225,7 @@ impl XdsSettings {
                 let template = s.server_listener_template.clone()?;
                 Some(template.replace("%s", &var("MESH_XDS_INBOUND_ADDR")?))
             });
-            s = s.serving(&service);
+            *s = s.clone().serving(&service);
             if let (Some(inbound), Some(listener)) = (s.inbound.as_mut(), listener) {
                 inbound.listener = listener;
             }
@@ -243,26 +275,13 @@ impl XdsSettings {
                 ),
             };
         }
-        Ok(Some(s))
+        Ok(self)
     }
 
     fn from_env_sources() -> Result<Option<Self>, SettingsError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let services: Vec<String> = var("MESH_XDS_SERVICES")
-            .map(|s| {
-                s.split(',')
-                    .map(|x| x.trim().to_owned())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let default_id = || {
-            let host = var("HOSTNAME").unwrap_or_else(|| "localhost".into());
-            format!(
-                "{}~{host}",
-                var("MESH_SERVICE").unwrap_or_else(|| "mesh".into())
-            )
-        };
+        let var = env_var;
+        let services = services_from_env();
+        let default_id = default_node_id;
         if let Some(server) = var("MESH_CONTROL_PLANE") {
             refuse_tls("MESH_CONTROL_PLANE", &server)?;
             let id = var("MESH_NODE_ID").unwrap_or_else(default_id);
@@ -530,4 +549,29 @@ impl SettingsError {
             other => other,
         }
     }
+}
+/// An environment variable's value, unless unset or empty.
+fn env_var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// `MESH_XDS_SERVICES`, split.
+fn services_from_env() -> Vec<String> {
+    env_var("MESH_XDS_SERVICES")
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `$MESH_SERVICE~$HOSTNAME`, as Istio names nodes.
+fn default_node_id() -> String {
+    let host = env_var("HOSTNAME").unwrap_or_else(|| "localhost".into());
+    format!(
+        "{}~{host}",
+        env_var("MESH_SERVICE").unwrap_or_else(|| "mesh".into())
+    )
 }

@@ -117,3 +117,63 @@ fn from_env_follows_the_workload_api_and_is_not_ready_until_it_answers() {
         assert!(!mesh.is_ready());
     });
 }
+
+/// `MESH_SHADOW_CONFIG`: the file is loaded as the candidate beside the
+/// live config; an invalid candidate fails `from_env` naming the file; the
+/// two shadow variables together are refused by name.
+#[test]
+fn from_env_loads_a_candidate_file_for_shadow_evaluation() {
+    let name = "environment::from_env_loads_a_candidate_file_for_shadow_evaluation";
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("mesh.yaml");
+    let yaml = "services: [{ name: web, routes: [{ to: [web-v1] }] }]\nbackends: [{ name: web-v1, endpoints: ['127.0.0.1:1'] }, { name: web-v2, endpoints: ['127.0.0.1:2'] }]\n";
+    std::fs::write(&live, yaml).unwrap();
+    let candidate = dir.path().join("candidate.yaml");
+    std::fs::write(&candidate, yaml.replace("to: [web-v1]", "to: [web-v2]")).unwrap();
+    let (live, candidate) = (live.to_str().unwrap(), candidate.to_str().unwrap());
+    if !in_child(
+        name,
+        &[("MESH_CONFIG", live), ("MESH_SHADOW_CONFIG", candidate)],
+    ) {
+        return;
+    }
+    // The child's own paths are those the parent made.
+    let candidate = std::env::var("MESH_SHADOW_CONFIG").unwrap();
+    let mesh = Mesh::from_env().unwrap();
+    let c = mesh.candidate().expect("the candidate is loaded");
+    assert_eq!(c.report().source(), format!("file:{candidate}"));
+    assert_eq!(
+        mesh.snapshot().config().services[0].routes[0].to[0].backend,
+        "web-v1"
+    );
+    std::fs::write(
+        candidate,
+        "services: [{ name: web, routes: [{ to: [nowhere] }] }]\n",
+    )
+    .unwrap();
+    let err = Mesh::from_env().unwrap_err().to_string();
+    assert!(
+        err.contains("candidate.yaml") && err.contains("nowhere"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "xds")]
+#[test]
+fn from_env_refuses_two_candidates() {
+    let name = "environment::from_env_refuses_two_candidates";
+    if !in_child(
+        name,
+        &[
+            ("MESH_SHADOW_CONFIG", "/nonexistent.yaml"),
+            ("MESH_SHADOW_CONTROL_PLANE", "http://127.0.0.1:1"),
+        ],
+    ) {
+        return;
+    }
+    let err = Mesh::from_env().unwrap_err().to_string();
+    assert!(
+        err.contains("MESH_SHADOW_CONFIG and MESH_SHADOW_CONTROL_PLANE"),
+        "{err}"
+    );
+}

@@ -222,3 +222,68 @@ proptest! {
         }
     }
 }
+
+/// Shadow evaluation: the candidate is decided with the same draw; alike
+/// decisions are counted only, each kind of difference (another route or
+/// backend, a host only the candidate claims, a refusal) apart; a split
+/// that moves weight differs on the share that moved.
+#[test]
+fn a_candidate_is_decided_with_the_same_draw_and_differences_are_filed_by_kind() {
+    use proxyless_core::Mesh;
+    use proxyless_core::shadow::Outcome;
+    let live = "
+services:
+  - name: reviews
+    routes:
+      - { name: main, to: [{ backend: v1, weight: 90 }, { backend: v2, weight: 10 }] }
+backends:
+  - { name: v1, endpoints: ['127.0.0.1:1'] }
+  - { name: v2, endpoints: ['127.0.0.1:2'] }
+";
+    let candidate = live.replace("weight: 90 }, { backend: v2, weight: 10", "weight: 50 }, { backend: v2, weight: 50")
+        .replace("services:\n", "defaults: { unknown_hosts: refuse }\nservices:\n  - { name: ratings, routes: [{ name: r, to: [v1] }] }\n");
+    let m = Mesh::from_config(Config::from_yaml(live).unwrap()).unwrap();
+    m.set_candidate(Config::from_yaml(&candidate).unwrap(), Source::Code)
+        .unwrap();
+    let snap = m.snapshot();
+    let c = snap.candidate().unwrap();
+    let headers = HeaderMap::new();
+    let mut rng = StdRng::seed_from_u64(7);
+    let n = 10_000;
+    let mut moved = 0;
+    for _ in 0..n {
+        let sample: u64 = rng.random();
+        let req = RequestParts::new("reviews", "GET", "/", None, &headers);
+        if proxyless_core::route::shadow(c, &decide(&snap, &req, sample), &req, sample).is_some() {
+            moved += 1;
+        }
+    }
+    // 40% of the weight moved from v1 to v2: a draw under both splits
+    // lands apart about that often.
+    assert!((3_600..=4_400).contains(&moved), "{moved}");
+    let (d, _) = c.report().differences();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].live.backend_label(), "v1");
+    assert_eq!(d[0].candidate.backend_label(), "v2");
+
+    // A host only the candidate claims, and one it refuses.
+    for host in ["ratings", "elsewhere"] {
+        let req = RequestParts::new(host, "GET", "/", None, &headers);
+        let live = decide(&snap, &req, 0);
+        let (l, cand) = proxyless_core::route::shadow(c, &live, &req, 0).unwrap();
+        assert_eq!(l, Outcome::Passthrough);
+        match host {
+            "ratings" => assert_eq!(cand.route_label(), "r"),
+            _ => assert_eq!(cand, Outcome::UnknownHost),
+        }
+    }
+    assert_eq!(c.report().evaluated(), n + 2);
+    assert_eq!(c.report().differences().0.len(), 3);
+
+    // Refused (its routes name backends it lacks): the one loaded stays.
+    let mut bad = Config::from_yaml(live).unwrap();
+    bad.backends.clear();
+    let refused = m.set_candidate(bad, Source::Code).unwrap_err();
+    assert!(refused.to_string().contains("v1"), "{refused}");
+    assert_eq!(m.candidate().unwrap().report().evaluated(), n + 2);
+}

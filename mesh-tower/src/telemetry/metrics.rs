@@ -50,6 +50,13 @@ pub const ADAPTIVE_LIMIT: &str = "mesh_adaptive_concurrency_limit";
 /// otherwise than the default would (a 2xx or 4xx called a failure, a 5xx
 /// called a success), by backend and `as` (`failure`, `success`).
 pub const RECLASSIFIED: &str = "mesh_reclassified_total";
+/// `mesh_shadow_requests_total`: requests also decided under a candidate
+/// config (shadow evaluation).
+pub const SHADOW_REQUESTS: &str = "mesh_shadow_requests_total";
+/// `mesh_shadow_differences_total`: requests the candidate config would
+/// have routed differently, by service and the live and candidate route
+/// and backend.
+pub const SHADOW_DIFFERENCES: &str = "mesh_shadow_differences_total";
 /// `mesh_circuit_breaker_rejections_total`.
 pub const BREAKER_REJECTIONS: &str = "mesh_circuit_breaker_rejections_total";
 /// `mesh_outlier_ejections_total`.
