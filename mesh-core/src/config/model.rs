@@ -379,8 +379,8 @@ pub struct RouteMatch {
 pub enum PathMatch {
     /// The whole path, exactly.
     Exact(String),
-    /// A prefix on segment boundaries: `/ratings` matches `/ratings` and
-    /// `/ratings/1`, not `/ratingsX`.
+    /// A plain string prefix, as Envoy's: `/ratings` matches `/ratings`,
+    /// `/ratings/1` and `/ratingsX`.
     Prefix(String),
     /// A regular expression that must match the whole path.
     Regex(String),
