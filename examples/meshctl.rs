@@ -6,6 +6,7 @@
 //! cargo run --example meshctl -- route mesh.yaml GET http://reviews/ratings/1 -H x-user:tester
 //! cargo run --example meshctl -- certs --trust-domain demo.local --out ./certs reviews productpage
 //! cargo run --example meshctl -- shadow 127.0.0.1:9901
+//! cargo run --example meshctl -- import [--check] [--out mesh.yaml] istio/*.yaml
 //! ```
 //!
 //! `check` exits 0 with a one-line summary when the file is valid, and 1 with
@@ -20,7 +21,17 @@
 //! how many requests its candidate config would route differently, by
 //! service and route, with the newest such requests; it exits 0 when none
 //! would, 1 when some would (a gate before promoting the candidate), and 2
-//! when the report cannot be read or no candidate is loaded.
+//! when the report cannot be read or no candidate is loaded. `import` reads
+//! Istio (`VirtualService`, `DestinationRule`, `ServiceEntry`,
+//! `PeerAuthentication`, `AuthorizationPolicy`) and App Mesh resources
+//! (Kubernetes resources, or the JSON of `aws appmesh describe-*`) and
+//! writes this mesh's config (to `--out`, else standard output); every
+//! field not carried over as it was is listed on standard error by file,
+//! line, resource, field path and reason. With `--check` nothing is
+//! written and it exits 1 when anything would be lost or approximated.
+//! `--trust-domain` (`cluster.local`), `--cluster-domain` (`cluster.local`)
+//! and `--port` (80, for destinations that name none) say what the
+//! resources leave implicit.
 
 #![allow(clippy::print_stdout)]
 
@@ -33,7 +44,8 @@ const USAGE: &str = "usage:
   meshctl check FILE
   meshctl route FILE METHOD URL [-H name:value]...
   meshctl certs --trust-domain TD --out DIR [--id NAME=spiffe://...]... NAME...
-  meshctl shadow ADMIN_ADDR";
+  meshctl shadow ADMIN_ADDR
+  meshctl import [--check] [--out FILE] [--trust-domain TD] [--cluster-domain D] [--port N] FILE...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +54,7 @@ fn main() -> ExitCode {
         Some("route") => route(&args[1..]),
         Some("certs") => certs(&args[1..]),
         Some("shadow") => shadow(&args[1..]),
+        Some("import") => import(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -345,4 +358,78 @@ fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
     Ok((status, body.to_owned()))
+}
+
+fn import(args: &[String]) -> Result<ExitCode, String> {
+    use proxyless_core::import::{LossKind, Options};
+    let mut options = Options::default();
+    let (mut check, mut out, mut files) = (false, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--check" => check = true,
+            "--out" => out = Some(value()?),
+            "--trust-domain" => options.trust_domain = value()?,
+            "--cluster-domain" => options.cluster_domain = value()?,
+            "--port" => {
+                let v = value()?;
+                options.default_port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("--port `{v}`: expected a port number"))?;
+            }
+            f if f.starts_with("--") => return Err(format!("unknown option `{f}`\n{USAGE}")),
+            f => files.push(f.to_owned()),
+        }
+    }
+    if files.is_empty() {
+        return Err(USAGE.to_owned());
+    }
+    let mut texts = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+        texts.push((f.as_str(), text));
+    }
+    let inputs: Vec<(&str, &str)> = texts.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let imported = proxyless_core::import::import(&inputs, &options).map_err(|e| e.to_string())?;
+    for loss in &imported.losses {
+        eprintln!("{loss}");
+    }
+    let lost = imported
+        .losses
+        .iter()
+        .filter(|l| l.kind == LossKind::Dropped)
+        .count();
+    let approximated = imported.losses.len() - lost;
+    let c = &imported.config;
+    eprintln!(
+        "{} resources read: {} services, {} backends, {} inbound policies; {lost} fields lost, {approximated} approximated",
+        imported.read.len(),
+        c.services.len(),
+        c.backends.len(),
+        c.inbound.len()
+    );
+    if check {
+        return Ok(if imported.lossy() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let yaml = format!(
+        "# Made by `meshctl import` from {}.\n# {lost} fields lost and {approximated} approximated: see its report.\n{}",
+        files.join(", "),
+        c.to_yaml()
+    );
+    match out {
+        Some(path) => std::fs::write(&path, yaml).map_err(|e| format!("{path}: {e}"))?,
+        None => print!("{yaml}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,8 @@ mod dns;
 #[cfg(feature = "dns")]
 pub use snapshot::LookupError;
 pub mod identity;
+#[cfg(feature = "import")]
+pub mod import;
 mod mesh;
 pub mod path;
 pub mod policy;

@@ -20,6 +20,7 @@ mod hostile;
 mod identity;
 mod interop;
 mod locality;
+mod migration;
 mod operations;
 mod otel;
 mod ratelimit;

@@ -29,6 +29,8 @@ pub mod duration;
 mod error;
 mod model;
 mod node;
+#[cfg(feature = "import")]
+pub(crate) use node::Value;
 pub(crate) mod regex;
 mod shared;
 pub(crate) mod validate;
@@ -38,7 +40,7 @@ pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
 pub use shared::Shared;
 
-use node::Node;
+pub(crate) use node::Node;
 use std::path::Path;
 
 /// The format of a config document.
@@ -182,6 +184,38 @@ fn yaml_budget() -> serde_saphyr::Budget {
     // What aliases replay is charged here: an alias bomb stops at it.
     budget.max_recorded_anchor_events = 100_000;
     budget
+}
+
+/// Every document of a YAML (or JSON) stream, as trees with lines, under
+/// a config's limits but for up to 10,000 documents of 1,000,000 values
+/// in all (empty ones skipped): what `import` reads other meshes'
+/// resources with.
+#[cfg(feature = "import")]
+pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, Problem> {
+    let syntax = |line: Option<u32>, msg: String| Problem::new(ProblemKind::Syntax, "", line, msg);
+    if text.len() > MAX_CONFIG_BYTES {
+        let msg = format!("{} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len());
+        return Err(Problem::new(ProblemKind::OutOfRange, "", None, msg));
+    }
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let mut budget = yaml_budget();
+    budget.max_documents = 10_000;
+    // Each value is kept with its path while imported: fewer than a
+    // config may hold (other meshes' resources are small).
+    budget.max_nodes = 1_000_000;
+    budget.max_events = 2_000_000;
+    options.budget = Some(budget);
+    serde_saphyr::from_multiple_with_options::<Node>(text, options).map_err(|e| {
+        let line = e
+            .location()
+            .and_then(|l| u32::try_from(l.line()).ok())
+            .filter(|l| *l > 0);
+        syntax(
+            line,
+            format!("not valid YAML: {}", first_line(&e.to_string())),
+        )
+    })
 }
 
 fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {

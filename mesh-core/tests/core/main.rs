@@ -9,6 +9,8 @@
 
 mod config_files;
 mod environment;
+#[cfg(feature = "import")]
+mod import;
 mod incremental;
 mod round_trip;
 mod routing;

@@ -1,0 +1,603 @@
+//! `import`: Istio and App Mesh resources as this mesh's config, each
+//! supported field carried over and every other one reported by resource,
+//! field path, line and reason. The inputs are in `tests/import/`, written
+//! here from the public API references.
+
+use proxyless_core::config::{
+    AuthzAction, Config, LoadBalancer, MtlsMode, PathMatch, Protocol, RetryOn, StringMatch,
+};
+use proxyless_core::import::{Imported, LossKind, Options, import};
+use std::time::Duration;
+
+fn istio() -> Imported {
+    let text = include_str!("../import/istio.yaml");
+    import(&[("istio.yaml", text)], &Options::default()).unwrap()
+}
+
+fn appmesh() -> Imported {
+    let inputs = [
+        (
+            "appmesh-k8s.yaml",
+            include_str!("../import/appmesh-k8s.yaml"),
+        ),
+        (
+            "appmesh-node.json",
+            include_str!("../import/appmesh-node.json"),
+        ),
+        (
+            "appmesh-router.json",
+            include_str!("../import/appmesh-router.json"),
+        ),
+        (
+            "appmesh-route-all.json",
+            include_str!("../import/appmesh-route-all.json"),
+        ),
+        (
+            "appmesh-route-hello.json",
+            include_str!("../import/appmesh-route-hello.json"),
+        ),
+        (
+            "appmesh-service.json",
+            include_str!("../import/appmesh-service.json"),
+        ),
+        (
+            "appmesh-mesh.json",
+            include_str!("../import/appmesh-mesh.json"),
+        ),
+    ];
+    import(&inputs, &Options::default()).unwrap()
+}
+
+/// The loss at `path` (exactly one), its kind and reason.
+fn loss(out: &Imported, path: &str) -> (LossKind, String) {
+    let found: Vec<_> = out.losses.iter().filter(|l| l.path == path).collect();
+    assert_eq!(found.len(), 1, "one loss at {path} in {:#?}", out.losses);
+    (found[0].kind, found[0].reason.clone())
+}
+
+/// What is written is what is read back: the config file a user keeps.
+fn round_trips(out: &Imported) {
+    let again = Config::from_yaml(&out.config.to_yaml()).unwrap();
+    assert_eq!(again, out.config);
+}
+
+#[test]
+fn istio_virtual_services_become_services_with_their_routes() {
+    let out = istio();
+    round_trips(&out);
+    let svc = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "reviews.shop.svc.cluster.local")
+        .unwrap();
+    assert_eq!(svc.hosts, ["reviews.shop.svc", "reviews.shop", "reviews"]);
+    let canary = &svc.routes[0];
+    assert_eq!(canary.name.as_deref(), Some("canary"));
+    // Two of three match requests: the third's sourceLabels cannot be
+    // expressed, so that request is dropped (matching less, never more).
+    assert_eq!(canary.matches.len(), 2);
+    assert_eq!(
+        canary.matches[0].path,
+        Some(PathMatch::Prefix("/reviews".into()))
+    );
+    assert_eq!(
+        canary.matches[0].headers["end-user"],
+        StringMatch::Exact("jason".into())
+    );
+    assert_eq!(canary.matches[1].methods, ["GET"]);
+    assert_eq!(
+        canary.matches[1].query["canary"],
+        StringMatch::Exact("1".into())
+    );
+    assert_eq!(
+        canary.matches[1].headers["x-legacy"],
+        StringMatch::Present(false)
+    );
+    assert_eq!(
+        loss(&out, "spec.http[0].match[2].sourceLabels").0,
+        LossKind::Dropped
+    );
+    assert_eq!(canary.to.len(), 1);
+    assert_eq!(
+        (canary.to[0].backend.as_str(), canary.to[0].weight),
+        ("reviews.shop.svc.cluster.local/v2", 100)
+    );
+    assert_eq!(canary.timeout, Some(Duration::from_millis(1500)));
+    let retry = canary.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 3, "two retries and the first");
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(
+        retry.on,
+        [
+            RetryOn::FiveXx,
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::RetriableStatusCodes
+        ]
+    );
+    assert_eq!(retry.retriable_status_codes, [429]);
+    let fault = canary.fault.as_ref().unwrap();
+    let delay = fault.delay.as_ref().unwrap();
+    assert_eq!(
+        (delay.fixed, delay.percent),
+        (Duration::from_millis(100), 10.0)
+    );
+    let abort = fault.abort.as_ref().unwrap();
+    assert_eq!((abort.status, abort.percent), (503, 1.5));
+    let mirror = canary.mirror.as_ref().unwrap();
+    assert_eq!(
+        (mirror.backend.as_str(), mirror.percent),
+        ("reviews.shop.svc.cluster.local/v1", 25.0)
+    );
+
+    let default = &svc.routes[1];
+    let split: Vec<(&str, u32)> = default
+        .to
+        .iter()
+        .map(|w| (w.backend.as_str(), w.weight))
+        .collect();
+    assert_eq!(
+        split,
+        [
+            ("reviews.shop.svc.cluster.local/v1", 90),
+            ("reviews.shop.svc.cluster.local/v2", 10)
+        ]
+    );
+    // No `retries`: Istio's default policy.
+    let r = default.retry.as_ref().unwrap();
+    assert_eq!(
+        (r.attempts, r.retriable_status_codes.as_slice()),
+        (3, &[503][..])
+    );
+    assert!(r.on.contains(&RetryOn::Unavailable) && r.on.contains(&RetryOn::Cancelled));
+    for lost in ["spec.http[1].corsPolicy", "spec.http[1].rewrite"] {
+        assert_eq!(
+            loss(&out, lost),
+            (LossKind::Dropped, "not supported by this mesh".into())
+        );
+    }
+}
+
+#[test]
+fn istio_destination_rules_and_service_entries_become_backends() {
+    let out = istio();
+    let b = |name: &str| {
+        out.config
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap()
+            .clone()
+    };
+    let v1 = b("reviews.shop.svc.cluster.local/v1");
+    // The mirror names no port; the route's destination does.
+    assert_eq!(
+        v1.endpoints[0].address,
+        "reviews.shop.svc.cluster.local:9080"
+    );
+    assert_eq!(v1.load_balancer, LoadBalancer::RoundRobin);
+    let cb = v1.circuit_breaker.as_ref().unwrap();
+    assert_eq!(
+        (cb.max_pending, cb.max_requests, cb.max_retries),
+        (10, 100, 5)
+    );
+    let od = v1.outlier_detection.as_deref().unwrap();
+    assert_eq!(
+        (
+            od.consecutive_5xx,
+            od.consecutive_gateway_errors,
+            od.base_ejection,
+            od.max_ejection_percent
+        ),
+        (3, 2, Duration::from_secs(60), 50)
+    );
+    let tls = v1.tls.as_deref().unwrap();
+    assert_eq!(tls.identities, ["spiffe://cluster.local/ns/shop/*"]);
+    assert_eq!(
+        loss(&out, "spec.trafficPolicy.tls.mode").0,
+        LossKind::Approximated
+    );
+    assert_eq!(out.config.trust_domain.as_deref(), Some("cluster.local"));
+    // The subset's own policy over the rule's.
+    let v2 = b("reviews.shop.svc.cluster.local/v2");
+    assert_eq!(
+        v2.load_balancer,
+        LoadBalancer::RingHash {
+            header: "x-user".into()
+        }
+    );
+    assert_eq!(v2.circuit_breaker, v1.circuit_breaker);
+    let (kind, why) = loss(&out, "spec.subsets[1].labels");
+    assert_eq!(kind, LossKind::Approximated);
+    assert!(why.contains("version=v2"), "{why}");
+    for lost in [
+        "spec.trafficPolicy.connectionPool.http.idleTimeout",
+        "spec.trafficPolicy.connectionPool.tcp",
+    ] {
+        assert_eq!(loss(&out, lost).0, LossKind::Dropped);
+    }
+    assert_eq!(
+        loss(&out, "spec.trafficPolicy.outlierDetection.interval").0,
+        LossKind::Approximated
+    );
+
+    // A ServiceEntry: its endpoints on the port (or the endpoint's own),
+    // and a service claiming its host, since no virtual service does.
+    let pay = b("payments.example.com");
+    let eps: Vec<&str> = pay.endpoints.iter().map(|e| e.address.as_str()).collect();
+    assert_eq!(eps, ["10.0.0.1:8443", "10.0.0.2:9443"]);
+    assert_eq!(pay.protocol, Protocol::Http1);
+    let svc = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "payments.example.com")
+        .unwrap();
+    assert_eq!(svc.routes[0].to[0].backend, "payments.example.com");
+}
+
+#[test]
+fn istio_security_policies_become_inbound_policies_fail_closed() {
+    let out = istio();
+    assert_eq!(out.config.inbound.len(), 1);
+    let p = &out.config.inbound[0];
+    assert_eq!((p.service.as_str(), p.mtls), ("reviews", MtlsMode::Strict));
+    assert_eq!(loss(&out, "spec.portLevelMtls").0, LossKind::Dropped);
+    // One allow rule per source (principal; namespace), the operation
+    // kept; the rule needing request principals dropped (it would allow
+    // more without them); the deny rule kept without its `when` (it
+    // denies more).
+    let allows: Vec<_> = p
+        .rules
+        .iter()
+        .filter(|r| r.action == AuthzAction::Allow)
+        .collect();
+    assert_eq!(allows.len(), 2);
+    assert_eq!(
+        allows[0].from,
+        ["spiffe://cluster.local/ns/shop/sa/productpage"]
+    );
+    assert_eq!(allows[1].from, ["spiffe://cluster.local/ns/admin/*"]);
+    assert_eq!(allows[0].to.methods, ["GET"]);
+    assert_eq!(allows[0].to.paths, ["/reviews/*", "/health"]);
+    assert_eq!(
+        loss(&out, "spec.rules[1].from[0].source.requestPrincipals").0,
+        LossKind::Dropped
+    );
+    let deny: Vec<_> = p
+        .rules
+        .iter()
+        .filter(|r| r.action == AuthzAction::Deny)
+        .collect();
+    assert_eq!(deny.len(), 1);
+    assert_eq!(deny[0].to.paths, ["/admin*"]);
+    assert!(deny[0].from.is_empty());
+    let (kind, why) = loss(&out, "spec.rules[0].when");
+    assert_eq!(kind, LossKind::Approximated);
+    assert!(why.contains("denies more"), "{why}");
+}
+
+#[test]
+fn every_loss_names_its_resource_file_line_and_reason() {
+    let out = istio();
+    assert!(out.lossy());
+    for l in &out.losses {
+        assert_eq!(l.file, "istio.yaml");
+        assert!(l.line.is_some_and(|n| n > 0), "{l}");
+        assert!(!l.reason.is_empty() && l.resource.contains("shop/"), "{l}");
+    }
+    let gateway = out
+        .losses
+        .iter()
+        .find(|l| l.resource == "Gateway shop/ingress")
+        .unwrap();
+    assert_eq!(gateway.kind, LossKind::Dropped);
+    let text = gateway.to_string();
+    assert!(text.starts_with("istio.yaml:"), "{text}");
+    // Sorted by where they are in the file.
+    let lines: Vec<u32> = out.losses.iter().filter_map(|l| l.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    assert_eq!(out.read.len(), 7, "{:?}", out.read);
+}
+
+#[test]
+fn resources_this_mesh_carries_whole_report_nothing() {
+    let clean = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api, namespace: prod }
+spec:
+  hosts: [api.internal]
+  ports: [{ number: 8080, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: api, namespace: prod }
+spec:
+  hosts: [api.internal]
+  http:
+    - route: [{ destination: { host: api.internal } }]
+      timeout: 2s
+      retries: { attempts: 1, retryOn: 5xx }
+";
+    let out = import(&[("clean.yaml", clean)], &Options::default()).unwrap();
+    assert!(!out.lossy(), "{:#?}", out.losses);
+    let route = &out.config.services[0].routes[0];
+    assert_eq!(route.to[0].backend, "api.internal");
+    assert_eq!(
+        out.config.backends[0].endpoints[0].address,
+        "api.internal:8080"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_yaml_is_refused_by_name() {
+    let err = import(&[("bad.yaml", "kind: [unclosed")], &Options::default()).unwrap_err();
+    assert!(err.to_string().starts_with("bad.yaml:"), "{err}");
+    // A document of no known kind is reported, not refused.
+    let out = import(
+        &[(
+            "k.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\ndata: { a: b }\n",
+        )],
+        &Options::default(),
+    )
+    .unwrap();
+    assert!(
+        out.losses[0].reason.contains("ConfigMap"),
+        "{:?}",
+        out.losses
+    );
+}
+
+#[test]
+fn app_mesh_routers_become_services_in_priority_order() {
+    let out = appmesh();
+    round_trips(&out);
+    let svc = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "ratings.shop.svc.cluster.local")
+        .unwrap();
+    let names: Vec<_> = svc
+        .routes
+        .iter()
+        .map(|r| r.name.as_deref().unwrap())
+        .collect();
+    // Priority 10, then 20; `ranged` (a header range) and `raw` (TCP) lost.
+    assert_eq!(names, ["testers", "default"]);
+    assert_eq!(loss(&out, "spec.routes[2].httpRoute").0, LossKind::Dropped);
+    assert_eq!(loss(&out, "spec.routes[3].tcpRoute").0, LossKind::Dropped);
+    let t = &svc.routes[0];
+    let m = &t.matches[0];
+    assert_eq!(m.path, Some(PathMatch::Prefix("/ratings".into())));
+    assert_eq!(m.methods, ["POST"]);
+    assert_eq!(m.headers["x-tester"], StringMatch::Exact("yes".into()));
+    assert_eq!(m.headers["x-legacy"], StringMatch::Present(false));
+    assert_eq!(m.headers["x-build"], StringMatch::Regex(".*\\.beta".into()));
+    assert_eq!(m.query["debug"], StringMatch::Exact("1".into()));
+    let r = t.retry.as_ref().unwrap();
+    assert_eq!(
+        (r.attempts, r.per_try_timeout),
+        (4, Some(Duration::from_millis(250)))
+    );
+    for on in [
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ConnectFailure,
+        RetryOn::RetriableStatusCodes,
+    ] {
+        assert!(r.on.contains(&on), "{on}");
+    }
+    assert_eq!(r.retriable_status_codes, [409]);
+    let d = &svc.routes[1];
+    let split: Vec<(&str, u32)> =
+        d.to.iter()
+            .map(|w| (w.backend.as_str(), w.weight))
+            .collect();
+    assert_eq!(split, [("ratings-v1", 80), ("ratings-v2", 20)]);
+    assert_eq!(d.timeout, Some(Duration::from_secs(3)));
+    assert_eq!(
+        loss(&out, "spec.routes[0].httpRoute.timeout.idle").0,
+        LossKind::Dropped
+    );
+}
+
+#[test]
+fn app_mesh_nodes_become_backends() {
+    let out = appmesh();
+    let b = |name: &str| {
+        out.config
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap()
+            .clone()
+    };
+    let v1 = b("ratings-v1");
+    assert_eq!(
+        v1.endpoints[0].address,
+        "ratings-v1.shop.svc.cluster.local:9080"
+    );
+    let od = v1.outlier_detection.as_deref().unwrap();
+    assert_eq!(
+        (
+            od.consecutive_5xx,
+            od.max_ejection_percent,
+            od.base_ejection
+        ),
+        (4, 50, Duration::from_secs(30))
+    );
+    assert_eq!(v1.circuit_breaker.as_ref().unwrap().max_pending, 20);
+    assert_eq!(b("ratings-v2").protocol, Protocol::Http2);
+    let inbound = &out.config.inbound[0];
+    assert_eq!(
+        (inbound.service.as_str(), inbound.mtls),
+        ("ratings-v1", MtlsMode::Strict)
+    );
+    for lost in [
+        "spec.listeners[0].healthCheck",
+        "spec.backends",
+        "spec.listeners[0].connectionPool.http.maxConnections",
+    ] {
+        assert_eq!(loss(&out, lost).0, LossKind::Dropped, "{lost}");
+    }
+    assert_eq!(
+        loss(&out, "spec.listeners[0].outlierDetection.interval").0,
+        LossKind::Approximated
+    );
+}
+
+#[test]
+fn app_mesh_describe_output_is_read_too() {
+    let out = appmesh();
+    let svc = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "greeter.apps.local")
+        .unwrap();
+    let hello = &svc.routes[0];
+    assert_eq!(hello.name.as_deref(), Some("say-hello"));
+    assert_eq!(
+        hello.matches[0].path,
+        Some(PathMatch::Exact("/helloworld.Greeter/SayHello".into()))
+    );
+    assert_eq!(
+        hello.matches[0].headers["x-canary"],
+        StringMatch::Exact("1".into())
+    );
+    let r = hello.retry.as_ref().unwrap();
+    assert_eq!(r.attempts, 3);
+    assert_eq!(
+        r.on,
+        [
+            RetryOn::ConnectFailure,
+            RetryOn::Unavailable,
+            RetryOn::DeadlineExceeded
+        ]
+    );
+    assert_eq!(hello.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        svc.routes[1].matches[0].path,
+        Some(PathMatch::Prefix("/helloworld.Greeter/".into()))
+    );
+    let g = out
+        .config
+        .backends
+        .iter()
+        .find(|b| b.name == "greeter-v1")
+        .unwrap();
+    assert_eq!(g.protocol, Protocol::Grpc);
+    assert_eq!(g.endpoints[0].address, "greeter-v1.apps.local:50051");
+    assert_eq!(g.circuit_breaker.as_ref().unwrap().max_requests, 64);
+    let logging: Vec<_> = out
+        .losses
+        .iter()
+        .filter(|l| l.path == "virtualNode.spec.logging")
+        .collect();
+    assert_eq!(logging.len(), 1);
+    assert_eq!(logging[0].resource, "VirtualNode apps/greeter-v1");
+    assert!(out.losses.iter().any(|l| l.resource == "Mesh apps/apps"));
+}
+
+/// What an attacker or a typo puts in a resource is bounded and reported,
+/// never a panic: counts at their limits, multibyte paths, wrong types.
+#[test]
+fn hostile_values_are_reported_not_panicked_on() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: x, namespace: a }
+spec:
+  hosts: [x]
+  http:
+    - route: [{ destination: { host: x, port: { number: 99999999 } }, weight: 4294967295 }]
+      retries: { attempts: 4294967295, perTryTimeout: 99999999999h, retryOn: "éé,5xx" }
+      timeout: [not, a, duration]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: p, namespace: a }
+spec:
+  selector: { matchLabels: { app: x } }
+  rules: [{ to: [{ operation: { paths: ["/é*é", "/ü*"] } }] }]
+"#;
+    let out = import(&[("h.yaml", text)], &Options::default()).unwrap();
+    let route = &out.config.services[0].routes[0];
+    assert_eq!(route.retry.as_ref().unwrap().attempts, 10);
+    assert!(
+        out.losses
+            .iter()
+            .any(|l| l.path.ends_with("retries.attempts"))
+    );
+    assert!(
+        out.losses
+            .iter()
+            .any(|l| l.path.ends_with("http[0].timeout"))
+    );
+    // The allow rule held a path with an inner `*`: dropped, and with it
+    // the only thing the policy allowed, so everything is denied.
+    let rules = &out.config.inbound[0].rules;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].action, AuthzAction::Deny);
+    assert!(rules[0].from.is_empty() && rules[0].to.paths.is_empty());
+    assert!(out.losses.iter().any(|l| l.path.ends_with("paths[0]")));
+}
+
+/// Istio's allow semantics, failing closed: a workload under an allow
+/// policy is allowed only what some allow rule allows (an empty allow
+/// policy denies all, unless another allows something); a CUSTOM policy's
+/// requests are denied.
+#[test]
+fn allow_policies_and_external_authorizers_fail_closed() {
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: a }}\nspec: {spec}\n---\n"
+        )
+    };
+    let empty = policy("nothing", "{ selector: { matchLabels: { app: x } } }");
+    let some = policy(
+        "some",
+        "{ selector: { matchLabels: { app: x } }, rules: [{ to: [{ operation: { methods: [GET] } }] }] }",
+    );
+    let custom = policy(
+        "ext",
+        "{ selector: { matchLabels: { app: y } }, action: CUSTOM, provider: { name: opa }, rules: [{ to: [{ operation: { paths: [/admin*] } }] }] }",
+    );
+    let out = import(
+        &[("p.yaml", &format!("{empty}{some}{custom}"))],
+        &Options::default(),
+    )
+    .unwrap();
+    let of = |s: &str| {
+        out.config
+            .inbound
+            .iter()
+            .find(|p| p.service == s)
+            .unwrap()
+            .rules
+            .clone()
+    };
+    // x: the empty policy allows nothing, the other allows GET: GET only.
+    let x = of("x");
+    assert_eq!(x.len(), 1, "{x:?}");
+    assert_eq!(
+        (x[0].action, x[0].to.methods.as_slice()),
+        (AuthzAction::Allow, &["GET".to_owned()][..])
+    );
+    // Alone, the empty policy denies all.
+    let out2 = import(&[("p.yaml", &empty)], &Options::default()).unwrap();
+    assert_eq!(out2.config.inbound[0].rules[0].action, AuthzAction::Deny);
+    // y: what the external authorizer would judge is denied.
+    let y = of("y");
+    assert_eq!(
+        (y[0].action, y[0].to.paths.as_slice()),
+        (AuthzAction::Deny, &["/admin*".to_owned()][..])
+    );
+    assert_eq!(loss(&out, "spec.action").0, LossKind::Approximated);
+}
