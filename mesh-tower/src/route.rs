@@ -236,7 +236,6 @@ fn aborted<RB>(status: u16) -> Response<ResponseBody<RB>> {
 #[derive(Debug, Clone, Copy)]
 struct Demanded;
 
-/// `mesh_requests_total` for requests refused before any route matched.
 /// Decides the request under the candidate config too (shadow
 /// evaluation), and counts the outcome. Out of line: a mesh with no
 /// candidate never comes here.
@@ -271,6 +270,7 @@ fn shadow(
     }
 }
 
+/// `mesh_requests_total` for requests refused before any route matched.
 fn no_route_counter() -> Option<&'static metrics::Counter> {
     static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
     crate::telemetry::metrics::lazy_handle(&COUNTER, || {

@@ -63,9 +63,13 @@ async fn report(addr: std::net::SocketAddr) -> (u16, serde_json::Value) {
 /// and live -> candidate route and backend, with samples, on the admin
 /// server and in metrics. An invalid edit keeps the candidate and its
 /// counts; a valid one starts a new report; unloading it ends `/shadow`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: its client and servers run where the test's own metrics
+// recorder is installed (a global one would be every other test's too).
+#[tokio::test]
 async fn a_candidate_file_is_evaluated_against_live_requests_and_never_served() {
-    proxyless_hyper::telemetry::install_prometheus().unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
     let (v1, v2) = (echo("sh-v1").await, echo("sh-v2").await);
     let (a1, a2) = (v1.addr().to_string(), v2.addr().to_string());
     let m = mesh(&live(&a1, &a2));
@@ -111,7 +115,7 @@ async fn a_candidate_file_is_evaluated_against_live_requests_and_never_served() 
     assert_eq!(samples[0]["path"], "/api/beta/x");
     assert_eq!(samples[0]["method"], "GET");
 
-    let (_, metrics) = crate::support::http_get(&format!("http://{addr}/metrics")).await;
+    let metrics = prometheus.render();
     let line = metrics
         .lines()
         .find(|l| {
@@ -123,7 +127,11 @@ async fn a_candidate_file_is_evaluated_against_live_requests_and_never_served() 
         })
         .unwrap_or_else(|| panic!("no difference series in\n{metrics}"));
     assert!(line.ends_with(" 20"), "{line}");
-    assert!(metrics.contains("mesh_shadow_requests_total "), "{metrics}");
+    let evaluated = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_shadow_requests_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(evaluated.is_some_and(|n| n >= 60.0), "{metrics}");
 
     // An invalid edit: refused, the candidate and its counts stay.
     std::fs::write(

@@ -534,8 +534,17 @@ fn backend_tls(out: &mut Out<'_>, d: &Doc, tls: &T, b: &mut Backend) {
                 Some(ns) => format!("spiffe://{td}/ns/{ns}/*"),
                 None => format!("spiffe://{td}/*"),
             };
-            let t = tls.peek("mode").unwrap_or(tls);
-            out.approximate(d, t, format!("ISTIO_MUTUAL: mutual TLS accepting any identity matching `{pattern}` (Istio checks the service's own accounts); narrow it to the server's SPIFFE ID"));
+            // SPIFFE subject alt names, when given, say exactly who.
+            let exact = tls
+                .peek("subjectAltNames")
+                .map(T::items_unread)
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.peek_text().is_some_and(|s| s.starts_with("spiffe://")));
+            if !exact {
+                let t = tls.peek("mode").unwrap_or(tls);
+                out.approximate(d, t, format!("ISTIO_MUTUAL: mutual TLS accepting any identity matching `{pattern}` (Istio checks the service's own accounts); narrow it to the server's SPIFFE ID"));
+            }
             b.tls = Some(Box::new(BackendTls {
                 mode: BackendTlsMode::Mutual,
                 identities: vec![pattern],
@@ -557,13 +566,15 @@ fn backend_tls(out: &mut Out<'_>, d: &Doc, tls: &T, b: &mut Backend) {
         t.sni = Some(sni);
     }
     if let Some(sans) = tls.get("subjectAltNames") {
+        let mut ids = Vec::new();
         for s in sans.items() {
-            match (s.text(), b.tls.as_mut()) {
-                (Some(id), Some(t)) if id.starts_with("spiffe://") => {
-                    t.identities = vec![id];
-                }
+            match s.text() {
+                Some(id) if id.starts_with("spiffe://") => ids.push(id),
                 _ => out.drop_field(d, s, "only SPIFFE IDs are verified"),
             }
+        }
+        if let (false, Some(t)) = (ids.is_empty(), b.tls.as_mut()) {
+            t.identities = ids;
         }
     }
 }

@@ -601,3 +601,145 @@ fn allow_policies_and_external_authorizers_fail_closed() {
     );
     assert_eq!(loss(&out, "spec.action").0, LossKind::Approximated);
 }
+
+#[test]
+fn istio_other_match_kinds_balancers_mirrors_and_namespace_policies() {
+    let text = include_str!("../import/istio-more.yaml");
+    let out = import(&[("istio-more.yaml", text)], &Options::default()).unwrap();
+    round_trips(&out);
+    let svc = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "search.rpc.svc.cluster.local")
+        .unwrap();
+    let r = &svc.routes[0];
+    assert_eq!(r.matches[0].path, Some(PathMatch::Exact("/search".into())));
+    assert_eq!(
+        r.matches[0].headers["x-tier"],
+        StringMatch::Prefix("gold".into())
+    );
+    assert_eq!(
+        r.matches[0].headers["x-id"],
+        StringMatch::Regex("[0-9]+".into())
+    );
+    assert_eq!(r.matches[0].query["q"], StringMatch::Regex(".+".into()));
+    assert_eq!(
+        r.matches[1].path,
+        Some(PathMatch::Regex("/v[0-9]+/search".into()))
+    );
+    // The first mirror is kept, the second reported.
+    let m = r.mirror.as_ref().unwrap();
+    assert_eq!(
+        (m.backend.as_str(), m.percent),
+        ("search.rpc.svc.cluster.local", 5.0)
+    );
+    assert_eq!(loss(&out, "spec.http[0].mirrors[1]").0, LossKind::Dropped);
+    // `attempts: 0` is no retry; `0s` is no timeout (the mesh's default).
+    let rest = &svc.routes[1];
+    assert!(rest.retry.is_none() && rest.timeout.is_none());
+    assert_eq!(loss(&out, "spec.http[1].timeout").0, LossKind::Approximated);
+
+    let b = |name: &str| {
+        out.config
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        b("search.rpc.svc.cluster.local").load_balancer,
+        LoadBalancer::Random
+    );
+    // The subset's LEAST_REQUEST over the rule's RANDOM: approximated.
+    assert_eq!(
+        b("search.rpc.svc.cluster.local/fast").load_balancer,
+        LoadBalancer::P2cEwma
+    );
+    assert_eq!(
+        loss(&out, "spec.subsets[0].trafficPolicy.loadBalancer.simple").0,
+        LossKind::Approximated
+    );
+    let g = b("greeter.rpc.internal");
+    assert_eq!(g.protocol, Protocol::Grpc);
+    assert_eq!(g.endpoints[0].address, "greeter.rpc.internal:50051");
+    assert_eq!(
+        g.load_balancer,
+        LoadBalancer::Maglev {
+            header: "x-session".into()
+        }
+    );
+    assert_eq!(
+        g.outlier_detection
+            .as_ref()
+            .unwrap()
+            .consecutive_connect_failures,
+        4
+    );
+    let tls = g.tls.as_deref().unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("greeter.rpc.internal"));
+    assert_eq!(tls.identities, ["spiffe://cluster.local/ns/rpc/sa/greeter"]);
+
+    // Namespace-wide: every service the inputs know in `rpc` (the short
+    // hosts routed to there), said as approximated.
+    let strict: Vec<&str> = out
+        .config
+        .inbound
+        .iter()
+        .filter(|p| p.mtls == MtlsMode::Strict)
+        .map(|p| p.service.as_str())
+        .collect();
+    assert_eq!(strict, ["search"]);
+    let (kind, why) = loss(&out, "spec");
+    assert_eq!(kind, LossKind::Approximated);
+    assert!(why.contains("search"), "{why}");
+}
+
+#[test]
+fn app_mesh_node_providers_and_paths() {
+    let node = r#"{"virtualNode": {"meshName": "m", "virtualNodeName": "web-v1", "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}], "serviceDiscovery": {"dns": {"hostname": "web-v1.local"}}}}}"#;
+    let service = r#"{"virtualService": {"meshName": "m", "virtualServiceName": "web.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "web-v1"}}}}}"#;
+    let router = "
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualRouter
+metadata: { name: api, namespace: m }
+spec:
+  routes:
+    - { name: exact, httpRoute: { match: { path: { exact: /health } }, action: { weightedTargets: [{ virtualNodeRef: { name: web-v1 }, weight: 1 }] } } }
+    - { name: regex, httpRoute: { match: { path: { regex: \"/v[0-9]+/.*\" } }, action: { weightedTargets: [{ virtualNodeRef: { name: web-v1 }, weight: 1 }] } } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualService
+metadata: { name: api.local, namespace: m }
+spec: { provider: { virtualRouter: { virtualRouterRef: { name: api } } } }
+";
+    let inputs = [
+        ("node.json", node),
+        ("service.json", service),
+        ("router.yaml", router),
+    ];
+    let out = import(&inputs, &Options::default()).unwrap();
+    assert!(!out.lossy(), "{:#?}", out.losses);
+    let web = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "web.local")
+        .unwrap();
+    assert_eq!(web.routes[0].to[0].backend, "web-v1");
+    let api = out
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "api.local")
+        .unwrap();
+    assert_eq!(
+        api.routes[0].matches[0].path,
+        Some(PathMatch::Exact("/health".into()))
+    );
+    assert_eq!(
+        api.routes[1].matches[0].path,
+        Some(PathMatch::Regex("/v[0-9]+/.*".into()))
+    );
+}
