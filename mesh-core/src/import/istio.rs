@@ -105,6 +105,7 @@ pub(super) fn import(docs: &[Doc], out: &mut Out<'_>) {
     for (host, d, at) in entries {
         default_service(out, &mut hosts, d, &host, at);
     }
+    shared_aliases(out, &hosts);
     let known = known_workloads(docs);
     for d in of("PeerAuthentication") {
         peer_authentication(d, out, &known);
@@ -142,6 +143,46 @@ struct Hosts<'d> {
     made: BTreeSet<String>,
     /// Hosts whose endpoints were said to be their DNS name.
     noted: BTreeSet<String>,
+    /// The resource each service was made from.
+    origin: BTreeMap<String, &'d Doc>,
+}
+
+/// Shorter names two services would claim (`reviews` of namespaces `a`
+/// and `b`) are claimed by neither: the full names stay.
+fn shared_aliases(out: &mut Out<'_>, hosts: &Hosts<'_>) {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for s in out.services.values() {
+        for h in s.hosts.iter().chain(std::iter::once(&s.name)) {
+            *count.entry(h.clone()).or_default() += 1;
+        }
+    }
+    let shared: BTreeSet<String> = count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(h, _)| h)
+        .collect();
+    if shared.is_empty() {
+        return;
+    }
+    let mut said = Vec::new();
+    for s in out.services.values_mut() {
+        let removed: Vec<String> = s
+            .hosts
+            .iter()
+            .filter(|h| shared.contains(*h))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            s.hosts.retain(|h| !shared.contains(h));
+            said.push((s.name.clone(), removed));
+        }
+    }
+    for (name, removed) in said {
+        if let Some(d) = hosts.origin.get(&name) {
+            let line = d.tree.peek("spec").and_then(T::line);
+            out.push_approximate(d, "spec", line, format!("`{name}` does not claim {}: another service would too; call it by its full name", removed.join(", ")));
+        }
+    }
 }
 
 struct Entry<'d> {
@@ -657,6 +698,7 @@ fn virtual_service<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
     }
     claimed.retain(|h| *h != name);
     claimed.dedup();
+    hosts.origin.insert(name.clone(), d);
     out.services.insert(
         name.clone(),
         Service {
@@ -1352,7 +1394,7 @@ fn rule(d: &Doc, out: &mut Out<'_>, r: &T, action: AuthzAction) -> Vec<AuthzRule
 
 /// A service with one route to `host`'s backend, for a host a rule or an
 /// entry configures and no virtual service claims.
-fn default_service(out: &mut Out<'_>, hosts: &mut Hosts<'_>, d: &Doc, host: &str, at: &T) {
+fn default_service<'d>(out: &mut Out<'_>, hosts: &mut Hosts<'d>, d: &'d Doc, host: &str, at: &T) {
     let claimed = out.services.contains_key(host)
         || out
             .services
@@ -1364,6 +1406,7 @@ fn default_service(out: &mut Out<'_>, hosts: &mut Hosts<'_>, d: &Doc, host: &str
     let backend = hosts.backend(out, d, host, None, None, at);
     let mut hosts_of = aliases(host, out);
     hosts_of.retain(|h| h != host);
+    hosts.origin.insert(host.to_owned(), d);
     out.services.insert(
         host.to_owned(),
         Service {

@@ -317,6 +317,17 @@ impl<'o> Out<'o> {
         self.push(d, t.path(), t.line(), LossKind::Dropped, reason.into());
     }
 
+    /// Reports a field of `d` carried over approximately, by path.
+    pub(crate) fn push_approximate(
+        &mut self,
+        d: &Doc,
+        path: &str,
+        line: Option<u32>,
+        reason: String,
+    ) {
+        self.push(d, path, line, LossKind::Approximated, reason);
+    }
+
     /// Reports the field `t` of `d` carried over approximately.
     pub(crate) fn approximate(&mut self, d: &Doc, t: &T, reason: impl Into<String>) {
         self.push(d, t.path(), t.line(), LossKind::Approximated, reason.into());

@@ -743,3 +743,28 @@ spec: { provider: { virtualRouter: { virtualRouterRef: { name: api } } } }
         Some(PathMatch::Regex("/v[0-9]+/.*".into()))
     );
 }
+
+/// `reviews` in two namespaces: each service keeps its full names, neither
+/// claims the short one (which would make the config invalid), and both
+/// say so.
+#[test]
+fn a_short_name_two_namespaces_share_is_claimed_by_neither() {
+    let vs = |ns: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: reviews, namespace: {ns} }}\nspec:\n  hosts: [reviews]\n  http: [{{ route: [{{ destination: {{ host: reviews, port: {{ number: 9080 }} }} }}] }}]\n---\n"
+        )
+    };
+    let text = format!("{}{}", vs("a"), vs("b"));
+    let out = import(&[("two.yaml", &text)], &Options::default()).unwrap();
+    assert_eq!(out.config.services.len(), 2);
+    for s in &out.config.services {
+        assert!(!s.hosts.iter().any(|h| h == "reviews"), "{:?}", s.hosts);
+        assert!(s.hosts.iter().any(|h| h.ends_with(".svc")), "{:?}", s.hosts);
+    }
+    let said: Vec<_> = out
+        .losses
+        .iter()
+        .filter(|l| l.reason.contains("does not claim reviews"))
+        .collect();
+    assert_eq!(said.len(), 2, "{:#?}", out.losses);
+}
