@@ -425,7 +425,7 @@ fn import(args: &[String]) -> Result<ExitCode, String> {
     let yaml = format!(
         "# Made by `meshctl import` from {}.\n# {lost} fields lost and {approximated} approximated: see its report.\n{}",
         files.join(", "),
-        c.to_yaml()
+        c.to_yaml_short()
     );
     match out {
         Some(path) => std::fs::write(&path, yaml).map_err(|e| format!("{path}: {e}"))?,

@@ -146,6 +146,65 @@ impl Config {
         serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot write YAML: {e}\n"))
     }
 
+    /// The config as YAML without the settings that equal their defaults
+    /// (the defaults block, a route's retry backoff, a backend's balancer,
+    /// ...): what a person keeps in a file. [`Config::from_yaml`] reads it
+    /// back to an equal config.
+    ///
+    /// ```
+    /// use proxyless_core::config::Config;
+    ///
+    /// let cfg = Config::from_yaml("services: [{ name: web, routes: [{ to: [web-v1], retry: { attempts: 3 } }] }]\nbackends: [{ name: web-v1, endpoints: ['127.0.0.1:8080'] }]").unwrap();
+    /// let short = cfg.to_yaml_short();
+    /// assert!(!short.contains("defaults") && !short.contains("backoff"));
+    /// assert_eq!(Config::from_yaml(&short).unwrap(), cfg);
+    /// ```
+    pub fn to_yaml_short(&self) -> String {
+        let Ok(mut v) = serde_json::to_value(self) else {
+            return self.to_yaml();
+        };
+        let default = |d: serde_json::Result<serde_json::Value>| d.unwrap_or_default();
+        let route = default(serde_json::to_value(Route::default()));
+        let retry = default(serde_json::to_value(RetryPolicy::default()));
+        let backend = default(serde_json::to_value(Backend::default()));
+        let breaker = default(serde_json::to_value(CircuitBreaker::default()));
+        let outlier = default(serde_json::to_value(OutlierDetection::default()));
+        let inbound = default(serde_json::to_value(InboundPolicy::default()));
+        if let Some(services) = v.get_mut("services").and_then(|s| s.as_array_mut()) {
+            for s in services {
+                for r in s
+                    .get_mut("routes")
+                    .and_then(|r| r.as_array_mut())
+                    .into_iter()
+                    .flatten()
+                {
+                    prune(r, &route);
+                    if let Some(p) = r.get_mut("retry") {
+                        prune(p, &retry);
+                    }
+                }
+            }
+        }
+        if let Some(backends) = v.get_mut("backends").and_then(|b| b.as_array_mut()) {
+            for b in backends {
+                prune(b, &backend);
+                if let Some(c) = b.get_mut("circuit_breaker") {
+                    prune(c, &breaker);
+                }
+                if let Some(o) = b.get_mut("outlier_detection") {
+                    prune(o, &outlier);
+                }
+            }
+        }
+        if let Some(policies) = v.get_mut("inbound").and_then(|i| i.as_array_mut()) {
+            for p in policies {
+                prune(p, &inbound);
+            }
+        }
+        prune(&mut v, &default(serde_json::to_value(Config::default())));
+        serde_saphyr::to_string(&v).unwrap_or_else(|_| self.to_yaml())
+    }
+
     /// The config as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
@@ -291,4 +350,18 @@ fn related(a: &str, b: &str) -> bool {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+/// Removes from the mapping `v` every field equal to the same field of
+/// `default`, and (in fields that stay) what equals their defaults within.
+fn prune(v: &mut serde_json::Value, default: &serde_json::Value) {
+    let (Some(fields), Some(defaults)) = (v.as_object_mut(), default.as_object()) else {
+        return;
+    };
+    fields.retain(|k, value| defaults.get(k) != Some(value));
+    for (k, value) in fields.iter_mut() {
+        if let Some(d) = defaults.get(k).filter(|d| d.is_object()) {
+            prune(value, d);
+        }
+    }
 }

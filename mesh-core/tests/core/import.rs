@@ -59,6 +59,8 @@ fn loss(out: &Imported, path: &str) -> (LossKind, String) {
 fn round_trips(out: &Imported) {
     let again = Config::from_yaml(&out.config.to_yaml()).unwrap();
     assert_eq!(again, out.config);
+    let short = out.config.to_yaml_short();
+    assert_eq!(Config::from_yaml(&short).unwrap(), out.config, "{short}");
 }
 
 #[test]

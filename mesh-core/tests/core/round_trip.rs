@@ -444,7 +444,12 @@ proptest! {
         let back = Config::from_yaml(&yaml).map_err(|e| TestCaseError::fail(format!("{e}\n---\n{yaml}")))?;
         prop_assert_eq!(&back, &cfg, "yaml was:\n{}", yaml);
         let json = Config::from_json(&cfg.to_json()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(json, cfg);
+        prop_assert_eq!(&json, &cfg);
+        // Without what equals the defaults, the same config.
+        let short = cfg.to_yaml_short();
+        let back = Config::from_yaml(&short).map_err(|e| TestCaseError::fail(format!("{e}\n---\n{short}")))?;
+        prop_assert_eq!(&back, &cfg, "short yaml was:\n{}", short);
+        prop_assert!(short.len() <= yaml.len());
     }
 }
 
