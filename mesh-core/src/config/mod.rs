@@ -251,7 +251,6 @@ fn yaml_budget() -> serde_saphyr::Budget {
 /// resources with.
 #[cfg(feature = "import")]
 pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, Problem> {
-    let syntax = |line: Option<u32>, msg: String| Problem::new(ProblemKind::Syntax, "", line, msg);
     if text.len() > MAX_CONFIG_BYTES {
         let msg = format!("{} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len());
         return Err(Problem::new(ProblemKind::OutOfRange, "", None, msg));
@@ -265,16 +264,17 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, Problem> {
     budget.max_nodes = 1_000_000;
     budget.max_events = 2_000_000;
     options.budget = Some(budget);
-    serde_saphyr::from_multiple_with_options::<Node>(text, options).map_err(|e| {
-        let line = e
-            .location()
-            .and_then(|l| u32::try_from(l.line()).ok())
-            .filter(|l| *l > 0);
-        syntax(
-            line,
-            format!("not valid YAML: {}", first_line(&e.to_string())),
-        )
-    })
+    serde_saphyr::from_multiple_with_options::<Node>(text, options).map_err(|e| yaml_problem(&e))
+}
+
+/// What the YAML reader said, with its line.
+fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
+    let line = e
+        .location()
+        .and_then(|l| u32::try_from(l.line()).ok())
+        .filter(|l| *l > 0);
+    let msg = format!("not valid YAML: {}", first_line(&e.to_string()));
+    Problem::new(ProblemKind::Syntax, "", line, msg)
 }
 
 fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
@@ -295,16 +295,7 @@ fn parse_tree(text: &str, format: Format) -> Result<Node, Problem> {
             let mut options = serde_saphyr::Options::default();
             options.strict_booleans = true;
             options.budget = Some(yaml_budget());
-            serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
-                let line = e
-                    .location()
-                    .and_then(|l| u32::try_from(l.line()).ok())
-                    .filter(|l| *l > 0);
-                syntax(
-                    line,
-                    format!("not valid YAML: {}", first_line(&e.to_string())),
-                )
-            })
+            serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| yaml_problem(&e))
         }
         Format::Json => {
             // serde_json judges the syntax, so errors speak of JSON. JSON is

@@ -14,9 +14,6 @@ use crate::config::{
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The most attempts a route makes (retries and the first).
-const MAX_ATTEMPTS: u32 = 10;
-
 /// The describe calls' top-level keys and the kinds they hold.
 const DESCRIBED: [(&str, &str, &str); 6] = [
     ("virtualNode", "VirtualNode", "virtualNodeName"),
@@ -63,11 +60,7 @@ fn resource(d: &Doc) -> Option<Res<'_>> {
     {
         let inner = d.tree.get(key)?;
         let name = inner.get(name_key).and_then(T::text).unwrap_or_default();
-        for k in ["meshName", "metadata", "status"] {
-            if let Some(t) = inner.get(k) {
-                t.consume();
-            }
-        }
+        inner.consume_fields(&["meshName", "metadata", "status"]);
         let router = inner.get("virtualRouterName").and_then(T::text);
         return Some(Res {
             doc: d,
@@ -116,11 +109,7 @@ pub(super) fn import(docs: &[Doc], out: &mut Out<'_>) {
                 if let Some(l) = spec.get("listeners") {
                     l.consume();
                 }
-                for k in ["awsName", "meshRef"] {
-                    if let Some(t) = spec.get(k) {
-                        t.consume();
-                    }
-                }
+                spec.consume_fields(&["awsName", "meshRef"]);
                 routers.entry(r.name.clone()).or_default();
                 for rt in spec.get("routes").map(T::items).unwrap_or_default() {
                     let name = rt.get("name").and_then(T::text).unwrap_or_default();
@@ -189,11 +178,7 @@ fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
         out.lose(d, "", d.tree.line(), "a virtual node without a spec".into());
         return;
     };
-    for k in ["awsName", "meshRef"] {
-        if let Some(t) = spec.get(k) {
-            t.consume();
-        }
-    }
+    spec.consume_fields(&["awsName", "meshRef"]);
     let listeners = spec.get("listeners").map(T::items).unwrap_or_default();
     let mut port = None;
     if let Some(l) = listeners.first() {
@@ -210,11 +195,7 @@ fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
         Some(sd) => match (sd.get("dns"), port) {
             (Some(dns), Some(port)) => {
                 let host = dns.get("hostname").and_then(T::text).unwrap_or_default();
-                for k in ["responseType", "ipPreference"] {
-                    if let Some(t) = dns.get(k) {
-                        t.consume();
-                    }
-                }
+                dns.consume_fields(&["responseType", "ipPreference"]);
                 b.endpoints.push(Endpoint::new(format!("{host}:{port}")));
                 if let Some(p) = spec.get("podSelector") {
                     p.consume();
@@ -225,23 +206,19 @@ fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
         },
         None => out.lose(d, "spec.serviceDiscovery", spec.line(), "no service discovery: the node has no endpoint".into()),
     }
-    if let Some(t) = spec.get("backends") {
-        out.drop_field(d, t, "an allowlist of the services the node calls: a workload here may call any host (set `defaults.unknown_hosts: refuse` to refuse those no service claims)");
-    }
-    if let Some(t) = spec.get("backendDefaults") {
-        out.drop_field(
-            d,
-            t,
-            "client policy for every backend: set `tls` on each backend (SPIFFE mutual TLS)",
-        );
-    }
-    if let Some(t) = spec.get("logging") {
-        out.drop_field(
-            d,
-            t,
-            "access logs are turned on by RUST_LOG=mesh::access=debug",
-        );
-    }
+    out.drop_if(d, spec, "backends", "an allowlist of the services the node calls: a workload here may call any host (set `defaults.unknown_hosts: refuse` to refuse those no service claims)");
+    out.drop_if(
+        d,
+        spec,
+        "backendDefaults",
+        "client policy for every backend: set `tls` on each backend (SPIFFE mutual TLS)",
+    );
+    out.drop_if(
+        d,
+        spec,
+        "logging",
+        "access logs are turned on by RUST_LOG=mesh::access=debug",
+    );
     out.backends.insert(b.name.clone(), b);
 }
 
@@ -334,30 +311,24 @@ fn listener(r: &Res<'_>, out: &mut Out<'_>, l: &T, b: &mut Backend, port: &mut O
             t.consume();
         }
     }
-    if let Some(t) = l.get("healthCheck") {
-        out.drop_field(
-            d,
-            t,
-            "active health checks are not supported; outlier detection ejects endpoints that fail",
-        );
-    }
-    if let Some(t) = l.get("timeout") {
-        out.drop_field(
-            d,
-            t,
-            "the node's own inbound timeout: callers' route timeouts apply",
-        );
-    }
+    out.drop_if(
+        d,
+        l,
+        "healthCheck",
+        "active health checks are not supported; outlier detection ejects endpoints that fail",
+    );
+    out.drop_if(
+        d,
+        l,
+        "timeout",
+        "the node's own inbound timeout: callers' route timeouts apply",
+    );
 }
 
 fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Routes<'_>>) {
     let d = r.doc;
     let Some(spec) = r.spec else { return };
-    for k in ["awsName", "meshRef"] {
-        if let Some(t) = spec.get(k) {
-            t.consume();
-        }
-    }
+    spec.consume_fields(&["awsName", "meshRef"]);
     let provider = spec.get("provider");
     let named = |t: &T, api: &str, k8s: &str| {
         t.get(api)
@@ -434,9 +405,7 @@ fn route(d: &Doc, out: &mut Out<'_>, rt: &T, name: &str, i: usize) -> Option<Rou
         .iter()
         .find_map(|k| rt.get(k).map(|b| (*k, b)))
         .or_else(|| {
-            if let Some(t) = rt.get("tcpRoute") {
-                out.drop_field(d, t, "TCP routes are not supported");
-            }
+            out.drop_if(d, rt, "tcpRoute", "TCP routes are not supported");
             None
         })?;
     let mut route = Route {
@@ -507,9 +476,7 @@ fn route(d: &Doc, out: &mut Out<'_>, rt: &T, name: &str, i: usize) -> Option<Rou
                 _ => out.approximate(d, pr, "no timeout: the mesh's default timeout applies"),
             }
         }
-        if let Some(t) = to.get("idle") {
-            out.drop_field(d, t, "idle timeouts of a route are not supported");
-        }
+        out.drop_if(d, to, "idle", "idle timeouts of a route are not supported");
     }
     Some(route)
 }
@@ -623,19 +590,10 @@ fn header(h: &T, rm: &mut RouteMatch) -> bool {
 fn retry(d: &Doc, out: &mut Out<'_>, rp: &T) -> Option<RetryPolicy> {
     let retries = rp.get("maxRetries").and_then(T::u32).unwrap_or(0);
     let mut p = RetryPolicy {
-        attempts: retries.saturating_add(1).min(MAX_ATTEMPTS),
+        attempts: super::attempts(out, d, rp.peek("maxRetries"), retries),
         on: Vec::new(),
         ..RetryPolicy::default()
     };
-    if retries.saturating_add(1) > MAX_ATTEMPTS
-        && let Some(t) = rp.peek("maxRetries")
-    {
-        out.approximate(
-            d,
-            t,
-            format!("{retries} retries: at most {} here", MAX_ATTEMPTS - 1),
-        );
-    }
     if let Some(t) = rp.get("perRetryTimeout") {
         p.per_try_timeout = duration(t).filter(|z| !z.is_zero());
     }

@@ -24,9 +24,6 @@ const KINDS: [&str; 5] = [
     "AuthorizationPolicy",
 ];
 
-/// The most attempts a route makes (retries and the first).
-const MAX_ATTEMPTS: u32 = 10;
-
 pub(super) fn import(docs: &[Doc], out: &mut Out<'_>) {
     let of = |kind: &'static str| docs.iter().filter(move |d| d.kind.as_deref() == Some(kind));
     let mut hosts = Hosts::default();
@@ -238,13 +235,12 @@ fn service_entry<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
             .and_then(|n| u16::try_from(n).ok());
         let protocol = p.get("protocol").and_then(T::text).unwrap_or_default();
         let name = p.get("name").and_then(T::text).unwrap_or_default();
-        if let Some(t) = p.get("targetPort") {
-            out.drop_field(
-                d,
-                t,
-                "a target port different from the port: endpoints are called on the port",
-            );
-        }
+        out.drop_if(
+            d,
+            p,
+            "targetPort",
+            "a target port different from the port: endpoints are called on the port",
+        );
         match number {
             Some(n) if n > 0 => {
                 if matches!(
@@ -296,19 +292,24 @@ fn service_entry<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
     if let Some(l) = spec.get("location") {
         l.consume();
     }
-    if let Some(t) = spec.get("exportTo") {
-        out.drop_field(
-            d,
-            t,
-            "visibility by namespace: every workload given this config sees it",
-        );
-    }
-    if let Some(t) = spec.get("workloadSelector") {
-        out.drop_field(d, t, "endpoints selected by workload labels: list them");
-    }
-    if let Some(t) = spec.get("subjectAltNames") {
-        out.drop_field(d, t, "set the backend's tls identities");
-    }
+    out.drop_if(
+        d,
+        spec,
+        "exportTo",
+        "visibility by namespace: every workload given this config sees it",
+    );
+    out.drop_if(
+        d,
+        spec,
+        "workloadSelector",
+        "endpoints selected by workload labels: list them",
+    );
+    out.drop_if(
+        d,
+        spec,
+        "subjectAltNames",
+        "set the backend's tls identities",
+    );
     for h in spec.get("hosts").map(T::items).unwrap_or_default() {
         let Some(host) = h.text() else { continue };
         if host.contains('*') {
@@ -455,13 +456,12 @@ fn traffic_policy(out: &mut Out<'_>, d: &Doc, tp: &T, b: &mut Backend) {
                 }
             }
         }
-        if let Some(tcp) = cp.get("tcp") {
-            out.drop_field(
-                d,
-                tcp,
-                "TCP pool settings: requests are limited (circuit_breaker), connections are not",
-            );
-        }
+        out.drop_if(
+            d,
+            cp,
+            "tcp",
+            "TCP pool settings: requests are limited (circuit_breaker), connections are not",
+        );
         b.circuit_breaker = Some(cb);
     }
     if let Some(od) = tp.get("outlierDetection") {
@@ -494,13 +494,12 @@ fn traffic_policy(out: &mut Out<'_>, d: &Doc, tp: &T, b: &mut Backend) {
     if let Some(tls) = tp.get("tls") {
         backend_tls(out, d, tls, b);
     }
-    if let Some(t) = tp.get("portLevelSettings") {
-        out.drop_field(
-            d,
-            t,
-            "per-port policy: a backend here is one port; the rule's own policy applies",
-        );
-    }
+    out.drop_if(
+        d,
+        tp,
+        "portLevelSettings",
+        "per-port policy: a backend here is one port; the rule's own policy applies",
+    );
 }
 
 fn set(out: &mut Out<'_>, d: &Doc, v: &T, to: &mut u32) {
@@ -654,13 +653,12 @@ fn virtual_service<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
             );
         }
     }
-    if let Some(t) = spec.get("exportTo") {
-        out.drop_field(
-            d,
-            t,
-            "visibility by namespace: every workload given this config sees it",
-        );
-    }
+    out.drop_if(
+        d,
+        spec,
+        "exportTo",
+        "visibility by namespace: every workload given this config sees it",
+    );
     if out.services.contains_key(&name) {
         out.drop_field(
             d,
@@ -744,9 +742,7 @@ fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Optio
             None if dests.len() == 1 => 100,
             None => 0,
         };
-        if let Some(h) = dest.get("headers") {
-            out.drop_field(d, h, "header manipulation is not supported");
-        }
+        out.drop_if(d, dest, "headers", "header manipulation is not supported");
         route.to.push(WeightedBackend { backend, weight });
     }
     if route.to.iter().all(|w| w.weight == 0) {
@@ -797,9 +793,7 @@ fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Optio
             .unwrap_or(100.0);
         route.mirror = Some(Box::new(Mirror { backend, percent }));
     }
-    if let Some(h) = r.get("headers") {
-        out.drop_field(d, h, "header manipulation is not supported");
-    }
+    out.drop_if(d, r, "headers", "header manipulation is not supported");
     Some(route)
 }
 
@@ -934,19 +928,10 @@ fn retries(d: &Doc, out: &mut Out<'_>, t: &T) -> Option<RetryPolicy> {
         return None;
     }
     let mut p = RetryPolicy {
-        attempts: retries.saturating_add(1).min(MAX_ATTEMPTS),
+        attempts: super::attempts(out, d, t.peek("attempts"), retries),
         on: Vec::new(),
         ..RetryPolicy::default()
     };
-    if retries.saturating_add(1) > MAX_ATTEMPTS
-        && let Some(a) = t.peek("attempts")
-    {
-        out.approximate(
-            d,
-            a,
-            format!("{retries} retries: at most {} here", MAX_ATTEMPTS - 1),
-        );
-    }
     if let Some(ptt) = t.get("perTryTimeout") {
         match ptt.text().as_deref().and_then(go_duration) {
             Some(z) if !z.is_zero() => p.per_try_timeout = Some(z),
@@ -1185,9 +1170,12 @@ fn peer_authentication(d: &Doc, out: &mut Out<'_>, known: &BTreeMap<String, BTre
             return;
         }
     };
-    if let Some(t) = spec.get("portLevelMtls") {
-        out.drop_field(d, t, "per-port mTLS: a service here has one listener mode");
-    }
+    out.drop_if(
+        d,
+        spec,
+        "portLevelMtls",
+        "per-port mTLS: a service here has one listener mode",
+    );
     for s in governed(d, out, spec, known) {
         // A workload's own policy wins over its namespace's, as in Istio.
         let p = inbound(out, &s);

@@ -317,6 +317,13 @@ impl<'o> Out<'o> {
         self.push(d, t.path(), t.line(), LossKind::Dropped, reason.into());
     }
 
+    /// Reports the field `key` of `parent` (in `d`) lost, if present.
+    pub(crate) fn drop_if(&mut self, d: &Doc, parent: &T, key: &str, reason: &str) {
+        if let Some(t) = parent.get(key) {
+            self.drop_field(d, t, reason);
+        }
+    }
+
     /// Reports a field of `d` carried over approximately, by path.
     pub(crate) fn push_approximate(
         &mut self,
@@ -372,6 +379,22 @@ impl<'o> Out<'o> {
             read,
         })
     }
+}
+
+/// The most attempts a route makes (retries and the first).
+pub(crate) const MAX_ATTEMPTS: u32 = 10;
+
+/// A route's attempts for `retries` retries (written at `at` in `d`): at
+/// most [`MAX_ATTEMPTS`], said when cut.
+pub(crate) fn attempts(out: &mut Out<'_>, d: &Doc, at: Option<&T>, retries: u32) -> u32 {
+    let attempts = retries.saturating_add(1);
+    if attempts > MAX_ATTEMPTS
+        && let Some(t) = at
+    {
+        let most = MAX_ATTEMPTS - 1;
+        out.approximate(d, t, format!("{retries} retries: at most {most} here"));
+    }
+    attempts.min(MAX_ATTEMPTS)
 }
 
 /// A Go duration (`1.5s`, `100ms`, `1h30m`), as Istio writes them; at

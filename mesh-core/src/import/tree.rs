@@ -91,6 +91,16 @@ impl T {
         }
     }
 
+    /// Marks the fields `keys` of a mapping read, whole: they configure
+    /// nothing here.
+    pub(crate) fn consume_fields(&self, keys: &[&str]) {
+        for k in keys {
+            if let Some(t) = self.get(k) {
+                t.consume();
+            }
+        }
+    }
+
     /// The field `key` of a mapping (marked read), if present and not null.
     pub(crate) fn get(&self, key: &str) -> Option<&T> {
         let V::Map(entries) = &self.value else {
