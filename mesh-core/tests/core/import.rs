@@ -55,6 +55,16 @@ fn loss(out: &Imported, path: &str) -> (LossKind, String) {
     (found[0].kind, found[0].reason.clone())
 }
 
+fn backend(out: &Imported, name: &str) -> proxyless_core::config::Backend {
+    let found = out.config.backends.iter().find(|b| b.name == name);
+    (**found.unwrap_or_else(|| panic!("no backend {name}"))).clone()
+}
+
+fn service<'o>(out: &'o Imported, name: &str) -> &'o proxyless_core::config::Service {
+    let found = out.config.services.iter().find(|s| s.name == name);
+    found.unwrap_or_else(|| panic!("no service {name}"))
+}
+
 /// What is written is what is read back: the config file a user keeps.
 fn round_trips(out: &Imported) {
     let again = Config::from_yaml(&out.config.to_yaml()).unwrap();
@@ -67,12 +77,7 @@ fn round_trips(out: &Imported) {
 fn istio_virtual_services_become_services_with_their_routes() {
     let out = istio();
     round_trips(&out);
-    let svc = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "reviews.shop.svc.cluster.local")
-        .unwrap();
+    let svc = service(&out, "reviews.shop.svc.cluster.local");
     assert_eq!(svc.hosts, ["reviews.shop.svc", "reviews.shop", "reviews"]);
     let canary = &svc.routes[0];
     assert_eq!(canary.name.as_deref(), Some("canary"));
@@ -164,15 +169,7 @@ fn istio_virtual_services_become_services_with_their_routes() {
 #[test]
 fn istio_destination_rules_and_service_entries_become_backends() {
     let out = istio();
-    let b = |name: &str| {
-        out.config
-            .backends
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .clone()
-    };
-    let v1 = b("reviews.shop.svc.cluster.local/v1");
+    let v1 = backend(&out, "reviews.shop.svc.cluster.local/v1");
     // The mirror names no port; the route's destination does.
     assert_eq!(
         v1.endpoints[0].address,
@@ -202,7 +199,7 @@ fn istio_destination_rules_and_service_entries_become_backends() {
     );
     assert_eq!(out.config.trust_domain.as_deref(), Some("cluster.local"));
     // The subset's own policy over the rule's.
-    let v2 = b("reviews.shop.svc.cluster.local/v2");
+    let v2 = backend(&out, "reviews.shop.svc.cluster.local/v2");
     assert_eq!(
         v2.load_balancer,
         LoadBalancer::RingHash {
@@ -226,16 +223,11 @@ fn istio_destination_rules_and_service_entries_become_backends() {
 
     // A ServiceEntry: its endpoints on the port (or the endpoint's own),
     // and a service claiming its host, since no virtual service does.
-    let pay = b("payments.example.com");
+    let pay = backend(&out, "payments.example.com");
     let eps: Vec<&str> = pay.endpoints.iter().map(|e| e.address.as_str()).collect();
     assert_eq!(eps, ["10.0.0.1:8443", "10.0.0.2:9443"]);
     assert_eq!(pay.protocol, Protocol::Http1);
-    let svc = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "payments.example.com")
-        .unwrap();
+    let svc = service(&out, "payments.example.com");
     assert_eq!(svc.routes[0].to[0].backend, "payments.example.com");
 }
 
@@ -358,12 +350,7 @@ fn a_file_that_is_not_yaml_is_refused_by_name() {
 fn app_mesh_routers_become_services_in_priority_order() {
     let out = appmesh();
     round_trips(&out);
-    let svc = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "ratings.shop.svc.cluster.local")
-        .unwrap();
+    let svc = service(&out, "ratings.shop.svc.cluster.local");
     let names: Vec<_> = svc
         .routes
         .iter()
@@ -412,15 +399,7 @@ fn app_mesh_routers_become_services_in_priority_order() {
 #[test]
 fn app_mesh_nodes_become_backends() {
     let out = appmesh();
-    let b = |name: &str| {
-        out.config
-            .backends
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .clone()
-    };
-    let v1 = b("ratings-v1");
+    let v1 = backend(&out, "ratings-v1");
     assert_eq!(
         v1.endpoints[0].address,
         "ratings-v1.shop.svc.cluster.local:9080"
@@ -435,7 +414,7 @@ fn app_mesh_nodes_become_backends() {
         (4, 50, Duration::from_secs(30))
     );
     assert_eq!(v1.circuit_breaker.as_ref().unwrap().max_pending, 20);
-    assert_eq!(b("ratings-v2").protocol, Protocol::Http2);
+    assert_eq!(backend(&out, "ratings-v2").protocol, Protocol::Http2);
     let inbound = &out.config.inbound[0];
     assert_eq!(
         (inbound.service.as_str(), inbound.mtls),
@@ -457,12 +436,7 @@ fn app_mesh_nodes_become_backends() {
 #[test]
 fn app_mesh_describe_output_is_read_too() {
     let out = appmesh();
-    let svc = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "greeter.apps.local")
-        .unwrap();
+    let svc = service(&out, "greeter.apps.local");
     let hello = &svc.routes[0];
     assert_eq!(hello.name.as_deref(), Some("say-hello"));
     assert_eq!(
@@ -609,12 +583,7 @@ fn istio_other_match_kinds_balancers_mirrors_and_namespace_policies() {
     let text = include_str!("../import/istio-more.yaml");
     let out = import(&[("istio-more.yaml", text)], &Options::default()).unwrap();
     round_trips(&out);
-    let svc = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "search.rpc.svc.cluster.local")
-        .unwrap();
+    let svc = service(&out, "search.rpc.svc.cluster.local");
     let r = &svc.routes[0];
     assert_eq!(r.matches[0].path, Some(PathMatch::Exact("/search".into())));
     assert_eq!(
@@ -642,28 +611,20 @@ fn istio_other_match_kinds_balancers_mirrors_and_namespace_policies() {
     assert!(rest.retry.is_none() && rest.timeout.is_none());
     assert_eq!(loss(&out, "spec.http[1].timeout").0, LossKind::Approximated);
 
-    let b = |name: &str| {
-        out.config
-            .backends
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .clone()
-    };
     assert_eq!(
-        b("search.rpc.svc.cluster.local").load_balancer,
+        backend(&out, "search.rpc.svc.cluster.local").load_balancer,
         LoadBalancer::Random
     );
     // The subset's LEAST_REQUEST over the rule's RANDOM: approximated.
     assert_eq!(
-        b("search.rpc.svc.cluster.local/fast").load_balancer,
+        backend(&out, "search.rpc.svc.cluster.local/fast").load_balancer,
         LoadBalancer::P2cEwma
     );
     assert_eq!(
         loss(&out, "spec.subsets[0].trafficPolicy.loadBalancer.simple").0,
         LossKind::Approximated
     );
-    let g = b("greeter.rpc.internal");
+    let g = backend(&out, "greeter.rpc.internal");
     assert_eq!(g.protocol, Protocol::Grpc);
     assert_eq!(g.endpoints[0].address, "greeter.rpc.internal:50051");
     assert_eq!(
@@ -701,7 +662,7 @@ fn istio_other_match_kinds_balancers_mirrors_and_namespace_policies() {
 #[test]
 fn app_mesh_node_providers_and_paths() {
     let node = r#"{"virtualNode": {"meshName": "m", "virtualNodeName": "web-v1", "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}], "serviceDiscovery": {"dns": {"hostname": "web-v1.local"}}}}}"#;
-    let service = r#"{"virtualService": {"meshName": "m", "virtualServiceName": "web.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "web-v1"}}}}}"#;
+    let provided = r#"{"virtualService": {"meshName": "m", "virtualServiceName": "web.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "web-v1"}}}}}"#;
     let router = "
 apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualRouter
@@ -718,24 +679,14 @@ spec: { provider: { virtualRouter: { virtualRouterRef: { name: api } } } }
 ";
     let inputs = [
         ("node.json", node),
-        ("service.json", service),
+        ("service.json", provided),
         ("router.yaml", router),
     ];
     let out = import(&inputs, &Options::default()).unwrap();
     assert!(!out.lossy(), "{:#?}", out.losses);
-    let web = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "web.local")
-        .unwrap();
+    let web = service(&out, "web.local");
     assert_eq!(web.routes[0].to[0].backend, "web-v1");
-    let api = out
-        .config
-        .services
-        .iter()
-        .find(|s| s.name == "api.local")
-        .unwrap();
+    let api = service(&out, "api.local");
     assert_eq!(
         api.routes[0].matches[0].path,
         Some(PathMatch::Exact("/health".into()))
