@@ -8,8 +8,8 @@
 use super::tree::T;
 use super::{Doc, Out};
 use crate::config::{
-    Backend, Endpoint, InboundPolicy, MtlsMode, PathMatch, Protocol, RetryOn, RetryPolicy, Route,
-    RouteMatch, Service, StringMatch, WeightedBackend,
+    Backend, Endpoint, MtlsMode, PathMatch, Protocol, RetryOn, RetryPolicy, Route, RouteMatch,
+    Service, StringMatch, WeightedBackend,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -291,13 +291,7 @@ fn listener(r: &Res<'_>, out: &mut Out<'_>, l: &T, b: &mut Backend, port: &mut O
             _ => None,
         };
         if let Some(mtls) = mtls {
-            out.inbound
-                .entry(r.name.clone())
-                .or_insert_with(|| InboundPolicy {
-                    service: r.name.clone(),
-                    ..InboundPolicy::default()
-                })
-                .mtls = mtls;
+            out.inbound(d, &r.name).mtls = mtls;
             if mtls != MtlsMode::Disabled {
                 out.trust_domain
                     .get_or_insert_with(|| out.options.trust_domain.clone());

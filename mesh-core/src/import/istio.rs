@@ -11,8 +11,8 @@ use super::tree::T;
 use super::{Doc, Out, go_duration};
 use crate::config::{
     AuthzAction, AuthzRule, AuthzTarget, Backend, BackendTls, BackendTlsMode, Endpoint, Fault,
-    FaultAbort, FaultDelay, InboundPolicy, LoadBalancer, Mirror, MtlsMode, PathMatch, Protocol,
-    RetryOn, RetryPolicy, Route, RouteMatch, Service, StringMatch, WeightedBackend,
+    FaultAbort, FaultDelay, LoadBalancer, Mirror, MtlsMode, PathMatch, Protocol, RetryOn,
+    RetryPolicy, Route, RouteMatch, Service, StringMatch, WeightedBackend,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1144,15 +1144,6 @@ fn governed(
     all
 }
 
-fn inbound<'o>(out: &'o mut Out<'_>, service: &str) -> &'o mut InboundPolicy {
-    out.inbound
-        .entry(service.to_owned())
-        .or_insert_with(|| InboundPolicy {
-            service: service.to_owned(),
-            ..InboundPolicy::default()
-        })
-}
-
 fn peer_authentication(d: &Doc, out: &mut Out<'_>, known: &BTreeMap<String, BTreeSet<String>>) {
     let Some(spec) = d.tree.get("spec") else {
         return;
@@ -1178,7 +1169,7 @@ fn peer_authentication(d: &Doc, out: &mut Out<'_>, known: &BTreeMap<String, BTre
     );
     for s in governed(d, out, spec, known) {
         // A workload's own policy wins over its namespace's, as in Istio.
-        let p = inbound(out, &s);
+        let p = out.inbound(d, &s);
         if spec.peek("selector").is_some() || p.mtls == MtlsMode::Permissive {
             p.mtls = mode;
         }
@@ -1246,7 +1237,7 @@ fn authorization_policy(
     }
     out.trust_domain = Some(out.options.trust_domain.clone());
     for s in &services {
-        inbound(out, s).rules.extend(rules.iter().cloned());
+        out.inbound(d, s).rules.extend(rules.iter().cloned());
     }
     match action {
         AuthzAction::Allow => services,
@@ -1260,7 +1251,9 @@ fn authorization_policy(
 /// closed.
 fn deny_unless_allowed(out: &mut Out<'_>, under_allow: &BTreeSet<String>) {
     for s in under_allow {
-        let p = inbound(out, s);
+        let Some(p) = out.inbound.get_mut(s) else {
+            continue;
+        };
         if !p.rules.iter().any(|r| r.action == AuthzAction::Allow) {
             p.rules.push(AuthzRule {
                 action: AuthzAction::Deny,

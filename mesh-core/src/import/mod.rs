@@ -289,6 +289,8 @@ pub(crate) struct Out<'o> {
     pub(crate) backends: BTreeMap<String, Backend>,
     pub(crate) inbound: BTreeMap<String, InboundPolicy>,
     pub(crate) trust_domain: Option<String>,
+    /// Where each inbound policy was first made from: resource, file, line.
+    inbound_from: BTreeMap<String, (String, String, Option<u32>)>,
     losses: Vec<Loss>,
     seen: std::collections::HashSet<Loss>,
 }
@@ -301,6 +303,7 @@ impl<'o> Out<'o> {
             backends: BTreeMap::new(),
             inbound: BTreeMap::new(),
             trust_domain: None,
+            inbound_from: BTreeMap::new(),
             losses: Vec::new(),
             seen: std::collections::HashSet::new(),
         }
@@ -315,6 +318,49 @@ impl<'o> Out<'o> {
     pub(crate) fn drop_field(&mut self, d: &Doc, t: &T, reason: impl Into<String>) {
         t.consume();
         self.push(d, t.path(), t.line(), LossKind::Dropped, reason.into());
+    }
+
+    /// The inbound policy of `service`, made (from `d`) if new.
+    pub(crate) fn inbound(&mut self, d: &Doc, service: &str) -> &mut InboundPolicy {
+        self.inbound_from
+            .entry(service.to_owned())
+            .or_insert_with(|| (d.label(), d.file.clone(), d.tree.line()));
+        self.inbound
+            .entry(service.to_owned())
+            .or_insert_with(|| InboundPolicy {
+                service: service.to_owned(),
+                ..InboundPolicy::default()
+            })
+    }
+
+    /// A workload named so near a service that a config would take the
+    /// name for a typo of it cannot have its policy written: each such
+    /// policy is dropped and said.
+    fn drop_near_misses(&mut self) {
+        let services: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        let near: Vec<(String, String)> = self
+            .inbound
+            .keys()
+            .filter(|s| !self.services.contains_key(*s))
+            .filter_map(|s| {
+                Some((
+                    s.clone(),
+                    crate::config::did_you_mean(s, services.iter().copied())?.to_owned(),
+                ))
+            })
+            .collect();
+        for (workload, service) in near {
+            self.inbound.remove(&workload);
+            let (resource, file, line) = self.inbound_from.remove(&workload).unwrap_or_default();
+            self.losses.push(Loss {
+                resource,
+                file,
+                line,
+                path: String::new(),
+                kind: LossKind::Dropped,
+                reason: format!("the inbound policy of `{workload}`: a name this near the service `{service}` is taken for a typo of it; run the workload under another MESH_SERVICE and write its policy"),
+            });
+        }
     }
 
     /// Reports the field `key` of `parent` (in `d`) lost, if present.
@@ -356,6 +402,7 @@ impl<'o> Out<'o> {
     }
 
     fn finish(mut self, read: Vec<String>, files: &[&str]) -> Result<Imported, ImportError> {
+        self.drop_near_misses();
         // In the order of the inputs.
         let at = |l: &Loss| {
             let file = files

@@ -721,3 +721,35 @@ fn a_short_name_two_namespaces_share_is_claimed_by_neither() {
         .collect();
     assert_eq!(said.len(), 2, "{:#?}", out.losses);
 }
+
+/// A workload whose name a config would take for a typo of a service's
+/// (`reviews-v1` beside `reviews`) keeps the import valid: its inbound
+/// policy is left out and said.
+#[test]
+fn an_inbound_policy_a_config_would_take_for_a_typo_is_left_out_and_said() {
+    let text = "
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: { name: reviews-v1, namespace: m }
+spec:
+  listeners: [{ portMapping: { port: 9080, protocol: http }, tls: { mode: STRICT } }]
+  serviceDiscovery: { dns: { hostname: reviews-v1.m.svc.cluster.local } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualService
+metadata: { name: reviews, namespace: m }
+spec: { provider: { virtualNode: { virtualNodeRef: { name: reviews-v1 } } } }
+";
+    let out = import(&[("near.yaml", text)], &Options::default()).unwrap();
+    assert!(out.config.inbound.is_empty());
+    let said = out
+        .losses
+        .iter()
+        .find(|l| l.reason.contains("inbound policy of `reviews-v1`"));
+    let said = said.unwrap_or_else(|| panic!("{:#?}", out.losses));
+    assert_eq!(
+        (said.resource.as_str(), said.kind),
+        ("VirtualNode m/reviews-v1", LossKind::Dropped)
+    );
+    assert!(said.reason.contains("`reviews`"), "{}", said.reason);
+}
