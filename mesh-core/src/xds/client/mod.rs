@@ -943,15 +943,8 @@ pub(super) async fn save_loop(
         };
         let to = path.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let resources: Vec<envoy_types::pb::google::protobuf::Any> = save
-                .resources
-                .iter()
-                .map(|(t, bytes)| envoy_types::pb::google::protobuf::Any {
-                    type_url: (*t).to_owned(),
-                    value: bytes.to_vec(),
-                })
-                .collect();
-            let bytes = persist::encode(&save.server, &save.node, save.written, &resources);
+            let resources = save.resources.iter().map(|(t, b)| (*t, &**b));
+            let bytes = persist::encode(&save.server, &save.node, save.written, resources);
             persist::write(&to, &bytes)
         })
         .await;

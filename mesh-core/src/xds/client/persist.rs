@@ -72,16 +72,22 @@ pub(crate) fn path(dir: &Path, server: &str, node: &str) -> PathBuf {
     dir.join(format!("xds-{h:016x}.state"))
 }
 
-/// The file's bytes for `resources`.
-pub(crate) fn encode(server: &str, node: &str, written: SystemTime, resources: &[Any]) -> Vec<u8> {
+/// The file's bytes for `resources` (type URL and encoding of each, as
+/// received: written as the `Any` that carried it, without copying it into
+/// one first).
+pub(crate) fn encode<'a>(
+    server: &str,
+    node: &str,
+    written: SystemTime,
+    resources: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<u8> {
     let secs = written
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let header = serde_json::json!({ "server": server, "node": node, "written": secs }).to_string();
     let mut body = Vec::new();
-    for r in resources {
-        // Writing into a Vec cannot fail.
-        let _ = r.encode_length_delimited(&mut body);
+    for (type_url, value) in resources {
+        put_any(type_url, value, &mut body);
     }
     let mut out = Vec::with_capacity(body.len() + header.len() + 24);
     out.extend_from_slice(MAGIC);
@@ -96,6 +102,24 @@ pub(crate) fn encode(server: &str, node: &str, written: SystemTime, resources: &
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// Appends `google.protobuf.Any { type_url, value }`, length-delimited, as
+/// prost encodes it (fields 1 and 2, each left out when empty).
+fn put_any(type_url: &str, value: &[u8], out: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let fields = [(1, type_url.as_bytes()), (2, value)];
+    let len: usize = fields
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(tag, b)| key_len(*tag) + encoded_len_varint(b.len() as u64) + b.len())
+        .sum();
+    encode_varint(len as u64, out);
+    for (tag, b) in fields.into_iter().filter(|(_, b)| !b.is_empty()) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (of
@@ -129,7 +153,13 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn write_synced(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    // The config decides routing and authorization: only this workload's
+    // user may read or replace it.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut f = open.open(tmp)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -154,16 +184,12 @@ pub(crate) fn load(path: &Path, server: &str, node: &str) -> Result<Loaded, Pers
     decode(&bytes, server, node).map_err(|d| bad(d.0))
 }
 
-/// The checks and the parse of [`load`], on bytes.
-pub(crate) fn decode(bytes: &[u8], server: &str, node: &str) -> Result<Loaded, Damage> {
-    decode_checked(bytes, server, node)
-}
-
 /// What is wrong with a state file's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Damage(pub(crate) String);
 
-fn decode_checked(bytes: &[u8], server: &str, node: &str) -> Result<Loaded, Damage> {
+/// The checks and the parse of [`load`], on bytes.
+pub(crate) fn decode(bytes: &[u8], server: &str, node: &str) -> Result<Loaded, Damage> {
     let short = || Damage("truncated".to_owned());
     if bytes.len() < MAGIC.len() + 4 + 8 + 4 {
         return Err(short());
@@ -260,10 +286,29 @@ mod tests {
         ]
     }
 
+    fn encoded(t: SystemTime) -> Vec<u8> {
+        let s = sample();
+        let each = s.iter().map(|a| (a.type_url.as_str(), a.value.as_slice()));
+        encode("http://cp:18000", "node-a", t, each)
+    }
+
+    /// Each resource is written as prost writes the `Any` that carried it,
+    /// so files written either way read the same.
+    #[test]
+    fn resources_are_written_as_their_anys() {
+        let mut ours = Vec::new();
+        let mut prosts = Vec::new();
+        for a in sample().iter().chain([&Any::default()]) {
+            put_any(&a.type_url, &a.value, &mut ours);
+            a.encode_length_delimited(&mut prosts).unwrap();
+        }
+        assert_eq!(ours, prosts);
+    }
+
     #[test]
     fn a_file_reads_back_and_every_kind_of_damage_is_refused_by_name() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let bytes = encode("http://cp:18000", "node-a", t, &sample());
+        let bytes = encoded(t);
         let back = decode(&bytes, "http://cp:18000", "node-a").unwrap();
         assert_eq!((back.resources, back.written), (sample(), t));
         // Every cut is refused, none panics.
@@ -336,6 +381,12 @@ mod tests {
         }
         let last = std::fs::read(&p).unwrap();
         assert!(last.len() == 100_000 && last.iter().all(|b| *b == last[0]));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "only the workload's user");
+        }
         let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1, "only the state file is left");
         // A directory that cannot be made is an error, not a panic.
