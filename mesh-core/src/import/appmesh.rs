@@ -170,6 +170,15 @@ fn duration(t: &T) -> Option<Duration> {
 
 fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
     let d = r.doc;
+    if out.backends.contains_key(&r.name) {
+        let why = format!(
+            "a second virtual node `{}`: the first one read is used",
+            r.name
+        );
+        out.lose(d, "", d.tree.line(), why);
+        d.tree.consume();
+        return;
+    }
     let mut b = Backend {
         name: r.name.clone(),
         ..Backend::default()
@@ -322,6 +331,15 @@ fn listener(r: &Res<'_>, out: &mut Out<'_>, l: &T, b: &mut Backend, port: &mut O
 fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Routes<'_>>) {
     let d = r.doc;
     let Some(spec) = r.spec else { return };
+    if out.services.contains_key(&r.name) {
+        let why = format!(
+            "a second virtual service `{}`: the first one read is used",
+            r.name
+        );
+        out.lose(d, "", d.tree.line(), why);
+        d.tree.consume();
+        return;
+    }
     spec.consume_fields(&["awsName", "meshRef"]);
     let provider = spec.get("provider");
     let named = |t: &T, api: &str, k8s: &str| {
@@ -341,10 +359,22 @@ fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Ro
             );
             return;
         };
+        let mut taken = std::collections::BTreeSet::new();
         for (i, (_, rd, rt, rname)) in list.iter().enumerate() {
-            if let Some(route) = route(rd.doc, out, rt, rname, i) {
-                routes.push(route);
+            let Some(route) = route(rd.doc, out, rt, rname, i) else {
+                continue;
+            };
+            if route
+                .name
+                .as_ref()
+                .is_some_and(|n| !taken.insert(n.clone()))
+            {
+                let why =
+                    format!("a second route `{rname}` of router `{name}`: the first one is used");
+                out.lose(rd.doc, rt.path(), rt.line(), why);
+                continue;
             }
+            routes.push(route);
         }
     } else if let Some(node) = provider.and_then(|p| p.get("virtualNode")) {
         let name = named(node, "virtualNodeName", "virtualNodeRef").unwrap_or_default();

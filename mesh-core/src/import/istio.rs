@@ -134,10 +134,11 @@ pub(super) fn import(docs: &[Doc], out: &mut Out<'_>) {
 struct Hosts<'d> {
     entries: BTreeMap<String, Entry<'d>>,
     rules: BTreeMap<String, (&'d Doc, &'d T)>,
-    /// Host or backend name -> its port.
+    /// The port each host is called on, from the first destination
+    /// naming one.
     ports: BTreeMap<String, u16>,
-    /// The backends made.
-    made: BTreeSet<String>,
+    /// The backends made, and the port each is called on.
+    made: BTreeMap<String, u16>,
     /// Hosts whose endpoints were said to be their DNS name.
     noted: BTreeSet<String>,
     /// The resource each service was made from.
@@ -317,6 +318,14 @@ fn service_entry<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
             continue;
         }
         let host = fqdn(&host, &d.namespace, out);
+        if hosts.entries.contains_key(&host) {
+            out.drop_field(
+                d,
+                h,
+                format!("a second ServiceEntry for `{host}`: the first one read is used"),
+            );
+            continue;
+        }
         hosts.entries.insert(
             host,
             Entry {
@@ -349,7 +358,7 @@ impl<'d> Hosts<'d> {
         let port = port
             .or_else(|| entry.and_then(|e| e.ports.first().map(|p| p.0)))
             .or_else(|| self.ports.get(host).copied());
-        if let Some(&made) = self.ports.get(&name).filter(|_| self.made.contains(&name)) {
+        if let Some(&made) = self.made.get(&name) {
             if port.is_some_and(|p| p != made) {
                 out.approximate(
                     d,
@@ -364,8 +373,7 @@ impl<'d> Hosts<'d> {
             out.approximate(d, at, format!("no port given: port {p} is called"));
             p
         });
-        self.ports.insert(name.clone(), port);
-        self.made.insert(name.clone());
+        self.made.insert(name.clone(), port);
         let mut b = Backend {
             name: name.clone(),
             ..Backend::default()

@@ -179,6 +179,30 @@ pub fn import(inputs: &[(&str, &str)], options: &Options) -> Result<Imported, Im
         );
         docs.truncate(MAX_DOCUMENTS);
     }
+    // The same resource given twice (a file named twice, a copy in two
+    // files) is read once.
+    let mut first: std::collections::HashMap<_, String> = std::collections::HashMap::new();
+    docs.retain(|d| {
+        let Some(id) = d.identity() else {
+            return true;
+        };
+        let here = format!("{}:{}", d.file, d.tree.line().unwrap_or(1));
+        match first.get(&id) {
+            Some(there) => {
+                out.lose(
+                    d,
+                    "",
+                    d.tree.line(),
+                    format!("the same resource as {there}: that one is used"),
+                );
+                false
+            }
+            None => {
+                first.insert(id, here);
+                true
+            }
+        }
+    });
     let (istio, rest): (Vec<Doc>, Vec<Doc>) = docs.into_iter().partition(Doc::is_istio);
     let (appmesh, unknown): (Vec<Doc>, Vec<Doc>) = rest.into_iter().partition(Doc::is_appmesh);
     istio::import(&istio, &mut out);
@@ -269,6 +293,21 @@ impl Doc {
 
     fn is_appmesh(&self) -> bool {
         self.api.starts_with("appmesh.k8s.aws") || appmesh::describe_kind(&self.tree).is_some()
+    }
+
+    /// What names the resource: API group, kind, namespace and name (for
+    /// an App Mesh route, its router's name too); none without a name.
+    fn identity(&self) -> Option<(String, String, String, String)> {
+        let kind = self.kind.clone().filter(|_| !self.name.is_empty())?;
+        let group = self.api.split('/').next().unwrap_or_default().to_owned();
+        let router = self
+            .tree
+            .peek("route")
+            .and_then(|r| r.peek("virtualRouterName"))
+            .and_then(T::peek_text)
+            .unwrap_or_default();
+        let name = format!("{router}/{}", self.name);
+        Some((group, kind, self.namespace.clone(), name))
     }
 
     /// `Kind namespace/name`.

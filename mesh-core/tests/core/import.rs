@@ -753,3 +753,70 @@ spec: { provider: { virtualNode: { virtualNodeRef: { name: reviews-v1 } } } }
     );
     assert!(said.reason.contains("`reviews`"), "{}", said.reason);
 }
+
+/// The same resource twice (a file given twice, a copy in two files):
+/// the first is used, each later one is reported, and the import stays
+/// valid.
+#[test]
+fn a_resource_given_twice_is_used_once_and_the_second_said() {
+    let istio = include_str!("../import/istio.yaml");
+    let out = import(&[("a.yaml", istio), ("b.yaml", istio)], &Options::default()).unwrap();
+    let once = import(&[("a.yaml", istio)], &Options::default()).unwrap();
+    assert_eq!(out.config, once.config);
+    let second: Vec<_> = out.losses.iter().filter(|l| l.file == "b.yaml").collect();
+    // Every document of the second file, each said once, whole.
+    assert_eq!(second.len(), once.read.len(), "{second:#?}");
+    assert!(
+        second
+            .iter()
+            .all(|l| l.path.is_empty() && l.reason.contains("the same resource as a.yaml:"))
+    );
+    let node = include_str!("../import/appmesh-node.json");
+    let route = include_str!("../import/appmesh-route-hello.json");
+    let inputs = [
+        ("node.json", node),
+        ("node-again.json", node),
+        ("router.json", include_str!("../import/appmesh-router.json")),
+        ("route.json", route),
+        ("route-again.json", route),
+        (
+            "service.json",
+            include_str!("../import/appmesh-service.json"),
+        ),
+        (
+            "service-again.json",
+            include_str!("../import/appmesh-service.json"),
+        ),
+    ];
+    let out = import(&inputs, &Options::default()).unwrap();
+    assert_eq!(service(&out, "greeter.apps.local").routes.len(), 1);
+    for file in ["node-again.json", "route-again.json", "service-again.json"] {
+        let l = out.losses.iter().find(|l| l.file == file);
+        assert!(
+            l.is_some_and(|l| l.reason.contains("the same resource as")),
+            "{file}: {:#?}",
+            out.losses
+        );
+    }
+}
+
+/// Two resources of different names claiming one host: the first read
+/// configures it, the other's claim is reported.
+#[test]
+fn two_resources_claiming_one_host_the_first_wins_and_the_other_is_said() {
+    let se = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: {name}, namespace: x }}\nspec: {{ hosts: [api.ext], ports: [{{ number: 80, name: http, protocol: HTTP }}], endpoints: [{{ address: {ip} }}] }}\n---\n"
+        )
+    };
+    let text = format!("{}{}", se("one", "10.0.0.1"), se("two", "10.0.0.2"));
+    let out = import(&[("se.yaml", &text)], &Options::default()).unwrap();
+    assert_eq!(backend(&out, "api.ext").endpoints[0].address, "10.0.0.1:80");
+    let said = out
+        .losses
+        .iter()
+        .find(|l| l.resource == "ServiceEntry x/two");
+    assert!(
+        said.is_some_and(|l| l.path == "spec.hosts[0]" && l.reason.contains("second ServiceEntry"))
+    );
+}
