@@ -329,35 +329,36 @@ fn outcome(o: &serde_json::Value) -> String {
     }
 }
 
-/// `GET path` from the admin server at `addr` (HTTP/1.0, bounded in time
-/// and size): its status and body.
+/// `GET path` from the admin server at `addr` (bounded in time and size):
+/// its status and body.
 fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(5);
-    let sock: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
-        .map_err(|e| format!("admin address `{addr}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("admin address `{addr}` resolves to nothing"))?;
-    let mut conn = std::net::TcpStream::connect_timeout(&sock, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    conn.set_read_timeout(Some(timeout))
+    use http_body_util::{BodyExt, Empty, Limited};
+    let uri: http::Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| format!("admin address `{addr}`: {e}"))?;
+    let wait = std::time::Duration::from_secs(5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| e.to_string())?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut raw = Vec::new();
-    conn.take(16 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
-    Ok((status, body.to_owned()))
+    rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<bytes::Bytes>>();
+        let resp = tokio::time::timeout(wait, client.get(uri))
+            .await
+            .map_err(|_| format!("{addr}: no answer within {wait:?}"))?
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(wait, Limited::new(resp.into_body(), 16 << 20).collect())
+            .await
+            .map_err(|_| format!("{addr}: the answer did not end within {wait:?}"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Ok((
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        ))
+    })
 }
 
 fn import(args: &[String]) -> Result<ExitCode, String> {
