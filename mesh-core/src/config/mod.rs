@@ -36,8 +36,6 @@ mod shared;
 pub(crate) mod validate;
 
 pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
-#[cfg(feature = "import")]
-pub(crate) use error::did_you_mean;
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
 pub use shared::Shared;

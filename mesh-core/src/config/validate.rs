@@ -2,7 +2,7 @@
 //! regexes, names, addresses and hosts. Every problem is collected.
 
 use super::decode::child;
-use super::error::{Problem, ProblemKind, suggestion};
+use super::error::{Problem, ProblemKind, did_you_mean, suggestion};
 use super::model::*;
 use super::shared::Shared;
 use crate::identity::{SpiffeId, validate_trust_domain};
@@ -226,7 +226,9 @@ pub(crate) fn validate(
         let near = if service_names.set.contains(p.service.as_str()) {
             String::new()
         } else {
-            suggestion(&p.service, service_names.list.iter().copied())
+            inbound_typo_of(&p.service, service_names.list.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default()
         };
         if !near.is_empty() {
             let msg = format!("no service named `{}`{near}", p.service);
@@ -900,6 +902,23 @@ pub(crate) fn is_hostname(h: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// The listed service an inbound policy's `service` is a likely typo of:
+/// a near miss, unless the workload is named for a version or part of it
+/// (`reviews-v1` beside `reviews`) or the other way round.
+pub(crate) fn inbound_typo_of<'a>(
+    service: &str,
+    services: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    did_you_mean(service, services).filter(|s| !extends(service, s) && !extends(s, service))
+}
+
+/// Whether `name` is `base` with a separated part after it (`base-v1`,
+/// `base.canary`, `base_2`).
+fn extends(name: &str, base: &str) -> bool {
+    name.strip_prefix(base)
+        .is_some_and(|rest| rest.len() > 1 && rest.starts_with(['-', '.', '_']))
 }
 
 /// `ip:port`, `[ipv6]:port` or `dns-name:port`.

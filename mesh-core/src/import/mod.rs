@@ -384,7 +384,8 @@ impl<'o> Out<'o> {
             .filter_map(|s| {
                 Some((
                     s.clone(),
-                    crate::config::did_you_mean(s, services.iter().copied())?.to_owned(),
+                    crate::config::validate::inbound_typo_of(s, services.iter().copied())?
+                        .to_owned(),
                 ))
             })
             .collect();

@@ -433,3 +433,22 @@ backends: [{ name: b, endpoints: ["10.0.0.1:80"] }]
         );
     }
 }
+
+/// An inbound policy's service need not be among those the workload
+/// calls; a near miss of one is refused as the typo it likely is, but a
+/// workload named for a version or part of a service is not a typo.
+#[test]
+fn an_inbound_service_near_a_listed_one_is_a_typo_unless_it_extends_it() {
+    let with = |inbound: &str| {
+        Config::from_yaml(&format!(
+            "services: [{{ name: reviews, routes: [{{ to: [b] }}] }}]\nbackends: [{{ name: b, endpoints: ['127.0.0.1:1'] }}]\ninbound: [{{ service: {inbound} }}]\n"
+        ))
+    };
+    for fine in ["reviews", "reviews-v1", "reviews.canary", "ratings"] {
+        assert!(with(fine).is_ok(), "{fine}: {:?}", with(fine).err());
+    }
+    for typo in ["reveiws", "review", "reviewz"] {
+        let err = with(typo).unwrap_err().to_string();
+        assert!(err.contains("did you mean `reviews`"), "{typo}: {err}");
+    }
+}

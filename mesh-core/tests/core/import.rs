@@ -722,36 +722,51 @@ fn a_short_name_two_namespaces_share_is_claimed_by_neither() {
     assert_eq!(said.len(), 2, "{:#?}", out.losses);
 }
 
-/// A workload whose name a config would take for a typo of a service's
-/// (`reviews-v1` beside `reviews`) keeps the import valid: its inbound
-/// policy is left out and said.
+/// A workload named for a version of a service (`reviews-v1` beside
+/// `reviews`) keeps its inbound policy; one a config would take for a
+/// typo of a service's (`ratings-v1` beside `ratings-v2`) keeps the import
+/// valid: its policy is left out and said.
 #[test]
 fn an_inbound_policy_a_config_would_take_for_a_typo_is_left_out_and_said() {
-    let text = "
+    let pair = |node: &str, service: &str| {
+        format!(
+            "
 apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualNode
-metadata: { name: reviews-v1, namespace: m }
+metadata: {{ name: {node}, namespace: m }}
 spec:
-  listeners: [{ portMapping: { port: 9080, protocol: http }, tls: { mode: STRICT } }]
-  serviceDiscovery: { dns: { hostname: reviews-v1.m.svc.cluster.local } }
+  listeners: [{{ portMapping: {{ port: 9080, protocol: http }}, tls: {{ mode: STRICT }} }}]
+  serviceDiscovery: {{ dns: {{ hostname: {node}.m.svc.cluster.local }} }}
 ---
 apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualService
-metadata: { name: reviews, namespace: m }
-spec: { provider: { virtualNode: { virtualNodeRef: { name: reviews-v1 } } } }
-";
-    let out = import(&[("near.yaml", text)], &Options::default()).unwrap();
+metadata: {{ name: {service}, namespace: m }}
+spec: {{ provider: {{ virtualNode: {{ virtualNodeRef: {{ name: {node} }} }} }} }}
+"
+        )
+    };
+    let kept = import(
+        &[("v.yaml", &pair("reviews-v1", "reviews"))],
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(kept.config.inbound[0].service, "reviews-v1");
+    let out = import(
+        &[("near.yaml", &pair("ratings-v1", "ratings-v2"))],
+        &Options::default(),
+    )
+    .unwrap();
     assert!(out.config.inbound.is_empty());
     let said = out
         .losses
         .iter()
-        .find(|l| l.reason.contains("inbound policy of `reviews-v1`"));
+        .find(|l| l.reason.contains("inbound policy of `ratings-v1`"));
     let said = said.unwrap_or_else(|| panic!("{:#?}", out.losses));
     assert_eq!(
         (said.resource.as_str(), said.kind),
-        ("VirtualNode m/reviews-v1", LossKind::Dropped)
+        ("VirtualNode m/ratings-v1", LossKind::Dropped)
     );
-    assert!(said.reason.contains("`reviews`"), "{}", said.reason);
+    assert!(said.reason.contains("`ratings-v2`"), "{}", said.reason);
 }
 
 /// The same resource twice (a file given twice, a copy in two files):
