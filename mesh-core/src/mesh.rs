@@ -259,17 +259,8 @@ impl Mesh {
     /// compiled only for how they fit the rest, and their runtime state is
     /// kept by identity: a change costs what it touches.
     pub fn update(&self, mut config: Config, source: Source) -> Result<u64, ConfigError> {
-        // Anything a published snapshot holds has passed validation.
         let running = self.snapshot();
-        share_unchanged(&mut config, running.config());
-        let valid = config
-            .validate_since(Some(running.config()))
-            .and_then(|()| unregistered_classifiers(&config));
-        if let Err(e) = valid {
-            let e = match &source {
-                Source::File(p) => e.in_file(p),
-                _ => e,
-            };
+        if let Err(e) = prepare(&mut config, running.config(), &source) {
             self.reject(e.clone());
             return Err(e);
         }
@@ -530,19 +521,18 @@ impl Mesh {
     /// mesh.set_candidate(candidate, Source::Code).unwrap();
     /// assert_eq!(mesh.candidate().unwrap().report().source(), "code");
     /// ```
-    pub fn set_candidate(&self, config: Config, source: Source) -> Result<(), ConfigError> {
-        if let Err(e) = config
-            .validate()
-            .and_then(|()| unregistered_classifiers(&config))
-        {
-            let e = match &source {
-                Source::File(p) => e.in_file(p),
-                _ => e,
-            };
+    pub fn set_candidate(&self, mut config: Config, source: Source) -> Result<(), ConfigError> {
+        // As a live update: what equals the candidate loaded before is
+        // shared with it, and neither validated nor compiled again.
+        let before = self.snapshot().candidate().cloned();
+        let empty = Config::default();
+        let previous = before.as_ref().map_or(&empty, |c| c.snapshot.config());
+        if let Err(e) = prepare(&mut config, previous, &source) {
             tracing::warn!(%source, "candidate config refused; the candidate loaded before (if any) stays: {e}");
             return Err(e);
         }
-        let compiled = Snapshot::compile_from(Arc::new(config), 0, source, None, self.dns_view());
+        let old = before.as_ref().map(|c| &c.snapshot);
+        let compiled = Snapshot::compile_from(Arc::new(config), 0, source, old, self.dns_view());
         let mut last = self.publishing();
         let current = self.inner.current.load_full();
         let report = match current.candidate() {
@@ -788,6 +778,22 @@ fn share_unchanged(config: &mut Config, running: &Config) {
 /// Refuses a config naming a classifier no code registered (the names
 /// are the process's, not the config's: `meshctl check` cannot know them,
 /// so this is checked where a mesh takes the config).
+/// Readies `config` to replace `running`: the services and backends equal
+/// to the running ones become the running ones' shared parts, and the rest
+/// is validated (with the classifiers it names registered). An error
+/// names the file the config came from, if any.
+fn prepare(config: &mut Config, running: &Config, source: &Source) -> Result<(), ConfigError> {
+    // Anything a published snapshot holds has passed validation.
+    share_unchanged(config, running);
+    let valid = config
+        .validate_since(Some(running))
+        .and_then(|()| unregistered_classifiers(config));
+    valid.map_err(|e| match source {
+        Source::File(p) => e.in_file(p),
+        _ => e,
+    })
+}
+
 fn unregistered_classifiers(config: &Config) -> Result<(), ConfigError> {
     use crate::config::{Problem, ProblemKind};
     use crate::policy::classify;

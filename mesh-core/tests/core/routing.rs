@@ -280,6 +280,19 @@ backends:
     assert_eq!(c.report().evaluated(), n + 2);
     assert_eq!(c.report().differences().0.len(), 3);
 
+    // A candidate changed in one backend shares the rest with the one
+    // before (neither validated nor compiled again), and keeps counting.
+    let before = m.candidate().unwrap();
+    let moved = candidate.replace("127.0.0.1:2", "127.0.0.1:3");
+    m.set_candidate(Config::from_yaml(&moved).unwrap(), Source::Code)
+        .unwrap();
+    let after = m.candidate().unwrap();
+    let (b, a) = (before.snapshot(), after.snapshot());
+    assert!(std::sync::Arc::ptr_eq(&b.services()[0], &a.services()[0]));
+    assert!(std::sync::Arc::ptr_eq(&b.backends()[0], &a.backends()[0]));
+    assert!(!std::sync::Arc::ptr_eq(&b.backends()[1], &a.backends()[1]));
+    assert_eq!(after.report().evaluated(), n + 2);
+
     // Refused (its routes name backends it lacks): the one loaded stays.
     let mut bad = Config::from_yaml(live).unwrap();
     bad.backends.clear();
