@@ -325,11 +325,13 @@ fn service<'k>(
     let Some(k) = kept.services.get_mut(name.as_str()) else {
         return Ok(None);
     };
+    // Its translation's warnings stand whether or not what it uses has
+    // all arrived, as a translation afresh says them.
+    warnings.extend(k.warnings.iter().cloned());
     if (changes.everything() || !k.uses_untouched(changes)) && !k.still_complete(r) {
         built.incomplete.push(name.clone());
         return Ok(None);
     }
-    warnings.extend(k.warnings.iter().cloned());
     Ok(Some(k))
 }
 
