@@ -168,16 +168,18 @@ fn duration(t: &T) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(secs))
 }
 
+/// Reports `r`, a second `what` of a name one already has, whole: the
+/// first one read is used.
+fn second(r: &Res<'_>, out: &mut Out<'_>, what: &str) {
+    let why = format!("a second {what} `{}`: the first one read is used", r.name);
+    out.lose(r.doc, "", r.doc.tree.line(), why);
+    r.doc.tree.consume();
+}
+
 fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
     let d = r.doc;
     if out.backends.contains_key(&r.name) {
-        let why = format!(
-            "a second virtual node `{}`: the first one read is used",
-            r.name
-        );
-        out.lose(d, "", d.tree.line(), why);
-        d.tree.consume();
-        return;
+        return second(r, out, "virtual node");
     }
     let mut b = Backend {
         name: r.name.clone(),
@@ -332,13 +334,7 @@ fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Ro
     let d = r.doc;
     let Some(spec) = r.spec else { return };
     if out.services.contains_key(&r.name) {
-        let why = format!(
-            "a second virtual service `{}`: the first one read is used",
-            r.name
-        );
-        out.lose(d, "", d.tree.line(), why);
-        d.tree.consume();
-        return;
+        return second(r, out, "virtual service");
     }
     spec.consume_fields(&["awsName", "meshRef"]);
     let provider = spec.get("provider");

@@ -835,3 +835,26 @@ fn two_resources_claiming_one_host_the_first_wins_and_the_other_is_said() {
         said.is_some_and(|l| l.path == "spec.hosts[0]" && l.reason.contains("second ServiceEntry"))
     );
 }
+
+/// One virtual node in both App Mesh forms (the controller's resource and
+/// a describe call's output): the first read is the backend, the other
+/// is reported whole.
+#[test]
+fn a_virtual_node_in_both_forms_is_one_backend() {
+    let crd = "apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: { name: greeter-v1, namespace: apps }\nspec: { listeners: [{ portMapping: { port: 7000, protocol: http } }], serviceDiscovery: { dns: { hostname: crd.local } } }\n";
+    let inputs = [
+        ("node.yaml", crd),
+        ("node.json", include_str!("../import/appmesh-node.json")),
+    ];
+    let out = import(&inputs, &Options::default()).unwrap();
+    assert_eq!(
+        backend(&out, "greeter-v1").endpoints[0].address,
+        "crd.local:7000"
+    );
+    let said = out.losses.iter().find(|l| l.file == "node.json");
+    assert!(
+        said.is_some_and(|l| l.reason.contains("a second virtual node `greeter-v1`")),
+        "{:#?}",
+        out.losses
+    );
+}
