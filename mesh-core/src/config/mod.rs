@@ -180,7 +180,13 @@ impl Config {
                 {
                     prune(r, &route);
                     if let Some(p) = r.get_mut("retry") {
+                        // A backoff's `max` defaults from its `base`: one
+                        // that stays is written whole.
+                        let backoff = p.get("backoff").cloned();
                         prune(p, &retry);
+                        if let (Some(kept), Some(whole)) = (p.get_mut("backoff"), backoff) {
+                            *kept = whole;
+                        }
                     }
                 }
             }
