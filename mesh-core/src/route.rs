@@ -93,12 +93,26 @@ impl<'a> RequestParts<'a> {
 }
 
 /// The host of an authority (`user@host:port`, `[v6]:port`).
+///
+/// Byte scans, not `str` pattern searches: every request asks this once,
+/// and the delimiters are ASCII, so each cut is on a character boundary.
 pub fn host_of(authority: &str) -> &str {
-    let a = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if let Some(rest) = a.strip_prefix('[') {
-        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    let bytes = authority.as_bytes();
+    let start = bytes
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |at| at + 1);
+    let a = &authority[start..];
+    let (open, close) = if a.as_bytes().first() == Some(&b'[') {
+        (1, b']')
+    } else {
+        (0, b':')
+    };
+    let rest = &a[open..];
+    match rest.as_bytes().iter().position(|&b| b == close) {
+        Some(end) => &rest[..end],
+        None => rest,
     }
-    a.split_once(':').map_or(a, |(h, _)| h)
 }
 
 /// The outcome of a route decision.

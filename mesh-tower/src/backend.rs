@@ -89,9 +89,9 @@ impl Drop for Recorder {
     }
 }
 
-fn set_deadline_header(req: &mut Request<MeshBody>) {
+fn set_deadline_header(req: &mut Request<MeshBody>, now: std::time::Instant) {
     if let Some(d) = deadline_of(req) {
-        let left = d.saturating_duration_since(Instant::now());
+        let left = d.saturating_duration_since(Instant::from_std(now));
         let ms = u64::try_from(left.as_millis().max(1)).unwrap_or(u64::MAX);
         if let Some(v) = deadline_value(ms) {
             req.headers_mut().insert(DEADLINE_HEADER, v);
@@ -197,7 +197,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        set_deadline_header(&mut req);
+        // One clock read for the attempt: its deadline header, the pick's
+        // load estimates and the start of its latency.
+        let t = now();
+        set_deadline_header(&mut req, t);
         let target = crate::ext::routed(&req).and_then(|r| {
             let service = r.indexes().map(|(s, _, _)| s);
             Some((r.snapshot().clone(), r.backend_entry()?.0, service))
@@ -242,7 +245,6 @@ where
                     classifier,
                 )
             });
-        let t = now();
         let picked = backend.pick(
             req.headers(),
             avoid.as_deref(),

@@ -17,6 +17,7 @@ pub struct Routed {
     snapshot: Arc<Snapshot>,
     target: Target,
     deadline: Option<TokioInstant>,
+    started: Option<TokioInstant>,
     attempt: u32,
     avoid: Option<Arc<str>>,
     trace: Option<opentelemetry::Context>,
@@ -47,6 +48,7 @@ impl Routed {
                 backend,
             },
             deadline: None,
+            started: None,
             attempt: 1,
             avoid: None,
             trace: None,
@@ -61,6 +63,7 @@ impl Routed {
             snapshot,
             target: Target::Passthrough,
             deadline: None,
+            started: None,
             attempt: 1,
             avoid: None,
             trace: None,
@@ -109,6 +112,18 @@ impl Routed {
     /// Sets the deadline (the route layer; the retry layer per attempt).
     pub fn set_deadline(&mut self, deadline: TokioInstant) {
         self.deadline = Some(deadline);
+    }
+
+    /// When the route layer handed the request on (its clock read, which
+    /// the layers right below it share instead of reading the clock again:
+    /// the telemetry layer's start, the retry budget's deposit).
+    pub fn started(&self) -> Option<TokioInstant> {
+        self.started
+    }
+
+    /// Sets when the request was handed on (the route layer).
+    pub fn set_started(&mut self, at: TokioInstant) {
+        self.started = Some(at);
     }
 
     /// Which attempt this is (1 for the first).
@@ -218,7 +233,12 @@ impl RequestDeadline {
 /// what the clock can represent becomes the furthest it can, so no timeout
 /// from a config, a control plane or a peer's header can panic.
 pub fn deadline_after(d: std::time::Duration) -> TokioInstant {
-    let now = TokioInstant::now();
+    deadline_from(TokioInstant::now(), d)
+}
+
+/// The instant `d` after `now`, saturating as [`deadline_after`] does (for
+/// a caller that has read the clock already).
+pub fn deadline_from(now: TokioInstant, d: std::time::Duration) -> TokioInstant {
     let d = d.min(proxyless_core::config::MAX_DURATION);
     now.checked_add(d)
         .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400)))

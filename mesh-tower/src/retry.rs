@@ -126,7 +126,10 @@ where
         runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
         let routed = crate::ext::routed(&req);
         if let Some(r) = routed {
-            runtime.with_budget(r.snapshot(), |b| b.deposit(now()));
+            // The route layer's clock read will do: a deposit's time only
+            // ages it out of the budget's window (seconds).
+            let at = r.started().map_or_else(now, tokio::time::Instant::into_std);
+            runtime.with_budget(r.snapshot(), |b| b.deposit(at));
         }
         if let Some(hedged) = self.hedged(&mut req) {
             let first = self.inner.call(req);

@@ -164,11 +164,15 @@ where
                 (routed, d.route.timeout(), limit)
             }
         };
-        let mut deadline = crate::ext::deadline_after(timeout);
+        // The one clock read of the request's way down: the layers below
+        // share it until one of them waits.
+        let now = tokio::time::Instant::now();
+        let mut deadline = crate::ext::deadline_from(now, timeout);
         if let Some(RequestDeadline(earlier)) = req.extensions().get::<RequestDeadline>() {
             deadline = deadline.min(*earlier);
         }
         routed.set_deadline(deadline);
+        routed.set_started(now);
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
             // No body to read first: call the readied service right away.
@@ -179,9 +183,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::right(Box::pin(async move {
-            let body = MeshBody::from_body(body, buffer_limit)
-                .await?
-                .with_routed(routed);
+            let body = MeshBody::from_body(body, buffer_limit).await?;
+            // Reading the body took time: the layers below start now.
+            routed.set_started(tokio::time::Instant::now());
+            let body = body.with_routed(routed);
             let result = inner.call(Request::from_parts(parts, body)).await;
             respond(result.map_err(Into::into))
         }))

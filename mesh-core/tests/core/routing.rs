@@ -300,3 +300,42 @@ backends:
     assert!(refused.to_string().contains("v1"), "{refused}");
     assert_eq!(m.candidate().unwrap().report().evaluated(), n + 2);
 }
+
+#[test]
+fn the_host_of_an_authority_drops_user_info_port_and_brackets() {
+    use proxyless_core::route::host_of;
+    for (authority, host) in [
+        ("reviews", "reviews"),
+        ("reviews:8080", "reviews"),
+        ("user:pw@reviews:8080", "reviews"),
+        ("a@b@reviews", "reviews"),
+        ("[::1]:8080", "::1"),
+        ("user@[fe80::1%25eth0]", "fe80::1%25eth0"),
+        ("[::1", "::1"),
+        ("", ""),
+        ("@", ""),
+        (":80", ""),
+        ("réviews:80", "réviews"),
+    ] {
+        assert_eq!(host_of(authority), host, "{authority}");
+    }
+}
+
+/// What `host_of` was written as before it became byte scans: the same
+/// answer for every authority.
+fn host_of_by_patterns(authority: &str) -> &str {
+    let a = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    a.split_once(':').map_or(a, |(h, _)| h)
+}
+
+proptest! {
+    #[test]
+    fn the_host_of_any_authority_is_what_pattern_searches_give(
+        authority in "[a-z0-9@:\\[\\]é.%-]{0,24}"
+    ) {
+        prop_assert_eq!(proxyless_core::route::host_of(&authority), host_of_by_patterns(&authority));
+    }
+}

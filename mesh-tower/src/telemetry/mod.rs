@@ -70,19 +70,27 @@ where
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        let started = Instant::now();
         let routed = crate::ext::routed(&req);
+        let started = routed
+            .and_then(crate::ext::Routed::started)
+            .map_or_else(Instant::now, tokio::time::Instant::into_std);
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
+        // Borrowed: the span copies them only when it records, the access
+        // log only when it is on.
         let (service, route) = routed
-            .and_then(|r| {
-                Some((
-                    r.service_entry()?.name().clone(),
-                    r.route_entry()?.name().clone(),
-                ))
-            })
+            .and_then(|r| Some((r.service_entry()?.name(), r.route_entry()?.name())))
             .unzip();
         let parent = trace::outbound_parent(req.extensions(), req.headers());
-        let span = span::start_client(&req, service.as_ref(), route.as_ref(), &parent);
+        let span = span::start_client(&req, service, route, &parent);
+        let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
+            Box::new(AccessInfo {
+                method: req.method().clone(),
+                authority: span::authority(&req).to_owned(),
+                path: req.uri().path().to_owned(),
+                service: service.cloned(),
+                route: route.cloned(),
+            })
+        });
         // A span that records nothing and carries its parent's identity (no
         // tracer provider installed) adds nothing to the parent's context:
         // the parent goes on as it is, and nothing is allocated for it.
@@ -97,15 +105,6 @@ where
         trace::inject(&cx, req.headers_mut());
         // Lower layers make retries and mirror copies children of this span.
         crate::ext::set_trace(&mut req, cx.clone());
-        let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
-            Box::new(AccessInfo {
-                method: req.method().clone(),
-                authority: span::authority(&req).to_owned(),
-                path: req.uri().path().to_owned(),
-                service,
-                route,
-            })
-        });
         // The span's attributes and the access log name the endpoint.
         if (recording || access.is_some() || self.runtime.served_extension())
             && let Some(r) = crate::ext::routed_mut(&mut req)

@@ -109,13 +109,22 @@ pub fn outbound_parent(extensions: &http::Extensions, headers: &HeaderMap) -> Co
     if current.span().span_context().is_valid() {
         return current;
     }
-    if headers.contains_key(TRACEPARENT)
-        || headers.contains_key(B3)
-        || headers.contains_key(X_B3_TRACEID)
-    {
+    if carries_trace(headers) {
         return extract(headers);
     }
     current
+}
+
+/// Whether `headers` carry a trace context the application set. A few
+/// headers are compared in one pass (three hash lookups cost more); a
+/// large map is looked up.
+fn carries_trace(headers: &HeaderMap) -> bool {
+    const NAMES: [HeaderName; 3] = [TRACEPARENT, B3, X_B3_TRACEID];
+    if headers.keys_len() <= 8 {
+        headers.keys().any(|k| NAMES.contains(k))
+    } else {
+        NAMES.iter().any(|n| headers.contains_key(n))
+    }
 }
 
 /// An [`Injector`] into an `http::HeaderMap` (a value that is not a valid
@@ -496,5 +505,21 @@ mod tests {
             "11111111111111111111111111111111"
         );
         assert!(!outbound_parent(&http::Extensions::new(), &HeaderMap::new()).has_active_span());
+    }
+
+    #[test]
+    fn a_trace_header_is_found_among_few_headers_and_among_many() {
+        for name in ["traceparent", "b3", "x-b3-traceid"] {
+            for extra in [0, 3, 20] {
+                let mut map = HeaderMap::new();
+                for i in 0..extra {
+                    let filler = HeaderName::from_bytes(format!("x-filler-{i}").as_bytes());
+                    map.insert(filler.unwrap(), HeaderValue::from_static("v"));
+                }
+                assert!(!carries_trace(&map), "{extra} fillers");
+                map.insert(name, HeaderValue::from_static("x"));
+                assert!(carries_trace(&map), "{name} among {extra}");
+            }
+        }
     }
 }
