@@ -27,11 +27,7 @@ impl Variant for Delta {
             }
             let resource_names_subscribe = names.iter().cloned().collect();
             // What we hold, so the control plane sends only what changed.
-            let initial_resource_versions = state
-                .resource_versions
-                .get(t)
-                .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
+            let initial_resource_versions = state.resources.versions(t).into_iter().collect();
             out.push(DeltaDiscoveryRequest {
                 node: state.node(),
                 type_url: t.to_owned(),
@@ -65,10 +61,6 @@ impl Variant for Delta {
             .collect();
         let saved = state.resources.save_only(t, touched.iter().copied());
         let applied = apply_delta(state, t, &resp);
-        let (applied, versions) = match applied {
-            Ok(versions) => (Ok(()), versions),
-            Err(e) => (Err(e), Vec::new()),
-        };
         let version = if resp.system_version_info.is_empty() {
             resp.nonce.clone()
         } else {
@@ -77,21 +69,12 @@ impl Variant for Delta {
         let label = format!("version {version} of {} (incremental)", short(t));
         let outcome = applied.and_then(|()| state.publish(mesh, status, label));
         let reply = match &outcome {
-            Ok(()) => {
-                let held = state.resource_versions.entry(t).or_default();
-                for (name, v) in versions {
-                    held.insert(name, v);
-                }
-                for name in &resp.removed_resources {
-                    held.remove(name);
-                }
-                DeltaDiscoveryRequest {
-                    node: state.node(),
-                    type_url: t.to_owned(),
-                    response_nonce: resp.nonce.clone(),
-                    ..Default::default()
-                }
-            }
+            Ok(()) => DeltaDiscoveryRequest {
+                node: state.node(),
+                type_url: t.to_owned(),
+                response_nonce: resp.nonce.clone(),
+                ..Default::default()
+            },
             Err(reason) => {
                 state
                     .resources
@@ -133,15 +116,14 @@ impl Variant for Delta {
     }
 }
 
-/// Holds an incremental response's resources and drops its removed ones;
-/// the versions of what it holds now. Stops at the first resource that
-/// cannot be held (the caller puts back what was there).
+/// Holds an incremental response's resources, each with its version, and
+/// drops its removed ones. Stops at the first resource that cannot be held
+/// (the caller puts back what was there, versions included).
 fn apply_delta(
     state: &mut State,
     t: &'static str,
     resp: &DeltaDiscoveryResponse,
-) -> Result<Vec<(String, String)>, XdsError> {
-    let mut versions = Vec::new();
+) -> Result<(), XdsError> {
     for r in &resp.resources {
         let Some(any) = &r.resource else { continue };
         state.within_size(t, any)?;
@@ -153,12 +135,109 @@ fn apply_delta(
                 return Err(XdsError::new(msg).in_resource(short(t), &r.name));
             }
             Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
-            Ok(name) => versions.push((name, r.version.clone())),
+            Ok(name) => state.resources.set_version(t, &name, &r.version),
             Err(e) => return Err(e.in_resource(short(t), &r.name)),
         }
     }
     for name in &resp.removed_resources {
         state.resources.remove(t, name);
     }
-    Ok(versions)
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::on_demand::OnDemand;
+    use super::*;
+    use crate::config::Config;
+    use crate::xds::XdsSettings;
+    use crate::xds::translate::{from_config, type_url};
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+    use std::sync::Arc;
+
+    fn response(nonce: &str, resources: Vec<(String, Any, &str)>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url::LISTENER.to_owned(),
+            nonce: nonce.to_owned(),
+            resources: resources
+                .into_iter()
+                .map(|(name, any, version)| Resource {
+                    name,
+                    version: version.to_owned(),
+                    resource: Some(any),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// What a reconnecting client tells the control plane it holds.
+    fn told(state: &mut State) -> Vec<(String, String)> {
+        let open = Delta::open(state);
+        let listeners = open.iter().find(|r| r.type_url == type_url::LISTENER);
+        let mut v: Vec<_> = listeners
+            .map(|r| r.initial_resource_versions.clone().into_iter().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The versions a reconnect tells are those of what is held: taken
+    /// with an accepted resource, kept through a NACK, gone with a removal.
+    #[test]
+    fn a_reconnect_tells_the_versions_of_what_is_held() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let demand = Arc::new(OnDemand::new(tx, std::time::Duration::from_millis(1)));
+        let mut settings = XdsSettings::new("http://127.0.0.1:1", "test", vec!["a".into()]);
+        settings.api = crate::xds::Api::Delta;
+        let mut state = State::new(&settings, demand);
+        let (mesh, status) = (Mesh::empty(), XdsStatus::default());
+        let cfg = Config::from_yaml(
+            "services: [{ name: a, routes: [{ to: [b] }] }]\nbackends: [{ name: b, endpoints: ['127.0.0.1:1'] }]",
+        )
+        .unwrap();
+        let listeners = from_config(&cfg).encoded(type_url::LISTENER, |_| true);
+        let (name, any) = listeners.into_iter().next().unwrap();
+        assert_eq!(name, "a");
+        assert!(told(&mut state).is_empty());
+
+        Delta::respond(
+            &mut state,
+            &mesh,
+            &status,
+            response("1", vec![(name.clone(), any.clone(), "v1")]),
+        );
+        assert_eq!(told(&mut state), [("a".to_owned(), "v1".to_owned())]);
+        // The same bytes at a new version: the version follows.
+        Delta::respond(
+            &mut state,
+            &mesh,
+            &status,
+            response("2", vec![(name.clone(), any.clone(), "v2")]),
+        );
+        assert_eq!(told(&mut state), [("a".to_owned(), "v2".to_owned())]);
+
+        // A version that cannot be held is NACKed; the one before stays.
+        let broken = Any {
+            type_url: any.type_url.clone(),
+            value: vec![0xff, 0xff],
+        };
+        let reply = Delta::respond(
+            &mut state,
+            &mesh,
+            &status,
+            response("3", vec![(name.clone(), broken, "v3")]),
+        );
+        assert!(reply[0].error_detail.is_some(), "NACKed");
+        assert_eq!(told(&mut state), [("a".to_owned(), "v2".to_owned())]);
+
+        // Removed: nothing to tell.
+        let mut removal = response("4", Vec::new());
+        removal.removed_resources = vec![name];
+        Delta::respond(&mut state, &mesh, &status, removal);
+        assert!(told(&mut state).is_empty());
+    }
 }

@@ -107,8 +107,6 @@ pub(super) struct State {
     /// State of the world: the accepted version and last nonce per type.
     version: BTreeMap<&'static str, String>,
     nonce: BTreeMap<&'static str, String>,
-    /// Incremental: the accepted version of each resource, per type.
-    resource_versions: BTreeMap<&'static str, BTreeMap<String, String>>,
     resources: Resources,
     /// What the last published config was translated from.
     kept: translate::Kept,
@@ -202,7 +200,6 @@ impl State {
             names: names.into_iter().map(|(t, n)| (t, Arc::new(n))).collect(),
             version: BTreeMap::new(),
             nonce: BTreeMap::new(),
-            resource_versions: BTreeMap::new(),
             resources: Resources::default(),
             kept: translate::Kept::default(),
             followed: None,
@@ -467,9 +464,6 @@ impl State {
         }
         for r in &removed {
             self.resources.remove(t, r);
-            if let Some(v) = self.resource_versions.get_mut(t) {
-                v.remove(r);
-            }
         }
         Some(Change {
             type_url: t,

@@ -14,11 +14,24 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// A resource of type `M`, held encoded (shared, so copies for a NACK's
-/// rollback cost a reference count), with the names it refers to.
+/// rollback cost a reference count), with the names it refers to and the
+/// version an incremental control plane gave it.
 pub struct Held<M> {
     bytes: Arc<[u8]>,
-    refers: Arc<Refers>,
+    meta: Arc<Meta>,
     kind: PhantomData<fn() -> M>,
+}
+
+/// What is read once of a held resource, beside its encoding.
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
+    refers: Refers,
+    /// The resource's version, over incremental xDS (told back to the
+    /// control plane on reconnecting, so it sends only what changed).
+    /// Kept here rather than in a map of its own: the holding's name is
+    /// the map's key already, and a NACK's rollback puts it back with the
+    /// resource.
+    version: Option<Box<str>>,
 }
 
 /// The names a resource refers to, as [`wanted`](super::wanted) follows
@@ -47,7 +60,7 @@ impl<M> Clone for Held<M> {
     fn clone(&self) -> Self {
         Self {
             bytes: self.bytes.clone(),
-            refers: self.refers.clone(),
+            meta: self.meta.clone(),
             kind: PhantomData,
         }
     }
@@ -84,8 +97,59 @@ impl<M> Held<M> {
 
     /// The names the resource refers to (read when it was held).
     pub fn refers(&self) -> &Refers {
-        &self.refers
+        &self.meta.refers
     }
+
+    /// The version an incremental control plane gave it.
+    pub fn version(&self) -> Option<&str> {
+        self.meta.version.as_deref()
+    }
+
+    /// The same holding, at `version` (empty: none).
+    #[must_use]
+    pub fn with_version(self, version: &str) -> Self {
+        if self.version().unwrap_or("") == version {
+            return self;
+        }
+        let meta = Meta {
+            refers: self.meta.refers.clone(),
+            version: (!version.is_empty()).then(|| version.into()),
+        };
+        Self {
+            bytes: self.bytes,
+            meta: shared(meta),
+            kind: PhantomData,
+        }
+    }
+}
+
+/// `meta`, shared: resources that refer to nothing and have no version
+/// (every assignment over state of the world) share one holding of that,
+/// so tens of thousands of them cost no allocation each.
+fn shared(meta: Meta) -> Arc<Meta> {
+    static NOTHING: std::sync::OnceLock<Arc<Meta>> = std::sync::OnceLock::new();
+    match meta {
+        Meta {
+            refers: Refers::Nothing,
+            version: None,
+        } => NOTHING
+            .get_or_init(|| {
+                Arc::new(Meta {
+                    refers: Refers::Nothing,
+                    version: None,
+                })
+            })
+            .clone(),
+        other => Arc::new(other),
+    }
+}
+
+/// What `m` refers to, with no version yet.
+fn meta_of<M: Refer>(m: &M) -> Arc<Meta> {
+    shared(Meta {
+        refers: m.refers(),
+        version: None,
+    })
 }
 
 impl<M: Message + Default + Refer> Held<M> {
@@ -93,7 +157,7 @@ impl<M: Message + Default + Refer> Held<M> {
     pub fn new(m: &M) -> Self {
         Self {
             bytes: m.encode_to_vec().into(),
-            refers: Arc::new(m.refers()),
+            meta: meta_of(m),
             kind: PhantomData,
         }
     }
@@ -104,7 +168,7 @@ impl<M: Message + Default + Refer> Held<M> {
         let m = M::decode(bytes)?;
         let held = Self {
             bytes: bytes.into(),
-            refers: Arc::new(m.refers()),
+            meta: meta_of(&m),
             kind: PhantomData,
         };
         Ok((held, m))
@@ -149,5 +213,45 @@ mod tests {
         assert_eq!(changed.get().name, "ratings");
         assert_ne!(changed, held, "a copy changes alone");
         assert!(Held::<Cluster>::decoded(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn resources_that_refer_to_nothing_share_one_holding_of_it() {
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        let held = |name: &str| {
+            Held::new(&ClusterLoadAssignment {
+                cluster_name: name.into(),
+                ..Default::default()
+            })
+        };
+        let (a, b) = (held("a"), held("b"));
+        assert_eq!(a.refers(), &Refers::Nothing);
+        assert!(std::ptr::eq(a.refers(), b.refers()));
+        // One that refers to something has its own.
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType,
+        };
+        let c = Held::new(&Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Default::default()
+        });
+        assert_eq!(c.refers(), &Refers::Eds("c".into()));
+        assert!(!std::ptr::eq(a.refers(), c.refers()));
+    }
+
+    #[test]
+    fn a_version_is_kept_with_the_holding_and_changes_only_it() {
+        let held = Held::new(&Cluster {
+            name: "c".into(),
+            ..Default::default()
+        });
+        assert_eq!(held.version(), None);
+        let v1 = held.clone().with_version("v1");
+        assert_eq!(v1.version(), Some("v1"));
+        assert!(Held::same(&held, &v1), "the encoding is shared");
+        assert_eq!(held.version(), None, "the copy it came from is unchanged");
+        assert_eq!(v1.clone().with_version("").version(), None);
+        assert_eq!(v1.with_version("v2").version(), Some("v2"));
     }
 }

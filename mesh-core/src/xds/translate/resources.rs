@@ -502,6 +502,41 @@ impl Resources {
         }
     }
 
+    /// Sets the version an incremental control plane gave the held
+    /// resource `name` of type `t` (nothing if none is held).
+    pub fn set_version(&mut self, t: &str, name: &str, version: &str) {
+        fn set<M>(map: &mut BTreeMap<String, Held<M>>, name: &str, version: &str) {
+            if let Some(held) = map.get_mut(name) {
+                *held = held.clone().with_version(version);
+            }
+        }
+        match t {
+            type_url::LISTENER => set(&mut self.listeners, name, version),
+            type_url::ROUTE => set(&mut self.routes, name, version),
+            type_url::CLUSTER => set(&mut self.clusters, name, version),
+            type_url::ENDPOINTS => set(&mut self.endpoints, name, version),
+            type_url::SECRET => set(&mut self.secrets, name, version),
+            _ => {}
+        }
+    }
+
+    /// The held resources of type `t` that have a version, with it.
+    pub fn versions(&self, t: &str) -> Vec<(String, String)> {
+        fn of<M>(map: &BTreeMap<String, Held<M>>) -> Vec<(String, String)> {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.version()?.to_owned())))
+                .collect()
+        }
+        match t {
+            type_url::LISTENER => of(&self.listeners),
+            type_url::ROUTE => of(&self.routes),
+            type_url::CLUSTER => of(&self.clusters),
+            type_url::ENDPOINTS => of(&self.endpoints),
+            type_url::SECRET => of(&self.secrets),
+            _ => Vec::new(),
+        }
+    }
+
     /// Undoes changes to `names` of type `t`: drops them, then puts back
     /// what [`save_only`](Self::save_only) copied.
     pub fn restore_only<'a>(
