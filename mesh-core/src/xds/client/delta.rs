@@ -204,35 +204,23 @@ mod tests {
         assert_eq!(name, "a");
         assert!(told(&mut state).is_empty());
 
-        Delta::respond(
-            &mut state,
-            &mesh,
-            &status,
-            response("1", vec![(name.clone(), any.clone(), "v1")]),
-        );
-        assert_eq!(told(&mut state), [("a".to_owned(), "v1".to_owned())]);
-        // The same bytes at a new version: the version follows.
-        Delta::respond(
-            &mut state,
-            &mesh,
-            &status,
-            response("2", vec![(name.clone(), any.clone(), "v2")]),
-        );
-        assert_eq!(told(&mut state), [("a".to_owned(), "v2".to_owned())]);
-
-        // A version that cannot be held is NACKed; the one before stays.
         let broken = Any {
             type_url: any.type_url.clone(),
             value: vec![0xff, 0xff],
         };
-        let reply = Delta::respond(
-            &mut state,
-            &mesh,
-            &status,
-            response("3", vec![(name.clone(), broken, "v3")]),
-        );
-        assert!(reply[0].error_detail.is_some(), "NACKed");
-        assert_eq!(told(&mut state), [("a".to_owned(), "v2".to_owned())]);
+        for (nonce, sent, version, nacked, held) in [
+            ("1", &any, "v1", false, "v1"),
+            // The same bytes at a new version: the version follows.
+            ("2", &any, "v2", false, "v2"),
+            // A version that cannot be held is NACKed; the one before stays.
+            ("3", &broken, "v3", true, "v2"),
+        ] {
+            let resp = response(nonce, vec![(name.clone(), sent.clone(), version)]);
+            let reply = Delta::respond(&mut state, &mesh, &status, resp);
+            assert_eq!(reply[0].error_detail.is_some(), nacked, "response {nonce}");
+            let want = [("a".to_owned(), held.to_owned())];
+            assert_eq!(told(&mut state), want, "after response {nonce}");
+        }
 
         // Removed: nothing to tell.
         let mut removal = response("4", Vec::new());
