@@ -23,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// The telemetry layer.
@@ -71,9 +71,10 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let routed = crate::ext::routed(&req);
+        // The mesh's clock (tokio's, as the layers below read it).
         let started = routed
             .and_then(crate::ext::Routed::started)
-            .map_or_else(Instant::now, tokio::time::Instant::into_std);
+            .unwrap_or_else(Instant::now);
         let metrics = routed.map(|r| self.runtime.route_metrics(r));
         // Borrowed: the span copies them only when it records, the access
         // log only when it is on.
