@@ -107,7 +107,10 @@ backends:
     // retried there. The bound is the issue's: failures no more than the
     // requests in flight (8); a CI run once saw 1 of 5,375.
     assert!(during.failed() <= 8, "{during:?}");
-    assert!(during.ok > 1000, "{during:?}");
+    // Traffic flowed throughout. Not a rate: a full run of the suite on a
+    // slow machine once served 575 in the second (a request on the dead
+    // endpoint held its batch), where a quiet one serves about 5,000.
+    assert!(during.ok > 200, "{during:?}");
     assert!(client.runtime().stats().ejections.load(Ordering::Relaxed) >= 1);
     // Back on its port: in rotation again once the ejection ends.
     let back = Echo::new("a").start(&Mesh::empty(), addr_a).await.unwrap();

@@ -123,6 +123,7 @@ async fn traffic_stays_in_the_callers_zone_and_spills_over_as_the_factor_says() 
     assert_eq!(s[2], 0.0, "{s:?}");
     // The whole zone out: its region takes everything.
     eject(&client, &servers[2].0).await;
+    let zone_a_out = Instant::now();
     assert_eq!(shares(&client, 600).await, [0.0, 100.0, 0.0]);
     // And one of b out: the other region takes 7%.
     eject(&client, &servers[3].0).await;
@@ -137,9 +138,12 @@ async fn traffic_stays_in_the_callers_zone_and_spills_over_as_the_factor_says() 
         started.elapsed()
     );
 
-    // The ejections end (15 s each): traffic comes back to zone a.
+    // The ejections end (15 s each from its own): traffic comes back to
+    // zone a once the last of its endpoints is back. (Waiting from the
+    // first ejection instead failed on a slow machine: the phases before
+    // the third took two seconds, and its ejection ran into the check.)
     tokio::time::sleep(
-        Duration::from_secs(15).saturating_sub(started.elapsed()) + Duration::from_secs(2),
+        Duration::from_secs(15).saturating_sub(zone_a_out.elapsed()) + Duration::from_secs(2),
     )
     .await;
     assert_eq!(shares(&client, 600).await, [100.0, 0.0, 0.0]);
