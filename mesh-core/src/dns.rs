@@ -386,7 +386,17 @@ async fn lookup_once(
 }
 
 /// `mesh_dns_lookups_total{name, result}`.
+const LOOKUPS: &str = "mesh_dns_lookups_total";
+
 fn record(name: &str, result: &'static str) {
-    metrics::counter!("mesh_dns_lookups_total", "name" => name.to_owned(), "result" => result)
-        .increment(1);
+    metrics::counter!(LOOKUPS, "name" => name.to_owned(), "result" => result).increment(1);
+}
+
+/// Describes the DNS metrics to the installed recorder.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        LOOKUPS,
+        metrics::Unit::Count,
+        "DNS lookups of backends' names, by name and result."
+    );
 }

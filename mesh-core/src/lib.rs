@@ -86,4 +86,6 @@ pub use source::file::ReadyError;
 pub fn describe_metrics() {
     #[cfg(feature = "xds")]
     xds::describe_metrics();
+    #[cfg(feature = "dns")]
+    dns::describe_metrics();
 }

@@ -108,6 +108,11 @@ pub(crate) fn describe_metrics() {
         Unit::Count,
         "Whether an xDS stream to the control plane is open (1) or not (0)."
     );
+    metrics::describe_gauge!(
+        metric_names::STALE,
+        Unit::Count,
+        "1 while the last known good config from disk serves, before the control plane's replaces it."
+    );
 }
 
 /// What the client has done, for metrics, the admin server and tests.

@@ -146,6 +146,31 @@ pub fn describe() {
         "A backend's adaptive concurrency limit: requests it is sent at once."
     );
     describe_counter!(
+        HEDGES,
+        Unit::Count,
+        "Hedged attempts, by result (sent, cancelled, refused)."
+    );
+    describe_counter!(
+        RATE_LIMIT,
+        Unit::Count,
+        "A route's local rate limit decisions, by result (admitted, refused)."
+    );
+    describe_gauge!(
+        LEVEL_LOAD,
+        Unit::Percent,
+        "The share of a backend's requests each of its locality and priority levels takes."
+    );
+    describe_counter!(
+        SHADOW_REQUESTS,
+        Unit::Count,
+        "Requests also decided under the candidate config (shadow evaluation)."
+    );
+    describe_counter!(
+        SHADOW_DIFFERENCES,
+        Unit::Count,
+        "Requests the candidate config would have routed otherwise, by live and candidate route and backend."
+    );
+    describe_counter!(
         AUTHZ_DENIED,
         Unit::Count,
         "Inbound requests denied by authorization."
@@ -360,5 +385,36 @@ impl RouteMetrics {
         }) {
             c.increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric this module names is described (a Prometheus linter
+    /// refuses a series without help text): each `pub const` naming a
+    /// `mesh_` metric is the first argument of a `describe_*!` call.
+    #[test]
+    fn every_metric_named_here_has_help_text() {
+        let source = include_str!("metrics.rs");
+        let (code, _) = source.split_once("#[cfg(test)]").unwrap_or((source, ""));
+        let described = code.replace(['\n', ' '], "");
+        let mut names = 0;
+        for line in code.lines() {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let Some((name, value)) = rest.split_once(": &str = ") else {
+                continue;
+            };
+            if !value.starts_with("\"mesh_") {
+                continue;
+            }
+            names += 1;
+            let called = ["counter", "gauge", "histogram"]
+                .iter()
+                .any(|k| described.contains(&format!("describe_{k}!({name},")));
+            assert!(called, "{name} ({value}) has no describe_*! call");
+        }
+        assert!(names >= 20, "found only {names} metric names");
     }
 }
