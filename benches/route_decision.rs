@@ -23,7 +23,7 @@ fn config(n: usize) -> Config {
     for i in 0..n {
         let (v1, v2) = (format!("svc{i}-v1"), format!("svc{i}-v2"));
         let to = |b: &str, w| WeightedBackend {
-            backend: b.to_owned(),
+            backend: b.to_owned().into(),
             weight: w,
         };
         let path = |p: &str| RouteMatch {
@@ -34,10 +34,10 @@ fn config(n: usize) -> Config {
         headers.insert("x-user".to_owned(), StringMatch::Exact("tester".to_owned()));
         cfg.services.push(
             Service {
-                name: format!("svc{i}"),
+                name: format!("svc{i}").into(),
                 hosts: vec![
-                    format!("svc{i}"),
-                    format!("svc{i}.default.svc.cluster.local"),
+                    format!("svc{i}").into(),
+                    format!("svc{i}.default.svc.cluster.local").into(),
                 ],
                 routes: vec![
                     Route {
@@ -80,7 +80,7 @@ fn config(n: usize) -> Config {
         for (k, b) in [v1, v2].into_iter().enumerate() {
             cfg.backends.push(
                 Backend {
-                    name: b,
+                    name: b.into(),
                     endpoints: vec![Endpoint::new(format!(
                         "10.0.{}.{}:8080",
                         i / 250,

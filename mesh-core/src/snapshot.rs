@@ -7,8 +7,8 @@
 
 use crate::config::regex::compile_regex;
 use crate::config::{
-    Backend, Config, Fault, InboundPolicy, LoadBalancer, Locality, PathMatch, RetryPolicy, Service,
-    Shared, StringMatch, UnknownHosts,
+    Backend, Config, Fault, InboundPolicy, LoadBalancer, Locality, Name, PathMatch, RetryPolicy,
+    Service, Shared, StringMatch, UnknownHosts,
 };
 use regex::Regex;
 use std::collections::HashMap;
@@ -158,7 +158,10 @@ impl ServiceEntry {
             .iter()
             .enumerate()
             .map(|(ri, r)| RouteEntry {
-                name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                name: match &r.name {
+                    Some(n) => n.shared(),
+                    None => Name::new(&format!("route-{ri}")).shared(),
+                },
                 matches: r.matches.iter().filter_map(compile_match).collect(),
                 split: WeightTable::new(split_of(r, backend_index)),
                 timeout: r.timeout.unwrap_or(config.defaults.timeout),
@@ -196,11 +199,14 @@ impl ServiceEntry {
             })
             .collect();
         Self {
-            name: Arc::from(s.name.as_str()),
+            name: s.name.shared(),
             routes,
             keys: names
                 .iter()
-                .map(|h| Arc::from(h.to_ascii_lowercase()))
+                .map(|h| match h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    true => Arc::from(h.to_ascii_lowercase()),
+                    false => h.shared(),
+                })
                 .collect(),
             host_values,
         }
@@ -485,7 +491,7 @@ impl BackendEntry {
             }
         }
         BackendEntry {
-            name: Arc::from(b.name.as_str()),
+            name: b.name.shared(),
             config: b.clone(),
             endpoints,
             upstream_tls: UpstreamTls::of(b).map(Arc::new),
@@ -619,8 +625,8 @@ pub(crate) struct CompiledMatch {
 
 #[derive(Debug)]
 pub(crate) enum CompiledPath {
-    Exact(Box<str>),
-    Prefix(Box<str>),
+    Exact(Arc<str>),
+    Prefix(Arc<str>),
     Regex(Regex),
 }
 
@@ -911,8 +917,9 @@ fn compile_match(m: &crate::config::RouteMatch) -> Option<CompiledMatch> {
     Some(CompiledMatch {
         path: match &m.path {
             None => None,
-            Some(PathMatch::Exact(p)) => Some(CompiledPath::Exact(p.as_str().into())),
-            Some(PathMatch::Prefix(p)) => Some(CompiledPath::Prefix(p.as_str().into())),
+            // Shared: most routes' paths are a few common ones (`/`).
+            Some(PathMatch::Exact(p)) => Some(CompiledPath::Exact(Name::new(p).shared())),
+            Some(PathMatch::Prefix(p)) => Some(CompiledPath::Prefix(Name::new(p).shared())),
             Some(PathMatch::Regex(r)) => Some(CompiledPath::Regex(compile_regex(r).ok()?)),
         },
         methods: m.methods.iter().map(|s| s.as_str().into()).collect(),

@@ -247,7 +247,7 @@ fn changed_parts<'a>(was: &'a Config, now: &'a Config) -> Option<(Vec<Part<'a>>,
 fn diff<'a, T>(
     was: &'a [Shared<T>],
     now: &'a [Shared<T>],
-    name: impl Fn(&T) -> &String,
+    name: impl Fn(&T) -> &str,
     part: impl Fn(&'a T) -> Part<'a>,
     gone: &mut Vec<Part<'a>>,
     new: &mut Vec<Part<'a>>,
@@ -260,7 +260,7 @@ fn diff<'a, T>(
         }
         return;
     }
-    let by_name: HashMap<&String, &Shared<T>> = was.iter().map(|w| (name(w), w)).collect();
+    let by_name: HashMap<&str, &Shared<T>> = was.iter().map(|w| (name(w), w)).collect();
     let mut kept = BTreeMap::new();
     for b in now {
         match by_name.get(name(b)) {

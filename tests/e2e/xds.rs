@@ -987,7 +987,7 @@ async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked
     let fallback = cfg.services[0].routes.pop().unwrap();
     for i in 0..60_000 {
         cfg.services[0].routes.push(Route {
-            name: Some(format!("route-{i}")),
+            name: Some(format!("route-{i}").into()),
             matches: vec![RouteMatch {
                 path: Some(PathMatch::Exact(format!(
                     "/a/fairly/long/path/to/make/the/resource/large/{i:08}"

@@ -178,6 +178,22 @@ impl Decode for String {
     }
 }
 
+impl Decode for super::Name {
+    fn fallback() -> Option<Self> {
+        Some(Self::default())
+    }
+
+    fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
+        match &n.value {
+            Value::Str(s) => Some(Self::new(s)),
+            _ => {
+                cx.invalid(n, path, "a string");
+                None
+            }
+        }
+    }
+}
+
 impl Decode for bool {
     fn decode(n: &Node, path: &str, cx: &mut Cx) -> Option<Self> {
         match n.value {
@@ -666,7 +682,7 @@ impl Decode for LoadBalancer {
 pub(crate) fn backend_name(n: &Node) -> Option<WeightedBackend> {
     match &n.value {
         Value::Str(s) => Some(WeightedBackend {
-            backend: s.clone(),
+            backend: s.into(),
             weight: 1,
         }),
         _ => None,

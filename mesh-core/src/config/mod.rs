@@ -28,6 +28,7 @@ mod decode;
 pub mod duration;
 mod error;
 mod model;
+mod name;
 mod node;
 #[cfg(feature = "import")]
 pub(crate) use node::Value;
@@ -38,6 +39,7 @@ pub(crate) mod validate;
 pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration};
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
+pub use name::Name;
 pub use shared::Shared;
 
 pub(crate) use node::Node;

@@ -5,6 +5,7 @@
 //! [`Config::from_json`]; writing one back is plain serde serialization.
 
 use super::duration::serde_human;
+use super::name::Name;
 use super::shared::Shared;
 use crate::identity::SpiffeId;
 pub use crate::path::{EscapedSlashes, PathNormalization, Semicolons};
@@ -135,10 +136,10 @@ pub enum UnknownHosts {
 pub struct Service {
     /// The service name, unique in the mesh.
     #[decode(required)]
-    pub name: String,
+    pub name: Name,
     /// Host names that address this service; defaults to `[name]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<Name>,
     /// Routes, tried in order; the first that matches wins.
     pub routes: Vec<Route>,
     /// The classifier, registered in code by this name
@@ -151,7 +152,7 @@ pub struct Service {
 impl Service {
     /// The host names that address it: its `hosts`, or its name when it
     /// lists none.
-    pub fn host_names(&self) -> &[String] {
+    pub fn host_names(&self) -> &[Name] {
         if self.hosts.is_empty() {
             std::slice::from_ref(&self.name)
         } else {
@@ -169,7 +170,7 @@ impl Service {
 pub struct Route {
     /// The route name (unique within its service); defaults to `route-N`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// Alternatives: the route matches when any one of them matches (an
     /// empty list matches everything). A file may give a single mapping.
     #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
@@ -407,7 +408,7 @@ pub enum StringMatch {
 pub struct WeightedBackend {
     /// The backend's name.
     #[decode(required)]
-    pub backend: String,
+    pub backend: Name,
     /// Its relative weight (default 1).
     pub weight: u32,
 }
@@ -415,7 +416,7 @@ pub struct WeightedBackend {
 impl Default for WeightedBackend {
     fn default() -> Self {
         Self {
-            backend: String::new(),
+            backend: Name::default(),
             weight: 1,
         }
     }
@@ -580,7 +581,7 @@ pub struct FaultAbort {
 pub struct Mirror {
     /// The shadow backend.
     #[decode(required)]
-    pub backend: String,
+    pub backend: Name,
     /// The share of requests mirrored, in percent (0-100).
     #[decode(default = 100.0)]
     pub percent: f64,
@@ -596,7 +597,7 @@ pub struct Mirror {
 pub struct Backend {
     /// The backend name, unique in the mesh.
     #[decode(required)]
-    pub name: String,
+    pub name: Name,
     /// Its endpoints: `ip:port` or `dns-name:port`, optionally weighted.
     pub endpoints: Vec<Endpoint>,
     /// The protocol spoken to the endpoints.

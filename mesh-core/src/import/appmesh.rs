@@ -182,7 +182,7 @@ fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
         return second(r, out, "virtual node");
     }
     let mut b = Backend {
-        name: r.name.clone(),
+        name: r.name.clone().into(),
         ..Backend::default()
     };
     let Some(spec) = r.spec else {
@@ -230,7 +230,7 @@ fn virtual_node(r: &Res<'_>, out: &mut Out<'_>) {
         "logging",
         "access logs are turned on by RUST_LOG=mesh::access=debug",
     );
-    out.backends.insert(b.name.clone(), b);
+    out.backends.insert(b.name.to_string(), b);
 }
 
 fn listener(r: &Res<'_>, out: &mut Out<'_>, l: &T, b: &mut Backend, port: &mut Option<u16>) {
@@ -385,7 +385,7 @@ fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Ro
         }
         routes.push(Route {
             to: vec![WeightedBackend {
-                backend: name,
+                backend: name.into(),
                 weight: 100,
             }],
             ..Route::default()
@@ -411,7 +411,7 @@ fn virtual_service(r: &Res<'_>, out: &mut Out<'_>, routers: &BTreeMap<String, Ro
     out.services.insert(
         r.name.clone(),
         Service {
-            name: r.name.clone(),
+            name: r.name.clone().into(),
             hosts: Vec::new(),
             routes,
             classifier: None,
@@ -430,8 +430,8 @@ fn route(d: &Doc, out: &mut Out<'_>, rt: &T, name: &str, i: usize) -> Option<Rou
         })?;
     let mut route = Route {
         name: (!name.is_empty())
-            .then(|| name.to_owned())
-            .or_else(|| Some(format!("route-{i}"))),
+            .then(|| name.into())
+            .or_else(|| Some(format!("route-{i}").into())),
         ..Route::default()
     };
     if let Some(m) = body.get("match") {
@@ -460,9 +460,10 @@ fn route(d: &Doc, out: &mut Out<'_>, rt: &T, name: &str, i: usize) -> Option<Rou
             p.consume();
         }
         match node {
-            Some(n) if out.backends.contains_key(&n) => {
-                route.to.push(WeightedBackend { backend: n, weight })
-            }
+            Some(n) if out.backends.contains_key(&n) => route.to.push(WeightedBackend {
+                backend: n.into(),
+                weight,
+            }),
             Some(n) => out.lose(
                 d,
                 t.path(),

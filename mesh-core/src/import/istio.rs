@@ -11,7 +11,7 @@ use super::tree::T;
 use super::{Doc, Out, go_duration};
 use crate::config::{
     AuthzAction, AuthzRule, AuthzTarget, Backend, BackendTls, BackendTlsMode, Endpoint, Fault,
-    FaultAbort, FaultDelay, LoadBalancer, Mirror, MtlsMode, PathMatch, Protocol, RetryOn,
+    FaultAbort, FaultDelay, LoadBalancer, Mirror, MtlsMode, Name, PathMatch, Protocol, RetryOn,
     RetryPolicy, Route, RouteMatch, Service, StringMatch, WeightedBackend,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,7 +151,7 @@ fn shared_aliases(out: &mut Out<'_>, hosts: &Hosts<'_>) {
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for s in out.services.values() {
         for h in s.hosts.iter().chain(std::iter::once(&s.name)) {
-            *count.entry(h.clone()).or_default() += 1;
+            *count.entry(h.to_string()).or_default() += 1;
         }
     }
     let shared: BTreeSet<String> = count
@@ -167,16 +167,16 @@ fn shared_aliases(out: &mut Out<'_>, hosts: &Hosts<'_>) {
         let removed: Vec<String> = s
             .hosts
             .iter()
-            .filter(|h| shared.contains(*h))
-            .cloned()
+            .filter(|h| shared.contains(h.as_str()))
+            .map(|h| h.to_string())
             .collect();
         if !removed.is_empty() {
-            s.hosts.retain(|h| !shared.contains(h));
+            s.hosts.retain(|h| !shared.contains(h.as_str()));
             said.push((s.name.clone(), removed));
         }
     }
     for (name, removed) in said {
-        if let Some(d) = hosts.origin.get(&name) {
+        if let Some(d) = hosts.origin.get(name.as_str()) {
             let line = d.tree.peek("spec").and_then(T::line);
             out.push_approximate(d, "spec", line, format!("`{name}` does not claim {}: another service would too; call it by its full name", removed.join(", ")));
         }
@@ -375,7 +375,7 @@ impl<'d> Hosts<'d> {
         });
         self.made.insert(name.clone(), port);
         let mut b = Backend {
-            name: name.clone(),
+            name: name.clone().into(),
             ..Backend::default()
         };
         match entry.filter(|e| !e.endpoints.is_empty()) {
@@ -708,8 +708,8 @@ fn virtual_service<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
     out.services.insert(
         name.clone(),
         Service {
-            name,
-            hosts: claimed,
+            name: name.into(),
+            hosts: claimed.into_iter().map(Name::from).collect(),
             routes,
             classifier: None,
         },
@@ -718,7 +718,7 @@ fn virtual_service<'d>(d: &'d Doc, out: &mut Out<'_>, hosts: &mut Hosts<'d>) {
 
 fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Option<Route> {
     let mut route = Route {
-        name: r.get("name").and_then(T::text),
+        name: r.get("name").and_then(T::text).map(Name::from),
         ..Route::default()
     };
     if let Some(ms) = r.get("match") {
@@ -751,7 +751,10 @@ fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Optio
             None => 0,
         };
         out.drop_if(d, dest, "headers", "header manipulation is not supported");
-        route.to.push(WeightedBackend { backend, weight });
+        route.to.push(WeightedBackend {
+            backend: backend.into(),
+            weight,
+        });
     }
     if route.to.iter().all(|w| w.weight == 0) {
         out.lose(
@@ -799,7 +802,10 @@ fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Optio
             .and_then(T::number)
             .or_else(|| old_pct.and_then(T::number))
             .unwrap_or(100.0);
-        route.mirror = Some(Box::new(Mirror { backend, percent }));
+        route.mirror = Some(Box::new(Mirror {
+            backend: backend.into(),
+            percent,
+        }));
     }
     out.drop_if(d, r, "headers", "header manipulation is not supported");
     Some(route)
@@ -1399,11 +1405,11 @@ fn default_service<'d>(out: &mut Out<'_>, hosts: &mut Hosts<'d>, d: &'d Doc, hos
     out.services.insert(
         host.to_owned(),
         Service {
-            name: host.to_owned(),
-            hosts: hosts_of,
+            name: host.into(),
+            hosts: hosts_of.into_iter().map(Name::from).collect(),
             routes: vec![Route {
                 to: vec![WeightedBackend {
-                    backend,
+                    backend: backend.into(),
                     weight: 100,
                 }],
                 retry: Some(istio_default_retry()),

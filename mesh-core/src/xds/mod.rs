@@ -163,7 +163,7 @@ pub struct XdsStatus {
 #[derive(Debug, Default, Clone)]
 pub struct TypeStatus {
     /// The names subscribed to (the client's own set, shared).
-    pub subscribed: Arc<std::collections::BTreeSet<String>>,
+    pub subscribed: Arc<std::collections::BTreeSet<crate::config::Name>>,
     /// How many of them are held.
     pub held: usize,
     /// The last version accepted (state of the world: the response's;

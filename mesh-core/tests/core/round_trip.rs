@@ -108,12 +108,12 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
                     })
                 }),
                 rate_limit: rate_limit.map(Box::new),
-                name,
+                name: name.map(Into::into),
                 matches,
                 to: to
                     .into_iter()
                     .map(|(b, weight)| WeightedBackend {
-                        backend: format!("b{b}"),
+                        backend: format!("b{b}").into(),
                         weight,
                     })
                     .collect(),
@@ -127,7 +127,7 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
                 }),
                 mirror: mirror.map(|(b, percent)| {
                     Box::new(Mirror {
-                        backend: format!("b{b}"),
+                        backend: format!("b{b}").into(),
                         percent,
                     })
                 }),
@@ -194,7 +194,7 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                     "127.0.0.1"
                 };
                 Backend {
-                    name: format!("b{i}"),
+                    name: format!("b{i}").into(),
                     endpoints: ports
                         .into_iter()
                         .zip(places)
@@ -319,15 +319,15 @@ fn config() -> impl Strategy<Value = Config> {
                         // Route names must be unique within a service.
                         for (j, r) in routes.iter_mut().enumerate() {
                             if let Some(n) = &mut r.name {
-                                n.push_str(&j.to_string());
+                                *n = format!("{n}{j}").into();
                             }
                         }
                         let mut hosts: Vec<String> =
                             hosts.into_iter().map(|h| format!("{h}.s{i}")).collect();
                         hosts.dedup();
                         Service {
-                            name: format!("s{i}"),
-                            hosts,
+                            name: format!("s{i}").into(),
+                            hosts: hosts.into_iter().map(Into::into).collect(),
                             routes,
                             classifier: (i % 2 == 0).then(|| "by-status".to_owned()),
                         }

@@ -25,7 +25,7 @@ impl Variant for Delta {
             if names.is_empty() {
                 continue;
             }
-            let resource_names_subscribe = names.iter().cloned().collect();
+            let resource_names_subscribe = names.iter().map(|n| n.to_string()).collect();
             // What we hold, so the control plane sends only what changed.
             let initial_resource_versions = state.resources.versions(t).into_iter().collect();
             out.push(DeltaDiscoveryRequest {
@@ -98,8 +98,8 @@ impl Variant for Delta {
         Some(DeltaDiscoveryRequest {
             node: state.node(),
             type_url: change.type_url.to_owned(),
-            resource_names_subscribe: change.added,
-            resource_names_unsubscribe: change.removed,
+            resource_names_subscribe: change.added.iter().map(|n| n.to_string()).collect(),
+            resource_names_unsubscribe: change.removed.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         })
     }

@@ -6,7 +6,7 @@
 use super::XdsError;
 use super::translate::{self, Resources, type_url};
 use super::{Api, XdsSettings, XdsStatus, metric_names};
-use crate::config::Config;
+use crate::config::{Config, Name};
 use crate::mesh::Mesh;
 use crate::snapshot::Source;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -103,7 +103,7 @@ fn json_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value
 pub(super) struct State {
     /// Subscribed names per type, shared with the status (a client may
     /// subscribe to tens of thousands: they are held once).
-    names: BTreeMap<&'static str, Arc<BTreeSet<String>>>,
+    names: BTreeMap<&'static str, Arc<BTreeSet<Name>>>,
     /// State of the world: the accepted version and last nonce per type.
     version: BTreeMap<&'static str, String>,
     nonce: BTreeMap<&'static str, String>,
@@ -181,20 +181,20 @@ fn unknown_providers(cfg: &Config, providers: &BTreeSet<String>) -> Result<(), X
 
 impl State {
     pub(super) fn new(settings: &XdsSettings, demand: Arc<OnDemand>) -> Self {
-        let mut names: BTreeMap<&'static str, BTreeSet<String>> =
+        let mut names: BTreeMap<&'static str, BTreeSet<Name>> =
             TYPES.into_iter().map(|t| (t, BTreeSet::new())).collect();
         for s in &settings.services {
             names
                 .entry(type_url::LISTENER)
                 .or_default()
-                .insert(s.clone());
+                .insert(Name::new(s));
             demand.expect(s);
         }
         if let Some(inbound) = &settings.inbound {
             names
                 .entry(type_url::LISTENER)
                 .or_default()
-                .insert(inbound.listener.clone());
+                .insert(Name::new(&inbound.listener));
         }
         Self {
             names: names.into_iter().map(|(t, n)| (t, Arc::new(n))).collect(),
@@ -264,8 +264,8 @@ impl State {
         std::mem::take(&mut self.first).then(|| self.node.clone())
     }
 
-    fn names(&self, t: &str) -> &BTreeSet<String> {
-        static NONE: BTreeSet<String> = BTreeSet::new();
+    fn names(&self, t: &str) -> &BTreeSet<Name> {
+        static NONE: BTreeSet<Name> = BTreeSet::new();
         self.names.get(t).map_or(&NONE, |n| &**n)
     }
 
@@ -409,7 +409,10 @@ impl State {
                     changed
                 });
             }
-            None => out.extend(self.resubscribe(type_url::SECRET, secrets)),
+            None => {
+                let names = secrets.iter().map(Name::from).collect();
+                out.extend(self.resubscribe(type_url::SECRET, names));
+            }
         }
         // What the held resources name changes only when they do.
         if self.followed == Some(self.resources.refers_generation()) {
@@ -438,27 +441,27 @@ impl State {
         out
     }
 
-    fn resubscribe(&mut self, t: &'static str, names: BTreeSet<String>) -> Option<Change> {
+    fn resubscribe(&mut self, t: &'static str, names: BTreeSet<Name>) -> Option<Change> {
         let current = self.names.entry(t).or_default();
         if **current == names {
             return None;
         }
-        let added: Vec<String> = names.difference(current).cloned().collect();
-        let removed: Vec<String> = current.difference(&names).cloned().collect();
+        let added: Vec<Name> = names.difference(current).cloned().collect();
+        let removed: Vec<Name> = current.difference(&names).cloned().collect();
         let told_nothing = self.sotw && names.is_empty();
         *current = Arc::new(names);
         if told_nothing {
             // The server still counts these as ours (see `parked`).
             let saved = self
                 .resources
-                .save_only(t, removed.iter().map(String::as_str));
+                .save_only(t, removed.iter().map(Name::as_str));
             self.parked
-                .restore_only(t, removed.iter().map(String::as_str), saved);
+                .restore_only(t, removed.iter().map(Name::as_str), saved);
         } else if self.sotw {
             // Back from the parking: current, the server kept them so.
-            let saved = self.parked.save_only(t, added.iter().map(String::as_str));
+            let saved = self.parked.save_only(t, added.iter().map(Name::as_str));
             self.resources
-                .restore_only(t, added.iter().map(String::as_str), saved);
+                .restore_only(t, added.iter().map(Name::as_str), saved);
             // Told a new list now: the server stops keeping the rest.
             self.parked.clear(t);
         }
@@ -478,11 +481,11 @@ impl State {
         match cmd {
             Command::Subscribe(host) => {
                 tracing::debug!(%host, "xDS: subscribing on demand");
-                listeners.insert(host);
+                listeners.insert(host.into());
             }
             Command::Unsubscribe(host) => {
                 self.demand.forget(&host);
-                listeners.remove(&host);
+                listeners.remove(host.as_str());
             }
         }
         let Some(change) = self.resubscribe(type_url::LISTENER, listeners) else {
@@ -561,11 +564,11 @@ impl State {
 
 /// For services still arriving, the running config's version of them and
 /// the backends they use, so they keep serving meanwhile.
-fn carry_over(cfg: &mut Config, running: &Config, incomplete: &[String]) {
+fn carry_over(cfg: &mut Config, running: &Config, incomplete: &[Name]) {
     if incomplete.is_empty() {
         return;
     }
-    let mut have: BTreeSet<String> = cfg.backends.iter().map(|b| b.name.clone()).collect();
+    let mut have: BTreeSet<Name> = cfg.backends.iter().map(|b| b.name.clone()).collect();
     for name in incomplete {
         let host = crate::route::host_of(name);
         let Some(s) = running.services.iter().find(|s| s.name == host) else {
@@ -611,8 +614,8 @@ fn record_warnings(status: &XdsStatus, warnings: Vec<String>) {
 #[derive(Debug)]
 pub(super) struct Change {
     type_url: &'static str,
-    added: Vec<String>,
-    removed: Vec<String>,
+    added: Vec<Name>,
+    removed: Vec<Name>,
 }
 
 fn nack(message: String) -> Status {
@@ -1031,7 +1034,7 @@ fn last_known_good(settings: &XdsSettings, loaded: &persist::Loaded) -> Result<C
             .ok_or_else(|| XdsError::new(format!("a resource of type `{}`", any.type_url)))?;
         resources.insert(t, any)?;
     }
-    let names: BTreeSet<String> = resources.listeners().keys().cloned().collect();
+    let names: BTreeSet<Name> = resources.listeners().keys().cloned().collect();
     let providers = settings.certificate_providers.keys().cloned().collect();
     let built = build_config(
         &resources,
@@ -1054,7 +1057,7 @@ fn last_known_good(settings: &XdsSettings, loaded: &persist::Loaded) -> Result<C
 /// serves are made the same way.
 fn build_config(
     resources: &Resources,
-    names: &BTreeSet<String>,
+    names: &BTreeSet<Name>,
     inbound: Option<&super::Inbound>,
     providers: &BTreeSet<String>,
     (changes, kept): (&translate::Changes, &mut translate::Kept),
@@ -1064,10 +1067,11 @@ fn build_config(
         .iter()
         .filter(|n| inbound.is_none_or(|i| i.listener != **n));
     let built = translate::to_config(resources, services, changes, warnings, kept);
-    let policy = match inbound.and_then(|i| Some((i, resources.listeners().get(&i.listener)?))) {
-        Some((i, l)) => translate::inbound_of(&l.get(), &i.service, warnings).map(Some),
-        None => Ok(None),
-    };
+    let policy =
+        match inbound.and_then(|i| Some((i, resources.listeners().get(i.listener.as_str())?))) {
+            Some((i, l)) => translate::inbound_of(&l.get(), &i.service, warnings).map(Some),
+            None => Ok(None),
+        };
     let (mut built, policy) = (built?, policy?);
     built.config.inbound.extend(policy);
     unknown_providers(&built.config, providers)?;
@@ -1104,7 +1108,7 @@ mod tests {
         let settings = XdsSettings::new("http://127.0.0.1:1", "test", vec!["a".into()]);
         let mut state = State::new(&settings, demand);
         let status = XdsStatus::default();
-        let subscribed = |status: &XdsStatus| -> Vec<String> {
+        let subscribed = |status: &XdsStatus| -> Vec<crate::config::Name> {
             status.resources.lock().unwrap()["Listener"]
                 .subscribed
                 .iter()
@@ -1113,7 +1117,7 @@ mod tests {
         };
         state.report(&status);
         assert_eq!(subscribed(&status), ["a"]);
-        let names = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        let names = BTreeSet::from(["a".into(), "b".into()]);
         assert!(state.resubscribe(type_url::LISTENER, names).is_some());
         state.report(&status);
         assert_eq!(subscribed(&status), ["a", "b"]);
@@ -1124,7 +1128,7 @@ mod tests {
         assert!(Arc::ptr_eq(&shared, &state.names[type_url::LISTENER]));
         assert!(
             state
-                .resubscribe(type_url::LISTENER, BTreeSet::from(["b".to_owned()]))
+                .resubscribe(type_url::LISTENER, BTreeSet::from(["b".into()]))
                 .is_some()
         );
         state.report(&status);

@@ -2,6 +2,7 @@
 //! for its listener and waits (bounded) for the answer.
 
 use super::Command;
+use crate::config::Name;
 use crate::mesh::DemandWait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +22,7 @@ enum Host {
 #[derive(Debug)]
 pub(crate) struct OnDemand {
     commands: mpsc::UnboundedSender<Command>,
-    hosts: Arc<Mutex<HashMap<String, Host>>>,
+    hosts: Arc<Mutex<HashMap<Name, Host>>>,
     bound: Duration,
     full_said: std::sync::atomic::AtomicBool,
 }
@@ -30,7 +31,7 @@ pub(crate) struct OnDemand {
 /// plane keeps for this client).
 pub(super) const MAX_ON_DEMAND_HOSTS: usize = 10_000;
 
-fn lock(hosts: &Mutex<HashMap<String, Host>>) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
+fn lock(hosts: &Mutex<HashMap<Name, Host>>) -> std::sync::MutexGuard<'_, HashMap<Name, Host>> {
     hosts.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -44,14 +45,14 @@ impl OnDemand {
         }
     }
 
-    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<Name, Host>> {
         lock(&self.hosts)
     }
 
     /// Marks `host` pending without asking (it is subscribed already).
     pub(super) fn expect(&self, host: &str) {
         self.hosts()
-            .entry(host.to_owned())
+            .entry(Name::new(host))
             .or_insert_with(|| Host::Pending(watch::channel(false).0));
     }
 
@@ -105,14 +106,14 @@ impl OnDemand {
                 }
                 None => {
                     let (tx, rx) = watch::channel(false);
-                    hosts.insert(authority.to_owned(), Host::Pending(tx));
+                    hosts.insert(Name::new(authority), Host::Pending(tx));
                     if self
                         .commands
                         .send(Command::Subscribe(authority.to_owned()))
                         .is_err()
                     {
                         // The client is gone: nothing will answer.
-                        hosts.insert(authority.to_owned(), Host::Answered);
+                        hosts.insert(Name::new(authority), Host::Answered);
                         return None;
                     }
                     rx
@@ -127,7 +128,7 @@ impl OnDemand {
             if tokio::time::timeout(bound, rx.wait_for(|done| *done))
                 .await
                 .is_err()
-                && let Some(h) = lock(&hosts).get_mut(&host)
+                && let Some(h) = lock(&hosts).get_mut(host.as_str())
             {
                 tracing::debug!(%host, "xDS: no answer for the host within {bound:?}");
                 *h = Host::Answered;

@@ -16,7 +16,7 @@ impl Sotw {
         DiscoveryRequest {
             version_info: state.version.get(t).cloned().unwrap_or_default(),
             node: state.node(),
-            resource_names: state.names(t).iter().cloned().collect(),
+            resource_names: state.names(t).iter().map(|n| n.to_string()).collect(),
             type_url: t.to_owned(),
             response_nonce: state.nonce.get(t).cloned().unwrap_or_default(),
             error_detail: error.map(nack),

@@ -5,7 +5,7 @@
 
 use super::cluster::{backend_of, is_eds};
 use super::{Changes, Held, Refers, Resources, cluster_complete, service_of, type_url};
-use crate::config::{Backend, Config, Service, Shared};
+use crate::config::{Backend, Config, Name, Service, Shared};
 use crate::xds::XdsError;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -22,10 +22,10 @@ pub struct Built {
     pub config: Config,
     /// Listeners held whose route configuration, clusters or endpoints
     /// have not all arrived yet.
-    pub incomplete: Vec<String>,
+    pub incomplete: Vec<Name>,
     /// Subscribed listeners the control plane has not sent (not yet, or
     /// they do not exist).
-    pub missing: Vec<String>,
+    pub missing: Vec<Name>,
 }
 
 /// What the last build translated, and from which holdings. A service or
@@ -34,9 +34,9 @@ pub struct Built {
 /// (which lets the mesh skip validating and compiling it again).
 #[derive(Debug, Default)]
 pub struct Kept {
-    services: HashMap<String, KeptService, foldhash::fast::RandomState>,
+    services: HashMap<Name, KeptService, foldhash::fast::RandomState>,
     /// By cluster name, in name order (the order of the config's backends).
-    backends: Vec<(String, KeptBackend)>,
+    backends: Vec<(Name, KeptBackend)>,
     /// Counts builds, to tell the services the last one saw.
     build: u64,
 }
@@ -45,10 +45,10 @@ pub struct Kept {
 struct KeptService {
     listener: Held<Listener>,
     /// Its route configuration by RDS (name and holding), if not inline.
-    routes: Option<(String, Held<RouteConfiguration>)>,
+    routes: Option<(Name, Held<RouteConfiguration>)>,
     /// The clusters it uses, and the assignments of those that are EDS.
-    uses: Arc<[String]>,
-    eds: Arc<[String]>,
+    uses: Arc<[Name]>,
+    eds: Arc<[Name]>,
     service: Shared<Service>,
     warnings: Arc<[String]>,
     seen: u64,
@@ -57,7 +57,7 @@ struct KeptService {
 #[derive(Debug, Clone)]
 struct KeptBackend {
     cluster: Held<Cluster>,
-    endpoints: Option<(String, Held<ClusterLoadAssignment>)>,
+    endpoints: Option<(Name, Held<ClusterLoadAssignment>)>,
     backend: Shared<Backend>,
     warnings: Arc<[String]>,
 }
@@ -103,24 +103,34 @@ impl KeptService {
 }
 
 /// The assignments the EDS clusters among `uses` name.
-fn eds_of(r: &Resources, uses: &[String]) -> Arc<[String]> {
+fn eds_of(r: &Resources, uses: &[Name]) -> Arc<[Name]> {
     let mut eds = BTreeSet::new();
     for c in uses {
         if let Some(Refers::Eds(e)) = r.clusters.get(c).map(Held::refers) {
             eds.insert(e.clone());
         }
     }
-    list(eds.into_iter().collect())
+    names(eds.into_iter().collect())
 }
 
-/// `names` shared; an empty list is one shared allocation, not one per
+/// `list` shared; an empty list is one shared allocation, not one per
 /// kept service or backend (most have no warnings, many no EDS).
-fn list(names: Vec<String>) -> Arc<[String]> {
+fn list(list: Vec<String>) -> Arc<[String]> {
     static EMPTY: std::sync::LazyLock<Arc<[String]>> = std::sync::LazyLock::new(|| Arc::from([]));
-    if names.is_empty() {
+    if list.is_empty() {
         EMPTY.clone()
     } else {
-        names.into()
+        list.into()
+    }
+}
+
+/// [`list`] for names.
+fn names(list: Vec<Name>) -> Arc<[Name]> {
+    static EMPTY: std::sync::LazyLock<Arc<[Name]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    if list.is_empty() {
+        EMPTY.clone()
+    } else {
+        list.into()
     }
 }
 
@@ -173,7 +183,7 @@ fn same_held<M>(a: Option<&Held<M>>, b: Option<&Held<M>>) -> bool {
 /// translates everything. Give a `Kept::default()` to translate everything.
 ///
 /// ```
-/// use proxyless_core::config::{Config, Shared};
+/// use proxyless_core::config::{Config, Name, Shared};
 /// use proxyless_core::xds::translate::{Kept, Resources, from_config, to_config, type_url};
 ///
 /// let cfg = Config::from_yaml(
@@ -188,7 +198,7 @@ fn same_held<M>(a: Option<&Held<M>>, b: Option<&Held<M>>) -> bool {
 ///         r.insert(t, &any)?;
 ///     }
 /// }
-/// let names = ["a".to_owned(), "b".to_owned()];
+/// let names = [Name::from("a"), Name::from("b")];
 /// let mut kept = Kept::default();
 /// let changes = r.take_changes();
 /// let first = to_config(&r, &names, &changes, &mut Vec::new(), &mut kept)?;
@@ -207,7 +217,7 @@ fn same_held<M>(a: Option<&Held<M>>, b: Option<&Held<M>>) -> bool {
 /// ```
 pub fn to_config<'a>(
     r: &Resources,
-    services: impl IntoIterator<Item = &'a String>,
+    services: impl IntoIterator<Item = &'a Name>,
     changes: &Changes,
     warnings: &mut Vec<String>,
     kept: &mut Kept,
@@ -221,7 +231,7 @@ pub fn to_config<'a>(
 
 fn build<'a>(
     r: &Resources,
-    services: impl IntoIterator<Item = &'a String>,
+    services: impl IntoIterator<Item = &'a Name>,
     changes: &Changes,
     warnings: &mut Vec<String>,
     kept: &mut Kept,
@@ -255,19 +265,15 @@ fn build<'a>(
         uses_changed = true;
     }
     if uses_changed || changes.everything() {
-        let used: BTreeSet<&str> = kept
-            .services
-            .values()
-            .flat_map(|k| k.uses.iter().map(String::as_str))
-            .collect();
+        let used: BTreeSet<&Name> = kept.services.values().flat_map(|k| k.uses.iter()).collect();
         let mut old = std::mem::take(&mut kept.backends).into_iter().peekable();
         let mut now = Vec::with_capacity(used.len());
         for name in used {
             // Both in name order: the old entry of this name, if any.
-            while old.next_if(|(n, _)| n.as_str() < name).is_some() {}
+            while old.next_if(|(n, _)| n < name).is_some() {}
             let prev = old.next_if(|(n, _)| n == name).map(|(_, k)| k);
             if let Some(k) = backend(r, name, prev, changes, warnings)? {
-                now.push((name.to_owned(), k));
+                now.push((name.clone(), k));
             }
         }
         kept.backends = now;
@@ -297,7 +303,7 @@ fn build<'a>(
 /// `None` when it is missing or incomplete (said so in `built`).
 fn service<'k>(
     r: &Resources,
-    name: &String,
+    name: &Name,
     changes: &Changes,
     kept: &'k mut Kept,
     uses_changed: &mut bool,
@@ -353,7 +359,7 @@ fn translate_service(
         Refers::Rds(n) => r.routes.get(n).map(|h| (n.clone(), h.clone())),
         _ => None,
     };
-    let uses: Arc<[String]> = uses.into_iter().collect();
+    let uses: Arc<[Name]> = uses.into_iter().collect();
     Ok(Some(KeptService {
         listener: l.clone(),
         routes,
@@ -469,8 +475,8 @@ backends:
         r
     }
 
-    fn names() -> Vec<String> {
-        ["s", "t", "u", "v"].map(String::from).to_vec()
+    fn names() -> Vec<Name> {
+        ["s", "t", "u", "v"].map(Name::from).to_vec()
     }
 
     #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! balancing, circuit breakers, outlier detection, upstream mTLS.
 
 use crate::config::{
-    Backend, CircuitBreaker, Endpoint, LoadBalancer, Locality, LocalityLb, OutlierDetection,
+    Backend, CircuitBreaker, Endpoint, LoadBalancer, Locality, LocalityLb, Name, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -19,12 +19,12 @@ pub(super) fn is_eds(c: &Cluster) -> bool {
     matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32)
 }
 
-pub(super) fn eds_name(c: &Cluster) -> String {
-    c.eds_cluster_config
+pub(super) fn eds_name(c: &Cluster) -> Name {
+    let service = c
+        .eds_cluster_config
         .as_ref()
-        .map(|e| e.service_name.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| c.name.clone())
+        .map(|e| e.service_name.as_str());
+    Name::new(service.filter(|n| !n.is_empty()).unwrap_or(&c.name))
 }
 
 /// A cluster and its endpoint assignment as a backend.
@@ -58,7 +58,7 @@ pub(super) fn backend_of(
         crate::config::Protocol::Http1
     };
     Ok(Backend {
-        name: c.name.clone(),
+        name: Name::new(&c.name),
         endpoints: endpoints_of(&c.name, cla, warnings),
         protocol,
         load_balancer,

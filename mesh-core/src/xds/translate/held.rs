@@ -9,6 +9,7 @@
 //! to subscribe to next (the names resources refer to) is asked after every
 //! response, so those names are kept beside the encoding.
 
+use crate::config::Name;
 use prost::Message;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -42,12 +43,12 @@ pub enum Refers {
     #[default]
     Nothing,
     /// A listener's route configuration, by RDS.
-    Rds(String),
+    Rds(Name),
     /// The clusters a route configuration names (a listener's own inline
     /// one, or an RDS one).
-    Clusters(Box<[String]>),
+    Clusters(Box<[Name]>),
     /// An EDS cluster's assignment.
-    Eds(String),
+    Eds(Name),
 }
 
 /// How a resource type tells what it refers to.

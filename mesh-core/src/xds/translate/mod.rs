@@ -13,7 +13,7 @@
 //! `rbac.rs` inbound listeners; `reverse.rs` and `reverse_rbac.rs` go the
 //! other way, model to resources, for the development control plane.
 
-use crate::config::Service;
+use crate::config::{Name, Service};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -69,11 +69,11 @@ pub mod type_url {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Wanted {
     /// Route configurations named by listeners (RDS).
-    pub routes: BTreeSet<String>,
+    pub routes: BTreeSet<Name>,
     /// Clusters named by routes.
-    pub clusters: BTreeSet<String>,
+    pub clusters: BTreeSet<Name>,
     /// Assignments named by EDS clusters.
-    pub endpoints: BTreeSet<String>,
+    pub endpoints: BTreeSet<Name>,
 }
 
 /// The HTTP connection manager of an API listener.
@@ -148,15 +148,19 @@ pub fn wanted(r: &Resources) -> Wanted {
 }
 
 /// The clusters a route configuration's routes (and their mirrors) name.
-fn clusters_named(rc: &RouteConfiguration) -> Vec<String> {
+fn clusters_named(rc: &RouteConfiguration) -> Vec<Name> {
     let mut out = Vec::new();
     for route in rc.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
         if let Some(route::Action::Route(a)) = &route.action {
-            out.extend(a.request_mirror_policies.iter().map(|m| m.cluster.clone()));
+            out.extend(
+                a.request_mirror_policies
+                    .iter()
+                    .map(|m| Name::new(&m.cluster)),
+            );
             match &a.cluster_specifier {
-                Some(route_action::ClusterSpecifier::Cluster(c)) => out.push(c.clone()),
+                Some(route_action::ClusterSpecifier::Cluster(c)) => out.push(Name::new(c)),
                 Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
-                    out.extend(wc.clusters.iter().map(|c| c.name.clone()));
+                    out.extend(wc.clusters.iter().map(|c| Name::new(&c.name)));
                 }
                 _ => {}
             }
@@ -168,7 +172,7 @@ fn clusters_named(rc: &RouteConfiguration) -> Vec<String> {
 impl Refer for Listener {
     fn refers(&self) -> Refers {
         match route_source(self) {
-            Ok(RouteSource::Rds(name)) => Refers::Rds(name),
+            Ok(RouteSource::Rds(name)) => Refers::Rds(name.into()),
             Ok(RouteSource::Inline(rc)) => Refers::Clusters(clusters_named(&rc).into()),
             Err(_) => Refers::Nothing,
         }
@@ -273,10 +277,10 @@ pub(super) fn service_of(
     name: &str,
     l: &Listener,
     warnings: &mut Vec<String>,
-) -> Result<Option<(Service, BTreeSet<String>)>, XdsError> {
+) -> Result<Option<(Service, BTreeSet<Name>)>, XdsError> {
     let rc: RouteConfiguration = match route_source(l)? {
         RouteSource::Inline(rc) => *rc,
-        RouteSource::Rds(n) => match r.routes.get(&n) {
+        RouteSource::Rds(n) => match r.routes.get(n.as_str()) {
             Some(rc) => rc.get(),
             None => return Ok(None),
         },
@@ -326,9 +330,10 @@ pub(super) fn service_of(
     if !uses.iter().all(|c| cluster_complete(r, c)) {
         return Ok(None);
     }
+    let host = Name::new(host);
     let service = Service {
-        name: host.to_owned(),
-        hosts: vec![host.to_owned()],
+        name: host.clone(),
+        hosts: vec![host],
         routes,
         classifier: None,
     };
@@ -345,7 +350,7 @@ mod tests {
     /// The config `r` describes for `services`, translated from nothing.
     fn fresh<'a>(
         r: &Resources,
-        services: impl IntoIterator<Item = &'a String>,
+        services: impl IntoIterator<Item = &'a Name>,
         warnings: &mut Vec<String>,
     ) -> Result<Built, XdsError> {
         to_config(
@@ -615,7 +620,7 @@ backends:
         )
         .unwrap();
         let resources = from_config(&cfg);
-        let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+        let services: Vec<Name> = cfg.services.iter().map(|s| s.name.clone()).collect();
         let mut warnings = Vec::new();
         let built = fresh(&resources, &services, &mut warnings).unwrap();
         assert!(built.incomplete.is_empty() && built.missing.is_empty());

@@ -4,6 +4,7 @@
 
 use super::type_url;
 use super::{Held, Refer};
+use crate::config::Name;
 use crate::xds::XdsError;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -17,19 +18,19 @@ use std::sync::Arc;
 
 /// Names, hashed fast (they come from a control plane, and a table of them
 /// is only ever probed by this process: foldhash is seeded per process).
-pub(super) type NameSet = HashSet<String, foldhash::fast::RandomState>;
+pub(super) type NameSet = HashSet<Name, foldhash::fast::RandomState>;
 
 /// The resources a client holds, by name. Every change made through these
 /// methods is written in a journal ([`take_changes`](Self::take_changes)).
 #[derive(Debug, Default, Clone)]
 pub struct Resources {
-    pub(super) listeners: BTreeMap<String, Held<Listener>>,
-    pub(super) routes: BTreeMap<String, Held<RouteConfiguration>>,
-    pub(super) clusters: BTreeMap<String, Held<Cluster>>,
-    pub(super) endpoints: BTreeMap<String, Held<ClusterLoadAssignment>>,
+    pub(super) listeners: BTreeMap<Name, Held<Listener>>,
+    pub(super) routes: BTreeMap<Name, Held<RouteConfiguration>>,
+    pub(super) clusters: BTreeMap<Name, Held<Cluster>>,
+    pub(super) endpoints: BTreeMap<Name, Held<ClusterLoadAssignment>>,
     /// SDS secrets (certificates and trust for identity sources; they
     /// feed no config).
-    pub(super) secrets: BTreeMap<String, Held<Secret>>,
+    pub(super) secrets: BTreeMap<Name, Held<Secret>>,
     journal: Changes,
     /// Bumped whenever what the held listeners, routes and clusters refer
     /// to may have changed (one was added, dropped, or refers elsewhere).
@@ -77,7 +78,7 @@ impl Changes {
         if let Some(s) = self.names.get_mut(kind(t))
             && !s.contains(name)
         {
-            s.insert(name.to_owned());
+            s.insert(Name::new(name));
         }
     }
 }
@@ -86,19 +87,19 @@ impl Changes {
 #[derive(Debug, Clone)]
 pub enum Saved {
     /// Listeners.
-    Listeners(BTreeMap<String, Held<Listener>>),
+    Listeners(BTreeMap<Name, Held<Listener>>),
     /// Route configurations.
-    Routes(BTreeMap<String, Held<RouteConfiguration>>),
+    Routes(BTreeMap<Name, Held<RouteConfiguration>>),
     /// Clusters.
-    Clusters(BTreeMap<String, Held<Cluster>>),
+    Clusters(BTreeMap<Name, Held<Cluster>>),
     /// Endpoint assignments.
-    Endpoints(BTreeMap<String, Held<ClusterLoadAssignment>>),
+    Endpoints(BTreeMap<Name, Held<ClusterLoadAssignment>>),
     /// SDS secrets.
-    Secrets(BTreeMap<String, Held<Secret>>),
+    Secrets(BTreeMap<Name, Held<Secret>>),
 }
 
 impl Saved {
-    fn names(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+    fn names(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
         match self {
             Saved::Listeners(m) => Box::new(m.keys()),
             Saved::Routes(m) => Box::new(m.keys()),
@@ -244,13 +245,13 @@ fn peek_name(mut b: &[u8]) -> Option<&str> {
 /// holding from there (or from `map`), without being decoded. Returns the
 /// name, and whether `before` had one of that name.
 fn hold<M: Named>(
-    map: &mut BTreeMap<String, Held<M>>,
-    before: Option<&BTreeMap<String, Held<M>>>,
+    map: &mut BTreeMap<Name, Held<M>>,
+    before: Option<&BTreeMap<Name, Held<M>>>,
     any: &Any,
     journal: &mut Changes,
     refers_generation: &mut u64,
     t: &str,
-) -> Result<(String, bool), XdsError> {
+) -> Result<(Name, bool), XdsError> {
     let bytes = any.value.as_slice();
     let known = |name: &str| {
         before
@@ -262,14 +263,14 @@ fn hold<M: Named>(
     if let Some(name) = peek_name(bytes)
         && let Some(held) = known(name)
     {
-        let name = name.to_owned();
+        let name = Name::new(name);
         let was_before = before.is_some_and(|b| b.contains_key(&name));
         map.insert(name.clone(), held);
         return Ok((name, was_before));
     }
     let (held, v) = Held::<M>::decoded(bytes)
         .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
-    let name = v.name().to_owned();
+    let name = Name::new(v.name());
     let old = before.and_then(|b| b.get(&name)).or_else(|| map.get(&name));
     if old.is_none_or(|o| o.refers() != held.refers()) && refers_anything(t) {
         *refers_generation += 1;
@@ -298,27 +299,27 @@ fn refers_anything(t: &str) -> bool {
 
 impl Resources {
     /// Listeners.
-    pub fn listeners(&self) -> &BTreeMap<String, Held<Listener>> {
+    pub fn listeners(&self) -> &BTreeMap<Name, Held<Listener>> {
         &self.listeners
     }
 
     /// Route configurations.
-    pub fn routes(&self) -> &BTreeMap<String, Held<RouteConfiguration>> {
+    pub fn routes(&self) -> &BTreeMap<Name, Held<RouteConfiguration>> {
         &self.routes
     }
 
     /// Clusters.
-    pub fn clusters(&self) -> &BTreeMap<String, Held<Cluster>> {
+    pub fn clusters(&self) -> &BTreeMap<Name, Held<Cluster>> {
         &self.clusters
     }
 
     /// Endpoint assignments.
-    pub fn endpoints(&self) -> &BTreeMap<String, Held<ClusterLoadAssignment>> {
+    pub fn endpoints(&self) -> &BTreeMap<Name, Held<ClusterLoadAssignment>> {
         &self.endpoints
     }
 
     /// SDS secrets.
-    pub fn secrets(&self) -> &BTreeMap<String, Held<Secret>> {
+    pub fn secrets(&self) -> &BTreeMap<Name, Held<Secret>> {
         &self.secrets
     }
 
@@ -336,7 +337,7 @@ impl Resources {
 
     /// Decodes `any` as a resource of type `t` and holds it (replacing one
     /// of the same name); returns its name.
-    pub fn insert(&mut self, t: &str, any: &Any) -> Result<String, XdsError> {
+    pub fn insert(&mut self, t: &str, any: &Any) -> Result<Name, XdsError> {
         self.insert_replacing(t, any, None).map(|(name, _)| name)
     }
 
@@ -349,7 +350,7 @@ impl Resources {
         t: &str,
         any: &Any,
         before: Option<&Saved>,
-    ) -> Result<(String, bool), XdsError> {
+    ) -> Result<(Name, bool), XdsError> {
         if any.type_url != t {
             return Err(XdsError::new(format!(
                 "a {} in a response of type {t}",
@@ -370,7 +371,7 @@ impl Resources {
         if carried == before.len() {
             return;
         }
-        let gone: Vec<&String> = before.names().filter(|n| !self.holds(t, n)).collect();
+        let gone: Vec<&Name> = before.names().filter(|n| !self.holds(t, n)).collect();
         if !gone.is_empty() && refers_anything(t) {
             self.refers_generation += 1;
         }
@@ -385,7 +386,7 @@ impl Resources {
     pub fn all_encoded(&self) -> impl Iterator<Item = (&'static str, Arc<[u8]>)> + '_ {
         fn each<'a, M>(
             t: &'static str,
-            map: &'a BTreeMap<String, Held<M>>,
+            map: &'a BTreeMap<Name, Held<M>>,
         ) -> impl Iterator<Item = (&'static str, Arc<[u8]>)> + 'a {
             map.values().map(move |h| (t, h.shared_bytes()))
         }
@@ -485,12 +486,13 @@ impl Resources {
     /// incremental response, which touches only these, saves.
     pub fn save_only<'a>(&self, t: &str, names: impl IntoIterator<Item = &'a str>) -> Saved {
         fn pick<'a, M: Clone>(
-            map: &BTreeMap<String, M>,
+            map: &BTreeMap<Name, M>,
             names: impl IntoIterator<Item = &'a str>,
-        ) -> BTreeMap<String, M> {
+        ) -> BTreeMap<Name, M> {
             names
                 .into_iter()
-                .filter_map(|n| Some((n.to_owned(), map.get(n)?.clone())))
+                .filter_map(|n| map.get_key_value(n))
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         }
         match t {
@@ -505,7 +507,7 @@ impl Resources {
     /// Sets the version an incremental control plane gave the held
     /// resource `name` of type `t` (nothing if none is held).
     pub fn set_version(&mut self, t: &str, name: &str, version: &str) {
-        fn set<M>(map: &mut BTreeMap<String, Held<M>>, name: &str, version: &str) {
+        fn set<M>(map: &mut BTreeMap<Name, Held<M>>, name: &str, version: &str) {
             if let Some(held) = map.get_mut(name) {
                 *held = held.clone().with_version(version);
             }
@@ -522,9 +524,9 @@ impl Resources {
 
     /// The held resources of type `t` that have a version, with it.
     pub fn versions(&self, t: &str) -> Vec<(String, String)> {
-        fn of<M>(map: &BTreeMap<String, Held<M>>) -> Vec<(String, String)> {
+        fn of<M>(map: &BTreeMap<Name, Held<M>>) -> Vec<(String, String)> {
             map.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.version()?.to_owned())))
+                .filter_map(|(k, v)| Some((k.to_string(), v.version()?.to_owned())))
                 .collect()
         }
         match t {
@@ -577,7 +579,7 @@ impl Resources {
     /// The encoded resources of type `t` whose names `pick` accepts, by name.
     pub fn encoded(&self, t: &str, pick: impl Fn(&str) -> bool) -> Vec<(String, Any)> {
         fn enc<M: Message + prost::Name>(
-            map: &BTreeMap<String, Held<M>>,
+            map: &BTreeMap<Name, Held<M>>,
             pick: impl Fn(&str) -> bool,
         ) -> Vec<(String, Any)> {
             map.iter()
@@ -587,7 +589,7 @@ impl Resources {
                         type_url: M::type_url(),
                         value: v.bytes().to_vec(),
                     };
-                    (k.clone(), any)
+                    (k.to_string(), any)
                 })
                 .collect()
         }

@@ -1,6 +1,7 @@
 //! The model -> xDS resources, for the development control plane.
 
 use crate::config::{
+    Name,
     Backend, Config, Fault, InboundPolicy, LoadBalancer, LocalityLb, PathMatch, RetryPolicy,
     Route, RouteMatch, Service, StringMatch,
 };
@@ -79,7 +80,8 @@ pub fn part_resources(part: Part<'_>) -> Vec<(String, Any)> {
         Made::Endpoints(e) => any(&*e),
     };
     let made = made_of(part).into_iter();
-    made.map(|(name, m)| (name, encoded(m))).collect()
+    made.map(|(name, m)| (name.to_string(), encoded(m)))
+        .collect()
 }
 
 /// A part of a config that [`part_resources`] translates on its own.
@@ -107,7 +109,7 @@ enum Made {
 /// listener (API listener with RDS) and per service a route configuration;
 /// per backend an EDS cluster and its assignment; per inbound policy a
 /// socket listener.
-fn made_of(part: Part<'_>) -> Vec<(String, Made)> {
+fn made_of(part: Part<'_>) -> Vec<(Name, Made)> {
     match part {
         Part::Service(s) => {
             let hcm = hcm_of(s);
@@ -115,7 +117,10 @@ fn made_of(part: Part<'_>) -> Vec<(String, Made)> {
             let listeners = hosts
                 .iter()
                 .map(|h| (h.clone(), Made::Listener(Box::new(api_listener(h, &hcm)))));
-            let routes = Made::Route(Box::new(route_config_of(s, hosts.to_vec())));
+            let routes = Made::Route(Box::new(route_config_of(
+                s,
+                hosts.iter().map(|h| h.to_string()).collect(),
+            )));
             listeners.chain([(s.name.clone(), routes)]).collect()
         }
         Part::Backend(b) => vec![
@@ -125,7 +130,7 @@ fn made_of(part: Part<'_>) -> Vec<(String, Made)> {
         Part::Inbound(p) => {
             let name = format!("{}{}", super::INBOUND_PREFIX, p.service);
             let l = super::inbound_listener(p, &name);
-            vec![(name, Made::Listener(Box::new(l)))]
+            vec![(name.into(), Made::Listener(Box::new(l)))]
         }
     }
 }
@@ -196,7 +201,7 @@ fn hcm_of(s: &Service) -> HttpConnectionManager {
     });
     HttpConnectionManager {
         route_specifier: Some(RouteSpecifier::Rds(Rds {
-            route_config_name: s.name.clone(),
+            route_config_name: s.name.to_string(),
             config_source: Some(ads()),
         })),
         http_filters,
@@ -218,9 +223,9 @@ fn api_listener(host: &str, hcm: &HttpConnectionManager) -> Listener {
 fn route_config_of(s: &Service, hosts: Vec<String>) -> RouteConfiguration {
     let routes = s.routes.iter().flat_map(xroutes_of).collect();
     RouteConfiguration {
-        name: s.name.clone(),
+        name: s.name.to_string(),
         virtual_hosts: vec![VirtualHost {
-            name: s.name.clone(),
+            name: s.name.to_string(),
             domains: hosts,
             routes,
             ..Default::default()
@@ -233,12 +238,14 @@ fn route_config_of(s: &Service, hosts: Vec<String>) -> RouteConfiguration {
 /// the same action.
 fn xroutes_of(route: &Route) -> Vec<XRoute> {
     let cluster_specifier = match route.to.as_slice() {
-        [one] if one.weight == 1 => route_action::ClusterSpecifier::Cluster(one.backend.clone()),
+        [one] if one.weight == 1 => {
+            route_action::ClusterSpecifier::Cluster(one.backend.to_string())
+        }
         many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
                 .map(|wb| ClusterWeight {
-                    name: wb.backend.clone(),
+                    name: wb.backend.to_string(),
                     weight: u32v(wb.weight),
                     ..Default::default()
                 })
@@ -272,7 +279,7 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
     alternatives
         .into_iter()
         .map(|m| XRoute {
-            name: route.name.clone().unwrap_or_default(),
+            name: route.name.as_deref().unwrap_or_default().to_owned(),
             r#match: Some(match_of(m)),
             action: Some(route::Action::Route(action.clone())),
             typed_per_filter_config: typed_per_filter_config.clone(),
@@ -358,7 +365,7 @@ fn retry_of(p: &RetryPolicy) -> XRetry {
 
 fn mirror_of(m: &crate::config::Mirror) -> RequestMirrorPolicy {
     RequestMirrorPolicy {
-        cluster: m.backend.clone(),
+        cluster: m.backend.to_string(),
         runtime_fraction: Some(
             envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
                 default_value: Some(envoy_types::pb::envoy::r#type::v3::FractionalPercent {
@@ -385,7 +392,7 @@ fn cluster_of(b: &Backend) -> Cluster {
         _ => LbPolicy::LeastRequest,
     };
     let mut c = Cluster {
-        name: b.name.clone(),
+        name: b.name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(cluster::EdsClusterConfig {
             eds_config: Some(ads()),
@@ -588,7 +595,7 @@ fn assignment_of(b: &Backend) -> ClusterLoadAssignment {
     }
     let factor = (lb.overprovisioning * 100.0).round() as u32;
     ClusterLoadAssignment {
-        cluster_name: b.name.clone(),
+        cluster_name: b.name.to_string(),
         endpoints: groups,
         policy: (factor != 140).then(|| cluster_load_assignment::Policy {
             overprovisioning_factor: u32v(factor),

@@ -2,8 +2,8 @@
 //! clusters, timeouts, retry policies, faults.
 
 use crate::config::{
-    Backoff, Fault, FaultAbort, FaultDelay, PathMatch, RetryOn, RetryPolicy, Route, RouteMatch,
-    StringMatch, WeightedBackend,
+    Backoff, Fault, FaultAbort, FaultDelay, Name, PathMatch, RetryOn, RetryPolicy, Route,
+    RouteMatch, StringMatch, WeightedBackend,
 };
 use envoy_types::pb::envoy::config::route::v3::{route, route_action, route_match};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
@@ -20,7 +20,7 @@ pub(super) fn route_of(
     xr: &envoy_types::pb::envoy::config::route::v3::Route,
     i: usize,
     rc_name: &str,
-    clusters: &mut BTreeSet<String>,
+    clusters: &mut BTreeSet<Name>,
     warnings: &mut Vec<String>,
 ) -> Result<Route, XdsError> {
     let where_ = format!("route {i} of `{rc_name}`");
@@ -49,16 +49,14 @@ pub(super) fn route_of(
         .as_ref()
         .map(|p| retry_of(p, &where_, warnings));
     let mirror = action.request_mirror_policies.first().map(|m| {
-        clusters.insert(m.cluster.clone());
+        let backend = Name::new(&m.cluster);
+        clusters.insert(backend.clone());
         let percent = percent_of(
             m.runtime_fraction
                 .as_ref()
                 .and_then(|f| f.default_value.as_ref()),
         );
-        crate::config::Mirror {
-            backend: m.cluster.clone(),
-            percent,
-        }
+        crate::config::Mirror { backend, percent }
     });
     let fault = faults_in(&xr.typed_per_filter_config, &where_, warnings)
         .map_err(|e| e.at("typed_per_filter_config"))?;
@@ -67,9 +65,9 @@ pub(super) fn route_of(
     let (retry, hedge) = hedge_of(xr, action, retry, &where_, warnings)?;
     Ok(Route {
         name: Some(if xr.name.is_empty() {
-            format!("route-{i}")
+            Name::new(&format!("route-{i}"))
         } else {
-            xr.name.clone()
+            Name::new(&xr.name)
         }),
         matches,
         to,
@@ -164,23 +162,22 @@ fn header_match(
 /// The weighted backends of a route action, each added to `clusters`.
 fn backends_of(
     action: &envoy_types::pb::envoy::config::route::v3::RouteAction,
-    clusters: &mut BTreeSet<String>,
+    clusters: &mut BTreeSet<Name>,
 ) -> Result<Vec<WeightedBackend>, XdsError> {
     match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => {
-            clusters.insert(c.clone());
-            Ok(vec![WeightedBackend {
-                backend: c.clone(),
-                weight: 1,
-            }])
+            let backend = Name::new(c);
+            clusters.insert(backend.clone());
+            Ok(vec![WeightedBackend { backend, weight: 1 }])
         }
         Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => Ok(wc
             .clusters
             .iter()
             .map(|c| {
-                clusters.insert(c.name.clone());
+                let backend = Name::new(&c.name);
+                clusters.insert(backend.clone());
                 WeightedBackend {
-                    backend: c.name.clone(),
+                    backend,
                     weight: c.weight.as_ref().map_or(0, |w| w.value),
                 }
             })
