@@ -127,7 +127,7 @@ fn apply_delta(
     for r in &resp.resources {
         let Some(any) = &r.resource else { continue };
         state.within_size(t, any)?;
-        match state.resources.insert(t, any) {
+        match state.resources.insert_versioned(t, any, &r.version) {
             Ok(name) if name != r.name => {
                 // What was saved to put back is by the names sent.
                 state.resources.remove(t, &name);
@@ -135,7 +135,7 @@ fn apply_delta(
                 return Err(XdsError::new(msg).in_resource(short(t), &r.name));
             }
             Ok(name) if !state.names(t).contains(&name) => state.resources.remove(t, &name),
-            Ok(name) => state.resources.set_version(t, &name, &r.version),
+            Ok(_) => {}
             Err(e) => return Err(e.in_resource(short(t), &r.name)),
         }
     }

@@ -98,105 +98,99 @@ pub enum Saved {
     Secrets(BTreeMap<Name, Held<Secret>>),
 }
 
+/// Runs `$body` with `$m` bound to the map a [`Saved`] holds, whatever its
+/// type.
+macro_rules! on_saved {
+    ($s:expr, |$m:ident| $body:expr) => {
+        match $s {
+            Saved::Listeners($m) => $body,
+            Saved::Routes($m) => $body,
+            Saved::Clusters($m) => $body,
+            Saved::Endpoints($m) => $body,
+            Saved::Secrets($m) => $body,
+        }
+    };
+}
+
 impl Saved {
     fn names(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
-        match self {
-            Saved::Listeners(m) => Box::new(m.keys()),
-            Saved::Routes(m) => Box::new(m.keys()),
-            Saved::Clusters(m) => Box::new(m.keys()),
-            Saved::Endpoints(m) => Box::new(m.keys()),
-            Saved::Secrets(m) => Box::new(m.keys()),
-        }
+        on_saved!(self, |m| Box::new(m.keys()))
     }
 
     fn len(&self) -> usize {
-        match self {
-            Saved::Listeners(m) => m.len(),
-            Saved::Routes(m) => m.len(),
-            Saved::Clusters(m) => m.len(),
-            Saved::Endpoints(m) => m.len(),
-            Saved::Secrets(m) => m.len(),
-        }
+        on_saved!(self, |m| m.len())
     }
 }
 
-/// Runs `$body` with `$map` bound to the map of type URL `$t` and `$saved`
-/// to the same type's map in a `&Saved` (or `None`).
-macro_rules! with_map {
-    ($r:expr, $t:expr, $before:expr, |$map:ident, $saved:ident| $body:expr) => {
-        match $t {
-            type_url::LISTENER => {
-                let $map = &mut $r.listeners;
-                let $saved = match $before {
-                    Some(Saved::Listeners(m)) => Some(m),
-                    _ => None,
-                };
-                $body
+/// A type of resource a client holds: the name it is known by, and where
+/// [`Resources`] and [`Saved`] keep it.
+trait Kind: Message + Default + Refer + prost::Name {
+    fn name(&self) -> &str;
+    fn map(r: &Resources) -> &BTreeMap<Name, Held<Self>>;
+    fn map_mut(r: &mut Resources) -> &mut BTreeMap<Name, Held<Self>>;
+    fn saved(map: BTreeMap<Name, Held<Self>>) -> Saved;
+    fn unsaved(s: &Saved) -> Option<&BTreeMap<Name, Held<Self>>>;
+}
+
+macro_rules! kind {
+    ($M:ty, $field:ident, $variant:ident, $name:ident) => {
+        impl Kind for $M {
+            fn name(&self) -> &str {
+                &self.$name
             }
-            type_url::ROUTE => {
-                let $map = &mut $r.routes;
-                let $saved = match $before {
-                    Some(Saved::Routes(m)) => Some(m),
-                    _ => None,
-                };
-                $body
+            fn map(r: &Resources) -> &BTreeMap<Name, Held<Self>> {
+                &r.$field
             }
-            type_url::CLUSTER => {
-                let $map = &mut $r.clusters;
-                let $saved = match $before {
-                    Some(Saved::Clusters(m)) => Some(m),
-                    _ => None,
-                };
-                $body
+            fn map_mut(r: &mut Resources) -> &mut BTreeMap<Name, Held<Self>> {
+                &mut r.$field
             }
-            type_url::SECRET => {
-                let $map = &mut $r.secrets;
-                let $saved = match $before {
-                    Some(Saved::Secrets(m)) => Some(m),
-                    _ => None,
-                };
-                $body
+            fn saved(map: BTreeMap<Name, Held<Self>>) -> Saved {
+                Saved::$variant(map)
             }
-            _ => {
-                let $map = &mut $r.endpoints;
-                let $saved = match $before {
-                    Some(Saved::Endpoints(m)) => Some(m),
+            fn unsaved(s: &Saved) -> Option<&BTreeMap<Name, Held<Self>>> {
+                match s {
+                    Saved::$variant(m) => Some(m),
                     _ => None,
-                };
-                $body
+                }
             }
         }
     };
 }
 
-/// The name a resource is known by.
-trait Named: Message + Default + Refer {
-    fn name(&self) -> &str;
-}
-impl Named for Listener {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for RouteConfiguration {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for Cluster {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-impl Named for ClusterLoadAssignment {
-    fn name(&self) -> &str {
-        &self.cluster_name
-    }
-}
-impl Named for Secret {
-    fn name(&self) -> &str {
-        &self.name
-    }
+kind!(Listener, listeners, Listeners, name);
+kind!(RouteConfiguration, routes, Routes, name);
+kind!(Cluster, clusters, Clusters, name);
+kind!(ClusterLoadAssignment, endpoints, Endpoints, cluster_name);
+kind!(Secret, secrets, Secrets, name);
+
+/// Runs `$body` with `$M` the [`Kind`] of type URL `$t`: the one place a
+/// type URL picks a type (any other URL is taken as the assignments', as
+/// the journal takes it; the client admits only these five).
+macro_rules! by_type {
+    ($t:expr, $M:ident => $body:expr) => {
+        match $t {
+            type_url::LISTENER => {
+                type $M = Listener;
+                $body
+            }
+            type_url::ROUTE => {
+                type $M = RouteConfiguration;
+                $body
+            }
+            type_url::CLUSTER => {
+                type $M = Cluster;
+                $body
+            }
+            type_url::SECRET => {
+                type $M = Secret;
+                $body
+            }
+            _ => {
+                type $M = ClusterLoadAssignment;
+                $body
+            }
+        }
+    };
 }
 
 /// The first field 1 of a protobuf message, if it is a UTF-8 string: the
@@ -244,50 +238,52 @@ fn peek_name(mut b: &[u8]) -> Option<&str> {
 /// response replaces: a resource sent again with the same bytes keeps its
 /// holding from there (or from `map`), without being decoded. Returns the
 /// name, and whether `before` had one of that name.
-fn hold<M: Named>(
-    map: &mut BTreeMap<Name, Held<M>>,
+fn hold<M: Kind>(
+    r: &mut Resources,
     before: Option<&BTreeMap<Name, Held<M>>>,
     any: &Any,
-    journal: &mut Changes,
-    refers_generation: &mut u64,
     t: &str,
+    version: Option<&str>,
 ) -> Result<(Name, bool), XdsError> {
+    let at_version = |held: Held<M>| match version {
+        Some(v) => held.with_version(v),
+        None => held,
+    };
     let bytes = any.value.as_slice();
-    let known = |name: &str| {
+    let known = |r: &Resources, name: &str| {
         before
-            .and_then(|b| b.get(name))
-            .or_else(|| map.get(name))
-            .filter(|h| h.bytes() == bytes)
-            .cloned()
+            .and_then(|b| b.get_key_value(name))
+            .or_else(|| M::map(r).get_key_value(name))
+            .filter(|(_, h)| h.bytes() == bytes)
+            .map(|(n, h)| (n.clone(), h.clone()))
     };
     if let Some(name) = peek_name(bytes)
-        && let Some(held) = known(name)
+        && let Some((name, held)) = known(r, name)
     {
-        let name = Name::new(name);
         let was_before = before.is_some_and(|b| b.contains_key(&name));
-        map.insert(name.clone(), held);
+        M::map_mut(r).insert(name.clone(), at_version(held));
         return Ok((name, was_before));
     }
     let (held, v) = Held::<M>::decoded(bytes)
         .map_err(|e| XdsError::new(format!("cannot decode a {}: {e}", any.type_url)))?;
     let name = Name::new(v.name());
-    let old = before.and_then(|b| b.get(&name)).or_else(|| map.get(&name));
-    if old.is_none_or(|o| o.refers() != held.refers()) && refers_anything(t) {
-        *refers_generation += 1;
+    let old = (before.and_then(|b| b.get(&name)))
+        .or_else(|| M::map(r).get(&name))
+        .cloned();
+    if old.as_ref().is_none_or(|o| o.refers() != held.refers()) && refers_anything(t) {
+        r.refers_generation += 1;
     }
     let was_before = before.is_some_and(|b| b.contains_key(&name));
-    match old {
+    let held = match old {
         // The same bytes again keep the holding, and with it what was
         // translated from it.
-        Some(o) if *o == held => {
-            let o = o.clone();
-            map.insert(name.clone(), o);
-        }
+        Some(o) if o == held => o,
         _ => {
-            journal.note(t, &name);
-            map.insert(name.clone(), held);
+            r.journal.note(t, &name);
+            held
         }
-    }
+    };
+    M::map_mut(r).insert(name.clone(), at_version(held));
     Ok((name, was_before))
 }
 
@@ -351,16 +347,8 @@ impl Resources {
         any: &Any,
         before: Option<&Saved>,
     ) -> Result<(Name, bool), XdsError> {
-        if any.type_url != t {
-            return Err(XdsError::new(format!(
-                "a {} in a response of type {t}",
-                any.type_url
-            )));
-        }
-        let (journal, generation) = (&mut self.journal, &mut self.refers_generation);
-        with_map!(self, t, before, |map, saved| hold(
-            map, saved, any, journal, generation, t
-        ))
+        Self::admits(t, any)?;
+        by_type!(t, M => hold::<M>(self, before.and_then(M::unsaved), any, t, None))
     }
 
     /// Ends a state-of-the-world replacement of type `t`: what `before`
@@ -398,31 +386,17 @@ impl Resources {
 
     /// How many resources of type `t` are held.
     pub fn count(&self, t: &str) -> usize {
-        match t {
-            type_url::LISTENER => self.listeners.len(),
-            type_url::ROUTE => self.routes.len(),
-            type_url::CLUSTER => self.clusters.len(),
-            type_url::SECRET => self.secrets.len(),
-            _ => self.endpoints.len(),
-        }
+        by_type!(t, M => M::map(self).len())
     }
 
     /// Whether the resource `name` of type `t` is held.
     pub fn holds(&self, t: &str, name: &str) -> bool {
-        match t {
-            type_url::LISTENER => self.listeners.contains_key(name),
-            type_url::ROUTE => self.routes.contains_key(name),
-            type_url::CLUSTER => self.clusters.contains_key(name),
-            type_url::SECRET => self.secrets.contains_key(name),
-            _ => self.endpoints.contains_key(name),
-        }
+        by_type!(t, M => M::map(self).contains_key(name))
     }
 
     /// Drops the resource `name` of type `t`.
     pub fn remove(&mut self, t: &str, name: &str) {
-        let removed = with_map!(self, t, None::<&Saved>, |map, _s| map
-            .remove(name)
-            .is_some());
+        let removed = by_type!(t, M => M::map_mut(self).remove(name).is_some());
         if removed {
             self.dropped(t, name);
         }
@@ -438,7 +412,7 @@ impl Resources {
     /// Keeps only the resources of type `t` that `keep` accepts.
     pub fn retain(&mut self, t: &str, keep: impl Fn(&str) -> bool) {
         let mut gone = Vec::new();
-        with_map!(self, t, None::<&Saved>, |map, _s| map.retain(|k, _| {
+        by_type!(t, M => M::map_mut(self).retain(|k, _| {
             let stays = keep(k);
             if !stays {
                 gone.push(k.clone());
@@ -457,13 +431,7 @@ impl Resources {
 
     /// A copy of the resources of type `t`.
     pub fn save(&self, t: &str) -> Saved {
-        match t {
-            type_url::LISTENER => Saved::Listeners(self.listeners.clone()),
-            type_url::ROUTE => Saved::Routes(self.routes.clone()),
-            type_url::CLUSTER => Saved::Clusters(self.clusters.clone()),
-            type_url::SECRET => Saved::Secrets(self.secrets.clone()),
-            _ => Saved::Endpoints(self.endpoints.clone()),
-        }
+        by_type!(t, M => M::saved(M::map(self).clone()))
     }
 
     /// Moves the resources of type `t` out (leaving none), to put back with
@@ -472,13 +440,7 @@ impl Resources {
     /// [`insert_replacing`](Self::insert_replacing) and
     /// [`replaced`](Self::replaced), or with `restore`.
     pub fn take(&mut self, t: &str) -> Saved {
-        match t {
-            type_url::LISTENER => Saved::Listeners(std::mem::take(&mut self.listeners)),
-            type_url::ROUTE => Saved::Routes(std::mem::take(&mut self.routes)),
-            type_url::CLUSTER => Saved::Clusters(std::mem::take(&mut self.clusters)),
-            type_url::SECRET => Saved::Secrets(std::mem::take(&mut self.secrets)),
-            _ => Saved::Endpoints(std::mem::take(&mut self.endpoints)),
-        }
+        by_type!(t, M => M::saved(std::mem::take(M::map_mut(self))))
     }
 
     /// A copy of the resources of type `t` named in `names` (those held),
@@ -495,30 +457,31 @@ impl Resources {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         }
-        match t {
-            type_url::LISTENER => Saved::Listeners(pick(&self.listeners, names)),
-            type_url::ROUTE => Saved::Routes(pick(&self.routes, names)),
-            type_url::CLUSTER => Saved::Clusters(pick(&self.clusters, names)),
-            type_url::SECRET => Saved::Secrets(pick(&self.secrets, names)),
-            _ => Saved::Endpoints(pick(&self.endpoints, names)),
-        }
+        by_type!(t, M => M::saved(pick(M::map(self), names)))
     }
 
-    /// Sets the version an incremental control plane gave the held
-    /// resource `name` of type `t` (nothing if none is held).
-    pub fn set_version(&mut self, t: &str, name: &str, version: &str) {
-        fn set<M>(map: &mut BTreeMap<Name, Held<M>>, name: &str, version: &str) {
-            if let Some(held) = map.get_mut(name) {
-                *held = held.clone().with_version(version);
-            }
-        }
-        match t {
-            type_url::LISTENER => set(&mut self.listeners, name, version),
-            type_url::ROUTE => set(&mut self.routes, name, version),
-            type_url::CLUSTER => set(&mut self.clusters, name, version),
-            type_url::ENDPOINTS => set(&mut self.endpoints, name, version),
-            type_url::SECRET => set(&mut self.secrets, name, version),
-            _ => {}
+    /// [`insert`](Self::insert) for an incremental response: the resource
+    /// is held at the `version` the control plane gave it (empty: none),
+    /// which a reconnect tells back so that it is not sent again.
+    pub fn insert_versioned(
+        &mut self,
+        t: &str,
+        any: &Any,
+        version: &str,
+    ) -> Result<Name, XdsError> {
+        Self::admits(t, any)?;
+        by_type!(t, M => hold::<M>(self, None, any, t, Some(version))).map(|(name, _)| name)
+    }
+
+    /// Whether `any` is of type `t`, as a response of type `t` must hold.
+    fn admits(t: &str, any: &Any) -> Result<(), XdsError> {
+        if any.type_url == t {
+            Ok(())
+        } else {
+            Err(XdsError::new(format!(
+                "a {} in a response of type {t}",
+                any.type_url
+            )))
         }
     }
 
@@ -529,14 +492,7 @@ impl Resources {
                 .filter_map(|(k, v)| Some((k.to_string(), v.version()?.to_owned())))
                 .collect()
         }
-        match t {
-            type_url::LISTENER => of(&self.listeners),
-            type_url::ROUTE => of(&self.routes),
-            type_url::CLUSTER => of(&self.clusters),
-            type_url::ENDPOINTS => of(&self.endpoints),
-            type_url::SECRET => of(&self.secrets),
-            _ => Vec::new(),
-        }
+        by_type!(t, M => of(M::map(self)))
     }
 
     /// Undoes changes to `names` of type `t`: drops them, then puts back
@@ -553,13 +509,10 @@ impl Resources {
         for n in saved.names() {
             self.dropped(t, n);
         }
-        match saved {
-            Saved::Listeners(m) => self.listeners.extend(m),
-            Saved::Routes(m) => self.routes.extend(m),
-            Saved::Clusters(m) => self.clusters.extend(m),
-            Saved::Endpoints(m) => self.endpoints.extend(m),
-            Saved::Secrets(m) => self.secrets.extend(m),
+        fn put_back<M: Kind>(r: &mut Resources, m: BTreeMap<Name, Held<M>>) {
+            M::map_mut(r).extend(m);
         }
+        on_saved!(saved, |m| put_back(self, m));
     }
 
     /// Puts back what [`save`](Self::save) copied (or
@@ -567,13 +520,10 @@ impl Resources {
     pub fn restore(&mut self, saved: Saved) {
         self.journal.everything = true;
         self.refers_generation += 1;
-        match saved {
-            Saved::Listeners(m) => self.listeners = m,
-            Saved::Routes(m) => self.routes = m,
-            Saved::Clusters(m) => self.clusters = m,
-            Saved::Endpoints(m) => self.endpoints = m,
-            Saved::Secrets(m) => self.secrets = m,
+        fn replace<M: Kind>(r: &mut Resources, m: BTreeMap<Name, Held<M>>) {
+            *M::map_mut(r) = m;
         }
+        on_saved!(saved, |m| replace(self, m));
     }
 
     /// The encoded resources of type `t` whose names `pick` accepts, by name.
@@ -593,14 +543,7 @@ impl Resources {
                 })
                 .collect()
         }
-        match t {
-            type_url::LISTENER => enc(&self.listeners, pick),
-            type_url::ROUTE => enc(&self.routes, pick),
-            type_url::CLUSTER => enc(&self.clusters, pick),
-            type_url::ENDPOINTS => enc(&self.endpoints, pick),
-            type_url::SECRET => enc(&self.secrets, pick),
-            _ => Vec::new(),
-        }
+        by_type!(t, M => enc(M::map(self), pick))
     }
 }
 
