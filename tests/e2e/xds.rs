@@ -1044,3 +1044,179 @@ async fn a_route_configuration_over_4_mib_is_taken_and_one_over_the_limit_nacked
     assert!(limited.snapshot().config().services.is_empty());
     cp.abort();
 }
+
+/// A TCP relay on loopback to `port` that counts the bytes coming back and
+/// cuts every connection through it when told (the control plane and the
+/// client stay up: only the stream between them breaks).
+struct Relay {
+    port: u16,
+    back: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn to(port: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_port = listener.local_addr().unwrap().port();
+        let back = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let counted = back.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (mut ir, mut iw) = inbound.into_split();
+                let (mut or, mut ow) = outbound.into_split();
+                let (counted, mut cuts) = (counted.clone(), cuts.clone());
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let up = tokio::io::copy(&mut ir, &mut ow);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = or.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 || iw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counted.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    };
+                    // Dropping both halves of both sockets closes them.
+                    tokio::select! {
+                        _ = up => {}
+                        () = down => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port: relay_port,
+            back,
+            cut,
+        }
+    }
+
+    /// The bytes the control plane sent since the last call.
+    fn take(&self) -> u64 {
+        self.back.swap(0, Ordering::Relaxed)
+    }
+
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// Waits until `relay` has carried nothing back for half a second (the
+/// control plane has said what it had to); returns what it carried.
+async fn quiet(relay: &Relay) -> u64 {
+    let mut total = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = relay.take();
+        total += n;
+        if n == 0 {
+            return total;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the control plane never went quiet"
+        );
+    }
+}
+
+/// A client of `n` services through `relay`: the bytes its first
+/// subscription cost, and the bytes a reconnect cost with nothing changed.
+async fn first_and_reconnect(api: Api, n: usize, file: &Path, relay: &Relay) -> (u64, u64) {
+    let names: Vec<String> = (0..n).map(|i| format!("rc-{i}")).collect();
+    let server = format!("http://127.0.0.1:{}", relay.port);
+    let mut settings = XdsSettings::new(&server, "reconnect", names);
+    settings.api = api;
+    let (mesh, xds) = Mesh::from_control_plane(settings).unwrap();
+    wait_for("every service", || {
+        mesh.snapshot().config().services.len() == n
+    })
+    .await;
+    let first = quiet(relay).await;
+    let (version, acks) = (
+        mesh.snapshot().version(),
+        xds.status().acks.load(Ordering::Relaxed),
+    );
+    relay.cut();
+    wait_for("the second stream", || {
+        xds.status().connects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    // One answer per type, ACKed, on the new stream.
+    wait_for("the answers on it", || {
+        xds.status().acks.load(Ordering::Relaxed) >= acks + 4
+    })
+    .await;
+    let again = quiet(relay).await;
+    assert_eq!(mesh.snapshot().config().services.len(), n);
+    if api == Api::Delta {
+        assert_eq!(
+            mesh.snapshot().version(),
+            version,
+            "nothing changed, nothing published"
+        );
+    }
+    // The new stream carries edits.
+    let text = std::fs::read_to_string(file).unwrap();
+    write(file, &text.replace("timeout: 2s", "timeout: 3s"));
+    wait_for("the edit", || {
+        mesh.snapshot().config().services[0].routes[0].timeout == Some(Duration::from_secs(3))
+    })
+    .await;
+    write(file, &text);
+    wait_for("the edit undone", || {
+        mesh.snapshot().config().services[0].routes[0].timeout == Some(Duration::from_secs(2))
+    })
+    .await;
+    quiet(relay).await;
+    (first, again)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_incremental_stream_is_sent_only_what_changed() {
+    const N: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    let mut text = String::from("services:\n");
+    for i in 0..N {
+        text += &format!("  - {{ name: rc-{i}, routes: [{{ timeout: 2s, to: [rc-b{i}] }}] }}\n");
+    }
+    text += "backends:\n";
+    for i in 0..N {
+        text += &format!(
+            "  - {{ name: rc-b{i}, endpoints: [\"127.0.0.1:{}\"] }}\n",
+            1000 + i
+        );
+    }
+    write(&file, &text);
+    let port = free_port();
+    let _cp = control_plane(&file, port).await;
+    let relay = Relay::to(port).await;
+
+    // Over incremental xDS the client tells the versions it holds, and the
+    // control plane sends none of them again.
+    let (first, again) = first_and_reconnect(Api::Delta, N, &file, &relay).await;
+    eprintln!("incremental: {first} bytes at first, {again} on reconnecting");
+    assert!(first > 20_000, "{N} services cost {first} bytes");
+    assert!(
+        again * 20 < first,
+        "a reconnect cost {again} bytes of {first}"
+    );
+
+    // State of the world has no such thing: the same reconnect resends
+    // everything (which shows the relay's count sees a resend).
+    let (first, again) = first_and_reconnect(Api::Sotw, N, &file, &relay).await;
+    eprintln!("state of the world: {first} bytes at first, {again} on reconnecting");
+    assert!(
+        again * 2 > first,
+        "a reconnect cost {again} bytes of {first}"
+    );
+}
