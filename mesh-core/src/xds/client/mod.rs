@@ -1099,6 +1099,29 @@ mod tests {
         assert_eq!(asked, MAX_ON_DEMAND_HOSTS);
     }
 
+    /// A host subscribed up front holds no channel until a caller waits
+    /// on it; a caller that comes before the answer waits for it, and
+    /// none after.
+    #[tokio::test]
+    async fn an_expected_host_is_waited_for_only_once_called() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let demand = OnDemand::new(tx, std::time::Duration::from_secs(30));
+        demand.expect("early");
+        demand.expect("unwaited");
+        let wait = demand.want("early").expect("pending until answered");
+        assert!(rx.try_recv().is_err(), "subscribed already: nothing asked");
+        let waiting = tokio::spawn(wait);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        demand.settle(|h| h == "early" || h == "unwaited");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the answer ends the wait")
+            .unwrap();
+        assert!(demand.want("early").is_none());
+        assert!(demand.want("unwaited").is_none());
+    }
+
     /// The status shows the subscribed names as they are now, sharing the
     /// client's set.
     #[test]

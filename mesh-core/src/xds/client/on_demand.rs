@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
 /// What the client knows of a host the application called.
 #[derive(Debug)]
 enum Host {
-    /// Asked for, not answered: callers wait on the sender's channel.
-    Pending(watch::Sender<bool>),
+    /// Asked for, not answered: callers wait on the sender's channel, made
+    /// when the first of them comes (a client subscribed to 10,000
+    /// services up front would otherwise hold 10,000 channels, about
+    /// 3.4 MB, until its first config).
+    Pending(Option<watch::Sender<bool>>),
     /// Answered (served, or the control plane has no such listener, or the
     /// wait bound passed).
     Answered,
@@ -53,12 +57,12 @@ impl OnDemand {
     pub(super) fn expect(&self, host: &str) {
         self.hosts()
             .entry(Name::new(host))
-            .or_insert_with(|| Host::Pending(watch::channel(false).0));
+            .or_insert(Host::Pending(None));
     }
 
     /// Forgets `host`, so that a later call subscribes again.
     pub(super) fn forget(&self, host: &str) {
-        if let Some(Host::Pending(tx)) = self.hosts().remove(host) {
+        if let Some(Host::Pending(Some(tx))) = self.hosts().remove(host) {
             tx.send_replace(true);
         }
     }
@@ -67,10 +71,12 @@ impl OnDemand {
     pub(crate) fn settle(&self, answered: impl Fn(&str) -> bool) {
         let mut hosts = self.hosts();
         for (name, h) in hosts.iter_mut() {
-            if let Host::Pending(tx) = h
+            if let Host::Pending(waiting) = h
                 && answered(name)
             {
-                tx.send_replace(true);
+                if let Some(tx) = waiting {
+                    tx.send_replace(true);
+                }
                 *h = Host::Answered;
             }
         }
@@ -88,10 +94,13 @@ impl OnDemand {
         }
         let mut rx = {
             let mut hosts = self.hosts();
-            match hosts.get(authority) {
+            let held = hosts.len();
+            match hosts.get_mut(authority) {
                 Some(Host::Answered) => return None,
-                Some(Host::Pending(tx)) => tx.subscribe(),
-                None if hosts.len() >= MAX_ON_DEMAND_HOSTS => {
+                Some(Host::Pending(waiting)) => waiting
+                    .get_or_insert_with(|| watch::channel(false).0)
+                    .subscribe(),
+                None if held >= MAX_ON_DEMAND_HOSTS => {
                     // Hosts come from callers (a Host header can be anything):
                     // past the bound they pass through unasked, said once.
                     if !self
@@ -106,7 +115,7 @@ impl OnDemand {
                 }
                 None => {
                     let (tx, rx) = watch::channel(false);
-                    hosts.insert(Name::new(authority), Host::Pending(tx));
+                    hosts.insert(Name::new(authority), Host::Pending(Some(tx)));
                     if self
                         .commands
                         .send(Command::Subscribe(authority.to_owned()))
