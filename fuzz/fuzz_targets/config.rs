@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
 
 fn exercise(cfg: Config) {
     let resources = proxyless_core::xds::translate::from_config(&cfg);
-    let names: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<proxyless_core::config::Name> =
+        cfg.services.iter().map(|s| s.name.clone()).collect();
     let _ = proxyless_core::xds::translate::to_config(
         &resources,
         names.iter(),

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::Any;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use proxyless_core::config::Name;
 use proxyless_core::snapshot::{Snapshot, Source};
 use proxyless_core::xds::translate::{
     Built, Changes, Kept, Resources, to_config, type_url, wanted,
@@ -30,7 +31,7 @@ fn chunk<'a>(data: &mut &'a [u8]) -> &'a [u8] {
 
 /// Builds the config of `r` from what `kept` holds and the journal, and
 /// afresh; the two must agree.
-fn both(r: &mut Resources, names: &[String], kept: &mut Kept) -> Option<Built> {
+fn both(r: &mut Resources, names: &[Name], kept: &mut Kept) -> Option<Built> {
     let changes = r.take_changes();
     let mut w1 = Vec::new();
     let from_kept = to_config(r, names.iter(), &changes, &mut w1, kept);
@@ -77,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.insert(&any.type_url, any);
     }
     let _ = wanted(&r);
-    let names: Vec<String> = r.listeners().keys().cloned().collect();
+    let names: Vec<Name> = r.listeners().keys().cloned().collect();
     let mut kept = Kept::default();
     let Some(built) = both(&mut r, &names, &mut kept) else {
         return;
@@ -102,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
         r.replaced(&any.type_url, &before, carried);
         both(&mut r, &names, &mut kept);
     }
-    let assignments: Vec<String> = r.endpoints().keys().cloned().collect();
+    let assignments: Vec<Name> = r.endpoints().keys().cloned().collect();
     for name in &assignments {
         r.remove(type_url::ENDPOINTS, name);
     }
