@@ -22,7 +22,10 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/discard.rs"]
+mod discard;
 use bytes::Bytes;
+use discard::Discard;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client as Bare;
 use hyper_util::rt::TokioExecutor;
@@ -423,20 +426,6 @@ fn table(rows: &[(&str, Round)]) {
             r.p99_us as f64 / b.p99_us.max(1) as f64,
             r.cpu_us / b.cpu_us.max(0.001)
         );
-    }
-}
-
-/// A span exporter that drops what it gets: the cost of recording spans.
-#[derive(Debug)]
-struct Discard;
-
-impl opentelemetry_sdk::trace::SpanExporter for Discard {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        std::hint::black_box(batch);
-        Ok(())
     }
 }
 

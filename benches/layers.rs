@@ -41,6 +41,9 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/discard.rs"]
+mod discard;
+use discard::Discard;
 use http::{Request, Response};
 use proxyless_core::Mesh;
 use proxyless_core::config::Config;
@@ -205,20 +208,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A span exporter that drops what it gets: the cost of recording spans.
-#[derive(Debug)]
-struct Discard;
-
-impl opentelemetry_sdk::trace::SpanExporter for Discard {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        std::hint::black_box(batch);
-        Ok(())
-    }
 }
 
 fn main() {

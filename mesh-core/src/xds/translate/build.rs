@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// What the held resources describe for the subscribed listeners.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,29 +110,21 @@ fn eds_of(r: &Resources, uses: &[Name]) -> Arc<[Name]> {
             eds.insert(e.clone());
         }
     }
-    names(eds.into_iter().collect())
+    shared(eds.into_iter().collect(), &NO_NAMES)
 }
 
-/// `list` shared; an empty list is one shared allocation, not one per
-/// kept service or backend (most have no warnings, many no EDS).
-fn list(list: Vec<String>) -> Arc<[String]> {
-    static EMPTY: std::sync::LazyLock<Arc<[String]>> = std::sync::LazyLock::new(|| Arc::from([]));
+/// `list` shared; an empty list is one shared allocation (`empty`), not
+/// one per kept service or backend (most have no warnings, many no EDS).
+fn shared<T>(list: Vec<T>, empty: &LazyLock<Arc<[T]>>) -> Arc<[T]> {
     if list.is_empty() {
-        EMPTY.clone()
+        Arc::clone(empty)
     } else {
         list.into()
     }
 }
 
-/// [`list`] for names.
-fn names(list: Vec<Name>) -> Arc<[Name]> {
-    static EMPTY: std::sync::LazyLock<Arc<[Name]>> = std::sync::LazyLock::new(|| Arc::from([]));
-    if list.is_empty() {
-        EMPTY.clone()
-    } else {
-        list.into()
-    }
-}
+static NO_WARNINGS: LazyLock<Arc<[String]>> = LazyLock::new(|| Arc::from([]));
+static NO_NAMES: LazyLock<Arc<[Name]>> = LazyLock::new(|| Arc::from([]));
 
 impl KeptBackend {
     /// Whether its cluster and assignment are unchanged by the journal.
@@ -366,7 +358,7 @@ fn translate_service(
         eds: eds_of(r, &uses),
         uses,
         service: service.into(),
-        warnings: list(own),
+        warnings: shared(own, &NO_WARNINGS),
         seen: 0,
     }))
 }
@@ -409,7 +401,7 @@ fn backend(
         cluster: c.clone(),
         endpoints,
         backend: backend.into(),
-        warnings: list(own),
+        warnings: shared(own, &NO_WARNINGS),
     }))
 }
 
