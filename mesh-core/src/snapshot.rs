@@ -203,12 +203,9 @@ impl ServiceEntry {
             routes,
             keys: names
                 .iter()
-                .map(|h| {
-                    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                        Arc::from(h.to_ascii_lowercase())
-                    } else {
-                        h.shared()
-                    }
+                .map(|h| match h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    true => Arc::from(h.to_ascii_lowercase()),
+                    false => h.shared(),
                 })
                 .collect(),
             host_values,
