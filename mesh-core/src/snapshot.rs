@@ -203,9 +203,12 @@ impl ServiceEntry {
             routes,
             keys: names
                 .iter()
-                .map(|h| match h.bytes().any(|b| b.is_ascii_uppercase()) {
-                    true => Arc::from(h.to_ascii_lowercase()),
-                    false => h.shared(),
+                .map(|h| {
+                    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                        Arc::from(h.to_ascii_lowercase())
+                    } else {
+                        h.shared()
+                    }
                 })
                 .collect(),
             host_values,

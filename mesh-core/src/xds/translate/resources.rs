@@ -74,11 +74,13 @@ impl Changes {
         self.everything
     }
 
-    fn note(&mut self, t: &str, name: &str) {
+    /// Notes `name`, held already (the journal shares it: nothing is
+    /// looked up in the table of names).
+    fn note(&mut self, t: &str, name: &Name) {
         if let Some(s) = self.names.get_mut(kind(t))
             && !s.contains(name)
         {
-            s.insert(Name::new(name));
+            s.insert(name.clone());
         }
     }
 }
@@ -396,13 +398,13 @@ impl Resources {
 
     /// Drops the resource `name` of type `t`.
     pub fn remove(&mut self, t: &str, name: &str) {
-        let removed = by_type!(t, M => M::map_mut(self).remove(name).is_some());
-        if removed {
-            self.dropped(t, name);
+        let removed = by_type!(t, M => M::map_mut(self).remove_entry(name).map(|(n, _)| n));
+        if let Some(name) = removed {
+            self.dropped(t, &name);
         }
     }
 
-    fn dropped(&mut self, t: &str, name: &str) {
+    fn dropped(&mut self, t: &str, name: &Name) {
         self.journal.note(t, name);
         if refers_anything(t) {
             self.refers_generation += 1;
