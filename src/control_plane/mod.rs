@@ -393,6 +393,21 @@ ads_request!(DiscoveryRequest, DeltaDiscoveryRequest);
 
 type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Answers a request for secrets. The secrets are read without being
+/// marked seen: a request (an ACK, most often) is answered only when the
+/// subscription changed, so a change of secrets that arrived beside it
+/// must still wake the stream's secrets branch, or it would wait for the
+/// next change, one rotation late.
+fn answer_secret_request<V: Variant>(
+    state: &mut V,
+    cp: &DevControlPlane,
+    secrets: &tokio::sync::watch::Receiver<Arc<secrets::Served>>,
+    req: V::Request,
+) -> Vec<V::Response> {
+    let now = secrets.borrow().clone();
+    state.secret_request(cp, &now, req)
+}
+
 /// Serves one ADS stream of variant `V` until the client goes, the
 /// control plane stops, or the mesh is dropped.
 fn serve_stream<V: Variant>(
@@ -425,8 +440,7 @@ fn serve_stream<V: Variant>(
                         tracing::warn!(%node, type_url = %t, "NACK: {reason}");
                     }
                     if req.type_url() == type_url::SECRET {
-                        let now = secrets.borrow_and_update().clone();
-                        state.secret_request(&cp, &now, req)
+                        answer_secret_request(&mut state, &cp, &secrets, req)
                     } else {
                         state.request(&cp, &current.served, req)
                     }
@@ -457,6 +471,8 @@ struct Sotw {
     subscribed: BTreeMap<String, Vec<String>>,
     /// The snapshot version last sent on this stream.
     sent: Option<u64>,
+    /// The generation of the secrets last sent on this stream.
+    secrets_sent: Option<u64>,
 }
 
 impl Variant for Sotw {
@@ -500,7 +516,10 @@ impl Variant for Sotw {
     ) -> Vec<DiscoveryResponse> {
         let changed = self.subscribed.get(&req.type_url) != Some(&req.resource_names);
         let first = req.response_nonce.is_empty();
-        let out = (first || changed).then(|| secrets.respond(&req.resource_names, cp.next_nonce()));
+        let out = (first || changed).then(|| {
+            self.secrets_sent = Some(secrets.generation);
+            secrets.respond(&req.resource_names, cp.next_nonce())
+        });
         self.subscribed.insert(req.type_url, req.resource_names);
         out.into_iter().collect()
     }
@@ -510,11 +529,15 @@ impl Variant for Sotw {
         cp: &DevControlPlane,
         secrets: &secrets::Served,
     ) -> Vec<DiscoveryResponse> {
-        self.subscribed
-            .get(type_url::SECRET)
-            .map(|names| secrets.respond(names, cp.next_nonce()))
-            .into_iter()
-            .collect()
+        // A request may have been answered with these secrets already.
+        if self.secrets_sent == Some(secrets.generation) {
+            return Vec::new();
+        }
+        let Some(names) = self.subscribed.get(type_url::SECRET) else {
+            return Vec::new();
+        };
+        self.secrets_sent = Some(secrets.generation);
+        vec![secrets.respond(names, cp.next_nonce())]
     }
 }
 
@@ -718,6 +741,77 @@ mod tests {
             .map(|x| (x.name, x.version))
             .collect();
         (sent, r.removed_resources.into_iter().collect())
+    }
+
+    /// A first request for the `default` secret, in either variant.
+    fn secret_requests() -> (DiscoveryRequest, DeltaDiscoveryRequest) {
+        (
+            DiscoveryRequest {
+                type_url: type_url::SECRET.into(),
+                resource_names: vec!["default".into()],
+                ..Default::default()
+            },
+            DeltaDiscoveryRequest {
+                type_url: type_url::SECRET.into(),
+                resource_names_subscribe: vec!["default".into()],
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Plays a stream's secret events for one variant: the first request
+    /// is answered; a rotation lands beside the ACK of that answer; the
+    /// ACK must leave the rotation to the secrets branch, which sends it
+    /// once. Returns the versions each step sent.
+    fn rotation_beside_an_ack<V: Variant>(
+        first: V::Request,
+        ack: V::Request,
+        version: impl Fn(&V::Response) -> String,
+    ) -> Vec<Vec<String>> {
+        let mesh = Mesh::from_config(Config::from_yaml("services: []").unwrap()).unwrap();
+        let secrets = Secrets::new();
+        let cp = DevControlPlane::new(mesh).with_secrets(secrets.clone());
+        secrets.set_certificate("default", "chain 1", "key 1");
+        let mut rx = cp.secrets.subscribe();
+        rx.borrow_and_update();
+        let mut state = V::default();
+        let versions = |out: Vec<V::Response>| out.iter().map(&version).collect::<Vec<_>>();
+        let mut steps = vec![versions(answer_secret_request(&mut state, &cp, &rx, first))];
+        secrets.set_certificate("default", "chain 2", "key 2");
+        steps.push(versions(answer_secret_request(&mut state, &cp, &rx, ack)));
+        assert!(
+            rx.has_changed().unwrap(),
+            "the ACK took the rotation's wake-up"
+        );
+        let now = rx.borrow_and_update().clone();
+        steps.push(versions(state.secrets(&cp, &now)));
+        // The same secrets again send nothing.
+        steps.push(versions(state.secrets(&cp, &now)));
+        steps
+    }
+
+    #[test]
+    fn a_rotation_beside_an_ack_is_sent_once_on_either_variant() {
+        let (sotw, delta) = secret_requests();
+        let sotw_ack = DiscoveryRequest {
+            response_nonce: "1".into(),
+            version_info: "1".into(),
+            ..sotw.clone()
+        };
+        let delta_ack = DeltaDiscoveryRequest {
+            response_nonce: "1".into(),
+            resource_names_subscribe: Vec::new(),
+            ..delta.clone()
+        };
+        let want = vec![vec!["1"], vec![], vec!["2"], vec![]];
+        assert_eq!(
+            rotation_beside_an_ack::<Sotw>(sotw, sotw_ack, |r| r.version_info.clone()),
+            want
+        );
+        assert_eq!(
+            rotation_beside_an_ack::<Delta>(delta, delta_ack, |r| r.system_version_info.clone()),
+            want
+        );
     }
 
     #[test]
