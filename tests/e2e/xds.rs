@@ -1220,3 +1220,111 @@ async fn a_reconnected_incremental_stream_is_sent_only_what_changed() {
         "a reconnect cost {again} bytes of {first}"
     );
 }
+
+/// One service routed to one endpoint at `address`.
+fn one_endpoint(address: &str) -> proxyless_core::config::Config {
+    proxyless_core::config::Config::from_yaml(&format!(
+        "services: [{{ name: busy-svc, routes: [{{ to: [busy-b] }}] }}]\n\
+         backends: [{{ name: busy-b, endpoints: ['{address}'] }}]"
+    ))
+    .unwrap()
+}
+
+/// The client runs on a thread of its own: a config is taken and served
+/// while the application's only thread is busy (a handler computing, or
+/// blocking where it should not). On the application's runtime it would
+/// wait for the thread, and a large config's translation would hold the
+/// application up in turn.
+#[test]
+fn configs_are_taken_while_the_applications_only_thread_is_busy() {
+    let cp_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let control = Mesh::from_config(one_endpoint("127.0.0.1:1")).unwrap();
+    let port = free_port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    cp_runtime.spawn(mesh::control_plane::serve_with_shutdown(
+        control.clone(),
+        ([127, 0, 0, 1], port).into(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let app = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    app.block_on(async {
+        let settings = XdsSettings::new(
+            &format!("http://127.0.0.1:{port}"),
+            "busy-1",
+            vec!["busy-svc".into()],
+        );
+        let (mesh, _client) = Mesh::from_control_plane(settings).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), mesh.ready())
+            .await
+            .expect("the first config");
+        let address = |m: &Mesh| {
+            m.snapshot().config().backends[0].endpoints[0]
+                .address
+                .clone()
+        };
+        assert_eq!(address(&mesh), "127.0.0.1:1");
+        control
+            .update(
+                one_endpoint("127.0.0.1:2"),
+                proxyless_core::snapshot::Source::Code,
+            )
+            .unwrap();
+        // This runtime's only thread is kept busy: nothing else on it runs
+        // until the loop ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while address(&mesh) != "127.0.0.1:2" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            address(&mesh),
+            "127.0.0.1:2",
+            "the client waited for the application's thread"
+        );
+    });
+    let _ = stop.send(());
+}
+
+/// A mesh dropped while its stream is idle closes the stream at once: the
+/// client's thread does not live on, connected, for a mesh nobody has.
+#[tokio::test]
+async fn a_dropped_mesh_closes_its_stream_to_the_control_plane() {
+    use tokio::io::AsyncReadExt;
+    // A control plane that accepts and never answers: the stream idles.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = XdsSettings::new(&format!("http://{addr}"), "dropped-1", vec!["x".into()]);
+    let (mesh, _client) = Mesh::from_control_plane(settings).unwrap();
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the client connects")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("the client speaks first")
+        .unwrap();
+    assert!(n > 0);
+    drop(mesh);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the dropped mesh's client kept its stream open"
+    );
+}

@@ -228,6 +228,9 @@ impl XdsStatus {
 struct XdsSource {
     status: Arc<XdsStatus>,
     demand: Option<Arc<client::OnDemand>>,
+    /// Dropped with the mesh: the client's thread then stops at once, even
+    /// with its stream idle.
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl crate::mesh::ConfigSource for XdsSource {
@@ -335,10 +338,14 @@ impl Mesh {
         Ok(handle)
     }
 
-    /// A mesh fed by a control plane. Needs a tokio runtime. It is ready
-    /// once the services in `settings.services` have arrived (or the
-    /// control plane said it has none of them); with none listed it is
-    /// ready at once and fetches each host when first called.
+    /// A mesh fed by a control plane. It is ready once the services in
+    /// `settings.services` have arrived (or the control plane said it has
+    /// none of them); with none listed it is ready at once and fetches each
+    /// host when first called.
+    ///
+    /// Needs a tokio runtime. The client itself runs on a thread of its
+    /// own (`mesh-xds`), so that translating a large config never holds up
+    /// the application's threads; it stops when the mesh is dropped.
     pub fn from_control_plane(settings: XdsSettings) -> Result<(Mesh, XdsHandle), SettingsError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SettingsError::NoRuntime)?;
@@ -364,9 +371,11 @@ impl Mesh {
             tx.clone(),
             settings.on_demand.unwrap_or_default(),
         ));
+        let (alive, mut gone) = tokio::sync::watch::channel(());
         let source = XdsSource {
             status: status.clone(),
             demand: settings.on_demand.is_some().then(|| demand.clone()),
+            _alive: alive,
         };
         // A new mesh: nothing is attached yet.
         let _ = mesh.attach_source(Arc::new(source));
@@ -396,13 +405,17 @@ impl Mesh {
                 path,
             ));
         }
-        runtime.spawn(client::run(
-            mesh.downgrade_xds(),
-            settings,
-            status.clone(),
-            state,
-            rx,
-        ));
+        // What a config starts (a DNS follower) runs on the application's
+        // runtime, not the client's thread.
+        state.run_for(runtime.clone());
+        let run = client::run(mesh.downgrade_xds(), settings, status.clone(), state, rx);
+        client::start(&runtime, async move {
+            tokio::select! {
+                () = run => {}
+                // Nothing is ever sent: this is the mesh going.
+                _ = gone.changed() => {}
+            }
+        });
         Ok((
             mesh,
             XdsHandle {

@@ -146,6 +146,10 @@ pub(super) struct State {
     /// written for.
     saver: Option<tokio::sync::watch::Sender<Option<Arc<ToSave>>>>,
     node_id: String,
+    /// The application's runtime, entered while a config is published:
+    /// what the mesh starts for it (a DNS follower) runs there, not on the
+    /// client's own thread.
+    app: Option<tokio::runtime::Handle>,
 }
 
 /// A cluster or listener that names a certificate provider instance the
@@ -218,7 +222,13 @@ impl State {
             sds: None,
             saver: None,
             node_id: settings.node_id.clone(),
+            app: None,
         }
+    }
+
+    /// Publishes with `app` entered (see [`State::app`]).
+    pub(super) fn run_for(&mut self, app: tokio::runtime::Handle) {
+        self.app = Some(app);
     }
 
     /// Sends each published config's resources to `saver`.
@@ -324,6 +334,7 @@ impl State {
         // Under the lock the last known good publishes under: once the
         // control plane's config serves, the file never replaces it.
         let mut live = status.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let _app = self.app.as_ref().map(tokio::runtime::Handle::enter);
         mesh.update(cfg, Source::Xds(label))
             .map_err(|e| XdsError::new(format!("the resulting config is invalid: {e}")))?;
         *live = true;
@@ -738,6 +749,46 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_owned()),
             ))),
+        }
+    }
+}
+
+/// Starts `run` (the client's stream loop) on a thread of its own, named
+/// `mesh-xds`, with a single-threaded runtime of its own: decoding,
+/// translating and compiling a config (over a second at 10,000 services)
+/// never holds up one of the application's workers, or the whole of a
+/// single-threaded application, and the config's memory is allocated in
+/// one place rather than spread over every worker's heap. If no thread or
+/// runtime can be made, `app` runs it instead.
+pub(super) fn start(
+    app: &tokio::runtime::Handle,
+    run: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // Shared with the thread so that, if the thread cannot be made, the
+    // future comes back (a failed spawn drops its closure unrun).
+    let slot = Arc::new(std::sync::Mutex::new(Some(run)));
+    let take = |slot: &std::sync::Mutex<Option<_>>| {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    };
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime ({e})"))
+        .and_then(|runtime| {
+            let taken = slot.clone();
+            std::thread::Builder::new()
+                .name("mesh-xds".into())
+                .spawn(move || {
+                    if let Some(run) = take(&taken) {
+                        runtime.block_on(run);
+                    }
+                })
+                .map_err(|e| format!("no thread ({e})"))
+        });
+    if let Err(e) = own {
+        tracing::warn!("the xDS client runs on the application's runtime: {e}");
+        if let Some(run) = take(&slot) {
+            app.spawn(run);
         }
     }
 }
