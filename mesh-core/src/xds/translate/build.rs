@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
 /// What the held resources describe for the subscribed listeners.
@@ -34,11 +34,70 @@ pub struct Built {
 /// (which lets the mesh skip validating and compiling it again).
 #[derive(Debug, Default)]
 pub struct Kept {
-    services: HashMap<Name, KeptService, foldhash::fast::RandomState>,
+    services: ByName<KeptService>,
     /// By cluster name, in name order (the order of the config's backends).
     backends: Vec<(Name, KeptBackend)>,
     /// Counts builds, to tell the services the last one saw.
     build: u64,
+}
+
+/// Values by name, in name order: a sorted vector, looked up by binary
+/// search. A hash table's buckets come in powers of two (16,384 of 144
+/// bytes for 10,000 kept services); this holds what it holds. Services
+/// are built in name order, so a first build only appends.
+#[derive(Debug)]
+struct ByName<V>(Vec<(Name, V)>);
+
+impl<V> Default for ByName<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V> ByName<V> {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&V> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut V> {
+        let i = self.find(name).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    /// Holds `v` as `name`; returns what it held before.
+    fn insert(&mut self, name: Name, v: V) -> Option<V> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (name, v));
+                None
+            }
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.0.retain(|(_, v)| keep(v));
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Gives back room a build grew into and no longer needs (a vector
+    /// doubles as it grows).
+    fn fit(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 8 + 16 {
+            self.0.shrink_to_fit();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +312,7 @@ fn build<'a>(
     }
     if kept.services.len() != seen {
         // Services gone, or incomplete again: what they used may go too.
-        kept.services.retain(|_, k| k.seen == this);
+        kept.services.retain(|k| k.seen == this);
         uses_changed = true;
     }
     if uses_changed || changes.everything() {
@@ -282,6 +341,7 @@ fn build<'a>(
                 .retain(|(name, _)| r.clusters.contains_key(name));
         }
     }
+    kept.services.fit();
     built.config.backends = kept
         .backends
         .iter()
