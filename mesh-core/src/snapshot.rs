@@ -151,8 +151,37 @@ fn mirror_of(r: &crate::config::Route, backend_index: &BackendIndex) -> Option<(
     Some((*backend_index.get(m.backend.as_str())?, m.percent))
 }
 
+/// The retry policies compiled so far in one snapshot, each held once:
+/// routes with equal policies (a control plane's default on every route)
+/// share one allocation instead of carrying a copy each.
+#[derive(Default)]
+struct Policies(Vec<Arc<RetryPolicy>>);
+
+impl Policies {
+    /// At most this many distinct policies are looked through; past them
+    /// a policy is held on its own (a config of all-different policies
+    /// costs a copy each, as before, not a quadratic search).
+    const DISTINCT: usize = 16;
+
+    fn shared(&mut self, p: &RetryPolicy) -> Arc<RetryPolicy> {
+        if let Some(same) = self.0.iter().find(|q| ***q == *p) {
+            return same.clone();
+        }
+        let made = Arc::new(p.clone());
+        if self.0.len() < Self::DISTINCT {
+            self.0.push(made.clone());
+        }
+        made
+    }
+}
+
 impl ServiceEntry {
-    fn compile(s: &Service, config: &Config, backend_index: &BackendIndex) -> Self {
+    fn compile(
+        s: &Service,
+        config: &Config,
+        backend_index: &BackendIndex,
+        policies: &mut Policies,
+    ) -> Self {
         let routes = s
             .routes
             .iter()
@@ -165,7 +194,7 @@ impl ServiceEntry {
                 matches: r.matches.iter().filter_map(compile_match).collect(),
                 split: WeightTable::new(split_of(r, backend_index)),
                 timeout: r.timeout.unwrap_or(config.defaults.timeout),
-                retry: r.retry.clone(),
+                retry: r.retry.as_ref().map(|p| policies.shared(p)),
                 fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
                 classifier: r
@@ -257,7 +286,8 @@ pub struct RouteEntry {
     pub(crate) matches: Vec<CompiledMatch>,
     pub(crate) split: WeightTable,
     pub(crate) timeout: Duration,
-    pub(crate) retry: Option<RetryPolicy>,
+    /// Shared with the snapshot's other routes of an equal policy.
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
     /// Boxed, as the policies below: most routes have none, and absent
     /// each costs a pointer.
     pub(crate) fault: Option<Box<Fault>>,
@@ -293,7 +323,7 @@ impl RouteEntry {
     }
     /// The retry policy, if any.
     pub fn retry(&self) -> Option<&RetryPolicy> {
-        self.retry.as_ref()
+        self.retry.as_deref()
     }
     /// Fault injection, if any.
     pub fn fault(&self) -> Option<&Fault> {
@@ -730,10 +760,16 @@ impl Snapshot {
                 .map(|p| (&p.config.services[..], &p.services[..])),
         );
         let mut services = Vec::with_capacity(config.services.len());
+        let mut policies = Policies::default();
         for (i, s) in config.services.iter().enumerate() {
             let entry = match old_services.get(i, s) {
                 Some(old) if same_indexes || old.same_backends(s, &backend_index) => old.clone(),
-                _ => Arc::new(ServiceEntry::compile(s, &config, &backend_index)),
+                _ => Arc::new(ServiceEntry::compile(
+                    s,
+                    &config,
+                    &backend_index,
+                    &mut policies,
+                )),
             };
             services.push(entry);
         }
@@ -1048,5 +1084,38 @@ backends:
         // Anything else is the caller's to make (a port, another case).
         assert!(c.host_value("c:80").is_none() && c.host_value("C").is_none());
         assert!(a.host_value("c").is_none());
+    }
+
+    /// Routes with equal retry policies share one; each route still has
+    /// its own policy's values, past the number of distinct policies
+    /// looked through too.
+    #[test]
+    fn equal_retry_policies_are_held_once() {
+        let mut yaml = String::from("services:\n");
+        // Three alike, one other, then 20 more all different.
+        for (i, ms) in [100, 100, 200, 100].into_iter().chain(300..320).enumerate() {
+            yaml.push_str(&format!(
+                "  - {{ name: s{i}, routes: [{{ retry: {{ attempts: 2, per_try_timeout: {ms}ms }}, to: [b] }}] }}\n"
+            ));
+        }
+        yaml.push_str("backends: [{ name: b, endpoints: ['127.0.0.1:1'] }]");
+        let cfg = Config::from_yaml(&yaml).unwrap();
+        let snap = Snapshot::compile(cfg.clone(), 1, Source::Code).unwrap();
+        let retry = |i: usize| {
+            snap.service(u32::try_from(i).unwrap()).unwrap().routes()[0]
+                .retry
+                .clone()
+                .unwrap()
+        };
+        assert!(Arc::ptr_eq(&retry(0), &retry(1)));
+        assert!(Arc::ptr_eq(&retry(0), &retry(3)));
+        assert!(!Arc::ptr_eq(&retry(0), &retry(2)));
+        for (i, s) in cfg.services.iter().enumerate() {
+            assert_eq!(
+                Some(&*retry(i)),
+                s.routes[0].retry.as_ref(),
+                "service {i} has its own policy's values"
+            );
+        }
     }
 }
