@@ -228,9 +228,6 @@ impl XdsStatus {
 struct XdsSource {
     status: Arc<XdsStatus>,
     demand: Option<Arc<client::OnDemand>>,
-    /// Dropped with the mesh: the client's thread then stops at once, even
-    /// with its stream idle.
-    _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl crate::mesh::ConfigSource for XdsSource {
@@ -371,11 +368,9 @@ impl Mesh {
             tx.clone(),
             settings.on_demand.unwrap_or_default(),
         ));
-        let (alive, mut gone) = tokio::sync::watch::channel(());
         let source = XdsSource {
             status: status.clone(),
             demand: settings.on_demand.is_some().then(|| demand.clone()),
-            _alive: alive,
         };
         // A new mesh: nothing is attached yet.
         let _ = mesh.attach_source(Arc::new(source));
@@ -409,11 +404,14 @@ impl Mesh {
         // runtime, not the client's thread.
         state.run_for(runtime.clone());
         let run = client::run(mesh.downgrade_xds(), settings, status.clone(), state, rx);
+        // The mesh's snapshots end with the mesh: the client stops then,
+        // even with its stream idle.
+        let mut snapshots = mesh.subscribe();
         client::start(&runtime, async move {
+            let gone = async { while snapshots.next().await.is_some() {} };
             tokio::select! {
                 () = run => {}
-                // Nothing is ever sent: this is the mesh going.
-                _ = gone.changed() => {}
+                () = gone => {}
             }
         });
         Ok((

@@ -764,33 +764,39 @@ pub(super) fn start(
     app: &tokio::runtime::Handle,
     run: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    // Shared with the thread so that, if the thread cannot be made, the
-    // future comes back (a failed spawn drops its closure unrun).
-    let slot = Arc::new(std::sync::Mutex::new(Some(run)));
-    let take = |slot: &std::sync::Mutex<Option<_>>| {
-        slot.lock().unwrap_or_else(PoisonError::into_inner).take()
-    };
+    // Handed over once the thread runs: if it cannot be made, `run` is
+    // still here for the application's runtime.
+    let (hand, over) = std::sync::mpsc::channel();
     let own = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("no runtime ({e})"))
         .and_then(|runtime| {
-            let taken = slot.clone();
             std::thread::Builder::new()
                 .name("mesh-xds".into())
                 .spawn(move || {
-                    if let Some(run) = take(&taken) {
+                    if let Ok(run) = over.recv() {
                         runtime.block_on(run);
                     }
                 })
                 .map_err(|e| format!("no thread ({e})"))
         });
-    if let Err(e) = own {
-        tracing::warn!("the xDS client runs on the application's runtime: {e}");
-        if let Some(run) = take(&slot) {
-            app.spawn(run);
+    let run = match own {
+        Ok(_) => match hand.send(run) {
+            Ok(()) => return,
+            Err(back) => {
+                tracing::warn!(
+                    "the xDS client's thread ended; it runs on the application's runtime"
+                );
+                back.0
+            }
+        },
+        Err(e) => {
+            tracing::warn!("the xDS client runs on the application's runtime: {e}");
+            run
         }
-    }
+    };
+    app.spawn(run);
 }
 
 /// Runs the client until the mesh is dropped: opens a stream, serves it
