@@ -43,60 +43,118 @@ pub struct Kept {
 
 /// Values by name, in name order: a sorted vector, looked up by binary
 /// search. A hash table's buckets come in powers of two (16,384 of 144
-/// bytes for 10,000 kept services); this holds what it holds. Services
-/// are built in name order, so a first build only appends.
+/// bytes for 10,000 kept services); this holds what it holds.
+///
+/// Names new to it wait aside until [`ByName::settle`] merges them in one
+/// pass: inserting each in place would move the entries after it every
+/// time, quadratic when thousands of services arrive among thousands.
 #[derive(Debug)]
-struct ByName<V>(Vec<(Name, V)>);
+struct ByName<V> {
+    sorted: Vec<(Name, V)>,
+    /// Inserted since the last settle, not yet found by lookups.
+    added: Vec<(Name, V)>,
+}
 
 impl<V> Default for ByName<V> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self {
+            sorted: Vec::new(),
+            added: Vec::new(),
+        }
     }
 }
 
+/// At most this many names new to a [`ByName`] are put in place one by one
+/// (each moves the entries after it); more are merged into a new vector.
+const INSERT_IN_PLACE: usize = 16;
+
 impl<V> ByName<V> {
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        self.sorted.binary_search_by(|(n, _)| n.as_str().cmp(name))
     }
 
+    /// The value of `name`, unless it was inserted since the last settle.
     fn get(&self, name: &str) -> Option<&V> {
-        self.find(name).ok().map(|i| &self.0[i].1)
+        self.find(name).ok().map(|i| &self.sorted[i].1)
     }
 
     fn get_mut(&mut self, name: &str) -> Option<&mut V> {
         let i = self.find(name).ok()?;
-        Some(&mut self.0[i].1)
+        Some(&mut self.sorted[i].1)
     }
 
-    /// Holds `v` as `name`; returns what it held before.
-    fn insert(&mut self, name: Name, v: V) -> Option<V> {
+    /// Holds `v` as `name`, found by lookups from the next settle on if the
+    /// name is new; gives back what it held before, and where `v` now is.
+    fn insert(&mut self, name: Name, v: V) -> (Option<V>, &mut V) {
         match self.find(&name) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
-            Err(i) => {
-                self.0.insert(i, (name, v));
-                None
+            Ok(i) => {
+                let old = std::mem::replace(&mut self.sorted[i].1, v);
+                (Some(old), &mut self.sorted[i].1)
+            }
+            Err(_) => {
+                self.added.push((name, v));
+                let last = self.added.len() - 1;
+                (None, &mut self.added[last].1)
             }
         }
     }
 
+    /// Merges what was inserted since the last settle into name order; of
+    /// a name inserted twice, the last value stays.
+    fn settle(&mut self) {
+        let mut added = std::mem::take(&mut self.added);
+        if added.is_empty() {
+            return;
+        }
+        if !added.is_sorted_by(|a, b| a.0 < b.0) {
+            // Stable, so the last of equal names stays last.
+            added.sort_by(|a, b| a.0.cmp(&b.0));
+            added.reverse();
+            added.dedup_by(|a, b| a.0 == b.0);
+            added.reverse();
+        }
+        if self.sorted.is_empty() {
+            self.sorted = added;
+        } else if added.len() <= INSERT_IN_PLACE {
+            for (name, v) in added {
+                if let Err(i) = self.find(&name) {
+                    self.sorted.insert(i, (name, v));
+                }
+            }
+        } else {
+            let old = std::mem::take(&mut self.sorted);
+            let mut merged = Vec::with_capacity(old.len() + added.len());
+            let mut added = added.into_iter().peekable();
+            for entry in old {
+                while let Some(a) = added.next_if(|(n, _)| *n < entry.0) {
+                    merged.push(a);
+                }
+                merged.push(entry);
+            }
+            merged.extend(added);
+            self.sorted = merged;
+        }
+    }
+
     fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        self.0.retain(|(_, v)| keep(v));
+        self.sorted.retain(|(_, v)| keep(v));
     }
 
     fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().map(|(_, v)| v)
+        self.sorted.iter().map(|(_, v)| v)
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        self.sorted.len()
     }
 
     /// Gives back room a build grew into and no longer needs (a vector
     /// doubles as it grows).
     fn fit(&mut self) {
-        if self.0.capacity() > self.0.len() + self.0.len() / 8 + 16 {
-            self.0.shrink_to_fit();
+        if self.sorted.capacity() > self.sorted.len() + self.sorted.len() / 8 + 16 {
+            self.sorted.shrink_to_fit();
         }
+        self.added = Vec::new();
     }
 }
 
@@ -310,6 +368,7 @@ fn build<'a>(
         seen += 1;
         built.config.services.push(k.service.clone());
     }
+    kept.services.settle();
     if kept.services.len() != seen {
         // Services gone, or incomplete again: what they used may go too.
         kept.services.retain(|k| k.seen == this);
@@ -373,11 +432,9 @@ fn service<'k>(
                 built.incomplete.push(name.clone());
                 return Ok(None);
             };
-            let old = kept.services.insert(name.clone(), fresh);
-            let uses = |k: &KeptService| k.uses.clone();
-            let now = kept.services.get_mut(name.as_str());
-            *uses_changed |= old.as_ref().map(uses) != now.as_deref().map(uses);
-            return Ok(now);
+            let (old, now) = kept.services.insert(name.clone(), fresh);
+            *uses_changed |= old.is_none_or(|old| old.uses != now.uses);
+            return Ok(Some(now));
         }
     }
     let Some(k) = kept.services.get_mut(name.as_str()) else {
@@ -592,6 +649,41 @@ backends:
                 r.restore_only(TYPES[t], [NAMES[n]], saved);
             }
             Op::Build => {}
+        }
+    }
+
+    proptest! {
+        /// Rounds of inserts (new names among held ones, repeated names,
+        /// fewer and more than are put in place one by one), each settled,
+        /// hold what a map would, in name order.
+        #[test]
+        fn by_name_holds_what_a_map_would(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((0..200u32, 0..4u8), 0..60),
+                1..6,
+            ),
+        ) {
+            let mut held = ByName::default();
+            let mut model = std::collections::BTreeMap::new();
+            for round in rounds {
+                for (n, v) in round {
+                    let name = Name::from(format!("svc-{n:03}"));
+                    // A name inserted since the last settle is not found yet.
+                    let settled = held.get(&name).is_some();
+                    let (before, now) = held.insert(name.clone(), v);
+                    prop_assert_eq!(*now, v);
+                    prop_assert_eq!(before, model.get(&name).copied().filter(|_| settled));
+                    model.insert(name, v);
+                }
+                held.settle();
+                held.fit();
+                let got: Vec<(Name, u8)> = held.sorted.iter().map(|(n, v)| (n.clone(), *v)).collect();
+                let want: Vec<(Name, u8)> = model.iter().map(|(n, v)| (n.clone(), *v)).collect();
+                prop_assert_eq!(got, want);
+                for (n, v) in &model {
+                    prop_assert_eq!(held.get(n), Some(v));
+                }
+            }
         }
     }
 
