@@ -68,6 +68,11 @@ impl Variant for Delta {
         };
         let label = format!("version {version} of {} (incremental)", short(t));
         let outcome = applied.and_then(|()| state.publish(mesh, status, label));
+        if outcome.is_ok() && resp.resources.len() >= state.resources.count(t) / 4 {
+            // Many inserted at once (the first response, a large change):
+            // their map's nodes are left half full.
+            state.resources.pack(t);
+        }
         let reply = match &outcome {
             Ok(()) => DeltaDiscoveryRequest {
                 node: state.node(),

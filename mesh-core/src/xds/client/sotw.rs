@@ -86,6 +86,8 @@ impl Variant for Sotw {
         }
         if applied.is_ok() {
             state.resources.replaced(t, &saved, carried);
+            // Every resource of the type was inserted afresh.
+            state.resources.pack(t);
         }
         let label = format!("version {} of {}", resp.version_info, short(t));
         let outcome = applied.and_then(|()| state.publish(mesh, status, label));

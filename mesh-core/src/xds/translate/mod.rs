@@ -120,31 +120,38 @@ fn route_source(l: &Listener) -> Result<RouteSource, XdsError> {
 /// The names the held resources refer to (read when each was held: nothing
 /// is decoded here).
 pub fn wanted(r: &Resources) -> Wanted {
-    let mut w = Wanted::default();
-    let mut clusters = |refers: &Refers| {
+    // Gathered in vectors and made sets in bulk: a B-tree built from sorted
+    // names has its nodes full, one filled name by name about half.
+    let (mut clusters, mut routes) = (Vec::new(), Vec::new());
+    let mut referred = |refers: &Refers| {
         if let Refers::Clusters(names) = refers {
-            w.clusters.extend(names.iter().cloned());
+            clusters.extend(names.iter().cloned());
         }
     };
-    let mut rds = BTreeSet::new();
     for l in r.listeners.values() {
         match l.refers() {
             Refers::Rds(name) => {
                 if let Some(rc) = r.routes.get(name) {
-                    clusters(rc.refers());
+                    referred(rc.refers());
                 }
-                rds.insert(name.clone());
+                routes.push(name.clone());
             }
-            inline => clusters(inline),
+            inline => referred(inline),
         }
     }
-    w.routes = rds;
-    for name in &w.clusters {
-        if let Some(Refers::Eds(eds)) = r.clusters.get(name).map(Held::refers) {
-            w.endpoints.insert(eds.clone());
-        }
+    let clusters: BTreeSet<Name> = clusters.into_iter().collect();
+    let endpoints = clusters
+        .iter()
+        .filter_map(|name| match r.clusters.get(name).map(Held::refers) {
+            Some(Refers::Eds(eds)) => Some(eds.clone()),
+            _ => None,
+        })
+        .collect();
+    Wanted {
+        routes: routes.into_iter().collect(),
+        clusters,
+        endpoints,
     }
-    w
 }
 
 /// The clusters a route configuration's routes (and their mirrors) name.
