@@ -606,6 +606,28 @@ mod tests {
     }
 
     #[test]
+    fn packing_keeps_every_holding_and_changes_nothing() {
+        let t = type_url::CLUSTER;
+        let mut r = Resources::default();
+        for i in (0..100).rev() {
+            r.insert(t, &cluster(&format!("c{i:03}"), i % 2 == 0))
+                .unwrap();
+        }
+        let before = r.clusters().clone();
+        let (g, _) = (r.refers_generation(), r.take_changes());
+        r.pack(t);
+        assert_eq!(r.clusters().len(), 100);
+        for ((n1, h1), (n2, h2)) in before.iter().zip(r.clusters()) {
+            assert_eq!(n1, n2);
+            assert!(Held::same(h1, h2), "{n1} is the same holding");
+        }
+        assert!(!r.take_changes().touched(t, "c000"), "nothing changed");
+        assert_eq!(r.refers_generation(), g);
+        r.insert(t, &cluster("c100", false)).unwrap();
+        assert!(r.take_changes().touched(t, "c100"), "inserting goes on");
+    }
+
+    #[test]
     fn the_journal_lists_what_changed_and_only_that() {
         let t = type_url::CLUSTER;
         let mut r = Resources::default();
