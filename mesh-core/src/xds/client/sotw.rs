@@ -49,7 +49,7 @@ impl Variant for Sotw {
         state: &mut State,
         mesh: &Mesh,
         status: &XdsStatus,
-        resp: DiscoveryResponse,
+        mut resp: DiscoveryResponse,
     ) -> Vec<DiscoveryRequest> {
         let Some(t) = state.answering(&resp.type_url) else {
             return Vec::new();
@@ -89,6 +89,10 @@ impl Variant for Sotw {
             // Every resource of the type was inserted afresh.
             state.resources.pack(t);
         }
+        // Held now: the decoded response (a copy of every resource) is not
+        // kept through the build and compile, where the client's memory
+        // peaks (3.7 MB of 46 at 10,000 services).
+        resp.resources = Vec::new();
         let label = format!("version {} of {}", resp.version_info, short(t));
         let outcome = applied.and_then(|()| state.publish(mesh, status, label));
         if outcome.is_err() {
