@@ -219,13 +219,18 @@ impl KeptService {
     }
 }
 
-/// The assignments the EDS clusters among `uses` name.
-fn eds_of(r: &Resources, uses: &[Name]) -> Arc<[Name]> {
+/// The assignments the EDS clusters among `uses` name: `uses` itself
+/// when they are the same names (an assignment is most often named as its
+/// cluster is), not a copy.
+fn eds_of(r: &Resources, uses: &Arc<[Name]>) -> Arc<[Name]> {
     let mut eds = BTreeSet::new();
-    for c in uses {
+    for c in uses.iter() {
         if let Some(Refers::Eds(e)) = r.clusters.get(c).map(Held::refers) {
             eds.insert(e.clone());
         }
+    }
+    if eds.iter().eq(uses.iter()) {
+        return Arc::clone(uses);
     }
     shared(eds.into_iter().collect(), &NO_NAMES)
 }
@@ -468,7 +473,17 @@ fn translate_service(
         Refers::Rds(n) => r.routes.get(n).map(|h| (n.clone(), h.clone())),
         _ => None,
     };
-    let uses: Arc<[Name]> = uses.into_iter().collect();
+    // What its route configuration names, read when it was held, is most
+    // often what the service uses (both in name order): shared, not copied.
+    let named = match &routes {
+        Some((_, rc)) => rc.refers(),
+        None => l.refers(),
+    };
+    let uses: Vec<Name> = uses.into_iter().collect();
+    let uses: Arc<[Name]> = match named {
+        Refers::Clusters(named) if **named == *uses => Arc::clone(named),
+        _ => uses.into(),
+    };
     Ok(Some(KeptService {
         listener: l.clone(),
         routes,
@@ -710,6 +725,30 @@ backends:
                 prop_assert_eq!(w1, w2);
             }
         }
+    }
+
+    /// What a service uses is its route configuration's list of clusters,
+    /// and its assignments that list again (each named as its cluster), held
+    /// once.
+    #[test]
+    fn a_service_shares_the_names_its_resources_hold() {
+        let mut r = held_a();
+        let mut kept = Kept::default();
+        let changes = r.take_changes();
+        to_config(&r, &names(), &changes, &mut Vec::new(), &mut kept).unwrap();
+        let t = kept.services.get("t").unwrap();
+        assert_eq!(*t.uses, [Name::from("b"), Name::from("c")]);
+        let Refers::Clusters(named) = r.routes["t"].refers() else {
+            panic!("t's route configuration names clusters");
+        };
+        assert!(
+            Arc::ptr_eq(named, &t.uses),
+            "uses is the route configuration's list"
+        );
+        assert!(
+            Arc::ptr_eq(&t.eds, &t.uses),
+            "the assignments are named as their clusters"
+        );
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub enum Refers {
     /// A listener's route configuration, by RDS.
     Rds(Name),
     /// The clusters a route configuration names (a listener's own inline
-    /// one, or an RDS one).
-    Clusters(Box<[Name]>),
+    /// one, or an RDS one), in name order, each once: shared with what a
+    /// translation of it uses.
+    Clusters(Arc<[Name]>),
     /// An EDS cluster's assignment.
     Eds(Name),
 }

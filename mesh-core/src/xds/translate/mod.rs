@@ -154,7 +154,8 @@ pub fn wanted(r: &Resources) -> Wanted {
     }
 }
 
-/// The clusters a route configuration's routes (and their mirrors) name.
+/// The clusters a route configuration's routes (and their mirrors) name,
+/// in name order, each once.
 fn clusters_named(rc: &RouteConfiguration) -> Vec<Name> {
     let mut out = Vec::new();
     for route in rc.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
@@ -173,6 +174,8 @@ fn clusters_named(rc: &RouteConfiguration) -> Vec<Name> {
             }
         }
     }
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
