@@ -11,6 +11,7 @@ use crate::config::{
     Service, Shared, StringMatch, UnknownHosts,
 };
 use regex::Regex;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,11 +129,30 @@ impl<'a, T, E> Entries<'a, T, E> {
 pub struct ServiceEntry {
     pub(crate) name: Arc<str>,
     pub(crate) routes: Vec<RouteEntry>,
-    /// Its hosts in lower case: its keys in the snapshot's host table.
-    pub(crate) keys: Box<[Arc<str>]>,
     /// Its hosts as `Host` header values, made once: a request addressed
     /// to one of them is sent with a copy that shares the bytes.
     pub(crate) host_values: Box<[http::HeaderValue]>,
+}
+
+/// A service's keys in the host table: its hosts in lower case (shared
+/// with the config when they are already).
+fn host_keys(s: &Service) -> impl Iterator<Item = Arc<str>> + '_ {
+    s.host_names().iter().map(|h| {
+        if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Arc::from(h.to_ascii_lowercase())
+        } else {
+            h.shared()
+        }
+    })
+}
+
+/// A name as the bytes of a header value that shares them.
+struct NameBytes(Name);
+
+impl AsRef<[u8]> for NameBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// The (backend index, weight) pairs of a route's split, as indexed by
@@ -216,30 +236,19 @@ impl ServiceEntry {
                 }),
             })
             .collect();
-        let names = s.host_names();
-        let host_values = names
+        // Each value's bytes are the host name's own (shared, not copied),
+        // so that a request's copy only counts a reference.
+        let host_values = s
+            .host_names()
             .iter()
             .filter_map(|h| {
-                let shared = http::HeaderValue::from_str(h).ok()?;
-                // Its bytes become shared at the first copy: made here,
-                // so that a request's copy only counts a reference.
-                let _ = shared.clone();
-                Some(shared)
+                let bytes = bytes::Bytes::from_owner(NameBytes(h.clone()));
+                http::HeaderValue::from_maybe_shared(bytes).ok()
             })
             .collect();
         Self {
             name: s.name.shared(),
             routes,
-            keys: names
-                .iter()
-                .map(|h| {
-                    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                        Arc::from(h.to_ascii_lowercase())
-                    } else {
-                        h.shared()
-                    }
-                })
-                .collect(),
             host_values,
         }
     }
@@ -600,8 +609,10 @@ pub struct EndpointEntry {
 #[derive(Debug, Clone)]
 pub struct WeightTable {
     /// (item, cumulative weight up to and including it); weights of zero are
-    /// kept out.
-    entries: Vec<(u32, u64)>,
+    /// kept out. Most routes split over one or two backends: those are held
+    /// inline, not in an allocation of their own (10,000 of them at 10,000
+    /// services).
+    entries: SmallVec<[(u32, u64); 2]>,
     total: u64,
 }
 
@@ -609,13 +620,14 @@ impl WeightTable {
     /// Builds a table from (item, weight) pairs.
     pub fn new(items: impl IntoIterator<Item = (u32, u32)>) -> Self {
         let mut total = 0u64;
-        let mut entries = Vec::new();
+        let mut entries = SmallVec::new();
         for (item, w) in items {
             if w > 0 {
                 total += u64::from(w);
                 entries.push((item, total));
             }
         }
+        entries.shrink_to_fit();
         Self { entries, total }
     }
 
@@ -773,7 +785,7 @@ impl Snapshot {
             };
             services.push(entry);
         }
-        let hosts = Self::host_table(&services, previous);
+        let hosts = Self::host_table(&config, &services, previous);
         Self {
             version,
             source,
@@ -831,26 +843,35 @@ impl Snapshot {
     /// The host table of `services`: the previous snapshot's with the
     /// hosts of the services at changed places replaced, when the two have
     /// as many services; made afresh otherwise.
-    fn host_table(services: &[Arc<ServiceEntry>], previous: Option<&Snapshot>) -> HostTable {
+    fn host_table(
+        config: &Config,
+        services: &[Arc<ServiceEntry>],
+        previous: Option<&Snapshot>,
+    ) -> HostTable {
+        // The compiled services are the config's, place by place.
         if let Some(p) = previous.filter(|p| p.services.len() == services.len()) {
             let mut hosts = p.hosts.clone();
             let changed = p.services.iter().zip(services).enumerate();
-            for (i, (old, new)) in changed.filter(|(_, (a, b))| !Arc::ptr_eq(a, b)) {
-                for k in &old.keys {
-                    if hosts.get(k) == Some(&(i as u32)) {
-                        hosts.remove(k);
+            for (i, _) in changed.filter(|(_, (a, b))| !Arc::ptr_eq(a, b)) {
+                if let Some(old) = p.config.services.get(i) {
+                    for k in host_keys(old) {
+                        if hosts.get(&k) == Some(&(i as u32)) {
+                            hosts.remove(&k);
+                        }
                     }
                 }
-                for k in &new.keys {
-                    hosts.insert(k.clone(), i as u32);
+                if let Some(new) = config.services.get(i) {
+                    for k in host_keys(new) {
+                        hosts.insert(k, i as u32);
+                    }
                 }
             }
             return hosts;
         }
         let mut hosts = HostTable::with_capacity_and_hasher(services.len(), Fast::default());
-        for (i, s) in services.iter().enumerate() {
-            for k in &s.keys {
-                hosts.insert(k.clone(), i as u32);
+        for (i, s) in config.services.iter().enumerate() {
+            for k in host_keys(s) {
+                hosts.insert(k, i as u32);
             }
         }
         hosts
@@ -1084,6 +1105,40 @@ backends:
         // Anything else is the caller's to make (a port, another case).
         assert!(c.host_value("c:80").is_none() && c.host_value("C").is_none());
         assert!(a.host_value("c").is_none());
+        // The value's bytes are the config's name's, not a copy.
+        let name = &snap.config.services[0].name;
+        assert_eq!(
+            a.host_value("a").unwrap().as_bytes().as_ptr(),
+            name.as_ptr()
+        );
+    }
+
+    /// A snapshot compiled from the one before keeps its host table up to
+    /// date at the places that changed, whatever the case of the hosts.
+    #[test]
+    fn the_host_table_follows_a_changed_service_in_any_case() {
+        let yaml = |hosts: &str| {
+            format!(
+                "services: [{{ name: a, hosts: [A.ns, a], routes: [{{ to: [b] }}] }}, \
+                 {{ name: c, hosts: [{hosts}], routes: [{{ to: [b] }}] }}]\n\
+                 backends: [{{ name: b, endpoints: ['127.0.0.1:1'] }}]"
+            )
+        };
+        let first = Config::from_yaml(&yaml("C.ns, c")).unwrap();
+        let one = Snapshot::compile(first.clone(), 1, Source::Code).unwrap();
+        let index = |s: &Snapshot, h: &str| s.service_index_for_host(h).map(|(i, _)| i);
+        assert_eq!(index(&one, "c.NS"), Some(1));
+        // Service a is the same config part; c has other hosts.
+        let mut next = first;
+        next.services[1] = Config::from_yaml(&yaml("D.ns, c")).unwrap().services[1].clone();
+        let two = Snapshot::compile_from(Arc::new(next), 2, Source::Code, Some(&one), &NoDns);
+        assert!(!Arc::ptr_eq(&one.services[1], &two.services[1]));
+        assert!(Arc::ptr_eq(&one.services[0], &two.services[0]));
+        assert_eq!(index(&two, "c.ns"), None, "the host it dropped");
+        assert_eq!(index(&two, "d.NS"), Some(1));
+        assert_eq!(index(&two, "c"), Some(1));
+        assert_eq!(index(&two, "a.ns"), Some(0), "the service unchanged");
+        assert_eq!(two.hosts.len(), 4);
     }
 
     /// Routes with equal retry policies share one; each route still has
