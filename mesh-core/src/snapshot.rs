@@ -7,8 +7,8 @@
 
 use crate::config::regex::compile_regex;
 use crate::config::{
-    Backend, Config, Fault, InboundPolicy, LoadBalancer, Locality, Name, PathMatch, RetryPolicy,
-    Service, Shared, StringMatch, UnknownHosts,
+    Backend, Config, EqualHeld, Fault, InboundPolicy, LoadBalancer, Locality, Name, PathMatch,
+    RetryPolicy, Service, Shared, StringMatch, UnknownHosts,
 };
 use regex::Regex;
 use smallvec::SmallVec;
@@ -171,36 +171,12 @@ fn mirror_of(r: &crate::config::Route, backend_index: &BackendIndex) -> Option<(
     Some((*backend_index.get(m.backend.as_str())?, m.percent))
 }
 
-/// The retry policies compiled so far in one snapshot, each held once:
-/// routes with equal policies (a control plane's default on every route)
-/// share one allocation instead of carrying a copy each.
-#[derive(Default)]
-struct Policies(Vec<Arc<RetryPolicy>>);
-
-impl Policies {
-    /// At most this many distinct policies are looked through; past them
-    /// a policy is held on its own (a config of all-different policies
-    /// costs a copy each, as before, not a quadratic search).
-    const DISTINCT: usize = 16;
-
-    fn shared(&mut self, p: &RetryPolicy) -> Arc<RetryPolicy> {
-        if let Some(same) = self.0.iter().find(|q| ***q == *p) {
-            return same.clone();
-        }
-        let made = Arc::new(p.clone());
-        if self.0.len() < Self::DISTINCT {
-            self.0.push(made.clone());
-        }
-        made
-    }
-}
-
 impl ServiceEntry {
     fn compile(
         s: &Service,
         config: &Config,
         backend_index: &BackendIndex,
-        policies: &mut Policies,
+        policies: &mut EqualHeld<RetryPolicy>,
     ) -> Self {
         let routes = s
             .routes
@@ -214,7 +190,7 @@ impl ServiceEntry {
                 matches: r.matches.iter().filter_map(compile_match).collect(),
                 split: WeightTable::new(split_of(r, backend_index)),
                 timeout: r.timeout.unwrap_or(config.defaults.timeout),
-                retry: r.retry.as_ref().map(|p| policies.shared(p)),
+                retry: r.retry.as_ref().map(|p| policies.share(p)),
                 fault: r.fault.clone(),
                 mirror: mirror_of(r, backend_index),
                 classifier: r
@@ -295,8 +271,9 @@ pub struct RouteEntry {
     pub(crate) matches: Vec<CompiledMatch>,
     pub(crate) split: WeightTable,
     pub(crate) timeout: Duration,
-    /// Shared with the snapshot's other routes of an equal policy.
-    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    /// The config's, shared with the snapshot's other routes of an equal
+    /// policy.
+    pub(crate) retry: Option<Shared<RetryPolicy>>,
     /// Boxed, as the policies below: most routes have none, and absent
     /// each costs a pointer.
     pub(crate) fault: Option<Box<Fault>>,
@@ -772,7 +749,7 @@ impl Snapshot {
                 .map(|p| (&p.config.services[..], &p.services[..])),
         );
         let mut services = Vec::with_capacity(config.services.len());
-        let mut policies = Policies::default();
+        let mut policies = EqualHeld::default();
         for (i, s) in config.services.iter().enumerate() {
             let entry = match old_services.get(i, s) {
                 Some(old) if same_indexes || old.same_backends(s, &backend_index) => old.clone(),
@@ -1162,13 +1139,15 @@ backends:
                 .clone()
                 .unwrap()
         };
-        assert!(Arc::ptr_eq(&retry(0), &retry(1)));
-        assert!(Arc::ptr_eq(&retry(0), &retry(3)));
-        assert!(!Arc::ptr_eq(&retry(0), &retry(2)));
-        for (i, s) in cfg.services.iter().enumerate() {
+        assert!(Shared::same(&retry(0), &retry(1)));
+        assert!(Shared::same(&retry(0), &retry(3)));
+        assert!(!Shared::same(&retry(0), &retry(2)));
+        let own = |i: usize| cfg.services[i].routes[0].retry.clone().unwrap();
+        assert!(Shared::same(&retry(0), &own(0)), "the config's, not a copy");
+        for i in 0..cfg.services.len() {
             assert_eq!(
-                Some(&*retry(i)),
-                s.routes[0].retry.as_ref(),
+                *retry(i),
+                *own(i),
                 "service {i} has its own policy's values"
             );
         }

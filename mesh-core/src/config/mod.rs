@@ -40,6 +40,7 @@ pub use duration::{DurationError, MAX_DURATION, format_duration, parse_duration}
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use model::*;
 pub use name::Name;
+pub(crate) use shared::EqualHeld;
 pub use shared::Shared;
 
 pub(crate) use node::Node;

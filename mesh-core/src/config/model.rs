@@ -185,9 +185,10 @@ pub struct Route {
         serialize_with = "serde_human::option::serialize"
     )]
     pub timeout: Option<Duration>,
-    /// Retry policy.
+    /// Retry policy (shared: routes of one config, and of the configs
+    /// built one from another, hold an equal policy once).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Shared<RetryPolicy>>,
     /// Fault injection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Box<Fault>>,

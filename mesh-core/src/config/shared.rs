@@ -95,3 +95,73 @@ impl<T: Serialize> Serialize for Shared<T> {
         self.0.serialize(s)
     }
 }
+
+/// Equal values held once: each value given is exchanged for an equal one
+/// already held, if any. Looks through at most [`EqualHeld::DISTINCT`]
+/// values, so values that all differ cost a search that stays short and a
+/// copy each, as without it; one held by nothing else makes room for a
+/// new one.
+#[derive(Debug)]
+pub(crate) struct EqualHeld<T>(Vec<Shared<T>>);
+
+impl<T> Default for EqualHeld<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: PartialEq> EqualHeld<T> {
+    /// How many distinct values are looked through.
+    pub(crate) const DISTINCT: usize = 16;
+
+    /// The value held equal to `v`, or `v` (then held, room permitting).
+    pub(crate) fn share(&mut self, v: &Shared<T>) -> Shared<T> {
+        if let Some(same) = self.0.iter().find(|h| *h == v) {
+            return same.clone();
+        }
+        if self.0.len() >= Self::DISTINCT {
+            self.0.retain(|h| Arc::strong_count(&h.0) > 1);
+        }
+        if self.0.len() < Self::DISTINCT {
+            self.0.push(v.clone());
+        }
+        v.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_values_are_held_once_and_room_is_made_from_the_unused() {
+        let mut held = EqualHeld::default();
+        let one = held.share(&Shared::new(1));
+        assert!(Shared::same(&one, &held.share(&Shared::new(1))));
+        // Full of values only it holds but `one`: a new value makes room.
+        let mut kept = vec![one.clone()];
+        for v in 2..=EqualHeld::<i32>::DISTINCT as i32 {
+            held.share(&Shared::new(v));
+        }
+        let new = held.share(&Shared::new(100));
+        assert!(
+            Shared::same(&new, &held.share(&Shared::new(100))),
+            "held after room was made"
+        );
+        assert!(
+            Shared::same(&one, &held.share(&Shared::new(1))),
+            "one in use stays"
+        );
+        assert!(held.0.len() <= EqualHeld::<i32>::DISTINCT);
+        // Full of values in use: a new one is given back, not held.
+        for v in 200..200 + EqualHeld::<i32>::DISTINCT as i32 {
+            kept.push(held.share(&Shared::new(v)));
+        }
+        let other = Shared::new(999);
+        assert!(Shared::same(&held.share(&other), &other));
+        assert!(
+            !Shared::same(&held.share(&Shared::new(999)), &other),
+            "not held"
+        );
+    }
+}

@@ -488,7 +488,7 @@ fn route(d: &Doc, out: &mut Out<'_>, rt: &T, name: &str, i: usize) -> Option<Rou
         return None;
     }
     if let Some(rp) = body.get("retryPolicy") {
-        route.retry = retry(d, out, rp);
+        route.retry = retry(d, out, rp).map(crate::config::Shared::new);
     }
     if let Some(to) = body.get("timeout") {
         if let Some(pr) = to.get("perRequest") {

@@ -779,7 +779,8 @@ fn http_route(d: &Doc, out: &mut Out<'_>, hosts: &mut Hosts<'_>, r: &T) -> Optio
     route.retry = match r.get("retries") {
         Some(t) => retries(d, out, t),
         None => Some(istio_default_retry()),
-    };
+    }
+    .map(crate::config::Shared::new);
     if let Some(f) = r.get("fault") {
         route.fault = fault(d, out, f).map(Box::new);
     }
@@ -1412,7 +1413,7 @@ fn default_service<'d>(out: &mut Out<'_>, hosts: &mut Hosts<'d>, d: &'d Doc, hos
                     backend: backend.into(),
                     weight: 100,
                 }],
-                retry: Some(istio_default_retry()),
+                retry: Some(istio_default_retry().into()),
                 ..Route::default()
             }],
             classifier: None,

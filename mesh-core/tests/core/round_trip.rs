@@ -118,7 +118,7 @@ fn route(n_backends: usize) -> impl Strategy<Value = Route> {
                     })
                     .collect(),
                 timeout,
-                retry,
+                retry: retry.map(Into::into),
                 fault: fault.map(|(delay, abort)| {
                     Box::new(Fault {
                         delay: delay.map(|(fixed, percent)| FaultDelay { fixed, percent }),

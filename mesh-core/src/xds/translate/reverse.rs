@@ -256,7 +256,7 @@ fn xroutes_of(route: &Route) -> Vec<XRoute> {
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: route.timeout.map(pdur),
-        retry_policy: route.retry.as_ref().map(retry_of),
+        retry_policy: route.retry.as_deref().map(retry_of),
         request_mirror_policies: route.mirror.iter().map(|m| mirror_of(m)).collect(),
         ..Default::default()
     };

@@ -72,7 +72,7 @@ pub(super) fn route_of(
         matches,
         to,
         timeout,
-        retry,
+        retry: retry.map(crate::config::Shared::new),
         fault: fault.map(Box::new),
         mirror: mirror.map(Box::new),
         rate_limit: rate_limit.map(Box::new),
