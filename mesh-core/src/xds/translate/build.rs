@@ -5,7 +5,7 @@
 
 use super::cluster::{backend_of, is_eds};
 use super::{Changes, Held, Refers, Resources, cluster_complete, service_of, type_url};
-use crate::config::{Backend, Config, Name, Service, Shared};
+use crate::config::{Backend, Config, EqualHeld, Name, RetryPolicy, Service, Shared};
 use crate::xds::XdsError;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -35,10 +35,14 @@ pub struct Built {
 #[derive(Debug, Default)]
 pub struct Kept {
     services: ByName<KeptService>,
-    /// By cluster name, in name order (the order of the config's backends).
-    backends: Vec<(Name, KeptBackend)>,
+    /// In name order (the order of the config's backends); each is named
+    /// as its cluster, by its backend's name.
+    backends: Vec<KeptBackend>,
     /// Counts builds, to tell the services the last one saw.
     build: u64,
+    /// Retry policies, each held once by the services translated (a
+    /// control plane's default is on every route).
+    policies: EqualHeld<RetryPolicy>,
 }
 
 /// Values by name, in name order: a sorted vector, looked up by binary
@@ -174,7 +178,9 @@ struct KeptService {
 #[derive(Debug, Clone)]
 struct KeptBackend {
     cluster: Held<Cluster>,
-    endpoints: Option<(Name, Held<ClusterLoadAssignment>)>,
+    /// Its assignment, when it is an EDS cluster and that was held (named
+    /// by the cluster).
+    endpoints: Option<Held<ClusterLoadAssignment>>,
     backend: Shared<Backend>,
     warnings: Arc<[String]>,
 }
@@ -249,9 +255,18 @@ static NO_WARNINGS: LazyLock<Arc<[String]>> = LazyLock::new(|| Arc::from([]));
 static NO_NAMES: LazyLock<Arc<[Name]>> = LazyLock::new(|| Arc::from([]));
 
 impl KeptBackend {
-    /// Whether its cluster and assignment are unchanged by the journal.
+    /// Its name: its cluster's.
+    fn name(&self) -> &Name {
+        &self.backend.name
+    }
+
+    /// Whether its cluster and the assignment it names are unchanged by
+    /// the journal.
     fn untouched(&self, name: &str, c: &Changes) -> bool {
-        let endpoints = self.endpoints.as_ref().map(|(n, _)| n.as_str());
+        let endpoints = match self.cluster.refers() {
+            Refers::Eds(n) => Some(n.as_str()),
+            _ => None,
+        };
         untouched(
             c,
             (type_url::CLUSTER, name),
@@ -265,8 +280,7 @@ impl KeptBackend {
         c: &Held<Cluster>,
         endpoints: Option<&Held<ClusterLoadAssignment>>,
     ) -> bool {
-        Held::same(&self.cluster, c)
-            && same_held(self.endpoints.as_ref().map(|(_, h)| h), endpoints)
+        Held::same(&self.cluster, c) && same_held(self.endpoints.as_ref(), endpoints)
     }
 }
 
@@ -385,32 +399,28 @@ fn build<'a>(
         let mut now = Vec::with_capacity(used.len());
         for name in used {
             // Both in name order: the old entry of this name, if any.
-            while old.next_if(|(n, _)| n < name).is_some() {}
-            let prev = old.next_if(|(n, _)| n == name).map(|(_, k)| k);
+            while old.next_if(|k| k.name() < name).is_some() {}
+            let prev = old.next_if(|k| k.name() == name);
             if let Some(k) = backend(r, name, prev, changes, warnings)? {
-                now.push((name.clone(), k));
+                now.push(k);
             }
         }
         kept.backends = now;
     } else {
         let mut gone = false;
-        for (name, k) in &mut kept.backends {
-            match backend(r, name, Some(k.clone()), changes, warnings)? {
+        for k in &mut kept.backends {
+            let name = k.name().clone();
+            match backend(r, &name, Some(k.clone()), changes, warnings)? {
                 Some(now) => *k = now,
                 None => gone = true,
             }
         }
         if gone {
-            kept.backends
-                .retain(|(name, _)| r.clusters.contains_key(name));
+            kept.backends.retain(|k| r.clusters.contains_key(k.name()));
         }
     }
     kept.services.fit();
-    built.config.backends = kept
-        .backends
-        .iter()
-        .map(|(_, k)| k.backend.clone())
-        .collect();
+    built.config.backends = kept.backends.iter().map(|k| k.backend.clone()).collect();
     Ok(built)
 }
 
@@ -433,7 +443,7 @@ fn service<'k>(
             return Ok(None);
         };
         if !old.is_some_and(|k| changes.everything() && k.same_holdings(r, l)) {
-            let Some(fresh) = translate_service(r, name, l, warnings)? else {
+            let Some(fresh) = translate_service(r, name, l, &mut kept.policies, warnings)? else {
                 built.incomplete.push(name.clone());
                 return Ok(None);
             };
@@ -461,14 +471,21 @@ fn translate_service(
     r: &Resources,
     name: &str,
     l: &Held<Listener>,
+    policies: &mut EqualHeld<RetryPolicy>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<KeptService>, XdsError> {
     let mut own = Vec::new();
     let translated = service_of(r, name, &l.get(), &mut own);
     warnings.extend(own.iter().cloned());
-    let Some((service, uses)) = translated? else {
+    let Some((mut service, uses)) = translated? else {
         return Ok(None);
     };
+    for route in &mut service.routes {
+        if let Some(p) = &mut route.retry {
+            let held = policies.share(p);
+            *p = held;
+        }
+    }
     let routes = match l.refers() {
         Refers::Rds(n) => r.routes.get(n).map(|h| (n.clone(), h.clone())),
         _ => None,
@@ -512,16 +529,16 @@ fn backend(
         return Ok(None);
     };
     let endpoints = match c.refers() {
-        Refers::Eds(eds) => r.endpoints.get(eds).map(|h| (eds.clone(), h.clone())),
+        Refers::Eds(eds) => r.endpoints.get(eds).cloned(),
         _ => None,
     };
-    if let Some(k) = prev.filter(|k| k.same_holdings(c, endpoints.as_ref().map(|(_, h)| h))) {
+    if let Some(k) = prev.filter(|k| k.same_holdings(c, endpoints.as_ref())) {
         warnings.extend(k.warnings.iter().cloned());
         return Ok(Some(k));
     }
     let cluster = c.get();
     let cla = match &endpoints {
-        Some((_, e)) => e.get(),
+        Some(e) => e.get(),
         None if is_eds(&cluster) => ClusterLoadAssignment::default(),
         None => cluster.load_assignment.clone().unwrap_or_default(),
     };
@@ -748,6 +765,36 @@ backends:
         assert!(
             Arc::ptr_eq(&t.eds, &t.uses),
             "the assignments are named as their clusters"
+        );
+    }
+
+    /// Services translated with equal retry policies hold one.
+    #[test]
+    fn equal_retry_policies_are_translated_into_one() {
+        let mut yaml = String::from("services:\n");
+        for (s, ms) in [("p", 100), ("q", 100), ("r", 200), ("s", 100)] {
+            yaml += &format!(
+                "  - {{ name: {s}, routes: [{{ retry: {{ attempts: 2, per_try_timeout: {ms}ms }}, to: [b] }}] }}\n"
+            );
+        }
+        yaml += "backends: [{ name: b, endpoints: ['127.0.0.1:1'] }]";
+        let cfg = Config::from_yaml(&yaml).unwrap();
+        let mut r = Resources::default();
+        let served = from_config(&cfg);
+        for t in TYPES {
+            for (_, any) in served.encoded(t, |_| true) {
+                r.insert(t, &any).unwrap();
+            }
+        }
+        let names = ["p", "q", "r", "s"].map(Name::from);
+        let changes = r.take_changes();
+        let built = to_config(&r, &names, &changes, &mut Vec::new(), &mut Kept::default()).unwrap();
+        let retry = |i: usize| built.config.services[i].routes[0].retry.clone().unwrap();
+        assert!(Shared::same(&retry(0), &retry(1)) && Shared::same(&retry(0), &retry(3)));
+        assert!(!Shared::same(&retry(0), &retry(2)));
+        assert_eq!(
+            retry(2).per_try_timeout,
+            Some(std::time::Duration::from_millis(200))
         );
     }
 
