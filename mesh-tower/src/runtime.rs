@@ -363,7 +363,7 @@ impl Runtime {
         let places: Vec<PlanEndpoint<'_>> = origins
             .iter()
             .map(|e| PlanEndpoint {
-                locality: e.locality.as_ref(),
+                locality: e.locality.as_deref(),
                 priority: e.priority,
                 weight: e.weight,
             })

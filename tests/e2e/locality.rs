@@ -180,7 +180,7 @@ async fn over_xds_the_node_locality_and_eds_health_steer_traffic() {
     let backend = &snap.config().backends[0];
     assert_eq!(
         backend.endpoints[4].locality,
-        Some(Locality::new("r", "b", "")),
+        Some(Locality::new("r", "b", "").into()),
         "EDS carried the localities"
     );
     let client = Client::new(&m);

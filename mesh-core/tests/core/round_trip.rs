@@ -201,7 +201,7 @@ fn backend(i: usize) -> impl Strategy<Value = Backend> {
                         .map(|(p, (locality, priority, healthy))| Endpoint {
                             address: format!("{host}:{p}"),
                             weight,
-                            locality: locality.map(|l| l.parse().unwrap()),
+                            locality: locality.map(|l| l.parse::<Locality>().unwrap().into()),
                             priority,
                             healthy: healthy || dns.is_some(),
                         })

@@ -331,7 +331,7 @@ fn endpoints_of(
     let mut endpoints = Vec::with_capacity(count);
     let mut odd_locality = false;
     for group in &cla.endpoints {
-        let locality = locality_of(group);
+        let locality = locality_of(group).map(crate::config::Shared::new);
         odd_locality |= locality.is_none()
             && group
                 .locality

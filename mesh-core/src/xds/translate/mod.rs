@@ -644,6 +644,11 @@ backends:
         want.backends.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(back.services, want.services);
         assert_eq!(back.backends, want.backends);
+        // The endpoints of one locality hold it once.
+        let zonal = back.backends.iter().find(|b| b.name == "zonal").unwrap();
+        let locality = |i: usize| zonal.endpoints[i].locality.as_ref().unwrap();
+        assert!(crate::config::Shared::same(locality(0), locality(1)));
+        assert!(!crate::config::Shared::same(locality(0), locality(2)));
         // And what the client subscribes to follows what the listeners name.
         let w = wanted(&resources);
         assert_eq!(w.routes.len(), 4);

@@ -571,11 +571,11 @@ fn assignment_of(b: &Backend) -> ClusterLoadAssignment {
             continue;
         };
         let priority = priorities.binary_search(&e.priority).unwrap_or(0) as u32;
-        let key = (e.locality.as_ref(), priority);
+        let key = (e.locality.as_deref(), priority);
         let g = match keys.iter().position(|k| *k == key) {
             Some(g) => g,
             None => {
-                let locality = e.locality.clone().unwrap_or_default();
+                let locality = e.locality.as_deref().cloned().unwrap_or_default();
                 let weight = lb.weights.get(&locality.to_string()).copied().unwrap_or(1);
                 keys.push(key);
                 groups.push(LocalityLbEndpoints {
