@@ -355,7 +355,9 @@ impl RouteEntry {
 pub struct BackendEntry {
     pub(crate) name: Arc<str>,
     pub(crate) config: Shared<Backend>,
-    pub(crate) endpoints: Vec<EndpointEntry>,
+    /// Held inline when there is one (most EDS backends of a large mesh
+    /// have few endpoints per client; one allocation fewer each).
+    pub(crate) endpoints: SmallVec<[EndpointEntry; 1]>,
     pub(crate) upstream_tls: Option<Arc<UpstreamTls>>,
     /// For a `strict` DNS backend: each name's addresses it was compiled
     /// with (`None`: not looked up yet, the name stands as its endpoint).
@@ -477,7 +479,7 @@ impl BackendEntry {
             .dns
             .as_ref()
             .filter(|d| d.mode == crate::config::DnsMode::Strict);
-        let mut endpoints = Vec::with_capacity(b.endpoints.len());
+        let mut endpoints = SmallVec::with_capacity(b.endpoints.len());
         let mut resolved = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (origin, e) in b.endpoints.iter().enumerate() {
