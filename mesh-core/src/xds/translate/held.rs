@@ -32,7 +32,47 @@ struct Meta {
     /// Kept here rather than in a map of its own: the holding's name is
     /// the map's key already, and a NACK's rollback puts it back with the
     /// resource.
-    version: Option<Box<str>>,
+    version: Option<Version>,
+}
+
+/// A resource's version as a control plane gave it: up to
+/// [`Version::INLINE`] bytes held inline (a counter, a 64-bit hash in hex,
+/// a push's timestamp), a longer one in an allocation of its own. Held
+/// inline, the versions of 10,000 services' resources are 60,000
+/// allocations fewer.
+#[derive(Debug, PartialEq, Eq)]
+enum Version {
+    Inline {
+        len: u8,
+        bytes: [u8; Version::INLINE],
+    },
+    Boxed(Box<str>),
+}
+
+impl Version {
+    const INLINE: usize = 22;
+
+    fn new(v: &str) -> Self {
+        let mut bytes = [0; Self::INLINE];
+        match (bytes.get_mut(..v.len()), u8::try_from(v.len())) {
+            (Some(to), Ok(len)) => {
+                to.copy_from_slice(v.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Boxed(v.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole: always UTF-8.
+            Self::Inline { len, bytes } => bytes
+                .get(..usize::from(*len))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            Self::Boxed(s) => s,
+        }
+    }
 }
 
 /// The names a resource refers to, as [`wanted`](super::wanted) follows
@@ -104,7 +144,7 @@ impl<M> Held<M> {
 
     /// The version an incremental control plane gave it.
     pub fn version(&self) -> Option<&str> {
-        self.meta.version.as_deref()
+        self.meta.version.as_ref().map(Version::as_str)
     }
 
     /// The same holding, at `version` (empty: none).
@@ -115,7 +155,7 @@ impl<M> Held<M> {
         }
         let meta = Meta {
             refers: self.meta.refers.clone(),
-            version: (!version.is_empty()).then(|| version.into()),
+            version: (!version.is_empty()).then(|| Version::new(version)),
         };
         Self {
             bytes: self.bytes,
@@ -255,5 +295,22 @@ mod tests {
         assert_eq!(held.version(), None, "the copy it came from is unchanged");
         assert_eq!(v1.clone().with_version("").version(), None);
         assert_eq!(v1.with_version("v2").version(), Some("v2"));
+        // Long and short alike, and at the edge of what is held inline.
+        for v in [
+            "1",
+            &"a".repeat(Version::INLINE),
+            &"b".repeat(Version::INLINE + 1),
+            "é".repeat(40).as_str(),
+        ] {
+            assert_eq!(held.clone().with_version(v).version(), Some(v));
+        }
+        assert!(matches!(
+            Version::new(&"a".repeat(Version::INLINE)),
+            Version::Inline { .. }
+        ));
+        assert!(matches!(
+            Version::new(&"a".repeat(Version::INLINE + 1)),
+            Version::Boxed(_)
+        ));
     }
 }
