@@ -128,7 +128,8 @@ impl<'a, T, E> Entries<'a, T, E> {
 #[derive(Debug)]
 pub struct ServiceEntry {
     pub(crate) name: Arc<str>,
-    pub(crate) routes: Vec<RouteEntry>,
+    /// Held inline when there is one (most services of a large mesh).
+    pub(crate) routes: SmallVec<[RouteEntry; 1]>,
     /// Its hosts as `Host` header values, made once: a request addressed
     /// to one of them is sent with a copy that shares the bytes.
     pub(crate) host_values: Box<[http::HeaderValue]>,

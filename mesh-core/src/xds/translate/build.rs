@@ -165,8 +165,9 @@ impl<V> ByName<V> {
 #[derive(Debug, Clone)]
 struct KeptService {
     listener: Held<Listener>,
-    /// Its route configuration by RDS (name and holding), if not inline.
-    routes: Option<(Name, Held<RouteConfiguration>)>,
+    /// Its route configuration by RDS, if not inline (named by the
+    /// listener).
+    routes: Option<Held<RouteConfiguration>>,
     /// The clusters it uses, and the assignments of those that are EDS.
     uses: Arc<[Name]>,
     eds: Arc<[Name]>,
@@ -189,7 +190,10 @@ impl KeptService {
     /// Whether its own resources (listener, route configuration) are
     /// unchanged by the journal.
     fn own_untouched(&self, name: &str, c: &Changes) -> bool {
-        let routes = self.routes.as_ref().map(|(n, _)| n.as_str());
+        let routes = match self.listener.refers() {
+            Refers::Rds(n) => Some(n.as_str()),
+            _ => None,
+        };
         untouched(c, (type_url::LISTENER, name), (type_url::ROUTE, routes))
     }
 
@@ -207,7 +211,7 @@ impl KeptService {
             Refers::Rds(n) => r.routes.get(n),
             _ => None,
         };
-        Held::same(&self.listener, l) && same_held(self.routes.as_ref().map(|(_, h)| h), routes)
+        Held::same(&self.listener, l) && same_held(self.routes.as_ref(), routes)
     }
 
     /// Whether everything it uses is still held; brings the names of the
@@ -487,13 +491,13 @@ fn translate_service(
         }
     }
     let routes = match l.refers() {
-        Refers::Rds(n) => r.routes.get(n).map(|h| (n.clone(), h.clone())),
+        Refers::Rds(n) => r.routes.get(n).cloned(),
         _ => None,
     };
     // What its route configuration names, read when it was held, is most
     // often what the service uses (both in name order): shared, not copied.
     let named = match &routes {
-        Some((_, rc)) => rc.refers(),
+        Some(rc) => rc.refers(),
         None => l.refers(),
     };
     let uses: Vec<Name> = uses.into_iter().collect();
