@@ -4,7 +4,8 @@
 //! of it is out of date.
 
 use super::cluster::{backend_of, is_eds};
-use super::{Changes, Held, Refers, Resources, cluster_complete, service_of, type_url};
+use super::resources::Slot;
+use super::{Changes, Held, Refers, Resources, cluster_complete, service_of};
 use crate::config::{Backend, Config, EqualHeld, Name, RetryPolicy, Service, Shared};
 use crate::xds::XdsError;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -194,14 +195,14 @@ impl KeptService {
             Refers::Rds(n) => Some(n.as_str()),
             _ => None,
         };
-        untouched(c, (type_url::LISTENER, name), (type_url::ROUTE, routes))
+        untouched(c, (Slot::LISTENER, name), (Slot::ROUTE, routes))
     }
 
     /// Whether what it uses (clusters, their assignments) is unchanged by
     /// the journal.
     fn uses_untouched(&self, c: &Changes) -> bool {
-        self.uses.iter().all(|u| !c.touched(type_url::CLUSTER, u))
-            && self.eds.iter().all(|e| !c.touched(type_url::ENDPOINTS, e))
+        self.uses.iter().all(|u| !c.touched_in(Slot::CLUSTER, u))
+            && self.eds.iter().all(|e| !c.touched_in(Slot::ENDPOINTS, e))
     }
 
     /// Whether its own resources are the same holdings as `r` holds
@@ -271,11 +272,7 @@ impl KeptBackend {
             Refers::Eds(n) => Some(n.as_str()),
             _ => None,
         };
-        untouched(
-            c,
-            (type_url::CLUSTER, name),
-            (type_url::ENDPOINTS, endpoints),
-        )
+        untouched(c, (Slot::CLUSTER, name), (Slot::ENDPOINTS, endpoints))
     }
 
     /// Whether its cluster and assignment are the holdings given.
@@ -290,8 +287,8 @@ impl KeptBackend {
 
 /// Whether a resource (type and name) and the one it reads, if any, are
 /// unchanged by the journal.
-fn untouched(c: &Changes, (t, name): (&str, &str), (dt, dep): (&str, Option<&str>)) -> bool {
-    !c.everything() && !c.touched(t, name) && dep.is_none_or(|d| !c.touched(dt, d))
+fn untouched(c: &Changes, (t, name): (Slot, &str), (dt, dep): (Slot, Option<&str>)) -> bool {
+    !c.everything() && !c.touched_in(t, name) && dep.is_none_or(|d| !c.touched_in(dt, d))
 }
 
 /// Whether two optional holdings are both absent or the same holding.
@@ -561,7 +558,7 @@ fn backend(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::{Saved, from_config};
+    use super::super::{Saved, from_config, type_url};
     use super::*;
     use envoy_types::pb::google::protobuf::Any;
     use proptest::prelude::*;
