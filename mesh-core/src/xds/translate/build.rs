@@ -408,17 +408,22 @@ fn build<'a>(
         }
         kept.backends = now;
     } else {
-        let mut gone = false;
-        for k in &mut kept.backends {
+        // The same clusters: each kept backend moves into the new list,
+        // brought up to date when its resources changed.
+        let old = std::mem::take(&mut kept.backends);
+        let mut now = Vec::with_capacity(old.len());
+        for k in old {
+            if k.untouched(k.name(), changes) {
+                warnings.extend(k.warnings.iter().cloned());
+                now.push(k);
+                continue;
+            }
             let name = k.name().clone();
-            match backend(r, &name, Some(k.clone()), changes, warnings)? {
-                Some(now) => *k = now,
-                None => gone = true,
+            if let Some(k) = backend(r, &name, Some(k), changes, warnings)? {
+                now.push(k);
             }
         }
-        if gone {
-            kept.backends.retain(|k| r.clusters.contains_key(k.name()));
-        }
+        kept.backends = now;
     }
     kept.services.fit();
     built.config.backends = kept.backends.iter().map(|k| k.backend.clone()).collect();
