@@ -37,6 +37,13 @@ fn hit(percent: f64, sample: f64) -> bool {
     sample * 100.0 < percent
 }
 
+impl<S> Fault<S> {
+    /// The service below.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
 impl<S> Service<Request<MeshBody>> for Fault<S>
 where
     S: Service<Request<MeshBody>> + Clone + Send + 'static,

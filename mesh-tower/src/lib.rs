@@ -19,6 +19,11 @@
 //! the server span and metrics, path normalization, authorization and the
 //! caller's deadline, for any server.
 //!
+//! A route with no rate limit, fault or mirror skips those three layers
+//! (they would only pass its request on): [`outbound::Outbound`] starts the
+//! telemetry, bounds the request by its deadline and hands it to the retry
+//! layer in one call.
+//!
 //! Each layer also works alone. Decisions come from `mesh-core` (pure
 //! functions and state machines); this crate supplies the clock, the
 //! randomness and the plumbing. Layers tell each other what they decided
@@ -69,6 +74,7 @@ mod hedge;
 pub mod inbound;
 pub mod limit;
 pub mod mirror;
+pub mod outbound;
 pub mod path;
 pub mod response;
 pub mod retry;
@@ -98,13 +104,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// A concrete type, not a boxed one: a request through it allocates no
 /// futures of its own on the common path (no body to buffer, one attempt).
-pub type MeshService<S> = route::Route<
-    telemetry::Telemetry<
-        limit::Limit<
-            fault::Fault<timeout::Timeout<mirror::Mirror<retry::Retry<backend::Backend<S>>>>>,
-        >,
-    >,
->;
+pub type MeshService<S> = route::Route<outbound::Outbound<backend::Backend<S>>>;
 
 /// The whole outbound data path in one layer, in the documented order.
 #[derive(Debug, Clone)]
@@ -164,8 +164,10 @@ where
 
     fn layer(&self, inner: S) -> MeshService<S> {
         let rt = &self.runtime;
+        let timeout = timeout::TimeoutLayer::default();
+        let default = timeout.default_timeout();
         let stack = fault::FaultLayer.layer(
-            timeout::TimeoutLayer::default().layer(
+            timeout.layer(
                 mirror::MirrorLayer::new(rt.clone()).layer(
                     retry::RetryLayer::new(rt.clone())
                         .layer(backend::BackendLayer::new(rt.clone()).layer(inner)),
@@ -173,7 +175,7 @@ where
             ),
         );
         let stack = limit::LimitLayer::new(rt.clone()).layer(stack);
-        let stack = telemetry::TelemetryLayer::new(rt.clone()).layer(stack);
+        let stack = outbound::Outbound::new(stack, rt.clone(), default);
         route::RouteLayer::new(self.mesh.clone()).layer(stack)
     }
 }

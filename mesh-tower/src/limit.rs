@@ -60,6 +60,13 @@ pub(crate) fn key_of<'a, B>(
     }
 }
 
+impl<S> Limit<S> {
+    /// The service below.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
 impl<S> Service<Request<MeshBody>> for Limit<S>
 where
     S: Service<Request<MeshBody>, Error = BoxError>,

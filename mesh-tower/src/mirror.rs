@@ -46,6 +46,11 @@ pub struct Mirror<S> {
 }
 
 impl<S> Mirror<S> {
+    /// The service below.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// A copy of `req` for the mirror backend, if this request is mirrored.
     fn shadow(req: &Request<MeshBody>) -> Option<Request<MeshBody>> {
         if req.extensions().get::<Mirrored>().is_some() {

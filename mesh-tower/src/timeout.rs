@@ -26,6 +26,11 @@ impl TimeoutLayer {
     pub fn new(default: Duration) -> Self {
         Self { default }
     }
+
+    /// The timeout of requests without a deadline.
+    pub(crate) fn default_timeout(&self) -> Duration {
+        self.default
+    }
 }
 
 impl Default for TimeoutLayer {
@@ -66,17 +71,36 @@ where
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        let timeout = routed(&req)
-            .and_then(|r| r.route_entry())
-            .map_or(self.default, |r| r.timeout());
-        let deadline = match deadline_of(&req) {
-            Some(d) => d,
-            None => {
-                let d = crate::ext::deadline_after(self.default);
-                set_deadline(&mut req, d);
-                d
-            }
-        };
+        let (deadline, timeout) = bound(&mut req, self.default);
         TimeoutFuture::new(self.inner.call(req), deadline, Deadline::Overall, timeout)
     }
+}
+
+impl<S> Timeout<S> {
+    /// The service below.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+/// The deadline `req` must be answered by (`default` from now when nothing
+/// above set one, and then set on it), and the timeout it stands for: its
+/// route's, or the config's default for a request that passes through.
+pub(crate) fn bound(
+    req: &mut Request<MeshBody>,
+    default: Duration,
+) -> (tokio::time::Instant, Duration) {
+    let timeout = routed(req).map_or(default, |r| match r.route_entry() {
+        Some(e) => e.timeout(),
+        None => r.snapshot().config().defaults.timeout,
+    });
+    let deadline = match deadline_of(req) {
+        Some(d) => d,
+        None => {
+            let d = crate::ext::deadline_after(default);
+            set_deadline(req, d);
+            d
+        }
+    };
+    (deadline, timeout)
 }

@@ -302,6 +302,34 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
     let err = svc.oneshot(get("http://api/")).await.unwrap_err();
     assert_eq!(ErrorKind::of(&*err), ErrorKind::Timeout);
     assert_eq!(started.elapsed(), Duration::from_millis(250));
+    let elapsed = err
+        .downcast_ref::<proxyless_tower::error::Elapsed>()
+        .unwrap();
+    assert_eq!(elapsed.timeout, Duration::from_millis(250));
+}
+
+/// A request that passes through (no service claims its host) is bounded
+/// by the config's default timeout, and its error says that timeout.
+#[tokio::test(start_paused = true)]
+async fn a_passthrough_times_out_at_the_default_and_says_so() {
+    let yaml = r#"
+defaults: { timeout: 300ms }
+services: [{ name: api, routes: [{ to: [b] }] }]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#;
+    let (svc, mut handle, _) = stack(yaml);
+    tokio::spawn(async move {
+        let (req, _never) = handle.next_request().await.unwrap();
+        assert_eq!(req.headers()[DEADLINE_HEADER], "300");
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    let err = svc.oneshot(get("http://example.com/")).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    let elapsed = err
+        .downcast_ref::<proxyless_tower::error::Elapsed>()
+        .unwrap();
+    assert_eq!(elapsed.timeout, Duration::from_millis(300), "{err}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -70,23 +70,43 @@ where
     }
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
-        let routed = crate::ext::routed(&req);
+        let started = Started::new(&self.runtime, &mut req);
+        started.wrap(self.inner.call(req))
+    }
+}
+
+/// What the telemetry layer starts for a request before it goes down: its
+/// clock, its metric handles, its span (already in the request's headers)
+/// and the access log's record. The mesh's own stack starts it in place,
+/// in the same call as the layers below it.
+pub(crate) struct Started {
+    started: Instant,
+    metrics: Option<Arc<metrics::RouteMetrics>>,
+    access: Option<Box<AccessInfo>>,
+    cx: opentelemetry::Context,
+    own_span: bool,
+}
+
+impl Started {
+    /// Starts `req`'s telemetry; its trace context goes into its headers.
+    pub(crate) fn new(runtime: &Runtime, req: &mut Request<MeshBody>) -> Self {
+        let routed = crate::ext::routed(req);
         // The mesh's clock (tokio's, as the layers below read it).
         let started = routed
             .and_then(crate::ext::Routed::started)
             .unwrap_or_else(Instant::now);
-        let metrics = routed.map(|r| self.runtime.route_metrics(r));
+        let metrics = routed.map(|r| runtime.route_metrics(r));
         // Borrowed: the span copies them only when it records, the access
         // log only when it is on.
         let (service, route) = routed
             .and_then(|r| Some((r.service_entry()?.name(), r.route_entry()?.name())))
             .unzip();
         let parent = trace::outbound_parent(req.extensions(), req.headers());
-        let span = span::start_client(&req, service, route, &parent);
+        let span = span::start_client(req, service, route, &parent);
         let access = tracing::enabled!(target: "mesh::access", tracing::Level::DEBUG).then(|| {
             Box::new(AccessInfo {
                 method: req.method().clone(),
-                authority: span::authority(&req).to_owned(),
+                authority: span::authority(req).to_owned(),
                 path: req.uri().path().to_owned(),
                 service: service.cloned(),
                 route: route.cloned(),
@@ -105,20 +125,32 @@ where
         };
         trace::inject(&cx, req.headers_mut());
         // Lower layers make retries and mirror copies children of this span.
-        crate::ext::set_trace(&mut req, cx.clone());
+        crate::ext::set_trace(req, cx.clone());
         // The span's attributes and the access log name the endpoint.
-        if (recording || access.is_some() || self.runtime.served_extension())
-            && let Some(r) = crate::ext::routed_mut(&mut req)
+        if (recording || access.is_some() || runtime.served_extension())
+            && let Some(r) = crate::ext::routed_mut(req)
         {
             r.want_served();
         }
-        ResponseFuture {
-            inner: self.inner.call(req),
+        Self {
             started,
             metrics,
             access,
             cx,
             own_span,
+        }
+    }
+
+    /// The future that ends it when `inner`, the request's way down, ends.
+    #[inline]
+    pub(crate) fn wrap<F>(self, inner: F) -> ResponseFuture<F> {
+        ResponseFuture {
+            inner,
+            started: self.started,
+            metrics: self.metrics,
+            access: self.access,
+            cx: self.cx,
+            own_span: self.own_span,
         }
     }
 }

@@ -1,0 +1,107 @@
+//! The mesh's stack below the route layer, in one call: telemetry, then
+//! the rate limit, fault, timeout and mirror layers, then retries.
+//!
+//! Most routes have no rate limit, no injected fault and no mirror, and
+//! for them those three layers only pass the request on. Each pass moves
+//! the request (376 bytes) and nests one more future. So [`Outbound`]
+//! starts the telemetry and bounds the request by its deadline itself,
+//! and hands a plain request straight to the retry layer. A request whose
+//! route has any of the three goes through the layers, as before. The
+//! two ways do the same thing; the plain one does it in fewer moves.
+
+use crate::body::MeshBody;
+use crate::error::Deadline;
+use crate::fault::Fault;
+use crate::future::{Either, TimeoutFuture};
+use crate::limit::Limit;
+use crate::mirror::Mirror;
+use crate::retry::Retry;
+use crate::runtime::Runtime;
+use crate::telemetry::{ResponseFuture, Started};
+use crate::timeout::Timeout;
+use crate::{BoxError, ext};
+use http::{Request, Response};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_service::Service;
+
+/// The layers a route with a rate limit, a fault or a mirror goes through.
+type Guarded<S> = Limit<Fault<Timeout<Mirror<Retry<S>>>>>;
+
+/// The outbound stack below the route layer over `S` (the backend layer
+/// and the client): telemetry, rate limit, fault, timeout, mirror and
+/// retry, the pass-through layers skipped for a route that has none of
+/// their policies. Made by [`MeshLayer`](crate::MeshLayer).
+#[derive(Debug, Clone)]
+pub struct Outbound<S> {
+    guarded: Guarded<S>,
+    runtime: Arc<Runtime>,
+    /// The timeout of a request no route layer saw.
+    default: Duration,
+}
+
+impl<S> Outbound<S> {
+    pub(crate) fn new(guarded: Guarded<S>, runtime: Arc<Runtime>, default: Duration) -> Self {
+        Self {
+            guarded,
+            runtime,
+            default,
+        }
+    }
+
+    /// The retry layer, reached through the ones above it: the same
+    /// service, so what `poll_ready` readied is what is called.
+    fn retry(&mut self) -> &mut Retry<S> {
+        self.guarded.inner_mut().inner_mut().inner_mut().inner_mut()
+    }
+}
+
+/// Whether the rate-limit, fault and mirror layers would only pass `req`
+/// on: its route has none of their policies (a request that passes
+/// through has no route).
+fn plain(req: &Request<MeshBody>) -> bool {
+    ext::routed(req)
+        .and_then(ext::Routed::route_entry)
+        .is_none_or(|r| r.rate_limit().is_none() && r.fault().is_none() && r.mirror().is_none())
+}
+
+/// The future of a request on its way through [`Outbound`].
+pub type OutboundFuture<S, RB> = ResponseFuture<
+    Either<
+        TimeoutFuture<crate::retry::ResponseFuture<S, RB>>,
+        <Guarded<S> as Service<Request<MeshBody>>>::Future,
+    >,
+>;
+
+impl<S, RB> Service<Request<MeshBody>> for Outbound<S>
+where
+    S: Service<Request<MeshBody>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = OutboundFuture<S, RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.guarded.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
+        let started = Started::new(&self.runtime, &mut req);
+        let inner = if plain(&req) {
+            let (deadline, timeout) = crate::timeout::bound(&mut req, self.default);
+            Either::left(TimeoutFuture::new(
+                self.retry().call(req),
+                deadline,
+                Deadline::Overall,
+                timeout,
+            ))
+        } else {
+            Either::right(self.guarded.call(req))
+        };
+        started.wrap(inner)
+    }
+}
