@@ -5,17 +5,19 @@
 //! for them those three layers only pass the request on. Each pass moves
 //! the request (376 bytes) and nests one more future. So [`Outbound`]
 //! starts the telemetry and bounds the request by its deadline itself,
-//! and hands a plain request straight to the retry layer. A request whose
+//! and hands a plain request straight to the retry layer, or, when its
+//! route neither retries nor hedges (the retry layer would only count it),
+//! to the layer below. A request whose
 //! route has any of the three goes through the layers, as before. The
 //! two ways do the same thing; the plain one does it in fewer moves.
 
 use crate::body::MeshBody;
 use crate::error::Deadline;
 use crate::fault::Fault;
-use crate::future::{Either, TimeoutFuture};
+use crate::future::{Either, MapErr, TimeoutFuture};
 use crate::limit::Limit;
 use crate::mirror::Mirror;
-use crate::retry::Retry;
+use crate::retry::{ResponseFuture as RetryFuture, Retry};
 use crate::runtime::Runtime;
 use crate::telemetry::{ResponseFuture, Started};
 use crate::timeout::Timeout;
@@ -66,10 +68,13 @@ fn plain(req: &Request<MeshBody>) -> bool {
         .is_none_or(|r| r.rate_limit().is_none() && r.fault().is_none() && r.mirror().is_none())
 }
 
-/// The future of a request on its way through [`Outbound`].
+/// The future of a request on its way through [`Outbound`]: sent once,
+/// through the retry layer, or through the layers a guarded route needs.
 pub type OutboundFuture<S, RB> = ResponseFuture<
     Either<
-        TimeoutFuture<crate::retry::ResponseFuture<S, RB>>,
+        TimeoutFuture<
+            Either<MapErr<<S as Service<Request<MeshBody>>>::Future>, RetryFuture<S, RB>>,
+        >,
         <Guarded<S> as Service<Request<MeshBody>>>::Future,
     >,
 >;
@@ -91,17 +96,19 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let started = Started::new(&self.runtime, &mut req);
-        let inner = if plain(&req) {
-            let (deadline, timeout) = crate::timeout::bound(&mut req, self.default);
-            Either::left(TimeoutFuture::new(
-                self.retry().call(req),
-                deadline,
-                Deadline::Overall,
-                timeout,
-            ))
+        if !plain(&req) {
+            return started.wrap(Either::right(self.guarded.call(req)));
+        }
+        let (deadline, timeout) = crate::timeout::bound(&mut req, self.default);
+        // A route that neither retries nor hedges: the retry layer would
+        // only count the request and send it on.
+        let sent = if crate::retry::sends_once(&req) {
+            crate::retry::deposit(&self.runtime, &req);
+            Either::left(MapErr::new(self.retry().inner_mut().call(req)))
         } else {
-            Either::right(self.guarded.call(req))
+            Either::right(self.retry().call(req))
         };
-        started.wrap(inner)
+        let bounded = TimeoutFuture::new(sent, deadline, Deadline::Overall, timeout);
+        started.wrap(Either::left(bounded))
     }
 }

@@ -123,14 +123,7 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let runtime = &self.runtime;
-        runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
-        let routed = crate::ext::routed(&req);
-        if let Some(r) = routed {
-            // The route layer's clock read will do: a deposit's time only
-            // ages it out of the budget's window (seconds).
-            let at = r.started().map_or_else(now, tokio::time::Instant::into_std);
-            runtime.with_budget(r.snapshot(), |b| b.deposit(at));
-        }
+        deposit(runtime, &req);
         if let Some(hedged) = self.hedged(&mut req) {
             let first = self.inner.call(req);
             return ResponseFuture {
@@ -443,7 +436,32 @@ where
     }
 }
 
+/// Counts `req` among the requests the retry budget allows a share of as
+/// retries: every request the retry layer sees, whether it may retry or not.
+pub(crate) fn deposit(runtime: &Runtime, req: &Request<MeshBody>) {
+    runtime.stats().requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = crate::ext::routed(req) {
+        // The route layer's clock read will do: a deposit's time only
+        // ages it out of the budget's window (seconds).
+        let at = r.started().map_or_else(now, tokio::time::Instant::into_std);
+        runtime.with_budget(r.snapshot(), |b| b.deposit(at));
+    }
+}
+
+/// Whether the retry layer would send `req` once, as it is, and only
+/// count it: its route (if any) has neither a retry policy nor hedging.
+pub(crate) fn sends_once(req: &Request<MeshBody>) -> bool {
+    crate::ext::routed(req)
+        .and_then(Routed::route_entry)
+        .is_none_or(|r| r.retry().is_none() && r.hedge().is_none())
+}
+
 impl<S> Retry<S> {
+    /// The service below.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// For a request on a route with a hedging policy (of a method it
     /// hedges, with a body held in memory, not a mirror copy): what its
     /// hedges need, with the request set to record where attempts go.

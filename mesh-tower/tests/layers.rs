@@ -163,6 +163,44 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
     assert!(stats.budget_exhausted.load(Ordering::Relaxed) > 0);
 }
 
+/// Requests on a route that never retries (sent past the retry layer)
+/// still count toward the budget that retrying routes draw from.
+#[tokio::test(start_paused = true)]
+async fn requests_that_never_retry_still_fill_the_budget() {
+    let (svc, handle, layer) = stack(
+        r#"
+defaults: { retry_budget: { ratio: 0.2, min_per_second: 1, ttl: 10s } }
+services:
+  - name: plain
+    routes: [{ to: [b] }]
+  - name: api
+    routes:
+      - retry: { attempts: 10, on: [5xx], backoff: { base: 1ms, max: 1ms } }
+        to: [b]
+backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
+"#,
+    );
+    serve(handle, |req| {
+        let plain = req.headers()[http::header::HOST] == "plain";
+        Ok(status(if plain { 200 } else { 503 }))
+    });
+    for _ in 0..200 {
+        let resp = svc.clone().oneshot(get("http://plain/")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Ten failing requests want 90 retries.
+    for _ in 0..10 {
+        let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    let stats = layer.runtime().stats();
+    assert_eq!(stats.requests.load(Ordering::Relaxed), 210);
+    let retries = stats.retries.load(Ordering::Relaxed);
+    // 20% of 210 requests plus 1/s over the 10 s window; without the plain
+    // requests' share it would be 12 at most.
+    assert!((42..=52).contains(&retries), "retries {retries}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn non_idempotent_methods_and_streaming_bodies_are_sent_once() {
     let (svc, handle, _) = stack(RETRY);
