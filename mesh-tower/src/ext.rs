@@ -73,7 +73,8 @@ impl Routed {
     }
 
     /// Keeps, from now on, where the attempts of this request go (the
-    /// hedging layer reads it to send the next attempt elsewhere).
+    /// retry and hedging layers read it to send the next attempt
+    /// elsewhere).
     pub fn track_picks(&mut self) {
         self.picked = Some(Arc::default());
     }

@@ -40,7 +40,7 @@ pub(crate) struct Hedged<S> {
     pub(crate) svc: S,
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) routed: Routed,
-    pub(crate) parts: http::request::Parts,
+    pub(crate) head: crate::head::Head,
     pub(crate) replayer: Replayer,
     pub(crate) policy: HedgePolicy,
     pub(crate) state: Arc<HedgeState>,
@@ -260,7 +260,10 @@ where
         };
         let mut routed = self.routed.clone();
         routed.set_attempt(n, self.routed.last_pick());
-        let attempt = Request::from_parts(self.parts.clone(), body.with_routed(routed));
+        let attempt = match self.head.request(body.with_routed(routed)) {
+            Ok(attempt) => attempt,
+            Err(e) => return out.push(n, Attempt::Failed(Some(e))),
+        };
         let ready = self.svc.ready().await.map_err(Into::into);
         match ready {
             Ok(svc) => out.push(n, Attempt::Sent(Box::pin(svc.call(attempt)))),

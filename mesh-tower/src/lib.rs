@@ -70,6 +70,7 @@ pub mod ext;
 pub mod fault;
 pub mod future;
 pub mod grpc;
+mod head;
 mod hedge;
 pub mod inbound;
 pub mod limit;

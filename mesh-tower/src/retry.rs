@@ -21,8 +21,9 @@ use crate::error::{
     Deadline, Elapsed, RetryBudgetExhausted, RetrySkipped, SkippedAttempt, failed_endpoint,
     mark_skipped, outcome_of_error,
 };
-use crate::ext::{Mirrored, Routed, Served, deadline_of, set_deadline};
+use crate::ext::{Mirrored, Routed, deadline_of, set_deadline};
 use crate::future::{Either, MapErr, TimeoutFuture};
+use crate::head::Head;
 use crate::runtime::{Runtime, now};
 use crate::{BoxError, BoxFuture};
 use http::{Method, Request, Response};
@@ -147,12 +148,16 @@ where
             })
             .is_some()
             && req.extensions().get::<Mirrored>().is_none();
-        if retrying && let Some(r) = crate::ext::routed_mut(&mut req) {
-            // Judging a retry reads the endpoint that answered.
-            r.want_served();
+        let replayer = req.body().replayer().filter(|_| retrying);
+        if replayer.is_some()
+            && let Some(r) = crate::ext::routed_mut(&mut req)
+        {
+            // Judging a retry reads the endpoint that answered: kept in a
+            // cell the attempts share (one allocation), not asked for as
+            // `Served` on the response (three).
+            r.track_picks();
         }
         let routed = crate::ext::routed(&req);
-        let replayer = req.body().replayer().filter(|_| retrying);
         let retry = replayer.and_then(|replayer| {
             let routed = routed?.clone();
             let backend = routed
@@ -164,7 +169,7 @@ where
                 deadline: routed.deadline(),
                 // What a retry sends again: the request as it was before
                 // the first attempt (the first attempt sends the original).
-                parts: head_for_retries(&req),
+                head: Head::of(&req),
                 routed,
                 replayer,
                 backend,
@@ -195,21 +200,6 @@ where
     }
 }
 
-/// What a retry needs of a request's head (its body is the replayer's to
-/// copy). Its extensions are copied only when the caller set any: the
-/// mesh's own decision is put back on each retry from [`Attempts::routed`].
-fn head_for_retries(req: &Request<MeshBody>) -> http::request::Parts {
-    let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    if !req.extensions().is_empty() {
-        *copy.extensions_mut() = req.extensions().clone();
-    }
-    copy.into_parts().0
-}
-
 /// What the attempts after the first need: the service, the request's head
 /// and a way to copy its body, and the bounds that stop retries.
 struct Attempts<S> {
@@ -217,7 +207,9 @@ struct Attempts<S> {
     runtime: Arc<Runtime>,
     routed: Routed,
     deadline: Option<Instant>,
-    parts: http::request::Parts,
+    /// The request's head (its body is the replayer's to copy). The
+    /// mesh's own decision is put back on each retry from `routed`.
+    head: Head,
     replayer: crate::body::Replayer,
     backend: Option<Arc<crate::runtime::ResolvedBackend>>,
     per_try: Option<Duration>,
@@ -246,24 +238,28 @@ where
         let Some(policy) = self.routed.route_entry().and_then(|r| r.retry()) else {
             return Next::Done(result);
         };
-        let (outcome, endpoint, grpc) = match &result {
+        let (outcome, grpc) = match &result {
             Ok(resp) => (
                 Outcome::Status(resp.status().as_u16()),
-                resp.extensions()
-                    .get::<Served>()
-                    .map(|s| s.endpoint.clone()),
                 crate::grpc::status(resp.headers()),
             ),
-            Err(e) => (outcome_of_error(&**e), failed_endpoint(&**e), None),
+            Err(e) => (outcome_of_error(&**e), None),
         };
-        let limited = matches!(&result, Ok(r) if crate::response::is_rate_limited(r.headers()));
         let retriable = match self.routed.route_entry().and_then(|r| r.classifier()) {
             Some(c) => crate::classify::class_of(c, &result) == Class::RetryableFailure,
             None => is_retriable(policy, outcome, grpc),
         };
+        // Most results are final: nothing more is looked at for them.
+        if !retriable {
+            return Next::Done(result);
+        }
+        let limited = matches!(&result, Ok(r) if crate::response::is_rate_limited(r.headers()));
+        let endpoint = match &result {
+            Ok(_) => self.routed.last_pick(),
+            Err(e) => failed_endpoint(&**e),
+        };
         let last = n >= policy.attempts
             || limited
-            || !retriable
             || !self.replayer.can_replay()
             || self.deadline.is_some_and(|d| Instant::now() >= d);
         if last {
@@ -352,7 +348,7 @@ where
             let Some(body) = self.replayer.replay() else {
                 return Err("internal: retry without a body copy".into());
             };
-            let mut attempt = Request::from_parts(self.parts.clone(), body);
+            let mut attempt = self.head.request(body)?;
             let mut routed = self.routed.clone();
             routed.set_attempt(n, avoid.take());
             attempt.body_mut().set_routed(routed);
@@ -486,7 +482,7 @@ impl<S> Retry<S> {
         Some(crate::hedge::Hedged {
             svc: self.inner.clone(),
             runtime: self.runtime.clone(),
-            parts: head_for_retries(req),
+            head: Head::of(req),
             routed,
             replayer,
             policy,
