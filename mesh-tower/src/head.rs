@@ -61,10 +61,13 @@ impl Head {
             let name = name.as_str().as_bytes();
             // Names and values are far below 4 GiB (hyper refuses heads
             // of more than a few hundred KiB); saturate all the same.
-            bytes.extend_from_slice(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
+            let mut frame = [0u8; FRAME];
+            let name_len = u32::try_from(name.len()).unwrap_or(u32::MAX);
             let value_len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-            bytes.extend_from_slice(&value_len.to_le_bytes());
-            bytes.push(u8::from(value.is_sensitive()));
+            frame[..4].copy_from_slice(&name_len.to_le_bytes());
+            frame[4..8].copy_from_slice(&value_len.to_le_bytes());
+            frame[8] = u8::from(value.is_sensitive());
+            bytes.extend_from_slice(&frame);
             bytes.extend_from_slice(name);
             bytes.extend_from_slice(value.as_bytes());
         }
