@@ -25,6 +25,12 @@
 //! the e2e bench's telemetry rows). Compare a row with and without it for
 //! what telemetry costs per request.
 //!
+//! `LAYERS_PENDING=1` makes the no-op service answer on its second poll
+//! (it wakes its task at once), in every row: a response that is not
+//! ready when the request is sent, as over a network. Then the mesh's
+//! deadline is armed in tokio's timer, and every layer's future is polled
+//! twice; compare with the default for what that adds.
+//!
 //! Every request is built the same way in every row (a URI and two headers;
 //! building it is counted in all rows alike). `LAYERS_ROUNDS` (default 7)
 //! and `LAYERS_REQUESTS` (per round, default 100000) size the run.
@@ -80,10 +86,33 @@ backends:
 #[derive(Clone)]
 struct Noop;
 
+/// Whether the no-op service answers on its second poll (`LAYERS_PENDING=1`).
+static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The no-op service's answer: at once, or on the second poll.
+struct Answer {
+    pending: bool,
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<Response<()>, BoxError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.pending {
+            self.pending = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(Response::new(())))
+    }
+}
+
 impl<B> Service<Request<B>> for Noop {
     type Response = Response<()>;
     type Error = BoxError;
-    type Future = std::future::Ready<Result<Response<()>, BoxError>>;
+    type Future = Answer;
     fn poll_ready(
         &mut self,
         _: &mut std::task::Context<'_>,
@@ -91,7 +120,9 @@ impl<B> Service<Request<B>> for Noop {
         std::task::Poll::Ready(Ok(()))
     }
     fn call(&mut self, _: Request<B>) -> Self::Future {
-        std::future::ready(Ok(Response::new(())))
+        Answer {
+            pending: PENDING.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 
@@ -216,6 +247,10 @@ fn main() {
         .build()
         .unwrap();
     let telemetry = env("LAYERS_TELEMETRY", 0) == 1;
+    PENDING.store(
+        env("LAYERS_PENDING", 0) == 1,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if telemetry {
         proxyless_hyper::telemetry::install_prometheus().unwrap();
         opentelemetry::global::set_tracer_provider(
@@ -256,7 +291,10 @@ fn main() {
     };
     let medians: Vec<Duration> = times.iter_mut().map(median).collect();
     let bare = medians[0].as_secs_f64();
-    let on = if telemetry { ", telemetry on" } else { "" };
+    let mut on = if telemetry { ", telemetry on" } else { "" }.to_owned();
+    if PENDING.load(std::sync::atomic::Ordering::Relaxed) {
+        on.push_str(", answered on the second poll");
+    }
     println!(
         "\nlayers: {rounds} rounds of {n} requests, median round (current-thread runtime{on})\n"
     );
