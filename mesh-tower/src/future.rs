@@ -21,7 +21,6 @@ pin_project_lite::pin_project! {
 
 impl<F> MapErr<F> {
     /// Wraps `inner`.
-    #[inline]
     pub fn new(inner: F) -> Self {
         Self { inner }
     }
@@ -53,7 +52,6 @@ pin_project_lite::pin_project! {
 impl<F: Future> TimeoutFuture<F> {
     /// `inner`, failing at `at`; `timeout` and `deadline` say which
     /// deadline that is, for the error.
-    #[inline]
     pub fn new(inner: F, at: tokio::time::Instant, deadline: Deadline, timeout: Duration) -> Self {
         Self {
             inner: tokio::time::timeout_at(at, inner),
@@ -104,7 +102,6 @@ pin_project_lite::pin_project! {
 
 impl<A, B> Either<A, B> {
     /// The first kind.
-    #[inline]
     pub fn left(inner: A) -> Self {
         Self {
             inner: EitherInner::Left { inner },
@@ -112,7 +109,6 @@ impl<A, B> Either<A, B> {
     }
 
     /// The second kind.
-    #[inline]
     pub fn right(inner: B) -> Self {
         Self {
             inner: EitherInner::Right { inner },

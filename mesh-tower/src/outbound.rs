@@ -5,11 +5,11 @@
 //! for them those three layers only pass the request on. Each pass moves
 //! the request (376 bytes) and nests one more future. So [`Outbound`]
 //! starts the telemetry and bounds the request by its deadline itself,
-//! and hands a plain request straight to the retry layer, or, when its
+//! and hands such a request straight to the retry layer, or, when its
 //! route neither retries nor hedges (the retry layer would only count it),
-//! to the layer below. A request whose
-//! route has any of the three goes through the layers, as before. The
-//! two ways do the same thing; the plain one does it in fewer moves.
+//! to the layer below that. A request whose route has any of the three
+//! goes through the layers, as before. The ways do the same thing; the
+//! short ones do it in fewer moves.
 
 use crate::body::MeshBody;
 use crate::error::Deadline;

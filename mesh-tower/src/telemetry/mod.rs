@@ -142,7 +142,6 @@ impl Started {
     }
 
     /// The future that ends it when `inner`, the request's way down, ends.
-    #[inline]
     pub(crate) fn wrap<F>(self, inner: F) -> ResponseFuture<F> {
         ResponseFuture {
             inner,
