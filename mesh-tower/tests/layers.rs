@@ -324,26 +324,33 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1", "127.0.0.1:2"] }]
     assert!(started.elapsed() >= Duration::from_millis(100));
 }
 
+/// Sends `uri` through a stack of `yaml` to a backend that never answers:
+/// the backend sees `ms` left in `x-mesh-timeout-ms`, and the request fails
+/// after `ms` with a timeout error that names `ms`.
+async fn times_out_after(yaml: &str, uri: &str, ms: u64) {
+    let (svc, mut handle, _) = stack(yaml);
+    tokio::spawn(async move {
+        let (req, _never) = handle.next_request().await.unwrap();
+        assert_eq!(req.headers()[DEADLINE_HEADER], ms.to_string().as_str());
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    let err = svc.oneshot(get(uri)).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(ms));
+    let elapsed = err
+        .downcast_ref::<proxyless_tower::error::Elapsed>()
+        .unwrap();
+    assert_eq!(elapsed.timeout, Duration::from_millis(ms), "{err}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_route_timeout_fires_at_the_deadline_and_is_propagated() {
     let yaml = r#"
 services: [{ name: api, routes: [{ timeout: 250ms, to: [b] }] }]
 backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
 "#;
-    let (svc, mut handle, _) = stack(yaml);
-    tokio::spawn(async move {
-        let (req, _never) = handle.next_request().await.unwrap();
-        assert_eq!(req.headers()[DEADLINE_HEADER], "250");
-        std::future::pending::<()>().await;
-    });
-    let started = tokio::time::Instant::now();
-    let err = svc.oneshot(get("http://api/")).await.unwrap_err();
-    assert_eq!(ErrorKind::of(&*err), ErrorKind::Timeout);
-    assert_eq!(started.elapsed(), Duration::from_millis(250));
-    let elapsed = err
-        .downcast_ref::<proxyless_tower::error::Elapsed>()
-        .unwrap();
-    assert_eq!(elapsed.timeout, Duration::from_millis(250));
+    times_out_after(yaml, "http://api/", 250).await;
 }
 
 /// A request that passes through (no service claims its host) is bounded
@@ -355,19 +362,7 @@ defaults: { timeout: 300ms }
 services: [{ name: api, routes: [{ to: [b] }] }]
 backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
 "#;
-    let (svc, mut handle, _) = stack(yaml);
-    tokio::spawn(async move {
-        let (req, _never) = handle.next_request().await.unwrap();
-        assert_eq!(req.headers()[DEADLINE_HEADER], "300");
-        std::future::pending::<()>().await;
-    });
-    let started = tokio::time::Instant::now();
-    let err = svc.oneshot(get("http://example.com/")).await.unwrap_err();
-    assert_eq!(started.elapsed(), Duration::from_millis(300));
-    let elapsed = err
-        .downcast_ref::<proxyless_tower::error::Elapsed>()
-        .unwrap();
-    assert_eq!(elapsed.timeout, Duration::from_millis(300), "{err}");
+    times_out_after(yaml, "http://example.com/", 300).await;
 }
 
 #[tokio::test(start_paused = true)]
