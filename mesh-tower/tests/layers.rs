@@ -134,19 +134,22 @@ async fn retries_a_5xx_on_another_endpoint_until_success() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_budget_bounds_retries_to_ratio_plus_floor() {
-    let (svc, handle, layer) = stack(
-        r#"
+/// A retry budget of 20% plus 1/s over 10 s, and a service `api` whose
+/// route retries 5xx up to 10 attempts (services may follow).
+const BUDGETED: &str = r#"
 defaults: { retry_budget: { ratio: 0.2, min_per_second: 1, ttl: 10s } }
 services:
   - name: api
     routes:
       - retry: { attempts: 10, on: [5xx], backoff: { base: 1ms, max: 1ms } }
         to: [b]
-backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
-"#,
-    );
+"#;
+
+const ONE_BACKEND: &str = r#"backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]"#;
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_bounds_retries_to_ratio_plus_floor() {
+    let (svc, handle, layer) = stack(&format!("{BUDGETED}{ONE_BACKEND}"));
     serve(handle, |_| Ok(status(503)));
     for _ in 0..200 {
         let resp = svc.clone().oneshot(get("http://api/")).await.unwrap();
@@ -167,19 +170,8 @@ backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
 /// still count toward the budget that retrying routes draw from.
 #[tokio::test(start_paused = true)]
 async fn requests_that_never_retry_still_fill_the_budget() {
-    let (svc, handle, layer) = stack(
-        r#"
-defaults: { retry_budget: { ratio: 0.2, min_per_second: 1, ttl: 10s } }
-services:
-  - name: plain
-    routes: [{ to: [b] }]
-  - name: api
-    routes:
-      - retry: { attempts: 10, on: [5xx], backoff: { base: 1ms, max: 1ms } }
-        to: [b]
-backends: [{ name: b, endpoints: ["127.0.0.1:1"] }]
-"#,
-    );
+    let plain = "  - name: plain\n    routes: [{ to: [b] }]\n";
+    let (svc, handle, layer) = stack(&format!("{BUDGETED}{plain}{ONE_BACKEND}"));
     serve(handle, |req| {
         let plain = req.headers()[http::header::HOST] == "plain";
         Ok(status(if plain { 200 } else { 503 }))
