@@ -11,6 +11,7 @@ use crate::ext::{deadline_of, routed};
 use crate::future::{Either, MapErr};
 use crate::{BoxError, BoxFuture};
 use http::Request;
+use proxyless_core::snapshot::RouteEntry;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -35,6 +36,12 @@ pub struct Fault<S> {
 /// Whether a request falls in `percent` percent, for a uniform `sample` in [0, 1).
 fn hit(percent: f64, sample: f64) -> bool {
     sample * 100.0 < percent
+}
+
+/// Whether the fault layer only passes on the requests of `route`: it
+/// injects no fault.
+pub(crate) fn passes(route: &RouteEntry) -> bool {
+    route.fault().is_none()
 }
 
 impl<S> Fault<S> {

@@ -12,6 +12,7 @@ use crate::runtime::Runtime;
 use crate::{BoxError, ext};
 use http::Request;
 use proxyless_core::config::RateLimitKey;
+use proxyless_core::snapshot::RouteEntry;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
@@ -58,6 +59,12 @@ pub(crate) fn key_of<'a, B>(
         RateLimitKey::Caller => caller.or(Some("")),
         _ => None,
     }
+}
+
+/// Whether the rate-limit layer only passes on the requests of `route`:
+/// it has no rate limit.
+pub(crate) fn passes(route: &RouteEntry) -> bool {
+    route.rate_limit().is_none()
 }
 
 impl<S> Limit<S> {

@@ -45,6 +45,12 @@ pub struct Mirror<S> {
     runtime: Arc<Runtime>,
 }
 
+/// Whether the mirror layer only passes on the requests of `route`: it
+/// mirrors none.
+pub(crate) fn passes(route: &proxyless_core::snapshot::RouteEntry) -> bool {
+    route.mirror().is_none()
+}
+
 impl<S> Mirror<S> {
     /// The service below.
     pub(crate) fn inner_mut(&mut self) -> &mut S {

@@ -59,15 +59,6 @@ impl<S> Outbound<S> {
     }
 }
 
-/// Whether the rate-limit, fault and mirror layers would only pass `req`
-/// on: its route has none of their policies (a request that passes
-/// through has no route).
-fn plain(req: &Request<MeshBody>) -> bool {
-    ext::routed(req)
-        .and_then(ext::Routed::route_entry)
-        .is_none_or(|r| r.rate_limit().is_none() && r.fault().is_none() && r.mirror().is_none())
-}
-
 /// The future of a request on its way through [`Outbound`]: sent once,
 /// through the retry layer, or through the layers a guarded route needs.
 pub type OutboundFuture<S, RB> = ResponseFuture<
@@ -96,13 +87,21 @@ where
 
     fn call(&mut self, mut req: Request<MeshBody>) -> Self::Future {
         let started = Started::new(&self.runtime, &mut req);
-        if !plain(&req) {
+        // What each layer would do with the request, asked of its route
+        // once (a request that passes through has none: every layer only
+        // passes it on).
+        let route = ext::routed(&req).and_then(ext::Routed::route_entry);
+        let plain = route.is_none_or(|r| {
+            crate::limit::passes(r) && crate::fault::passes(r) && crate::mirror::passes(r)
+        });
+        let once = route.is_none_or(crate::retry::sends_once);
+        if !plain {
             return started.wrap(Either::right(self.guarded.call(req)));
         }
         let (deadline, timeout) = crate::timeout::bound(&mut req, self.default);
         // A route that neither retries nor hedges: the retry layer would
         // only count the request and send it on.
-        let sent = if crate::retry::sends_once(&req) {
+        let sent = if once {
             crate::retry::deposit(&self.runtime, &req);
             Either::left(MapErr::new(self.retry().inner_mut().call(req)))
         } else {

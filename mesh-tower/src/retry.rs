@@ -444,12 +444,10 @@ pub(crate) fn deposit(runtime: &Runtime, req: &Request<MeshBody>) {
     }
 }
 
-/// Whether the retry layer would send `req` once, as it is, and only
-/// count it: its route (if any) has neither a retry policy nor hedging.
-pub(crate) fn sends_once(req: &Request<MeshBody>) -> bool {
-    crate::ext::routed(req)
-        .and_then(Routed::route_entry)
-        .is_none_or(|r| r.retry().is_none() && r.hedge().is_none())
+/// Whether the retry layer would send the requests of `route` once, as
+/// they are, and only count them: it neither retries nor hedges.
+pub(crate) fn sends_once(route: &proxyless_core::snapshot::RouteEntry) -> bool {
+    route.retry().is_none() && route.hedge().is_none()
 }
 
 impl<S> Retry<S> {
