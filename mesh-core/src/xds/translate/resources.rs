@@ -58,13 +58,9 @@ const KINDS: [&str; 5] = [
     type_url::SECRET,
 ];
 
-fn kind(t: &str) -> usize {
-    KINDS.iter().position(|k| *k == t).unwrap_or(3)
-}
-
-/// A type's place in the journal, for the build, which asks about every
-/// kept service and backend after each response: found once, not by
-/// comparing type URLs (50 to 70 bytes each) on every question.
+/// A type's place in the journal (its index in [`KINDS`]), for the build,
+/// which asks about every kept service and backend after each response:
+/// found once, not looked up by type URL on every question.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot(usize);
 
@@ -73,12 +69,18 @@ impl Slot {
     pub(super) const ROUTE: Slot = Slot(1);
     pub(super) const CLUSTER: Slot = Slot(2);
     pub(super) const ENDPOINTS: Slot = Slot(3);
+
+    /// The place of type `t`; `None` for a type the journal does not keep.
+    fn of(t: &str) -> Option<Slot> {
+        KINDS.iter().position(|k| *k == t).map(Slot)
+    }
 }
 
 impl Changes {
-    /// Whether the resource `name` of type `t` may have changed.
+    /// Whether the resource `name` of type `t` may have changed (of a type
+    /// the journal does not keep, it cannot say otherwise).
     pub fn touched(&self, t: &str, name: &str) -> bool {
-        self.touched_in(Slot(kind(t)), name)
+        Slot::of(t).is_none_or(|slot| self.touched_in(slot, name))
     }
 
     /// [`touched`](Self::touched), the type given by its place.
@@ -95,7 +97,7 @@ impl Changes {
     /// Notes `name`, held already (the journal shares it: nothing is
     /// looked up in the table of names).
     fn note(&mut self, t: &str, name: &Name) {
-        if let Some(s) = self.names.get_mut(kind(t))
+        if let Some(s) = Slot::of(t).and_then(|slot| self.names.get_mut(slot.0))
             && !s.contains(name)
         {
             s.insert(name.clone());
@@ -643,6 +645,25 @@ mod tests {
         assert_eq!(r.refers_generation(), g);
         r.insert(t, &cluster("c100", false)).unwrap();
         assert!(r.take_changes().touched(t, "c100"), "inserting goes on");
+    }
+
+    #[test]
+    fn the_places_name_the_types_they_stand_for() {
+        for (slot, t) in [
+            (Slot::LISTENER, type_url::LISTENER),
+            (Slot::ROUTE, type_url::ROUTE),
+            (Slot::CLUSTER, type_url::CLUSTER),
+            (Slot::ENDPOINTS, type_url::ENDPOINTS),
+        ] {
+            assert_eq!(Slot::of(t).map(|s| s.0), Some(slot.0), "{t}");
+        }
+        // A type the journal does not keep is never mixed into another's
+        // names, and may always have changed.
+        let mut changes = Changes::default();
+        changes.note("type.example/Unknown", &Name::new("a"));
+        assert!(changes.names.iter().all(NameSet::is_empty));
+        assert!(changes.touched("type.example/Unknown", "a"));
+        assert!(!changes.touched(type_url::ENDPOINTS, "a"));
     }
 
     #[test]
