@@ -413,11 +413,6 @@ fn build<'a>(
         let old = std::mem::take(&mut kept.backends);
         let mut now = Vec::with_capacity(old.len());
         for k in old {
-            if k.untouched(k.name(), changes) {
-                warnings.extend(k.warnings.iter().cloned());
-                now.push(k);
-                continue;
-            }
             let name = k.name().clone();
             if let Some(k) = backend(r, &name, Some(k), changes, warnings)? {
                 now.push(k);
